@@ -1,0 +1,1 @@
+//! scope-router: an OpenStackoïd scope-interpreting edge router.

@@ -1,0 +1,2 @@
+//! The `scope-router` command line.
+fn main() {}

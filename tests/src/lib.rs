@@ -1,0 +1,1 @@
+//! Shared harness for the integration suites: in-process backends, routers on loopback.

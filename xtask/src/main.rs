@@ -1,0 +1,2 @@
+//! Project automation: `cargo xtask setup|run|lab|test|bench`.
+fn main() {}
