@@ -1,1 +1,8 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
+
+pub mod catalog;
+pub mod config;
+pub mod decision;
+pub mod problem;
+pub mod report;
+pub mod routing;
