@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HOST, HeaderName, HeaderValue};
 
 use crate::catalog::split_host_port;
-use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::config::{Config, EbpfMode, PassthroughMode, Timeouts};
 use crate::decision::RequestHead;
 use crate::routing::Router;
 
@@ -57,6 +57,41 @@ pub fn check(router: &Router, config: &Config) -> String {
         let _ = write!(out, ", {st} -> {r}");
     }
     out.push('\n');
+    match &config.vip {
+        Some(v) => {
+            let managed = if v.manage { "managed" } else { "not managed" };
+            let _ = writeln!(out, "vip:     {} on {} ({managed})", v.address, v.interface);
+            // Owning an address no scoped listener uses is almost always a typo.
+            if !router.listeners().iter().any(|l| l.addr.ip() == v.address) {
+                let _ = writeln!(
+                    out,
+                    "warning: [vip] address {} is the host of no scoped listener; the catalog's \
+                     {} URLs use other addresses",
+                    v.address,
+                    router.region()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "vip:     none (no [vip] section: the address is managed elsewhere)"
+            );
+        }
+    }
+    let deny: Vec<String> = config.ebpf.deny.iter().map(ToString::to_string).collect();
+    let mode = match config.ebpf.mode {
+        EbpfMode::Auto => "auto",
+        EbpfMode::Required => "required",
+        EbpfMode::Off => "off",
+    };
+    let _ = writeln!(
+        out,
+        "ebpf:    mode {mode}, pins {}, XDP on {}, deny [{}]",
+        config.ebpf.pin_path.display(),
+        config.ebpf.interface,
+        deny.join(", ")
+    );
 
     let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
     for (i, l) in router.listeners().iter().enumerate() {
@@ -273,6 +308,8 @@ mod tests {
         let lines = [
             "region:  RegionOne",
             "regions: RegionOne, RegionTwo",
+            "vip:     192.168.142.244 on eth2 (managed)\n",
+            "ebpf:    mode auto, pins /sys/fs/bpf/scope-router, XDP on eth2, deny []\n",
             "scoped listeners (6):",
             "  192.168.142.244:8774  (local backend 192.168.142.245:8774;",
             "    compute/public  path /v2.1/\n",
@@ -291,6 +328,7 @@ mod tests {
         for l in lines {
             assert!(out.contains(l), "{l:?} missing from:\n{out}");
         }
+        assert!(!out.contains("warning"), "{out}");
         // Every catalog entry of every region appears as a backend.
         for e in r.catalog().entries() {
             assert!(
@@ -299,6 +337,19 @@ mod tests {
                 e.backend_name()
             );
         }
+    }
+
+    #[test]
+    fn check_warns_about_a_vip_nobody_listens_on() {
+        let (mut c, r) = example("RegionOne");
+        if let Some(v) = c.vip.as_mut() {
+            v.address = "192.168.142.250".parse().unwrap();
+        }
+        let out = check(&r, &c);
+        assert!(
+            out.contains("warning: [vip] address 192.168.142.250"),
+            "{out}"
+        );
     }
 
     #[test]
