@@ -1,5 +1,15 @@
 //! Per-request routing data: the request head the router reads, the plan it returns, and the
 //! header/path rewrites the plan applies (DESIGN §3.4, §3.5).
+//!
+//! Decisions where DESIGN is silent:
+//! - `X-Identity-Url` is an absolute URL, `scheme://host:port/path`, built from the
+//!   `identity`/`admin` entry of `scope["identity"]` (public when a region lists no admin
+//!   identity) with the catalog's own scheme: keystonemiddleware needs a URL it can call.
+//!   Client-sent `X-Identity-*` headers are replaced (or removed) on scoped requests.
+//! - Unscoped (transparent) requests keep every scope-related header as sent; they only
+//!   get `X-Forwarded-For` and `Via`, which loop detection and backends rely on.
+//! - Existing `X-Forwarded-For`/`Via` lines are folded into one comma-separated value with
+//!   ours appended, so backends that read only the first line still see the whole chain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,14 @@
 //! The routing table built once from config + catalog, and the per-request decision (DESIGN §3, §4).
+//!
+//! Everything that does not depend on the request (listener lists sorted for prefix
+//! matching, targets per region, `Host`/`Via`/`X-Identity-*` header values) is computed in
+//! [`Router::new`], so `decide` only compares strings and bumps reference counts; it
+//! allocates only to parse a scope the client sent.
+//!
+//! Prefix matching respects path segments: `/identity` matches `/identity/v3` but not
+//! `/identityfoo`; prefixes ending in `/` (URLs cut at a template) are plain prefixes.
+//! A request that matches no entry on its listener nor via `Host` is forwarded unchanged
+//! to the listener's local backend; on an address that is no listener it gets 421.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -244,7 +254,7 @@ impl Router {
     }
 
     fn listener_index(&self, local: SocketAddr) -> Option<usize> {
-        // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+        // A dual-stack socket reports an IPv4 local address as ::ffff:a.b.c.d.
         let local = SocketAddr::new(local.ip().to_canonical(), local.port());
         self.listeners.iter().position(|l| l.addr == local)
     }
@@ -385,7 +395,7 @@ impl Router {
                 .filter(|e| *e.service_type == *service_type && *e.interface == *interface)
                 .map(|e| &*e.region)
                 .collect();
-            Problem::region_lacks_service(region, service_type, interface, &offering)
+            Problem::region_lacks_service(region, service_type, interface, &self.regions, &offering)
         } else {
             Problem::unknown_region(region, service_type, &self.regions)
         }
@@ -1413,7 +1423,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(p.status.as_u16(), 400);
-        for n in ["RegionB", "placement", "public", "RegionA"] {
+        for n in [
+            "RegionB",
+            "placement",
+            "public",
+            "offers it: RegionA",
+            "known regions: RegionA, RegionB",
+        ] {
             assert!(p.message.contains(n), "{n} missing from {p}");
         }
         assert!(r.listener("10.0.0.1:443".parse().unwrap()).is_some());
