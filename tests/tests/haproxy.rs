@@ -1,0 +1,425 @@
+//! `scope-router haproxy-config` output run by a real HAProxy on loopback: `haproxy -c`
+//! accepts it, and scoped requests reach the backend scope-router would pick.
+//!
+//! Skipped (with a printed reason) when `haproxy` is not installed, except under
+//! `CI=true` where a missing HAProxy is a failure.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use scope_router::config::Config;
+use scope_router::haproxy::{HaproxyMode, HaproxyOptions, generate};
+use scope_router::routing::Router;
+use serde_json::Value;
+
+/// Whether HAProxy can run here; prints why not.
+fn haproxy_available() -> bool {
+    let ok = Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "haproxy is not installed but CI=true: install the Debian `haproxy` and `lua-cjson` packages"
+        );
+        eprintln!(
+            "SKIP haproxy suite: `haproxy` is not on PATH (apt-get install haproxy lua-cjson)"
+        );
+    }
+    ok
+}
+
+/// An in-process backend answering every request with JSON naming itself and echoing
+/// the request path and headers.
+async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                    for (k, v) in req.headers() {
+                        headers
+                            .entry(k.as_str().to_owned())
+                            .or_default()
+                            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                    }
+                    let body = serde_json::json!({
+                        "backend": name,
+                        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                        "headers": headers,
+                    });
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                            body.to_string(),
+                        ))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port that was free a moment ago on `ip` (HAProxy binds it itself).
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HAProxy in the foreground, killed when dropped.
+struct Haproxy(Child);
+
+impl Haproxy {
+    fn start(cfg: &Path, wait_for: SocketAddr) -> Haproxy {
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut h = Haproxy(child);
+        // Readiness, not timing: poll until the listener accepts or HAProxy exits.
+        loop {
+            if let Some(status) = h.0.try_wait().unwrap() {
+                panic!("haproxy exited before listening: {status}");
+            }
+            if TcpStream::connect(wait_for).is_ok() {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Reply {
+    fn backend(&self) -> &str {
+        self.body["backend"].as_str().unwrap_or("")
+    }
+    fn path(&self) -> &str {
+        self.body["path"].as_str().unwrap_or("")
+    }
+    fn header(&self, name: &str) -> Vec<String> {
+        self.body["headers"][name]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), blocking.
+fn send(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    // HAProxy may send its own replies chunked; the echo backend sends Content-Length.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Reply {
+        status,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// Two regions on loopback: RegionOne's VIP is a 127.x address served by HAProxy,
+/// RegionTwo's "frontend" endpoints are echo backends directly.
+struct Lab {
+    _dir: tempfile::TempDir,
+    router: Router,
+    config: Config,
+    dir: std::path::PathBuf,
+    identity: SocketAddr,
+    compute: SocketAddr,
+    r2_compute: SocketAddr,
+}
+
+async fn lab() -> Lab {
+    // A 127.x address per process keeps parallel runs of the suite apart.
+    let vip = Ipv4Addr::new(127, 66, (std::process::id() % 250) as u8, 1);
+    let identity = SocketAddr::from((vip, free_port(vip)));
+    let compute = SocketAddr::from((vip, free_port(vip)));
+    let r1_identity = echo_backend("r1-identity").await;
+    let r1_compute = echo_backend("r1-compute").await;
+    let r2_identity = echo_backend("r2-identity").await;
+    let r2_compute = echo_backend("r2-compute").await;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = serde_json::json!([
+        {"Region": "RegionOne", "Service Type": "identity", "Interface": "public", "URL": format!("http://{identity}")},
+        {"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": format!("http://{compute}/v2.1/%(tenant_id)s")},
+        {"Region": "RegionTwo", "Service Type": "identity", "Interface": "public", "URL": format!("http://{r2_identity}")},
+        {"Region": "RegionTwo", "Service Type": "compute", "Interface": "public", "URL": format!("http://{r2_compute}/compute/v2.1/%(tenant_id)s")},
+    ]);
+    std::fs::write(dir.path().join("catalog.json"), catalog.to_string()).unwrap();
+    let toml = format!(
+        "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+         [ports.{}]\nbackend = \"{r1_identity}\"\n[ports.{}]\nbackend = \"{r1_compute}\"\n",
+        identity.port(),
+        compute.port()
+    );
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = Config::load(&path).unwrap();
+    let router = Router::from_config(&config).unwrap();
+    Lab {
+        dir: dir.path().to_owned(),
+        _dir: dir,
+        router,
+        config,
+        identity,
+        compute,
+        r2_compute,
+    }
+}
+
+/// Writes the generated files and checks them with `haproxy -c`.
+fn write_checked(lab: &Lab, mode: HaproxyMode) -> std::path::PathBuf {
+    let mut opts = HaproxyOptions::new(mode);
+    opts.lua_path = lab.dir.join("scope-router.lua").display().to_string();
+    let out = generate(&lab.router, &lab.config, &opts);
+    let cfg = lab.dir.join("haproxy.cfg");
+    std::fs::write(&cfg, &out.cfg).unwrap();
+    if let Some(lua) = &out.lua {
+        std::fs::write(&opts.lua_path, lua).unwrap();
+    }
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c rejected the {mode:?} config:\n{}\n{}",
+        String::from_utf8_lossy(&check.stderr),
+        out.cfg
+    );
+    cfg
+}
+
+/// Requests both variants must route identically to scope-router.
+async fn common_cases(lab: &Lab) {
+    let (id, c) = (lab.identity, lab.compute);
+    let req = lab.compute;
+    let send = move |addr, path: &'static str, headers: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(addr, path, &h)
+        })
+    };
+
+    // No scope: the local backend, path and Host unchanged, identity headers of RegionOne.
+    let r = send(c, "/v2.1/servers", vec![]).await.unwrap();
+    assert_eq!(
+        (r.status, r.backend(), r.path()),
+        (200, "r1-compute", "/v2.1/servers")
+    );
+    assert_eq!(r.header("host"), vec![req.to_string()]);
+    assert_eq!(r.header("x-identity-region"), vec!["RegionOne"]);
+    assert_eq!(r.header("x-identity-url"), vec![format!("http://{id}")]);
+    assert_eq!(r.header("via"), vec!["1.1 scope-router-RegionOne"]);
+    assert_eq!(r.header("x-forwarded-for"), vec!["127.0.0.1"]);
+
+    // X-Scope to a remote region: prefix rewritten, query kept, Host replaced.
+    let scope = r#"{"compute": "RegionTwo", "image": "RegionOne"}"#.to_owned();
+    let r = send(c, "/v2.1/servers?all=1", vec![("X-Scope", scope)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.backend(), r.path()),
+        (200, "r2-compute", "/compute/v2.1/servers?all=1")
+    );
+    assert_eq!(r.header("host"), vec![lab.r2_compute.to_string()]);
+
+    // Scope piggybacked on X-Auth-Token: kept for a non-identity service.
+    let token = r#"gAAAA!SCOPE!{"compute": "RegionTwo", "identity": "RegionTwo"}"#.to_owned();
+    let r = send(c, "/v2.1/flavors", vec![("X-Auth-Token", token.clone())])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.backend()), (200, "r2-compute"));
+    assert_eq!(r.header("x-auth-token"), vec![token]);
+    assert_eq!(r.header("x-identity-region"), vec!["RegionTwo"]);
+
+    // ... and stripped when the target is identity; X-Subject-Token is always stripped.
+    let r = send(
+        id,
+        "/v3/auth/tokens",
+        vec![
+            (
+                "X-Auth-Token",
+                r#"adm!SCOPE!{"identity": "RegionTwo"}"#.to_owned(),
+            ),
+            (
+                "X-Subject-Token",
+                r#"usr!SCOPE!{"identity": "RegionOne"}"#.to_owned(),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.backend(), r.path()),
+        (200, "r2-identity", "/v3/auth/tokens")
+    );
+    assert_eq!(r.header("x-auth-token"), vec!["adm"]);
+    assert_eq!(r.header("x-subject-token"), vec!["usr"]);
+
+    // X-Subject-Token alone carries the scope (token validation in the issuing region).
+    let r = send(
+        id,
+        "/v3/auth/tokens",
+        vec![(
+            "X-Subject-Token",
+            r#"usr!SCOPE!{"identity": "RegionTwo"}"#.to_owned(),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, r.backend()), (200, "r2-identity"));
+    assert_eq!(r.header("x-subject-token"), vec!["usr"]);
+
+    // Unknown region: an OpenStack-shaped 400.
+    let r = send(
+        c,
+        "/v2.1/servers",
+        vec![("X-Scope", r#"{"compute": "RegionNine"}"#.into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], 400);
+
+    // No catalog entry matches the path: transparent fallback to the local backend.
+    let r = send(
+        c,
+        "/",
+        vec![("X-Scope", r#"{"compute": "RegionTwo"}"#.into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, r.backend(), r.path()), (200, "r1-compute", "/"));
+    assert!(r.header("x-identity-region").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lua_config_routes_like_scope_router() {
+    if !haproxy_available() {
+        return;
+    }
+    let lab = lab().await;
+    let cfg = write_checked(&lab, HaproxyMode::Lua);
+    let _haproxy = Haproxy::start(&cfg, lab.compute);
+    common_cases(&lab).await;
+
+    let c = lab.compute;
+    let lua_only = tokio::task::spawn_blocking(move || {
+        // Malformed scope: 400 naming the header (json_query cannot tell).
+        let bad = send(c, "/v2.1/servers", &[("X-Scope", "{compute: RegionTwo")]);
+        // Percent-encoded scope inside a token is decoded once.
+        let encoded = send(
+            c,
+            "/v2.1/servers",
+            &[(
+                "X-Auth-Token",
+                "t!SCOPE!%7B%22compute%22%3A%22RegionTwo%22%7D",
+            )],
+        );
+        // Our own Via name: a forwarding loop.
+        let looped = send(c, "/v2.1/servers", &[("Via", "1.1 scope-router-RegionOne")]);
+        (bad, encoded, looped)
+    })
+    .await
+    .unwrap();
+    let (bad, encoded, looped) = lua_only;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-Scope"),
+        "{}",
+        bad.body
+    );
+    assert_eq!((encoded.status, encoded.backend()), (200, "r2-compute"));
+    assert_eq!(looped.status, 508);
+    assert_eq!(looped.body["error"]["code"], 508);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_config_routes_like_scope_router() {
+    if !haproxy_available() {
+        return;
+    }
+    let lab = lab().await;
+    let cfg = write_checked(&lab, HaproxyMode::Native);
+    let _haproxy = Haproxy::start(&cfg, lab.compute);
+    common_cases(&lab).await;
+}
