@@ -140,9 +140,8 @@ impl Plan {
                 }
             }
         }
-        let peer_ip = peer.ip().to_canonical().to_string();
-        append_list(headers, &X_FORWARDED_FOR, peer_ip.as_bytes());
-        append_list(headers, &VIA, rw.via.as_bytes());
+        append_list(headers, &X_FORWARDED_FOR, &peer_value(peer));
+        append_list(headers, &VIA, &rw.via);
     }
 }
 
@@ -188,18 +187,46 @@ fn strip_scope(headers: &mut http::HeaderMap, name: &HeaderName) {
 }
 
 /// Appends `item` to the comma-separated list in `name`, folding existing lines into one.
-fn append_list(headers: &mut http::HeaderMap, name: &HeaderName, item: &[u8]) {
+fn append_list(headers: &mut http::HeaderMap, name: &HeaderName, item: &HeaderValue) {
+    // Per-request hot path: the usual request carries neither header, and cloning a
+    // precomputed value costs no allocation.
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), item.clone());
+        return;
+    }
     let mut folded: Vec<u8> = Vec::new();
     for v in headers.get_all(name) {
         folded.extend_from_slice(v.as_bytes());
         folded.extend_from_slice(b", ");
     }
-    folded.extend_from_slice(item);
+    folded.extend_from_slice(item.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&folded) {
         headers.insert(name.clone(), value);
     }
 }
 
+/// The client address as a header value, formatted without a heap `String`.
+fn peer_value(peer: SocketAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 64 bytes hold any IPv6 text form, so the write cannot fail.
+    let _ = write!(cursor, "{}", peer.ip().to_canonical());
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    // Tokens are ~200 bytes and the marker rarely starts with a common byte: jump from
+    // one occurrence of the first byte to the next instead of comparing every window.
+    let (&first, rest) = needle.split_first()?;
+    let mut start = 0;
+    while let Some(i) = haystack[start..].iter().position(|&b| b == first) {
+        let at = start + i;
+        if haystack[at + 1..].starts_with(rest) {
+            return Some(at);
+        }
+        start = at + 1;
+    }
+    None
 }
