@@ -1,0 +1,991 @@
+//! End-to-end scenarios of `cargo xtask bench`: the same workload through scope-router,
+//! HAProxy + the generated Lua interpreter, HAProxy with native `json_query`, and the
+//! backend directly (the ceiling), in network namespaces this module creates.
+//!
+//! Fairness: every proxy is pinned to CPU 0 with one worker (`--workers 1`,
+//! HAProxy `nbthread 1`) and no access log; wrk, nginx and the upload sink share CPU 1.
+//! Targets alternate within each round, every run starts a fresh proxy, and the report
+//! gives medians over the rounds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::json;
+
+use super::netlab::{
+    self, BACKEND, BACKEND_IP, CLIENT, LOAD_CPU, NetLab, PROXY_CPU, Proc, ROUTER, VIP1, VIP2,
+    in_netns, nsenter,
+};
+use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Scenarios to run (a local scope, b remote chain, c token piggyback, d 1 GiB
+    /// upload, e idle connections, f connection rate).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    pub only: Vec<String>,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Rounds (targets alternate within a round; medians over rounds).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Concurrent wrk connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// Idle keep-alive connections held in scenario e.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Upload size for scenario d, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub upload_mib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    ScopeRouter,
+    ScopeRouterEbpf,
+    HaproxyLua,
+    HaproxyNative,
+    Direct,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::ScopeRouter => "scope-router",
+            Target::ScopeRouterEbpf => "scope-router (eBPF steering)",
+            Target::HaproxyLua => HAPROXY_LUA,
+            Target::HaproxyNative => "haproxy json_query",
+            Target::Direct => CEILING,
+        }
+    }
+}
+
+const SCOPED: &[Target] = &[
+    Target::ScopeRouter,
+    Target::HaproxyLua,
+    Target::HaproxyNative,
+    Target::Direct,
+];
+
+/// A fernet-sized token (keystone's are ~180 characters).
+const TOKEN: &str = "gAAAAABlR2x0b2tlbl9mb3JfYmVuY2htYXJrc19vbmx5X3RoaXNfaXNfbm90X2FfcmVhbF90b2tlbl9idXRfaXRfaGFzX3RoZV9yaWdodF9zaXplX2Zvcl9hX2Zlcm5ldF90b2tlbg";
+
+const LAYOUTS: &[Layout] = &[
+    Layout {
+        scenario: "a",
+        title: "(a) X-Scope → local region (GET, keep-alive)",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+    Layout {
+        scenario: "b",
+        title: "(b) X-Scope → remote region (two proxies in a chain)",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+    Layout {
+        scenario: "c",
+        title: "(c) scope piggybacked on X-Auth-Token → local region",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+    Layout {
+        scenario: "d",
+        title: "(d) streaming upload through the image listener",
+        columns: &[
+            ("mib_s", "MiB/s", 0),
+            ("seconds", "seconds", 2),
+            ("cpu_s", "proxy CPU s", 2),
+            ("peak_rss_mib", "proxy peak RSS MiB", 1),
+        ],
+        ratio_on: Some("mib_s"),
+    },
+    Layout {
+        scenario: "e",
+        title: "(e) idle keep-alive connections",
+        columns: &[
+            ("kib_per_conn", "KiB per connection", 1),
+            ("rss_before_mib", "RSS before MiB", 1),
+            ("rss_after_mib", "RSS after MiB", 1),
+        ],
+        ratio_on: None,
+    },
+    Layout {
+        scenario: "f",
+        title: "(f) new-connection rate (Connection: close)",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+];
+
+const RPS_COLUMNS: &[(&str, &str, usize)] = &[
+    ("rps", "req/s", 0),
+    ("p50_ms", "p50 ms", 3),
+    ("p99_ms", "p99 ms", 3),
+    ("cpu_s", "proxy CPU s", 2),
+    ("peak_rss_mib", "proxy peak RSS MiB", 1),
+    ("errors", "errors", 0),
+];
+
+/// Files the targets run from.
+struct Env {
+    work: PathBuf,
+    scope_router: PathBuf,
+    haproxy: PathBuf,
+}
+
+/// Runs the selected scenarios and writes `out_dir/report.{md,json}`.
+pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
+    for tool in [
+        "haproxy", "nginx", "wrk", "curl", "python3", "taskset", "nsenter", "ip",
+    ] {
+        which(tool).with_context(|| {
+            format!("`{tool}` is needed by the end-to-end benchmarks (apt-get install haproxy lua-cjson nginx wrk curl python3 util-linux iproute2)")
+        })?;
+    }
+    let started = Instant::now();
+    let work = out_dir.join("work");
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let env = Env {
+        work: work.clone(),
+        scope_router: scope_router.to_owned(),
+        haproxy: which("haproxy")?,
+    };
+    let nofile = netlab::raise_nofile()?;
+    // Each idle client costs a proxy two descriptors (client + server side).
+    let idle = opts
+        .idle_connections
+        .min((nofile.saturating_sub(600) / 2) as usize);
+    if idle < opts.idle_connections {
+        eprintln!(
+            "    note: open-file limit {nofile} allows {idle} idle connections in scenario e, not {} (raise `ulimit -Hn` for more)",
+            opts.idle_connections
+        );
+    }
+    let opts = &Options {
+        idle_connections: idle,
+        ..opts.clone()
+    };
+    write_configs(&env, idle + 200, nofile)?;
+
+    eprintln!(
+        "==> bench: network namespaces {CLIENT} → {ROUTER} (eth2: {VIP1}, {VIP2}) → {BACKEND}"
+    );
+    let _lab = NetLab::up()?;
+    let mut backends = start_backends(&env)?;
+
+    let mut runs: Vec<Run> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let total = planned_runs(opts);
+    let mut done = 0usize;
+    let mut progress = |label: &str, line: &str| {
+        done += 1;
+        eprintln!(
+            "    [{done:>3}/{total}] {label}: {line}  ({:.0}s elapsed)",
+            started.elapsed().as_secs_f64()
+        );
+    };
+
+    for scenario in ["a", "b", "c"] {
+        if !opts.only.iter().any(|s| s == scenario) {
+            continue;
+        }
+        eprintln!(
+            "==> scenario ({scenario}): {} rounds × {} targets × {}s",
+            opts.rounds,
+            SCOPED.len(),
+            opts.duration
+        );
+        for round in 1..=opts.rounds {
+            for target in rotated(SCOPED, round) {
+                for b in backends.iter_mut() {
+                    b.check_alive()?;
+                }
+                let run = load_run(&env, opts, scenario, target, round, &[])?;
+                progress(
+                    &format!("{scenario} round {round} {}", target.label()),
+                    &summary(&run),
+                );
+                runs.push(run);
+            }
+        }
+    }
+    if opts.only.iter().any(|s| s == "d") {
+        eprintln!(
+            "==> scenario (d): {} MiB upload × {} rounds",
+            opts.upload_mib, opts.rounds
+        );
+        for round in 1..=opts.rounds {
+            for target in rotated(SCOPED, round) {
+                let run = upload_run(&env, opts, target, round)?;
+                progress(
+                    &format!("d round {round} {}", target.label()),
+                    &summary(&run),
+                );
+                runs.push(run);
+            }
+        }
+    }
+    if opts.only.iter().any(|s| s == "e") {
+        eprintln!(
+            "==> scenario (e): {} idle keep-alive connections",
+            opts.idle_connections
+        );
+        let targets = [
+            Target::ScopeRouter,
+            Target::HaproxyLua,
+            Target::HaproxyNative,
+        ];
+        for round in 1..=opts.rounds {
+            for target in rotated(&targets, round) {
+                let run = idle_run(&env, opts, target, round)?;
+                progress(
+                    &format!("e round {round} {}", target.label()),
+                    &summary(&run),
+                );
+                runs.push(run);
+            }
+        }
+    }
+    if opts.only.iter().any(|s| s == "f") {
+        eprintln!("==> scenario (f): new-connection rate, direct binds vs eBPF steering");
+        let mut targets = vec![
+            Target::ScopeRouter,
+            Target::ScopeRouterEbpf,
+            Target::HaproxyLua,
+        ];
+        for round in 1..=opts.rounds {
+            for target in rotated(&targets.clone(), round) {
+                match load_run(&env, opts, "f", target, round, &["Connection: close"]) {
+                    Ok(run) => {
+                        progress(
+                            &format!("f round {round} {}", target.label()),
+                            &summary(&run),
+                        );
+                        runs.push(run);
+                    }
+                    Err(e) if target == Target::ScopeRouterEbpf => {
+                        // The eBPF object ships with the kernel work; without it, say so.
+                        let note = format!(
+                            "(f) eBPF steering not measured: scope-router with [ebpf] mode = \"required\" did not serve ({})",
+                            first_line(&format!("{e:#}"))
+                        );
+                        eprintln!("    {note}");
+                        notes.push(note);
+                        targets.retain(|t| *t != Target::ScopeRouterEbpf);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    let machine = machine_description();
+    let settings = json!({
+        "duration_s": opts.duration,
+        "rounds": opts.rounds,
+        "wrk_connections": opts.connections,
+        "idle_connections": opts.idle_connections,
+        "open_file_limit": nofile,
+        "upload_mib": opts.upload_mib,
+        "proxy_cpu": PROXY_CPU,
+        "load_cpu": LOAD_CPU,
+        "scenarios": opts.only,
+    });
+    let mut md = String::from("# scope-router benchmark report\n\n");
+    md.push_str(&format!(
+        "Machine: {}\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}`, proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
+        machine["summary"].as_str().unwrap_or("?"),
+        opts.duration,
+        opts.rounds,
+        opts.connections
+    ));
+    for layout in LAYOUTS {
+        if opts.only.iter().any(|s| s == layout.scenario) {
+            md.push_str(&report::markdown_table(&runs, layout));
+            md.push('\n');
+        }
+    }
+    md.push_str("### Targets\n\n");
+    for line in target_checks(&runs) {
+        md.push_str(&format!("- {line}\n"));
+    }
+    for note in &notes {
+        md.push_str(&format!("- {note}\n"));
+    }
+    let json = report::json_report(&runs, LAYOUTS, &machine, &settings);
+    report::write(&out_dir.join("report.md"), &md)?;
+    report::write(
+        &out_dir.join("report.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("\n{md}");
+    eprintln!(
+        "==> bench done in {:.0}s: {} and {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display(),
+        out_dir.join("report.json").display()
+    );
+    drop(backends.drain(..));
+    Ok(())
+}
+
+fn planned_runs(opts: &Options) -> usize {
+    let r = opts.rounds as usize;
+    opts.only
+        .iter()
+        .map(|s| match s.as_str() {
+            "a" | "b" | "c" | "d" => SCOPED.len() * r,
+            "e" | "f" => 3 * r,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Round r starts at a different target so no target always runs first or last.
+fn rotated(targets: &[Target], round: u32) -> Vec<Target> {
+    let mut v = targets.to_vec();
+    let n = v.len().max(1);
+    v.rotate_left((round as usize - 1) % n);
+    v
+}
+
+fn summary(run: &Run) -> String {
+    let m = &run.metrics;
+    let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    match run.scenario.as_str() {
+        "d" => format!(
+            "{:.0} MiB/s, peak RSS {:.1} MiB",
+            get("mib_s"),
+            get("peak_rss_mib")
+        ),
+        "e" => format!("{:.1} KiB per connection", get("kib_per_conn")),
+        _ => format!(
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
+            get("rps"),
+            get("p50_ms"),
+            get("p99_ms"),
+            get("errors")
+        ),
+    }
+}
+
+fn which(tool: &str) -> Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || path.is_empty() {
+        bail!("`{tool}` not found on PATH");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Catalog, router configs, nginx config, upload sink, HAProxy configs (via
+/// `scope-router haproxy-config`, so HAProxy runs exactly the generated files).
+fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
+    let w = &env.work;
+    let mut catalog = Vec::new();
+    for (region, vip) in [("RegionOne", VIP1), ("RegionTwo", VIP2)] {
+        for (st, url) in [
+            ("identity", format!("http://{vip}:5000")),
+            ("compute", format!("http://{vip}:8774/v2.1/%(tenant_id)s")),
+            ("image", format!("http://{vip}:9292")),
+        ] {
+            catalog.push(
+                json!({"Region": region, "Service Type": st, "Interface": "public", "URL": url}),
+            );
+        }
+    }
+    report::write(
+        &w.join("catalog.json"),
+        &serde_json::to_string_pretty(&catalog)?,
+    )?;
+    for (file, region, ebpf) in [
+        ("RegionOne.toml", "RegionOne", "off"),
+        ("RegionTwo.toml", "RegionTwo", "off"),
+        ("RegionOne-ebpf.toml", "RegionOne", "required"),
+    ] {
+        let text = format!(
+            "# Benchmark config (generated by cargo xtask bench).\nregion = \"{region}\"\n\
+             catalog = [\"catalog.json\"]\nbackend = \"{BACKEND_IP}\"\n\n[ebpf]\nmode = \"{ebpf}\"\n\
+             interface = \"eth2\"\npin_path = \"/sys/fs/bpf/scope-router-bench\"\n\n\
+             [ports.9292]\nidle = \"6h\"\n"
+        );
+        report::write(&w.join(file), &text)?;
+    }
+    let nginx = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\n\
+         pid {pid};\nerror_log {err} warn;\nevents {{ worker_connections {conns}; use epoll; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 600s;\n\
+         \x20 server {{\n    listen {BACKEND_IP}:8774;\n    listen {BACKEND_IP}:5000;\n\
+         \x20   location / {{ default_type text/plain; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        pid = w.join("nginx.pid").display(),
+        err = w.join("nginx.err").display(),
+        conns = nofile.saturating_sub(100),
+    );
+    report::write(&w.join("nginx.conf"), &nginx)?;
+    report::write(&w.join("sink.py"), SINK)?;
+
+    for (cfg, region) in [("RegionOne.toml", "r1"), ("RegionTwo.toml", "r2")] {
+        let lua_dir = w.join(format!("haproxy-lua-{region}"));
+        std::fs::create_dir_all(&lua_dir)?;
+        let out = Command::new(&env.scope_router)
+            .args(["haproxy-config", "--config"])
+            .arg(w.join(cfg))
+            .arg("--out")
+            .arg(&lua_dir)
+            .output()
+            .context("cannot run scope-router haproxy-config")?;
+        if !out.status.success() {
+            bail!(
+                "scope-router haproxy-config failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tune_haproxy(&lua_dir.join("haproxy.cfg"), maxconn)?;
+        let out = Command::new(&env.scope_router)
+            .args(["haproxy-config", "--native", "--config"])
+            .arg(w.join(cfg))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "scope-router haproxy-config --native failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let native = w.join(format!("haproxy-native-{region}.cfg"));
+        std::fs::write(&native, &out.stdout)?;
+        tune_haproxy(&native, maxconn)?;
+        for cfg in [lua_dir.join("haproxy.cfg"), native] {
+            let check = Command::new(&env.haproxy)
+                .arg("-c")
+                .arg("-f")
+                .arg(&cfg)
+                .output()?;
+            if !check.status.success() {
+                bail!(
+                    "haproxy -c -f {} failed:\n{}",
+                    cfg.display(),
+                    String::from_utf8_lossy(&check.stderr)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One thread (like `--workers 1`) and room for the idle-connection scenario.
+fn tune_haproxy(path: &Path, maxconn: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let tuned = text.replacen(
+        "\nglobal\n",
+        &format!("\nglobal\n    nbthread 1\n    maxconn {maxconn}\n"),
+        1,
+    );
+    if tuned == text {
+        bail!("no `global` section in {}", path.display());
+    }
+    std::fs::write(path, tuned)?;
+    Ok(())
+}
+
+/// Reads the whole request body (Content-Length or chunked) and answers its size.
+const SINK: &str = r#"# Upload sink for cargo xtask bench: counts the request body, answers the count.
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_PUT(self):
+        n = 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        return
+                    n += len(chunk)
+                    left -= len(chunk)
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    return
+                n += len(chunk)
+                left -= len(chunk)
+        body = str(n).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
+"#;
+
+fn start_backends(env: &Env) -> Result<Vec<Proc>> {
+    let w = &env.work;
+    let mut nginx = Proc::spawn(
+        "nginx",
+        BACKEND,
+        LOAD_CPU,
+        &which("nginx")?,
+        &[
+            "-c",
+            &w.join("nginx.conf").display().to_string(),
+            "-e",
+            &w.join("nginx.err").display().to_string(),
+        ],
+        &[],
+        w.join("nginx.log"),
+    )?;
+    let mut sink = Proc::spawn(
+        "upload sink",
+        BACKEND,
+        LOAD_CPU,
+        &which("python3")?,
+        &[&w.join("sink.py").display().to_string(), BACKEND_IP, "9292"],
+        &[],
+        w.join("sink.log"),
+    )?;
+    netlab::wait_listening(&format!("{BACKEND_IP}:8774"), &mut [&mut nginx])?;
+    netlab::wait_listening(&format!("{BACKEND_IP}:9292"), &mut [&mut sink])?;
+    Ok(vec![nginx, sink])
+}
+
+/// Starts the proxies for `target` (both regions when `chain`); none for the ceiling.
+fn start(env: &Env, target: Target, chain: bool, tag: &str) -> Result<Vec<Proc>> {
+    let w = &env.work;
+    let mut procs = Vec::new();
+    let regions: &[(&str, &str, &str)] = if chain {
+        &[("r1", "RegionOne", VIP1), ("r2", "RegionTwo", VIP2)]
+    } else {
+        &[("r1", "RegionOne", VIP1)]
+    };
+    for (short, region, vip) in regions {
+        let log = w.join(format!("{tag}-{short}.log"));
+        let p = match target {
+            Target::Direct => continue,
+            Target::ScopeRouter | Target::ScopeRouterEbpf => {
+                let cfg = if target == Target::ScopeRouterEbpf {
+                    format!("{region}-ebpf.toml")
+                } else {
+                    format!("{region}.toml")
+                };
+                Proc::spawn(
+                    &format!("scope-router {region}"),
+                    ROUTER,
+                    PROXY_CPU,
+                    &env.scope_router,
+                    &[
+                        "run",
+                        "--workers",
+                        "1",
+                        "--config",
+                        &w.join(cfg).display().to_string(),
+                    ],
+                    // Off like HAProxy's (no `log` line): the access log would cost both.
+                    &[("RUST_LOG", "warn")],
+                    log,
+                )?
+            }
+            Target::HaproxyLua | Target::HaproxyNative => {
+                let cfg = if target == Target::HaproxyLua {
+                    w.join(format!("haproxy-lua-{short}")).join("haproxy.cfg")
+                } else {
+                    w.join(format!("haproxy-native-{short}.cfg"))
+                };
+                Proc::spawn(
+                    &format!("haproxy {region}"),
+                    ROUTER,
+                    PROXY_CPU,
+                    &env.haproxy,
+                    &["-db", "-f", &cfg.display().to_string()],
+                    &[],
+                    log,
+                )?
+            }
+        };
+        procs.push((p, format!("{vip}:8774")));
+    }
+    let mut out = Vec::new();
+    for (mut p, addr) in procs {
+        netlab::wait_listening(&addr, &mut [&mut p])?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn cpu_total(procs: &[Proc]) -> Result<f64> {
+    procs.iter().map(Proc::cpu_seconds).sum()
+}
+
+fn peak_rss_mib(procs: &[Proc]) -> Result<f64> {
+    let mut total = 0.0;
+    for p in procs {
+        total += p.memory_kib()?.1 as f64 / 1024.0;
+    }
+    Ok(total)
+}
+
+fn wrk(opts: &Options, url: &str, headers: &[String], seconds: u64) -> Result<report::Wrk> {
+    let mut cmd = nsenter(CLIENT);
+    cmd.args(["taskset", "-c", LOAD_CPU, "wrk", "-t1"])
+        .arg(format!("-c{}", opts.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency");
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    cmd.arg(url);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    report::parse_wrk(&text)
+}
+
+fn load_run(
+    env: &Env,
+    opts: &Options,
+    scenario: &str,
+    target: Target,
+    round: u32,
+    extra: &[&str],
+) -> Result<Run> {
+    let mut headers: Vec<String> = extra.iter().map(|h| (*h).to_owned()).collect();
+    match scenario {
+        "a" | "f" => headers.push(r#"X-Scope: {"compute": "RegionOne"}"#.to_owned()),
+        "b" => headers.push(r#"X-Scope: {"compute": "RegionTwo"}"#.to_owned()),
+        "c" => headers.push(format!(
+            r#"X-Auth-Token: {TOKEN}!SCOPE!{{"compute": "RegionOne", "identity": "RegionOne"}}"#
+        )),
+        other => bail!("no load scenario {other}"),
+    }
+    let url = match target {
+        Target::Direct => format!("http://{BACKEND_IP}:8774/v2.1/servers"),
+        _ => format!("http://{VIP1}:8774/v2.1/servers"),
+    };
+    let tag = format!(
+        "{scenario}-{round}-{}",
+        target.label().replace([' ', '(', ')', '+'], "_")
+    );
+    let mut procs = start(env, target, scenario == "b", &tag)?;
+    // Warm-up: connection pools, Lua state, page cache; not measured.
+    wrk(opts, &url, &headers, 1)?;
+    let cpu0 = cpu_total(&procs)?;
+    let w = wrk(opts, &url, &headers, opts.duration)?;
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    let mut metrics = vec![
+        ("rps", w.requests_per_sec),
+        ("p50_ms", w.p50_ms),
+        ("p99_ms", w.p99_ms),
+        ("errors", w.errors as f64),
+    ];
+    if !procs.is_empty() {
+        metrics.push(("cpu_s", cpu_total(&procs)? - cpu0));
+        metrics.push(("peak_rss_mib", peak_rss_mib(&procs)?));
+    }
+    Ok(Run {
+        scenario: scenario.to_owned(),
+        target: target.label().to_owned(),
+        round,
+        metrics: metrics
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    })
+}
+
+fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
+    let file = env.work.join("upload.bin");
+    let size = opts.upload_mib * 1024 * 1024;
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(size) {
+        // Sparse: reading it costs no disk I/O, so the client is never the bottleneck.
+        let f = std::fs::File::create(&file)?;
+        f.set_len(size)?;
+    }
+    let url = match target {
+        Target::Direct => format!("http://{BACKEND_IP}:9292/v2/images/bench/file"),
+        _ => format!("http://{VIP1}:9292/v2/images/bench/file"),
+    };
+    let tag = format!(
+        "d-{round}-{}",
+        target.label().replace([' ', '(', ')', '+'], "_")
+    );
+    let mut procs = start(env, target, false, &tag)?;
+    let cpu0 = cpu_total(&procs)?;
+    let body = env.work.join("upload.reply");
+    let out = nsenter(CLIENT)
+        .args(["taskset", "-c", LOAD_CPU, "curl", "-sS", "-T"])
+        .arg(&file)
+        .args([
+            "-H",
+            "Expect:",
+            "-H",
+            r#"X-Scope: {"image": "RegionOne"}"#,
+            "-o",
+        ])
+        .arg(&body)
+        .args(["-w", "%{http_code} %{size_upload} %{time_total}"])
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run curl")?;
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let (code, sent, secs) = match fields.as_slice() {
+        [c, s, t] => (*c, s.parse::<f64>()?, t.parse::<f64>()?),
+        _ => bail!(
+            "unexpected curl output `{text}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    };
+    let received: u64 = std::fs::read_to_string(&body)?.trim().parse().unwrap_or(0);
+    if code != "200" || received != size {
+        bail!(
+            "upload through {} failed: HTTP {code}, sink received {received} of {size} bytes",
+            target.label()
+        );
+    }
+    let mut metrics = vec![("mib_s", sent / secs / 1024.0 / 1024.0), ("seconds", secs)];
+    if !procs.is_empty() {
+        metrics.push(("cpu_s", cpu_total(&procs)? - cpu0));
+        metrics.push(("peak_rss_mib", peak_rss_mib(&procs)?));
+    }
+    Ok(Run {
+        scenario: "d".into(),
+        target: target.label().to_owned(),
+        round,
+        metrics: metrics
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    })
+}
+
+/// Opens `n` connections that each complete one request, then stay idle.
+fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
+    let tag = format!(
+        "e-{round}-{}",
+        target.label().replace([' ', '(', ')', '+'], "_")
+    );
+    let mut procs = start(env, target, false, &tag)?;
+    let addr: SocketAddr = format!("{VIP1}:8774").parse()?;
+    // One request first so lazily built state (pools, Lua) is in the baseline.
+    in_netns(CLIENT, move || one_request(addr).map(drop))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = procs
+        .first()
+        .map(|p| p.memory_kib())
+        .transpose()?
+        .unwrap_or_default()
+        .0;
+    let n = opts.idle_connections;
+    let conns = in_netns(CLIENT, move || {
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            held.push(one_request(addr).with_context(|| format!("idle connection {i}"))?);
+        }
+        Ok(held)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    let after = procs
+        .first()
+        .map(|p| p.memory_kib())
+        .transpose()?
+        .unwrap_or_default()
+        .0;
+    drop(conns);
+    let per_conn = (after as f64 - before as f64) / n as f64;
+    Ok(Run {
+        scenario: "e".into(),
+        target: target.label().to_owned(),
+        round,
+        metrics: [
+            ("kib_per_conn", per_conn),
+            ("rss_before_mib", before as f64 / 1024.0),
+            ("rss_after_mib", after as f64 / 1024.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    })
+}
+
+/// A keep-alive GET whose response is read completely; the connection stays open.
+fn one_request(addr: SocketAddr) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!(
+            "GET /v2.1/servers HTTP/1.1\r\nHost: {addr}\r\nX-Scope: {{\"compute\": \"RegionOne\"}}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed before the response ended");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                bail!("unexpected response: {}", first_line(&head));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| anyhow!("response without Content-Length"))?;
+            if buf.len() >= end + 4 + len {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+/// One-line machine description plus details for the JSON report.
+fn machine_description() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let version = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                let t = if o.stdout.is_empty() {
+                    o.stderr
+                } else {
+                    o.stdout
+                };
+                first_line(String::from_utf8_lossy(&t).trim()).to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let haproxy = version("haproxy", "-v");
+    let nginx = version("nginx", "-v");
+    let wrk = version("wrk", "-v");
+    json!({
+        "summary": format!("{cpus} × {model}, Linux {kernel}; {haproxy}; {nginx}; {wrk}"),
+        "cpu": model, "cpus": cpus, "kernel": kernel,
+        "haproxy": haproxy, "nginx": nginx, "wrk": wrk,
+    })
+}
+
+/// The issue's targets, each stated as met / not met from the medians.
+fn target_checks(runs: &[Run]) -> Vec<String> {
+    let med = |scenario: &str, target: &str, key: &str| {
+        report::medians(runs, scenario)
+            .into_iter()
+            .find(|(t, _)| t == target)
+            .and_then(|(_, m)| m.get(key).copied())
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let sr = Target::ScopeRouter.label();
+    let native = Target::HaproxyNative.label();
+    let mut out = Vec::new();
+    for s in ["a", "b", "c"] {
+        if let (Some(r), Some(l), Some(n), Some(rp99), Some(np99), Some(lp99)) = (
+            med(s, sr, "rps"),
+            med(s, HAPROXY_LUA, "rps"),
+            med(s, native, "rps"),
+            med(s, sr, "p99_ms"),
+            med(s, native, "p99_ms"),
+            med(s, HAPROXY_LUA, "p99_ms"),
+        ) {
+            out.push(format!(
+                "({s}) req/s ≥ 1.5× HAProxy+Lua: {:.2}× — {}; ≥ 1.0× json_query: {:.2}× — {}; p99 {:.3} ms vs {:.3} (Lua) / {:.3} (json_query) ms — {}",
+                r / l,
+                verdict(r >= 1.5 * l),
+                r / n,
+                verdict(r >= n),
+                rp99,
+                lp99,
+                np99,
+                verdict(rp99 <= lp99 && rp99 <= np99)
+            ));
+        }
+    }
+    if let Some(rss) = med("d", sr, "peak_rss_mib") {
+        out.push(format!(
+            "(d) upload peak RSS < 64 MiB: {rss:.1} MiB — {}",
+            verdict(rss < 64.0)
+        ));
+    }
+    if let (Some(r), Some(h)) = (
+        med("e", sr, "kib_per_conn"),
+        med("e", HAPROXY_LUA, "kib_per_conn"),
+    ) {
+        out.push(format!(
+            "(e) memory per idle connection ≤ HAProxy's: {r:.1} KiB vs {h:.1} KiB — {}",
+            verdict(r <= h)
+        ));
+    }
+    if let (Some(d), Some(e)) = (
+        med("f", sr, "rps"),
+        med("f", Target::ScopeRouterEbpf.label(), "rps"),
+    ) {
+        let overhead = (d - e) / d * 100.0;
+        out.push(format!(
+            "(f) eBPF steering overhead on connection rate ≤ 5 %: {overhead:.1} % — {}",
+            verdict(overhead <= 5.0)
+        ));
+    }
+    out
+}
