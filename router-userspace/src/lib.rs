@@ -1,8 +1,13 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
 
+pub mod access_log;
 pub mod catalog;
 pub mod config;
 pub mod decision;
+pub mod listener;
+pub mod passthrough;
 pub mod problem;
+pub mod proxy;
 pub mod report;
 pub mod routing;
+pub mod shutdown;

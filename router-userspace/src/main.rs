@@ -1,2 +1,154 @@
-//! The `scope-router` command line.
-fn main() {}
+//! The `scope-router` command line: run the router, check a config, explain a request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use scope_router::config::{Config, EbpfMode};
+use scope_router::proxy::{StartOptions, server};
+use scope_router::routing::Router;
+use scope_router::shutdown::{Drained, termination_signal};
+use scope_router::{access_log, report};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scope-router",
+    version,
+    about = "Scope-interpreting edge router for multi-region OpenStack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// `status` and `haproxy-config` are added by their owners next to these.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every scoped and passthrough listener until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads of the async runtime (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate the configuration and catalog, print the routing table, exit.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show how a request would be routed, without sending it.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Absolute URL the client would use, e.g. http://192.168.142.244:8774/v2.1/servers.
+        url: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    access_log::init_subscriber();
+    match cli.command {
+        Command::Run { config, workers } => {
+            let config = load(&config)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                if n == 0 {
+                    bail!("--workers must be at least 1");
+                }
+                rt.worker_threads(n);
+            }
+            let rt = rt
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(run(config))
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            print!("{}", report::check(&router, &config));
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            headers,
+            method,
+            url,
+        } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            let headers = headers
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<Result<Vec<_>>>()?;
+            let text = report::explain(&router, &method, &url, &headers)
+                .context("cannot explain this request")?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+fn router(config: &Config) -> Result<Router> {
+    Router::from_config(config).with_context(|| {
+        format!(
+            "cannot build the routing table from {}",
+            config.path.display()
+        )
+    })
+}
+
+fn parse_header(text: &str) -> Result<(String, String)> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => bail!("invalid --header `{text}`; write it as `Name: value`"),
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    let router = Arc::new(router(&config)?);
+    // The eBPF loader (kernel side) hands its sk_lookup-steered socket in via
+    // StartOptions::handed_in with bind_direct = false; until it is wired here,
+    // every VIP:port is bound directly.
+    if config.ebpf.mode == EbpfMode::Required {
+        bail!(
+            "ebpf.mode = \"required\" but this build does not load the eBPF programs; set ebpf.mode = \"auto\" or \"off\""
+        );
+    }
+    if config.ebpf.mode == EbpfMode::Auto {
+        tracing::info!(
+            "eBPF steering unavailable in this build: binding each VIP:port directly with IP_FREEBIND"
+        );
+    }
+    let handle = server::start_with_router(&config, router, StartOptions::default())
+        .context("cannot start listening")?;
+    let signal = termination_signal()
+        .await
+        .context("cannot install SIGTERM/SIGINT handlers")?;
+    tracing::info!(
+        grace = %humantime::format_duration(config.proxy.shutdown_grace),
+        "{signal} received: no new connections, finishing in-flight requests"
+    );
+    match handle.shutdown().await {
+        Drained::Clean => tracing::info!("all requests finished; exiting"),
+        Drained::GraceExpired => {
+            tracing::warn!("shutdown grace expired; remaining connections were cut")
+        }
+    }
+    Ok(())
+}
