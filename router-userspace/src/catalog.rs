@@ -37,43 +37,61 @@ pub struct Catalog {
 /// Why a catalog file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("cannot read catalog file {path}: {source}; check the `catalog` paths in the config")]
+    #[error("cannot read catalog file {}: {source}; check the `catalog` paths in the config", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "catalog file {path} is not valid JSON ({source}); regenerate it with \
-         `openstack endpoint list -f json -c Region -c \"Service Type\" -c Interface -c URL`"
+        "catalog file {} is not valid JSON ({source}); regenerate it with \
+         `openstack endpoint list -f json -c Region -c \"Service Type\" -c Interface -c URL`",
+        path.display()
     )]
     Json {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("catalog file {path}: {message}")]
+    #[error("catalog file {}: {message}", path.display())]
     Shape { path: PathBuf, message: String },
-    #[error("catalog file {path}, entry #{index}: {message}")]
+    #[error("catalog file {}, entry #{index}: {message}", path.display())]
     Entry {
         path: PathBuf,
         index: usize,
         message: String,
     },
-    #[error(
-        "conflicting catalog entries for {region} {service_type} {interface}: {first_url} in {} \
-         but {second_url} in {}; fix or remove one of them",
-        first.display(), second.display()
-    )]
-    Conflict {
-        region: String,
-        service_type: String,
-        interface: String,
-        first_url: String,
-        first: PathBuf,
-        second_url: String,
-        second: PathBuf,
-    },
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
     #[error("no catalog file given; set `catalog = [\"endpoint-list-RegionOne.json\", ...]`")]
     Empty,
+}
+
+/// Two files (or two rows) give different URLs for the same region/service type/interface.
+#[derive(Debug)]
+pub struct Conflict {
+    pub region: String,
+    pub service_type: String,
+    pub interface: String,
+    pub first_url: String,
+    pub first: PathBuf,
+    pub second_url: String,
+    pub second: PathBuf,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conflicting catalog entries for {} {} {}: {} in {} but {} in {}; fix or remove one \
+             of them",
+            self.region,
+            self.service_type,
+            self.interface,
+            self.first_url,
+            self.first.display(),
+            self.second_url,
+            self.second.display()
+        )
+    }
 }
 
 /// Why a URL could not be cleaned.
@@ -265,7 +283,7 @@ impl Catalog {
                 Ok(())
             }
             Some(old) if old.url == new.url => Ok(()),
-            Some(old) => Err(CatalogError::Conflict {
+            Some(old) => Err(CatalogError::Conflict(Box::new(Conflict {
                 region: new.region.to_string(),
                 service_type: new.service_type.to_string(),
                 interface: new.interface.to_string(),
@@ -273,7 +291,7 @@ impl Catalog {
                 first: old.source.to_path_buf(),
                 second_url: new.url.to_string(),
                 second: new.source.to_path_buf(),
-            }),
+            }))),
         }
     }
 
@@ -286,7 +304,7 @@ impl Catalog {
     pub fn regions(&self) -> Vec<Arc<str>> {
         let mut regions: Vec<Arc<str>> = Vec::new();
         for e in &self.entries {
-            if !regions.iter().any(|r| *r == e.region) {
+            if !regions.contains(&e.region) {
                 regions.push(Arc::clone(&e.region));
             }
         }

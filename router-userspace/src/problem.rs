@@ -162,6 +162,7 @@ fn join(items: &[impl AsRef<str>]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
