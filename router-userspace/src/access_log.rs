@@ -24,6 +24,8 @@ pub struct AccessRecord {
     pub region: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
     pub scope_source: &'static str,
+    /// Released with the record, i.e. when the response body is done.
+    pub in_flight: Option<crate::proxy::idle::InFlightGuard>,
 }
 
 impl AccessRecord {
@@ -46,6 +48,7 @@ impl AccessRecord {
             region: None,
             backend: None,
             scope_source: "none",
+            in_flight: None,
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::config::Passthrough;
-use crate::proxy::idle::IdleIo;
+use crate::proxy::idle::{IdleIo, InFlightGuard};
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::proxy::{
     append_forwarded_for, append_via, check_head, forward, headers, problem_response,
@@ -89,16 +89,31 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
     );
 }
 
+/// What an HTTP passthrough request needs to know about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// Keeps shutdown waiting for upgraded connections spliced from here.
+    pub guard: Guard,
+    pub signals: Signals,
+}
+
 /// `mode = "http"`: one request to the single backend, upgrades spliced.
 pub async fn handle_http(
     rt: Arc<PassthroughRuntime>,
-    local: SocketAddr,
-    peer: SocketAddr,
+    ctx: ConnCtx,
+    in_flight: InFlightGuard,
     mut req: Request<Incoming>,
-    guard: Guard,
-    signals: Signals,
 ) -> Result<Response<LoggedBody>, Infallible> {
+    let ConnCtx {
+        local,
+        peer,
+        guard,
+        signals,
+    } = ctx;
     let mut record = AccessRecord::new(Instant::now(), local, peer, req.method(), req.uri());
+    record.in_flight = Some(in_flight);
     record.backend = Some(Arc::from(rt.spec.name.as_str()));
     record.region = Some(rt.region.clone());
     let upgrade = headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));

@@ -43,6 +43,10 @@ pub const PORTS: [u16; 6] = [5000, 35357, 9292, 8774, 9696, 8780];
 pub struct LabOptions {
     /// Extra TOML appended to RegionOne's config (e.g. a `[timeouts]` table).
     pub one_extra_toml: String,
+    /// Extra TOML appended to RegionTwo's config.
+    pub two_extra_toml: String,
+    /// Hand RegionOne one more socket whose address no catalog entry names.
+    pub stray_listener: bool,
     /// Leave RegionOne's compute backend unstarted: its port refuses connections.
     pub one_compute_down: bool,
     /// Add a `tcp` and an `http` passthrough listener to RegionOne.
@@ -97,6 +101,8 @@ pub struct Lab {
     pub one: Region,
     pub two: Region,
     pub passthrough: Option<PassthroughLab>,
+    /// The stray socket's address (see [`LabOptions::stray_listener`]).
+    pub stray_addr: Option<SocketAddr>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -209,11 +215,19 @@ impl Lab {
             });
         }
 
+        let mut stray_addr = None;
+        if opts.stray_listener {
+            let s = bind_port0(one_ip)?;
+            stray_addr = Some(s.local_addr()?);
+            pt_socks.push(s);
+        }
+
         let mut lab = Lab {
             dir,
             one,
             two,
             passthrough,
+            stray_addr,
         };
         for region in [&mut lab.one, &mut lab.two] {
             let is_one = region.name == "RegionOne";
@@ -222,10 +236,12 @@ impl Lab {
                  backend = \"127.0.0.1\"\n",
                 region.name
             );
-            if is_one {
-                toml.push_str(&opts.one_extra_toml);
-                toml.push('\n');
-            }
+            toml.push_str(if is_one {
+                &opts.one_extra_toml
+            } else {
+                &opts.two_extra_toml
+            });
+            toml.push('\n');
             toml.push_str("[ebpf]\nmode = \"off\"\n");
             for p in PORTS {
                 let backend = match region.backends.get(&p) {

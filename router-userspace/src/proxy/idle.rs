@@ -5,11 +5,40 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// Counts requests being served on a client connection. While one is, the
+/// client owes us nothing (the backend is working), so silence on the read
+/// side is not client inactivity; stalls are then caught on the upstream side.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+/// Held from request head to the end of its response body.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A stream that fails with `TimedOut` after `timeout` without any progress
 /// while someone is waiting on it.
@@ -19,6 +48,7 @@ pub struct IdleIo<T> {
     timeout: Duration,
     last_progress: Instant,
     sleep: Pin<Box<Sleep>>,
+    reads_paused_by: Option<InFlight>,
 }
 
 impl<T> IdleIo<T> {
@@ -29,7 +59,14 @@ impl<T> IdleIo<T> {
             timeout,
             last_progress: now,
             sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            reads_paused_by: None,
         }
+    }
+
+    /// Read-side silence does not count while `in_flight` has requests.
+    pub fn pause_reads_while(mut self, in_flight: InFlight) -> Self {
+        self.reads_paused_by = Some(in_flight);
+        self
     }
 
     pub fn get_ref(&self) -> &T {
@@ -73,6 +110,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
             Poll::Ready(r) => {
                 this.progressed();
                 Poll::Ready(r)
+            }
+            Poll::Pending if this.reads_paused_by.as_ref().is_some_and(InFlight::busy) => {
+                this.progressed();
+                Poll::Pending
             }
             Poll::Pending => this.poll_expired(cx).map(Err),
         }
@@ -154,6 +195,23 @@ mod tests {
             idle.read_exact(&mut buf).await.unwrap();
         }
         let _b = writer.await.unwrap();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_do_not_expire_while_a_request_is_in_flight() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let in_flight = InFlight::default();
+        let mut idle = IdleIo::new(a, Duration::from_secs(60)).pause_reads_while(in_flight.clone());
+        let guard = in_flight.enter();
+        let mut buf = [0u8; 1];
+        // Silence far beyond the timeout while busy: still pending, no error.
+        let waited = tokio::time::timeout(Duration::from_secs(600), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        drop(guard);
+        b.write_all(b"y").await.unwrap();
+        idle.read_exact(&mut buf).await.unwrap();
         let err = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use super::idle::InFlightGuard;
 use super::upstream::Upstreams;
 use super::{check_head, forward, headers, problem_response, relay_response};
 use crate::access_log::{AccessRecord, LoggedBody};
@@ -53,14 +54,17 @@ pub async fn handle(
     shared: Arc<ScopedShared>,
     local: SocketAddr,
     peer: SocketAddr,
+    in_flight: InFlightGuard,
     req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    let mut record = AccessRecord::new(started, local, peer, &parts.method, &parts.uri);
+    record.in_flight = Some(in_flight);
     let mut ctx = RequestCtx {
         local,
         peer,
-        record: AccessRecord::new(started, local, peer, &parts.method, &parts.uri),
+        record,
     };
 
     // Phase: request limits. The body was not read, so the connection closes.

@@ -10,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::hyper_buf_size;
-use super::idle::IdleIo;
+use super::idle::{IdleIo, InFlight};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -208,8 +208,20 @@ impl Dispatch {
         } = acc;
         if let Some(spec) = self.scoped.router.listener(local) {
             let shared = self.scoped.clone();
-            let svc = service_fn(move |req| scoped::handle(shared.clone(), local, peer, req));
-            serve_http(stream, spec.timeouts, self.max_header_bytes, svc, signals).await;
+            let in_flight = InFlight::default();
+            let busy = in_flight.clone();
+            let svc = service_fn(move |req| {
+                scoped::handle(shared.clone(), local, peer, busy.enter(), req)
+            });
+            serve_http(
+                stream,
+                spec.timeouts,
+                self.max_header_bytes,
+                in_flight,
+                svc,
+                signals,
+            )
+            .await;
         } else if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
@@ -222,20 +234,22 @@ impl Dispatch {
                 PassthroughMode::Http => {
                     let rt2 = rt.clone();
                     let (g, s) = (guard.clone(), signals.clone());
+                    let in_flight = InFlight::default();
+                    let busy = in_flight.clone();
                     let svc = service_fn(move |req| {
-                        passthrough::handle_http(
-                            rt2.clone(),
+                        let ctx = passthrough::ConnCtx {
                             local,
                             peer,
-                            req,
-                            g.clone(),
-                            s.clone(),
-                        )
+                            guard: g.clone(),
+                            signals: s.clone(),
+                        };
+                        passthrough::handle_http(rt2.clone(), ctx, busy.enter(), req)
                     });
                     serve_http(
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
+                        in_flight,
                         svc,
                         signals,
                     )
@@ -255,6 +269,7 @@ async fn serve_http<S>(
     stream: tokio::net::TcpStream,
     timeouts: Timeouts,
     max_header_bytes: usize,
+    in_flight: InFlight,
     svc: S,
     mut signals: Signals,
 ) where
@@ -265,7 +280,7 @@ async fn serve_http<S>(
         >,
     S::Future: Send + 'static,
 {
-    let io = TokioIo::new(IdleIo::new(stream, timeouts.idle));
+    let io = TokioIo::new(IdleIo::new(stream, timeouts.idle).pause_reads_while(in_flight));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
