@@ -32,6 +32,14 @@ use crate::pattern;
 pub struct Gate {
     pub arrived: Notify,
     pub release: Notify,
+    /// `METHOD path?query` of every request received, in order.
+    pub seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Gate {
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 /// A running echo backend; stops when dropped.
@@ -94,6 +102,9 @@ async fn echo(
     gate: Arc<Gate>,
 ) -> Result<Response<EchoBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if let Ok(mut seen) = gate.seen.lock() {
+        seen.push(format!("{} {}", req.method(), req.uri()));
+    }
     if path == "/__hang" {
         std::future::pending::<()>().await;
     }
