@@ -4,6 +4,8 @@
 //! - `/__hang`: never answers (timeouts);
 //! - `/__gate`: signals arrival, then waits for the test to release it (shutdown);
 //! - `/__download?bytes=N`: streams N bytes of the shared test pattern;
+//! - `/__download_gated?bytes=N`: the first chunk, then the rest once released;
+//! - `/__progress`: signals arrival as soon as the first body bytes arrive;
 //! - any request with `Connection: upgrade`: 101, then echoes raw bytes.
 
 use std::convert::Infallible;
@@ -112,16 +114,24 @@ async fn echo(
         gate.arrived.notify_one();
         gate.release.notified().await;
     }
-    if path == "/__download" {
+    if path == "/__download" || path == "/__download_gated" {
         let total: u64 = req
             .uri()
             .query()
             .and_then(|q| q.strip_prefix("bytes="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let stream = futures_util::stream::iter(
-            pattern::chunks(total).map(|c| Ok(hyper::body::Frame::data(c))),
-        );
+        let gated = path == "/__download_gated";
+        let gate = gate.clone();
+        let chunks = pattern::chunks(total).enumerate();
+        let stream =
+            futures_util::stream::unfold((chunks, gate), move |(mut it, gate)| async move {
+                let (i, c) = it.next()?;
+                if gated && i == 1 {
+                    gate.release.notified().await;
+                }
+                Some((Ok(hyper::body::Frame::data(c)), (it, gate)))
+            });
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         r.headers_mut().insert(
             "x-backend",
@@ -188,6 +198,9 @@ async fn echo(
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
+                    if len == 0 && !d.is_empty() && path == "/__progress" {
+                        gate.arrived.notify_one();
+                    }
                     hasher.update(d);
                     len += d.len() as u64;
                 }

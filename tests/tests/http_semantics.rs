@@ -25,8 +25,19 @@ async fn hop_by_hop_headers_never_reach_the_backend() {
     .await
     .unwrap();
     let e = r.echo();
-    for h in ["x-hop-secret", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
-        assert!(e.header(h).is_none(), "{h} leaked to the backend: {:?}", e.0["headers"]);
+    for h in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            e.header(h).is_none(),
+            "{h} leaked to the backend: {:?}",
+            e.0["headers"]
+        );
     }
     if let Some(c) = e.header("connection") {
         assert!(!c.to_ascii_lowercase().contains("x-hop-secret"), "{c}");
@@ -37,9 +48,13 @@ async fn hop_by_hop_headers_never_reach_the_backend() {
 #[tokio::test]
 async fn upgrade_is_refused_on_scoped_listeners() {
     let lab = Lab::start(LabOptions::default()).await.unwrap();
-    let r = get(lab.one.addr(9292), "/v2/images", &[("Connection", "upgrade"), ("Upgrade", "websocket")])
-        .await
-        .unwrap();
+    let r = get(
+        lab.one.addr(9292),
+        "/v2/images",
+        &[("Connection", "upgrade"), ("Upgrade", "websocket")],
+    )
+    .await
+    .unwrap();
     // The backend answered as for a plain request: no protocol switch.
     assert_eq!(r.status, 200);
     assert!(r.echo().header("upgrade").is_none());
@@ -49,12 +64,20 @@ async fn upgrade_is_refused_on_scoped_listeners() {
 async fn oversized_request_head_is_431_json() {
     let lab = Lab::start(LabOptions::default()).await.unwrap();
     let big = "x".repeat(20 * 1024);
-    let r = get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &big)]).await.unwrap();
+    let r = get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &big)])
+        .await
+        .unwrap();
     assert_eq!(r.status, 431);
     assert_eq!(r.json()["error"]["code"], 431);
     // A head just under the limit still passes.
     let fits = "x".repeat(12 * 1024);
-    assert_eq!(get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &fits)]).await.unwrap().status, 200);
+    assert_eq!(
+        get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &fits)])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -84,11 +107,16 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["body_len"], 5, "{v}");
-    assert!(v["headers"]["content-length"].is_null() || v["headers"]["content-length"][0] == "5", "{v}");
+    assert!(
+        v["headers"]["content-length"].is_null() || v["headers"]["content-length"][0] == "5",
+        "{v}"
+    );
 
     // A request smuggled behind the ambiguous one never reaches a backend.
     let smuggle = format!("{req}GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-    let mut s = tokio::net::TcpStream::connect(lab.one.addr(8774)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(lab.one.addr(8774))
+        .await
+        .unwrap();
     s.write_all(smuggle.as_bytes()).await.unwrap();
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink).await;
@@ -131,9 +159,17 @@ async fn one_keep_alive_connection_alternates_regions() {
         let r = conn.send(req).await.unwrap();
         assert_eq!(r.status, 200, "request {i}");
         let e = r.echo();
-        let expected = if i % 2 == 0 { lab.one.backend_name(8774) } else { lab.two.backend_name(8774) };
+        let expected = if i % 2 == 0 {
+            lab.one.backend_name(8774)
+        } else {
+            lab.two.backend_name(8774)
+        };
         assert_eq!(e.backend(), expected, "request {i}");
-        assert!(e.path().ends_with(&format!("/v2.1/servers/{i}")), "{}", e.path());
+        assert!(
+            e.path().ends_with(&format!("/v2.1/servers/{i}")),
+            "{}",
+            e.path()
+        );
     }
     assert!(!conn.is_closed());
 }
