@@ -47,6 +47,9 @@ pub struct LabOptions {
     pub two_extra_toml: String,
     /// Hand RegionOne one more socket whose address no catalog entry names.
     pub stray_listener: bool,
+    /// Let the routers bind their addresses directly instead of adopting
+    /// sockets bound by the harness.
+    pub bind_direct: bool,
     /// Leave RegionOne's compute backend unstarted: its port refuses connections.
     pub one_compute_down: bool,
     /// Add a `tcp` and an `http` passthrough listener to RegionOne.
@@ -262,11 +265,16 @@ impl Lab {
             if is_one {
                 handed_in.append(&mut pt_socks);
             }
+            if opts.bind_direct {
+                // The router binds every address itself; free the reserved
+                // ports just before (a tiny window another process could use).
+                handed_in.clear();
+            }
             let handle = start(
                 config,
                 StartOptions {
                     handed_in,
-                    bind_direct: false,
+                    bind_direct: opts.bind_direct,
                 },
             )
             .await?;
