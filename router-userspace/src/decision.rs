@@ -142,7 +142,12 @@ impl Plan {
         }
         let peer_ip = peer.ip().to_canonical().to_string();
         append_list(headers, &X_FORWARDED_FOR, peer_ip.as_bytes());
-        append_list(headers, &VIA, rw.via.as_bytes());
+        if headers.contains_key(VIA) {
+            append_list(headers, &VIA, rw.via.as_bytes());
+        } else {
+            // The common case: no proxy before us, reuse the precomputed value.
+            headers.insert(VIA, rw.via.clone());
+        }
     }
 }
 
@@ -189,7 +194,7 @@ fn strip_scope(headers: &mut http::HeaderMap, name: &HeaderName) {
 
 /// Appends `item` to the comma-separated list in `name`, folding existing lines into one.
 fn append_list(headers: &mut http::HeaderMap, name: &HeaderName, item: &[u8]) {
-    let mut folded: Vec<u8> = Vec::new();
+    let mut folded: Vec<u8> = Vec::with_capacity(64);
     for v in headers.get_all(name) {
         folded.extend_from_slice(v.as_bytes());
         folded.extend_from_slice(b", ");
