@@ -126,6 +126,8 @@ pub struct VipStatus {
     pub present: bool,
     /// From the state file; `None` when no router has written one.
     pub managed: Option<bool>,
+    /// The router found the address already there and took it over.
+    pub adopted: Option<bool>,
     pub running: Option<bool>,
     pub last_announced: Option<SystemTime>,
     pub announcements: u64,
@@ -161,6 +163,7 @@ pub async fn status(
         interface_present,
         present,
         managed: state.as_ref().map(|s| s.managed),
+        adopted: state.as_ref().map(|s| s.adopted),
         running: state.as_ref().map(|s| s.running),
         last_announced,
         announcements: state.as_ref().map_or(0, |s| s.announcements),
@@ -180,6 +183,7 @@ impl fmt::Display for VipStatus {
             write!(f, "absent")?;
         }
         match self.managed {
+            Some(true) if self.adopted == Some(true) => write!(f, ", managed (adopted at start)")?,
             Some(true) => write!(f, ", managed")?,
             Some(false) => write!(f, ", not managed (manage = false)")?,
             None => write!(f, ", no state file at {}", self.state_file.display())?,
@@ -250,6 +254,7 @@ mod tests {
             interface_present: true,
             present: true,
             managed: Some(true),
+            adopted: Some(false),
             running: Some(true),
             last_announced: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000)),
             announcements: 3,
