@@ -3,7 +3,7 @@
 //! cleanup on drop even when a test panics. (To be unified with the kernel suite's guard.)
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,7 +30,9 @@ pub fn privileged_or_skip(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: cannot run privileged test under CI=true: {reason}");
     }
-    eprintln!("SKIPPED {test}: {reason}");
+    // Written to the real stderr, not through eprintln!, so that libtest's output
+    // capture cannot hide the skip reason of a passing test.
+    let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
     false
 }
 
