@@ -708,3 +708,32 @@ fn missing_cap_net_admin_is_reported() {
     assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
     assert!(!lab.vip_present());
 }
+
+#[test]
+fn keep_on_exit_leaves_the_vip_after_shutdown() {
+    let Some(lab) = lab("keep_on_exit_leaves_the_vip_after_shutdown") else {
+        return;
+    };
+    let mut settings = lab.settings();
+    settings.keep_on_exit = true;
+    let running = start_vip(&lab.router, settings).expect("start");
+    running.shutdown().expect("shutdown");
+    assert!(lab.vip_present(), "{:?}", lab.router_addrs());
+    assert_eq!(lab.status().running, Some(false));
+}
+
+#[test]
+fn interface_down_is_reported() {
+    let Some(lab) = lab("interface_down_is_reported") else {
+        return;
+    };
+    lab.router
+        .ip(&["link", "set", "eth2", "down"])
+        .expect("eth2 down");
+    let err = start_vip(&lab.router, lab.settings())
+        .err()
+        .expect("refused");
+    assert!(matches!(err, VipError::InterfaceDown { .. }), "{err:?}");
+    assert!(err.to_string().contains("ip link set eth2 up"), "{err}");
+    assert!(!lab.vip_present());
+}

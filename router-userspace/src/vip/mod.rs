@@ -82,6 +82,12 @@ pub enum VipError {
     InterfaceMissing { interface: String },
 
     #[error(
+        "VIP interface {interface:?} is down, so the VIP cannot be probed or announced: bring \
+         it up (ip link set {interface} up) before starting scope-router"
+    )]
+    InterfaceDown { interface: String },
+
+    #[error(
         "VIP interface {interface:?} has no Ethernet address, so neighbours cannot learn the \
          VIP by ARP: set [vip] interface to an Ethernet interface"
     )]

@@ -240,6 +240,9 @@ fn socket_error(operation: &'static str, interface: &str, source: io::Error) -> 
         Some(libc::ENODEV | libc::ENXIO) => VipError::InterfaceMissing {
             interface: interface.to_owned(),
         },
+        Some(libc::ENETDOWN) => VipError::InterfaceDown {
+            interface: interface.to_owned(),
+        },
         _ => VipError::Socket {
             operation,
             interface: interface.to_owned(),
@@ -266,6 +269,12 @@ mod tests {
             "sending",
             "eth2",
             io::Error::from_raw_os_error(libc::ENETDOWN),
+        );
+        assert!(matches!(err, VipError::InterfaceDown { .. }), "{err:?}");
+        let err = socket_error(
+            "sending",
+            "eth2",
+            io::Error::from_raw_os_error(libc::EMSGSIZE),
         );
         assert!(matches!(err, VipError::Socket { .. }), "{err:?}");
     }

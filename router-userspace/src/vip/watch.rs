@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use rtnetlink::packet_core::NetlinkPayload;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -31,6 +32,8 @@ pub(crate) struct Watcher {
     repeat_at: Option<Instant>,
     /// Last reconcile failure, so a persisting problem is logged once, not every second.
     last_error: Option<String>,
+    /// The rtnetlink connection died; it is reopened from the run loop.
+    reconnect: bool,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -64,6 +67,7 @@ impl Watcher {
             link,
             repeat_at: None,
             last_error: None,
+            reconnect: false,
         }
     }
 
@@ -135,6 +139,10 @@ impl Watcher {
             tokio::select! {
                 _ = &mut stop => break,
                 event = next_event(&mut events) => match event {
+                    Some(msg) if matches!(msg.payload, NetlinkPayload::Overrun(_)) => {
+                        tracing::warn!(vip = %self.address(), "netlink notifications overran: checking the VIP now");
+                        self.reconcile().await;
+                    }
                     Some(msg) => match vip_event(&msg, self.link.index, self.address()) {
                         Some(VipEvent::Removed) => {
                             tracing::warn!(
@@ -160,6 +168,20 @@ impl Watcher {
                 _ = tick.tick() => self.reconcile().await,
                 () = repeat => self.burst(true),
             }
+            if std::mem::take(&mut self.reconnect) {
+                // Reopened in the namespace of the runtime thread, which is the router's
+                // (all its threads share one namespace).
+                match Netlink::connect(&self.settings, true) {
+                    Ok((nl, new_events)) => {
+                        tracing::info!(vip = %self.address(), "rtnetlink connection reopened");
+                        self.nl = nl;
+                        events = new_events;
+                    }
+                    Err(e) => {
+                        tracing::warn!(vip = %self.address(), error = %error_chain(&e), "cannot reopen rtnetlink; retrying")
+                    }
+                }
+            }
         }
         self
     }
@@ -179,6 +201,15 @@ impl Watcher {
                 }
             }
             Err(e) => {
+                if matches!(
+                    &e,
+                    VipError::Netlink {
+                        source: rtnetlink::Error::RequestFailed,
+                        ..
+                    }
+                ) {
+                    self.reconnect = true;
+                }
                 let text = error_chain(&e);
                 if self.last_error.as_deref() != Some(text.as_str()) {
                     tracing::error!(
