@@ -595,6 +595,7 @@ fn unmanaged_vip_leaves_the_interface_untouched() {
     assert_eq!(lab.status().managed, Some(false));
     running.shutdown().expect("shutdown");
     assert_eq!(lab.router_addrs(), before);
+    assert_eq!(lab.status().running, Some(false));
 
     // Present VIP (keepalived's): it is not removed on exit.
     lab.router

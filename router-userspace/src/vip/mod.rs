@@ -264,12 +264,22 @@ async fn start_unmanaged(settings: VipSettings, state: StateFile) -> Result<VipH
         present,
         "VIP not managed ([vip] manage = false): the address is served but never added, removed or announced"
     );
-    state.write(&state::VipState::unmanaged(&settings))?;
+    write_unmanaged_state(&settings, &state, true);
     Ok(VipHandle {
         settings,
         stop: None,
         task: None,
     })
+}
+
+/// An unmanaged router may run without privileges, so a state directory it cannot write
+/// costs only the details of `scope-router status`: warn, do not fail.
+fn write_unmanaged_state(settings: &VipSettings, state: &StateFile, running: bool) {
+    let mut record = state::VipState::unmanaged(settings);
+    record.running = running;
+    if let Err(e) = state.write(&record) {
+        tracing::warn!(vip = %settings.address, error = %error_chain(&e), "VIP state not recorded");
+    }
 }
 
 /// RFC 5227 probe: refuse (or, with `take_over`, warn) when another host claims the VIP.
@@ -303,6 +313,7 @@ impl VipHandle {
     /// (or `manage = false`). Only the VIP itself is ever removed.
     pub async fn shutdown(mut self) -> Result<(), VipError> {
         let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) else {
+            write_unmanaged_state(&self.settings, &StateFile::new(&self.settings), false);
             return Ok(());
         };
         // The watcher may already have ended; its result is what matters, not the send.
@@ -354,6 +365,44 @@ mod tests {
         let text = in_use.to_string();
         assert!(text.contains("02:00:00:00:00:01"), "{text}");
         assert!(text.contains("take_over = true"), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unmanaged_start_survives_an_unwritable_state_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A regular file where the directory should be: no user can create it.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").expect("blocker file");
+        let mut settings = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        settings.manage = false;
+        settings.interface = "nosuch-vip0".into();
+        settings.state_dir = blocker.join("state");
+        let handle = start(settings)
+            .await
+            .expect("unmanaged start never fails on state");
+        handle.shutdown().await.expect("unmanaged shutdown");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unmanaged_state_is_recorded_for_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        settings.manage = false;
+        settings.interface = "nosuch-vip0".into();
+        settings.state_dir = dir.path().to_owned();
+        let handle = start(settings.clone()).await.expect("start");
+        let st = status(settings.address, &settings.interface, dir.path())
+            .await
+            .expect("status");
+        assert_eq!(st.managed, Some(false));
+        assert_eq!(st.running, Some(true));
+        assert!(!st.interface_present && !st.present, "{st}");
+        assert!(st.last_announced.is_none());
+        handle.shutdown().await.expect("shutdown");
+        let st = status(settings.address, &settings.interface, dir.path())
+            .await
+            .expect("status");
+        assert_eq!(st.running, Some(false));
     }
 
     #[test]
