@@ -4,6 +4,10 @@
 //! Everything here runs in the network namespace of the thread that calls [`start`]: the
 //! netlink and AF_PACKET sockets are opened there and keep that namespace for their life,
 //! so tasks spawned later may run on any runtime thread.
+//!
+//! Wiring: `run` builds [`VipSettings`] from `[vip]`, calls [`start`] before serving and
+//! [`VipHandle::shutdown`] after the listeners have drained; `scope-router status` calls
+//! [`status`] with the same address, interface and state directory.
 
 mod arp;
 mod netlink;
