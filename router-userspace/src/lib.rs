@@ -6,3 +6,4 @@ pub mod decision;
 pub mod problem;
 pub mod report;
 pub mod routing;
+pub mod vip;
