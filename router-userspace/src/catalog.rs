@@ -375,3 +375,244 @@ pub(crate) fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), Ho
     };
     Ok((host, port))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    pub(crate) fn fixtures() -> Vec<PathBuf> {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures"
+        ));
+        vec![
+            dir.join("endpoint-list-RegionOne.json"),
+            dir.join("endpoint-list-RegionTwo.json"),
+        ]
+    }
+
+    fn catalog(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
+        let mut c = Catalog::default();
+        for (name, text) in files {
+            c.add_json(text, Path::new(name))?;
+        }
+        Ok(c)
+    }
+
+    fn row(region: &str, st: &str, iface: &str, url: &str) -> String {
+        format!(
+            r#"{{"Region": "{region}", "Service Type": "{st}", "Interface": "{iface}", "URL": "{url}"}}"#
+        )
+    }
+
+    #[test]
+    fn cleans_urls() {
+        let cases = [
+            (
+                "http://192.168.142.244:8774/v2.1/%(tenant_id)s",
+                "192.168.142.244:8774",
+                "/v2.1/",
+                "http",
+            ),
+            ("http://h:8774/v2/%(tenant_id)s", "h:8774", "/v2/", "http"),
+            ("http://h:9292/v2/$(project_id)s", "h:9292", "/v2/", "http"),
+            ("http://h:8774/v2.1/%(a)s/$(b)s", "h:8774", "/v2.1/", "http"),
+            ("http://h:8774/v2.1/x$(b)s", "h:8774", "/v2.1/x", "http"),
+            (
+                "https://keystone.example.com/identity",
+                "keystone.example.com:443",
+                "/identity",
+                "https",
+            ),
+            (
+                "https://10.0.0.1:8443/identity/v3",
+                "10.0.0.1:8443",
+                "/identity/v3",
+                "https",
+            ),
+            ("http://10.0.0.1", "10.0.0.1:80", "", "http"),
+            ("http://10.0.0.1/", "10.0.0.1:80", "", "http"),
+            ("http://10.0.0.1:5000", "10.0.0.1:5000", "", "http"),
+            ("HTTP://Keystone:5000/v3", "keystone:5000", "/v3", "http"),
+            ("http://h:5000/v3?x=1", "h:5000", "/v3", "http"),
+            (
+                "http://[fd00::1]:5000/identity",
+                "[fd00::1]:5000",
+                "/identity",
+                "http",
+            ),
+            ("https://[FD00::1]/x", "[fd00::1]:443", "/x", "https"),
+            ("10.0.0.1:5000/v3", "10.0.0.1:5000", "/v3", "http"),
+        ];
+        for (url, authority, path, scheme) in cases {
+            let (clean, s) = CleanUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                (&*clean.authority, &*clean.path, s),
+                (authority, path, scheme),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        let cases = [
+            "ftp://h:21/x",
+            "http://:80/x",
+            "http:///x",
+            "http://h:abc/",
+            "http://h:0/",
+            "http://h:+80/",
+            "http://h:70000/",
+            "http://user@h:80/",
+            "http://[::1:5000/",
+            "http://[nothost]:5000/",
+            "http://fd00::1:5000/",
+            "keystone/v3",
+        ];
+        for url in cases {
+            assert!(CleanUrl::parse(url).is_err(), "{url} should be rejected");
+        }
+    }
+
+    #[test]
+    fn host_port_and_ip() {
+        let (u, _) = CleanUrl::parse("http://[fd00::1]:5000/x").unwrap();
+        assert_eq!(u.host(), "fd00::1");
+        assert_eq!(u.port(), 5000);
+        assert_eq!(u.ip(), Some("fd00::1".parse().unwrap()));
+        let (u, _) = CleanUrl::parse("http://keystone/x").unwrap();
+        assert_eq!((u.host(), u.port(), u.ip()), ("keystone", 80, None));
+        assert_eq!(u.to_string(), "keystone:80/x");
+    }
+
+    #[test]
+    fn loads_fixtures() {
+        let c = Catalog::load(&fixtures()).unwrap();
+        assert_eq!(c.entries().len(), 36);
+        assert_eq!(
+            &*c.regions()
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>(),
+            ["RegionOne", "RegionTwo"]
+        );
+        let e = c.find("RegionTwo", "compute", "admin").unwrap();
+        assert_eq!(e.url.to_string(), "192.168.144.244:8774/v2.1/");
+        assert_eq!(e.backend_name(), "RegionTwo_compute_admin");
+        assert!(e.source.ends_with("endpoint-list-RegionTwo.json"));
+        let id = c.find("RegionOne", "identity", "admin").unwrap();
+        assert_eq!(id.absolute_url(), "http://192.168.142.244:35357");
+        // File order is kept: RegionOne's rows first.
+        assert_eq!(&*c.entries()[0].region, "RegionOne");
+        assert_eq!(&*c.entries()[18].region, "RegionTwo");
+    }
+
+    #[test]
+    fn loading_the_same_file_twice_merges() {
+        let mut files = fixtures();
+        files.extend(fixtures());
+        assert_eq!(Catalog::load(&files).unwrap().entries().len(), 36);
+    }
+
+    #[test]
+    fn equivalent_urls_merge() {
+        let a = format!(
+            "[{}]",
+            row("R", "identity", "public", "http://10.0.0.1/identity")
+        );
+        let b = format!(
+            "[{}]",
+            row("R", "identity", "public", "HTTP://10.0.0.1:80/identity")
+        );
+        let c = catalog(&[("a.json", &a), ("b.json", &b)]).unwrap();
+        assert_eq!(c.entries().len(), 1);
+        assert_eq!(&*c.entries()[0].source, Path::new("a.json"));
+    }
+
+    #[test]
+    fn conflicting_duplicates_name_both_files() {
+        let a = format!(
+            "[{}]",
+            row("R", "compute", "public", "http://10.0.0.1:8774/v2.1")
+        );
+        let b = format!(
+            "[{}]",
+            row("R", "compute", "public", "http://10.0.0.2:8774/v2.1")
+        );
+        let err = catalog(&[("one.json", &a), ("two.json", &b)]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CatalogError::Conflict(_)), "{msg}");
+        for needle in [
+            "one.json",
+            "two.json",
+            "10.0.0.1:8774",
+            "10.0.0.2:8774",
+            "R compute public",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from: {msg}");
+        }
+        // Within one file too.
+        let both = format!(
+            "[{}, {}]",
+            row("R", "compute", "public", "http://10.0.0.1:8774/v2.1"),
+            row("R", "compute", "public", "http://10.0.0.1:8775/v2.1")
+        );
+        let msg = catalog(&[("same.json", &both)]).unwrap_err().to_string();
+        assert!(
+            msg.contains("same.json") && msg.contains("10.0.0.1:8775"),
+            "{msg}"
+        );
+        // Same key differing only in interface is not a conflict.
+        let c = format!(
+            "[{}]",
+            row("R", "compute", "admin", "http://10.0.0.2:8774/v2.1")
+        );
+        assert_eq!(
+            catalog(&[("one.json", &a), ("three.json", &c)])
+                .unwrap()
+                .entries()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn malformed_files_name_file_and_entry() {
+        let good = row("R", "identity", "public", "http://10.0.0.1:5000");
+        let cases: Vec<(String, &str)> = vec![
+            ("[{".to_owned(), "not valid JSON"),
+            ("{}".to_owned(), "JSON array"),
+            (format!("[{good}, 3]"), "entry #1: expected an object"),
+            (format!("[{good}, {{\"Region\": \"R\"}}]"), "entry #1: missing key \"Service Type\""),
+            (
+                r#"[{"Region": "R", "Service Type": "x", "Interface": "public"}]"#.to_owned(),
+                "entry #0: missing key \"URL\"",
+            ),
+            (
+                r#"[{"Region": 1, "Service Type": "x", "Interface": "public", "URL": "http://h"}]"#
+                    .to_owned(),
+                "entry #0: key \"Region\" must be a string",
+            ),
+            (
+                r#"[{"Region": "", "Service Type": "x", "Interface": "public", "URL": "http://h"}]"#
+                    .to_owned(),
+                "entry #0: key \"Region\" is empty",
+            ),
+            (format!("[{}]", row("R", "x", "public", "ftp://h/")), "entry #0: URL `ftp://h/`"),
+        ];
+        for (text, needle) in cases {
+            let msg = catalog(&[("bad.json", &text)]).unwrap_err().to_string();
+            assert!(msg.contains("bad.json"), "{msg}");
+            assert!(msg.contains(needle), "{needle} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn missing_file_and_empty_list() {
+        let err = Catalog::load(&[PathBuf::from("/nonexistent/x.json")]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.json"), "{err}");
+        assert!(matches!(Catalog::load(&[]), Err(CatalogError::Empty)));
+    }
+}

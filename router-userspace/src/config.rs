@@ -672,3 +672,383 @@ impl RawConfig {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+region = "RegionOne"
+catalog = ["endpoint-list-RegionOne.json", "/abs/endpoint-list-RegionTwo.json"]
+backend = "192.168.142.245"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("/etc/scope-router/router.toml"))
+    }
+
+    fn fixture_catalog() -> Catalog {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures"
+        ));
+        Catalog::load(&[
+            dir.join("endpoint-list-RegionOne.json"),
+            dir.join("endpoint-list-RegionTwo.json"),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.region, "RegionOne");
+        assert_eq!(
+            c.catalog,
+            [
+                PathBuf::from("/etc/scope-router/endpoint-list-RegionOne.json"),
+                PathBuf::from("/abs/endpoint-list-RegionTwo.json")
+            ]
+        );
+        assert_eq!(c.backend, "192.168.142.245".parse::<IpAddr>().unwrap());
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(
+            c.proxy,
+            ProxySettings {
+                max_header_bytes: 16384,
+                shutdown_grace: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(c.vip, None);
+        assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+        assert_eq!(c.ebpf.pin_path, PathBuf::from("/sys/fs/bpf/scope-router"));
+        assert_eq!(c.ebpf.interface, "eth2");
+        assert!(c.ebpf.deny.is_empty() && c.passthrough.is_empty() && c.ports.is_empty());
+        assert!(c.scope_defaults.is_empty());
+    }
+
+    #[test]
+    fn sections_are_parsed() {
+        let text = format!(
+            r#"{MINIMAL}
+[scope.defaults]
+identity = "RegionTwo"
+[timeouts]
+request_header = "5s"
+idle = "2m"
+[ports.9292]
+idle = "6h"
+[ports.8774]
+backend = "10.1.1.1:18774"
+connect = "3s"
+[proxy]
+max_header_bytes = 32768
+shutdown_grace = "1m"
+[vip]
+address = "192.168.142.244"
+interface = "ens3"
+garp_count = 2
+[ebpf]
+mode = "required"
+deny = ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"]
+[[passthrough]]
+name = "mariadb"
+bind = "192.168.142.244:3306"
+backend = "192.168.142.245:3306"
+mode = "tcp"
+idle = "1h"
+[[passthrough]]
+name = "horizon"
+bind = "192.168.142.244:80"
+backend = "192.168.142.245:80"
+mode = "http"
+"#
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.scope_defaults.get("identity").map(String::as_str),
+            Some("RegionTwo")
+        );
+        assert_eq!(c.timeouts.request_header, Duration::from_secs(5));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(120));
+        assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
+        assert_eq!(c.port_timeouts(9292).request_header, Duration::from_secs(5));
+        assert_eq!(c.port_timeouts(8774).connect, Duration::from_secs(3));
+        assert_eq!(c.port_timeouts(5000), c.timeouts);
+        assert_eq!(c.port_backend(8774), "10.1.1.1:18774".parse().unwrap());
+        assert_eq!(
+            c.port_backend(5000),
+            "192.168.142.245:5000".parse().unwrap()
+        );
+        assert_eq!(c.proxy.max_header_bytes, 32768);
+        assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
+        let vip = c.vip.as_ref().unwrap();
+        assert_eq!(vip.address, "192.168.142.244".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (vip.interface.as_str(), vip.manage, vip.keep_on_exit),
+            ("ens3", true, false)
+        );
+        assert_eq!(
+            (vip.garp_count, vip.garp_repeat_delay, vip.take_over),
+            (2, Duration::from_secs(5), false)
+        );
+        // ebpf.interface follows the VIP's when not given.
+        assert_eq!(c.ebpf.interface, "ens3");
+        assert_eq!(c.ebpf.mode, EbpfMode::Required);
+        let deny: Vec<String> = c.ebpf.deny.iter().map(Cidr::to_string).collect();
+        assert_eq!(deny, ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32"]);
+        assert_eq!(c.passthrough.len(), 2);
+        assert_eq!(c.passthrough[0].mode, PassthroughMode::Tcp);
+        assert_eq!(c.passthrough[0].timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(
+            c.passthrough[0].timeouts.request_header,
+            Duration::from_secs(5)
+        );
+        assert_eq!(c.passthrough[1].mode, PassthroughMode::Http);
+        assert_eq!(c.passthrough[1].timeouts, c.timeouts);
+        c.check_catalog(&fixture_catalog()).unwrap();
+    }
+
+    /// Every wrong key is an error naming the key (or showing its line) and the file.
+    #[test]
+    fn wrong_keys_are_errors_naming_key_and_file() {
+        let pt = |extra: &str| {
+            format!(
+                "{MINIMAL}[[passthrough]]\nname = \"a\"\nbind = \"10.0.0.1:1\"\nbackend = \"10.0.0.2:1\"\nmode = \"tcp\"\n{extra}"
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{MINIMAL}regoin = \"x\"\n"), "regoin"),
+            (MINIMAL.replace("region = \"RegionOne\"", ""), "region"),
+            (MINIMAL.replace("region = \"RegionOne\"", "region = \"\""), "region"),
+            (MINIMAL.replace("\"192.168.142.245\"", "\"not-an-ip\""), "backend"),
+            (MINIMAL.replace("catalog = [\"endpoint-list-RegionOne.json\", \"/abs/endpoint-list-RegionTwo.json\"]", "catalog = []"), "catalog"),
+            (format!("{MINIMAL}[timeouts]\nidle = \"6x\"\n"), "idle"),
+            (format!("{MINIMAL}[timeouts]\nconnect = \"0s\"\n"), "connect"),
+            (format!("{MINIMAL}[timeouts]\nidel = \"1m\"\n"), "idel"),
+            (format!("{MINIMAL}[ports.glance]\nidle = \"6h\"\n"), "ports.glance"),
+            (format!("{MINIMAL}[ports.0]\nidle = \"6h\"\n"), "ports.0"),
+            (format!("{MINIMAL}[ports.9292]\nidl = \"6h\"\n"), "idl"),
+            (format!("{MINIMAL}[ports.9292]\nbackend = \"10.0.0.1\"\n"), "backend"),
+            (format!("{MINIMAL}[proxy]\nmax_header_bytes = 10\n"), "proxy.max_header_bytes"),
+            (format!("{MINIMAL}[proxy]\nmax_headers = 10\n"), "max_headers"),
+            (format!("{MINIMAL}[vip]\ninterface = \"eth2\"\n"), "address"),
+            (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nadress = \"x\"\n"), "adress"),
+            (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\ninterface = \"\"\n"), "vip.interface"),
+            (format!("{MINIMAL}[ebpf]\nmode = \"sometimes\"\n"), "sometimes"),
+            (format!("{MINIMAL}[ebpf]\npin_path = \"bpf/here\"\n"), "ebpf.pin_path"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n"), "ebpf.deny[1]"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"300.0.0.0/8\"]\n"), "ebpf.deny[0]"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"10.0.0.0/33\"]\n"), "ebpf.deny[0]"),
+            (format!("{MINIMAL}[ebpf]\nallow = []\n"), "allow"),
+            (format!("{MINIMAL}[scope]\ndefault = {{}}\n"), "default"),
+            (format!("{MINIMAL}[scope.defaults]\nidentity = \"\"\n"), "scope.defaults.identity"),
+            (pt("[[passthrough]]\nname = \"a\"\nbind = \"10.0.0.1:2\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].name"),
+            (pt("[[passthrough]]\nname = \"b\"\nbind = \"10.0.0.1:1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].bind"),
+            (pt("[[passthrough]]\nname = \"b\"\nbind = \"0.0.0.0:1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].bind"),
+            (pt("[[passthrough]]\nname = \"\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].name"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\nmode = \"udp\"\n"), "udp"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\n"), "mode"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "bind"),
+            (pt("timeout = \"1s\"\n"), "timeout"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("/etc/scope-router/router.toml"),
+                "file missing from: {msg}"
+            );
+            assert!(msg.contains(key), "key {key} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn catalog_dependent_checks() {
+        let catalog = fixture_catalog();
+        let pt = |bind: &str| {
+            format!(
+                "{MINIMAL}[[passthrough]]\nname = \"x\"\nbind = \"{bind}\"\nbackend = \"10.0.0.2:1\"\nmode = \"tcp\"\n"
+            )
+        };
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                MINIMAL.replace("RegionOne\"\n", "RegionThree\"\n"),
+                &["`region`", "RegionThree", "RegionOne, RegionTwo"],
+            ),
+            (
+                format!("{MINIMAL}[scope.defaults]\nimage = \"RegionX\"\n"),
+                &["scope.defaults.image", "RegionX"],
+            ),
+            (
+                format!("{MINIMAL}[ports.1234]\nidle = \"1s\"\n"),
+                &["ports.1234"],
+            ),
+            (
+                pt("192.168.142.244:8774"),
+                &["passthrough[0].bind", "192.168.142.244:8774"],
+            ),
+            (
+                pt("0.0.0.0:5000"),
+                &["passthrough[0].bind", "192.168.142.244:5000"],
+            ),
+        ];
+        for (text, needles) in cases {
+            let c = parse(&text).unwrap();
+            let msg = c.check_catalog(&catalog).unwrap_err().to_string();
+            assert!(msg.contains("/etc/scope-router/router.toml"), "{msg}");
+            for n in needles {
+                assert!(msg.contains(n), "{n} missing from: {msg}");
+            }
+        }
+        // RegionTwo's VIP:8774 is no listener here, and 3306 is on no scoped port.
+        parse(&pt("192.168.144.244:8774"))
+            .unwrap()
+            .check_catalog(&catalog)
+            .unwrap();
+        parse(&pt("192.168.142.244:3306"))
+            .unwrap()
+            .check_catalog(&catalog)
+            .unwrap();
+    }
+
+    #[test]
+    fn cidrs() {
+        let ok = [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("10.1.2.3", "10.1.2.3/32"),
+            ("::/0", "::/0"),
+            ("fd00::/8", "fd00::/8"),
+            ("fd00::1", "fd00::1/128"),
+        ];
+        for (text, shown) in ok {
+            assert_eq!(text.parse::<Cidr>().unwrap().to_string(), shown);
+        }
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "x/8",
+            "fd00::1/8",
+            "::/129",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let err = "10.0.0.1/8".parse::<Cidr>().unwrap_err();
+        assert!(err.contains("10.0.0.0/8"), "suggests the network: {err}");
+        let net: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(net.contains("192.168.142.1".parse().unwrap()));
+        assert!(!net.contains("192.169.0.1".parse().unwrap()));
+        assert!(!net.contains("::ffff:192.168.0.1".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let err = Config::load(Path::new("/nonexistent/router.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/router.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_resolves_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.path, path);
+        assert_eq!(
+            c.catalog[0],
+            dir.path().join("endpoint-list-RegionOne.json")
+        );
+        // The catalog is read relative to the file too: missing here, and the error says which.
+        let msg = c.load_catalog().unwrap_err().to_string();
+        assert!(
+            msg.contains(
+                &*dir
+                    .path()
+                    .join("endpoint-list-RegionOne.json")
+                    .to_string_lossy()
+            ),
+            "{msg}"
+        );
+    }
+
+    /// The shipped examples are the configuration reference: they must stay valid.
+    #[test]
+    fn example_configs_load() {
+        for (region, vip, backend) in [
+            ("RegionOne", "192.168.142.244", "192.168.142.245"),
+            ("RegionTwo", "192.168.144.244", "192.168.144.245"),
+        ] {
+            let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"))
+                .join(format!("{region}.toml"));
+            let c = Config::load(&path).unwrap();
+            assert_eq!(c.region, region);
+            assert_eq!(c.backend, backend.parse::<IpAddr>().unwrap());
+            let v = c.vip.as_ref().unwrap();
+            assert_eq!(
+                (v.address, v.interface.as_str()),
+                (vip.parse().unwrap(), "eth2")
+            );
+            assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+            assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
+            assert_eq!(c.port_timeouts(8774).idle, Duration::from_secs(60));
+            let names: Vec<&str> = c.passthrough.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "mariadb",
+                    "horizon",
+                    "rabbitmq_management",
+                    "nova_metadata",
+                    "nova_novncproxy",
+                    "glance_registry"
+                ]
+            );
+            for (p, port, mode) in c
+                .passthrough
+                .iter()
+                .zip([3306, 80, 15672, 8775, 6080, 9191])
+                .zip([
+                    PassthroughMode::Tcp,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                ])
+                .map(|((p, port), m)| (p, port, m))
+            {
+                assert_eq!(
+                    p.bind,
+                    SocketAddr::new(vip.parse().unwrap(), port),
+                    "{}",
+                    p.name
+                );
+                assert_eq!(
+                    p.backend,
+                    SocketAddr::new(backend.parse().unwrap(), port),
+                    "{}",
+                    p.name
+                );
+                assert_eq!(p.mode, mode, "{}", p.name);
+            }
+            let catalog = c.load_catalog().unwrap();
+            assert_eq!(catalog.entries().len(), 36);
+            c.check_catalog(&catalog).unwrap();
+        }
+    }
+}

@@ -1,5 +1,15 @@
 //! Per-request routing data: the request head the router reads, the plan it returns, and the
 //! header/path rewrites the plan applies (DESIGN §3.4, §3.5).
+//!
+//! Decisions where DESIGN is silent:
+//! - `X-Identity-Url` is an absolute URL, `scheme://host:port/path`, built from the
+//!   `identity`/`admin` entry of `scope["identity"]` (public when a region lists no admin
+//!   identity) with the catalog's own scheme: keystonemiddleware needs a URL it can call.
+//!   Client-sent `X-Identity-*` headers are replaced (or removed) on scoped requests.
+//! - Unscoped (transparent) requests keep every scope-related header as sent; they only
+//!   get `X-Forwarded-For` and `Via`, which loop detection and backends rely on.
+//! - Existing `X-Forwarded-For`/`Via` lines are folded into one comma-separated value with
+//!   ours appended, so backends that read only the first line still see the whole chain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,7 +142,12 @@ impl Plan {
         }
         let peer_ip = peer.ip().to_canonical().to_string();
         append_list(headers, &X_FORWARDED_FOR, peer_ip.as_bytes());
-        append_list(headers, &VIA, rw.via.as_bytes());
+        if headers.contains_key(VIA) {
+            append_list(headers, &VIA, rw.via.as_bytes());
+        } else {
+            // The common case: no proxy before us, reuse the precomputed value.
+            headers.insert(VIA, rw.via.clone());
+        }
     }
 }
 
@@ -179,7 +194,7 @@ fn strip_scope(headers: &mut http::HeaderMap, name: &HeaderName) {
 
 /// Appends `item` to the comma-separated list in `name`, folding existing lines into one.
 fn append_list(headers: &mut http::HeaderMap, name: &HeaderName, item: &[u8]) {
-    let mut folded: Vec<u8> = Vec::new();
+    let mut folded: Vec<u8> = Vec::with_capacity(64);
     for v in headers.get_all(name) {
         folded.extend_from_slice(v.as_bytes());
         folded.extend_from_slice(b", ");

@@ -11,3 +11,4 @@ pub mod proxy;
 pub mod report;
 pub mod routing;
 pub mod shutdown;
+pub mod vip;

@@ -51,6 +51,7 @@ impl Problem {
         region: &str,
         service_type: &str,
         interface: &str,
+        known: &[impl AsRef<str>],
         offering: &[impl AsRef<str>],
     ) -> Problem {
         let offering = if offering.is_empty() {
@@ -60,7 +61,8 @@ impl Problem {
         };
         Problem::bad_request(format!(
             "Region '{region}' has no '{service_type}' endpoint with interface '{interface}'. \
-             Scope '{service_type}' to a region that offers it: {offering}."
+             Scope '{service_type}' to a region that offers it: {offering} (known regions: {}).",
+            join(known)
         ))
     }
 
@@ -192,7 +194,13 @@ mod tests {
             (Problem::header_too_large(16384), 431),
             (Problem::malformed_scope("X-Scope", "not JSON"), 400),
             (
-                Problem::region_lacks_service("RegionTwo", "dns", "public", &["RegionOne"]),
+                Problem::region_lacks_service(
+                    "RegionTwo",
+                    "dns",
+                    "public",
+                    &["RegionOne", "RegionTwo"],
+                    &["RegionOne"],
+                ),
                 400,
             ),
         ];

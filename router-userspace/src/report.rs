@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HOST, HeaderName, HeaderValue};
 
 use crate::catalog::split_host_port;
-use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::config::{Config, EbpfMode, PassthroughMode, Timeouts};
 use crate::decision::RequestHead;
 use crate::routing::Router;
 
@@ -57,6 +57,41 @@ pub fn check(router: &Router, config: &Config) -> String {
         let _ = write!(out, ", {st} -> {r}");
     }
     out.push('\n');
+    match &config.vip {
+        Some(v) => {
+            let managed = if v.manage { "managed" } else { "not managed" };
+            let _ = writeln!(out, "vip:     {} on {} ({managed})", v.address, v.interface);
+            // Owning an address no scoped listener uses is almost always a typo.
+            if !router.listeners().iter().any(|l| l.addr.ip() == v.address) {
+                let _ = writeln!(
+                    out,
+                    "warning: [vip] address {} is the host of no scoped listener; the catalog's \
+                     {} URLs use other addresses",
+                    v.address,
+                    router.region()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "vip:     none (no [vip] section: the address is managed elsewhere)"
+            );
+        }
+    }
+    let deny: Vec<String> = config.ebpf.deny.iter().map(ToString::to_string).collect();
+    let mode = match config.ebpf.mode {
+        EbpfMode::Auto => "auto",
+        EbpfMode::Required => "required",
+        EbpfMode::Off => "off",
+    };
+    let _ = writeln!(
+        out,
+        "ebpf:    mode {mode}, pins {}, XDP on {}, deny [{}]",
+        config.ebpf.pin_path.display(),
+        config.ebpf.interface,
+        deny.join(", ")
+    );
 
     let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
     for (i, l) in router.listeners().iter().enumerate() {
@@ -68,15 +103,26 @@ pub fn check(router: &Router, config: &Config) -> String {
             l.local_backend,
             fmt_timeouts(&l.timeouts)
         );
-        for route in &routes.routes {
+        for (n, route) in routes.routes.iter().enumerate() {
             let shown = if route.path.is_empty() {
                 "/"
             } else {
                 &route.path
             };
+            // Equal URLs tie; the first in catalog order wins, the others only show up here.
+            let shadow = routes.routes[..n]
+                .iter()
+                .find(|r| r.path == route.path)
+                .map(|r| {
+                    format!(
+                        "  (same URL as {}/{}, which wins)",
+                        r.service_type, r.interface
+                    )
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "    {}/{}  path {shown}",
+                "    {}/{}  path {shown}{shadow}",
                 route.service_type, route.interface
             );
             for t in &route.targets {
@@ -251,22 +297,138 @@ mod tests {
         (config, router)
     }
 
+    fn h(n: &str, v: &str) -> (String, String) {
+        (n.to_owned(), v.to_owned())
+    }
+
     #[test]
-    fn print() {
+    fn check_lists_every_listener_backend_and_passthrough() {
         let (c, r) = example("RegionOne");
-        println!("{}", check(&r, &c));
-        println!(
-            "{}",
-            explain(
-                &r,
-                "GET",
-                "http://192.168.142.244:8774/v2.1/servers?x=1",
-                &[(
-                    "X-Auth-Token".into(),
-                    "abc!SCOPE!{\"compute\":\"RegionTwo\"}".into()
-                )]
-            )
-            .unwrap()
+        let out = check(&r, &c);
+        let lines = [
+            "region:  RegionOne",
+            "regions: RegionOne, RegionTwo",
+            "vip:     192.168.142.244 on eth2 (managed)\n",
+            "ebpf:    mode auto, pins /sys/fs/bpf/scope-router, XDP on eth2, deny []\n",
+            "scoped listeners (6):",
+            "  192.168.142.244:8774  (local backend 192.168.142.245:8774;",
+            "    compute/public  path /v2.1/\n",
+            "      RegionOne_compute_public -> 192.168.142.245:8774 (local)\n",
+            "      RegionTwo_compute_public -> 192.168.144.244:8774/v2.1/\n",
+            "    compute/internal  path /v2.1/  (same URL as compute/public, which wins)",
+            "      RegionTwo_compute_legacy_admin -> 192.168.144.244:8774/v2/\n",
+            "    (no match)  RegionOne_transparent_8774 -> 192.168.142.245:8774",
+            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h)",
+            "      RegionTwo_identity_admin -> 192.168.144.244:35357\n",
+            "passthrough listeners (6):",
+            "  mariadb  tcp  192.168.142.244:3306 -> 192.168.142.245:3306",
+            "  nova_novncproxy  http  192.168.142.244:6080 -> 192.168.142.245:6080",
+            "  glance_registry  http  192.168.142.244:9191 -> 192.168.142.245:9191",
+        ];
+        for l in lines {
+            assert!(out.contains(l), "{l:?} missing from:\n{out}");
+        }
+        assert!(!out.contains("warning"), "{out}");
+        // Every catalog entry of every region appears as a backend.
+        for e in r.catalog().entries() {
+            assert!(
+                out.contains(&format!("{} -> ", e.backend_name())),
+                "{}",
+                e.backend_name()
+            );
+        }
+    }
+
+    #[test]
+    fn check_warns_about_a_vip_nobody_listens_on() {
+        let (mut c, r) = example("RegionOne");
+        if let Some(v) = c.vip.as_mut() {
+            v.address = "192.168.142.250".parse().unwrap();
+        }
+        let out = check(&r, &c);
+        assert!(
+            out.contains("warning: [vip] address 192.168.142.250"),
+            "{out}"
         );
+    }
+
+    #[test]
+    fn explain_remote_request() {
+        let (_, r) = example("RegionOne");
+        let out = explain(
+            &r,
+            "GET",
+            "http://192.168.142.244:8774/v2.1/servers?limit=1",
+            &[
+                h("X-Auth-Token", r#"abc!SCOPE!{"compute":"RegionTwo"}"#),
+                h("Via", "1.0 edge"),
+            ],
+        )
+        .unwrap();
+        let lines = [
+            "service:   compute/public\n",
+            "scope:     X-Auth-Token\n",
+            "region:    RegionTwo\n",
+            "backend:   RegionTwo_compute_public\n",
+            "upstream:  192.168.144.244:8774\n",
+            "  GET /v2.1/servers?limit=1 HTTP/1.1\n",
+            "  host: 192.168.144.244:8774\n",
+            "  x-identity-region: RegionOne\n",
+            "  x-identity-url: http://192.168.142.244:35357\n",
+            "  x-forwarded-for: 203.0.113.10\n",
+            "  via: 1.0 edge, 1.1 scope-router-RegionOne\n",
+            "  x-auth-token: abc!SCOPE!{\"compute\":\"RegionTwo\"}\n",
+        ];
+        for l in lines {
+            assert!(out.contains(l), "{l:?} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn explain_local_transparent_and_refused() {
+        let (_, r) = example("RegionTwo");
+        let out = explain(&r, "GET", "http://192.168.144.244:8774/", &[]).unwrap();
+        assert!(out.contains("transparent fallback"), "{out}");
+        assert!(
+            out.contains("backend:   RegionTwo_transparent_8774\n"),
+            "{out}"
+        );
+        assert!(out.contains("upstream:  192.168.144.245:8774\n"), "{out}");
+        assert!(out.contains("  host: 192.168.144.244:8774\n"), "{out}");
+
+        let scope = [h("X-Scope", "{\"compute\": \"Nowhere\"}")];
+        let out = explain(
+            &r,
+            "POST",
+            "http://192.168.144.244:8774/v2.1/servers",
+            &scope,
+        )
+        .unwrap();
+        assert!(
+            out.contains("answer:    400 Bad Request (not forwarded)"),
+            "{out}"
+        );
+        assert!(out.contains("Nowhere"), "{out}");
+        assert!(!out.contains("forwarded:"), "{out}");
+    }
+
+    #[test]
+    fn explain_rejects_bad_input() {
+        let (_, r) = example("RegionOne");
+        type Case = (&'static str, &'static str, Vec<(String, String)>);
+        let cases: [Case; 5] = [
+            ("GE T", "http://192.168.142.244:8774/", vec![]),
+            ("GET", "/v2.1/servers", vec![]),
+            ("GET", "ftp://192.168.142.244:8774/", vec![]),
+            ("GET", "http://nova.example:8774/", vec![]),
+            (
+                "GET",
+                "http://192.168.142.244:8774/",
+                vec![h("Bad Name", "x")],
+            ),
+        ];
+        for (m, u, hs) in cases {
+            assert!(explain(&r, m, u, &hs).is_err(), "{m} {u} {hs:?}");
+        }
     }
 }

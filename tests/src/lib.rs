@@ -3,4 +3,5 @@
 pub mod client;
 pub mod echo;
 pub mod lab;
+pub mod netns_vip;
 pub mod pattern;
