@@ -133,12 +133,12 @@ pub async fn handle_http(
             return Ok(problem_response(&err.to_problem(), record, false));
         }
     };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(downstream) = upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let name = rt.spec.name.clone();
-            tokio::spawn(splice_upgraded(name, downstream, upstream, guard, signals));
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(downstream) = upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let name = rt.spec.name.clone();
+        tokio::spawn(splice_upgraded(name, downstream, upstream, guard, signals));
     }
     Ok(relay_response(resp, record, true))
 }

@@ -13,7 +13,7 @@ fn assert_problem(r: &integration_tests::client::Reply, code: u16) -> String {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(
-        r.headers.get("content-type").map(|v| v.to_str().unwrap()),
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
     let v = r.json();
@@ -22,7 +22,12 @@ fn assert_problem(r: &integration_tests::client::Reply, code: u16) -> String {
         v["error"]["title"].as_str().is_some_and(|t| !t.is_empty()),
         "{v}"
     );
-    v["error"]["message"].as_str().unwrap().to_owned()
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!message.is_empty(), "{v}");
+    message
 }
 
 #[tokio::test]
