@@ -59,15 +59,15 @@ impl AccessRecord {
             method = %self.method,
             path = %self.path,
             status = self.status,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            service_type = self.service_type.as_deref().unwrap_or(dash),
-            region = self.region.as_deref().unwrap_or(dash),
-            backend = self.backend.as_deref().unwrap_or(dash),
-            scope = self.scope_source,
+            duration_ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            service_type = %self.service_type.as_deref().unwrap_or(dash),
+            region = %self.region.as_deref().unwrap_or(dash),
+            backend = %self.backend.as_deref().unwrap_or(dash),
+            scope = %self.scope_source,
             peer = %self.peer,
             listener = %self.listener,
             bytes,
-            outcome,
+            outcome = %outcome,
         );
     }
 }
@@ -153,5 +153,11 @@ pub fn init_subscriber() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second init (tests, embedding) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    // stderr: logs never mix with `check`/`explain` output on stdout.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a human at a terminal, never in journald or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

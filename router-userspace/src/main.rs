@@ -1,5 +1,6 @@
 //! The `scope-router` command line: run the router, check a config, explain a request.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,8 +10,8 @@ use clap::{Parser, Subcommand};
 use scope_router::config::{Config, EbpfMode};
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
-use scope_router::shutdown::{Drained, termination_signal};
-use scope_router::{access_log, report};
+use scope_router::shutdown::{Drained, Termination};
+use scope_router::{access_log, report, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +112,27 @@ fn router(config: &Config) -> Result<Router> {
     })
 }
 
+/// `[vip]` as the VIP manager wants it; `None` when the config has no `[vip]`.
+fn vip_settings(config: &Config) -> Result<Option<vip::VipSettings>> {
+    let Some(v) = &config.vip else {
+        return Ok(None);
+    };
+    let IpAddr::V4(address) = v.address else {
+        bail!(
+            "[vip] address {} is IPv6; the VIP manager handles IPv4 only",
+            v.address
+        );
+    };
+    let mut settings = vip::VipSettings::new(address);
+    settings.interface = v.interface.clone();
+    settings.manage = v.manage;
+    settings.keep_on_exit = v.keep_on_exit;
+    settings.garp_count = v.garp_count;
+    settings.garp_repeat_delay = v.garp_repeat_delay;
+    settings.take_over = v.take_over;
+    Ok(Some(settings))
+}
+
 fn parse_header(text: &str) -> Result<(String, String)> {
     match text.split_once(':') {
         Some((name, value)) if !name.trim().is_empty() => {
@@ -135,20 +157,31 @@ async fn run(config: Config) -> Result<()> {
             "eBPF steering unavailable in this build: binding each VIP:port directly with IP_FREEBIND"
         );
     }
+    let mut termination =
+        Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
     let handle = server::start_with_router(&config, router, StartOptions::default())
         .context("cannot start listening")?;
-    let signal = termination_signal()
-        .await
-        .context("cannot install SIGTERM/SIGINT handlers")?;
+    // Listeners first (IP_FREEBIND lets them exist before the address), so the
+    // router already accepts when the gratuitous ARP moves traffic to it.
+    let vip = match vip_settings(&config)? {
+        Some(settings) => Some(vip::start(settings).await.context("cannot take the VIP")?),
+        None => None,
+    };
+    let signal = termination.recv().await;
     tracing::info!(
         grace = %humantime::format_duration(config.proxy.shutdown_grace),
         "{signal} received: no new connections, finishing in-flight requests"
     );
     match handle.shutdown().await {
-        Drained::Clean => tracing::info!("all requests finished; exiting"),
+        Drained::Clean => tracing::info!("all requests finished"),
         Drained::GraceExpired => {
             tracing::warn!("shutdown grace expired; remaining connections were cut")
         }
     }
+    // The address goes only after the last response, so in-flight clients keep a route.
+    if let Some(vip) = vip {
+        vip.shutdown().await.context("cannot release the VIP")?;
+    }
+    tracing::info!("exiting");
     Ok(())
 }

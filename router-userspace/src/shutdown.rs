@@ -102,15 +102,32 @@ impl Signals {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT: what systemd, docker and Ctrl-C send.
-pub async fn termination_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM/SIGINT listeners (what systemd, docker and Ctrl-C send).
+///
+/// Install before opening listeners: once installed, a signal can no longer
+/// kill the process with the default action mid-request.
+#[derive(Debug)]
+pub struct Termination {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    pub fn install() -> std::io::Result<Termination> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Termination {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 #[cfg(test)]

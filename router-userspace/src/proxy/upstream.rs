@@ -19,6 +19,11 @@ use crate::config::Timeouts;
 /// rather than left to pile up after a burst.
 const MAX_IDLE_PER_HOST: usize = 256;
 
+/// Longest an idle pooled connection is reused. Below the 5 s keep-alive of
+/// Apache (keystone, horizon) and our own request-header timeout, so the pool
+/// rarely picks a connection the server is closing at that very moment.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(4);
+
 /// The pooled client type used for every upstream request.
 pub type UpstreamClient = Client<IdleConnector, Incoming>;
 
@@ -65,7 +70,7 @@ pub fn client(connect: Duration, idle: Duration) -> UpstreamClient {
     let connector = IdleConnector { http, idle };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle)
+        .pool_idle_timeout(idle.min(POOL_IDLE_MAX))
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         // Plan::apply decides Host (pass-through or the remote frontend); the
         // client must not invent one from the connect URI.
