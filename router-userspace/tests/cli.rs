@@ -82,19 +82,16 @@ fn explain_rejects_a_header_without_colon() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Name: value"));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free right now (the child binds it itself; the window is tiny).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[test]
 fn run_serves_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let dead = free_port();
+    let port = free_port().unwrap();
+    let dead = free_port().unwrap();
     std::fs::write(
         dir.path().join("catalog.json"),
         format!(r#"[{{"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://127.0.0.1:{port}/v2.1/%(tenant_id)s"}}]"#),
