@@ -125,8 +125,7 @@ pub async fn handle_http(
     append_forwarded_for(&mut parts.headers, peer);
     append_via(&mut parts.headers, &rt.region);
 
-    let mut resp = match forward(&rt.client, &rt.backend, rt.spec.timeouts.idle, parts, body).await
-    {
+    let mut resp = match forward(&rt.client, &rt.backend, parts, body).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");

@@ -140,3 +140,35 @@ async fn download_reaches_the_client_before_the_backend_finished_sending() {
     }
     assert_eq!(len, total);
 }
+
+/// An upload that lasts longer than the idle timeout is fine as long as bytes
+/// keep moving: the timeout measures silence, not total duration.
+#[tokio::test]
+async fn steady_upload_may_outlast_the_idle_timeout() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nidle = \"1s\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let vip = lab.one.addr(9292);
+    let frames = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 25 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, Infallible>(Frame::data(bytes::Bytes::from_static(b"0123456789"))),
+            i + 1,
+        ))
+    });
+    let body: ClientBody = StreamBody::new(frames)
+        .map_err(|never| match never {})
+        .boxed();
+    let req = request("PUT", vip, "/v2/images/slow/file")
+        .body(body)
+        .unwrap();
+    let r = Conn::open(vip).await.unwrap().send(req).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.echo().body_len(), 250);
+}

@@ -9,7 +9,6 @@ pub mod server;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -87,12 +86,13 @@ pub(crate) fn relay_response(
     Response::from_parts(parts, LoggedBody::new(body, record))
 }
 
-/// Sends the rewritten request to `upstream` ("host:port") and waits at most
-/// `idle` for the response head. The request body streams as hyper reads it.
+/// Sends the rewritten request to `upstream` ("host:port"); the request body
+/// streams as hyper reads it. No deadline covers the whole exchange: a 6 h
+/// image upload is fine as long as bytes move. The upstream connection's
+/// inactivity timeout (see [`upstream::IdleConnector`]) ends a silent backend.
 pub(crate) async fn forward(
     client: &UpstreamClient,
     upstream: &str,
-    idle: Duration,
     mut parts: http::request::Parts,
     body: Incoming,
 ) -> Result<Response<Incoming>, ProxyError> {
@@ -111,11 +111,10 @@ pub(crate) async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     let req = Request::from_parts(parts, body);
-    match tokio::time::timeout(idle, client.request(req)).await {
-        Err(_) => Err(ProxyError::new(ErrorKind::ResponseTimeout, upstream, None)),
-        Ok(Err(e)) => Err(ProxyError::from_client(e, upstream)),
-        Ok(Ok(resp)) => Ok(resp),
-    }
+    client
+        .request(req)
+        .await
+        .map_err(|e| ProxyError::from_client(e, upstream))
 }
 
 /// Appends the client to `X-Forwarded-For` (passthrough HTTP; scoped requests

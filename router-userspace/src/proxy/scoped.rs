@@ -94,7 +94,7 @@ pub async fn handle(
 
     // Phase: forward.
     let client = shared.upstreams.get(&plan.timeouts);
-    match forward(&client, &plan.upstream, plan.timeouts.idle, parts, body).await {
+    match forward(&client, &plan.upstream, parts, body).await {
         Ok(resp) => Ok(relay_response(resp, ctx.record, false)),
         Err(err) => {
             tracing::warn!(
