@@ -52,27 +52,36 @@ pub struct Listener {
     addr: SocketAddr,
 }
 
+/// A listening, non-blocking std socket bound like [`Listener::bind`] binds,
+/// with a large backlog. This is also how to create the sk_lookup-steered
+/// socket (e.g. on `127.0.0.1:0`): give its fd to the eBPF loader, then hand
+/// it to [`crate::proxy::StartOptions::handed_in`]. Needs no runtime.
+pub fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ListenerError> {
+    let err = |step| move |source| ListenerError::Bind { addr, step, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(err("socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(err("SO_REUSEADDR"))?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind(true).map_err(err("IP_FREEBIND"))?,
+        SocketAddr::V6(_) => socket
+            .set_freebind_ipv6(true)
+            .map_err(err("IPV6_FREEBIND"))?,
+    }
+    socket.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
+    socket.bind(&SockAddr::from(addr)).map_err(err("bind"))?;
+    socket.listen(BACKLOG).map_err(err("listen"))?;
+    Ok(socket.into())
+}
+
 impl Listener {
     /// Binds `addr` with SO_REUSEADDR (restart while old connections linger in
     /// TIME_WAIT) and IP_FREEBIND (the VIP may not be configured yet; the
     /// address manager adds it moments later). Must run inside a tokio runtime.
     pub fn bind(addr: SocketAddr) -> Result<Listener, ListenerError> {
         let err = |step| move |source| ListenerError::Bind { addr, step, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(err("socket"))?;
-        socket
-            .set_reuse_address(true)
-            .map_err(err("SO_REUSEADDR"))?;
-        match addr {
-            SocketAddr::V4(_) => socket.set_freebind(true).map_err(err("IP_FREEBIND"))?,
-            SocketAddr::V6(_) => socket
-                .set_freebind_ipv6(true)
-                .map_err(err("IPV6_FREEBIND"))?,
-        }
-        socket.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
-        socket.bind(&SockAddr::from(addr)).map_err(err("bind"))?;
-        socket.listen(BACKLOG).map_err(err("listen"))?;
-        let std_listener: std::net::TcpListener = socket.into();
+        let std_listener = bind_std(addr)?;
         let bound = std_listener.local_addr().map_err(err("getsockname"))?;
         let inner = TcpListener::from_std(std_listener).map_err(err("register with tokio"))?;
         Ok(Listener {

@@ -144,9 +144,10 @@ fn parse_header(text: &str) -> Result<(String, String)> {
 
 async fn run(config: Config) -> Result<()> {
     let router = Arc::new(router(&config)?);
-    // The eBPF loader (kernel side) hands its sk_lookup-steered socket in via
-    // StartOptions::handed_in with bind_direct = false; until it is wired here,
-    // every VIP:port is bound directly.
+    // Integration point for eBPF steering (kernel side): create the single socket
+    // with `listener::bind_std("127.0.0.1:0")`, give it to the loader, and on
+    // success start with `StartOptions::steered(socket)`; until then every
+    // VIP:port is bound directly.
     if config.ebpf.mode == EbpfMode::Required {
         bail!(
             "ebpf.mode = \"required\" but this build does not load the eBPF programs; set ebpf.mode = \"auto\" or \"off\""

@@ -274,7 +274,8 @@ impl Lab {
                 config,
                 StartOptions {
                     handed_in,
-                    bind_direct: opts.bind_direct,
+                    bind_scoped: opts.bind_direct,
+                    bind_passthrough: opts.bind_direct,
                 },
             )
             .await?;

@@ -31,8 +31,8 @@ pub enum ServeError {
     #[error(transparent)]
     Listener(#[from] ListenerError),
     #[error(
-        "no listening socket: bind_direct is off and no socket was handed in; enable direct \
-         binding or pass the steered socket"
+        "no listening socket: direct binding is off and no socket was handed in; enable \
+         bind_scoped or pass the steered socket"
     )]
     NoListeners,
 }
@@ -43,16 +43,31 @@ pub struct StartOptions {
     /// Sockets already bound and listening, adopted as they are: the
     /// sk_lookup-steered socket (one socket, every VIP:port) or test sockets.
     pub handed_in: Vec<std::net::TcpListener>,
-    /// Bind every scoped VIP:port and passthrough address directly
-    /// (`IP_FREEBIND`): the fallback when eBPF steering is unavailable.
-    pub bind_direct: bool,
+    /// Bind every scoped VIP:port directly (`IP_FREEBIND`): off when eBPF
+    /// steers them to a handed-in socket, on as the fallback.
+    pub bind_scoped: bool,
+    /// Bind every `[[passthrough]]` address directly (eBPF never steers those).
+    pub bind_passthrough: bool,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
         StartOptions {
             handed_in: Vec::new(),
-            bind_direct: true,
+            bind_scoped: true,
+            bind_passthrough: true,
+        }
+    }
+}
+
+impl StartOptions {
+    /// eBPF steering: `steered` receives every scoped VIP:port; passthrough
+    /// addresses are still bound directly.
+    pub fn steered(steered: std::net::TcpListener) -> Self {
+        StartOptions {
+            handed_in: vec![steered],
+            bind_scoped: false,
+            bind_passthrough: true,
         }
     }
 }
@@ -108,10 +123,12 @@ pub fn start_with_router(
     for std_listener in opts.handed_in {
         listeners.push(Listener::from_std(std_listener)?);
     }
-    if opts.bind_direct {
+    if opts.bind_scoped {
         for spec in router.listeners() {
             listeners.push(Listener::bind(spec.addr)?);
         }
+    }
+    if opts.bind_passthrough {
         for p in &config.passthrough {
             listeners.push(Listener::bind(p.bind)?);
         }
