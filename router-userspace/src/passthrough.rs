@@ -82,7 +82,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         mode = "tcp",
         %peer,
         backend = %rt.spec.backend,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         bytes_up = sent,
         bytes_down = received,
         error = %error,
@@ -129,7 +129,11 @@ pub async fn handle_http(
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");
-            return Ok(problem_response(&err.to_problem(), record, false));
+            return Ok(problem_response(
+                &err.to_problem(&rt.spec.name),
+                record,
+                false,
+            ));
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS

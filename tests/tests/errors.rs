@@ -98,7 +98,12 @@ async fn backend_down_is_502() {
     .await
     .unwrap();
     let r = get(lab.one.addr(8774), "/v2.1/servers", &[]).await.unwrap();
-    assert_problem(&r, 502);
+    let msg = assert_problem(&r, 502);
+    assert!(msg.contains("RegionOne_compute_public"), "{msg}");
+    assert!(
+        !msg.contains("127.0.0.1"),
+        "addresses stay in the log: {msg}"
+    );
     // Other services of the same router are unaffected.
     assert_eq!(
         get(lab.one.addr(9292), "/v2/images", &[])

@@ -36,7 +36,7 @@ pub enum ErrorKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{what} ({side:?} side, upstream {upstream})")]
+#[error("{summary}{} ({side:?} side, upstream {upstream})", suffix(.detail))]
 pub struct ProxyError {
     pub side: ErrorSource,
     pub kind: ErrorKind,
@@ -44,7 +44,10 @@ pub struct ProxyError {
     /// it again (elsewhere or later) cannot duplicate a side effect.
     pub retry_safe: bool,
     pub upstream: String,
-    what: String,
+    /// Safe to show the client: no addresses, no internals.
+    summary: &'static str,
+    /// The full cause chain, for the log only.
+    detail: Option<String>,
     #[source]
     cause: Option<Box<dyn StdError + Send + Sync>>,
 }
@@ -85,16 +88,13 @@ impl ProxyError {
                 "cannot build the upstream request",
             ),
         };
-        let what = match &cause {
-            Some(c) => format!("{what}: {}", chain(c.as_ref())),
-            None => what.to_owned(),
-        };
         ProxyError {
             side,
             kind,
             retry_safe,
             upstream: upstream.to_owned(),
-            what,
+            summary: what,
+            detail: cause.as_ref().map(|c| chain(c.as_ref())),
             cause,
         }
     }
@@ -118,8 +118,9 @@ impl ProxyError {
         ProxyError::new(kind, upstream, Some(Box::new(err)))
     }
 
-    /// The response the client gets.
-    pub fn to_problem(&self) -> Problem {
+    /// The response the client gets; names the backend by its catalog name,
+    /// never by address, and leaves the cause chain to the log.
+    pub fn to_problem(&self, backend: &str) -> Problem {
         let (status, title, advice) = match self.kind {
             ErrorKind::ConnectRefused => (
                 StatusCode::BAD_GATEWAY,
@@ -150,9 +151,16 @@ impl ProxyError {
         Problem {
             status,
             title,
-            message: format!("{} ({}): {advice}", self.what, self.upstream),
+            message: format!("{} ({backend}): {advice}", self.summary),
         }
     }
+}
+
+fn suffix(detail: &Option<String>) -> String {
+    detail
+        .as_ref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
 }
 
 fn chain(err: &(dyn StdError + 'static)) -> String {
@@ -212,13 +220,20 @@ mod tests {
         );
         assert!(refused.retry_safe);
         assert_eq!(refused.side, ErrorSource::Upstream);
-        let p = refused.to_problem();
+        let p = refused.to_problem("RegionOne_compute_public");
         assert_eq!(p.status, StatusCode::BAD_GATEWAY);
-        assert!(p.message.contains("127.0.0.1:1"), "{}", p.message);
+        assert!(
+            p.message.contains("RegionOne_compute_public"),
+            "{}",
+            p.message
+        );
+        // Addresses and OS errors stay in the log.
+        assert!(!p.message.contains("127.0.0.1"), "{}", p.message);
+        assert!(refused.to_string().contains("127.0.0.1:1"), "{refused}");
 
         let timeout = ProxyError::new(ErrorKind::ResponseTimeout, "10.0.0.1:80", None);
         assert!(!timeout.retry_safe);
-        assert_eq!(timeout.to_problem().status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.to_problem("b").status, StatusCode::GATEWAY_TIMEOUT);
     }
 
     #[test]

@@ -103,7 +103,11 @@ pub async fn handle(
                 retry_safe = err.retry_safe,
                 "upstream request failed: {err}"
             );
-            Ok(problem_response(&err.to_problem(), ctx.record, false))
+            Ok(problem_response(
+                &err.to_problem(&plan.backend_name),
+                ctx.record,
+                false,
+            ))
         }
     }
 }
