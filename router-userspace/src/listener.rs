@@ -115,17 +115,28 @@ impl Listener {
     }
 
     /// Accepts one connection and returns it with its original destination
-    /// (`local`) and the client address (`peer`).
+    /// (`local`) and the client address (`peer`). Errors are those of the
+    /// listening socket itself (e.g. EMFILE); a connection that dies between
+    /// accept and setup is skipped, so it can never stall the accept loop.
     pub async fn accept(&self) -> io::Result<Accepted> {
-        let (stream, peer) = self.inner.accept().await?;
-        let local = stream.local_addr()?;
-        // Small request/response exchanges dominate API traffic; Nagle only adds latency.
-        stream.set_nodelay(true)?;
-        Ok(Accepted {
-            stream,
-            local,
-            peer,
-        })
+        loop {
+            let (stream, peer) = self.inner.accept().await?;
+            let local = match stream.local_addr() {
+                Ok(local) => local,
+                Err(e) => {
+                    tracing::debug!(%peer, "connection gone before setup: {e}");
+                    continue;
+                }
+            };
+            // Small request/response exchanges dominate API traffic; Nagle only
+            // adds latency. Failing to set it is harmless.
+            let _ = stream.set_nodelay(true);
+            return Ok(Accepted {
+                stream,
+                local,
+                peer,
+            });
+        }
     }
 }
 
