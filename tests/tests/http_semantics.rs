@@ -173,3 +173,29 @@ async fn one_keep_alive_connection_alternates_regions() {
     }
     assert!(!conn.is_closed());
 }
+
+#[tokio::test]
+async fn a_client_stalling_inside_the_request_head_is_disconnected() {
+    // Only the request-header timeout can end this connection: idle is long.
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nrequest_header = \"300ms\"\nidle = \"1h\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(lab.one.addr(8774))
+        .await
+        .unwrap();
+    s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nX-Partial: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // Bounded only so a regression fails instead of hanging the suite.
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(120), s.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the router kept a stalled request head open"
+    );
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+}
