@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,27 +80,54 @@ pub fn client(connect: Duration, idle: Duration) -> UpstreamClient {
 }
 
 /// One pool per distinct timeout pair (listeners sharing timeouts share a pool).
-#[derive(Debug, Clone)]
+#[derive(Debug, Default)]
 pub struct Upstreams {
-    clients: HashMap<(Duration, Duration), UpstreamClient>,
+    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
 }
 
 impl Upstreams {
     pub fn new<'a>(timeouts: impl IntoIterator<Item = &'a Timeouts>) -> Self {
-        let mut clients = HashMap::new();
+        let upstreams = Upstreams::default();
         for t in timeouts {
-            clients
-                .entry((t.connect, t.idle))
-                .or_insert_with(|| client(t.connect, t.idle));
+            upstreams.get(t);
         }
-        Upstreams { clients }
+        upstreams
     }
 
-    /// The pool for these timeouts; an unknown pair gets a fresh, unpooled-by-others client.
+    /// The pool for these timeouts, created on first use so that every pair
+    /// keeps its connections across requests.
     pub fn get(&self, t: &Timeouts) -> UpstreamClient {
-        match self.clients.get(&(t.connect, t.idle)) {
-            Some(c) => c.clone(),
-            None => client(t.connect, t.idle),
+        let key = (t.connect, t.idle);
+        match self.clients.lock() {
+            Ok(mut clients) => clients
+                .entry(key)
+                .or_insert_with(|| client(t.connect, t.idle))
+                .clone(),
+            // A panic elsewhere while holding the lock: serve unpooled rather than fail.
+            Err(_) => client(t.connect, t.idle),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn same_timeouts_share_one_pool() {
+        let a = Timeouts::default();
+        let b = Timeouts {
+            idle: Duration::from_secs(6 * 3600),
+            ..a
+        };
+        let ups = Upstreams::new([&a, &a, &b]);
+        assert_eq!(ups.clients.lock().unwrap().len(), 2);
+        let c = Timeouts {
+            connect: Duration::from_secs(1),
+            ..a
+        };
+        ups.get(&c);
+        ups.get(&c);
+        assert_eq!(ups.clients.lock().unwrap().len(), 3);
     }
 }
