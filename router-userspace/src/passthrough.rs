@@ -13,11 +13,11 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::config::Passthrough;
-use crate::proxy::idle::{IdleIo, InFlightGuard};
+use crate::proxy::idle::IdleIo;
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::proxy::{
-    append_forwarded_for, append_via, check_head, forward, headers, problem_response,
-    relay_response,
+    RequestStart, ambiguous_framing_problem, append_forwarded_for, append_via, check_head, forward,
+    headers, problem_response, relay_response,
 };
 use crate::shutdown::{Guard, Signals};
 
@@ -103,7 +103,7 @@ pub struct ConnCtx {
 pub async fn handle_http(
     rt: Arc<PassthroughRuntime>,
     ctx: ConnCtx,
-    in_flight: InFlightGuard,
+    start: RequestStart,
     mut req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let ConnCtx {
@@ -113,11 +113,14 @@ pub async fn handle_http(
         signals,
     } = ctx;
     let mut record = AccessRecord::new(Instant::now(), local, peer, req.method(), req.uri());
-    record.in_flight = Some(in_flight);
+    record.in_flight = Some(start.in_flight);
     record.backend = Some(Arc::from(rt.spec.name.as_str()));
     record.region = Some(rt.region.clone());
     let upgrade = headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    if start.ambiguous_framing {
+        return Ok(problem_response(&ambiguous_framing_problem(), record, true));
+    }
     if let Err(problem) = check_head(&parts, rt.max_header_bytes) {
         return Ok(problem_response(&problem, record, true));
     }

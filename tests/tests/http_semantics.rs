@@ -94,36 +94,56 @@ async fn too_many_header_fields_is_431() {
 }
 
 #[tokio::test]
-async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    // hyper resolves CL+TE per RFC 9112 §6.3: Transfer-Encoding wins, the
-    // Content-Length is dropped and the connection closes after the response.
+async fn content_length_with_transfer_encoding_is_400_and_closes() {
     let lab = Lab::start(LabOptions::default()).await.unwrap();
-    let req = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let vip = lab.one.addr(8774);
+    // A clean request first: the verdict for the second one must line up.
+    let req = "GET /v2.1/a HTTP/1.1\r\nHost: h\r\n\r\n\
+               POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
                5\r\nhello\r\n0\r\n\r\n";
-    let out = raw(lab.one.addr(8774), req.as_bytes()).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
-    // The response may itself be chunked: find the JSON object.
-    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(v["body_len"], 5, "{v}");
+    let out = raw(vip, req.as_bytes()).await.unwrap();
+    let first = out.find("HTTP/1.1 200").unwrap_or(usize::MAX);
+    let second = out.find("HTTP/1.1 400").unwrap_or(usize::MAX);
+    assert!(first < second && second != usize::MAX, "{out}");
     assert!(
-        v["headers"]["content-length"].is_null() || v["headers"]["content-length"][0] == "5",
-        "{v}"
+        out.contains(r#""code":400"#) && out.contains("Content-Length and Transfer-Encoding"),
+        "{out}"
     );
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
 
-    // A request smuggled behind the ambiguous one never reaches a backend.
-    let smuggle = format!("{req}GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-    let mut s = tokio::net::TcpStream::connect(lab.one.addr(8774))
-        .await
-        .unwrap();
+    // The other order of the two headers, and a request smuggled behind it:
+    // rejected, connection closed, nothing reaches a backend.
+    let smuggle = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n\
+                   0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
     s.write_all(smuggle.as_bytes()).await.unwrap();
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink).await;
-    let seen = lab.one.backends[&8774].gate.seen();
-    assert!(seen.iter().all(|p| !p.contains("smuggled")), "{seen:?}");
     let text = String::from_utf8_lossy(&sink);
-    assert!(text.matches("HTTP/1.1 ").count() <= 1, "{text}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
+}
+
+#[tokio::test]
+async fn chunked_and_fixed_bodies_on_one_connection_keep_their_verdicts() {
+    // Body bytes that look like a CL+TE head must not be taken for one.
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let lookalike = "GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let req = format!(
+        "PUT /v2.1/one HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{lookalike}\
+         PUT /v2.1/two HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{lookalike}\r\n0\r\n\r\n\
+         GET /v2.1/three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        lookalike.len(),
+        lookalike.len()
+    );
+    let out = raw(vip, req.as_bytes()).await.unwrap();
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    assert_eq!(
+        lab.one.backends[&8774].gate.seen(),
+        ["PUT /v2.1/one", "PUT /v2.1/two", "GET /v2.1/three"]
+    );
 }
 
 #[tokio::test]

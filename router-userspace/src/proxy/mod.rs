@@ -2,6 +2,7 @@
 //! handling in phases, and the pooled upstream client.
 
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod idle;
 pub mod scoped;
@@ -21,6 +22,41 @@ pub use server::{RouterHandle, ServeError, StartOptions, start, start_with_route
 use crate::access_log::{AccessRecord, BodyError, LoggedBody};
 use crate::problem::Problem;
 use upstream::UpstreamClient;
+
+/// Per-connection bookkeeping shared by the stream wrappers and the handler.
+#[derive(Debug, Clone, Default)]
+pub struct ConnWatch {
+    pub in_flight: idle::InFlight,
+    pub verdicts: framing::FramingVerdicts,
+}
+
+/// What the connection knows about a request as the handler starts it.
+#[derive(Debug)]
+pub struct RequestStart {
+    /// Held until the response body ends (pauses client-read inactivity).
+    pub in_flight: idle::InFlightGuard,
+    /// The head carried both Content-Length and Transfer-Encoding.
+    pub ambiguous_framing: bool,
+}
+
+impl ConnWatch {
+    /// Called by the service once per request, in arrival order.
+    pub fn begin(&self) -> RequestStart {
+        RequestStart {
+            in_flight: self.in_flight.enter(),
+            ambiguous_framing: self.verdicts.next_is_ambiguous(),
+        }
+    }
+}
+
+/// 400 for a head with both Content-Length and Transfer-Encoding (RFC 9112
+/// §6.3): the two framings disagree, a classic request-smuggling vector.
+pub(crate) fn ambiguous_framing_problem() -> Problem {
+    Problem::bad_request(
+        "The request has both Content-Length and Transfer-Encoding, so its length is \
+         ambiguous. Send exactly one of them.",
+    )
+}
 
 /// hyper's own read buffer must hold at least this much (it asserts otherwise).
 const HYPER_MIN_BUF: usize = 8192;

@@ -9,9 +9,11 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::idle::InFlightGuard;
 use super::upstream::Upstreams;
-use super::{check_head, forward, headers, problem_response, relay_response};
+use super::{
+    RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
+    relay_response,
+};
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::decision::{Plan, RequestHead, ScopeSource};
 use crate::routing::Router;
@@ -54,13 +56,13 @@ pub async fn handle(
     shared: Arc<ScopedShared>,
     local: SocketAddr,
     peer: SocketAddr,
-    in_flight: InFlightGuard,
+    start: RequestStart,
     req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let mut record = AccessRecord::new(started, local, peer, &parts.method, &parts.uri);
-    record.in_flight = Some(in_flight);
+    record.in_flight = Some(start.in_flight);
     let mut ctx = RequestCtx {
         local,
         peer,
@@ -68,6 +70,13 @@ pub async fn handle(
     };
 
     // Phase: request limits. The body was not read, so the connection closes.
+    if start.ambiguous_framing {
+        return Ok(problem_response(
+            &ambiguous_framing_problem(),
+            ctx.record,
+            true,
+        ));
+    }
     if let Err(problem) = check_head(&parts, shared.max_header_bytes) {
         return Ok(problem_response(&problem, ctx.record, true));
     }

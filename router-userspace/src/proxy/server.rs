@@ -9,8 +9,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::ConnWatch;
+use super::framing::FramingWatch;
 use super::hyper_buf_size;
-use super::idle::{IdleIo, InFlight};
+use super::idle::IdleIo;
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -225,16 +227,16 @@ impl Dispatch {
         } = acc;
         if let Some(spec) = self.scoped.router.listener(local) {
             let shared = self.scoped.clone();
-            let in_flight = InFlight::default();
-            let busy = in_flight.clone();
+            let watch = ConnWatch::default();
+            let busy = watch.clone();
             let svc = service_fn(move |req| {
-                scoped::handle(shared.clone(), local, peer, busy.enter(), req)
+                scoped::handle(shared.clone(), local, peer, busy.begin(), req)
             });
             serve_http(
                 stream,
                 spec.timeouts,
                 self.max_header_bytes,
-                in_flight,
+                watch,
                 svc,
                 signals,
             )
@@ -251,8 +253,8 @@ impl Dispatch {
                 PassthroughMode::Http => {
                     let rt2 = rt.clone();
                     let (g, s) = (guard.clone(), signals.clone());
-                    let in_flight = InFlight::default();
-                    let busy = in_flight.clone();
+                    let watch = ConnWatch::default();
+                    let busy = watch.clone();
                     let svc = service_fn(move |req| {
                         let ctx = passthrough::ConnCtx {
                             local,
@@ -260,13 +262,13 @@ impl Dispatch {
                             guard: g.clone(),
                             signals: s.clone(),
                         };
-                        passthrough::handle_http(rt2.clone(), ctx, busy.enter(), req)
+                        passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
                     });
                     serve_http(
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
-                        in_flight,
+                        watch,
                         svc,
                         signals,
                     )
@@ -286,7 +288,7 @@ async fn serve_http<S>(
     stream: tokio::net::TcpStream,
     timeouts: Timeouts,
     max_header_bytes: usize,
-    in_flight: InFlight,
+    watch: ConnWatch,
     svc: S,
     mut signals: Signals,
 ) where
@@ -297,12 +299,14 @@ async fn serve_http<S>(
         >,
     S::Future: Send + 'static,
 {
-    let io = TokioIo::new(IdleIo::new(stream, timeouts.idle).pause_reads_while(in_flight));
+    let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight);
+    let buf_size = hyper_buf_size(max_header_bytes);
+    let io = TokioIo::new(FramingWatch::new(idle, buf_size, watch.verdicts));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.request_header)
-        .max_buf_size(hyper_buf_size(max_header_bytes))
+        .max_buf_size(buf_size)
         .keep_alive(true);
     let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
