@@ -1,1 +1,2 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
+pub mod ebpf;

@@ -1,0 +1,10 @@
+//! The kernel programs, built by `build.rs` and embedded so the binary is self-contained.
+
+/// The `router-ebpf` ELF object; empty when `build.rs` could not build it (no toolchain).
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
+
+/// Whether this binary carries the kernel programs at all.
+pub fn object_built() -> bool {
+    !OBJECT.is_empty()
+}
