@@ -135,6 +135,9 @@ pub struct Meta {
     pub pad: u32,
     /// Unix time (seconds) of the last attach.
     pub attached_at: u64,
+    /// Name of the XDP interface, NUL-padded: the reader may sit in another network
+    /// namespace where the index means a different device.
+    pub ifname: [u8; 16],
 }
 
 /// The deny list's LPM key data: an IPv4 address in network byte order. The full key is
@@ -166,7 +169,7 @@ mod tests {
         assert_eq!(key.octets(), [192, 0, 2, 10]);
         assert_eq!(core::mem::size_of::<VipPort>(), 8);
         assert_eq!(core::mem::size_of::<Counters>(), 32);
-        assert_eq!(core::mem::size_of::<Meta>(), 32);
+        assert_eq!(core::mem::size_of::<Meta>(), 48);
     }
 
     #[test]

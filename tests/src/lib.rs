@@ -1,1 +1,2 @@
 //! Shared harness for the integration suites: in-process backends, routers on loopback.
+pub mod netns;

@@ -52,6 +52,11 @@ pub(crate) fn pin_root(pin_path: &Path) -> Result<PathBuf, Unavailable> {
 /// directory (the usual state of `/sys/fs/bpf` on hosts without systemd's mount). Anything
 /// else is refused: mounting over a populated directory would hide its contents.
 pub(crate) fn ensure_mounted(root: &Path) -> Result<(), Unavailable> {
+    // Two starts racing (parallel tests) must not stack two mounts on the same directory.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fail = |reason: String| Unavailable::Bpffs {
         path: root.to_path_buf(),
         reason,

@@ -16,13 +16,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, SockMap, lpm_trie::Key},
     programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use router_common::{
-    DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_DENY, MAX_SERVICES, META_MAP, Meta, SERVICE_STEER,
-    SERVICES_MAP, SK_LOOKUP_PROGRAM, SOCKETS_MAP, VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB,
-    XDP_PROGRAM,
+    COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY,
+    MAX_SERVICES, META_MAP, Meta, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM, SOCKETS_MAP,
+    VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -135,6 +135,7 @@ impl Steering {
         if reuse {
             tracing::info!(pin_path = %dir.display(), "reusing pinned eBPF maps; counters continue");
             detach_stale(&dir)?;
+            drop_incompatible_pins(&dir);
         }
 
         let attached = attach_all(config, &desired, &dir, listener, ifindex);
@@ -273,6 +274,7 @@ fn attach_all(
             pid: std::process::id(),
             pad: 0,
             attached_at: unix_now(),
+            ifname: ifname_bytes(&config.interface),
         },
     )?;
     Ok((ebpf, xdp_mode, links))
@@ -462,6 +464,53 @@ fn detach_stale(dir: &Path) -> Result<(), Unavailable> {
     Ok(())
 }
 
+/// Unpins maps whose layout differs from this build's (an upgrade changed a type), so the
+/// loader recreates them instead of writing mis-sized values into the old ones. Only the
+/// affected map starts from zero; compatible counters carry on.
+fn drop_incompatible_pins(dir: &Path) {
+    use std::mem::size_of;
+    let expected: [(&str, usize, usize, u32); 5] = [
+        (
+            SERVICES_MAP,
+            size_of::<VipPort>(),
+            size_of::<u32>(),
+            MAX_SERVICES,
+        ),
+        (VIPS_MAP, size_of::<u32>(), size_of::<u32>(), MAX_SERVICES),
+        (
+            DENY_MAP,
+            size_of::<u32>() + size_of::<DenyAddr>(),
+            size_of::<u32>(),
+            MAX_DENY,
+        ),
+        (
+            COUNTERS_MAP,
+            size_of::<VipPort>(),
+            size_of::<Counters>(),
+            MAX_COUNTERS,
+        ),
+        (META_MAP, size_of::<u32>(), size_of::<Meta>(), 1),
+    ];
+    for (name, key, value, max_entries) in expected {
+        let path = dir.join(name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let fits = info.key_size() as usize == key
+            && info.value_size() as usize == value
+            && info.max_entries() == max_entries;
+        if !fits {
+            tracing::warn!(
+                map = %path.display(),
+                "pinned map has another layout than this build; recreating it (its contents restart from zero)"
+            );
+            if let Err(err) = fs::remove_file(&path) {
+                tracing::warn!(map = %path.display(), "could not unpin incompatible map: {err}");
+            }
+        }
+    }
+}
+
 fn attach_xdp(
     ebpf: &mut Ebpf,
     interface: &str,
@@ -581,6 +630,15 @@ fn raise_memlock_limit() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+fn ifname_bytes(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // Interface names are at most 15 bytes; the kernel already rejected longer ones.
+    for (slot, byte) in out.iter_mut().zip(name.bytes().take(15)) {
+        *slot = byte;
+    }
+    out
 }
 
 fn unix_now() -> u64 {

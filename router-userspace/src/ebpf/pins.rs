@@ -22,7 +22,8 @@ pub(crate) struct Staging {
 }
 
 impl Staging {
-    /// Creates `<root>/.<name>.tmp-<pid>-<nanos>` next to the final directory.
+    /// Creates `<root>/<name>-staging-<pid>-<nanos>` next to the final directory (bpffs
+    /// rejects any name containing a dot, so no hidden `.tmp` names here).
     pub(crate) fn create(final_path: &Path) -> io::Result<Self> {
         let root = final_path
             .parent()
@@ -35,7 +36,7 @@ impl Staging {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let path = root.join(format!(
-            ".{}.tmp-{}-{nanos}",
+            "{}-staging-{}-{nanos}",
             name.to_string_lossy(),
             std::process::id()
         ));

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CStr,
     fmt::{self, Write as _},
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -246,7 +245,7 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
             program_id: xdp_prog,
             link_id: xdp_link,
             mode: XdpAttachMode::from_meta(meta.xdp_mode),
-            interface: (meta.xdp_ifindex != 0).then(|| interface_name(meta.xdp_ifindex)),
+            interface: (meta.xdp_ifindex != 0).then(|| interface_label(&meta)),
             netns_inode: None,
         },
     ];
@@ -273,17 +272,20 @@ fn link_ids(path: &Path) -> (Option<u32>, Option<u32>) {
     }
 }
 
-fn interface_name(ifindex: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
-        // Another namespace's interface, or gone: the index is all we can say.
-        return format!("ifindex {ifindex}");
+/// "eth2 (ifindex 5)" from what the loader recorded; the reader's own namespace may map
+/// the index to another device, so the index is never resolved here.
+fn interface_label(meta: &Meta) -> String {
+    let len = meta
+        .ifname
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(meta.ifname.len());
+    let name = String::from_utf8_lossy(&meta.ifname[..len]);
+    if name.is_empty() {
+        format!("ifindex {}", meta.xdp_ifindex)
+    } else {
+        format!("{name} (ifindex {})", meta.xdp_ifindex)
     }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    name.to_string_lossy().into_owned()
 }
 
 impl fmt::Display for Status {
