@@ -56,7 +56,7 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, u32> {
         pad: 0,
     };
     // SAFETY: values are plain u32 flags; a concurrent update at worst yields the old flags.
-    let flags = unsafe { SERVICES.get(&key) }.copied().unwrap_or(0);
+    let flags = unsafe { SERVICES.get(key) }.copied().unwrap_or(0);
     if flags & SERVICE_STEER == 0 {
         return Ok(sk_action::SK_PASS);
     }
@@ -100,7 +100,7 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, u32> {
     }
     let daddr: u32 = read(ctx, ETH_HLEN + 16)?;
     // SAFETY: values are plain u32 flags.
-    if unsafe { VIPS.get(&daddr) }.is_none() {
+    if unsafe { VIPS.get(daddr) }.is_none() {
         return Ok(xdp_action::XDP_PASS);
     }
     let saddr: u32 = read(ctx, ETH_HLEN + 12)?;
@@ -128,7 +128,7 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, u32> {
             pad: 0,
         };
         // SAFETY: values are plain u32 flags.
-        if unsafe { SERVICES.get(&served) }.is_some() {
+        if unsafe { SERVICES.get(served) }.is_some() {
             key = served;
         } else {
             unserved = true;
@@ -159,7 +159,7 @@ fn count(key: &VipPort, bytes: u64, syn: bool, drop: bool) {
             // A full map only loses this sample; traffic handling is unaffected.
             let _ = COUNTERS.insert(
                 key,
-                &Counters {
+                Counters {
                     packets: 1,
                     bytes,
                     syns,

@@ -17,7 +17,8 @@
 
 use std::{
     ffi::OsStr,
-    fs, io,
+    fs,
+    io::{self, Write as _},
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -68,7 +69,8 @@ pub fn skip(test: &str, reason: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: privileged test cannot run under CI: {reason}");
     }
-    eprintln!("skipping {test}: {reason}");
+    // Straight to the stderr handle: libtest captures eprintln!, and a skip must be seen.
+    let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
     false
 }
 

@@ -192,3 +192,26 @@ pub fn start(config: &SteeringConfig, listener: &impl AsFd) -> Result<Startup, E
         Err(reason) => Err(EbpfError::Required(reason)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_can_move_into_the_runtime() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Steering>();
+        assert_send_sync::<Unavailable>();
+        assert_send_sync::<EbpfError>();
+    }
+
+    #[test]
+    fn off_never_touches_the_pin_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SteeringConfig::new(Mode::Off);
+        config.pin_path = dir.path().join("state");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(start(&config, &listener).unwrap(), Startup::Off));
+        assert!(!config.pin_path.exists());
+    }
+}
