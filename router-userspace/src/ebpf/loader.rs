@@ -164,6 +164,7 @@ impl Steering {
             pin_path = %config.pin_path.display(),
             interface = %config.interface,
             services = desired.services.len(),
+            object = super::OBJECT_ORIGIN,
             "eBPF steering active (sk_lookup + XDP {xdp_mode})"
         );
         Ok(Self {

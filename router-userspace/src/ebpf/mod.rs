@@ -17,7 +17,7 @@ use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
 
 pub use cidr::{CidrError, Ipv4Cidr};
 pub use loader::{Steering, XdpAttachMode};
-pub use object::object_built;
+pub use object::{OBJECT_ORIGIN, object_built};
 pub use status::{
     CounterRow, ProgramKind, ProgramStatus, ServiceKind, Status, StatusError, read_status,
 };
