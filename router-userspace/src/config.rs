@@ -1,0 +1,1054 @@
+//! The router's TOML configuration (DESIGN §5): parsing, defaults, path resolution, validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::{Catalog, CatalogError};
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The config file itself.
+    pub path: PathBuf,
+    /// The current region.
+    pub region: String,
+    /// Catalog files, resolved relative to the config file.
+    pub catalog: Vec<PathBuf>,
+    /// Concrete local services, on the same port as the VIP listener.
+    pub backend: IpAddr,
+    /// `[scope.defaults]`: service type → region, overriding "current region".
+    pub scope_defaults: BTreeMap<String, String>,
+    pub timeouts: Timeouts,
+    pub ports: BTreeMap<u16, PortOverride>,
+    pub proxy: ProxySettings,
+    pub vip: Option<VipConfig>,
+    pub ebpf: EbpfConfig,
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// Connection timeouts of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time allowed to receive a complete request head.
+    pub request_header: Duration,
+    /// Time allowed to connect to the upstream.
+    pub connect: Duration,
+    /// Inactivity allowed on an established exchange (either direction).
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        // The seed HAProxy's values: `timeout http-request 10s`, `connect 10s`, `client/server 1m`.
+        Timeouts {
+            request_header: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[ports.N]`: per-port overrides; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortOverride {
+    pub request_header: Option<Duration>,
+    pub connect: Option<Duration>,
+    pub idle: Option<Duration>,
+    /// Local backend for this port instead of `backend:N`.
+    pub backend: Option<SocketAddr>,
+}
+
+/// `[proxy]`: HTTP handling limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Largest accepted request head, in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> ProxySettings {
+        ProxySettings {
+            max_header_bytes: 16384,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[vip]`: the address the router owns on `interface`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    pub interface: String,
+    /// Add/watch/remove the address; `false` only uses it.
+    pub manage: bool,
+    /// Leave the address in place on shutdown.
+    pub keep_on_exit: bool,
+    pub garp_count: u32,
+    pub garp_repeat_delay: Duration,
+    /// Take the address even if another interface already carries it.
+    pub take_over: bool,
+}
+
+/// How the router uses eBPF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfMode {
+    /// Use eBPF when the kernel allows it, otherwise bind directly.
+    Auto,
+    /// Fail when eBPF cannot be used.
+    Required,
+    /// Never load eBPF.
+    Off,
+}
+
+/// An IP network, `addr/prefix_len`, with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// `[ebpf]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    pub mode: EbpfMode,
+    /// Directory on bpffs holding the pinned maps.
+    pub pin_path: PathBuf,
+    /// Interface the XDP program attaches to.
+    pub interface: String,
+    /// Sources dropped by XDP.
+    pub deny: Vec<Cidr>,
+}
+
+/// What a passthrough listener does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassthroughMode {
+    /// Copy bytes both ways.
+    Tcp,
+    /// Proxy HTTP (including upgrades) to one backend.
+    Http,
+}
+
+/// `[[passthrough]]`: a listener doing no scope work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passthrough {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backend: SocketAddr,
+    pub mode: PassthroughMode,
+    pub timeouts: Timeouts,
+}
+
+/// Why a configuration is unusable. Every variant names the file; most name the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config file {}: key `catalog`: {source}", path.display())]
+    Catalog { path: PathBuf, source: CatalogError },
+}
+
+const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
+const DEFAULT_INTERFACE: &str = "eth2";
+
+impl Config {
+    /// Reads and validates `path` (catalog-independent checks only; see [`Config::check_catalog`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against its directory).
+    #[allow(clippy::should_implement_trait)] // needs the path, so it cannot be `FromStr`
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        raw.resolve(path)
+    }
+
+    /// Loads the catalog files named by the config.
+    pub fn load_catalog(&self) -> Result<Catalog, ConfigError> {
+        Catalog::load(&self.catalog).map_err(|source| ConfigError::Catalog {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks the keys that depend on the catalog: `region`, `[scope.defaults]`, `[ports.N]`,
+    /// and passthrough binds against the scoped listeners.
+    pub fn check_catalog(&self, catalog: &Catalog) -> Result<(), ConfigError> {
+        let regions = catalog.regions();
+        let known = || regions.iter().map(|r| &**r).collect::<Vec<_>>().join(", ");
+        if !catalog.has_region(&self.region) {
+            return Err(self.invalid(
+                "region",
+                format!(
+                    "region \"{}\" is not in the catalog; known regions: {}",
+                    self.region,
+                    known()
+                ),
+            ));
+        }
+        for (service_type, region) in &self.scope_defaults {
+            if !catalog.has_region(region) {
+                return Err(self.invalid(
+                    format!("scope.defaults.{service_type}"),
+                    format!(
+                        "region \"{region}\" is not in the catalog; known regions: {}",
+                        known()
+                    ),
+                ));
+            }
+        }
+        let scoped: Vec<SocketAddr> = catalog
+            .entries()
+            .iter()
+            .filter(|e| *e.region == *self.region)
+            .filter_map(|e| e.url.ip().map(|ip| SocketAddr::new(ip, e.url.port())))
+            .collect();
+        for port in self.ports.keys() {
+            if !scoped.iter().any(|a| a.port() == *port) {
+                return Err(self.invalid(
+                    format!("ports.{port}"),
+                    format!(
+                        "no {} catalog endpoint listens on port {port}; remove the section or \
+                         fix the port number",
+                        self.region
+                    ),
+                ));
+            }
+        }
+        for (i, p) in self.passthrough.iter().enumerate() {
+            if let Some(clash) = scoped.iter().find(|a| binds_collide(**a, p.bind)) {
+                return Err(self.invalid(
+                    format!("passthrough[{i}].bind"),
+                    format!(
+                        "passthrough \"{}\" binds {}, which collides with the scoped listener \
+                         {clash} from the catalog; pick another address or port",
+                        p.name, p.bind
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Timeouts of the scoped listener on `port` (global values with `[ports.N]` applied).
+    pub fn port_timeouts(&self, port: u16) -> Timeouts {
+        let mut t = self.timeouts;
+        if let Some(o) = self.ports.get(&port) {
+            t.request_header = o.request_header.unwrap_or(t.request_header);
+            t.connect = o.connect.unwrap_or(t.connect);
+            t.idle = o.idle.unwrap_or(t.idle);
+        }
+        t
+    }
+
+    /// The local backend of the scoped listener on `port`.
+    pub fn port_backend(&self, port: u16) -> SocketAddr {
+        self.ports
+            .get(&port)
+            .and_then(|o| o.backend)
+            .unwrap_or_else(|| SocketAddr::new(self.backend, port))
+    }
+}
+
+/// Two binds collide when they share a port and either the IPs match or one is a wildcard.
+fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a CIDR: `{addr}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            None => max,
+            Some(l) => match l.trim().parse::<u8>() {
+                Ok(l) if l <= max => l,
+                _ => {
+                    return Err(format!(
+                        "`{s}` is not a CIDR: prefix length must be 0..={max}"
+                    ));
+                }
+            },
+        };
+        let network = mask(addr, prefix_len);
+        if network != addr {
+            return Err(format!(
+                "`{s}` has host bits set; did you mean {network}/{prefix_len}?"
+            ));
+        }
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix_len) == self.addr
+    }
+}
+
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// A duration written like `"10s"`, `"1m"`, `"6h"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+        let text = String::deserialize(d)?;
+        match humantime::parse_duration(&text) {
+            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
+                "duration \"{text}\" must be greater than zero"
+            ))),
+            Ok(d) => Ok(HumanDuration(d)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "invalid duration \"{text}\" ({e}); write e.g. \"10s\", \"1m\" or \"6h\""
+            ))),
+        }
+    }
+}
+
+fn dur(d: Option<HumanDuration>) -> Option<Duration> {
+    d.map(|d| d.0)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    region: String,
+    catalog: Vec<PathBuf>,
+    backend: IpAddr,
+    #[serde(default)]
+    scope: RawScope,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    ports: BTreeMap<String, RawPort>,
+    #[serde(default)]
+    proxy: RawProxy,
+    vip: Option<RawVip>,
+    #[serde(default)]
+    ebpf: RawEbpf,
+    #[serde(default)]
+    passthrough: Vec<RawPassthrough>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    #[serde(default)]
+    defaults: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    request_header: Option<HumanDuration>,
+    connect: Option<HumanDuration>,
+    idle: Option<HumanDuration>,
+}
+
+impl RawTimeouts {
+    fn over(&self, base: Timeouts) -> Timeouts {
+        Timeouts {
+            request_header: dur(self.request_header).unwrap_or(base.request_header),
+            connect: dur(self.connect).unwrap_or(base.connect),
+            idle: dur(self.idle).unwrap_or(base.idle),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    request_header: Option<HumanDuration>,
+    connect: Option<HumanDuration>,
+    idle: Option<HumanDuration>,
+    backend: Option<SocketAddr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    max_header_bytes: Option<usize>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: IpAddr,
+    interface: Option<String>,
+    manage: Option<bool>,
+    keep_on_exit: Option<bool>,
+    garp_count: Option<u32>,
+    garp_repeat_delay: Option<HumanDuration>,
+    take_over: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEbpf {
+    mode: Option<EbpfMode>,
+    pin_path: Option<PathBuf>,
+    interface: Option<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassthrough {
+    name: String,
+    bind: SocketAddr,
+    backend: SocketAddr,
+    mode: PassthroughMode,
+    request_header: Option<HumanDuration>,
+    connect: Option<HumanDuration>,
+    idle: Option<HumanDuration>,
+}
+
+impl RawConfig {
+    fn resolve(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.region.trim().is_empty() {
+            return Err(invalid(
+                "region",
+                "must name the current region, e.g. \"RegionOne\"".into(),
+            ));
+        }
+        if self.catalog.is_empty() {
+            return Err(invalid(
+                "catalog",
+                "list at least one endpoint-list JSON file".into(),
+            ));
+        }
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let catalog = self.catalog.iter().map(|p| dir.join(p)).collect();
+
+        for (service_type, region) in &self.scope.defaults {
+            if region.trim().is_empty() {
+                return Err(invalid(
+                    &format!("scope.defaults.{service_type}"),
+                    "must name a region".into(),
+                ));
+            }
+        }
+
+        let timeouts = self.timeouts.over(Timeouts::default());
+
+        let mut ports = BTreeMap::new();
+        for (key, raw) in self.ports {
+            let port = match key.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    return Err(invalid(
+                        &format!("ports.{key}"),
+                        "section name must be a port number 1..=65535, e.g. [ports.9292]".into(),
+                    ));
+                }
+            };
+            ports.insert(
+                port,
+                PortOverride {
+                    request_header: dur(raw.request_header),
+                    connect: dur(raw.connect),
+                    idle: dur(raw.idle),
+                    backend: raw.backend,
+                },
+            );
+        }
+
+        let defaults = ProxySettings::default();
+        let proxy = ProxySettings {
+            max_header_bytes: self
+                .proxy
+                .max_header_bytes
+                .unwrap_or(defaults.max_header_bytes),
+            shutdown_grace: dur(self.proxy.shutdown_grace).unwrap_or(defaults.shutdown_grace),
+        };
+        // Below 1 KiB not even a token fits; refuse rather than answer 431 to everything.
+        if proxy.max_header_bytes < 1024 {
+            return Err(invalid(
+                "proxy.max_header_bytes",
+                format!(
+                    "{} is too small; use at least 1024 (default 16384)",
+                    proxy.max_header_bytes
+                ),
+            ));
+        }
+
+        let vip = match self.vip {
+            None => None,
+            Some(v) => {
+                let interface = v.interface.unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
+                if interface.is_empty() {
+                    return Err(invalid(
+                        "vip.interface",
+                        "must name a network interface".into(),
+                    ));
+                }
+                Some(VipConfig {
+                    address: v.address,
+                    interface,
+                    manage: v.manage.unwrap_or(true),
+                    keep_on_exit: v.keep_on_exit.unwrap_or(false),
+                    garp_count: v.garp_count.unwrap_or(5),
+                    garp_repeat_delay: dur(v.garp_repeat_delay).unwrap_or(Duration::from_secs(5)),
+                    take_over: v.take_over.unwrap_or(false),
+                })
+            }
+        };
+
+        let pin_path = self
+            .ebpf
+            .pin_path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH));
+        if !pin_path.is_absolute() {
+            return Err(invalid(
+                "ebpf.pin_path",
+                format!(
+                    "\"{}\" must be an absolute path on bpffs, e.g. \"{DEFAULT_PIN_PATH}\"",
+                    pin_path.display()
+                ),
+            ));
+        }
+        let interface = match (self.ebpf.interface, &vip) {
+            (Some(i), _) => i,
+            (None, Some(v)) => v.interface.clone(),
+            (None, None) => DEFAULT_INTERFACE.to_owned(),
+        };
+        if interface.is_empty() {
+            return Err(invalid(
+                "ebpf.interface",
+                "must name a network interface".into(),
+            ));
+        }
+        let mut deny = Vec::with_capacity(self.ebpf.deny.len());
+        for (i, text) in self.ebpf.deny.iter().enumerate() {
+            let cidr = text
+                .parse::<Cidr>()
+                .map_err(|e| invalid(&format!("ebpf.deny[{i}]"), e))?;
+            deny.push(cidr);
+        }
+        let ebpf = EbpfConfig {
+            mode: self.ebpf.mode.unwrap_or(EbpfMode::Auto),
+            pin_path,
+            interface,
+            deny,
+        };
+
+        let mut passthrough: Vec<Passthrough> = Vec::with_capacity(self.passthrough.len());
+        for (i, p) in self.passthrough.into_iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return Err(invalid(
+                    &format!("passthrough[{i}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if let Some(other) = passthrough.iter().find(|o| o.name == p.name) {
+                return Err(invalid(
+                    &format!("passthrough[{i}].name"),
+                    format!(
+                        "\"{}\" is already used by another passthrough (bind {}); names must be unique",
+                        other.name, other.bind
+                    ),
+                ));
+            }
+            if let Some(other) = passthrough.iter().find(|o| binds_collide(o.bind, p.bind)) {
+                return Err(invalid(
+                    &format!("passthrough[{i}].bind"),
+                    format!(
+                        "{} collides with passthrough \"{}\" (bind {}); binds must be unique",
+                        p.bind, other.name, other.bind
+                    ),
+                ));
+            }
+            let timeouts = RawTimeouts {
+                request_header: p.request_header,
+                connect: p.connect,
+                idle: p.idle,
+            }
+            .over(timeouts);
+            passthrough.push(Passthrough {
+                name: p.name,
+                bind: p.bind,
+                backend: p.backend,
+                mode: p.mode,
+                timeouts,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            region: self.region,
+            catalog,
+            backend: self.backend,
+            scope_defaults: self.scope.defaults,
+            timeouts,
+            ports,
+            proxy,
+            vip,
+            ebpf,
+            passthrough,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+region = "RegionOne"
+catalog = ["endpoint-list-RegionOne.json", "/abs/endpoint-list-RegionTwo.json"]
+backend = "192.168.142.245"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("/etc/scope-router/router.toml"))
+    }
+
+    fn fixture_catalog() -> Catalog {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures"
+        ));
+        Catalog::load(&[
+            dir.join("endpoint-list-RegionOne.json"),
+            dir.join("endpoint-list-RegionTwo.json"),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.region, "RegionOne");
+        assert_eq!(
+            c.catalog,
+            [
+                PathBuf::from("/etc/scope-router/endpoint-list-RegionOne.json"),
+                PathBuf::from("/abs/endpoint-list-RegionTwo.json")
+            ]
+        );
+        assert_eq!(c.backend, "192.168.142.245".parse::<IpAddr>().unwrap());
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(
+            c.proxy,
+            ProxySettings {
+                max_header_bytes: 16384,
+                shutdown_grace: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(c.vip, None);
+        assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+        assert_eq!(c.ebpf.pin_path, PathBuf::from("/sys/fs/bpf/scope-router"));
+        assert_eq!(c.ebpf.interface, "eth2");
+        assert!(c.ebpf.deny.is_empty() && c.passthrough.is_empty() && c.ports.is_empty());
+        assert!(c.scope_defaults.is_empty());
+    }
+
+    #[test]
+    fn sections_are_parsed() {
+        let text = format!(
+            r#"{MINIMAL}
+[scope.defaults]
+identity = "RegionTwo"
+[timeouts]
+request_header = "5s"
+idle = "2m"
+[ports.9292]
+idle = "6h"
+[ports.8774]
+backend = "10.1.1.1:18774"
+connect = "3s"
+[proxy]
+max_header_bytes = 32768
+shutdown_grace = "1m"
+[vip]
+address = "192.168.142.244"
+interface = "ens3"
+garp_count = 2
+[ebpf]
+mode = "required"
+deny = ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"]
+[[passthrough]]
+name = "mariadb"
+bind = "192.168.142.244:3306"
+backend = "192.168.142.245:3306"
+mode = "tcp"
+idle = "1h"
+[[passthrough]]
+name = "horizon"
+bind = "192.168.142.244:80"
+backend = "192.168.142.245:80"
+mode = "http"
+"#
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.scope_defaults.get("identity").map(String::as_str),
+            Some("RegionTwo")
+        );
+        assert_eq!(c.timeouts.request_header, Duration::from_secs(5));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(120));
+        assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
+        assert_eq!(c.port_timeouts(9292).request_header, Duration::from_secs(5));
+        assert_eq!(c.port_timeouts(8774).connect, Duration::from_secs(3));
+        assert_eq!(c.port_timeouts(5000), c.timeouts);
+        assert_eq!(c.port_backend(8774), "10.1.1.1:18774".parse().unwrap());
+        assert_eq!(
+            c.port_backend(5000),
+            "192.168.142.245:5000".parse().unwrap()
+        );
+        assert_eq!(c.proxy.max_header_bytes, 32768);
+        assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
+        let vip = c.vip.as_ref().unwrap();
+        assert_eq!(vip.address, "192.168.142.244".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (vip.interface.as_str(), vip.manage, vip.keep_on_exit),
+            ("ens3", true, false)
+        );
+        assert_eq!(
+            (vip.garp_count, vip.garp_repeat_delay, vip.take_over),
+            (2, Duration::from_secs(5), false)
+        );
+        // ebpf.interface follows the VIP's when not given.
+        assert_eq!(c.ebpf.interface, "ens3");
+        assert_eq!(c.ebpf.mode, EbpfMode::Required);
+        let deny: Vec<String> = c.ebpf.deny.iter().map(Cidr::to_string).collect();
+        assert_eq!(deny, ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32"]);
+        assert_eq!(c.passthrough.len(), 2);
+        assert_eq!(c.passthrough[0].mode, PassthroughMode::Tcp);
+        assert_eq!(c.passthrough[0].timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(
+            c.passthrough[0].timeouts.request_header,
+            Duration::from_secs(5)
+        );
+        assert_eq!(c.passthrough[1].mode, PassthroughMode::Http);
+        assert_eq!(c.passthrough[1].timeouts, c.timeouts);
+        c.check_catalog(&fixture_catalog()).unwrap();
+    }
+
+    /// Every wrong key is an error naming the key (or showing its line) and the file.
+    #[test]
+    fn wrong_keys_are_errors_naming_key_and_file() {
+        let pt = |extra: &str| {
+            format!(
+                "{MINIMAL}[[passthrough]]\nname = \"a\"\nbind = \"10.0.0.1:1\"\nbackend = \"10.0.0.2:1\"\nmode = \"tcp\"\n{extra}"
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{MINIMAL}regoin = \"x\"\n"), "regoin"),
+            (MINIMAL.replace("region = \"RegionOne\"", ""), "region"),
+            (MINIMAL.replace("region = \"RegionOne\"", "region = \"\""), "region"),
+            (MINIMAL.replace("\"192.168.142.245\"", "\"not-an-ip\""), "backend"),
+            (MINIMAL.replace("catalog = [\"endpoint-list-RegionOne.json\", \"/abs/endpoint-list-RegionTwo.json\"]", "catalog = []"), "catalog"),
+            (format!("{MINIMAL}[timeouts]\nidle = \"6x\"\n"), "idle"),
+            (format!("{MINIMAL}[timeouts]\nconnect = \"0s\"\n"), "connect"),
+            (format!("{MINIMAL}[timeouts]\nidel = \"1m\"\n"), "idel"),
+            (format!("{MINIMAL}[ports.glance]\nidle = \"6h\"\n"), "ports.glance"),
+            (format!("{MINIMAL}[ports.0]\nidle = \"6h\"\n"), "ports.0"),
+            (format!("{MINIMAL}[ports.9292]\nidl = \"6h\"\n"), "idl"),
+            (format!("{MINIMAL}[ports.9292]\nbackend = \"10.0.0.1\"\n"), "backend"),
+            (format!("{MINIMAL}[proxy]\nmax_header_bytes = 10\n"), "proxy.max_header_bytes"),
+            (format!("{MINIMAL}[proxy]\nmax_headers = 10\n"), "max_headers"),
+            (format!("{MINIMAL}[vip]\ninterface = \"eth2\"\n"), "address"),
+            (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nadress = \"x\"\n"), "adress"),
+            (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\ninterface = \"\"\n"), "vip.interface"),
+            (format!("{MINIMAL}[ebpf]\nmode = \"sometimes\"\n"), "sometimes"),
+            (format!("{MINIMAL}[ebpf]\npin_path = \"bpf/here\"\n"), "ebpf.pin_path"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n"), "ebpf.deny[1]"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"300.0.0.0/8\"]\n"), "ebpf.deny[0]"),
+            (format!("{MINIMAL}[ebpf]\ndeny = [\"10.0.0.0/33\"]\n"), "ebpf.deny[0]"),
+            (format!("{MINIMAL}[ebpf]\nallow = []\n"), "allow"),
+            (format!("{MINIMAL}[scope]\ndefault = {{}}\n"), "default"),
+            (format!("{MINIMAL}[scope.defaults]\nidentity = \"\"\n"), "scope.defaults.identity"),
+            (pt("[[passthrough]]\nname = \"a\"\nbind = \"10.0.0.1:2\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].name"),
+            (pt("[[passthrough]]\nname = \"b\"\nbind = \"10.0.0.1:1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].bind"),
+            (pt("[[passthrough]]\nname = \"b\"\nbind = \"0.0.0.0:1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].bind"),
+            (pt("[[passthrough]]\nname = \"\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "passthrough[1].name"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\nmode = \"udp\"\n"), "udp"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1:3\"\nbackend = \"10.0.0.2:2\"\n"), "mode"),
+            (pt("[[passthrough]]\nname = \"c\"\nbind = \"10.0.0.1\"\nbackend = \"10.0.0.2:2\"\nmode = \"tcp\"\n"), "bind"),
+            (pt("timeout = \"1s\"\n"), "timeout"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("/etc/scope-router/router.toml"),
+                "file missing from: {msg}"
+            );
+            assert!(msg.contains(key), "key {key} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn catalog_dependent_checks() {
+        let catalog = fixture_catalog();
+        let pt = |bind: &str| {
+            format!(
+                "{MINIMAL}[[passthrough]]\nname = \"x\"\nbind = \"{bind}\"\nbackend = \"10.0.0.2:1\"\nmode = \"tcp\"\n"
+            )
+        };
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                MINIMAL.replace("RegionOne\"\n", "RegionThree\"\n"),
+                &["`region`", "RegionThree", "RegionOne, RegionTwo"],
+            ),
+            (
+                format!("{MINIMAL}[scope.defaults]\nimage = \"RegionX\"\n"),
+                &["scope.defaults.image", "RegionX"],
+            ),
+            (
+                format!("{MINIMAL}[ports.1234]\nidle = \"1s\"\n"),
+                &["ports.1234"],
+            ),
+            (
+                pt("192.168.142.244:8774"),
+                &["passthrough[0].bind", "192.168.142.244:8774"],
+            ),
+            (
+                pt("0.0.0.0:5000"),
+                &["passthrough[0].bind", "192.168.142.244:5000"],
+            ),
+        ];
+        for (text, needles) in cases {
+            let c = parse(&text).unwrap();
+            let msg = c.check_catalog(&catalog).unwrap_err().to_string();
+            assert!(msg.contains("/etc/scope-router/router.toml"), "{msg}");
+            for n in needles {
+                assert!(msg.contains(n), "{n} missing from: {msg}");
+            }
+        }
+        // RegionTwo's VIP:8774 is no listener here, and 3306 is on no scoped port.
+        parse(&pt("192.168.144.244:8774"))
+            .unwrap()
+            .check_catalog(&catalog)
+            .unwrap();
+        parse(&pt("192.168.142.244:3306"))
+            .unwrap()
+            .check_catalog(&catalog)
+            .unwrap();
+    }
+
+    #[test]
+    fn cidrs() {
+        let ok = [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("10.1.2.3", "10.1.2.3/32"),
+            ("::/0", "::/0"),
+            ("fd00::/8", "fd00::/8"),
+            ("fd00::1", "fd00::1/128"),
+        ];
+        for (text, shown) in ok {
+            assert_eq!(text.parse::<Cidr>().unwrap().to_string(), shown);
+        }
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "x/8",
+            "fd00::1/8",
+            "::/129",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let err = "10.0.0.1/8".parse::<Cidr>().unwrap_err();
+        assert!(err.contains("10.0.0.0/8"), "suggests the network: {err}");
+        let net: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(net.contains("192.168.142.1".parse().unwrap()));
+        assert!(!net.contains("192.169.0.1".parse().unwrap()));
+        assert!(!net.contains("::ffff:192.168.0.1".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let err = Config::load(Path::new("/nonexistent/router.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/router.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_resolves_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.path, path);
+        assert_eq!(
+            c.catalog[0],
+            dir.path().join("endpoint-list-RegionOne.json")
+        );
+        // The catalog is read relative to the file too: missing here, and the error says which.
+        let msg = c.load_catalog().unwrap_err().to_string();
+        assert!(
+            msg.contains(
+                &*dir
+                    .path()
+                    .join("endpoint-list-RegionOne.json")
+                    .to_string_lossy()
+            ),
+            "{msg}"
+        );
+    }
+
+    /// The shipped examples are the configuration reference: they must stay valid.
+    #[test]
+    fn example_configs_load() {
+        for (region, vip, backend) in [
+            ("RegionOne", "192.168.142.244", "192.168.142.245"),
+            ("RegionTwo", "192.168.144.244", "192.168.144.245"),
+        ] {
+            let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"))
+                .join(format!("{region}.toml"));
+            let c = Config::load(&path).unwrap();
+            assert_eq!(c.region, region);
+            assert_eq!(c.backend, backend.parse::<IpAddr>().unwrap());
+            let v = c.vip.as_ref().unwrap();
+            assert_eq!(
+                (v.address, v.interface.as_str()),
+                (vip.parse().unwrap(), "eth2")
+            );
+            assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+            assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
+            assert_eq!(c.port_timeouts(8774).idle, Duration::from_secs(60));
+            let names: Vec<&str> = c.passthrough.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "mariadb",
+                    "horizon",
+                    "rabbitmq_management",
+                    "nova_metadata",
+                    "nova_novncproxy",
+                    "glance_registry"
+                ]
+            );
+            for (p, port, mode) in c
+                .passthrough
+                .iter()
+                .zip([3306, 80, 15672, 8775, 6080, 9191])
+                .zip([
+                    PassthroughMode::Tcp,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                    PassthroughMode::Http,
+                ])
+                .map(|((p, port), m)| (p, port, m))
+            {
+                assert_eq!(
+                    p.bind,
+                    SocketAddr::new(vip.parse().unwrap(), port),
+                    "{}",
+                    p.name
+                );
+                assert_eq!(
+                    p.backend,
+                    SocketAddr::new(backend.parse().unwrap(), port),
+                    "{}",
+                    p.name
+                );
+                assert_eq!(p.mode, mode, "{}", p.name);
+            }
+            let catalog = c.load_catalog().unwrap();
+            assert_eq!(catalog.entries().len(), 36);
+            c.check_catalog(&catalog).unwrap();
+        }
+    }
+}

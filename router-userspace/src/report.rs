@@ -1,0 +1,434 @@
+//! Human-readable output of `scope-router check` (routing table) and `scope-router explain`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HOST, HeaderName, HeaderValue};
+
+use crate::catalog::split_host_port;
+use crate::config::{Config, EbpfMode, PassthroughMode, Timeouts};
+use crate::decision::RequestHead;
+use crate::routing::Router;
+
+/// The client address `explain` pretends the request came from (TEST-NET-3).
+pub const EXAMPLE_PEER: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 10)), 40000);
+
+/// Why `explain` could not build the hypothetical request.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("invalid method `{0}`; use e.g. GET, POST, PUT, DELETE")]
+    Method(String),
+    #[error(
+        "invalid URL `{url}`: {reason}; give an absolute URL like \
+         http://192.168.142.244:8774/v2.1/servers"
+    )]
+    Url { url: String, reason: String },
+    #[error("invalid header `{name}: {value}`; write headers as `Name: value` in visible ASCII")]
+    Header { name: String, value: String },
+}
+
+fn fmt_timeouts(t: &Timeouts) -> String {
+    format!(
+        "request_header {}, connect {}, idle {}",
+        humantime::format_duration(t.request_header),
+        humantime::format_duration(t.connect),
+        humantime::format_duration(t.idle)
+    )
+}
+
+/// The routing table: every listener → service type/interface → backend per region → address,
+/// then the passthrough listeners.
+pub fn check(router: &Router, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config:  {}", config.path.display());
+    let _ = writeln!(out, "region:  {}", router.region());
+    for c in &config.catalog {
+        let _ = writeln!(out, "catalog: {}", c.display());
+    }
+    let regions: Vec<&str> = router.regions().iter().map(|r| &**r).collect();
+    let _ = writeln!(out, "regions: {}", regions.join(", "));
+    let _ = write!(
+        out,
+        "scope defaults: every service type -> {}",
+        router.region()
+    );
+    for (st, r) in &config.scope_defaults {
+        let _ = write!(out, ", {st} -> {r}");
+    }
+    out.push('\n');
+    match &config.vip {
+        Some(v) => {
+            let managed = if v.manage { "managed" } else { "not managed" };
+            let _ = writeln!(out, "vip:     {} on {} ({managed})", v.address, v.interface);
+            // Owning an address no scoped listener uses is almost always a typo.
+            if !router.listeners().iter().any(|l| l.addr.ip() == v.address) {
+                let _ = writeln!(
+                    out,
+                    "warning: [vip] address {} is the host of no scoped listener; the catalog's \
+                     {} URLs use other addresses",
+                    v.address,
+                    router.region()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "vip:     none (no [vip] section: the address is managed elsewhere)"
+            );
+        }
+    }
+    let deny: Vec<String> = config.ebpf.deny.iter().map(ToString::to_string).collect();
+    let mode = match config.ebpf.mode {
+        EbpfMode::Auto => "auto",
+        EbpfMode::Required => "required",
+        EbpfMode::Off => "off",
+    };
+    let _ = writeln!(
+        out,
+        "ebpf:    mode {mode}, pins {}, XDP on {}, deny [{}]",
+        config.ebpf.pin_path.display(),
+        config.ebpf.interface,
+        deny.join(", ")
+    );
+
+    let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
+    for (i, l) in router.listeners().iter().enumerate() {
+        let routes = router.listener_routes(i);
+        let _ = writeln!(
+            out,
+            "  {}  (local backend {}; {})",
+            l.addr,
+            l.local_backend,
+            fmt_timeouts(&l.timeouts)
+        );
+        for (n, route) in routes.routes.iter().enumerate() {
+            let shown = if route.path.is_empty() {
+                "/"
+            } else {
+                &route.path
+            };
+            // Equal URLs tie; the first in catalog order wins, the others only show up here.
+            let shadow = routes.routes[..n]
+                .iter()
+                .find(|r| r.path == route.path)
+                .map(|r| {
+                    format!(
+                        "  (same URL as {}/{}, which wins)",
+                        r.service_type, r.interface
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {}/{}  path {shown}{shadow}",
+                route.service_type, route.interface
+            );
+            for t in &route.targets {
+                let (addr, note) = match &t.remote {
+                    None => (format!("{}", t.upstream), " (local)".to_owned()),
+                    Some(remote) => (format!("{}{}", t.upstream, remote.path), String::new()),
+                };
+                let _ = writeln!(out, "      {} -> {addr}{note}", t.backend_name);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "    (no match)  {} -> {} (forwarded unchanged)",
+            routes.transparent_name, routes.local_upstream
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\npassthrough listeners ({}):",
+        config.passthrough.len()
+    );
+    for p in &config.passthrough {
+        let mode = match p.mode {
+            PassthroughMode::Tcp => "tcp",
+            PassthroughMode::Http => "http",
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {mode}  {} -> {}  ({})",
+            p.name,
+            p.bind,
+            p.backend,
+            fmt_timeouts(&p.timeouts)
+        );
+    }
+    out
+}
+
+/// Explains how the router would handle `METHOD url` with `headers` sent by
+/// [`EXAMPLE_PEER`]. A request the router would refuse is explained too (`Ok`);
+/// `Err` means the hypothetical request itself could not be built.
+pub fn explain(
+    router: &Router,
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<String, ExplainError> {
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| ExplainError::Method(method.to_owned()))?;
+    let url_err = |reason: &str| ExplainError::Url {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: http::Uri = url.parse().map_err(|_| url_err("not a URL"))?;
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(url_err("the scheme must be http:// or https://")),
+    };
+    let authority = uri.authority().ok_or_else(|| url_err("no host"))?;
+    let (host, port) =
+        split_host_port(authority.as_str()).map_err(|_| url_err("bad host or port"))?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| url_err("the host must be an IP address (the VIP the client connects to)"))?;
+    let local = SocketAddr::new(ip, port.unwrap_or(default_port));
+
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        let bad = || ExplainError::Header {
+            name: name.clone(),
+            value: value.clone(),
+        };
+        let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+        let v = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+        map.append(n, v);
+    }
+    if !map.contains_key(HOST) {
+        let v = HeaderValue::from_str(authority.as_str()).map_err(|_| url_err("bad host"))?;
+        map.insert(HOST, v);
+    }
+    let origin: http::Uri = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse()
+        .map_err(|_| url_err("bad path"))?;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "request:   {method} {url}");
+    let _ = writeln!(out, "client:    {} (example)", EXAMPLE_PEER.ip());
+    let listener = match router.listener(local) {
+        Some(l) => format!("{} (scoped, local backend {})", l.addr, l.local_backend),
+        None => format!("{local} (no scoped listener; only the Host header can match)"),
+    };
+    let _ = writeln!(out, "listener:  {listener}");
+
+    let head = RequestHead {
+        local,
+        peer: EXAMPLE_PEER,
+        method: &method,
+        uri: &origin,
+        headers: &map,
+    };
+    let plan = match router.decide(&head) {
+        Ok(plan) => plan,
+        Err(problem) => {
+            let _ = writeln!(
+                out,
+                "answer:    {} {} (not forwarded)",
+                problem.status.as_u16(),
+                problem.title
+            );
+            let _ = writeln!(
+                out,
+                "body:      {}",
+                String::from_utf8_lossy(&problem.to_json())
+            );
+            return Ok(out);
+        }
+    };
+    match (&plan.service_type, &plan.interface) {
+        (Some(st), Some(i)) => {
+            let _ = writeln!(out, "service:   {st}/{i}");
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "service:   none matched: transparent fallback, forwarded unchanged"
+            );
+        }
+    }
+    let _ = writeln!(out, "scope:     {}", plan.scope_source.as_str());
+    let _ = writeln!(out, "region:    {}", plan.region);
+    let _ = writeln!(out, "backend:   {}", plan.backend_name);
+    let _ = writeln!(out, "upstream:  {}", plan.upstream);
+    let _ = writeln!(out, "timeouts:  {}", fmt_timeouts(&plan.timeouts));
+
+    let mut parts = match http::Request::builder()
+        .method(method.clone())
+        .uri(origin.clone())
+        .body(())
+    {
+        Ok(req) => req.into_parts().0,
+        Err(_) => return Err(url_err("bad path")),
+    };
+    parts.headers = map;
+    plan.apply_to(EXAMPLE_PEER, &mut parts);
+    let _ = writeln!(out, "forwarded:");
+    let _ = writeln!(out, "  {} {} HTTP/1.1", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        let _ = writeln!(
+            out,
+            "  {name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn example(region: &str) -> (Config, Router) {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"))
+            .join(format!("{region}.toml"));
+        let config = Config::load(&path).unwrap();
+        let router = Router::from_config(&config).unwrap();
+        (config, router)
+    }
+
+    fn h(n: &str, v: &str) -> (String, String) {
+        (n.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn check_lists_every_listener_backend_and_passthrough() {
+        let (c, r) = example("RegionOne");
+        let out = check(&r, &c);
+        let lines = [
+            "region:  RegionOne",
+            "regions: RegionOne, RegionTwo",
+            "vip:     192.168.142.244 on eth2 (managed)\n",
+            "ebpf:    mode auto, pins /sys/fs/bpf/scope-router, XDP on eth2, deny []\n",
+            "scoped listeners (6):",
+            "  192.168.142.244:8774  (local backend 192.168.142.245:8774;",
+            "    compute/public  path /v2.1/\n",
+            "      RegionOne_compute_public -> 192.168.142.245:8774 (local)\n",
+            "      RegionTwo_compute_public -> 192.168.144.244:8774/v2.1/\n",
+            "    compute/internal  path /v2.1/  (same URL as compute/public, which wins)",
+            "      RegionTwo_compute_legacy_admin -> 192.168.144.244:8774/v2/\n",
+            "    (no match)  RegionOne_transparent_8774 -> 192.168.142.245:8774",
+            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h)",
+            "      RegionTwo_identity_admin -> 192.168.144.244:35357\n",
+            "passthrough listeners (6):",
+            "  mariadb  tcp  192.168.142.244:3306 -> 192.168.142.245:3306",
+            "  nova_novncproxy  http  192.168.142.244:6080 -> 192.168.142.245:6080",
+            "  glance_registry  http  192.168.142.244:9191 -> 192.168.142.245:9191",
+        ];
+        for l in lines {
+            assert!(out.contains(l), "{l:?} missing from:\n{out}");
+        }
+        assert!(!out.contains("warning"), "{out}");
+        // Every catalog entry of every region appears as a backend.
+        for e in r.catalog().entries() {
+            assert!(
+                out.contains(&format!("{} -> ", e.backend_name())),
+                "{}",
+                e.backend_name()
+            );
+        }
+    }
+
+    #[test]
+    fn check_warns_about_a_vip_nobody_listens_on() {
+        let (mut c, r) = example("RegionOne");
+        if let Some(v) = c.vip.as_mut() {
+            v.address = "192.168.142.250".parse().unwrap();
+        }
+        let out = check(&r, &c);
+        assert!(
+            out.contains("warning: [vip] address 192.168.142.250"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn explain_remote_request() {
+        let (_, r) = example("RegionOne");
+        let out = explain(
+            &r,
+            "GET",
+            "http://192.168.142.244:8774/v2.1/servers?limit=1",
+            &[
+                h("X-Auth-Token", r#"abc!SCOPE!{"compute":"RegionTwo"}"#),
+                h("Via", "1.0 edge"),
+            ],
+        )
+        .unwrap();
+        let lines = [
+            "service:   compute/public\n",
+            "scope:     X-Auth-Token\n",
+            "region:    RegionTwo\n",
+            "backend:   RegionTwo_compute_public\n",
+            "upstream:  192.168.144.244:8774\n",
+            "  GET /v2.1/servers?limit=1 HTTP/1.1\n",
+            "  host: 192.168.144.244:8774\n",
+            "  x-identity-region: RegionOne\n",
+            "  x-identity-url: http://192.168.142.244:35357\n",
+            "  x-forwarded-for: 203.0.113.10\n",
+            "  via: 1.0 edge, 1.1 scope-router-RegionOne\n",
+            "  x-auth-token: abc!SCOPE!{\"compute\":\"RegionTwo\"}\n",
+        ];
+        for l in lines {
+            assert!(out.contains(l), "{l:?} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn explain_local_transparent_and_refused() {
+        let (_, r) = example("RegionTwo");
+        let out = explain(&r, "GET", "http://192.168.144.244:8774/", &[]).unwrap();
+        assert!(out.contains("transparent fallback"), "{out}");
+        assert!(
+            out.contains("backend:   RegionTwo_transparent_8774\n"),
+            "{out}"
+        );
+        assert!(out.contains("upstream:  192.168.144.245:8774\n"), "{out}");
+        assert!(out.contains("  host: 192.168.144.244:8774\n"), "{out}");
+
+        let scope = [h("X-Scope", "{\"compute\": \"Nowhere\"}")];
+        let out = explain(
+            &r,
+            "POST",
+            "http://192.168.144.244:8774/v2.1/servers",
+            &scope,
+        )
+        .unwrap();
+        assert!(
+            out.contains("answer:    400 Bad Request (not forwarded)"),
+            "{out}"
+        );
+        assert!(out.contains("Nowhere"), "{out}");
+        assert!(!out.contains("forwarded:"), "{out}");
+    }
+
+    #[test]
+    fn explain_rejects_bad_input() {
+        let (_, r) = example("RegionOne");
+        type Case = (&'static str, &'static str, Vec<(String, String)>);
+        let cases: [Case; 5] = [
+            ("GE T", "http://192.168.142.244:8774/", vec![]),
+            ("GET", "/v2.1/servers", vec![]),
+            ("GET", "ftp://192.168.142.244:8774/", vec![]),
+            ("GET", "http://nova.example:8774/", vec![]),
+            (
+                "GET",
+                "http://192.168.142.244:8774/",
+                vec![h("Bad Name", "x")],
+            ),
+        ];
+        for (m, u, hs) in cases {
+            assert!(explain(&r, m, u, &hs).is_err(), "{m} {u} {hs:?}");
+        }
+    }
+}
