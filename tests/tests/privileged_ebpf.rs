@@ -124,12 +124,55 @@ fn privileged_steers_to_the_single_listener_without_binding_the_vip() {
     assert_eq!(xdp.mode, Some(steering.xdp_mode()));
     eprintln!("{}", status.render_table());
 
+    // A separate process (as `scope-router status` is) sees the same counters.
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "status_reader_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(STATUS_PIN_ENV, pins.path())
+        .output()
+        .expect("run child status reader");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("STATUS_JSON "))
+        .unwrap_or_else(|| panic!("child printed no status: {stdout}"));
+    let json: serde_json::Value = serde_json::from_str(json).expect("status JSON");
+    let served = json["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|row| row["port"] == SERVED_PORT)
+        .expect("served row in child's view");
+    assert!(served["syns"].as_u64() >= Some(1), "{served}");
+    assert_eq!(
+        json["programs"][1]["mode"],
+        serde_json::json!(steering.xdp_mode())
+    );
+
     steering.shutdown().expect("shutdown");
     let after = ebpf::read_status(pins.path()).expect("status after shutdown");
     assert!(after.programs.iter().all(|p| !p.attached), "{after:#?}");
     // Detached for real: the kernel now refuses the VIP:port nobody bound.
     let refused = connect(&lab, SERVED_PORT).expect_err("no listener after shutdown");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+}
+
+const STATUS_PIN_ENV: &str = "SRT_STATUS_PIN";
+
+/// Helper, not a test of its own: the steering test re-runs this binary with this filter
+/// so the status is read by another process, as `scope-router status` does.
+#[test]
+#[ignore = "helper run in a child process by the steering test"]
+fn status_reader_child_process() {
+    let Ok(pin) = std::env::var(STATUS_PIN_ENV) else {
+        return;
+    };
+    let status = ebpf::read_status(Path::new(&pin)).expect("status from another process");
+    println!("STATUS_JSON {}", serde_json::to_string(&status).unwrap());
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod loader;
 mod object;
 mod pins;
 mod status;
+mod wiring;
 
 use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
 
@@ -21,6 +22,7 @@ pub use object::{OBJECT_ORIGIN, object_built};
 pub use status::{
     CounterRow, ProgramKind, ProgramStatus, ServiceKind, Status, StatusError, read_status,
 };
+pub use wiring::{SteeringPlan, plan};
 
 /// Default pin directory (DESIGN §6).
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
