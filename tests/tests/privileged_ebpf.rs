@@ -220,6 +220,16 @@ fn privileged_denied_source_is_dropped_and_counted_and_update_lifts_it() {
         .expect("update maps in place");
     round_trip(&lab, &listener);
     assert!(ebpf::read_status(pins.path()).unwrap().deny.is_empty());
+
+    // The proxy may re-create its listener; steering follows without a restart.
+    let replacement = lab
+        .router
+        .run(|| TcpListener::bind("127.0.0.1:0").expect("bind replacement"));
+    steering
+        .replace_listener(&replacement)
+        .expect("replace listener");
+    drop(listener);
+    round_trip(&lab, &replacement);
     steering.shutdown().expect("shutdown");
 }
 
@@ -231,8 +241,17 @@ fn privileged_restart_reuses_pins_and_counters_continue() {
     let pins = PinDir::new("srt-restart");
     let cfg = config(&pins, Mode::Required);
     let counters_pin = pins.path().join(router_common::COUNTERS_MAP);
+    // Left by a start that was SIGKILLed before renaming (no such pid is running).
+    let abandoned = pins.path().with_file_name(format!(
+        "{}-staging-999999999-1",
+        pins.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir(&abandoned).unwrap();
 
     let (steering, listener) = start(&lab, &cfg);
+    let swept = !abandoned.exists();
+    let _ = std::fs::remove_dir_all(&abandoned);
+    assert!(swept, "abandoned staging directory must be swept");
     round_trip(&lab, &listener);
     let first = ebpf::read_status(pins.path()).unwrap();
     let first_packets = first

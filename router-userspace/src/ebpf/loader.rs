@@ -191,6 +191,17 @@ impl Steering {
         self.xdp_mode
     }
 
+    /// Points steering at a new listening socket (the proxy re-created its listener).
+    pub fn replace_listener(
+        &mut self,
+        listener: &impl std::os::fd::AsFd,
+    ) -> Result<(), super::EbpfError> {
+        set_listener(&mut self.ebpf, listener.as_fd()).map_err(|source| super::EbpfError::Update {
+            pin_path: self.pin_path.clone(),
+            source,
+        })
+    }
+
     /// Replaces the served, passthrough and denied sets in place (config reload). New
     /// entries are added before stale ones are removed, so traffic that stays served is
     /// never dropped in between.

@@ -5,6 +5,26 @@
 //! Entry points: [`start`] (the router, once at startup), [`Steering::update`] (config
 //! reload), [`Steering::shutdown`] (clean exit: detach programs, keep counters) and
 //! [`read_status`] (any process, read-only).
+//!
+//! Wiring into `run` (blocking calls: before the runtime or in `spawn_blocking`):
+//!
+//! ```text
+//! let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+//! for cidr in &plan.unenforced_deny { warn!("ebpf.deny {cidr:?}: IPv6 is not filtered") }
+//! let steered = std::net::TcpListener::bind("127.0.0.1:0")?;   // IPv4, this netns
+//! match ebpf::start(&plan.steering, &steered)? {                 // Err only for "required"
+//!     Startup::Steering(s) => serve `steered` for every plan.steering.services address,
+//!                             bind plan.bind_directly + passthrough directly; keep `s` and
+//!                             call s.shutdown() first on a clean exit,
+//!     Startup::Fallback(_) | Startup::Off => drop `steered`; bind every listener directly
+//!                             (IP_FREEBIND) as without eBPF,
+//! }
+//! ```
+//!
+//! Traffic note: XDP drops all TCP to a VIP whose port is neither served nor passthrough,
+//! including replies to connections the host opened *from* the VIP address; upstream
+//! connections must use the interface's primary address (the kernel's default when the
+//! VIP is an extra /32).
 
 mod bpffs;
 mod cidr;

@@ -31,6 +31,7 @@ impl Staging {
         let name = final_path
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pin path has no name"))?;
+        sweep_abandoned(root, &name.to_string_lossy());
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -75,6 +76,35 @@ impl Drop for Staging {
             if let Err(err) = fs::remove_dir_all(&self.path) {
                 tracing::warn!(path = %self.path.display(), "could not remove eBPF staging directory: {err}");
             }
+        }
+    }
+}
+
+/// Removes staging directories of starts that died before renaming (SIGKILL mid-start):
+/// their pid is gone, so nothing will ever commit them.
+fn sweep_abandoned(root: &Path, name: &str) {
+    let prefix = format!("{name}-staging-");
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            tracing::info!(dir = %entry.path().display(), "removing abandoned eBPF staging directory");
+            let _ignored = fs::remove_dir_all(entry.path());
         }
     }
 }
