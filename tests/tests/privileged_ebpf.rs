@@ -298,6 +298,24 @@ fn privileged_restart_reuses_pins_and_counters_continue() {
         "{second_packets} -> {third_packets}"
     );
     assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), first_inode);
+
+    // A reload that stops serving the port prunes its counters; the VIP bucket stays.
+    let mut steering = steering;
+    steering
+        .update(&[vip(SERVED_PORT + 1)], &[], &[])
+        .expect("update");
+    let moved = ebpf::read_status(pins.path()).unwrap();
+    assert!(
+        moved.counters_for(Lab::VIP, Some(SERVED_PORT)).is_none(),
+        "{moved:#?}"
+    );
+    assert!(
+        moved
+            .counters_for(Lab::VIP, Some(SERVED_PORT + 1))
+            .is_some()
+    );
+    assert!(moved.counters_for(Lab::VIP, None).is_some());
+    drop(listener);
     steering.shutdown().expect("shutdown");
 }
 

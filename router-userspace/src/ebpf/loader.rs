@@ -16,13 +16,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap, lpm_trie::Key},
     programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use router_common::{
     COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY,
-    MAX_SERVICES, META_MAP, Meta, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM, SOCKETS_MAP,
-    VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB, XDP_PROGRAM,
+    MAX_SERVICES, META_MAP, Meta, OTHER_PORT, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM,
+    SOCKETS_MAP, VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -407,6 +407,25 @@ fn sync_maps(ebpf: &mut Ebpf, desired: &Desired) -> Result<(), Unavailable> {
         Ok::<(), aya::maps::MapError>(())
     })();
     result.map_err(|e| kernel("updating VIPS")(boxed(e)))?;
+
+    // Counters of VIP:ports no longer configured would otherwise pile up across reloads
+    // until the map is full; configured ones are kept, so their counts continue.
+    let mut counters: PerCpuHashMap<&mut MapData, VipPort, Counters> =
+        PerCpuHashMap::try_from(map_mut(ebpf, COUNTERS_MAP)?)
+            .map_err(|e| kernel("opening COUNTERS")(boxed(e)))?;
+    let stale: Vec<VipPort> = counters
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| {
+            let other = key.port == OTHER_PORT && desired.vips.contains(&key.addr);
+            !other && !desired.services.contains_key(key)
+        })
+        .collect();
+    for key in stale {
+        counters
+            .remove(&key)
+            .map_err(|e| kernel("pruning COUNTERS")(boxed(e)))?;
+    }
 
     let mut deny: LpmTrie<&mut MapData, DenyAddr, u32> =
         LpmTrie::try_from(map_mut(ebpf, DENY_MAP)?)
