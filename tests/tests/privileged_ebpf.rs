@@ -379,3 +379,28 @@ fn privileged_auto_falls_back_and_required_names_the_problem() {
     ));
     assert!(!Path::new(&cfg.pin_path).exists());
 }
+
+#[test]
+fn privileged_mounts_bpffs_on_an_empty_pin_root() {
+    let Some(lab) = lab("privileged_mounts_bpffs_on_an_empty_pin_root") else {
+        return;
+    };
+    // An empty, unmounted directory stands for a host without /sys/fs/bpf mounted.
+    let root = tempfile::tempdir().unwrap();
+    let pins = PinDir::new("srt-unused");
+    let mut cfg = config(&pins, Mode::Required);
+    cfg.pin_path = root.path().join("scope-router");
+    let (steering, listener) = start(&lab, &cfg);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| line.contains(&*root.path().to_string_lossy()) && line.contains(" - bpf "));
+    round_trip(&lab, &listener);
+    steering.shutdown().expect("shutdown");
+    std::fs::remove_dir_all(&cfg.pin_path).unwrap();
+    let target = std::ffi::CString::new(root.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: target is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    assert!(mounted, "bpffs was not mounted on the empty pin root");
+    assert_eq!(rc, 0, "unmount: {}", std::io::Error::last_os_error());
+}
