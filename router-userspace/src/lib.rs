@@ -4,8 +4,10 @@ pub mod access_log;
 pub mod catalog;
 pub mod config;
 pub mod decision;
+pub mod ebpf;
 pub mod listener;
 pub mod passthrough;
+
 pub mod problem;
 pub mod proxy;
 pub mod report;

@@ -3,5 +3,6 @@
 pub mod client;
 pub mod echo;
 pub mod lab;
+pub mod netns;
 pub mod netns_vip;
 pub mod pattern;
