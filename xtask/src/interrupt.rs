@@ -31,7 +31,7 @@ pub fn interrupted() -> bool {
 /// Err once the user asked to stop; call between steps.
 pub fn check() -> Result<()> {
     if interrupted() {
-        bail!("interrupted");
+        bail!("interrupted (Ctrl-C or SIGTERM)");
     }
     Ok(())
 }

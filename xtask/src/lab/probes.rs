@@ -31,7 +31,7 @@ impl Probe {
     /// The curl command line, run from the client namespace.
     pub fn curl(&self) -> Command {
         let mut cmd = nsenter(&client_ns());
-        cmd.args(["curl", "-sS", "--max-time", "15", "-w", "\n%{http_code}"]);
+        cmd.args(["curl", "-sS", "--max-time", "15", "-w", r"\n%{http_code}"]);
         for (name, value) in &self.headers {
             cmd.arg("-H").arg(format!("{name}: {value}"));
         }
