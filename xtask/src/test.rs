@@ -1,6 +1,6 @@
 //! `cargo xtask test`: THE test command (README, .ci/run). Sets up what is missing, then
-//! formatting, clippy, the unprivileged tests, and the `privileged_*` suites of the
-//! tests crate as root. Output ends with cargo's own test summary lines.
+//! formatting, clippy, the unprivileged tests, and the privileged suites of the tests
+//! crate as root. Output ends with cargo's own test summary lines.
 
 use std::process::Command;
 
@@ -11,9 +11,11 @@ use crate::progress::{banner, elapsed, loud, step};
 use crate::setup::{self, Profile};
 use crate::workspace;
 
-/// Test names (function or module path) that need root contain this; the unprivileged
-/// run skips them and the privileged run selects exactly them.
-pub const PRIVILEGED_FILTER: &str = "privileged_";
+/// Test targets of the tests crate (`tests/tests/privileged_*.rs`) whose name starts
+/// with this need root (netns, veth, XDP, sk_lookup, VIP). They are selected by target,
+/// not by test-function name, so every test in such a file runs as root and none of
+/// them runs unprivileged.
+pub const PRIVILEGED_PREFIX: &str = "privileged_";
 const TESTS_PACKAGE: &str = "integration-tests";
 
 #[derive(clap::Args, Debug)]
@@ -55,7 +57,7 @@ pub fn run(opts: Options) -> Result<()> {
     let plan = privileged_plan(exec::is_root(), sudo_available, in_ci());
     if plan == Privileged::Fail {
         bail!(
-            "CI=true but not root and no sudo: the privileged_* suites (netns, XDP, \
+            "CI=true but not root and no sudo: the privileged suites (netns, XDP, \
              sk_lookup, VIP) cannot run; run `cargo xtask test` as root"
         );
     }
@@ -83,36 +85,62 @@ pub fn run(opts: Options) -> Result<()> {
         clippy.done();
     }
 
+    let (privileged, unprivileged) = split_targets(workspace::test_targets(TESTS_PACKAGE)?);
+    // Warnings come before the test runs, so that cargo's summary stays the last output.
     if plan == Privileged::Skip {
         loud(&[
-            "SKIPPING the privileged_* suites (netns, XDP, sk_lookup, VIP):",
+            "SKIPPING the privileged suites (netns, XDP, sk_lookup, VIP):",
             "not root and no sudo. Run `cargo xtask test` as root to include them.",
         ]);
+    } else if privileged.is_empty() {
+        loud(&[&format!(
+            "no privileged suites found (tests/tests/{PRIVILEGED_PREFIX}*.rs in {TESTS_PACKAGE})"
+        )]);
     }
 
-    let unprivileged = step("cargo test --workspace (unprivileged)");
-    exec::exec(workspace::cargo().args([
-        "test",
-        "--workspace",
-        "--",
-        "--skip",
-        PRIVILEGED_FILTER,
-    ]))?;
-    unprivileged.done();
+    // Test runs get a banner with the time so far but no trailer: the output must end
+    // with cargo's own summary lines.
+    let so_far = || elapsed(started.elapsed());
+    banner(&format!(
+        "==> cargo test: every package but {TESTS_PACKAGE} ({} so far)",
+        so_far()
+    ));
+    exec::exec(workspace::cargo().args(["test", "--workspace", "--exclude", TESTS_PACKAGE]))?;
 
-    if matches!(plan, Privileged::Direct | Privileged::Sudo) {
-        // Announced before it starts, so that cargo's summary stays the last output.
+    banner(&format!(
+        "==> cargo test: {TESTS_PACKAGE}, unprivileged suites ({} so far)",
+        so_far()
+    ));
+    exec::exec(&mut unprivileged_command(&unprivileged))?;
+
+    if matches!(plan, Privileged::Direct | Privileged::Sudo) && !privileged.is_empty() {
         banner(&format!(
-            "==> privileged suites ({TESTS_PACKAGE}, tests matching `{PRIVILEGED_FILTER}`), \
-             as root; {} so far",
-            elapsed(started.elapsed())
+            "==> cargo test: privileged suites as root: {} ({} so far)",
+            privileged.join(" "),
+            so_far()
         ));
-        exec::exec(&mut privileged_command(&plan)?)?;
+        exec::exec(&mut privileged_command(&plan, &privileged)?)?;
     }
     Ok(())
 }
 
-fn privileged_command(plan: &Privileged) -> Result<Command> {
+/// (privileged, unprivileged) test targets.
+fn split_targets(targets: Vec<String>) -> (Vec<String>, Vec<String>) {
+    targets
+        .into_iter()
+        .partition(|t| t.starts_with(PRIVILEGED_PREFIX))
+}
+
+fn unprivileged_command(targets: &[String]) -> Command {
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "--package", TESTS_PACKAGE, "--lib", "--bins"]);
+    for target in targets {
+        cmd.args(["--test", target]);
+    }
+    cmd
+}
+
+fn privileged_command(plan: &Privileged, targets: &[String]) -> Result<Command> {
     let mut cmd = workspace::cargo();
     if *plan == Privileged::Sudo {
         // Only the test binaries run as root: cargo builds as the user, so target/ never
@@ -123,7 +151,10 @@ fn privileged_command(plan: &Privileged) -> Result<Command> {
             &format!("target.{triple}.runner=[\"sudo\", \"-E\"]"),
         ]);
     }
-    cmd.args(["test", "--package", TESTS_PACKAGE, "--", PRIVILEGED_FILTER]);
+    cmd.args(["test", "--package", TESTS_PACKAGE]);
+    for target in targets {
+        cmd.args(["--test", target]);
+    }
     Ok(cmd)
 }
 
@@ -141,14 +172,34 @@ mod tests {
 
     #[test]
     fn sudo_runs_only_the_test_binaries() {
-        let cmd = privileged_command(&Privileged::Sudo).expect("rustc reports its host");
+        let targets = ["privileged_vip".to_owned()];
+        let cmd = privileged_command(&Privileged::Sudo, &targets).expect("rustc reports its host");
         let shown = exec::display(&cmd);
         assert!(shown.contains(".runner=[\"sudo\", \"-E\"]"), "{shown}");
         assert!(
-            shown.ends_with("test --package integration-tests -- privileged_"),
+            shown.ends_with("test --package integration-tests --test privileged_vip"),
             "{shown}"
         );
-        let direct = exec::display(&privileged_command(&Privileged::Direct).expect("direct"));
-        assert!(!direct.contains("sudo"), "{direct}");
+        let direct = privileged_command(&Privileged::Direct, &targets).expect("direct");
+        assert!(!exec::display(&direct).contains("sudo"));
+    }
+
+    #[test]
+    fn privileged_files_never_run_unprivileged() {
+        let (root, user) = split_targets(vec![
+            "routing".into(),
+            "privileged_vip".into(),
+            "errors".into(),
+            "privileged_ebpf".into(),
+        ]);
+        assert_eq!(root, ["privileged_vip", "privileged_ebpf"]);
+        assert_eq!(user, ["routing", "errors"]);
+        let shown = exec::display(&unprivileged_command(&user));
+        assert!(
+            shown.ends_with(
+                "test --package integration-tests --lib --bins --test routing --test errors"
+            ),
+            "{shown}"
+        );
     }
 }

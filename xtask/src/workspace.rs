@@ -65,6 +65,36 @@ fn executables(stream: &str) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// Names of the integration-test targets (`tests/*.rs`) of `package`.
+pub fn test_targets(package: &str) -> Result<Vec<String>> {
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1", "--no-deps"]);
+    let metadata = exec::query(&mut cmd)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&metadata).context("`cargo metadata` printed invalid JSON")?;
+    parse_test_targets(&json, package)
+        .with_context(|| format!("package `{package}` is not in the workspace"))
+}
+
+fn parse_test_targets(metadata: &serde_json::Value, package: &str) -> Option<Vec<String>> {
+    let pkg = metadata["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == package)?;
+    let targets = pkg["targets"].as_array()?;
+    Some(
+        targets
+            .iter()
+            .filter(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "test"))
+            })
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
 /// The host target triple, as rustc reports it.
 pub fn host_triple() -> Result<String> {
     let out = exec::query(Command::new("rustc").arg("-vV"))?;
@@ -94,6 +124,23 @@ not json"#;
             found["scope-router"],
             PathBuf::from("/t/debug/scope-router")
         );
+    }
+
+    #[test]
+    fn test_targets_are_the_test_kind_only() {
+        let metadata: serde_json::Value = serde_json::from_str(
+            r#"{"packages":[{"name":"other","targets":[]},{"name":"integration-tests","targets":[
+                {"name":"integration_tests","kind":["lib"]},
+                {"name":"echo-backend","kind":["bin"]},
+                {"name":"routing","kind":["test"]},
+                {"name":"privileged_vip","kind":["test"]}]}]}"#,
+        )
+        .expect("test JSON");
+        assert_eq!(
+            parse_test_targets(&metadata, "integration-tests"),
+            Some(vec!["routing".to_owned(), "privileged_vip".to_owned()])
+        );
+        assert_eq!(parse_test_targets(&metadata, "missing"), None);
     }
 
     #[test]
