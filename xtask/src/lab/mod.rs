@@ -37,6 +37,10 @@ pub struct Options {
     /// eBPF mode written into the lab configs.
     #[arg(long, default_value = "auto", value_parser = ["auto", "required", "off"])]
     pub ebpf: String,
+    /// Let the lab add the VIPs and set `vip.manage = false`, instead of the routers
+    /// managing them (to try routing without the VIP management).
+    #[arg(long)]
+    pub unmanaged_vip: bool,
     /// Build the binaries in release mode.
     #[arg(long)]
     pub release: bool,
@@ -75,7 +79,11 @@ pub fn run(opts: Options) -> Result<()> {
     } else {
         opts.configs.clone()
     };
-    let regions = plan::plan(&configs, &opts.ebpf)?;
+    let overrides = plan::Overrides {
+        ebpf_mode: opts.ebpf.clone(),
+        unmanaged_vip: opts.unmanaged_vip,
+    };
+    let regions = plan::plan(&configs, &overrides)?;
     setup::ensure(Profile::Lab)?;
     let (router, echo) = binaries(&opts)?;
 
