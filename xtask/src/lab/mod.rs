@@ -9,7 +9,7 @@ mod probes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::exec;
 use crate::progress::{banner, step};
@@ -20,7 +20,7 @@ use plan::RegionPlan;
 
 /// Generous: a debug router loading eBPF on a busy 2-core machine is slow to listen,
 /// yet a router that never listens must not hang the lab forever.
-const READY_LIMIT: Duration = Duration::from_secs(90);
+const READY_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -159,7 +159,8 @@ pub fn run(opts: Options) -> Result<()> {
                 .iter()
                 .all(|p| http_answers(&plan::client_ns(), &format!("http://{}:{p}/", r.vip)))
         })
-    })?;
+    })
+    .map_err(|err| anyhow!("{err:#}\n{}", router_diagnosis(&regions, &dir)))?;
     s.done();
 
     let s = step("scoped requests from the client namespace");
@@ -206,6 +207,38 @@ pub fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why routers may not answer: whether each VIP is on eth2, and the router's last log
+/// lines (the echo backends' logs are rarely the story).
+fn router_diagnosis(regions: &[RegionPlan], dir: &Path) -> String {
+    let mut out = Vec::new();
+    for region in regions {
+        let addrs = exec::probe(exec::as_root("ip").args([
+            "-n",
+            &region.router_ns(),
+            "-brief",
+            "addr",
+            "show",
+            plan::VIP_INTERFACE,
+        ]))
+        .unwrap_or_default();
+        let has_vip = addrs.contains(&format!("{}/32", region.vip));
+        out.push(format!(
+            "{}: VIP {} {} on {}{}; last lines of its log:\n{}",
+            region.name,
+            region.vip,
+            if has_vip { "is" } else { "is NOT" },
+            plan::VIP_INTERFACE,
+            if has_vip || !region.router_manages_vip {
+                ""
+            } else {
+                " (the router should have added it: try `--unmanaged-vip` to let the lab add it)"
+            },
+            netns::tail(&dir.join(format!("{}.log", region.name)), 10)
+        ));
+    }
+    out.join("\n")
 }
 
 fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {

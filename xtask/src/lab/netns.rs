@@ -244,6 +244,8 @@ impl Lab {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // The output goes to a log file, where colour codes are noise.
+        cmd.env("NO_COLOR", "1");
         cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -3,7 +3,6 @@
 
 use std::process::Command;
 
-use anyhow::Context;
 use serde_json::Value;
 
 use super::netns::nsenter;
@@ -344,12 +343,18 @@ pub fn status_output(
     let mut cmd = nsenter(&region.router_ns());
     cmd.arg(router).arg("status").arg("--config").arg(config);
     exec::announce(&cmd);
-    match exec::query(&mut cmd).context("scope-router status") {
-        Ok(text) => text,
-        Err(err) => format!(
-            "(scope-router status not available: {})",
-            brief(&format!("{err:#}"))
-        ),
+    match cmd.output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            format!(
+                "(`scope-router status` failed, {}: {})",
+                out.status,
+                brief(first)
+            )
+        }
+        Err(err) => format!("(`scope-router status` could not start: {err})"),
     }
 }
 
