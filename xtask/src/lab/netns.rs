@@ -293,14 +293,11 @@ impl Lab {
                 return Ok(());
             }
             if started.elapsed() > limit {
-                let logs: Vec<String> = self
-                    .children
-                    .iter()
-                    .map(|s| format!("  {}: {}", s.name, s.log.display()))
-                    .collect();
+                let dir = self.children.first().and_then(|s| s.log.parent());
+                let logs = dir.map(|d| format!(" (logs in {})", d.display()));
                 bail!(
-                    "{what}: not ready after {limit:?}; logs:\n{}",
-                    logs.join("\n")
+                    "{what}: not ready after {limit:?}{}",
+                    logs.unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
