@@ -82,6 +82,9 @@ fn debian_packages(wanted: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("    missing: {}", missing.join(" "));
+    if !is_root() {
+        eprintln!("    installing packages needs root: using sudo for the two apt-get commands");
+    }
     // apt-get update only now: a satisfied machine never touches the network.
     exec::exec(&mut apt(&["update"]))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);

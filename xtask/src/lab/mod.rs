@@ -100,6 +100,15 @@ pub fn run(opts: Options) -> Result<()> {
         config_paths.push(path);
     }
 
+    // Pins left by a crashed lab would carry old counters into this one.
+    for pin in regions
+        .iter()
+        .map(RegionPlan::pin_path)
+        .filter(|p| p.exists())
+    {
+        exec::exec(exec::as_root("rm").arg("-rf").arg(&pin))?;
+    }
+
     let mut lab = Lab::new(&regions);
     let s = step("lab network: client, core, router and services namespaces");
     lab.build_network(&regions)?;
