@@ -148,12 +148,14 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
 }
 
 /// What came back for one probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
     pub status: Option<u16>,
     pub answered_by: String,
     pub host_seen: String,
     pub path_seen: String,
+    /// The routers the request went through, from the `Via` the backend saw.
+    pub hops: String,
     pub ok: bool,
 }
 
@@ -163,11 +165,8 @@ pub fn send(probe: &Probe) -> Outcome {
     match exec::query(&mut cmd) {
         Ok(stdout) => judge(probe, &stdout),
         Err(err) => Outcome {
-            status: None,
             answered_by: format!("(no answer: {})", brief(&format!("{err:#}"))),
-            host_seen: String::new(),
-            path_seen: String::new(),
-            ok: false,
+            ..Outcome::default()
         },
     }
 }
@@ -177,6 +176,15 @@ fn brief(text: &str) -> String {
     truncate(text, 100)
 }
 
+/// What an echo-backend reported about the request it received.
+#[derive(Debug, PartialEq, Eq)]
+struct Echo {
+    name: String,
+    host: String,
+    path: String,
+    via: String,
+}
+
 /// Reads curl's output (body, then the status on the last line) and compares it with
 /// the expectation.
 fn judge(probe: &Probe, stdout: &str) -> Outcome {
@@ -184,81 +192,72 @@ fn judge(probe: &Probe, stdout: &str) -> Outcome {
     let status = status.trim().parse::<u16>().ok();
     let json: Option<Value> = serde_json::from_str(body).ok();
     let echo = json.as_ref().and_then(echo_fields);
-    let (answered_by, host_seen, path_seen) = match (&echo, &json) {
-        (Some((name, host, path)), _) => (name.clone(), host.clone(), path.clone()),
+    let mut out = Outcome {
+        status,
+        ..Outcome::default()
+    };
+    match (&echo, &json) {
+        (Some(echo), _) => {
+            out.answered_by = echo.name.clone();
+            out.host_seen = echo.host.clone();
+            out.path_seen = echo.path.clone();
+            out.hops = hops(&echo.via);
+        }
         (None, Some(j)) if j.get("error").is_some() => {
             let title = j["error"]["title"].as_str().unwrap_or("error");
-            (format!("router: {title}"), String::new(), String::new())
+            out.answered_by = format!("router: {title}");
         }
-        _ => (
-            format!("(body: {})", truncate(body, 40)),
-            String::new(),
-            String::new(),
-        ),
-    };
-    let ok = match &probe.expect {
+        _ => out.answered_by = format!("(body: {})", truncate(body, 40)),
+    }
+    out.ok = match &probe.expect {
         Expect::Backend(name) => {
-            status.is_some_and(|s| (200..300).contains(&s)) && *name == answered_by
+            status.is_some_and(|s| (200..300).contains(&s)) && *name == out.answered_by
         }
         Expect::Status(want) => status == Some(*want) && echo.is_none(),
     };
-    Outcome {
-        status,
-        answered_by,
-        host_seen,
-        path_seen,
-        ok,
-    }
+    out
 }
 
-/// (name, Host, path) from an echo-backend answer. Tolerates the plausible shapes
-/// (`headers` as an object, a list of pairs, or a list of {name, value}) so the
-/// table does not depend on one serialisation detail of the echo server.
-fn echo_fields(json: &Value) -> Option<(String, String, String)> {
-    let name = json
-        .get("name")
-        .or_else(|| json.get("backend"))?
-        .as_str()?
-        .to_owned();
-    let path = ["path", "uri", "path_and_query"]
-        .iter()
-        .find_map(|k| json.get(*k).and_then(Value::as_str))
-        .unwrap_or("")
-        .to_owned();
-    let host = json
-        .get("headers")
-        .and_then(header_host)
-        .or_else(|| json.get("host").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default();
-    Some((name, host, path))
+/// The echo-backend's JSON: `{"backend": NAME, "path": "/p?q", "headers": {"host": ["h:p"], ...}}`.
+fn echo_fields(json: &Value) -> Option<Echo> {
+    let headers = json.get("headers");
+    let header = |name: &str| headers.map(|h| header_values(h, name)).unwrap_or_default();
+    Some(Echo {
+        name: json.get("backend")?.as_str()?.to_owned(),
+        path: json
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        host: header("host"),
+        via: header("via"),
+    })
 }
 
-fn header_host(headers: &Value) -> Option<String> {
-    let is_host = |k: &str| k.eq_ignore_ascii_case("host");
-    let text = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(values) => values.first().and_then(Value::as_str).map(str::to_owned),
-        _ => None,
+/// All values of one header (the echo lists each header's values), joined by ", ".
+fn header_values(headers: &Value, name: &str) -> String {
+    let Some(map) = headers.as_object() else {
+        return String::new();
     };
-    match headers {
-        Value::Object(map) => map
-            .iter()
-            .find(|(k, _)| is_host(k))
-            .and_then(|(_, v)| text(v)),
-        Value::Array(items) => items.iter().find_map(|item| match item {
-            Value::Array(pair) if pair.len() == 2 => pair[0]
-                .as_str()
-                .filter(|k| is_host(k))
-                .and_then(|_| text(&pair[1])),
-            Value::Object(o) => o
-                .get("name")
-                .and_then(Value::as_str)
-                .filter(|k| is_host(k))
-                .and_then(|_| o.get("value").and_then(text)),
-            _ => None,
-        }),
-        _ => None,
-    }
+    let values: Vec<&str> = map
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    values.join(", ")
+}
+
+/// `1.1 scope-router-RegionOne, 1.1 scope-router-RegionTwo` -> `RegionOne>RegionTwo`.
+fn hops(via: &str) -> String {
+    via.split(',')
+        .filter_map(|hop| hop.split_whitespace().nth(1))
+        .map(|by| by.strip_prefix("scope-router-").unwrap_or(by))
+        .collect::<Vec<_>>()
+        .join(">")
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -280,6 +279,7 @@ pub fn table(results: &[(Probe, Outcome)]) -> String {
         "answered by",
         "Host seen",
         "path seen",
+        "via",
         "expected",
         "",
     ];
@@ -304,6 +304,7 @@ pub fn table(results: &[(Probe, Outcome)]) -> String {
                 out.answered_by.clone(),
                 out.host_seen.clone(),
                 out.path_seen.clone(),
+                out.hops.clone(),
                 match &probe.expect {
                     Expect::Backend(name) => name.clone(),
                     Expect::Status(s) => s.to_string(),
@@ -373,7 +374,11 @@ mod tests {
 
     #[test]
     fn echo_answer_is_matched_by_backend_name() {
-        let body = r#"{"name":"RegionTwo:9292","method":"GET","path":"/v2/images","headers":{"host":"192.168.144.244:9292"}}"#;
+        // The shape tests/src/echo.rs produces.
+        let body = r#"{"backend":"RegionTwo:9292","method":"GET","path":"/v2/images",
+            "headers":{"host":["192.168.144.244:9292"],
+                       "via":["1.1 scope-router-RegionOne","1.1 scope-router-RegionTwo"]}}"#
+            .replace('\n', "");
         let out = judge(
             &probe(Expect::Backend("RegionTwo:9292".into())),
             &format!("{body}\n200"),
@@ -382,6 +387,7 @@ mod tests {
         assert_eq!(out.answered_by, "RegionTwo:9292");
         assert_eq!(out.host_seen, "192.168.144.244:9292");
         assert_eq!(out.path_seen, "/v2/images");
+        assert_eq!(out.hops, "RegionOne>RegionTwo");
         assert!(out.ok);
 
         let wrong = judge(
@@ -392,22 +398,13 @@ mod tests {
     }
 
     #[test]
-    fn header_shapes_are_all_understood() {
-        for headers in [
-            r#"{"Host":"h:1"}"#,
-            r#"{"host":["h:1"]}"#,
-            r#"[["host","h:1"]]"#,
-            r#"[{"name":"host","value":"h:1"}]"#,
-        ] {
-            let json: Value =
-                serde_json::from_str(&format!(r#"{{"name":"n","uri":"/p","headers":{headers}}}"#))
-                    .expect("test JSON");
-            assert_eq!(
-                echo_fields(&json),
-                Some(("n".into(), "h:1".into(), "/p".into())),
-                "{headers}"
-            );
-        }
+    fn header_values_are_case_insensitive_and_joined() {
+        let headers: Value =
+            serde_json::from_str(r#"{"Host":"h:1","via":["1.1 a","1.1 b"]}"#).expect("test JSON");
+        assert_eq!(header_values(&headers, "host"), "h:1");
+        assert_eq!(header_values(&headers, "Via"), "1.1 a, 1.1 b");
+        assert_eq!(header_values(&headers, "x-missing"), "");
+        assert_eq!(hops("1.1 a, 1.1 scope-router-RegionTwo"), "a>RegionTwo");
     }
 
     #[test]
@@ -431,6 +428,7 @@ mod tests {
             answered_by: "RegionOne:9292".into(),
             host_seen: "h".into(),
             path_seen: "/".into(),
+            hops: String::new(),
             ok: false,
         };
         let text = table(&[(p, out)]);
