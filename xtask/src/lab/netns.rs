@@ -286,11 +286,20 @@ impl Lab {
         mut ready: impl FnMut() -> bool,
     ) -> Result<()> {
         let started = Instant::now();
+        let mut next_note = Duration::from_secs(5);
         loop {
             interrupt::check()?;
             self.check_alive()?;
             if ready() {
                 return Ok(());
+            }
+            // A silent minute looks like a hang; say what we wait for.
+            if started.elapsed() >= next_note {
+                eprintln!(
+                    "    still waiting for {what} ({})",
+                    crate::progress::elapsed(started.elapsed())
+                );
+                next_note += Duration::from_secs(5);
             }
             if started.elapsed() > limit {
                 let dir = self.children.first().and_then(|s| s.log.parent());
