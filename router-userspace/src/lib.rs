@@ -13,4 +13,5 @@ pub mod proxy;
 pub mod report;
 pub mod routing;
 pub mod shutdown;
+pub mod status;
 pub mod vip;

@@ -1,4 +1,5 @@
-//! The `scope-router` command line: run the router, check a config, explain a request.
+//! The `scope-router` command line: run the router, check a config, explain a request,
+//! show the status of a running router.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,11 +8,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use scope_router::config::{Config, EbpfMode};
+use scope_router::config::Config;
+use scope_router::ebpf::{self, Startup, Steering};
+use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Termination};
-use scope_router::{access_log, report, vip};
+use scope_router::{access_log, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +27,6 @@ struct Cli {
     command: Command,
 }
 
-// `status` and `haproxy-config` are added by their owners next to these.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve every scoped and passthrough listener until SIGTERM/SIGINT.
@@ -52,6 +54,15 @@ enum Command {
         /// Absolute URL the client would use, e.g. http://192.168.142.244:8774/v2.1/servers.
         url: String,
     },
+    /// Show kernel counters, the VIP and backend health; changes nothing, safe beside a
+    /// running router. Exits 1 when a backend is down or the VIP is missing.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,6 +71,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run { config, workers } => {
             let config = load(&config)?;
+            let router = Arc::new(router(&config)?);
+            // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
+            // network namespace of the calling thread.
+            let (options, steering) = steer(&config, &router)?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {
                 if n == 0 {
@@ -71,7 +86,28 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(config))
+            rt.block_on(run(config, router, options, steering))
+        }
+        Command::Status { config, json } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(status::collect(&config, &router));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("cannot encode the status")?
+                );
+            } else {
+                print!("{report}");
+            }
+            if !report.healthy() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Check { config } => {
             let config = load(&config)?;
@@ -142,26 +178,49 @@ fn parse_header(text: &str) -> Result<(String, String)> {
     }
 }
 
-async fn run(config: Config) -> Result<()> {
-    let router = Arc::new(router(&config)?);
-    // Integration point for eBPF steering (kernel side): create the single socket
-    // with `listener::bind_std("127.0.0.1:0")`, give it to the loader, and on
-    // success start with `StartOptions::steered(socket)`; until then every
-    // VIP:port is bound directly.
-    if config.ebpf.mode == EbpfMode::Required {
-        bail!(
-            "ebpf.mode = \"required\" but this build does not load the eBPF programs; set ebpf.mode = \"auto\" or \"off\""
-        );
+/// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets.
+fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steering>)> {
+    let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+    for cidr in &plan.unenforced_deny {
+        tracing::warn!("ebpf.deny {cidr}: IPv6 sources are not filtered by the XDP guard");
     }
-    if config.ebpf.mode == EbpfMode::Auto {
-        tracing::info!(
-            "eBPF steering unavailable in this build: binding each VIP:port directly with IP_FREEBIND"
-        );
+    // One socket for every VIP:port; sk_lookup hands it each connection, and the
+    // proxy reads the VIP:port the client dialled from `local_addr()`.
+    let steered = listener::bind_std(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .context("cannot create the steered listening socket")?;
+    match ebpf::start(&plan.steering, &steered).context("cannot start eBPF steering")? {
+        Startup::Steering(steering) => {
+            tracing::info!(
+                pin_path = %steering.pin_path().display(),
+                interface = steering.interface(),
+                xdp_mode = %steering.xdp_mode(),
+                services = plan.steering.services.len(),
+                "eBPF steering active: no socket is bound on the VIP ports"
+            );
+            let mut options = StartOptions::steered(steered);
+            // IPv6 or wildcard listeners cannot be steered: bind those directly.
+            for addr in &plan.bind_directly {
+                options.handed_in.push(
+                    listener::bind_std(*addr)
+                        .with_context(|| format!("cannot bind {addr} (not steerable by eBPF)"))?,
+                );
+            }
+            Ok((options, Some(steering)))
+        }
+        Startup::Fallback(_) | Startup::Off => Ok((StartOptions::default(), None)),
     }
+}
+
+async fn run(
+    config: Config,
+    router: Arc<Router>,
+    options: StartOptions,
+    steering: Option<Steering>,
+) -> Result<()> {
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
-    let handle = server::start_with_router(&config, router, StartOptions::default())
-        .context("cannot start listening")?;
+    let handle =
+        server::start_with_router(&config, router, options).context("cannot start listening")?;
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
     let vip = match vip_settings(&config)? {
@@ -182,6 +241,13 @@ async fn run(config: Config) -> Result<()> {
     // The address goes only after the last response, so in-flight clients keep a route.
     if let Some(vip) = vip {
         vip.shutdown().await.context("cannot release the VIP")?;
+    }
+    // Detach last: the pinned counters stay for `status` and the next start.
+    if let Some(steering) = steering {
+        tokio::task::spawn_blocking(move || steering.shutdown())
+            .await
+            .context("eBPF detach task failed")?
+            .context("cannot detach the eBPF programs")?;
     }
     tracing::info!("exiting");
     Ok(())
