@@ -553,6 +553,17 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "{needle} missing from: {msg}");
         }
+        // Within one file too.
+        let both = format!(
+            "[{}, {}]",
+            row("R", "compute", "public", "http://10.0.0.1:8774/v2.1"),
+            row("R", "compute", "public", "http://10.0.0.1:8775/v2.1")
+        );
+        let msg = catalog(&[("same.json", &both)]).unwrap_err().to_string();
+        assert!(
+            msg.contains("same.json") && msg.contains("10.0.0.1:8775"),
+            "{msg}"
+        );
         // Same key differing only in interface is not a conflict.
         let c = format!(
             "[{}]",

@@ -1,9 +1,17 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
 
+pub mod access_log;
 pub mod catalog;
 pub mod config;
 pub mod decision;
+pub mod ebpf;
 pub mod haproxy;
+pub mod listener;
+pub mod passthrough;
 pub mod problem;
+pub mod proxy;
 pub mod report;
 pub mod routing;
+pub mod shutdown;
+pub mod status;
+pub mod vip;

@@ -1,2 +1,254 @@
-//! The `scope-router` command line.
-fn main() {}
+//! The `scope-router` command line: run the router, check a config, explain a request,
+//! show the status of a running router.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use scope_router::config::Config;
+use scope_router::ebpf::{self, Startup, Steering};
+use scope_router::listener;
+use scope_router::proxy::{StartOptions, server};
+use scope_router::routing::Router;
+use scope_router::shutdown::{Drained, Termination};
+use scope_router::{access_log, report, status, vip};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scope-router",
+    version,
+    about = "Scope-interpreting edge router for multi-region OpenStack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every scoped and passthrough listener until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads of the async runtime (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate the configuration and catalog, print the routing table, exit.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show how a request would be routed, without sending it.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Absolute URL the client would use, e.g. http://192.168.142.244:8774/v2.1/servers.
+        url: String,
+    },
+    /// Show kernel counters, the VIP and backend health; changes nothing, safe beside a
+    /// running router. Exits 1 when a backend is down or the VIP is missing.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    access_log::init_subscriber();
+    match cli.command {
+        Command::Run { config, workers } => {
+            let config = load(&config)?;
+            let router = Arc::new(router(&config)?);
+            // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
+            // network namespace of the calling thread.
+            let (options, steering) = steer(&config, &router)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                if n == 0 {
+                    bail!("--workers must be at least 1");
+                }
+                rt.worker_threads(n);
+            }
+            let rt = rt
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(run(config, router, options, steering))
+        }
+        Command::Status { config, json } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(status::collect(&config, &router));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("cannot encode the status")?
+                );
+            } else {
+                print!("{report}");
+            }
+            if !report.healthy() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            print!("{}", report::check(&router, &config));
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            headers,
+            method,
+            url,
+        } => {
+            let config = load(&config)?;
+            let router = router(&config)?;
+            let headers = headers
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<Result<Vec<_>>>()?;
+            let text = report::explain(&router, &method, &url, &headers)
+                .context("cannot explain this request")?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+fn router(config: &Config) -> Result<Router> {
+    Router::from_config(config).with_context(|| {
+        format!(
+            "cannot build the routing table from {}",
+            config.path.display()
+        )
+    })
+}
+
+/// `[vip]` as the VIP manager wants it; `None` when the config has no `[vip]`.
+fn vip_settings(config: &Config) -> Result<Option<vip::VipSettings>> {
+    let Some(v) = &config.vip else {
+        return Ok(None);
+    };
+    let IpAddr::V4(address) = v.address else {
+        bail!(
+            "[vip] address {} is IPv6; the VIP manager handles IPv4 only",
+            v.address
+        );
+    };
+    let mut settings = vip::VipSettings::new(address);
+    settings.interface = v.interface.clone();
+    settings.manage = v.manage;
+    settings.keep_on_exit = v.keep_on_exit;
+    settings.garp_count = v.garp_count;
+    settings.garp_repeat_delay = v.garp_repeat_delay;
+    settings.take_over = v.take_over;
+    Ok(Some(settings))
+}
+
+fn parse_header(text: &str) -> Result<(String, String)> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => bail!("invalid --header `{text}`; write it as `Name: value`"),
+    }
+}
+
+/// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets.
+fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steering>)> {
+    let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+    for cidr in &plan.unenforced_deny {
+        tracing::warn!("ebpf.deny {cidr}: IPv6 sources are not filtered by the XDP guard");
+    }
+    // One socket for every VIP:port; sk_lookup hands it each connection, and the
+    // proxy reads the VIP:port the client dialled from `local_addr()`.
+    let steered = listener::bind_std(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .context("cannot create the steered listening socket")?;
+    match ebpf::start(&plan.steering, &steered).context("cannot start eBPF steering")? {
+        Startup::Steering(steering) => {
+            tracing::info!(
+                pin_path = %steering.pin_path().display(),
+                interface = steering.interface(),
+                xdp_mode = %steering.xdp_mode(),
+                services = plan.steering.services.len(),
+                "eBPF steering active: no socket is bound on the VIP ports"
+            );
+            let mut options = StartOptions::steered(steered);
+            // IPv6 or wildcard listeners cannot be steered: bind those directly.
+            for addr in &plan.bind_directly {
+                options.handed_in.push(
+                    listener::bind_std(*addr)
+                        .with_context(|| format!("cannot bind {addr} (not steerable by eBPF)"))?,
+                );
+            }
+            Ok((options, Some(steering)))
+        }
+        Startup::Fallback(_) | Startup::Off => Ok((StartOptions::default(), None)),
+    }
+}
+
+async fn run(
+    config: Config,
+    router: Arc<Router>,
+    options: StartOptions,
+    steering: Option<Steering>,
+) -> Result<()> {
+    let mut termination =
+        Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
+    let handle =
+        server::start_with_router(&config, router, options).context("cannot start listening")?;
+    // Listeners first (IP_FREEBIND lets them exist before the address), so the
+    // router already accepts when the gratuitous ARP moves traffic to it.
+    let vip = match vip_settings(&config)? {
+        Some(settings) => Some(vip::start(settings).await.context("cannot take the VIP")?),
+        None => None,
+    };
+    let signal = termination.recv().await;
+    tracing::info!(
+        grace = %humantime::format_duration(config.proxy.shutdown_grace),
+        "{signal} received: no new connections, finishing in-flight requests"
+    );
+    match handle.shutdown().await {
+        Drained::Clean => tracing::info!("all requests finished"),
+        Drained::GraceExpired => {
+            tracing::warn!("shutdown grace expired; remaining connections were cut")
+        }
+    }
+    // The address goes only after the last response, so in-flight clients keep a route.
+    if let Some(vip) = vip {
+        vip.shutdown().await.context("cannot release the VIP")?;
+    }
+    // Detach last: the pinned counters stay for `status` and the next start.
+    if let Some(steering) = steering {
+        tokio::task::spawn_blocking(move || steering.shutdown())
+            .await
+            .context("eBPF detach task failed")?
+            .context("cannot detach the eBPF programs")?;
+    }
+    tracing::info!("exiting");
+    Ok(())
+}

@@ -1569,6 +1569,26 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_scope_is_a_bad_request() {
+        let r = r1();
+        let mut parts = request("/v2.1/servers", &[]);
+        parts.headers.insert(
+            "x-scope",
+            HeaderValue::from_bytes(b"{\"compute\": \"\xff\"}").unwrap(),
+        );
+        let head = RequestHead {
+            local: "192.168.142.244:8774".parse().unwrap(),
+            peer: PEER.parse().unwrap(),
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
+        let p = r.decide(&head).unwrap_err();
+        assert_eq!(p.status.as_u16(), 400);
+        assert!(p.message.contains("UTF-8"), "{p}");
+    }
+
+    #[test]
     fn join_path_has_one_slash() {
         let cases = [
             ("", "", "/"),

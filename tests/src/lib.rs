@@ -1,1 +1,8 @@
 //! Shared harness for the integration suites: in-process backends, routers on loopback.
+
+pub mod client;
+pub mod echo;
+pub mod lab;
+pub mod netns;
+pub mod netns_vip;
+pub mod pattern;

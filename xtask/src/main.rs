@@ -1,2 +1,56 @@
-//! Project automation: `cargo xtask setup|run|lab|test|bench`.
-fn main() {}
+//! Project automation: `cargo xtask setup|test|run|lab|bench` (see README.md).
+
+mod bench;
+mod exec;
+mod interrupt;
+mod lab;
+mod progress;
+mod run;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "scope-router project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Install what building and testing needs (Debian packages, nightly + rust-src,
+    /// bpf-linker, bpffs); every step skips when already satisfied.
+    Setup,
+    /// The full test run: setup, fmt, clippy, tests, and the privileged suites as root.
+    Test(test::Options),
+    /// Build scope-router (release) and run it as root: `cargo xtask run -- run --config F`.
+    Run(run::Options),
+    /// A two-region lab in network namespaces: routers, echo backends, scoped requests.
+    Lab(lab::Options),
+    /// Benchmarks.
+    Bench(bench::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    interrupt::install();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(setup::Profile::Full),
+        Cmd::Test(opts) => test::run(opts),
+        Cmd::Run(opts) => run::run(opts),
+        Cmd::Lab(opts) => lab::run(opts),
+        Cmd::Bench(opts) => bench::run(opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

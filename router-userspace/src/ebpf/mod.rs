@@ -1,0 +1,239 @@
+//! Kernel-side steering: loads the embedded eBPF programs, pins their state on bpffs,
+//! keeps the SERVICES/VIPS/DENY maps in sync with the config, and reads counters back
+//! for `scope-router status`.
+//!
+//! Entry points: [`start`] (the router, once at startup), [`Steering::update`] (config
+//! reload), [`Steering::shutdown`] (clean exit: detach programs, keep counters) and
+//! [`read_status`] (any process, read-only).
+//!
+//! Wiring into `run` (blocking calls: before the runtime or in `spawn_blocking`):
+//!
+//! ```text
+//! let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+//! for cidr in &plan.unenforced_deny { warn!("ebpf.deny {cidr:?}: IPv6 is not filtered") }
+//! let steered = std::net::TcpListener::bind("127.0.0.1:0")?;   // IPv4, this netns
+//! match ebpf::start(&plan.steering, &steered)? {                 // Err only for "required"
+//!     Startup::Steering(s) => serve `steered` for every plan.steering.services address,
+//!                             bind plan.bind_directly + passthrough directly; keep `s` and
+//!                             call s.shutdown() first on a clean exit,
+//!     Startup::Fallback(_) | Startup::Off => drop `steered`; bind every listener directly
+//!                             (IP_FREEBIND) as without eBPF,
+//! }
+//! ```
+//!
+//! Traffic note: XDP drops all TCP to a VIP whose port is neither served nor passthrough,
+//! including replies to connections the host opened *from* the VIP address; upstream
+//! connections must use the interface's primary address (the kernel's default when the
+//! VIP is an extra /32).
+
+mod bpffs;
+mod cidr;
+mod loader;
+mod object;
+mod pins;
+mod status;
+mod wiring;
+
+use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
+
+pub use cidr::{CidrError, Ipv4Cidr};
+pub use loader::{Steering, XdpAttachMode};
+pub use object::{OBJECT_ORIGIN, object_built};
+pub use status::{
+    CounterRow, ProgramKind, ProgramStatus, ServiceKind, Status, StatusError, read_status,
+};
+pub use wiring::{SteeringPlan, plan};
+
+/// Default pin directory (DESIGN §6).
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
+
+/// `ebpf.mode` from the config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Use eBPF when the kernel and privileges allow; otherwise fall back to direct binds.
+    #[default]
+    Auto,
+    /// eBPF or nothing: any missing piece is a startup error.
+    Required,
+    /// Never touch eBPF.
+    Off,
+}
+
+/// Everything the steering layer needs, independent of the config file format.
+#[derive(Clone, Debug)]
+pub struct SteeringConfig {
+    /// `ebpf.mode`.
+    pub mode: Mode,
+    /// `ebpf.pin_path`: the state directory; its parent must be (or become) a bpffs.
+    pub pin_path: PathBuf,
+    /// `ebpf.interface`: where XDP is attached (the VIP interface).
+    pub interface: String,
+    /// `ebpf.deny`: sources dropped by XDP when they talk to a VIP.
+    pub deny: Vec<Ipv4Cidr>,
+    /// VIP:ports the proxy serves: steered by sk_lookup to the single listener.
+    pub services: Vec<SocketAddrV4>,
+    /// VIP:ports bound directly by someone else (e.g. `[[passthrough]]`): XDP lets them
+    /// through, sk_lookup leaves them alone.
+    pub passthrough: Vec<SocketAddrV4>,
+}
+
+impl SteeringConfig {
+    /// A config with the DESIGN defaults and nothing to serve yet.
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            interface: "eth2".to_owned(),
+            deny: Vec::new(),
+            services: Vec::new(),
+            passthrough: Vec::new(),
+        }
+    }
+}
+
+/// What [`start`] decided.
+#[derive(Debug)]
+pub enum Startup {
+    /// eBPF steers every `services` VIP:port to the listener passed to [`start`]; keep
+    /// this value alive and call [`Steering::shutdown`] on a clean exit.
+    Steering(Steering),
+    /// `mode = auto` and eBPF is unavailable (already logged once): bind every VIP:port
+    /// directly (IP_FREEBIND).
+    Fallback(Unavailable),
+    /// `mode = off`: bind every VIP:port directly.
+    Off,
+}
+
+/// Why eBPF steering cannot run here. Each message names the missing piece and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The binary was built without the kernel programs.
+    #[error(
+        "this scope-router binary was built without its eBPF object (nightly, rust-src or bpf-linker were missing at build time); run `cargo xtask setup` and rebuild"
+    )]
+    ObjectNotBuilt,
+    /// A capability is missing.
+    #[error("missing capability {capability} (needed for {needed_for}); run as root or grant it")]
+    MissingCapability {
+        /// The capability name, e.g. `CAP_BPF`.
+        capability: &'static str,
+        /// What it is needed for.
+        needed_for: &'static str,
+    },
+    /// The pin directory cannot be used.
+    #[error("bpffs not usable at {}: {reason}", path.display())]
+    Bpffs {
+        /// The directory concerned.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The XDP interface does not exist.
+    #[error(
+        "interface {name} not found in this network namespace; set ebpf.interface to the VIP interface"
+    )]
+    InterfaceMissing {
+        /// `ebpf.interface`.
+        name: String,
+    },
+    /// The config cannot be expressed in the maps.
+    #[error("invalid eBPF steering config: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A kernel operation failed; `operation` names the kernel feature involved.
+    #[error("{operation} failed: {source}")]
+    Kernel {
+        /// The operation, naming the kernel feature (e.g. "attaching sk_lookup (Linux 5.9+)").
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Pinning state on bpffs failed.
+    #[error("{operation} at {}: {source}", path.display())]
+    Pin {
+        /// What was being done.
+        operation: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Errors the caller must act on.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// `ebpf.mode = "required"` and steering could not start.
+    #[error("ebpf.mode = \"required\" but eBPF steering cannot start: {0}")]
+    Required(#[source] Unavailable),
+    /// Updating the maps in place (config reload) failed.
+    #[error("updating the eBPF maps under {}: {source}", pin_path.display())]
+    Update {
+        /// The state directory.
+        pin_path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: Unavailable,
+    },
+    /// Detaching at shutdown failed; the programs may still be attached.
+    #[error("detaching eBPF programs pinned under {}: {source}; remove the link_* files there to detach", pin_path.display())]
+    Shutdown {
+        /// The state directory.
+        pin_path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts eBPF steering according to `config.mode`.
+///
+/// `listener` is the proxy's single listening TCP socket (bound anywhere, e.g.
+/// `127.0.0.1:0`, in this network namespace); it goes into the SOCKMAP and receives every
+/// connection for `config.services`, with `local_addr()` = the VIP:port the client
+/// dialled. Blocking (bpf syscalls, bpffs): call it before entering the async runtime or
+/// from `spawn_blocking`. The sk_lookup program is attached to the calling thread's
+/// network namespace.
+pub fn start(config: &SteeringConfig, listener: &impl AsFd) -> Result<Startup, EbpfError> {
+    if config.mode == Mode::Off {
+        tracing::info!("ebpf.mode = off: binding every VIP:port directly");
+        return Ok(Startup::Off);
+    }
+    match Steering::start(config, listener.as_fd()) {
+        Ok(steering) => Ok(Startup::Steering(steering)),
+        Err(reason) if config.mode == Mode::Auto => {
+            tracing::warn!(
+                "eBPF steering unavailable, binding every VIP:port directly (ebpf.mode = auto): {reason}"
+            );
+            Ok(Startup::Fallback(reason))
+        }
+        Err(reason) => Err(EbpfError::Required(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_can_move_into_the_runtime() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Steering>();
+        assert_send_sync::<Unavailable>();
+        assert_send_sync::<EbpfError>();
+    }
+
+    #[test]
+    fn off_never_touches_the_pin_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SteeringConfig::new(Mode::Off);
+        config.pin_path = dir.path().join("state");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(start(&config, &listener).unwrap(), Startup::Off));
+        assert!(!config.pin_path.exists());
+    }
+}

@@ -1,0 +1,181 @@
+//! Passthrough listeners (DESIGN §4): no scope work. `tcp` copies bytes both
+//! ways; `http` proxies every request, WebSocket-style upgrades included, to one backend.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::access_log::{AccessRecord, LoggedBody};
+use crate::config::Passthrough;
+use crate::proxy::idle::IdleIo;
+use crate::proxy::upstream::{self, UpstreamClient};
+use crate::proxy::{
+    RequestStart, ambiguous_framing_problem, append_forwarded_for, append_via, check_head, forward,
+    headers, problem_response, relay_response,
+};
+use crate::shutdown::{Guard, Signals};
+
+/// One configured passthrough listener with its upstream pool.
+#[derive(Debug)]
+pub struct PassthroughRuntime {
+    pub spec: Passthrough,
+    client: UpstreamClient,
+    region: Arc<str>,
+    backend: Arc<str>,
+    max_header_bytes: usize,
+}
+
+impl PassthroughRuntime {
+    pub fn new(spec: Passthrough, region: &str, max_header_bytes: usize) -> Self {
+        let client = upstream::client(spec.timeouts.connect, spec.timeouts.idle);
+        let backend = Arc::from(spec.backend.to_string());
+        PassthroughRuntime {
+            spec,
+            client,
+            region: Arc::from(region),
+            backend,
+            max_header_bytes,
+        }
+    }
+
+    /// Whether a connection accepted with local address `local` belongs here
+    /// (a `0.0.0.0:port` bind serves every address on that port).
+    pub fn serves(&self, local: SocketAddr) -> bool {
+        self.spec.bind == local
+            || (self.spec.bind.ip().is_unspecified() && self.spec.bind.port() == local.port())
+    }
+}
+
+/// `mode = "tcp"`: splice the client and the backend until either side closes
+/// or stays silent for the idle timeout.
+pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let t = rt.spec.timeouts;
+    let backend = match tokio::time::timeout(t.connect, TcpStream::connect(rt.spec.backend)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(passthrough = %rt.spec.name, backend = %rt.spec.backend, %peer, "cannot connect to backend: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(passthrough = %rt.spec.name, backend = %rt.spec.backend, %peer, "timed out connecting to backend");
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let mut down = IdleIo::new(client, t.idle);
+    let mut up = IdleIo::new(backend, t.idle);
+    let outcome = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    let (sent, received, error) = match outcome {
+        Ok((a, b)) => (a, b, String::new()),
+        Err(e) => (0, 0, e.to_string()),
+    };
+    tracing::info!(
+        target: "access",
+        passthrough = %rt.spec.name,
+        mode = "tcp",
+        %peer,
+        backend = %rt.spec.backend,
+        duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        bytes_up = sent,
+        bytes_down = received,
+        error = %error,
+    );
+}
+
+/// What an HTTP passthrough request needs to know about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// Keeps shutdown waiting for upgraded connections spliced from here.
+    pub guard: Guard,
+    pub signals: Signals,
+}
+
+/// `mode = "http"`: one request to the single backend, upgrades spliced.
+pub async fn handle_http(
+    rt: Arc<PassthroughRuntime>,
+    ctx: ConnCtx,
+    start: RequestStart,
+    mut req: Request<Incoming>,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let ConnCtx {
+        local,
+        peer,
+        guard,
+        signals,
+    } = ctx;
+    let mut record = AccessRecord::new(Instant::now(), local, peer, req.method(), req.uri());
+    record.in_flight = Some(start.in_flight);
+    record.backend = Some(Arc::from(rt.spec.name.as_str()));
+    record.region = Some(rt.region.clone());
+    let upgrade = headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if start.ambiguous_framing {
+        return Ok(problem_response(&ambiguous_framing_problem(), record, true));
+    }
+    if let Err(problem) = check_head(&parts, rt.max_header_bytes) {
+        return Ok(problem_response(&problem, record, true));
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    append_forwarded_for(&mut parts.headers, peer);
+    append_via(&mut parts.headers, &rt.region);
+
+    let mut resp = match forward(&rt.client, &rt.backend, parts, body).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");
+            return Ok(problem_response(
+                &err.to_problem(&rt.spec.name),
+                record,
+                false,
+            ));
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(downstream) = upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let name = rt.spec.name.clone();
+        tokio::spawn(splice_upgraded(name, downstream, upstream, guard, signals));
+    }
+    Ok(relay_response(resp, record, true))
+}
+
+/// Copies bytes between the two upgraded connections until one closes, the
+/// idle timeout (inherited from both streams) fires, or shutdown aborts.
+async fn splice_upgraded(
+    name: String,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: Guard,
+    mut signals: Signals,
+) {
+    let _guard = guard;
+    let work = async {
+        let (down, up) = tokio::try_join!(downstream, upstream)?;
+        let mut down = TokioIo::new(down);
+        let mut up = TokioIo::new(up);
+        tokio::io::copy_bidirectional(&mut down, &mut up)
+            .await
+            .map_err(hyper_io_error)?;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    tokio::select! {
+        r = work => if let Err(e) = r {
+            tracing::debug!(passthrough = %name, "upgraded connection ended: {e}");
+        },
+        _ = signals.aborting() => tracing::info!(passthrough = %name, "upgraded connection cut at end of shutdown grace"),
+    }
+}
+
+fn hyper_io_error(e: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}

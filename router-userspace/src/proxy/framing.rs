@@ -1,0 +1,390 @@
+//! Request framing watch: spots request heads carrying both `Content-Length`
+//! and `Transfer-Encoding` (the request-smuggling shape), which hyper accepts
+//! by silently preferring Transfer-Encoding. The handler answers those 400.
+//!
+//! It follows the client byte stream with a minimal HTTP/1.1 framing tracker
+//! (heads, fixed-length and chunked bodies) and queues one verdict per head.
+//! Anything it does not fully understand (upgrades, CONNECT, oversized or
+//! unparsable heads, odd chunk syntax) switches it off for the connection: it
+//! then reports nothing and hyper's own (safe) framing stands.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Headers parsed per head; more than this and the tracker gives up (hyper
+/// itself refuses beyond its own limit of 100).
+const MAX_HEADERS: usize = 128;
+
+/// Verdicts shared between the stream wrapper and the request handler.
+#[derive(Debug, Clone, Default)]
+pub struct FramingVerdicts(Arc<Mutex<VecDeque<bool>>>);
+
+impl FramingVerdicts {
+    /// Whether the next request (in arrival order) had both Content-Length and
+    /// Transfer-Encoding. `false` when unknown.
+    pub fn next_is_ambiguous(&self) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .unwrap_or(false)
+    }
+
+    fn push(&self, ambiguous: bool) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back(ambiguous);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading the hex size; `ext` once a `;` extension started.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// Trailer section: `len` bytes on the current line so far.
+    Trailer {
+        len: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Fixed(u64),
+    Chunked(Chunk),
+    Off,
+}
+
+/// Client stream wrapper feeding [`FramingVerdicts`].
+#[derive(Debug)]
+pub struct FramingWatch<T> {
+    inner: T,
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+    verdicts: FramingVerdicts,
+}
+
+impl<T> FramingWatch<T> {
+    pub fn new(inner: T, max_head: usize, verdicts: FramingVerdicts) -> Self {
+        FramingWatch {
+            inner,
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            verdicts,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let used = match self.state {
+                State::Off => return,
+                State::Head => self.feed_head(bytes),
+                State::Fixed(n) => {
+                    let take = (bytes.len() as u64).min(n);
+                    self.state = if take == n {
+                        State::Head
+                    } else {
+                        State::Fixed(n - take)
+                    };
+                    take as usize
+                }
+                State::Chunked(c) => {
+                    let (used, next) = feed_chunked(c, bytes);
+                    self.state = next;
+                    used
+                }
+            };
+            bytes = &bytes[used..];
+        }
+    }
+
+    /// Consumes head bytes; returns how many were part of the head.
+    fn feed_head(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+        if self.head.is_empty() {
+            used = bytes
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+        }
+        let start = self.head.len().saturating_sub(3);
+        let rest = &bytes[used..];
+        self.head.extend_from_slice(rest);
+        let Some(end) = find_head_end(&self.head[start..]).map(|i| start + i) else {
+            if self.head.len() > self.max_head {
+                self.state = State::Off;
+            }
+            return bytes.len();
+        };
+        let surplus = self.head.len() - end;
+        let head = std::mem::take(&mut self.head);
+        self.state = self.judge(&head[..end]);
+        bytes.len() - surplus
+    }
+
+    /// Records the verdict for one complete head and returns the body state.
+    fn judge(&mut self, head: &[u8]) -> State {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return State::Off;
+        }
+        let mut length: Option<u64> = None;
+        let mut te_chunked: Option<bool> = None;
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                match std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    Some(n) => length = Some(n),
+                    None => return State::Off,
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        self.verdicts.push(length.is_some() && te_chunked.is_some());
+        if upgrade || req.method == Some("CONNECT") {
+            // The bytes after this request may not be HTTP at all.
+            return State::Off;
+        }
+        match (te_chunked, length) {
+            (Some(true), _) => State::Chunked(Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            }),
+            (Some(false), _) => State::Off,
+            (None, Some(0)) | (None, None) => State::Head,
+            (None, Some(n)) => State::Fixed(n),
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Advances the chunked-body tracker over `bytes`; returns bytes used and the next state.
+fn feed_chunked(mut c: Chunk, bytes: &[u8]) -> (usize, State) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        c = match c {
+            Chunk::Data(n) => {
+                let take = ((bytes.len() - i) as u64).min(n);
+                i += take as usize;
+                if take == n {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(n - take)
+                }
+            }
+            Chunk::Size { size, digits, ext } => {
+                i += 1;
+                match b {
+                    b'\r' if digits > 0 => Chunk::SizeLf { size },
+                    b';' if digits > 0 => Chunk::Size {
+                        size,
+                        digits,
+                        ext: true,
+                    },
+                    _ if ext => Chunk::Size { size, digits, ext },
+                    b' ' | b'\t' if digits > 0 => Chunk::Size { size, digits, ext },
+                    _ => match (b as char).to_digit(16) {
+                        // 15 hex digits cannot overflow u64.
+                        Some(v) if digits < 15 => Chunk::Size {
+                            size: size * 16 + u64::from(v),
+                            digits: digits + 1,
+                            ext,
+                        },
+                        _ => return (i, State::Off),
+                    },
+                }
+            }
+            Chunk::SizeLf { size } => {
+                i += 1;
+                match (b, size) {
+                    (b'\n', 0) => Chunk::Trailer { len: 0 },
+                    (b'\n', n) => Chunk::Data(n),
+                    _ => return (i, State::Off),
+                }
+            }
+            Chunk::DataCr => {
+                i += 1;
+                if b != b'\r' {
+                    return (i, State::Off);
+                }
+                Chunk::DataLf
+            }
+            Chunk::DataLf => {
+                i += 1;
+                if b != b'\n' {
+                    return (i, State::Off);
+                }
+                Chunk::Size {
+                    size: 0,
+                    digits: 0,
+                    ext: false,
+                }
+            }
+            Chunk::Trailer { len } => {
+                i += 1;
+                match b {
+                    b'\n' if len == 0 => return (i, State::Head),
+                    b'\n' => Chunk::Trailer { len: 0 },
+                    b'\r' => Chunk::Trailer { len },
+                    _ => Chunk::Trailer { len: len + 1 },
+                }
+            }
+        };
+    }
+    (i, State::Chunked(c))
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && this.state != State::Off
+        {
+            this.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FramingWatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts_for(stream: &[u8], split_every: usize) -> (Vec<bool>, State) {
+        let v = FramingVerdicts::default();
+        let mut w = FramingWatch::new((), 64 * 1024, v.clone());
+        for piece in stream.chunks(split_every) {
+            w.feed(piece);
+        }
+        let out = v.0.lock().unwrap().iter().copied().collect();
+        (out, w.state)
+    }
+
+    const PIPELINE: &[u8] = b"\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+        POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\nhe\r\nl\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n\
+        POST /d HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+        0\r\n\r\n\
+        GET /e HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    #[test]
+    fn one_verdict_per_request_whatever_the_read_sizes() {
+        for split in [1, 2, 3, 7, 64, PIPELINE.len()] {
+            let (verdicts, state) = verdicts_for(PIPELINE, split);
+            assert_eq!(
+                verdicts,
+                [false, false, false, true, false],
+                "split {split}"
+            );
+            assert_eq!(state, State::Head, "split {split}");
+        }
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_a_head_are_not_a_head() {
+        let inner = b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = format!(
+            "PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            inner.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(inner);
+        let (verdicts, state) = verdicts_for(&stream, 5);
+        assert_eq!(verdicts, [false]);
+        assert_eq!(state, State::Head);
+    }
+
+    #[test]
+    fn upgrades_and_garbage_switch_the_watch_off() {
+        let (v, s) = verdicts_for(
+            b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nxx",
+            4,
+        );
+        assert_eq!((v, s), (vec![false], State::Off));
+        let (v, s) = verdicts_for(b"NOT HTTP\r\n\r\n", 4);
+        assert_eq!((v, s), (vec![], State::Off));
+        let (v, s) = verdicts_for(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            4,
+        );
+        assert_eq!((v, s), (vec![false], State::Off));
+    }
+
+    #[test]
+    fn ambiguous_verdicts_are_consumed_in_order() {
+        let v = FramingVerdicts::default();
+        v.push(false);
+        v.push(true);
+        assert!(!v.next_is_ambiguous());
+        assert!(v.next_is_ambiguous());
+        assert!(!v.next_is_ambiguous(), "unknown is not ambiguous");
+    }
+}

@@ -1,0 +1,128 @@
+//! Hop-by-hop header handling (RFC 9110 §7.6.1) and request head size checks.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message end to end.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a request (or a 101 response) asks to switch protocols.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes every hop-by-hop header plus those the `Connection` header names.
+/// With `keep_upgrade` and a genuine upgrade request, `Upgrade` survives and
+/// `Connection` is reduced to `upgrade` so the next hop switches protocols too.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = if keep_upgrade && wants_upgrade(headers) {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Approximate size of the request head as it was on the wire: request line
+/// plus `Name: value\r\n` per header. Used to enforce `proxy.max_header_bytes`.
+pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + 1 + uri.to_string().len() + " HTTP/1.1\r\n".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + fields + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_listed_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "X-Checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret-hop", "1"),
+            ("x-auth-token", "abc"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-auth-token", "content-length"]);
+    }
+
+    #[test]
+    fn keeps_a_real_upgrade_when_asked() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-drop"),
+            ("upgrade", "websocket"),
+            ("x-drop", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-drop").is_none());
+    }
+
+    #[test]
+    fn upgrade_without_connection_token_is_not_an_upgrade() {
+        let mut h = map(&[("upgrade", "websocket")]);
+        assert!(!wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn head_size_counts_every_field() {
+        let h = map(&[("host", "a:1"), ("x-long", &"v".repeat(1000))]);
+        let size = head_size(&http::Method::GET, &"/x".parse().unwrap(), &h);
+        assert!(size > 1000 && size < 1100, "{size}");
+    }
+}

@@ -1,0 +1,218 @@
+//! Inactivity timeout for a byte stream (HAProxy's `timeout client/server`).
+//!
+//! The timer is lazy: progress only records a timestamp, and the sleep is
+//! re-armed when it fires early, so busy streams pay no timer cost per read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Counts requests being served on a client connection. While one is, the
+/// client owes us nothing (the backend is working), so silence on the read
+/// side is not client inactivity; stalls are then caught on the upstream side.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+/// Held from request head to the end of its response body.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that fails with `TimedOut` after `timeout` without any progress
+/// while someone is waiting on it.
+#[derive(Debug)]
+pub struct IdleIo<T> {
+    inner: T,
+    timeout: Duration,
+    last_progress: Instant,
+    sleep: Pin<Box<Sleep>>,
+    reads_paused_by: Option<InFlight>,
+}
+
+impl<T> IdleIo<T> {
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        let now = Instant::now();
+        IdleIo {
+            inner,
+            timeout,
+            last_progress: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            reads_paused_by: None,
+        }
+    }
+
+    /// Read-side silence does not count while `in_flight` has requests.
+    pub fn pause_reads_while(mut self, in_flight: InFlight) -> Self {
+        self.reads_paused_by = Some(in_flight);
+        self
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    fn progressed(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// Called when the inner stream is pending: is the inactivity budget spent?
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            let deadline = self.last_progress + self.timeout;
+            if self.sleep.deadline() != deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if Instant::now() >= self.last_progress + self.timeout => {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data for {}", humantime::format_duration(self.timeout)),
+                    ));
+                }
+                // Progress happened while the sleep was armed: re-arm further out.
+                Poll::Ready(()) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.reads_paused_by.as_ref().is_some_and(InFlight::busy) => {
+                this.progressed();
+                Poll::Pending
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.poll_expired(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_times_out() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        let mut buf = [0u8; 8];
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_postpones_the_timeout() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        let writer = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(40)).await;
+                b.write_all(b"x").await.unwrap();
+            }
+            b
+        });
+        let mut buf = [0u8; 1];
+        // 5 bytes spaced 40s apart: 200s total, never 60s of silence.
+        for _ in 0..5 {
+            idle.read_exact(&mut buf).await.unwrap();
+        }
+        let _b = writer.await.unwrap();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_do_not_expire_while_a_request_is_in_flight() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let in_flight = InFlight::default();
+        let mut idle = IdleIo::new(a, Duration::from_secs(60)).pause_reads_while(in_flight.clone());
+        let guard = in_flight.enter();
+        let mut buf = [0u8; 1];
+        // Silence far beyond the timeout while busy: still pending, no error.
+        let waited = tokio::time::timeout(Duration::from_secs(600), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        drop(guard);
+        b.write_all(b"y").await.unwrap();
+        idle.read_exact(&mut buf).await.unwrap();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,122 @@
+//! Scoped requests, in Pingora-style phases: limits → decide (service, scope,
+//! upstream) → rewrite → forward → log (when the response body ends).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::upstream::Upstreams;
+use super::{
+    RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
+    relay_response,
+};
+use crate::access_log::{AccessRecord, LoggedBody};
+use crate::decision::{Plan, RequestHead, ScopeSource};
+use crate::routing::Router;
+
+/// State shared by every scoped connection of one router.
+#[derive(Debug)]
+pub struct ScopedShared {
+    pub router: Arc<Router>,
+    pub upstreams: Upstreams,
+    pub max_header_bytes: usize,
+}
+
+/// The typed per-request context threaded through the phases.
+struct RequestCtx {
+    local: SocketAddr,
+    peer: SocketAddr,
+    record: AccessRecord,
+}
+
+impl RequestCtx {
+    fn note_plan(&mut self, plan: &Plan) {
+        self.record.service_type = plan.service_type.clone();
+        self.record.region = Some(plan.region.clone());
+        self.record.backend = Some(plan.backend_name.clone());
+        self.record.scope_source = scope_name(plan.scope_source);
+    }
+}
+
+fn scope_name(source: ScopeSource) -> &'static str {
+    match source {
+        ScopeSource::None => "default",
+        ScopeSource::XScope => "x-scope",
+        ScopeSource::AuthToken => "x-auth-token",
+        ScopeSource::SubjectToken => "x-subject-token",
+    }
+}
+
+/// Serves one request arriving on a scoped listener (`local` is the VIP:port).
+pub async fn handle(
+    shared: Arc<ScopedShared>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    start: RequestStart,
+    req: Request<Incoming>,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let mut record = AccessRecord::new(started, local, peer, &parts.method, &parts.uri);
+    record.in_flight = Some(start.in_flight);
+    let mut ctx = RequestCtx {
+        local,
+        peer,
+        record,
+    };
+
+    // Phase: request limits. The body was not read, so the connection closes.
+    if start.ambiguous_framing {
+        return Ok(problem_response(
+            &ambiguous_framing_problem(),
+            ctx.record,
+            true,
+        ));
+    }
+    if let Err(problem) = check_head(&parts, shared.max_header_bytes) {
+        return Ok(problem_response(&problem, ctx.record, true));
+    }
+
+    // Phase: pick service, read scope, choose upstream (pure, in core logic).
+    let decided = shared.router.decide(&RequestHead {
+        local: ctx.local,
+        peer: ctx.peer,
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+    });
+    let plan = match decided {
+        Ok(plan) => plan,
+        // A bodiless bad request leaves the connection reusable; hyper closes
+        // it by itself when an unread body is left behind.
+        Err(problem) => return Ok(problem_response(&problem, ctx.record, false)),
+    };
+    ctx.note_plan(&plan);
+
+    // Phase: rewrite. Hop-by-hop first, so Plan's own headers survive.
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    plan.apply_to(ctx.peer, &mut parts);
+
+    // Phase: forward.
+    let client = shared.upstreams.get(&plan.timeouts);
+    match forward(&client, &plan.upstream, parts, body).await {
+        Ok(resp) => Ok(relay_response(resp, ctx.record, false)),
+        Err(err) => {
+            tracing::warn!(
+                backend = %plan.backend_name,
+                side = ?err.side,
+                retry_safe = err.retry_safe,
+                "upstream request failed: {err}"
+            );
+            Ok(problem_response(
+                &err.to_problem(&plan.backend_name),
+                ctx.record,
+                false,
+            ))
+        }
+    }
+}

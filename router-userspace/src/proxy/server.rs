@@ -1,0 +1,328 @@
+//! Entry point: builds the routing table, opens listeners, accepts and
+//! dispatches each connection by its original destination, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::ConnWatch;
+use super::framing::FramingWatch;
+use super::hyper_buf_size;
+use super::idle::IdleIo;
+use super::scoped::{self, ScopedShared};
+use super::upstream::Upstreams;
+use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::listener::{Accepted, Listener, ListenerError};
+use crate::passthrough::{self, PassthroughRuntime};
+use crate::routing::{Router, RoutingError};
+use crate::shutdown::{Drained, Guard, Shutdown, Signals};
+
+/// Pause after an accept error such as EMFILE, so a full fd table does not
+/// turn the accept loop into a busy spin while connections drain.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the routing table: {0}")]
+    Routing(#[from] RoutingError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error(
+        "no listening socket: direct binding is off and no socket was handed in; enable \
+         bind_scoped or pass the steered socket"
+    )]
+    NoListeners,
+}
+
+/// How listening sockets are obtained.
+#[derive(Debug)]
+pub struct StartOptions {
+    /// Sockets already bound and listening, adopted as they are: the
+    /// sk_lookup-steered socket (one socket, every VIP:port) or test sockets.
+    pub handed_in: Vec<std::net::TcpListener>,
+    /// Bind every scoped VIP:port directly (`IP_FREEBIND`): off when eBPF
+    /// steers them to a handed-in socket, on as the fallback.
+    pub bind_scoped: bool,
+    /// Bind every `[[passthrough]]` address directly (eBPF never steers those).
+    pub bind_passthrough: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            handed_in: Vec::new(),
+            bind_scoped: true,
+            bind_passthrough: true,
+        }
+    }
+}
+
+impl StartOptions {
+    /// eBPF steering: `steered` receives every scoped VIP:port; passthrough
+    /// addresses are still bound directly.
+    pub fn steered(steered: std::net::TcpListener) -> Self {
+        StartOptions {
+            handed_in: vec![steered],
+            bind_scoped: false,
+            bind_passthrough: true,
+        }
+    }
+}
+
+/// A running router.
+#[derive(Debug)]
+pub struct RouterHandle {
+    local_addrs: Vec<SocketAddr>,
+    router: Arc<Router>,
+    shutdown: Shutdown,
+    grace: Duration,
+}
+
+impl RouterHandle {
+    /// Addresses of every listening socket (as bound, not as steered to).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Stops accepting, lets in-flight requests finish within
+    /// `proxy.shutdown_grace`, then cuts what remains.
+    pub async fn shutdown(self) -> Drained {
+        self.shutdown.run(self.grace).await
+    }
+}
+
+/// Routes an accepted connection by its local address.
+#[derive(Debug)]
+struct Dispatch {
+    scoped: Arc<ScopedShared>,
+    passthrough: Vec<Arc<PassthroughRuntime>>,
+    max_header_bytes: usize,
+}
+
+/// Starts serving `config` on the current tokio runtime and returns once every
+/// listener is open.
+pub async fn start(config: Config, opts: StartOptions) -> Result<RouterHandle, ServeError> {
+    let router = Arc::new(Router::from_config(&config)?);
+    start_with_router(&config, router, opts)
+}
+
+/// Like [`start`] with a routing table built by the caller (e.g. `check` then `run`).
+pub fn start_with_router(
+    config: &Config,
+    router: Arc<Router>,
+    opts: StartOptions,
+) -> Result<RouterHandle, ServeError> {
+    let mut listeners = Vec::new();
+    for std_listener in opts.handed_in {
+        listeners.push(Listener::from_std(std_listener)?);
+    }
+    if opts.bind_scoped {
+        for spec in router.listeners() {
+            listeners.push(Listener::bind(spec.addr)?);
+        }
+    }
+    if opts.bind_passthrough {
+        for p in &config.passthrough {
+            listeners.push(Listener::bind(p.bind)?);
+        }
+    }
+    if listeners.is_empty() {
+        return Err(ServeError::NoListeners);
+    }
+
+    let max_header_bytes = config.proxy.max_header_bytes;
+    let mut timeouts: Vec<Timeouts> = router.listeners().iter().map(|l| l.timeouts).collect();
+    timeouts.push(config.timeouts);
+    let dispatch = Arc::new(Dispatch {
+        scoped: Arc::new(ScopedShared {
+            router: router.clone(),
+            upstreams: Upstreams::new(&timeouts),
+            max_header_bytes,
+        }),
+        passthrough: config
+            .passthrough
+            .iter()
+            .map(|p| {
+                Arc::new(PassthroughRuntime::new(
+                    p.clone(),
+                    router.region(),
+                    max_header_bytes,
+                ))
+            })
+            .collect(),
+        max_header_bytes,
+    });
+
+    let shutdown = Shutdown::new();
+    let mut local_addrs = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let addr = listener.bound_addr();
+        local_addrs.push(addr);
+        tracing::info!(%addr, origin = ?listener.origin(), region = router.region(), "listening");
+        // `guard()` is only None after shutdown began, which cannot have happened yet.
+        if let Some(guard) = shutdown.guard() {
+            tokio::spawn(accept_loop(
+                listener,
+                dispatch.clone(),
+                shutdown.signals(),
+                guard,
+            ));
+        }
+    }
+    Ok(RouterHandle {
+        local_addrs,
+        router,
+        shutdown,
+        grace: config.proxy.shutdown_grace,
+    })
+}
+
+async fn accept_loop(
+    listener: Listener,
+    dispatch: Arc<Dispatch>,
+    mut signals: Signals,
+    guard: Guard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = signals.draining() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(acc) => {
+                let (d, s, g) = (dispatch.clone(), signals.clone(), guard.clone());
+                tokio::spawn(async move { d.serve(acc, s, g).await });
+            }
+            // The client gave up between SYN and accept: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                tracing::warn!(addr = %listener.bound_addr(), "accept failed: {e}; retrying");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    tracing::info!(addr = %listener.bound_addr(), "stopped accepting");
+}
+
+impl Dispatch {
+    async fn serve(&self, acc: Accepted, signals: Signals, guard: Guard) {
+        let Accepted {
+            stream,
+            local,
+            peer,
+        } = acc;
+        if let Some(spec) = self.scoped.router.listener(local) {
+            let shared = self.scoped.clone();
+            let watch = ConnWatch::default();
+            let busy = watch.clone();
+            let svc = service_fn(move |req| {
+                scoped::handle(shared.clone(), local, peer, busy.begin(), req)
+            });
+            serve_http(
+                stream,
+                spec.timeouts,
+                self.max_header_bytes,
+                watch,
+                svc,
+                signals,
+            )
+            .await;
+        } else if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
+            match rt.spec.mode {
+                PassthroughMode::Tcp => {
+                    let mut abort = signals.clone();
+                    tokio::select! {
+                        _ = passthrough::serve_tcp(rt, stream, peer) => {}
+                        _ = abort.aborting() => {}
+                    }
+                }
+                PassthroughMode::Http => {
+                    let rt2 = rt.clone();
+                    let (g, s) = (guard.clone(), signals.clone());
+                    let watch = ConnWatch::default();
+                    let busy = watch.clone();
+                    let svc = service_fn(move |req| {
+                        let ctx = passthrough::ConnCtx {
+                            local,
+                            peer,
+                            guard: g.clone(),
+                            signals: s.clone(),
+                        };
+                        passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
+                    });
+                    serve_http(
+                        stream,
+                        rt.spec.timeouts,
+                        self.max_header_bytes,
+                        watch,
+                        svc,
+                        signals,
+                    )
+                    .await;
+                }
+            }
+        } else {
+            tracing::warn!(%local, %peer, "connection for an address no listener serves; closing it");
+        }
+        drop(guard);
+    }
+}
+
+/// Runs one HTTP/1.1 connection until it ends, finishing the in-flight request
+/// on drain and cutting it when the grace period is over.
+async fn serve_http<S>(
+    stream: tokio::net::TcpStream,
+    timeouts: Timeouts,
+    max_header_bytes: usize,
+    watch: ConnWatch,
+    svc: S,
+    mut signals: Signals,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::access_log::LoggedBody>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight);
+    let buf_size = hyper_buf_size(max_header_bytes);
+    let io = TokioIo::new(FramingWatch::new(idle, buf_size, watch.verdicts));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.request_header)
+        .max_buf_size(buf_size)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = signals.draining() => {
+            conn.as_mut().graceful_shutdown();
+            let mut abort = signals.clone();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = abort.aborting() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
+        tracing::debug!("connection ended: {e}");
+    }
+}

@@ -1,0 +1,426 @@
+//! The VIP (DESIGN §7): owns `address/32` on the VIP interface over netlink, announces it
+//! with gratuitous ARP, puts it back when something removes it, and drops it on a clean exit.
+//!
+//! Everything here runs in the network namespace of the thread that calls [`start`]: the
+//! netlink and AF_PACKET sockets are opened there and keep that namespace for their life,
+//! so tasks spawned later may run on any runtime thread.
+//!
+//! Wiring: `run` builds [`VipSettings`] from `[vip]`, calls [`start`] before serving and
+//! [`VipHandle::shutdown`] after the listeners have drained; `scope-router status` calls
+//! [`status`] with the same address, interface and state directory.
+
+mod arp;
+mod netlink;
+mod packet;
+mod state;
+mod watch;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use arp::{ArpOp, ArpPacket, MacAddr};
+pub use state::{VipStatus, state_file_path, status};
+
+use netlink::{AddOutcome, Netlink};
+use packet::PacketSocket;
+use state::StateFile;
+use watch::Watcher;
+
+/// Where the small per-VIP JSON state files live unless the settings say otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/scope-router";
+
+/// What the VIP manager needs to know; mirrors `[vip]` of the configuration, plus knobs
+/// that only tests and the integrator set (state directory, probe timing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSettings {
+    pub address: Ipv4Addr,
+    pub interface: String,
+    /// `false`: never add, remove or announce the address (keepalived owns it).
+    pub manage: bool,
+    /// Leave the address on the interface when the router exits cleanly.
+    pub keep_on_exit: bool,
+    /// Gratuitous ARP announcements per burst (keepalived's default is 5).
+    pub garp_count: u32,
+    /// Delay before the second burst (keepalived's `garp_master_delay`, 5 s).
+    pub garp_repeat_delay: Duration,
+    /// Take the address even when another host answers the ARP probe for it.
+    pub take_over: bool,
+    /// Directory of the state file read by `scope-router status`.
+    pub state_dir: PathBuf,
+    /// ARP probes sent before taking the address (RFC 5227 PROBE_NUM is 3).
+    pub probe_count: u32,
+    /// Time to listen for an answer after each probe.
+    pub probe_interval: Duration,
+}
+
+impl VipSettings {
+    /// Settings with the documented defaults of `[vip]`.
+    pub fn new(address: Ipv4Addr) -> Self {
+        Self {
+            address,
+            interface: "eth2".to_owned(),
+            manage: true,
+            keep_on_exit: false,
+            garp_count: 5,
+            garp_repeat_delay: Duration::from_secs(5),
+            take_over: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            probe_count: 3,
+            probe_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Why the VIP could not be taken, kept or released. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    #[error(
+        "VIP interface {interface:?} does not exist in this network namespace: create it, \
+         or set [vip] interface to the interface that carries the VIP's subnet"
+    )]
+    InterfaceMissing { interface: String },
+
+    #[error(
+        "VIP interface {interface:?} is down, so the VIP cannot be probed or announced: bring \
+         it up (ip link set {interface} up) before starting scope-router"
+    )]
+    InterfaceDown { interface: String },
+
+    #[error(
+        "VIP interface {interface:?} has no Ethernet address, so neighbours cannot learn the \
+         VIP by ARP: set [vip] interface to an Ethernet interface"
+    )]
+    NotEthernet { interface: String },
+
+    #[error(
+        "{operation} on {interface:?} was refused: managing the VIP needs CAP_NET_ADMIN and \
+         sending ARP needs CAP_NET_RAW; run scope-router as root, grant both capabilities \
+         (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW), or set [vip] manage = false"
+    )]
+    PermissionDenied {
+        operation: &'static str,
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "VIP {address} is in use: host {mac} answered the ARP probe on {interface:?}; stop the \
+         other owner (keepalived, another scope-router) or set [vip] take_over = true to take \
+         the address anyway"
+    )]
+    AddressInUse {
+        address: Ipv4Addr,
+        interface: String,
+        mac: MacAddr,
+    },
+
+    #[error("netlink: {operation} for VIP {address} on {interface:?} failed")]
+    Netlink {
+        operation: &'static str,
+        address: Ipv4Addr,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    #[error("{operation} on {interface:?} failed")]
+    Socket {
+        operation: &'static str,
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "cannot write the VIP state file {path}: make its directory writable or point the \
+         state directory elsewhere"
+    )]
+    StateWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot read the VIP state file {path}")]
+    StateRead {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "the VIP state file {path} is not valid: delete it, the router rewrites it at its \
+         next announcement"
+    )]
+    StateFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("the VIP watcher task of {address} stopped abnormally")]
+    Task {
+        address: Ipv4Addr,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Renders an error with its causes on one line, for log fields.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A running VIP manager. Call [`VipHandle::shutdown`] on a clean exit; dropping the
+/// handle instead stops the watcher but leaves the address in place, as a crash would.
+#[derive(Debug)]
+pub struct VipHandle {
+    settings: VipSettings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Watcher>>,
+}
+
+/// Takes the VIP described by `settings` (see the module docs for the namespace rule).
+///
+/// With `manage = true`: refuses an interface that is missing or not Ethernet, adopts the
+/// address if it is already there, otherwise probes for a conflicting owner, adds
+/// `address/32`, announces it and starts watching. With `manage = false` it only records
+/// the state for `scope-router status` and never touches the interface.
+pub async fn start(settings: VipSettings) -> Result<VipHandle, VipError> {
+    let state = StateFile::new(&settings);
+    if !settings.manage {
+        return start_unmanaged(settings, state).await;
+    }
+
+    // Subscribe before looking so that a removal racing with the start is not missed.
+    let (nl, events) = Netlink::connect(&settings, true)?;
+    let link = nl.link(&settings.interface).await?;
+    let mac = link.mac.ok_or_else(|| VipError::NotEthernet {
+        interface: settings.interface.clone(),
+    })?;
+    let sender = PacketSocket::sender(&settings.interface)?;
+
+    let adopted = match nl.find_address(link.index).await? {
+        Some(existing) => {
+            tracing::info!(
+                vip = %settings.address,
+                interface = %settings.interface,
+                prefix_len = existing.header.prefix_len,
+                "VIP already on the interface (left by a crashed run or by keepalived): adopting it"
+            );
+            true
+        }
+        None => {
+            probe_for_owner(&settings, link.index, mac).await?;
+            match nl.add_address(link.index).await? {
+                AddOutcome::Added => {
+                    tracing::info!(vip = %settings.address, interface = %settings.interface, "VIP added");
+                    false
+                }
+                AddOutcome::AlreadyPresent => {
+                    tracing::info!(
+                        vip = %settings.address,
+                        interface = %settings.interface,
+                        "VIP appeared while it was being added: adopting it"
+                    );
+                    true
+                }
+            }
+        }
+    };
+    nl.warn_if_elsewhere(link.index).await;
+
+    let mut watcher = Watcher::new(settings.clone(), nl, events, sender, state, link, adopted);
+    watcher.announce_now();
+    watcher.record_state(true);
+
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(watcher.run(stop_rx));
+    Ok(VipHandle {
+        settings,
+        stop: Some(stop_tx),
+        task: Some(task),
+    })
+}
+
+async fn start_unmanaged(settings: VipSettings, state: StateFile) -> Result<VipHandle, VipError> {
+    // Only a look: an unmanaged VIP may legitimately be absent until keepalived adds it.
+    let present = match Netlink::connect(&settings, false) {
+        Ok((nl, _)) => nl.is_present(&settings.interface).await.unwrap_or(false),
+        Err(_) => false,
+    };
+    tracing::info!(
+        vip = %settings.address,
+        interface = %settings.interface,
+        present,
+        "VIP not managed ([vip] manage = false): the address is served but never added, removed or announced"
+    );
+    write_unmanaged_state(&settings, &state, true);
+    Ok(VipHandle {
+        settings,
+        stop: None,
+        task: None,
+    })
+}
+
+/// An unmanaged router may run without privileges, so a state directory it cannot write
+/// costs only the details of `scope-router status`: warn, do not fail.
+fn write_unmanaged_state(settings: &VipSettings, state: &StateFile, running: bool) {
+    let mut record = state::VipState::unmanaged(settings);
+    record.running = running;
+    if let Err(e) = state.write(&record) {
+        tracing::warn!(vip = %settings.address, error = %error_chain(&e), "VIP state not recorded");
+    }
+}
+
+/// RFC 5227 probe: refuse (or, with `take_over`, warn) when another host claims the VIP.
+async fn probe_for_owner(settings: &VipSettings, index: u32, mac: MacAddr) -> Result<(), VipError> {
+    let Some(owner) = packet::probe(settings, index, mac).await? else {
+        return Ok(());
+    };
+    if settings.take_over {
+        tracing::warn!(
+            vip = %settings.address,
+            interface = %settings.interface,
+            owner = %owner,
+            "another host answers for the VIP; taking it over because [vip] take_over = true"
+        );
+        Ok(())
+    } else {
+        Err(VipError::AddressInUse {
+            address: settings.address,
+            interface: settings.interface.clone(),
+            mac: owner,
+        })
+    }
+}
+
+impl VipHandle {
+    pub fn settings(&self) -> &VipSettings {
+        &self.settings
+    }
+
+    /// Clean shutdown: stops watching, then removes the address unless `keep_on_exit`
+    /// (or `manage = false`). Only the VIP itself is ever removed.
+    pub async fn shutdown(mut self) -> Result<(), VipError> {
+        let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) else {
+            write_unmanaged_state(&self.settings, &StateFile::new(&self.settings), false);
+            return Ok(());
+        };
+        // The watcher may already have ended; its result is what matters, not the send.
+        let _ = stop.send(());
+        let watcher = task.await.map_err(|source| VipError::Task {
+            address: self.settings.address,
+            source,
+        })?;
+        watcher.release().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_vip_section_of_the_api() {
+        let s = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(s.interface, "eth2");
+        assert!(s.manage);
+        assert!(!s.keep_on_exit);
+        assert_eq!(s.garp_count, 5);
+        assert_eq!(s.garp_repeat_delay, Duration::from_secs(5));
+        assert!(!s.take_over);
+        assert_eq!(s.state_dir, PathBuf::from("/run/scope-router"));
+    }
+
+    #[test]
+    fn errors_say_what_to_fix() {
+        let missing = VipError::InterfaceMissing {
+            interface: "eth9".into(),
+        };
+        assert!(missing.to_string().contains("eth9"));
+        assert!(missing.to_string().contains("[vip] interface"));
+
+        let eperm = VipError::PermissionDenied {
+            operation: "adding the VIP",
+            interface: "eth2".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(eperm.to_string().contains("CAP_NET_ADMIN"));
+
+        let in_use = VipError::AddressInUse {
+            address: Ipv4Addr::new(192, 0, 2, 10),
+            interface: "eth2".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        };
+        let text = in_use.to_string();
+        assert!(text.contains("02:00:00:00:00:01"), "{text}");
+        assert!(text.contains("take_over = true"), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unmanaged_start_survives_an_unwritable_state_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A regular file where the directory should be: no user can create it.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").expect("blocker file");
+        let mut settings = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        settings.manage = false;
+        settings.interface = "nosuch-vip0".into();
+        settings.state_dir = blocker.join("state");
+        let handle = start(settings)
+            .await
+            .expect("unmanaged start never fails on state");
+        handle.shutdown().await.expect("unmanaged shutdown");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unmanaged_state_is_recorded_for_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        settings.manage = false;
+        settings.interface = "nosuch-vip0".into();
+        settings.state_dir = dir.path().to_owned();
+        let handle = start(settings.clone()).await.expect("start");
+        let st = status(settings.address, &settings.interface, dir.path())
+            .await
+            .expect("status");
+        assert_eq!(st.managed, Some(false));
+        assert_eq!(st.running, Some(true));
+        assert!(!st.interface_present && !st.present, "{st}");
+        assert!(st.last_announced.is_none());
+        handle.shutdown().await.expect("shutdown");
+        let st = status(settings.address, &settings.interface, dir.path())
+            .await
+            .expect("status");
+        assert_eq!(st.running, Some(false));
+    }
+
+    #[test]
+    fn error_chain_includes_the_cause() {
+        let err = VipError::Socket {
+            operation: "sending ARP",
+            interface: "eth2".into(),
+            source: io::Error::from_raw_os_error(libc::ENETDOWN),
+        };
+        let chain = error_chain(&err);
+        assert!(
+            chain.starts_with("sending ARP on \"eth2\" failed: "),
+            "{chain}"
+        );
+        assert!(chain.len() > "sending ARP on \"eth2\" failed: ".len());
+    }
+}

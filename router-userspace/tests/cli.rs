@@ -1,0 +1,153 @@
+//! The `scope-router` binary: check/explain exit codes, and `run` serving
+//! then exiting 0 on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scope-router");
+
+fn repo_config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config")
+        .join(name)
+}
+
+#[test]
+fn check_prints_the_routing_table_and_succeeds() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(repo_config("RegionOne.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RegionTwo_compute_public"), "{text}");
+}
+
+#[test]
+fn check_fails_on_an_unknown_key_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "region = \"RegionOne\"\ncatalog = [\"x.json\"]\nbackend = \"127.0.0.1\"\nbakend = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bakend"), "{err}");
+}
+
+#[test]
+fn explain_shows_the_chosen_backend() {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(repo_config("RegionOne.toml"))
+        .args([
+            "--header",
+            r#"X-Scope: {"compute": "RegionTwo"}"#,
+            "GET",
+            "http://192.168.142.244:8774/v2.1/servers",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RegionTwo_compute_public"));
+}
+
+#[test]
+fn explain_rejects_a_header_without_colon() {
+    let out = Command::new(BIN)
+        .args(["explain", "--config"])
+        .arg(repo_config("RegionOne.toml"))
+        .args(["--header", "X-Scope", "GET", "http://192.168.142.244:8774/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Name: value"));
+}
+
+/// A port free right now (the child binds it itself; the window is tiny).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[test]
+fn run_serves_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let dead = free_port().unwrap();
+    std::fs::write(
+        dir.path().join("catalog.json"),
+        format!(r#"[{{"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://127.0.0.1:{port}/v2.1/%(tenant_id)s"}}]"#),
+    )
+    .unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+             [ebpf]\nmode = \"off\"\n[ports.{port}]\nbackend = \"127.0.0.1:{dead}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--workers", "2", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Wait for the listener; bounded so a crash fails instead of hanging.
+    let mut stream = None;
+    for _ in 0..500 {
+        if let Ok(s) = TcpStream::connect(addr) {
+            stream = Some(s);
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("router exited early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut stream = stream.expect("router never listened");
+    stream
+        .write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    // The backend is down: the router itself answers, in OpenStack JSON.
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    assert!(reply.contains(r#""code":502"#), "{reply}");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    assert!(log.contains("SIGTERM"), "{log}");
+    // The access line for the request above.
+    assert!(
+        log.contains("status=502") && log.contains("backend=RegionOne_compute_public"),
+        "{log}"
+    );
+}

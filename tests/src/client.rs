@@ -1,0 +1,170 @@
+//! Test clients: hyper over one connection (keep-alive), and raw TCP for
+//! requests hyper would refuse to send.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// What the echo backend saw.
+    pub fn echo(&self) -> Echo {
+        Echo(self.json())
+    }
+}
+
+/// The echo backend's JSON view of the request it received.
+#[derive(Debug, Clone)]
+pub struct Echo(pub Value);
+
+impl Echo {
+    pub fn backend(&self) -> &str {
+        self.0["backend"].as_str().unwrap_or("")
+    }
+    pub fn path(&self) -> &str {
+        self.0["path"].as_str().unwrap_or("")
+    }
+    /// All values of a header (lower-case name) as the backend saw them.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.0["headers"][name]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// The single value of a header; `None` when absent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let all = self.header_all(name);
+        assert!(
+            all.len() <= 1,
+            "header {name} appears {} times: {all:?}",
+            all.len()
+        );
+        all.into_iter().next()
+    }
+    pub fn body_len(&self) -> u64 {
+        self.0["body_len"].as_u64().unwrap_or(u64::MAX)
+    }
+    pub fn body_sha256(&self) -> &str {
+        self.0["body_sha256"].as_str().unwrap_or("")
+    }
+}
+
+/// One HTTP/1.1 client connection, reused across requests.
+pub struct Conn {
+    sender: SendRequest<ClientBody>,
+    pub addr: SocketAddr,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Result<Conn, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Conn { sender, addr })
+    }
+
+    /// Sends and reads the whole response.
+    pub async fn send(&mut self, req: Request<ClientBody>) -> Result<Reply, BoxError> {
+        let resp = self.send_head(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends and returns the response with its body still streaming.
+    pub async fn send_head(
+        &mut self,
+        req: Request<ClientBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
+        self.sender.ready().await?;
+        Ok(self.sender.send_request(req).await?)
+    }
+
+    /// Whether the server has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+/// A request to `addr` with `Host` set as a real client would.
+pub fn request(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+}
+
+/// Boxes an in-memory body.
+pub fn body(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> ClientBody {
+    body(Bytes::new())
+}
+
+/// One request on a fresh connection.
+pub async fn send(addr: SocketAddr, req: Request<ClientBody>) -> Result<Reply, BoxError> {
+    Conn::open(addr).await?.send(req).await
+}
+
+/// `GET path` with extra headers on a fresh connection.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, BoxError> {
+    let mut b = request("GET", addr, path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(addr, b.body(empty())?).await
+}
+
+/// Writes raw bytes, then reads until the server closes the connection.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<String, BoxError> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

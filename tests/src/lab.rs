@@ -1,0 +1,286 @@
+//! Two in-process routers (RegionOne on 127.0.0.1, RegionTwo on 127.0.0.2)
+//! with echo backends, catalogs and configs generated in a tempdir from the
+//! fixture shape. Every port is bound here first (port 0) and the sockets
+//! handed to the routers, so there are no fixed ports and no bind races.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use scope_router::config::Config;
+use scope_router::proxy::{RouterHandle, StartOptions, start};
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::echo::{EchoBackend, TcpEcho};
+
+/// Fixture ports and the services behind them: (service type, interfaces, fixture port, URL path).
+const ENDPOINTS: &[(&str, &[&str], u16, &str)] = &[
+    ("identity", &["public", "internal"], 5000, ""),
+    ("identity", &["admin"], 35357, ""),
+    ("image", &["public", "internal", "admin"], 9292, ""),
+    (
+        "compute",
+        &["public", "internal", "admin"],
+        8774,
+        "/v2.1/%(tenant_id)s",
+    ),
+    (
+        "compute_legacy",
+        &["public", "internal", "admin"],
+        8774,
+        "/v2/%(tenant_id)s",
+    ),
+    ("network", &["public", "internal", "admin"], 9696, ""),
+    ("placement", &["public", "internal", "admin"], 8780, ""),
+];
+
+/// The fixture's distinct listener ports.
+pub const PORTS: [u16; 6] = [5000, 35357, 9292, 8774, 9696, 8780];
+
+/// What to vary between suites.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Extra TOML appended to RegionOne's config (e.g. a `[timeouts]` table).
+    pub one_extra_toml: String,
+    /// Extra TOML appended to RegionTwo's config.
+    pub two_extra_toml: String,
+    /// Hand RegionOne one more socket whose address no catalog entry names.
+    pub stray_listener: bool,
+    /// Let the routers bind their addresses directly instead of adopting
+    /// sockets bound by the harness.
+    pub bind_direct: bool,
+    /// Leave RegionOne's compute backend unstarted: its port refuses connections.
+    pub one_compute_down: bool,
+    /// Add a `tcp` and an `http` passthrough listener to RegionOne.
+    pub passthrough: bool,
+}
+
+/// One region: its router, VIP ports and echo backends.
+#[derive(Debug)]
+pub struct Region {
+    pub name: &'static str,
+    pub vip: IpAddr,
+    /// fixture port → real port on the VIP.
+    pub ports: BTreeMap<u16, u16>,
+    /// fixture port → echo backend (absent when deliberately down).
+    pub backends: BTreeMap<u16, EchoBackend>,
+    pub config_path: PathBuf,
+    pub handle: Option<RouterHandle>,
+}
+
+impl Region {
+    /// The VIP address serving what the fixture has on `fixture_port`.
+    pub fn addr(&self, fixture_port: u16) -> SocketAddr {
+        SocketAddr::new(self.vip, self.ports[&fixture_port])
+    }
+
+    /// Name the echo backend reports for `fixture_port`.
+    pub fn backend_name(&self, fixture_port: u16) -> String {
+        format!("{}-{}", self.name, fixture_port)
+    }
+
+    /// Stops this region's router (graceful) and returns how it drained.
+    pub async fn stop(&mut self) -> Option<scope_router::shutdown::Drained> {
+        match self.handle.take() {
+            Some(h) => Some(h.shutdown().await),
+            None => None,
+        }
+    }
+}
+
+/// Passthrough listeners of RegionOne and their backends.
+#[derive(Debug)]
+pub struct PassthroughLab {
+    pub tcp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub tcp_backend: TcpEcho,
+    pub http_backend: EchoBackend,
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub dir: TempDir,
+    pub one: Region,
+    pub two: Region,
+    pub passthrough: Option<PassthroughLab>,
+    /// The stray socket's address (see [`LabOptions::stray_listener`]).
+    pub stray_addr: Option<SocketAddr>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn bind_port0(ip: IpAddr) -> Result<std::net::TcpListener, BoxError> {
+    Ok(std::net::TcpListener::bind(SocketAddr::new(ip, 0))?)
+}
+
+/// RegionTwo publishes compute under a different prefix so remote forwarding
+/// must rewrite the path (DESIGN §3.5).
+pub const TWO_COMPUTE_PREFIX: &str = "/two";
+
+impl Lab {
+    pub async fn start(opts: LabOptions) -> Result<Lab, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let one_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        let two_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+        let mut sockets: BTreeMap<&str, Vec<std::net::TcpListener>> = BTreeMap::new();
+        let mut regions = Vec::new();
+        for (name, ip) in [("RegionOne", one_ip), ("RegionTwo", two_ip)] {
+            let mut ports = BTreeMap::new();
+            let mut socks = Vec::new();
+            for p in PORTS {
+                let s = bind_port0(ip)?;
+                ports.insert(p, s.local_addr()?.port());
+                socks.push(s);
+            }
+            let mut backends = BTreeMap::new();
+            for p in PORTS {
+                if name == "RegionOne" && p == 8774 && opts.one_compute_down {
+                    continue;
+                }
+                let b =
+                    EchoBackend::start(SocketAddr::new(one_ip, 0), &format!("{name}-{p}")).await?;
+                backends.insert(p, b);
+            }
+            sockets.insert(name, socks);
+            regions.push(Region {
+                name,
+                vip: ip,
+                ports,
+                backends,
+                config_path: dir.path().join(format!("{name}.toml")),
+                handle: None,
+            });
+        }
+        let (one, two) = {
+            let mut it = regions.into_iter();
+            match (it.next(), it.next()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err("regions".into()),
+            }
+        };
+
+        for region in [&one, &two] {
+            let prefix = if region.name == "RegionTwo" {
+                TWO_COMPUTE_PREFIX
+            } else {
+                ""
+            };
+            let mut entries = Vec::new();
+            for (service, interfaces, port, path) in ENDPOINTS {
+                let path = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}{path}")
+                };
+                for iface in *interfaces {
+                    entries.push(json!({
+                        "Region": region.name,
+                        "Service Type": service,
+                        "Interface": iface,
+                        "URL": format!("http://{}{}", region.addr(*port), path),
+                    }));
+                }
+            }
+            std::fs::write(
+                dir.path()
+                    .join(format!("endpoint-list-{}.json", region.name)),
+                serde_json::to_string_pretty(&entries)?,
+            )?;
+        }
+
+        // A closed port for a dead backend: bind, note, drop.
+        let dead = bind_port0(one_ip)?.local_addr()?;
+
+        let mut passthrough = None;
+        let mut pt_socks = Vec::new();
+        let mut pt_toml = String::new();
+        if opts.passthrough {
+            let tcp_backend = TcpEcho::start(SocketAddr::new(one_ip, 0)).await?;
+            let http_backend = EchoBackend::start(SocketAddr::new(one_ip, 0), "horizon").await?;
+            let tcp_sock = bind_port0(one_ip)?;
+            let http_sock = bind_port0(one_ip)?;
+            let tcp_addr = tcp_sock.local_addr()?;
+            let http_addr = http_sock.local_addr()?;
+            pt_toml = format!(
+                "\n[[passthrough]]\nname = \"mariadb\"\nbind = \"{tcp_addr}\"\nbackend = \"{}\"\nmode = \"tcp\"\n\
+                 \n[[passthrough]]\nname = \"horizon\"\nbind = \"{http_addr}\"\nbackend = \"{}\"\nmode = \"http\"\n",
+                tcp_backend.addr, http_backend.addr
+            );
+            pt_socks.push(tcp_sock);
+            pt_socks.push(http_sock);
+            passthrough = Some(PassthroughLab {
+                tcp_addr,
+                http_addr,
+                tcp_backend,
+                http_backend,
+            });
+        }
+
+        let mut stray_addr = None;
+        if opts.stray_listener {
+            let s = bind_port0(one_ip)?;
+            stray_addr = Some(s.local_addr()?);
+            pt_socks.push(s);
+        }
+
+        let mut lab = Lab {
+            dir,
+            one,
+            two,
+            passthrough,
+            stray_addr,
+        };
+        for region in [&mut lab.one, &mut lab.two] {
+            let is_one = region.name == "RegionOne";
+            let mut toml = format!(
+                "region = \"{}\"\ncatalog = [\"endpoint-list-RegionOne.json\", \"endpoint-list-RegionTwo.json\"]\n\
+                 backend = \"127.0.0.1\"\n",
+                region.name
+            );
+            toml.push_str(if is_one {
+                &opts.one_extra_toml
+            } else {
+                &opts.two_extra_toml
+            });
+            toml.push('\n');
+            toml.push_str("[ebpf]\nmode = \"off\"\n");
+            for p in PORTS {
+                let backend = match region.backends.get(&p) {
+                    Some(b) => b.addr,
+                    None => dead,
+                };
+                toml.push_str(&format!(
+                    "\n[ports.{}]\nbackend = \"{backend}\"\n",
+                    region.ports[&p]
+                ));
+            }
+            if is_one {
+                toml.push_str(&pt_toml);
+            }
+            std::fs::write(&region.config_path, toml)?;
+            let config = Config::load(&region.config_path)?;
+            let mut handed_in = sockets.remove(region.name).unwrap_or_default();
+            if is_one {
+                handed_in.append(&mut pt_socks);
+            }
+            if opts.bind_direct {
+                // The router binds every address itself; free the reserved
+                // ports just before (a tiny window another process could use).
+                handed_in.clear();
+            }
+            let handle = start(
+                config,
+                StartOptions {
+                    handed_in,
+                    bind_scoped: opts.bind_direct,
+                    bind_passthrough: opts.bind_direct,
+                },
+            )
+            .await?;
+            region.handle = Some(handle);
+        }
+        Ok(lab)
+    }
+}

@@ -1,0 +1,89 @@
+//! One access line per request (target `access`) with the fields of DESIGN §8.
+
+use std::sync::{Arc, Mutex};
+
+use integration_tests::client::get;
+use integration_tests::lab::{Lab, LabOptions};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_request_logs_one_line_with_route_fields() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("access=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let mut lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let ok = get(
+        vip,
+        "/v2.1/servers?secret=1",
+        &[("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    let bad = get(vip, "/v2.1/servers", &[("X-Scope", "{")])
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    // Draining both routers guarantees every response body was finished and logged.
+    lab.one.stop().await;
+    lab.two.stop().await;
+
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("listener={vip}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let routed = lines
+        .iter()
+        .find(|l| l.contains("status=200"))
+        .expect("no 200 line");
+    for field in [
+        "method=GET",
+        "path=/v2.1/servers ",
+        "service_type=compute",
+        "region=RegionTwo",
+        "backend=RegionTwo_compute_public",
+        "scope=x-scope",
+        "duration_ms=",
+        "outcome=complete",
+    ] {
+        assert!(routed.contains(field), "missing {field}: {routed}");
+    }
+    assert!(
+        !routed.contains("secret"),
+        "query strings are not logged: {routed}"
+    );
+    let rejected = lines
+        .iter()
+        .find(|l| l.contains("status=400"))
+        .expect("no 400 line");
+    assert!(rejected.contains("backend=-"), "{rejected}");
+    // The second hop logged its own line, naming its local backend.
+    let two = text
+        .lines()
+        .filter(|l| l.contains(&format!("listener={}", lab.two.addr(8774))))
+        .count();
+    assert_eq!(two, 1, "{text}");
+}

@@ -1,0 +1,176 @@
+//! Error statuses and OpenStack JSON bodies (DESIGN §3.6), and that a bad
+//! request never disturbs other requests.
+
+use integration_tests::client::{Conn, empty, get, request};
+use integration_tests::lab::{Lab, LabOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn assert_problem(r: &integration_tests::client::Reply, code: u16) -> String {
+    assert_eq!(
+        r.status.as_u16(),
+        code,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code);
+    assert!(
+        v["error"]["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!message.is_empty(), "{v}");
+    message
+}
+
+#[tokio::test]
+async fn malformed_scopes_are_400_naming_the_header() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    for (header, value) in [
+        ("X-Scope", "{not json"),
+        ("X-Scope", r#"["RegionTwo"]"#),
+        ("X-Scope", r#"{"compute": 2}"#),
+        ("X-Auth-Token", "tok!SCOPE!{oops"),
+    ] {
+        let r = get(vip, "/v2.1/servers", &[(header, value)]).await.unwrap();
+        let msg = assert_problem(&r, 400);
+        assert!(msg.contains(header), "{header}: {value} → {msg}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_region_is_400_listing_known_regions() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let r = get(
+        lab.one.addr(9292),
+        "/v2/images",
+        &[("X-Scope", r#"{"image": "RegionX"}"#)],
+    )
+    .await
+    .unwrap();
+    let msg = assert_problem(&r, 400);
+    assert!(
+        msg.contains("RegionX") && msg.contains("RegionOne") && msg.contains("RegionTwo"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn via_naming_this_router_is_a_508_loop() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let r = get(
+        lab.one.addr(9696),
+        "/v2.0/ports",
+        &[("Via", "1.1 scope-router-RegionOne")],
+    )
+    .await
+    .unwrap();
+    assert_problem(&r, 508);
+}
+
+#[tokio::test]
+async fn disagreeing_defaults_loop_between_routers_and_stop_with_508() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[scope.defaults]\ncompute = \"RegionTwo\"\n".into(),
+        two_extra_toml: "[scope.defaults]\ncompute = \"RegionOne\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let r = get(lab.one.addr(8774), "/v2.1/servers", &[]).await.unwrap();
+    assert_problem(&r, 508);
+}
+
+#[tokio::test]
+async fn backend_down_is_502() {
+    let lab = Lab::start(LabOptions {
+        one_compute_down: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let r = get(lab.one.addr(8774), "/v2.1/servers", &[]).await.unwrap();
+    let msg = assert_problem(&r, 502);
+    assert!(msg.contains("RegionOne_compute_public"), "{msg}");
+    assert!(
+        !msg.contains("127.0.0.1"),
+        "addresses stay in the log: {msg}"
+    );
+    // Other services of the same router are unaffected.
+    assert_eq!(
+        get(lab.one.addr(9292), "/v2/images", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn remote_backend_down_is_502_through_both_routers() {
+    let mut lab = Lab::start(LabOptions::default()).await.unwrap();
+    // Stop RegionTwo's router: RegionOne cannot reach RegionTwo's frontend.
+    lab.two.stop().await;
+    let r = get(
+        lab.one.addr(8774),
+        "/v2.1/servers",
+        &[("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+    )
+    .await
+    .unwrap();
+    assert_problem(&r, 502);
+}
+
+#[tokio::test]
+async fn silent_backend_is_504() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nidle = \"300ms\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let r = get(lab.one.addr(8774), "/__hang", &[]).await.unwrap();
+    assert_problem(&r, 504);
+}
+
+#[tokio::test]
+async fn a_bad_request_leaves_its_keep_alive_connection_usable() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let mut conn = Conn::open(vip).await.unwrap();
+    let bad = request("GET", vip, "/v2.1/servers")
+        .header("X-Scope", "nope")
+        .body(empty())
+        .unwrap();
+    assert_problem(&conn.send(bad).await.unwrap(), 400);
+    let good = request("GET", vip, "/v2.1/servers").body(empty()).unwrap();
+    let r = conn.send(good).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().backend(), lab.one.backend_name(8774));
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn connection_to_an_address_no_listener_serves_is_closed() {
+    let lab = Lab::start(LabOptions {
+        stray_listener: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let stray = lab.stray_addr.unwrap();
+    let mut s = tokio::net::TcpStream::connect(stray).await.unwrap();
+    // Writing may race with the close; the read is what must show it.
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let n = s.read_to_end(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf));
+}

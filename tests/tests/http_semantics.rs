@@ -1,0 +1,221 @@
+//! HTTP/1.1 edge behaviour: hop-by-hop headers, head size limits, request
+//! framing, keep-alive across regions, isolation of malformed requests.
+
+use integration_tests::client::{Conn, empty, get, raw, request};
+use integration_tests::lab::{Lab, LabOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn hop_by_hop_headers_never_reach_the_backend() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let r = get(
+        lab.one.addr(9292),
+        "/v2/images",
+        &[
+            ("Connection", "keep-alive, X-Hop-Secret"),
+            ("X-Hop-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("Upgrade", "websocket"),
+            ("X-End-To-End", "kept"),
+        ],
+    )
+    .await
+    .unwrap();
+    let e = r.echo();
+    for h in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            e.header(h).is_none(),
+            "{h} leaked to the backend: {:?}",
+            e.0["headers"]
+        );
+    }
+    if let Some(c) = e.header("connection") {
+        assert!(!c.to_ascii_lowercase().contains("x-hop-secret"), "{c}");
+    }
+    assert_eq!(e.header("x-end-to-end").as_deref(), Some("kept"));
+}
+
+#[tokio::test]
+async fn upgrade_is_refused_on_scoped_listeners() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let r = get(
+        lab.one.addr(9292),
+        "/v2/images",
+        &[("Connection", "upgrade"), ("Upgrade", "websocket")],
+    )
+    .await
+    .unwrap();
+    // The backend answered as for a plain request: no protocol switch.
+    assert_eq!(r.status, 200);
+    assert!(r.echo().header("upgrade").is_none());
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431_json() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let big = "x".repeat(20 * 1024);
+    let r = get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &big)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"]["code"], 431);
+    // A head just under the limit still passes.
+    let fits = "x".repeat(12 * 1024);
+    assert_eq!(
+        get(lab.one.addr(8774), "/v2.1/servers", &[("X-Big", &fits)])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn too_many_header_fields_is_431() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let mut req = String::from("GET /v2.1/servers HTTP/1.1\r\nHost: h\r\n");
+    for i in 0..150 {
+        req.push_str(&format!("X-F{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let out = raw(lab.one.addr(8774), req.as_bytes()).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_400_and_closes() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    // A clean request first: the verdict for the second one must line up.
+    let req = "GET /v2.1/a HTTP/1.1\r\nHost: h\r\n\r\n\
+               POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\n0\r\n\r\n";
+    let out = raw(vip, req.as_bytes()).await.unwrap();
+    let first = out.find("HTTP/1.1 200").unwrap_or(usize::MAX);
+    let second = out.find("HTTP/1.1 400").unwrap_or(usize::MAX);
+    assert!(first < second && second != usize::MAX, "{out}");
+    assert!(
+        out.contains(r#""code":400"#) && out.contains("Content-Length and Transfer-Encoding"),
+        "{out}"
+    );
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
+
+    // The other order of the two headers, and a request smuggled behind it:
+    // rejected, connection closed, nothing reaches a backend.
+    let smuggle = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n\
+                   0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    s.write_all(smuggle.as_bytes()).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink).await;
+    let text = String::from_utf8_lossy(&sink);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
+}
+
+#[tokio::test]
+async fn chunked_and_fixed_bodies_on_one_connection_keep_their_verdicts() {
+    // Body bytes that look like a CL+TE head must not be taken for one.
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let lookalike = "GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let req = format!(
+        "PUT /v2.1/one HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{lookalike}\
+         PUT /v2.1/two HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{lookalike}\r\n0\r\n\r\n\
+         GET /v2.1/three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        lookalike.len(),
+        lookalike.len()
+    );
+    let out = raw(vip, req.as_bytes()).await.unwrap();
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    assert_eq!(
+        lab.one.backends[&8774].gate.seen(),
+        ["PUT /v2.1/one", "PUT /v2.1/two", "GET /v2.1/three"]
+    );
+}
+
+#[tokio::test]
+async fn garbage_request_gets_400_without_disturbing_an_in_flight_one() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let gate = lab.one.backends[&8774].gate.clone();
+    let mut conn = Conn::open(vip).await.unwrap();
+    let good = tokio::spawn(async move {
+        let req = request("GET", vip, "/__gate").body(empty()).unwrap();
+        conn.send(req).await.unwrap()
+    });
+    gate.arrived.notified().await;
+    let out = raw(vip, b"NOT AN HTTP REQUEST\r\n\r\n").await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    gate.release.notify_one();
+    let r = good.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().path(), "/__gate");
+}
+
+#[tokio::test]
+async fn one_keep_alive_connection_alternates_regions() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let mut conn = Conn::open(vip).await.unwrap();
+    for i in 0..40 {
+        let region = if i % 2 == 0 { "RegionOne" } else { "RegionTwo" };
+        let req = request("GET", vip, &format!("/v2.1/servers/{i}"))
+            .header("X-Scope", format!(r#"{{"compute": "{region}"}}"#))
+            .body(empty())
+            .unwrap();
+        let r = conn.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        let e = r.echo();
+        let expected = if i % 2 == 0 {
+            lab.one.backend_name(8774)
+        } else {
+            lab.two.backend_name(8774)
+        };
+        assert_eq!(e.backend(), expected, "request {i}");
+        assert!(
+            e.path().ends_with(&format!("/v2.1/servers/{i}")),
+            "{}",
+            e.path()
+        );
+    }
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn a_client_stalling_inside_the_request_head_is_disconnected() {
+    // Only the request-header timeout can end this connection: idle is long.
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nrequest_header = \"300ms\"\nidle = \"1h\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(lab.one.addr(8774))
+        .await
+        .unwrap();
+    s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nX-Partial: ")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // Bounded only so a regression fails instead of hanging the suite.
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(120), s.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the router kept a stalled request head open"
+    );
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+}

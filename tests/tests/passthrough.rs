@@ -1,0 +1,108 @@
+//! Passthrough listeners (DESIGN §4): raw TCP splice and single-backend HTTP
+//! with WebSocket-style upgrades.
+
+use integration_tests::client::{body, get, request, send};
+use integration_tests::lab::{Lab, LabOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+fn opts() -> LabOptions {
+    LabOptions {
+        passthrough: true,
+        ..LabOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn tcp_passthrough_copies_bytes_both_ways() {
+    let lab = Lab::start(opts()).await.unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    let mut s = tokio::net::TcpStream::connect(pt.tcp_addr).await.unwrap();
+    // Not HTTP at all (a MariaDB handshake would look like this to the router).
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let read = r.read_to_end(&mut echoed);
+    let (_, n) = tokio::join!(write, read);
+    assert_eq!(n.unwrap(), payload.len());
+    assert_eq!(echoed, payload);
+}
+
+#[tokio::test]
+async fn http_passthrough_proxies_to_its_backend_without_scope_work() {
+    let lab = Lab::start(opts()).await.unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    // A scope header is ignored here: there is exactly one backend.
+    let r = get(
+        pt.http_addr,
+        "/dashboard/auth/login/?next=/",
+        &[("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let e = r.echo();
+    assert_eq!(e.backend(), "horizon");
+    assert_eq!(e.path(), "/dashboard/auth/login/?next=/");
+    assert_eq!(
+        e.header("host").as_deref(),
+        Some(pt.http_addr.to_string().as_str())
+    );
+    assert_eq!(e.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        e.header("via").as_deref(),
+        Some("1.1 scope-router-RegionOne")
+    );
+
+    let post = request("POST", pt.http_addr, "/dashboard/x")
+        .body(body("form=data"))
+        .unwrap();
+    let e = send(pt.http_addr, post).await.unwrap().echo();
+    assert_eq!(e.body_len(), 9);
+}
+
+#[tokio::test]
+async fn http_passthrough_splices_a_websocket_style_upgrade() {
+    let lab = Lab::start(opts()).await.unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    let s = tokio::net::TcpStream::connect(pt.http_addr).await.unwrap();
+    let mut s = BufReader::new(s);
+    s.get_mut()
+        .write_all(
+            format!(
+                "GET /websockify HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n",
+                pt.http_addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    let mut greeting = String::new();
+    s.read_line(&mut greeting).await.unwrap();
+    assert_eq!(greeting, "hello from horizon\n");
+    // Raw frames both ways over the upgraded connection.
+    for msg in [&b"frame-1"[..], b"\x81\x05hello", &[0u8; 4096]] {
+        s.get_mut().write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}

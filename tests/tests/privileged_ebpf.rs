@@ -1,0 +1,406 @@
+//! Privileged eBPF steering tests: each builds its own router/client namespaces with a
+//! veth named `eth2` and its own bpffs pin directory. Without root they skip (printed);
+//! under `CI=true` a skip fails.
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::Duration,
+};
+
+use integration_tests::netns::{self, Lab, PinDir};
+use scope_router::ebpf::{
+    self, EbpfError, Ipv4Cidr, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
+};
+
+// Ports on a VIP that exists only inside this test's private namespace: nothing else can
+// hold them, and nothing binds them at all (that is the point of steering).
+const SERVED_PORT: u16 = 8774;
+const UNSERVED_PORT: u16 = 9999;
+// Long enough for a SYN to be answered on a veth many times over; a timeout here means
+// the SYN was dropped, which is what the drop tests assert (never a duration).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Lab::VIP, port)
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A lab with the VIP on eth2, or `None` when the test must skip.
+fn lab(test: &str) -> Option<Lab> {
+    init_logs();
+    if !netns::privileged(test) {
+        return None;
+    }
+    if !ebpf::object_built() {
+        netns::skip(
+            test,
+            "binary built without the eBPF object (run `cargo xtask setup`)",
+        );
+        return None;
+    }
+    let lab = Lab::new().expect("create namespaces and veth");
+    lab.add_vip().expect("add VIP");
+    Some(lab)
+}
+
+fn config(pins: &PinDir, mode: Mode) -> SteeringConfig {
+    SteeringConfig {
+        pin_path: pins.path().to_path_buf(),
+        interface: "eth2".into(),
+        services: vec![vip(SERVED_PORT)],
+        ..SteeringConfig::new(mode)
+    }
+}
+
+/// Starts steering inside the router namespace with a fresh listener on 127.0.0.1:0.
+fn start(lab: &Lab, config: &SteeringConfig) -> (Steering, TcpListener) {
+    lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
+        match ebpf::start(config, &listener).expect("start steering") {
+            Startup::Steering(steering) => (steering, listener),
+            other => panic!("expected eBPF steering, got {other:?}"),
+        }
+    })
+}
+
+fn connect(lab: &Lab, port: u16) -> std::io::Result<TcpStream> {
+    lab.client
+        .run(move || TcpStream::connect_timeout(&SocketAddr::V4(vip(port)), CONNECT_TIMEOUT))
+}
+
+/// Connects from the client and checks the single listener got it, addressed to the VIP.
+fn round_trip(lab: &Lab, listener: &TcpListener) {
+    let mut client = connect(lab, SERVED_PORT).expect("connect to steered VIP:port");
+    let (mut accepted, peer) = listener.accept().expect("accept steered connection");
+    assert_eq!(
+        accepted.local_addr().expect("local_addr"),
+        SocketAddr::V4(vip(SERVED_PORT))
+    );
+    assert_eq!(peer.ip(), Lab::CLIENT);
+    client.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).expect("read");
+    assert_eq!(&buf, b"ping");
+}
+
+#[test]
+fn privileged_steers_to_the_single_listener_without_binding_the_vip() {
+    let Some(lab) = lab("privileged_steers_to_the_single_listener_without_binding_the_vip") else {
+        return;
+    };
+    let pins = PinDir::new("srt-steer");
+    let (steering, listener) = start(&lab, &config(&pins, Mode::Required));
+    assert_eq!(steering.interface(), "eth2");
+
+    round_trip(&lab, &listener);
+
+    let status = ebpf::read_status(pins.path()).expect("status");
+    let row = status
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .expect("row for VIP:port");
+    assert_eq!(row.kind, ServiceKind::Steered);
+    assert!(
+        row.syns >= 1 && row.packets >= 2 && row.bytes > 0,
+        "{row:?}"
+    );
+    assert_eq!(row.drops, 0, "{row:?}");
+    assert!(status.programs.iter().all(|p| p.attached), "{status:#?}");
+    let xdp = status
+        .programs
+        .iter()
+        .find(|p| p.mode.is_some())
+        .expect("xdp mode");
+    assert_eq!(xdp.mode, Some(steering.xdp_mode()));
+    eprintln!("{}", status.render_table());
+
+    // A separate process (as `scope-router status` is) sees the same counters.
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "status_reader_child_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(STATUS_PIN_ENV, pins.path())
+        .output()
+        .expect("run child status reader");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("STATUS_JSON "))
+        .unwrap_or_else(|| panic!("child printed no status: {stdout}"));
+    let json: serde_json::Value = serde_json::from_str(json).expect("status JSON");
+    let served = json["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|row| row["port"] == SERVED_PORT)
+        .expect("served row in child's view");
+    assert!(served["syns"].as_u64() >= Some(1), "{served}");
+    assert_eq!(
+        json["programs"][1]["mode"],
+        serde_json::json!(steering.xdp_mode())
+    );
+
+    steering.shutdown().expect("shutdown");
+    let after = ebpf::read_status(pins.path()).expect("status after shutdown");
+    assert!(after.programs.iter().all(|p| !p.attached), "{after:#?}");
+    // Detached for real: the kernel now refuses the VIP:port nobody bound.
+    let refused = connect(&lab, SERVED_PORT).expect_err("no listener after shutdown");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+}
+
+const STATUS_PIN_ENV: &str = "SRT_STATUS_PIN";
+
+/// Helper, not a test of its own: the steering test re-runs this binary with this filter
+/// so the status is read by another process, as `scope-router status` does.
+#[test]
+#[ignore = "helper run in a child process by the steering test"]
+fn status_reader_child_process() {
+    let Ok(pin) = std::env::var(STATUS_PIN_ENV) else {
+        return;
+    };
+    let status = ebpf::read_status(Path::new(&pin)).expect("status from another process");
+    println!("STATUS_JSON {}", serde_json::to_string(&status).unwrap());
+}
+
+#[test]
+fn privileged_unserved_port_is_dropped_and_counted() {
+    let Some(lab) = lab("privileged_unserved_port_is_dropped_and_counted") else {
+        return;
+    };
+    let pins = PinDir::new("srt-unserved");
+    let (steering, _listener) = start(&lab, &config(&pins, Mode::Required));
+
+    // Without XDP the kernel would answer RST (ConnectionRefused); a drop is a timeout.
+    let err = connect(&lab, UNSERVED_PORT).expect_err("unserved port must not connect");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+
+    let status = ebpf::read_status(pins.path()).expect("status");
+    let other = status.counters_for(Lab::VIP, None).expect("other bucket");
+    assert_eq!(other.kind, ServiceKind::Other);
+    assert!(other.drops >= 1 && other.syns >= 1, "{other:?}");
+    steering.shutdown().expect("shutdown");
+}
+
+#[test]
+fn privileged_denied_source_is_dropped_and_counted_and_update_lifts_it() {
+    let Some(lab) = lab("privileged_denied_source_is_dropped_and_counted_and_update_lifts_it")
+    else {
+        return;
+    };
+    let pins = PinDir::new("srt-deny");
+    let mut cfg = config(&pins, Mode::Required);
+    cfg.deny = vec!["192.0.2.0/30".parse::<Ipv4Cidr>().unwrap()];
+    let (mut steering, listener) = start(&lab, &cfg);
+
+    let err = connect(&lab, SERVED_PORT).expect_err("denied source must not connect");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    let status = ebpf::read_status(pins.path()).expect("status");
+    let row = status
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .expect("row");
+    assert!(row.drops >= 1, "{row:?}");
+    assert_eq!(status.deny, vec!["192.0.2.0/30".to_owned()]);
+
+    // In-place update (config reload) removes the entry; the same client now connects.
+    steering
+        .update(&cfg.services, &[], &[])
+        .expect("update maps in place");
+    round_trip(&lab, &listener);
+    assert!(ebpf::read_status(pins.path()).unwrap().deny.is_empty());
+
+    // The proxy may re-create its listener; steering follows without a restart.
+    let replacement = lab
+        .router
+        .run(|| TcpListener::bind("127.0.0.1:0").expect("bind replacement"));
+    steering
+        .replace_listener(&replacement)
+        .expect("replace listener");
+    drop(listener);
+    round_trip(&lab, &replacement);
+    steering.shutdown().expect("shutdown");
+}
+
+#[test]
+fn privileged_restart_reuses_pins_and_counters_continue() {
+    let Some(lab) = lab("privileged_restart_reuses_pins_and_counters_continue") else {
+        return;
+    };
+    let pins = PinDir::new("srt-restart");
+    let cfg = config(&pins, Mode::Required);
+    let counters_pin = pins.path().join(router_common::COUNTERS_MAP);
+    // Left by a start that was SIGKILLed before renaming (no such pid is running).
+    let abandoned = pins.path().with_file_name(format!(
+        "{}-staging-999999999-1",
+        pins.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir(&abandoned).unwrap();
+
+    let (steering, listener) = start(&lab, &cfg);
+    let swept = !abandoned.exists();
+    let _ = std::fs::remove_dir_all(&abandoned);
+    assert!(swept, "abandoned staging directory must be swept");
+    round_trip(&lab, &listener);
+    let first = ebpf::read_status(pins.path()).unwrap();
+    let first_packets = first
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .unwrap()
+        .packets;
+    let first_inode = std::fs::metadata(&counters_pin).unwrap().ino();
+    steering.shutdown().expect("shutdown");
+    drop(listener);
+
+    // Clean restart: same pinned map object, counters carry on.
+    let (steering, listener) = start(&lab, &cfg);
+    assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), first_inode);
+    round_trip(&lab, &listener);
+    let second = ebpf::read_status(pins.path()).unwrap();
+    let second_packets = second
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .unwrap()
+        .packets;
+    assert!(
+        second_packets > first_packets,
+        "{first_packets} -> {second_packets}"
+    );
+
+    // Crash (no shutdown): the pinned links stay attached; the next start replaces them.
+    drop(steering);
+    drop(listener);
+    assert!(
+        ebpf::read_status(pins.path())
+            .unwrap()
+            .programs
+            .iter()
+            .all(|p| p.attached)
+    );
+    let (steering, listener) = start(&lab, &cfg);
+    round_trip(&lab, &listener);
+    let third = ebpf::read_status(pins.path()).unwrap();
+    let third_packets = third
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .unwrap()
+        .packets;
+    assert!(
+        third_packets > second_packets,
+        "{second_packets} -> {third_packets}"
+    );
+    assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), first_inode);
+
+    // A reload that stops serving the port prunes its counters; the VIP bucket stays.
+    let mut steering = steering;
+    steering
+        .update(&[vip(SERVED_PORT + 1)], &[], &[])
+        .expect("update");
+    let moved = ebpf::read_status(pins.path()).unwrap();
+    assert!(
+        moved.counters_for(Lab::VIP, Some(SERVED_PORT)).is_none(),
+        "{moved:#?}"
+    );
+    assert!(
+        moved
+            .counters_for(Lab::VIP, Some(SERVED_PORT + 1))
+            .is_some()
+    );
+    assert!(moved.counters_for(Lab::VIP, None).is_some());
+    drop(listener);
+    steering.shutdown().expect("shutdown");
+}
+
+#[test]
+fn privileged_auto_falls_back_and_required_names_the_problem() {
+    let Some(lab) = lab("privileged_auto_falls_back_and_required_names_the_problem") else {
+        return;
+    };
+    let pins = PinDir::new("srt-fallback");
+
+    // A missing interface: eBPF cannot attach, so auto falls back and leaves no state.
+    let mut cfg = config(&pins, Mode::Auto);
+    cfg.interface = "nosuch0".into();
+    let outcome = lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ebpf::start(&cfg, &listener).expect("auto never errors")
+    });
+    match outcome {
+        Startup::Fallback(Unavailable::InterfaceMissing { name }) => assert_eq!(name, "nosuch0"),
+        other => panic!("expected fallback for the missing interface, got {other:?}"),
+    }
+    assert!(
+        !pins.path().exists(),
+        "fallback must not leave pinned state"
+    );
+
+    cfg.mode = Mode::Required;
+    let err = lab
+        .router
+        .run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            ebpf::start(&cfg, &listener)
+        })
+        .expect_err("required must fail");
+    assert!(matches!(err, EbpfError::Required(_)), "{err:?}");
+    assert!(err.to_string().contains("nosuch0"), "{err}");
+
+    // A pin path whose parent is neither bpffs nor empty: the loader must not mount over
+    // it, so eBPF cannot load and auto falls back.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep-me"), b"x").unwrap();
+    let mut cfg = config(&pins, Mode::Auto);
+    cfg.pin_path = dir.path().join("scope-router");
+    let outcome = lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ebpf::start(&cfg, &listener).expect("auto never errors")
+    });
+    assert!(
+        matches!(outcome, Startup::Fallback(Unavailable::Bpffs { .. })),
+        "{outcome:?}"
+    );
+    assert!(dir.path().join("keep-me").exists());
+    assert!(!cfg.pin_path.exists());
+
+    // Off never touches anything.
+    cfg.mode = Mode::Off;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(matches!(
+        ebpf::start(&cfg, &listener).unwrap(),
+        Startup::Off
+    ));
+    assert!(!Path::new(&cfg.pin_path).exists());
+}
+
+#[test]
+fn privileged_mounts_bpffs_on_an_empty_pin_root() {
+    let Some(lab) = lab("privileged_mounts_bpffs_on_an_empty_pin_root") else {
+        return;
+    };
+    // An empty, unmounted directory stands for a host without /sys/fs/bpf mounted.
+    let root = tempfile::tempdir().unwrap();
+    let pins = PinDir::new("srt-unused");
+    let mut cfg = config(&pins, Mode::Required);
+    cfg.pin_path = root.path().join("scope-router");
+    let (steering, listener) = start(&lab, &cfg);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| line.contains(&*root.path().to_string_lossy()) && line.contains(" - bpf "));
+    round_trip(&lab, &listener);
+    steering.shutdown().expect("shutdown");
+    std::fs::remove_dir_all(&cfg.pin_path).unwrap();
+    let target = std::ffi::CString::new(root.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: target is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    assert!(mounted, "bpffs was not mounted on the empty pin root");
+    assert_eq!(rc, 0, "unmount: {}", std::io::Error::last_os_error());
+}

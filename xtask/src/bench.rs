@@ -1,0 +1,103 @@
+//! `cargo xtask bench`: benchmark scenarios, each a named step. Today: the criterion
+//! micro-benchmarks of router-userspace. Scenarios are a table so end-to-end ones
+//! (e.g. against HAProxy+Lua) slot in next to it.
+
+use std::ffi::OsString;
+
+use anyhow::{Result, bail};
+
+use crate::exec;
+use crate::progress::{banner, step};
+use crate::setup::{self, Profile};
+use crate::workspace;
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Run only these scenarios (repeatable); default: all.
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Extra arguments passed to each scenario (criterion filters/options for `micro`).
+    #[arg(last = true)]
+    pub args: Vec<OsString>,
+}
+
+struct Scenario {
+    name: &'static str,
+    about: &'static str,
+    run: fn(&[OsString]) -> Result<()>,
+}
+
+const SCENARIOS: &[Scenario] = &[Scenario {
+    name: "micro",
+    about: "criterion benchmarks of router-userspace (`cargo bench -p router-userspace`)",
+    run: micro,
+}];
+
+pub fn run(opts: Options) -> Result<()> {
+    if opts.list {
+        for s in SCENARIOS {
+            println!("{:<10} {}", s.name, s.about);
+        }
+        return Ok(());
+    }
+    let selected = select(&opts.scenarios)?;
+    setup::ensure(Profile::Full)?;
+    for scenario in selected {
+        let step = step(format!("bench {}: {}", scenario.name, scenario.about));
+        (scenario.run)(&opts.args)?;
+        step.done();
+    }
+    banner(
+        "criterion keeps its reports under target/criterion/ (HTML in target/criterion/report/)",
+    );
+    Ok(())
+}
+
+fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
+    if names.is_empty() {
+        return Ok(SCENARIOS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|name| match SCENARIOS.iter().find(|s| s.name == name) {
+            Some(s) => Ok(s),
+            None => {
+                let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+                bail!("no bench scenario `{name}`; known: {}", known.join(", "))
+            }
+        })
+        .collect()
+}
+
+fn micro(args: &[OsString]) -> Result<()> {
+    let mut cmd = workspace::cargo();
+    cmd.args(["bench", "--package", "router-userspace"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    exec::exec(&mut cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scenario_lists_known_ones() {
+        let err = select(&["nope".to_owned()])
+            .err()
+            .expect("unknown name must fail");
+        assert!(err.to_string().contains("known: micro"), "{err}");
+    }
+
+    #[test]
+    fn default_is_every_scenario() {
+        assert_eq!(
+            select(&[]).expect("empty selects all").len(),
+            SCENARIOS.len()
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! `cargo xtask lab [--keep|--down]`: two regions in network namespaces, each with a
+//! scope-router on `eth2` owning the seed VIP and echo backends on the services address;
+//! sends scoped requests from a client namespace and prints what went where.
+
+mod netns;
+mod plan;
+mod probes;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::exec;
+use crate::progress::{banner, step};
+use crate::setup::{self, Profile};
+use crate::workspace;
+use netns::{Lab, nsenter};
+use plan::RegionPlan;
+
+/// Generous: a debug router loading eBPF on a busy 2-core machine is slow to listen,
+/// yet a router that never listens must not hang the lab forever.
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Leave the lab running and print how to enter it and tear it down.
+    #[arg(long, conflicts_with = "down")]
+    pub keep: bool,
+    /// Tear down a lab left by `--keep` (or by an interrupted run).
+    #[arg(long)]
+    pub down: bool,
+    /// Region configs to build the lab from (repeatable).
+    /// Default: config/RegionOne.toml and config/RegionTwo.toml.
+    #[arg(long = "config", value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// eBPF mode written into the lab configs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "required", "off"])]
+    pub ebpf: String,
+    /// Let the lab add the VIPs and set `vip.manage = false`, instead of the routers
+    /// managing them (to try routing without the VIP management).
+    #[arg(long)]
+    pub unmanaged_vip: bool,
+    /// Build the binaries in release mode.
+    #[arg(long)]
+    pub release: bool,
+    /// Use this scope-router binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub router_bin: Option<PathBuf>,
+    /// Use this echo-backend binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub echo_bin: Option<PathBuf>,
+}
+
+/// Configs, logs and generated files; fixed so `--down` and a later run find it.
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("scope-router-lab")
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if opts.down {
+        return down();
+    }
+    let existing = netns::existing_namespaces()?;
+    if !existing.is_empty() {
+        bail!(
+            "a lab is already up (namespaces: {}); tear it down with `cargo xtask lab --down`",
+            existing.join(" ")
+        );
+    }
+    if !exec::is_root() {
+        eprintln!(
+            "note: not root: every namespace command runs through sudo (run `sudo -v` first)"
+        );
+    }
+    let configs = if opts.configs.is_empty() {
+        let dir = workspace::root().join("config");
+        vec![dir.join("RegionOne.toml"), dir.join("RegionTwo.toml")]
+    } else {
+        opts.configs.clone()
+    };
+    let overrides = plan::Overrides {
+        ebpf_mode: opts.ebpf.clone(),
+        unmanaged_vip: opts.unmanaged_vip,
+    };
+    let regions = plan::plan(&configs, &overrides)?;
+    setup::ensure(Profile::Lab)?;
+    let (router, echo) = binaries(&opts)?;
+
+    let dir = state_dir();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut config_paths = Vec::new();
+    for region in &regions {
+        let path = dir.join(format!("{}.toml", region.name));
+        std::fs::write(&path, &region.config)
+            .with_context(|| format!("writing {}", path.display()))?;
+        config_paths.push(path);
+    }
+
+    // Pins left by a crashed lab would carry old counters into this one.
+    for pin in regions
+        .iter()
+        .map(RegionPlan::pin_path)
+        .filter(|p| p.exists())
+    {
+        exec::exec(exec::as_root("rm").arg("-rf").arg(&pin))?;
+    }
+
+    let mut lab = Lab::new(&regions);
+    let s = step("lab network: client, core, router and services namespaces");
+    lab.build_network(&regions)?;
+    s.done();
+
+    let s = step("echo backends on the services addresses");
+    for region in &regions {
+        for port in &region.ports {
+            let name = region.backend_name(*port);
+            let args = vec![
+                "--listen".to_owned(),
+                format!("{}:{port}", region.backend),
+                "--name".to_owned(),
+                name.clone(),
+            ];
+            let log = dir.join(format!("echo-{}-{port}.log", region.name));
+            lab.spawn(
+                &region.services_ns(),
+                &format!("echo-backend {name}"),
+                &echo,
+                &args,
+                log,
+            )?;
+        }
+    }
+    lab.wait_until("echo backends", READY_LIMIT, || {
+        regions.iter().all(|r| {
+            r.ports
+                .iter()
+                .all(|p| http_answers(&r.router_ns(), &format!("http://{}:{p}/", r.backend)))
+        })
+    })?;
+    s.done();
+
+    let s = step(format!(
+        "scope-router in each region (ebpf mode {})",
+        opts.ebpf
+    ));
+    for (region, config) in regions.iter().zip(&config_paths) {
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.to_string_lossy().into_owned(),
+        ];
+        let log = dir.join(format!("{}.log", region.name));
+        lab.spawn(
+            &region.router_ns(),
+            &format!("scope-router {}", region.name),
+            &router,
+            &args,
+            log,
+        )?;
+    }
+    lab.wait_until("routers answering on their VIPs", READY_LIMIT, || {
+        regions.iter().all(|r| {
+            r.ports
+                .iter()
+                .all(|p| http_answers(&plan::client_ns(), &format!("http://{}:{p}/", r.vip)))
+        })
+    })
+    .map_err(|err| anyhow!("{err:#}\n{}", router_diagnosis(&regions, &dir)))?;
+    s.done();
+
+    let s = step("scoped requests from the client namespace");
+    let results: Vec<(probes::Probe, probes::Outcome)> = probes::probes(&regions)
+        .into_iter()
+        .map(|p| {
+            let out = probes::send(&p);
+            (p, out)
+        })
+        .collect();
+    s.done();
+    let statuses: Vec<(String, String)> = regions
+        .iter()
+        .zip(&config_paths)
+        .map(|(r, c)| (r.name.clone(), probes::status_output(r, &router, c)))
+        .collect();
+
+    let mismatches = results.iter().filter(|(_, o)| !o.ok).count();
+    if opts.keep {
+        lab.keep();
+    } else {
+        let s = step("tear the lab down");
+        lab.teardown()?;
+        s.done();
+    }
+
+    banner("==> what went where");
+    println!("{}", probes::table(&results));
+    for (name, status) in &statuses {
+        banner(&format!("==> scope-router status ({name})"));
+        println!("{}", status.trim_end());
+    }
+    if opts.keep {
+        print_keep_help(&regions, &config_paths, &router, &results);
+    } else if mismatches == 0 {
+        // Logs are only interesting when something went wrong.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if mismatches > 0 {
+        bail!(
+            "{mismatches} of {} requests did not reach the expected backend; router logs in {}",
+            results.len(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Why routers may not answer: whether each VIP is on eth2, and the router's last log
+/// lines (the echo backends' logs are rarely the story).
+fn router_diagnosis(regions: &[RegionPlan], dir: &Path) -> String {
+    let mut out = Vec::new();
+    for region in regions {
+        let addrs = exec::probe(exec::as_root("ip").args([
+            "-n",
+            &region.router_ns(),
+            "-brief",
+            "addr",
+            "show",
+            plan::VIP_INTERFACE,
+        ]))
+        .unwrap_or_default();
+        let has_vip = addrs.contains(&format!("{}/32", region.vip));
+        out.push(format!(
+            "{}: VIP {} {} on {}{}; last lines of its log:\n{}",
+            region.name,
+            region.vip,
+            if has_vip { "is" } else { "is NOT" },
+            plan::VIP_INTERFACE,
+            if has_vip || !region.router_manages_vip {
+                ""
+            } else {
+                " (the router should have added it: try `--unmanaged-vip` to let the lab add it)"
+            },
+            netns::tail(&dir.join(format!("{}.log", region.name)), 10)
+        ));
+    }
+    out.join("\n")
+}
+
+fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {
+    let mut wanted = Vec::new();
+    if opts.router_bin.is_none() {
+        wanted.push(("router-userspace", "scope-router"));
+    }
+    if opts.echo_bin.is_none() {
+        wanted.push(("integration-tests", "echo-backend"));
+    }
+    let built = if wanted.is_empty() {
+        Default::default()
+    } else {
+        let s = step(format!(
+            "build {} ({})",
+            wanted
+                .iter()
+                .map(|(_, b)| *b)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            if opts.release { "release" } else { "debug" }
+        ));
+        let built = workspace::build_bins(opts.release, &wanted)?;
+        s.done();
+        built
+    };
+    let pick = |given: &Option<PathBuf>, name: &str| -> Result<PathBuf> {
+        let path = match given {
+            Some(p) => p.clone(),
+            None => built
+                .get(name)
+                .cloned()
+                .with_context(|| format!("cargo did not build {name}"))?,
+        };
+        // Absolute: the processes start from nsenter, whose PATH may differ under sudo.
+        path.canonicalize()
+            .with_context(|| format!("{name} binary {} not found", path.display()))
+    };
+    Ok((
+        pick(&opts.router_bin, "scope-router")?,
+        pick(&opts.echo_bin, "echo-backend")?,
+    ))
+}
+
+/// Any HTTP answer at all (even an error status) means the listener is up.
+fn http_answers(ns: &str, url: &str) -> bool {
+    exec::probe(nsenter(ns).args(["curl", "-s", "-o", "/dev/null", "--max-time", "2", url]))
+        .is_some()
+}
+
+fn print_keep_help(
+    regions: &[RegionPlan],
+    configs: &[PathBuf],
+    router: &Path,
+    results: &[(probes::Probe, probes::Outcome)],
+) {
+    let client = plan::client_ns();
+    println!();
+    println!(
+        "The lab is up. Enter a namespace (nsenter keeps bpffs visible, `ip netns exec` does not):"
+    );
+    println!("  nsenter --net=/run/netns/{client} bash            # the client");
+    for region in regions {
+        println!(
+            "  nsenter --net=/run/netns/{} bash     # {} router: eth2 {} + VIP {}",
+            region.router_ns(),
+            region.name,
+            region.router_addr,
+            region.vip
+        );
+        println!(
+            "  nsenter --net=/run/netns/{} bash # {} services on {}",
+            region.services_ns(),
+            region.name,
+            region.backend
+        );
+    }
+    println!();
+    println!("Requests from the client, for example:");
+    for (probe, _) in results.iter().take(3) {
+        println!("  {}", probe.shell_example());
+    }
+    println!();
+    for (region, config) in regions.iter().zip(configs) {
+        println!("{}:", region.name);
+        println!("  config: {}", config.display());
+        println!(
+            "  log:    {}",
+            state_dir().join(format!("{}.log", region.name)).display()
+        );
+        println!(
+            "  status: nsenter --net=/run/netns/{} {} status --config {}",
+            region.router_ns(),
+            router.display(),
+            config.display()
+        );
+    }
+    println!();
+    println!("Tear it down with: cargo xtask lab --down");
+}
+
+fn down() -> Result<()> {
+    let namespaces = netns::existing_namespaces()?;
+    let pins: Vec<PathBuf> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        n.to_string_lossy()
+                            .starts_with(&format!("{}-", plan::PREFIX))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let dir = state_dir();
+    if namespaces.is_empty() && pins.is_empty() && !dir.exists() {
+        eprintln!("no lab is up");
+        return Ok(());
+    }
+    let s = step("tear the lab down");
+    netns::teardown(&namespaces, &pins)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    s.done();
+    Ok(())
+}

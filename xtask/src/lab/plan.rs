@@ -1,0 +1,552 @@
+//! What the lab will build, computed before anything is created: per region the VIP,
+//! the services address, the router's own address, the ports to serve (from the
+//! catalog) and the generated router config. Pure, so it is unit-tested.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use toml::{Table, Value};
+
+/// Namespace and pin-path prefix: everything the lab creates carries it, so `--down`
+/// only ever touches lab objects.
+pub const PREFIX: &str = "srlab";
+/// The client network (RFC 2544 benchmarking range: never routed anywhere real).
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// The router's interface name on the seed VMs, kept so configs need no change.
+pub const VIP_INTERFACE: &str = "eth2";
+
+/// A catalog entry reduced to what the lab needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub service_type: String,
+    pub interface: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegionPlan {
+    pub name: String,
+    /// 1-based, names the core-side links (`rtr1`, `svc1`, `br1`).
+    pub index: usize,
+    pub vip: Ipv4Addr,
+    pub backend: Ipv4Addr,
+    /// The router's own address on eth2 (the VIP is an extra /32 on top).
+    pub router_addr: Ipv4Addr,
+    /// The core namespace's address on this region's segment.
+    pub gateway: Ipv4Addr,
+    /// Distinct listener ports of this region, in catalog order.
+    pub ports: Vec<u16>,
+    pub services: Vec<Service>,
+    /// Whether the config has `[vip]`, i.e. the router adds the VIP itself; otherwise
+    /// the lab adds it so the region is reachable.
+    pub router_manages_vip: bool,
+    pub source_config: PathBuf,
+    /// The generated config's TOML text.
+    pub config: String,
+}
+
+impl RegionPlan {
+    pub fn router_ns(&self) -> String {
+        format!("{PREFIX}-{}", sanitize(&self.name))
+    }
+
+    pub fn services_ns(&self) -> String {
+        format!("{PREFIX}-{}-svc", sanitize(&self.name))
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        network24(self.vip)
+    }
+
+    pub fn pin_path(&self) -> PathBuf {
+        pin_path(&self.name)
+    }
+
+    /// The echo backend's name for `port`, shown in the results table.
+    pub fn backend_name(&self, port: u16) -> String {
+        format!("{}:{port}", self.name)
+    }
+
+    /// The port of the first catalog entry of `service_type` (public interface first).
+    pub fn port_of(&self, service_type: &str) -> Option<u16> {
+        let of_type = || {
+            self.services
+                .iter()
+                .filter(|s| s.service_type == service_type)
+        };
+        of_type()
+            .find(|s| s.interface == "public")
+            .or_else(|| of_type().next())
+            .map(|s| s.port)
+    }
+}
+
+pub fn client_ns() -> String {
+    format!("{PREFIX}-client")
+}
+
+pub fn core_ns() -> String {
+    format!("{PREFIX}-core")
+}
+
+pub fn pin_path(region: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/{PREFIX}-{}", sanitize(region)))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+fn network24(addr: Ipv4Addr) -> Ipv4Addr {
+    let [a, b, c, _] = addr.octets();
+    Ipv4Addr::new(a, b, c, 0)
+}
+
+fn host24(net: Ipv4Addr, host: u8) -> Ipv4Addr {
+    let [a, b, c, _] = net.octets();
+    Ipv4Addr::new(a, b, c, host)
+}
+
+/// What the lab changes in every region config on top of the fixed lab overrides.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    /// `ebpf.mode`: auto, required or off.
+    pub ebpf_mode: String,
+    /// Set `vip.manage = false` and let the lab add the VIP instead of the router.
+    pub unmanaged_vip: bool,
+}
+
+/// Builds the plan for the given example configs (one region each).
+pub fn plan(configs: &[PathBuf], overrides: &Overrides) -> Result<Vec<RegionPlan>> {
+    if configs.len() < 2 {
+        bail!("the lab needs at least two region configs to show cross-region routing");
+    }
+    let mut regions = Vec::new();
+    for (i, path) in configs.iter().enumerate() {
+        let region = region_plan(path, i + 1, overrides)
+            .with_context(|| format!("planning the lab region for {}", path.display()))?;
+        if let Some(other) = regions
+            .iter()
+            .find(|r: &&RegionPlan| r.network() == region.network() || r.name == region.name)
+        {
+            bail!(
+                "{} and {} share a region name or a /24 (VIP {} vs {}); the lab gives each \
+                 region its own segment",
+                other.source_config.display(),
+                path.display(),
+                other.vip,
+                region.vip
+            );
+        }
+        regions.push(region);
+    }
+    Ok(regions)
+}
+
+fn region_plan(path: &Path, index: usize, overrides: &Overrides) -> Result<RegionPlan> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+
+    let name = str_key(&table, "region", path)?.to_owned();
+    let backend: Ipv4Addr = str_key(&table, "backend", path)?.parse().with_context(|| {
+        format!(
+            "{}: the lab supports an IPv4 `backend` only",
+            path.display()
+        )
+    })?;
+    let catalogs: Vec<PathBuf> = table
+        .get("catalog")
+        .and_then(Value::as_array)
+        .with_context(|| format!("{}: `catalog` must be an array of paths", path.display()))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(|p| absolute(dir, p))
+                .with_context(|| format!("{}: `catalog` entries must be strings", path.display()))
+        })
+        .collect::<Result<_>>()?;
+
+    let mut services = Vec::new();
+    for catalog in &catalogs {
+        services.extend(region_services(catalog, &name)?);
+    }
+    if services.is_empty() {
+        bail!("no catalog entry for region {name} in {}", path.display());
+    }
+
+    let configured_vip = table
+        .get("vip")
+        .and_then(|v| v.get("address"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let manage_in_config = table
+        .get("vip")
+        .and_then(|v| v.get("manage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let router_manages_vip =
+        configured_vip.is_some() && manage_in_config && !overrides.unmanaged_vip;
+    let vip: Ipv4Addr = match configured_vip {
+        Some(addr) => addr.parse().with_context(|| {
+            format!(
+                "{}: the lab supports an IPv4 `vip.address` only",
+                path.display()
+            )
+        })?,
+        None => services
+            .iter()
+            .find_map(|s| s.host.parse().ok())
+            .with_context(|| format!("no IPv4 host in region {name}'s catalog URLs"))?,
+    };
+    let net = network24(vip);
+    if network24(backend) != net {
+        bail!(
+            "{}: backend {backend} is not in the VIP's /24 ({net}/24); the lab puts the \
+             services next to the router on one segment",
+            path.display()
+        );
+    }
+    let gateway = host24(net, 1);
+    let router_addr = (10..=254)
+        .map(|h| host24(net, h))
+        .find(|a| *a != vip && *a != backend)
+        .context("no free address for the router on its /24")?;
+    if vip == gateway || backend == gateway {
+        bail!(
+            "{}: the lab uses {gateway} as the segment's gateway",
+            path.display()
+        );
+    }
+
+    let mut ports: Vec<u16> = Vec::new();
+    for s in &services {
+        if !ports.contains(&s.port) {
+            ports.push(s.port);
+        }
+    }
+
+    rewrite_config(&mut table, &catalogs, &name, overrides);
+    let config = format!(
+        "# Generated by `cargo xtask lab` from {}; lab-only overrides:\n\
+         # absolute catalog paths, interface {VIP_INTERFACE}, a lab pin path, no passthrough,\n\
+         # no per-port backend overrides.\n{}",
+        path.display(),
+        toml::to_string(&table).context("serialising the lab config")?
+    );
+
+    Ok(RegionPlan {
+        name,
+        index,
+        vip,
+        backend,
+        router_addr,
+        gateway,
+        ports,
+        services,
+        router_manages_vip,
+        source_config: path.to_path_buf(),
+        config,
+    })
+}
+
+fn str_key<'a>(table: &'a Table, key: &str, path: &Path) -> Result<&'a str> {
+    table
+        .get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}: missing string key `{key}`", path.display()))
+}
+
+fn absolute(dir: &Path, path: &str) -> PathBuf {
+    let joined = dir.join(path);
+    // Canonical when it exists, so the generated config in /tmp still finds it.
+    joined.canonicalize().unwrap_or(joined)
+}
+
+/// Lab overrides on top of the example config. Passthrough listeners and per-port
+/// backends point at services the lab does not run, so they go; everything else
+/// (timeouts, scope defaults, VIP address) is exercised as written.
+fn rewrite_config(table: &mut Table, catalogs: &[PathBuf], region: &str, overrides: &Overrides) {
+    table.insert(
+        "catalog".into(),
+        Value::Array(
+            catalogs
+                .iter()
+                .map(|p| Value::String(p.to_string_lossy().into_owned()))
+                .collect(),
+        ),
+    );
+    table.remove("passthrough");
+    if let Some(Value::Table(ports)) = table.get_mut("ports") {
+        for (_, port) in ports.iter_mut() {
+            if let Value::Table(settings) = port {
+                settings.remove("backend");
+            }
+        }
+    }
+    if let Some(Value::Table(vip)) = table.get_mut("vip") {
+        vip.insert("interface".into(), VIP_INTERFACE.into());
+        if overrides.unmanaged_vip {
+            vip.insert("manage".into(), false.into());
+        }
+    }
+    let ebpf = table
+        .entry("ebpf")
+        .or_insert_with(|| Value::Table(Table::new()));
+    if let Value::Table(ebpf) = ebpf {
+        ebpf.insert("mode".into(), overrides.ebpf_mode.as_str().into());
+        ebpf.insert("interface".into(), VIP_INTERFACE.into());
+        ebpf.insert(
+            "pin_path".into(),
+            pin_path(region).to_string_lossy().into_owned().into(),
+        );
+    }
+}
+
+/// The entries of `region` in an `openstack endpoint list -f json` catalog file.
+pub fn region_services(catalog: &Path, region: &str) -> Result<Vec<Service>> {
+    let text = std::fs::read_to_string(catalog)
+        .with_context(|| format!("reading catalog {}", catalog.display()))?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON array", catalog.display()))?;
+    let mut services = Vec::new();
+    for entry in entries {
+        if entry["Region"] != region {
+            continue;
+        }
+        let field = |key: &str| {
+            entry[key]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("{}: an entry has no string `{key}`", catalog.display()))
+        };
+        let url = field("URL")?;
+        let (host, port) = host_port(&url)
+            .with_context(|| format!("{}: cannot read host:port from {url}", catalog.display()))?;
+        services.push(Service {
+            service_type: field("Service Type")?,
+            interface: field("Interface")?,
+            host,
+            port,
+        });
+    }
+    Ok(services)
+}
+
+/// `http://h:8774/v2/%(tenant_id)s` -> (`h`, 8774); scheme default ports as in DESIGN §2.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (default_port, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (443, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (80, rest)
+    } else {
+        (80, url)
+    };
+    let authority = rest.split('/').next()?;
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => Some((host.to_owned(), port.parse().ok()?)),
+        Some(_) => None,
+        None if authority.is_empty() => None,
+        None => Some((authority.to_owned(), default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = r#"[
+      {"Region": "RegionOne", "Service Type": "identity", "Interface": "public", "URL": "http://192.168.142.244:5000"},
+      {"Region": "RegionOne", "Service Type": "image", "Interface": "admin", "URL": "http://192.168.142.244:9293"},
+      {"Region": "RegionOne", "Service Type": "image", "Interface": "public", "URL": "http://192.168.142.244:9292"},
+      {"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://192.168.142.244:8774/v2.1/%(tenant_id)s"},
+      {"Region": "RegionOne", "Service Type": "compute_legacy", "Interface": "public", "URL": "http://192.168.142.244:8774/v2/%(tenant_id)s"},
+      {"Region": "RegionTwo", "Service Type": "image", "Interface": "public", "URL": "http://192.168.144.244:9292"}
+    ]"#;
+
+    fn auto() -> Overrides {
+        Overrides {
+            ebpf_mode: "auto".into(),
+            unmanaged_vip: false,
+        }
+    }
+
+    #[test]
+    fn unmanaged_vip_is_added_by_the_lab() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "a.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245"),
+        );
+        let overrides = Overrides {
+            ebpf_mode: "off".into(),
+            unmanaged_vip: true,
+        };
+        let region = region_plan(&one, 1, &overrides).expect("plan");
+        assert!(!region.router_manages_vip);
+        let generated: Table = region.config.parse().expect("TOML");
+        assert_eq!(generated["vip"]["manage"].as_bool(), Some(false));
+        assert_eq!(generated["ebpf"]["mode"].as_str(), Some("off"));
+
+        let by_config = write(
+            dir.path(),
+            "b.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245").replace(
+                "interface = \"ens3\"",
+                "interface = \"ens3\"\nmanage = false",
+            ),
+        );
+        let region = region_plan(&by_config, 1, &auto()).expect("plan");
+        assert!(!region.router_manages_vip, "manage = false in the config");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write test file");
+        path
+    }
+
+    fn region_config(region: &str, vip: &str, backend: &str) -> String {
+        format!(
+            r#"region = "{region}"
+catalog = ["catalog.json"]
+backend = "{backend}"
+
+[vip]
+address = "{vip}"
+interface = "ens3"
+
+[ports.9292]
+idle = "6h"
+backend = "10.0.0.9:9292"
+
+[[passthrough]]
+name = "mariadb"
+bind = "{vip}:3306"
+backend = "{backend}:3306"
+mode = "tcp"
+"#
+        )
+    }
+
+    #[test]
+    fn urls_reduce_to_host_and_port() {
+        assert_eq!(
+            host_port("http://192.168.142.244:8774/v2.1/%(tenant_id)s"),
+            Some(("192.168.142.244".into(), 8774))
+        );
+        assert_eq!(
+            host_port("https://keystone.example"),
+            Some(("keystone.example".into(), 443))
+        );
+        assert_eq!(host_port("http://h/x"), Some(("h".into(), 80)));
+        assert_eq!(host_port("http://:99"), None);
+        assert_eq!(host_port("http://h:notaport"), None);
+    }
+
+    #[test]
+    fn plan_derives_addresses_ports_and_lab_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "RegionOne.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245"),
+        );
+        let two = write(
+            dir.path(),
+            "RegionTwo.toml",
+            &region_config("RegionTwo", "192.168.144.244", "192.168.144.245"),
+        );
+        let regions = plan(&[one, two], &auto()).expect("plan");
+        let r1 = &regions[0];
+        assert_eq!(r1.vip, Ipv4Addr::new(192, 168, 142, 244));
+        assert_eq!(r1.gateway, Ipv4Addr::new(192, 168, 142, 1));
+        assert_eq!(r1.router_addr, Ipv4Addr::new(192, 168, 142, 10));
+        assert_eq!(r1.ports, vec![5000, 9293, 9292, 8774]);
+        assert_eq!(r1.port_of("image"), Some(9292), "public interface wins");
+        assert_eq!(r1.port_of("network"), None);
+        assert_eq!(r1.router_ns(), "srlab-RegionOne");
+        assert!(r1.router_manages_vip);
+        assert_eq!(regions[1].ports, vec![9292]);
+
+        let generated: Table = r1.config.parse().expect("generated config is TOML");
+        let catalog = generated["catalog"][0].as_str().expect("catalog path");
+        assert!(Path::new(catalog).is_absolute(), "{catalog}");
+        assert_eq!(generated["vip"]["interface"].as_str(), Some("eth2"));
+        assert_eq!(
+            generated["vip"]["address"].as_str(),
+            Some("192.168.142.244")
+        );
+        assert_eq!(generated["ebpf"]["mode"].as_str(), Some("auto"));
+        assert_eq!(
+            generated["ebpf"]["pin_path"].as_str(),
+            Some("/sys/fs/bpf/srlab-RegionOne")
+        );
+        assert!(generated.get("passthrough").is_none());
+        assert_eq!(generated["ports"]["9292"]["idle"].as_str(), Some("6h"));
+        assert!(generated["ports"]["9292"].get("backend").is_none());
+    }
+
+    #[test]
+    fn vip_comes_from_catalog_when_config_has_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let text =
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"192.168.142.245\"\n";
+        let one = write(dir.path(), "one.toml", text);
+        let region = region_plan(&one, 1, &auto()).expect("plan");
+        assert_eq!(region.vip, Ipv4Addr::new(192, 168, 142, 244));
+        assert!(!region.router_manages_vip);
+        let generated: Table = region.config.parse().expect("TOML");
+        assert!(
+            generated.get("vip").is_none(),
+            "the lab must not invent a [vip]"
+        );
+    }
+
+    #[test]
+    fn regions_must_not_share_a_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "a.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245"),
+        );
+        let two = write(
+            dir.path(),
+            "b.toml",
+            &region_config("RegionTwo", "192.168.142.200", "192.168.142.245"),
+        );
+        let err = plan(&[one, two], &auto()).expect_err("same /24 must be refused");
+        assert!(err.to_string().contains("share"), "{err}");
+    }
+
+    #[test]
+    fn backend_outside_the_vip_segment_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "a.toml",
+            &region_config("RegionOne", "192.168.142.244", "10.1.2.3"),
+        );
+        let err = region_plan(&one, 1, &auto()).expect_err("backend elsewhere");
+        assert!(
+            format!("{err:#}").contains("not in the VIP's /24"),
+            "{err:#}"
+        );
+    }
+}

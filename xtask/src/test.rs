@@ -1,0 +1,205 @@
+//! `cargo xtask test`: THE test command (README, .ci/run). Sets up what is missing, then
+//! formatting, clippy, the unprivileged tests, and the privileged suites of the tests
+//! crate as root. Output ends with cargo's own test summary lines.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::exec;
+use crate::progress::{banner, elapsed, loud, step};
+use crate::setup::{self, Profile};
+use crate::workspace;
+
+/// Test targets of the tests crate (`tests/tests/privileged_*.rs`) whose name starts
+/// with this need root (netns, veth, XDP, sk_lookup, VIP). They are selected by target,
+/// not by test-function name, so every test in such a file runs as root and none of
+/// them runs unprivileged.
+pub const PRIVILEGED_PREFIX: &str = "privileged_";
+const TESTS_PACKAGE: &str = "integration-tests";
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Skip `cargo fmt --check` and clippy (for a quick local loop; CI never skips).
+    #[arg(long)]
+    pub no_lint: bool,
+}
+
+/// How the privileged suites will run on this machine.
+#[derive(Debug, PartialEq, Eq)]
+enum Privileged {
+    /// Already root: a plain cargo invocation.
+    Direct,
+    /// Not root: cargo builds as the user and runs the test binaries via `sudo -E`.
+    Sudo,
+    /// Not root and no sudo, outside CI: skipped loudly.
+    Skip,
+    /// Not root and no sudo, in CI: an error, CI must not silently skip.
+    Fail,
+}
+
+fn privileged_plan(root: bool, sudo: bool, ci: bool) -> Privileged {
+    match (root, sudo, ci) {
+        (true, _, _) => Privileged::Direct,
+        (false, true, _) => Privileged::Sudo,
+        (false, false, false) => Privileged::Skip,
+        (false, false, true) => Privileged::Fail,
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let started = std::time::Instant::now();
+    let sudo_available = exec::probe(Command::new("sudo").arg("--version")).is_some();
+    let plan = privileged_plan(exec::is_root(), sudo_available, in_ci());
+    if plan == Privileged::Fail {
+        bail!(
+            "CI=true but not root and no sudo: the privileged suites (netns, XDP, \
+             sk_lookup, VIP) cannot run; run `cargo xtask test` as root"
+        );
+    }
+
+    setup::run(Profile::Full)?;
+
+    if opts.no_lint {
+        if in_ci() {
+            bail!("--no-lint is for local loops; CI runs every check");
+        }
+    } else {
+        let fmt = step("cargo fmt --check");
+        exec::exec(workspace::cargo().args(["fmt", "--all", "--", "--check"]))?;
+        fmt.done();
+
+        let clippy = step("cargo clippy (warnings are errors)");
+        exec::exec(workspace::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        clippy.done();
+    }
+
+    let (privileged, unprivileged) = split_targets(workspace::test_targets(TESTS_PACKAGE)?);
+    // Warnings come before the test runs, so that cargo's summary stays the last output.
+    if plan == Privileged::Skip {
+        loud(&[
+            "SKIPPING the privileged suites (netns, XDP, sk_lookup, VIP):",
+            "not root and no sudo. Run `cargo xtask test` as root to include them.",
+        ]);
+    } else if privileged.is_empty() {
+        loud(&[&format!(
+            "no privileged suites found (tests/tests/{PRIVILEGED_PREFIX}*.rs in {TESTS_PACKAGE})"
+        )]);
+    }
+
+    // Test runs get a banner with the time so far but no trailer: the output must end
+    // with cargo's own summary lines.
+    let so_far = || elapsed(started.elapsed());
+    banner(&format!(
+        "==> cargo test: every package but {TESTS_PACKAGE} ({} so far)",
+        so_far()
+    ));
+    exec::exec(workspace::cargo().args(["test", "--workspace", "--exclude", TESTS_PACKAGE]))?;
+
+    banner(&format!(
+        "==> cargo test: {TESTS_PACKAGE}, unprivileged suites ({} so far)",
+        so_far()
+    ));
+    exec::exec(&mut unprivileged_command(&unprivileged))?;
+
+    if matches!(plan, Privileged::Direct | Privileged::Sudo) && !privileged.is_empty() {
+        banner(&format!(
+            "==> cargo test: privileged suites as root: {} ({} so far)",
+            privileged.join(" "),
+            so_far()
+        ));
+        exec::exec(&mut privileged_command(&plan, &privileged)?)?;
+    }
+    Ok(())
+}
+
+/// (privileged, unprivileged) test targets.
+fn split_targets(targets: Vec<String>) -> (Vec<String>, Vec<String>) {
+    targets
+        .into_iter()
+        .partition(|t| t.starts_with(PRIVILEGED_PREFIX))
+}
+
+fn unprivileged_command(targets: &[String]) -> Command {
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "--package", TESTS_PACKAGE, "--lib", "--bins"]);
+    for target in targets {
+        cmd.args(["--test", target]);
+    }
+    cmd
+}
+
+fn privileged_command(plan: &Privileged, targets: &[String]) -> Result<Command> {
+    let mut cmd = workspace::cargo();
+    if *plan == Privileged::Sudo {
+        // Only the test binaries run as root: cargo builds as the user, so target/ never
+        // fills with root-owned files.
+        let triple = workspace::host_triple()?;
+        cmd.args([
+            "--config",
+            &format!("target.{triple}.runner=[\"sudo\", \"-E\"]"),
+        ]);
+    }
+    cmd.args(["test", "--package", TESTS_PACKAGE]);
+    for target in targets {
+        cmd.args(["--test", target]);
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_never_silently_skips_root_suites() {
+        assert_eq!(privileged_plan(true, false, true), Privileged::Direct);
+        assert_eq!(privileged_plan(false, true, true), Privileged::Sudo);
+        assert_eq!(privileged_plan(false, false, true), Privileged::Fail);
+        assert_eq!(privileged_plan(false, false, false), Privileged::Skip);
+    }
+
+    #[test]
+    fn sudo_runs_only_the_test_binaries() {
+        let targets = ["privileged_vip".to_owned()];
+        let cmd = privileged_command(&Privileged::Sudo, &targets).expect("rustc reports its host");
+        let shown = exec::display(&cmd);
+        assert!(shown.contains(".runner=[\"sudo\", \"-E\"]"), "{shown}");
+        assert!(
+            shown.ends_with("test --package integration-tests --test privileged_vip"),
+            "{shown}"
+        );
+        let direct = privileged_command(&Privileged::Direct, &targets).expect("direct");
+        assert!(!exec::display(&direct).contains("sudo"));
+    }
+
+    #[test]
+    fn privileged_files_never_run_unprivileged() {
+        let (root, user) = split_targets(vec![
+            "routing".into(),
+            "privileged_vip".into(),
+            "errors".into(),
+            "privileged_ebpf".into(),
+        ]);
+        assert_eq!(root, ["privileged_vip", "privileged_ebpf"]);
+        assert_eq!(user, ["routing", "errors"]);
+        let shown = exec::display(&unprivileged_command(&user));
+        assert!(
+            shown.ends_with(
+                "test --package integration-tests --lib --bins --test routing --test errors"
+            ),
+            "{shown}"
+        );
+    }
+}
