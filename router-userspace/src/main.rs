@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use scope_router::config::Config;
 use scope_router::ebpf::{self, Startup, Steering};
+use scope_router::haproxy::{self, HaproxyMode};
 use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
@@ -62,6 +63,20 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Emit the equivalent HAProxy 2.6 configuration: a Lua scope interpreter (default,
+    /// written with --out) or, with --native, json_query rules with fewer semantics.
+    HaproxyConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// No Lua: read the scope with json_query (no 400 for a malformed scope, no
+        /// percent-decoding, no Host fallback).
+        #[arg(long)]
+        native: bool,
+        /// Write haproxy.cfg (and scope-router.lua) into this directory; without it the
+        /// native configuration is printed.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -129,6 +144,22 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let text = report::explain(&router, &method, &url, &headers)
                 .context("cannot explain this request")?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::HaproxyConfig {
+            config,
+            native,
+            out,
+        } => {
+            let config = load(&config)?;
+            let mode = if native {
+                HaproxyMode::Native
+            } else {
+                HaproxyMode::Lua
+            };
+            let text = haproxy::emit(&config, mode, out.as_deref())
+                .context("cannot generate the HAProxy configuration")?;
             print!("{text}");
             Ok(())
         }
