@@ -1,10 +1,14 @@
-//! `cargo xtask bench`: benchmark scenarios, each a named step. Today: the criterion
-//! micro-benchmarks of router-userspace. Scenarios are a table so end-to-end ones
-//! (e.g. against HAProxy+Lua) slot in next to it.
+//! `cargo xtask bench`: benchmark scenarios, each a named step: `micro` (criterion
+//! micro-benchmarks of router-userspace) and `e2e` (scope-router against HAProxy+Lua,
+//! HAProxy json_query and the bare backend in network namespaces; see bench/e2e.rs).
 
 use std::ffi::OsString;
 
 use anyhow::{Result, bail};
+
+mod e2e;
+mod netlab;
+mod report;
 
 use crate::exec;
 use crate::progress::{banner, step};
@@ -30,11 +34,18 @@ struct Scenario {
     run: fn(&[OsString]) -> Result<()>,
 }
 
-const SCENARIOS: &[Scenario] = &[Scenario {
-    name: "micro",
-    about: "criterion benchmarks of router-userspace (`cargo bench -p router-userspace`)",
-    run: micro,
-}];
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "micro",
+        about: "criterion benchmarks of router-userspace (`cargo bench -p router-userspace`)",
+        run: micro,
+    },
+    Scenario {
+        name: "e2e",
+        about: "scope-router vs HAProxy+Lua vs HAProxy json_query vs direct, in network namespaces (root)",
+        run: end_to_end,
+    },
+];
 
 pub fn run(opts: Options) -> Result<()> {
     if opts.list {
@@ -79,6 +90,25 @@ fn micro(args: &[OsString]) -> Result<()> {
         cmd.arg("--").args(args);
     }
     exec::exec(&mut cmd)
+}
+
+/// Arguments after `--` are the e2e options, e.g. `-- --only a,d --rounds 1`
+/// (`cargo xtask bench --scenario e2e -- --help` lists them).
+fn end_to_end(args: &[OsString]) -> Result<()> {
+    #[derive(clap::Parser)]
+    #[command(name = "cargo xtask bench --scenario e2e --")]
+    struct Cli {
+        #[command(flatten)]
+        opts: e2e::Options,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once(OsString::from("e2e")).chain(args.iter().cloned()),
+    )?;
+    let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
+    let Some(bin) = bins.get("scope-router") else {
+        bail!("cargo built no scope-router binary");
+    };
+    e2e::run(bin, &workspace::root().join("target/bench"), &cli.opts)
 }
 
 #[cfg(test)]

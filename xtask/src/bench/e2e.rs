@@ -204,6 +204,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         );
         for round in 1..=opts.rounds {
             for target in rotated(SCOPED, round) {
+                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
+                crate::interrupt::check()?;
                 for b in backends.iter_mut() {
                     b.check_alive()?;
                 }
@@ -223,6 +225,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         );
         for round in 1..=opts.rounds {
             for target in rotated(SCOPED, round) {
+                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
+                crate::interrupt::check()?;
                 let run = upload_run(&env, opts, target, round)?;
                 progress(
                     &format!("d round {round} {}", target.label()),
@@ -244,6 +248,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         ];
         for round in 1..=opts.rounds {
             for target in rotated(&targets, round) {
+                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
+                crate::interrupt::check()?;
                 let run = idle_run(&env, opts, target, round)?;
                 progress(
                     &format!("e round {round} {}", target.label()),
@@ -262,6 +268,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         ];
         for round in 1..=opts.rounds {
             for target in rotated(&targets.clone(), round) {
+                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
+                crate::interrupt::check()?;
                 match load_run(&env, opts, "f", target, round, &["Connection: close"]) {
                     Ok(run) => {
                         progress(
