@@ -150,6 +150,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         })?;
     }
     let started = Instant::now();
+    // Other load on the machine skews every number: the report records it.
+    let load_before = loadavg();
     let work = out_dir.join("work");
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let env = Env {
@@ -294,7 +296,9 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         }
     }
 
-    let machine = machine_description();
+    let mut machine = machine_description();
+    machine["loadavg_before"] = json!(load_before);
+    machine["loadavg_after"] = json!(loadavg());
     let settings = json!({
         "duration_s": opts.duration,
         "rounds": opts.rounds,
@@ -308,8 +312,10 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     });
     let mut md = String::from("# scope-router benchmark report\n\n");
     md.push_str(&format!(
-        "Machine: {}\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}`, proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
+        "Machine: {}. Load average (1/5/15 min) before the run: {}, after: {}.\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}`, proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
         machine["summary"].as_str().unwrap_or("?"),
+        machine["loadavg_before"].as_str().unwrap_or("?"),
+        machine["loadavg_after"].as_str().unwrap_or("?"),
         opts.duration,
         opts.rounds,
         opts.connections
@@ -894,6 +900,15 @@ fn one_request(addr: SocketAddr) -> Result<TcpStream> {
             }
         }
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One-line machine description plus details for the JSON report.
