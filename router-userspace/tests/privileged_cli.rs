@@ -1,0 +1,716 @@
+//! End to end, as an operator runs it: the real `scope-router` binary started with
+//! `nsenter --net=…` in a fresh router namespace (veth `eth2`), driven from a client
+//! namespace, inspected with `scope-router status --json`, `ss` and `ip`, then stopped
+//! with SIGTERM and restarted on the same pins.
+//!
+//! Lives in router-userspace (not the tests crate) so that cargo builds the binary under
+//! test for this target and `CARGO_BIN_EXE_scope-router` always names a fresh one. The
+//! namespace guard is the tests crate's own `netns.rs`, compiled in by path: depending
+//! on that crate would be a cycle (it depends on router-userspace), and a copy would
+//! drift. `cargo xtask test` runs this file as root with the other `privileged_*` suites.
+
+// Only part of the shared harness is used here.
+#[allow(dead_code)]
+#[path = "../../tests/src/netns.rs"]
+mod netns;
+
+use std::fs;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use netns::{Lab, Netns, PinDir};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_scope-router");
+
+/// Fixed ports are fine here: they only exist on a VIP inside this test's namespaces.
+const IDENTITY: u16 = 5000;
+const IDENTITY_ADMIN: u16 = 35357;
+const COMPUTE: u16 = 8774;
+const MARIADB: u16 = 3306;
+/// A VIP port nothing serves: XDP must drop it.
+const UNSERVED: u16 = 9999;
+
+/// The bound on every wait for the router (start, readiness, exit).
+const PATIENCE: Duration = Duration::from_secs(30);
+/// One connection attempt; a dropped SYN shows as a timeout after this.
+const CONNECT: Duration = Duration::from_millis(1500);
+
+// ---------------------------------------------------------------- backends
+
+/// A thread serving a listener bound inside the router namespace: `http` answers every
+/// request with its own head as the body (so the test sees what the router forwarded),
+/// otherwise bytes are echoed back. Stopped and joined on drop.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(ns: &Netns, http: bool) -> Backend {
+        let listener = ns
+            .run(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the backend in the router namespace");
+        let addr = listener.local_addr().expect("backend address");
+        listener.set_nonblocking(true).expect("nonblocking backend");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = if http {
+                                answer_with_head(stream)
+                            } else {
+                                echo(stream)
+                            };
+                        });
+                    }
+                    // Polling keeps shutdown simple: the flag is seen within a tick.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Backend {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer_with_head(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        head.len()
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.write_all(&head)
+}
+
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n])?;
+    }
+}
+
+// ---------------------------------------------------------------- the router process
+
+/// `scope-router run` inside the router namespace; killed (SIGKILL) and reaped on drop
+/// unless it was stopped cleanly first.
+struct RouterProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RouterProcess {
+    fn start(ns: &Netns, config: &Path, log: PathBuf) -> RouterProcess {
+        let out = fs::File::create(&log).expect("create the router log");
+        let err = out.try_clone().expect("clone the log handle");
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides bpffs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn nsenter scope-router run");
+        RouterProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the log if the router has already exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll the router") {
+            panic!("scope-router exited early ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the router") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scope-router still running after {PATIENCE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid (nsenter exec'd scope-router in place).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+        self.wait()
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- one test's world
+
+/// Namespaces, backends, pins, config and the VIP state file of one test. Field order is
+/// drop order: backends stop, then pins go (detaching anything a panic left attached),
+/// then the namespaces, then the files.
+struct World {
+    http: Backend,
+    tcp: Backend,
+    pins: PinDir,
+    lab: Lab,
+    vip: Ipv4Addr,
+    dir: tempfile::TempDir,
+}
+
+struct Ebpf<'a> {
+    mode: &'a str,
+    interface: &'a str,
+}
+
+impl World {
+    /// `vip` must be unique per test: the VIP manager's state file is keyed by address.
+    fn new(vip: Ipv4Addr) -> World {
+        let lab = Lab::new().expect("create router and client namespaces");
+        World {
+            http: Backend::start(&lab.router, true),
+            tcp: Backend::start(&lab.router, false),
+            pins: PinDir::new("srt-e2e"),
+            lab,
+            vip,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.vip, port))
+    }
+
+    /// Writes the catalog (fixture shape) and a config; returns the config path.
+    fn write_config(&self, ebpf: Ebpf<'_>) -> PathBuf {
+        let vip = self.vip;
+        // RegionTwo's frontend is never contacted; it only makes the catalog multi-region.
+        let entry = |region: &str, service: &str, interface: &str, url: String| serde_json::json!({"Region": region, "Service Type": service, "Interface": interface, "URL": url});
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        for interface in ["public", "internal"] {
+            one.push(entry(
+                "RegionOne",
+                "identity",
+                interface,
+                format!("http://{vip}:{IDENTITY}"),
+            ));
+            two.push(entry(
+                "RegionTwo",
+                "identity",
+                interface,
+                "http://192.0.2.200:5000".into(),
+            ));
+        }
+        one.push(entry(
+            "RegionOne",
+            "identity",
+            "admin",
+            format!("http://{vip}:{IDENTITY_ADMIN}"),
+        ));
+        two.push(entry(
+            "RegionTwo",
+            "identity",
+            "admin",
+            "http://192.0.2.200:35357".into(),
+        ));
+        for interface in ["public", "internal", "admin"] {
+            one.push(entry(
+                "RegionOne",
+                "compute",
+                interface,
+                format!("http://{vip}:{COMPUTE}/v2.1/%(tenant_id)s"),
+            ));
+            two.push(entry(
+                "RegionTwo",
+                "compute",
+                interface,
+                "http://192.0.2.200:8774/v2.1/%(tenant_id)s".into(),
+            ));
+        }
+        for (name, entries) in [("RegionOne", one), ("RegionTwo", two)] {
+            fs::write(
+                self.dir.path().join(format!("endpoint-list-{name}.json")),
+                serde_json::to_string_pretty(&entries).expect("catalog JSON"),
+            )
+            .expect("write catalog");
+        }
+        let backend = self.http.addr;
+        let toml = format!(
+            r#"region = "RegionOne"
+catalog = ["endpoint-list-RegionOne.json", "endpoint-list-RegionTwo.json"]
+backend = "127.0.0.1"
+
+[proxy]
+shutdown_grace = "5s"
+
+[ports.{IDENTITY}]
+backend = "{backend}"
+
+[ports.{IDENTITY_ADMIN}]
+backend = "{backend}"
+
+[ports.{COMPUTE}]
+backend = "{backend}"
+
+[vip]
+address = "{vip}"
+interface = "eth2"
+garp_count = 1
+
+[ebpf]
+mode = "{mode}"
+pin_path = "{pins}"
+interface = "{interface}"
+
+[[passthrough]]
+name = "mariadb"
+bind = "{vip}:{MARIADB}"
+backend = "{tcp}"
+mode = "tcp"
+"#,
+            mode = ebpf.mode,
+            interface = ebpf.interface,
+            pins = self.pins.path().display(),
+            tcp = self.tcp.addr,
+        );
+        let path = self.dir.path().join("router.toml");
+        fs::write(&path, toml).expect("write config");
+        path
+    }
+
+    fn start(&self, config: &Path, log_name: &str) -> RouterProcess {
+        RouterProcess::start(&self.lab.router, config, self.dir.path().join(log_name))
+    }
+
+    /// A request from the client namespace; the whole response as text.
+    fn request(&self, port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<String> {
+        let addr = self.addr(port);
+        let mut text = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("\r\n");
+        self.lab.client.run(move || {
+            let mut stream = TcpStream::connect_timeout(&addr, CONNECT)?;
+            stream.set_read_timeout(Some(PATIENCE))?;
+            stream.write_all(text.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+    }
+
+    /// Polls (bounded) until a compute request goes through the router.
+    fn wait_ready(&self, router: &mut RouterProcess) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            router.assert_running();
+            if let Ok(response) = self.request(COMPUTE, "/v2.1/servers", &[])
+                && response.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scope-router not serving {} after {PATIENCE:?}:\n{}",
+                self.addr(COMPUTE),
+                router.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `scope-router status --config … --json`, a separate process in the router netns.
+    fn status(&self, config: &Path) -> Value {
+        let out = self.in_router_ns(BIN, &["status", "--json", "--config"], Some(config));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json printed no JSON ({e}); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    fn in_router_ns(&self, program: &str, args: &[&str], path: Option<&Path>) -> Output {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.lab.router.path().display()))
+            .arg(program)
+            .args(args);
+        if let Some(path) = path {
+            cmd.arg(path);
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("nsenter {program}: {e}"))
+    }
+
+    /// Local addresses of listening TCP sockets in the router namespace (`ss -Hltn`).
+    fn listening(&self) -> Vec<String> {
+        let out = self.in_router_ns("ss", &["-Hltn"], None);
+        assert!(out.status.success(), "ss failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3).map(str::to_owned))
+            .collect()
+    }
+
+    fn ip_router(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", self.lab.router.name()])
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn vip_on_eth2(&self) -> bool {
+        let shown = self.ip_router(&["-4", "addr", "show", "dev", "eth2"]);
+        shown.contains(&format!("inet {}/32", self.vip))
+    }
+
+    fn xdp_on_eth2(&self) -> bool {
+        self.ip_router(&["link", "show", "dev", "eth2"])
+            .contains("xdp")
+    }
+
+    /// A connection attempt to an unserved VIP port from the client namespace.
+    fn connect_unserved(&self) -> io::Result<TcpStream> {
+        let addr = self.addr(UNSERVED);
+        self.lab
+            .client
+            .run(move || TcpStream::connect_timeout(&addr, CONNECT))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The VIP manager records its state per address under /run; ours is unique.
+        let state = format!("/run/scope-router/vip-{}.json", self.vip);
+        let _ = fs::remove_file(state);
+    }
+}
+
+// ---------------------------------------------------------------- status JSON
+
+/// (packets, syns, drops) of the counter row for `vip:port` (`None`: "other").
+fn counters(status: &Value, vip: Ipv4Addr, port: Option<u16>) -> (u64, u64, u64) {
+    let rows = status["kernel"]["counters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no kernel counters in status: {status:#}"));
+    let want_port = port.map_or(Value::Null, Value::from);
+    let row = rows
+        .iter()
+        .find(|r| r["vip"] == vip.to_string().as_str() && r["port"] == want_port)
+        .unwrap_or_else(|| panic!("no counter row for {vip}:{port:?} in {status:#}"));
+    let n = |k: &str| row[k].as_u64().unwrap_or_else(|| panic!("{k} in {row}"));
+    (n("packets"), n("syns"), n("drops"))
+}
+
+fn row_kind(status: &Value, vip: Ipv4Addr, port: u16) -> String {
+    status["kernel"]["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["vip"] == vip.to_string().as_str() && r["port"] == port)
+        .map(|r| r["kind"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+/// `attached` of both programs, in the order (sk_lookup, xdp).
+fn attached(status: &Value) -> (bool, bool) {
+    let programs = status["kernel"]["programs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no programs in status: {status:#}"));
+    let of = |kind: &str| {
+        programs
+            .iter()
+            .find(|p| p["kind"] == kind)
+            .and_then(|p| p["attached"].as_bool())
+            .unwrap_or_else(|| panic!("no {kind} program in {status:#}"))
+    };
+    (of("sk_lookup"), of("xdp"))
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    // The body is the head the backend received; headers are matched case-insensitively.
+    let body = response.split_once("\r\n\r\n")?.1;
+    body.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
+    if !netns::privileged("required_mode_steers_counts_stops_cleanly_and_restarts") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 101));
+    let vip = world.vip;
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+    });
+    let mut router = world.start(&config, "run-1.log");
+    world.wait_ready(&mut router);
+
+    // A scoped request: tokens cleaned, identity headers and Via/X-Forwarded-For added.
+    let scope = r#"{"identity": "RegionOne"}"#;
+    let auth = format!("admin-token!SCOPE!{scope}");
+    let subject = format!("user-token!SCOPE!{scope}");
+    let response = world
+        .request(
+            IDENTITY,
+            "/v3/auth/tokens",
+            &[("X-Auth-Token", &auth), ("X-Subject-Token", &subject)],
+        )
+        .expect("scoped identity request");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(header(&response, "x-auth-token"), Some("admin-token"));
+    assert_eq!(header(&response, "x-subject-token"), Some("user-token"));
+    assert_eq!(header(&response, "x-identity-region"), Some("RegionOne"));
+    let admin_url = format!("http://{vip}:{IDENTITY_ADMIN}");
+    assert_eq!(
+        header(&response, "x-identity-url"),
+        Some(admin_url.as_str())
+    );
+    let via = header(&response, "via").unwrap_or_default();
+    assert!(via.contains("scope-router-RegionOne"), "{response}");
+    let xff = header(&response, "x-forwarded-for").unwrap_or_default();
+    assert!(xff.contains(&Lab::CLIENT.to_string()), "{response}");
+
+    // Passthrough TCP on the same VIP.
+    let mariadb = world.addr(MARIADB);
+    let echoed = world.lab.client.run(move || -> io::Result<Vec<u8>> {
+        let mut stream = TcpStream::connect_timeout(&mariadb, CONNECT)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.write_all(b"ping over passthrough")?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back)?;
+        Ok(back)
+    });
+    assert_eq!(echoed.expect("passthrough echo"), b"ping over passthrough");
+
+    // An unserved VIP port is dropped by XDP: no RST, the connect times out.
+    let err = world
+        .connect_unserved()
+        .expect_err("nothing may accept an unserved VIP port");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+
+    // No socket is bound on a steered VIP port; the passthrough one is bound directly.
+    let listening = world.listening();
+    for port in [IDENTITY, IDENTITY_ADMIN, COMPUTE] {
+        assert!(
+            !listening.iter().any(|l| l.ends_with(&format!(":{port}"))),
+            "a socket is bound on steered port {port}: {listening:?}"
+        );
+    }
+    assert!(
+        listening.contains(&format!("{vip}:{MARIADB}")),
+        "passthrough not bound: {listening:?}"
+    );
+
+    // status, a separate process: VIP present, programs attached, counters increasing.
+    let before = world.status(&config);
+    assert_eq!(attached(&before), (true, true), "{before:#}");
+    assert_eq!(before["vip"]["present"], true, "{before:#}");
+    assert_eq!(row_kind(&before, vip, COMPUTE), "steered", "{before:#}");
+    assert_eq!(row_kind(&before, vip, MARIADB), "passthrough", "{before:#}");
+    let (compute_packets, compute_syns, _) = counters(&before, vip, Some(COMPUTE));
+    assert!(compute_syns >= 1, "{before:#}");
+    let (_, _, other_drops) = counters(&before, vip, None);
+    assert!(
+        other_drops >= 1,
+        "the dropped SYN is not counted: {before:#}"
+    );
+    assert!(world.xdp_on_eth2());
+    for _ in 0..3 {
+        let response = world
+            .request(
+                COMPUTE,
+                "/v2.1/servers",
+                &[("X-Scope", r#"{"compute": "RegionOne"}"#)],
+            )
+            .expect("compute request");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let after = world.status(&config);
+    let (packets, syns, _) = counters(&after, vip, Some(COMPUTE));
+    assert!(
+        packets > compute_packets && syns >= compute_syns + 3,
+        "counters did not follow the traffic: {before:#} then {after:#}"
+    );
+
+    // SIGTERM: exit 0, VIP gone, programs detached, counters still readable.
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+    assert!(!world.xdp_on_eth2(), "XDP left on eth2");
+    let stopped = world.status(&config);
+    assert_eq!(attached(&stopped), (false, false), "{stopped:#}");
+    assert_eq!(stopped["vip"]["present"], false, "{stopped:#}");
+    let identity_at_stop = counters(&stopped, vip, Some(IDENTITY));
+    let compute_at_stop = counters(&stopped, vip, Some(COMPUTE));
+    assert!(compute_at_stop.0 >= packets, "{stopped:#}");
+
+    // Restart on the same pins: counters continue. Nothing is sent to the identity port
+    // any more, so its row must read exactly what it read at the stop.
+    let mut router = world.start(&config, "run-2.log");
+    world.wait_ready(&mut router);
+    let restarted = world.status(&config);
+    assert_eq!(attached(&restarted), (true, true), "{restarted:#}");
+    assert_eq!(
+        counters(&restarted, vip, Some(IDENTITY)),
+        identity_at_stop,
+        "identity counters were reset: {restarted:#}"
+    );
+    let compute_now = counters(&restarted, vip, Some(COMPUTE));
+    assert!(
+        compute_now.0 > compute_at_stop.0 && compute_now.1 > compute_at_stop.1,
+        "compute counters did not continue: {stopped:#} then {restarted:#}"
+    );
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+}
+
+#[test]
+fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
+    if !netns::privileged("auto_mode_falls_back_to_direct_binds") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 102));
+    let vip = world.vip;
+    let config = world.write_config(Ebpf {
+        mode: "auto",
+        interface: "nope0",
+    });
+    let mut router = world.start(&config, "run.log");
+    world.wait_ready(&mut router);
+
+    let response = world
+        .request(
+            COMPUTE,
+            "/v2.1/servers",
+            &[("X-Scope", r#"{"compute": "RegionOne"}"#)],
+        )
+        .expect("compute request");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        header(&response, "via").is_some_and(|v| v.contains("scope-router-RegionOne")),
+        "{response}"
+    );
+
+    // Exactly one line mentions eBPF at all, and it says why, naming the interface.
+    let log = router.log();
+    let why: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("ebpf"))
+        .collect();
+    assert_eq!(why.len(), 1, "{log}");
+    assert!(
+        why[0].contains("unavailable") && why[0].contains("nope0"),
+        "{log}"
+    );
+
+    // Direct binds on the VIP ports, nothing attached.
+    let listening = world.listening();
+    for port in [IDENTITY, IDENTITY_ADMIN, COMPUTE, MARIADB] {
+        assert!(
+            listening.contains(&format!("{vip}:{port}")),
+            "{vip}:{port} not bound directly: {listening:?}"
+        );
+    }
+    assert!(!world.xdp_on_eth2());
+
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+}
+
+#[test]
+fn required_mode_without_its_interface_exits_naming_it() {
+    if !netns::privileged("required_mode_without_its_interface_exits_naming_it") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 103));
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "nope0",
+    });
+    let mut router = world.start(&config, "run.log");
+    let exit = router.wait();
+    let log = router.log();
+    assert!(!exit.success(), "{log}");
+    assert!(log.contains("nope0") && log.contains("required"), "{log}");
+    assert!(!world.vip_on_eth2(), "VIP taken although the router failed");
+    assert!(!world.xdp_on_eth2());
+    assert!(
+        world.request(COMPUTE, "/", &[]).is_err(),
+        "something serves the VIP"
+    );
+}
