@@ -219,9 +219,12 @@ struct World {
     dir: tempfile::TempDir,
 }
 
+/// The `[ebpf]` table of a test's config.
 struct Ebpf<'a> {
     mode: &'a str,
     interface: &'a str,
+    /// `deny` CIDRs.
+    deny: &'a [&'a str],
 }
 
 impl World {
@@ -323,6 +326,7 @@ garp_count = 1
 mode = "{mode}"
 pin_path = "{pins}"
 interface = "{interface}"
+deny = {deny:?}
 
 [[passthrough]]
 name = "mariadb"
@@ -332,6 +336,7 @@ mode = "tcp"
 "#,
             mode = ebpf.mode,
             interface = ebpf.interface,
+            deny = ebpf.deny,
             pins = self.pins.path().display(),
             tcp = self.tcp.addr,
         );
@@ -346,13 +351,24 @@ mode = "tcp"
 
     /// A request from the client namespace; the whole response as text.
     fn request(&self, port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<String> {
+        self.request_from(&self.lab.client, port, path, headers)
+    }
+
+    /// A request to the VIP from namespace `ns`.
+    fn request_from(
+        &self,
+        ns: &Netns,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<String> {
         let addr = self.addr(port);
         let mut text = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             text.push_str(&format!("{name}: {value}\r\n"));
         }
         text.push_str("\r\n");
-        self.lab.client.run(move || {
+        ns.run(move || {
             let mut stream = TcpStream::connect_timeout(&addr, CONNECT)?;
             stream.set_read_timeout(Some(PATIENCE))?;
             stream.write_all(text.as_bytes())?;
@@ -452,6 +468,24 @@ impl Drop for World {
     }
 }
 
+/// Polls `check` until it holds; panics naming `what` (and the router log) after
+/// [`PATIENCE`].
+fn eventually(what: &str, router: &mut RouterProcess, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        router.assert_running();
+        if check() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}:\n{}",
+            router.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---------------------------------------------------------------- status JSON
 
 /// (packets, syns, drops) of the counter row for `vip:port` (`None`: "other").
@@ -514,6 +548,7 @@ fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
     let config = world.write_config(Ebpf {
         mode: "required",
         interface: "eth2",
+        deny: &[],
     });
     let mut router = world.start(&config, "run-1.log");
     world.wait_ready(&mut router);
@@ -606,6 +641,15 @@ fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
         "counters did not follow the traffic: {before:#} then {after:#}"
     );
 
+    // Something removes the VIP (keepalived did): the router puts it back.
+    world.ip_router(&["addr", "del", &format!("{vip}/32"), "dev", "eth2"]);
+    eventually("VIP re-added on eth2", &mut router, || world.vip_on_eth2());
+    eventually("status counts the re-add", &mut router, || {
+        world.status(&config)["vip"]["readded"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+
     // SIGTERM: exit 0, VIP gone, programs detached, counters still readable.
     let exit = router.terminate();
     assert_eq!(exit.code(), Some(0), "{}", router.log());
@@ -648,6 +692,7 @@ fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
     let config = world.write_config(Ebpf {
         mode: "auto",
         interface: "nope0",
+        deny: &[],
     });
     let mut router = world.start(&config, "run.log");
     world.wait_ready(&mut router);
@@ -701,6 +746,7 @@ fn required_mode_without_its_interface_exits_naming_it() {
     let config = world.write_config(Ebpf {
         mode: "required",
         interface: "nope0",
+        deny: &[],
     });
     let mut router = world.start(&config, "run.log");
     let exit = router.wait();
@@ -713,4 +759,48 @@ fn required_mode_without_its_interface_exits_naming_it() {
         world.request(COMPUTE, "/", &[]).is_err(),
         "something serves the VIP"
     );
+}
+
+#[test]
+fn deny_list_drops_a_client_source_and_status_counts_it() {
+    if !netns::privileged("deny_list_drops_a_client_source_and_status_counts_it") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 104));
+    let vip = world.vip;
+    let client = format!("{}/32", Lab::CLIENT);
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[&client],
+    });
+    let mut router = world.start(&config, "run.log");
+    // The client is denied, so readiness is judged from the router's own namespace:
+    // loopback traffic to the VIP is steered by sk_lookup but never crosses XDP on eth2.
+    eventually("router serving inside its namespace", &mut router, || {
+        world
+            .request_from(&world.lab.router, COMPUTE, "/v2.1/servers", &[])
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    eventually("VIP on eth2", &mut router, || world.vip_on_eth2());
+
+    let err = world
+        .request(COMPUTE, "/v2.1/servers", &[])
+        .expect_err("a denied source must not reach the router");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+
+    let status = world.status(&config);
+    let deny = status["kernel"]["deny"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(deny.contains(&Value::from(client.as_str())), "{status:#}");
+    let (_, syns, drops) = counters(&status, vip, Some(COMPUTE));
+    assert!(
+        syns >= 1 && drops >= 1,
+        "denied SYN not counted: {status:#}"
+    );
+
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
 }
