@@ -189,9 +189,18 @@ impl RouterProcess {
 
     /// SIGTERM, then waits (bounded) for the exit.
     fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`, then waits (bounded) for the exit.
+    fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child's pid (nsenter exec'd scope-router in place).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "send signal {signal}"
+        );
         self.wait()
     }
 }
@@ -732,7 +741,8 @@ fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
     }
     assert!(!world.xdp_on_eth2());
 
-    let exit = router.terminate();
+    // Ctrl-C in a terminal is as clean as SIGTERM from systemd.
+    let exit = router.stop_with(libc::SIGINT);
     assert_eq!(exit.code(), Some(0), "{}", router.log());
     assert!(!world.vip_on_eth2(), "VIP left on eth2");
 }
@@ -803,4 +813,51 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
 
     let exit = router.terminate();
     assert_eq!(exit.code(), Some(0), "{}", router.log());
+}
+
+#[test]
+fn restart_after_a_crash_takes_over_pins_and_vip() {
+    if !netns::privileged("restart_after_a_crash_takes_over_pins_and_vip") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 105));
+    let vip = world.vip;
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut router = world.start(&config, "run-1.log");
+    world.wait_ready(&mut router);
+    let first_pid = router.child.id();
+
+    // SIGKILL: no cleanup at all. The pinned links keep both programs attached and the
+    // VIP stays on eth2.
+    router.child.kill().expect("SIGKILL the router");
+    router.child.wait().expect("reap the router");
+    let crashed = world.status(&config);
+    assert_eq!(attached(&crashed), (true, true), "{crashed:#}");
+    assert!(world.vip_on_eth2());
+    let at_crash = counters(&crashed, vip, Some(COMPUTE));
+
+    let mut router = world.start(&config, "run-2.log");
+    world.wait_ready(&mut router);
+    let restarted = world.status(&config);
+    assert_eq!(attached(&restarted), (true, true), "{restarted:#}");
+    let pid = restarted["kernel"]["attached_by_pid"].as_u64();
+    assert!(
+        pid.is_some_and(|p| p != u64::from(first_pid)),
+        "pins still name the crashed router: {restarted:#}"
+    );
+    let now = counters(&restarted, vip, Some(COMPUTE));
+    assert!(now.0 > at_crash.0, "{crashed:#} then {restarted:#}");
+    let response = world
+        .request(IDENTITY, "/v3", &[])
+        .expect("identity after the restart");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+    assert!(!world.xdp_on_eth2(), "XDP left on eth2");
 }
