@@ -54,7 +54,8 @@ struct Backend {
 }
 
 impl Backend {
-    fn start(ns: &Netns, http: bool) -> Backend {
+    /// `name` (HTTP only) is the body's first line, `backend: NAME`.
+    fn start(ns: &Netns, http: Option<&'static str>) -> Backend {
         let listener = ns
             .run(|| TcpListener::bind("127.0.0.1:0"))
             .expect("bind the backend in the router namespace");
@@ -67,10 +68,9 @@ impl Backend {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         std::thread::spawn(move || {
-                            let _ = if http {
-                                answer_with_head(stream)
-                            } else {
-                                echo(stream)
+                            let _ = match http {
+                                Some(name) => answer_with_head(stream, name),
+                                None => echo(stream),
                             };
                         });
                     }
@@ -99,7 +99,7 @@ impl Drop for Backend {
     }
 }
 
-fn answer_with_head(mut stream: TcpStream) -> io::Result<()> {
+fn answer_with_head(mut stream: TcpStream, name: &str) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     let mut head = Vec::new();
@@ -111,9 +111,10 @@ fn answer_with_head(mut stream: TcpStream) -> io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
+    let first = format!("backend: {name}\r\n");
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        head.len()
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        first.len() + head.len()
     );
     stream.write_all(response.as_bytes())?;
     stream.write_all(&head)
@@ -228,6 +229,20 @@ struct World {
     dir: tempfile::TempDir,
 }
 
+/// One router's config.
+struct RegionToml<'a> {
+    region: &'a str,
+    vip: Ipv4Addr,
+    /// `[vip] interface`.
+    interface: &'a str,
+    /// The local backend of every scoped port.
+    backend: SocketAddr,
+    /// A `tcp` passthrough on VIP:3306 to this backend.
+    passthrough: Option<SocketAddr>,
+    pins: &'a Path,
+    ebpf: Ebpf<'a>,
+}
+
 /// The `[ebpf]` table of a test's config.
 struct Ebpf<'a> {
     mode: &'a str,
@@ -237,12 +252,15 @@ struct Ebpf<'a> {
 }
 
 impl World {
+    /// RegionTwo's VIP (only the two-region test gives it a router).
+    const VIP_TWO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+
     /// `vip` must be unique per test: the VIP manager's state file is keyed by address.
     fn new(vip: Ipv4Addr) -> World {
         let lab = Lab::new().expect("create router and client namespaces");
         World {
-            http: Backend::start(&lab.router, true),
-            tcp: Backend::start(&lab.router, false),
+            http: Backend::start(&lab.router, Some("RegionOne")),
+            tcp: Backend::start(&lab.router, None),
             pins: PinDir::new("srt-e2e"),
             lab,
             vip,
@@ -254,63 +272,66 @@ impl World {
         SocketAddr::V4(SocketAddrV4::new(self.vip, port))
     }
 
-    /// Writes the catalog (fixture shape) and a config; returns the config path.
+    /// Writes the catalog (fixture shape) and RegionOne's config; returns its path.
     fn write_config(&self, ebpf: Ebpf<'_>) -> PathBuf {
-        let vip = self.vip;
-        // RegionTwo's frontend is never contacted; it only makes the catalog multi-region.
+        self.write_catalog();
+        self.write_region(&RegionToml {
+            region: "RegionOne",
+            vip: self.vip,
+            interface: "eth2",
+            backend: self.http.addr,
+            passthrough: Some(self.tcp.addr),
+            pins: self.pins.path(),
+            ebpf,
+        })
+    }
+
+    /// Both regions' endpoint lists. RegionTwo's frontend is [`World::VIP_TWO`]: only
+    /// the two-region test runs a router there.
+    fn write_catalog(&self) {
         let entry = |region: &str, service: &str, interface: &str, url: String| serde_json::json!({"Region": region, "Service Type": service, "Interface": interface, "URL": url});
-        let mut one = Vec::new();
-        let mut two = Vec::new();
-        for interface in ["public", "internal"] {
-            one.push(entry(
-                "RegionOne",
+        for (region, vip) in [("RegionOne", self.vip), ("RegionTwo", World::VIP_TWO)] {
+            let mut entries = Vec::new();
+            for interface in ["public", "internal"] {
+                entries.push(entry(
+                    region,
+                    "identity",
+                    interface,
+                    format!("http://{vip}:{IDENTITY}"),
+                ));
+            }
+            entries.push(entry(
+                region,
                 "identity",
-                interface,
-                format!("http://{vip}:{IDENTITY}"),
+                "admin",
+                format!("http://{vip}:{IDENTITY_ADMIN}"),
             ));
-            two.push(entry(
-                "RegionTwo",
-                "identity",
-                interface,
-                "http://192.0.2.200:5000".into(),
-            ));
-        }
-        one.push(entry(
-            "RegionOne",
-            "identity",
-            "admin",
-            format!("http://{vip}:{IDENTITY_ADMIN}"),
-        ));
-        two.push(entry(
-            "RegionTwo",
-            "identity",
-            "admin",
-            "http://192.0.2.200:35357".into(),
-        ));
-        for interface in ["public", "internal", "admin"] {
-            one.push(entry(
-                "RegionOne",
-                "compute",
-                interface,
-                format!("http://{vip}:{COMPUTE}/v2.1/%(tenant_id)s"),
-            ));
-            two.push(entry(
-                "RegionTwo",
-                "compute",
-                interface,
-                "http://192.0.2.200:8774/v2.1/%(tenant_id)s".into(),
-            ));
-        }
-        for (name, entries) in [("RegionOne", one), ("RegionTwo", two)] {
+            for interface in ["public", "internal", "admin"] {
+                entries.push(entry(
+                    region,
+                    "compute",
+                    interface,
+                    format!("http://{vip}:{COMPUTE}/v2.1/%(tenant_id)s"),
+                ));
+            }
             fs::write(
-                self.dir.path().join(format!("endpoint-list-{name}.json")),
+                self.dir.path().join(format!("endpoint-list-{region}.json")),
                 serde_json::to_string_pretty(&entries).expect("catalog JSON"),
             )
             .expect("write catalog");
         }
-        let backend = self.http.addr;
+    }
+
+    /// Writes `<region>.toml` next to the catalog; returns its path.
+    fn write_region(&self, r: &RegionToml<'_>) -> PathBuf {
+        let passthrough = r.passthrough.map_or(String::new(), |tcp| {
+            format!(
+                "\n[[passthrough]]\nname = \"mariadb\"\nbind = \"{}:{MARIADB}\"\nbackend = \"{tcp}\"\nmode = \"tcp\"\n",
+                r.vip
+            )
+        });
         let toml = format!(
-            r#"region = "RegionOne"
+            r#"region = "{region}"
 catalog = ["endpoint-list-RegionOne.json", "endpoint-list-RegionTwo.json"]
 backend = "127.0.0.1"
 
@@ -328,7 +349,7 @@ backend = "{backend}"
 
 [vip]
 address = "{vip}"
-interface = "eth2"
+interface = "{vip_interface}"
 garp_count = 1
 
 [ebpf]
@@ -336,20 +357,17 @@ mode = "{mode}"
 pin_path = "{pins}"
 interface = "{interface}"
 deny = {deny:?}
-
-[[passthrough]]
-name = "mariadb"
-bind = "{vip}:{MARIADB}"
-backend = "{tcp}"
-mode = "tcp"
-"#,
-            mode = ebpf.mode,
-            interface = ebpf.interface,
-            deny = ebpf.deny,
-            pins = self.pins.path().display(),
-            tcp = self.tcp.addr,
+{passthrough}"#,
+            region = r.region,
+            backend = r.backend,
+            vip = r.vip,
+            vip_interface = r.interface,
+            mode = r.ebpf.mode,
+            interface = r.ebpf.interface,
+            deny = r.ebpf.deny,
+            pins = r.pins.display(),
         );
-        let path = self.dir.path().join("router.toml");
+        let path = self.dir.path().join(format!("{}.toml", r.region));
         fs::write(&path, toml).expect("write config");
         path
     }
@@ -363,15 +381,14 @@ mode = "tcp"
         self.request_from(&self.lab.client, port, path, headers)
     }
 
-    /// A request to the VIP from namespace `ns`.
-    fn request_from(
+    /// A request to `addr` from namespace `ns`.
+    fn request_to(
         &self,
         ns: &Netns,
-        port: u16,
+        addr: SocketAddr,
         path: &str,
         headers: &[(&str, &str)],
     ) -> io::Result<String> {
-        let addr = self.addr(port);
         let mut text = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             text.push_str(&format!("{name}: {value}\r\n"));
@@ -385,6 +402,17 @@ mode = "tcp"
             stream.read_to_string(&mut response)?;
             Ok(response)
         })
+    }
+
+    /// A request to the VIP from namespace `ns`.
+    fn request_from(
+        &self,
+        ns: &Netns,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<String> {
+        self.request_to(ns, self.addr(port), path, headers)
     }
 
     /// Polls (bounded) until a compute request goes through the router.
@@ -471,9 +499,17 @@ mode = "tcp"
 
 impl Drop for World {
     fn drop(&mut self) {
-        // The VIP manager records its state per address under /run; ours is unique.
-        let state = format!("/run/scope-router/vip-{}.json", self.vip);
-        let _ = fs::remove_file(state);
+        drop(VipStateFile(self.vip));
+    }
+}
+
+/// Removes the VIP manager's state file for an address on drop: it lives under /run,
+/// outside the namespaces, keyed by address only (so each test uses its own VIP).
+struct VipStateFile(Ipv4Addr);
+
+impl Drop for VipStateFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(format!("/run/scope-router/vip-{}.json", self.0));
     }
 }
 
@@ -740,6 +776,11 @@ fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
         );
     }
     assert!(!world.xdp_on_eth2());
+    assert!(!world.pins.path().exists(), "fallback left eBPF state");
+    let status = world.status(&config);
+    let why = status["kernel"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("no eBPF state"), "{status:#}");
+    assert_eq!(status["vip"]["present"], true, "{status:#}");
 
     // Ctrl-C in a terminal is as clean as SIGTERM from systemd.
     let exit = router.stop_with(libc::SIGINT);
@@ -764,6 +805,10 @@ fn required_mode_without_its_interface_exits_naming_it() {
     assert!(!exit.success(), "{log}");
     assert!(log.contains("nope0") && log.contains("required"), "{log}");
     assert!(!world.vip_on_eth2(), "VIP taken although the router failed");
+    assert!(
+        !world.pins.path().exists(),
+        "a failed start left eBPF state"
+    );
     assert!(!world.xdp_on_eth2());
     assert!(
         world.request(COMPUTE, "/", &[]).is_err(),
@@ -860,4 +905,99 @@ fn restart_after_a_crash_takes_over_pins_and_vip() {
     assert_eq!(exit.code(), Some(0), "{}", router.log());
     assert!(!world.vip_on_eth2(), "VIP left on eth2");
     assert!(!world.xdp_on_eth2(), "XDP left on eth2");
+}
+
+#[test]
+fn two_regions_forward_a_scoped_request_between_real_routers() {
+    if !netns::privileged("two_regions_forward_a_scoped_request_between_real_routers") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 106));
+    let one = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    // RegionTwo's router runs in the client namespace (its own `eth0` holds VIP_TWO):
+    // RegionOne reaches it over the veth like another region's frontend.
+    let two_backend = Backend::start(&world.lab.client, Some("RegionTwo"));
+    let two_pins = PinDir::new("srt-e2e-two");
+    let two = world.write_region(&RegionToml {
+        region: "RegionTwo",
+        vip: World::VIP_TWO,
+        interface: "eth0",
+        backend: two_backend.addr,
+        passthrough: None,
+        pins: two_pins.path(),
+        ebpf: Ebpf {
+            mode: "required",
+            interface: "eth0",
+            deny: &[],
+        },
+    });
+    let _two_state = VipStateFile(World::VIP_TWO);
+    let mut router_two =
+        RouterProcess::start(&world.lab.client, &two, world.dir.path().join("two.log"));
+    let mut router_one = world.start(&one, "one.log");
+    world.wait_ready(&mut router_one);
+    let compute_two = SocketAddr::from((World::VIP_TWO, COMPUTE));
+    eventually("RegionTwo serving", &mut router_two, || {
+        world
+            .request_to(&world.lab.router, compute_two, "/v2.1/servers", &[])
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+
+    let response = world
+        .request(
+            COMPUTE,
+            "/v2.1/servers/detail?limit=1",
+            &[("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+        )
+        .expect("compute in RegionTwo through RegionOne");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(
+        header(&response, "backend"),
+        Some("RegionTwo"),
+        "{response}"
+    );
+    assert_eq!(
+        header(&response, "host"),
+        Some(compute_two.to_string().as_str()),
+        "{response}"
+    );
+    let via = header(&response, "via").unwrap_or_default();
+    assert!(
+        via.contains("scope-router-RegionOne") && via.contains("scope-router-RegionTwo"),
+        "{response}"
+    );
+    let line = response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| body.lines().nth(1))
+        .unwrap_or_default();
+    assert_eq!(
+        line, "GET /v2.1/servers/detail?limit=1 HTTP/1.1",
+        "{response}"
+    );
+
+    // A Via chain that already names RegionOne is a loop: 508 in OpenStack shape.
+    let looped = world
+        .request(
+            COMPUTE,
+            "/v2.1/servers",
+            &[("Via", "1.1 scope-router-RegionOne")],
+        )
+        .expect("looped request answered");
+    assert!(looped.starts_with("HTTP/1.1 508"), "{looped}");
+    assert!(
+        looped.contains(r#""code": 508"#) || looped.contains(r#""code":508"#),
+        "{looped}"
+    );
+
+    for (name, router) in [
+        ("RegionOne", &mut router_one),
+        ("RegionTwo", &mut router_two),
+    ] {
+        let exit = router.terminate();
+        assert_eq!(exit.code(), Some(0), "{name}:\n{}", router.log());
+    }
 }
