@@ -583,9 +583,25 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 // ---------------------------------------------------------------- tests
 
+/// Root and namespaces (the shared guard), and a binary with its eBPF object: every test
+/// here depends on which eBPF piece is missing, so one built without it cannot run them.
+/// Prints why and returns `false`; fails instead under `CI=true`.
+fn runnable(test: &str) -> bool {
+    if !netns::privileged(test) {
+        return false;
+    }
+    if !scope_router::ebpf::object_built() {
+        return netns::skip(
+            test,
+            "scope-router built without its eBPF object (run `cargo xtask setup`)",
+        );
+    }
+    true
+}
+
 #[test]
 fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
-    if !netns::privileged("required_mode_steers_counts_stops_cleanly_and_restarts") {
+    if !runnable("required_mode_steers_counts_stops_cleanly_and_restarts") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 101));
@@ -729,7 +745,7 @@ fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
 
 #[test]
 fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
-    if !netns::privileged("auto_mode_falls_back_to_direct_binds") {
+    if !runnable("auto_mode_falls_back_to_direct_binds") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 102));
@@ -790,7 +806,7 @@ fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
 
 #[test]
 fn required_mode_without_its_interface_exits_naming_it() {
-    if !netns::privileged("required_mode_without_its_interface_exits_naming_it") {
+    if !runnable("required_mode_without_its_interface_exits_naming_it") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 103));
@@ -818,7 +834,7 @@ fn required_mode_without_its_interface_exits_naming_it() {
 
 #[test]
 fn deny_list_drops_a_client_source_and_status_counts_it() {
-    if !netns::privileged("deny_list_drops_a_client_source_and_status_counts_it") {
+    if !runnable("deny_list_drops_a_client_source_and_status_counts_it") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 104));
@@ -862,7 +878,7 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
 
 #[test]
 fn restart_after_a_crash_takes_over_pins_and_vip() {
-    if !netns::privileged("restart_after_a_crash_takes_over_pins_and_vip") {
+    if !runnable("restart_after_a_crash_takes_over_pins_and_vip") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 105));
@@ -909,7 +925,7 @@ fn restart_after_a_crash_takes_over_pins_and_vip() {
 
 #[test]
 fn two_regions_forward_a_scoped_request_between_real_routers() {
-    if !netns::privileged("two_regions_forward_a_scoped_request_between_real_routers") {
+    if !runnable("two_regions_forward_a_scoped_request_between_real_routers") {
         return;
     }
     let world = World::new(Ipv4Addr::new(192, 0, 2, 106));
