@@ -1017,3 +1017,45 @@ fn two_regions_forward_a_scoped_request_between_real_routers() {
         assert_eq!(exit.code(), Some(0), "{name}:\n{}", router.log());
     }
 }
+
+#[test]
+fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
+    if !runnable("a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 107));
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut first = world.start(&config, "first.log");
+    world.wait_ready(&mut first);
+    let first_pid = first.child.id();
+
+    // An operator starts the same config again (a second unit, a forgotten shell).
+    let mut second = world.start(&config, "second.log");
+    let exit = second.wait();
+    let log = second.log();
+    assert!(
+        !exit.success(),
+        "a second router started on live pins:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("pid {first_pid}")),
+        "the error must name the running router:\n{log}"
+    );
+
+    // The first router still owns steering and the VIP.
+    let status = world.status(&config);
+    assert_eq!(attached(&status), (true, true), "{status:#}");
+    assert_eq!(
+        status["kernel"]["attached_by_pid"].as_u64(),
+        Some(u64::from(first_pid)),
+        "{status:#}"
+    );
+    world.wait_ready(&mut first);
+    assert!(world.vip_on_eth2());
+    let exit = first.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", first.log());
+}

@@ -128,6 +128,17 @@ pub enum Unavailable {
         /// Why, and what to do.
         reason: String,
     },
+    /// Another scope-router still runs on this pin path.
+    #[error(
+        "eBPF state at {} is in use by scope-router pid {pid}, which is still running; stop it first or give this instance its own ebpf.pin_path",
+        path.display()
+    )]
+    InUse {
+        /// The running router.
+        pid: u32,
+        /// The state directory.
+        path: PathBuf,
+    },
     /// The XDP interface does not exist.
     #[error(
         "interface {name} not found in this network namespace; set ebpf.interface to the VIP interface"
