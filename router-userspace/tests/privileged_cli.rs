@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,16 @@ const DROP_PROBE: Duration = Duration::from_millis(1500);
 struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// Requests whose path contains `/hold` wait here until released.
+    hold: Arc<Hold>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A gate for in-flight requests: the test sees them arrive and decides when they end.
+#[derive(Default)]
+struct Hold {
+    arrived: AtomicUsize,
+    released: AtomicBool,
 }
 
 impl Backend {
@@ -65,14 +74,17 @@ impl Backend {
         let addr = listener.local_addr().expect("backend address");
         listener.set_nonblocking(true).expect("nonblocking backend");
         let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(Hold::default());
         let flag = stop.clone();
+        let gate = hold.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        let gate = gate.clone();
                         std::thread::spawn(move || {
                             let _ = match http {
-                                Some(name) => answer_with_head(stream, name),
+                                Some(name) => answer_with_head(stream, name, &gate),
                                 None => echo(stream),
                             };
                         });
@@ -88,6 +100,7 @@ impl Backend {
         Backend {
             addr,
             stop,
+            hold,
             thread: Some(thread),
         }
     }
@@ -96,13 +109,14 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.hold.released.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn answer_with_head(mut stream: TcpStream, name: &str) -> io::Result<()> {
+fn answer_with_head(mut stream: TcpStream, name: &str, hold: &Hold) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     let mut head = Vec::new();
@@ -113,6 +127,14 @@ fn answer_with_head(mut stream: TcpStream, name: &str) -> io::Result<()> {
             return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
+    }
+    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    if request_line.windows(5).any(|w| w == b"/hold") {
+        hold.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + PATIENCE;
+        while !hold.released.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let first = format!("backend: {name}\r\n");
     let response = format!(
@@ -1062,4 +1084,61 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
     assert!(world.vip_on_eth2());
     let exit = first.terminate();
     assert_eq!(exit.code(), Some(0), "{}", first.log());
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
+    if !runnable("sigterm_finishes_the_request_in_flight_before_releasing_the_vip") {
+        return;
+    }
+    let world = World::new(Ipv4Addr::new(192, 0, 2, 108));
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut router = world.start(&config, "run.log");
+    world.wait_ready(&mut router);
+
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| world.request(COMPUTE, "/v2.1/hold", &[]));
+        eventually("request reached the backend", &mut router, || {
+            world.http.hold.arrived.load(Ordering::SeqCst) >= 1
+        });
+        let pid = libc::pid_t::try_from(router.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        eventually("router acknowledges SIGTERM", &mut router, || {
+            router_log_has(&world, "received: no new connections")
+        });
+        // Draining: still running, the VIP and the programs still in place.
+        router.assert_running();
+        // New connections are refused at once (the steered listener is closed), so
+        // clients fail over instead of hanging in a backlog nobody accepts.
+        let refused = world
+            .probe(COMPUTE)
+            .expect_err("a new connection while draining");
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        assert!(world.vip_on_eth2(), "VIP released before the last response");
+        assert!(world.xdp_on_eth2(), "XDP detached before the last response");
+
+        world.http.hold.released.store(true, Ordering::SeqCst);
+        let response = in_flight
+            .join()
+            .expect("client thread")
+            .expect("the in-flight request completes");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    });
+    let exit = router.wait();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+    assert!(!world.xdp_on_eth2(), "XDP left on eth2");
+}
+
+fn router_log_has(world: &World, text: &str) -> bool {
+    fs::read_to_string(world.dir.path().join("run.log")).is_ok_and(|log| log.contains(text))
 }
