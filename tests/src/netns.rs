@@ -14,6 +14,10 @@
 //! --net=/run/netns/NAME` works for debugging and bpffs stays visible (unlike `ip netns
 //! exec`, which remounts /sys). Code runs inside a namespace on a dedicated thread that
 //! `setns(2)`s first; threads it spawns inherit the namespace.
+//!
+//! router-userspace's end-to-end suite (`tests/privileged_cli.rs`) compiles this file in
+//! by path (it cannot depend on this crate: that would be a cycle), so it must only use
+//! std and libc, never other modules of this crate.
 
 use std::{
     ffi::OsStr,
