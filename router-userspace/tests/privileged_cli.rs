@@ -1059,18 +1059,27 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
     world.wait_ready(&mut first);
     let first_pid = first.child.id();
 
-    // An operator starts the same config again (a second unit, a forgotten shell).
-    let mut second = world.start(&config, "second.log");
-    let exit = second.wait();
-    let log = second.log();
-    assert!(
-        !exit.success(),
-        "a second router started on live pins:\n{log}"
-    );
-    assert!(
-        log.contains(&format!("pid {first_pid}")),
-        "the error must name the running router:\n{log}"
-    );
+    // An operator starts the same config again (a second unit, a forgotten shell), in
+    // either mode: `auto` must not fall back to a competing router with direct binds.
+    for mode in ["required", "auto"] {
+        let again = world.write_config(Ebpf {
+            mode,
+            interface: "eth2",
+            deny: &[],
+        });
+        let mut second = world.start(&again, &format!("second-{mode}.log"));
+        let exit = second.wait();
+        let log = second.log();
+        assert!(!exit.success(), "{mode}: a second router started:\n{log}");
+        assert!(
+            log.contains(&format!("pid {first_pid}")) && log.contains("still running"),
+            "{mode}: the error must name the running router:\n{log}"
+        );
+        assert!(
+            !log.contains("binding every VIP:port directly"),
+            "{mode}: fell back beside a running router:\n{log}"
+        );
+    }
 
     // The first router still owns steering and the VIP.
     let status = world.status(&config);

@@ -181,6 +181,9 @@ pub enum EbpfError {
     /// `ebpf.mode = "required"` and steering could not start.
     #[error("ebpf.mode = \"required\" but eBPF steering cannot start: {0}")]
     Required(#[source] Unavailable),
+    /// Another scope-router runs on the same pin path (any mode but `off`).
+    #[error("another scope-router is already running here: {0}")]
+    InUse(#[source] Unavailable),
     /// Updating the maps in place (config reload) failed.
     #[error("updating the eBPF maps under {}: {source}", pin_path.display())]
     Update {
@@ -216,6 +219,9 @@ pub fn start(config: &SteeringConfig, listener: &impl AsFd) -> Result<Startup, E
     }
     match Steering::start(config, listener.as_fd()) {
         Ok(steering) => Ok(Startup::Steering(steering)),
+        // Not a missing kernel feature but a duplicate instance: falling back to direct
+        // binds would start a second router beside the one that owns the steering.
+        Err(reason @ Unavailable::InUse { .. }) => Err(EbpfError::InUse(reason)),
         Err(reason) if config.mode == Mode::Auto => {
             tracing::warn!(
                 "eBPF steering unavailable, binding every VIP:port directly (ebpf.mode = auto): {reason}"
