@@ -1,7 +1,8 @@
 //! End to end, as an operator runs it: the real `scope-router` binary started with
 //! `nsenter --net=…` in a fresh router namespace (veth `eth2`), driven from a client
-//! namespace, inspected with `scope-router status --json`, `ss` and `ip`, then stopped
-//! with SIGTERM and restarted on the same pins.
+//! namespace, inspected with `scope-router status --json`, `ss` and `ip`, stopped with
+//! SIGTERM/SIGINT/SIGKILL and restarted on the same pins; `auto` fallback, `required`
+//! failures, a duplicate instance, the deny list, draining, and two regions forwarding.
 //!
 //! Lives in router-userspace (not the tests crate) so that cargo builds the binary under
 //! test for this target and `CARGO_BIN_EXE_scope-router` always names a fresh one. The
@@ -47,9 +48,10 @@ const DROP_PROBE: Duration = Duration::from_millis(1500);
 
 // ---------------------------------------------------------------- backends
 
-/// A thread serving a listener bound inside the router namespace: `http` answers every
-/// request with its own head as the body (so the test sees what the router forwarded),
-/// otherwise bytes are echoed back. Stopped and joined on drop.
+/// A thread serving a listener bound on 127.0.0.1:0 inside a namespace: `http` answers
+/// every request with `backend: NAME` and its own head as the body (so the test sees
+/// what the router forwarded), otherwise bytes are echoed back. Stopped and joined on
+/// drop.
 struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
