@@ -166,6 +166,7 @@ fn vip_settings(config: &Config) -> Result<Option<vip::VipSettings>> {
     settings.garp_count = v.garp_count;
     settings.garp_repeat_delay = v.garp_repeat_delay;
     settings.take_over = v.take_over;
+    settings.state_dir = v.state_dir.clone();
     Ok(Some(settings))
 }
 
