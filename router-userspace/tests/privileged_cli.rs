@@ -244,7 +244,7 @@ impl Drop for RouterProcess {
 
 // ---------------------------------------------------------------- one test's world
 
-/// Namespaces, backends, pins, config and the VIP state file of one test. Field order is
+/// Namespaces, backends, pins, config and VIP state directory of one test. Field order is
 /// drop order: backends stop, then pins go (detaching anything a panic left attached),
 /// then the namespaces, then the files.
 struct World {
@@ -267,6 +267,8 @@ struct RegionToml<'a> {
     /// A `tcp` passthrough on VIP:3306 to this backend.
     passthrough: Option<SocketAddr>,
     pins: &'a Path,
+    /// `[vip] state_dir`: the VIP's state file and owner lock.
+    state_dir: &'a Path,
     ebpf: Ebpf<'a>,
 }
 
@@ -282,17 +284,23 @@ impl World {
     /// RegionTwo's VIP (only the two-region test gives it a router).
     const VIP_TWO: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 
-    /// `vip` must be unique per test: the VIP manager's state file is keyed by address.
-    fn new(vip: Ipv4Addr) -> World {
+    /// Every test may use the same VIP: each has its own namespaces and its own
+    /// `[vip] state_dir`, where the VIP's state file and owner lock live.
+    fn new() -> World {
         let lab = Lab::new().expect("create router and client namespaces");
         World {
             http: Backend::start(&lab.router, Some("RegionOne")),
             tcp: Backend::start(&lab.router, None),
             pins: PinDir::new("srt-e2e"),
             lab,
-            vip,
+            vip: Lab::VIP,
             dir: tempfile::tempdir().expect("tempdir"),
         }
+    }
+
+    /// RegionOne's `[vip] state_dir` (created by the router).
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
     }
 
     fn addr(&self, port: u16) -> SocketAddr {
@@ -309,6 +317,7 @@ impl World {
             backend: self.http.addr,
             passthrough: Some(self.tcp.addr),
             pins: self.pins.path(),
+            state_dir: &self.state_dir(),
             ebpf,
         })
     }
@@ -351,6 +360,11 @@ impl World {
 
     /// Writes `<region>.toml` next to the catalog; returns its path.
     fn write_region(&self, r: &RegionToml<'_>) -> PathBuf {
+        self.write_region_as(r, &format!("{}.toml", r.region))
+    }
+
+    /// Writes `r` to `file` next to the catalog; returns its path.
+    fn write_region_as(&self, r: &RegionToml<'_>, file: &str) -> PathBuf {
         let passthrough = r.passthrough.map_or(String::new(), |tcp| {
             format!(
                 "\n[[passthrough]]\nname = \"mariadb\"\nbind = \"{}:{MARIADB}\"\nbackend = \"{tcp}\"\nmode = \"tcp\"\n",
@@ -378,6 +392,7 @@ backend = "{backend}"
 address = "{vip}"
 interface = "{vip_interface}"
 garp_count = 1
+state_dir = "{state_dir}"
 
 [ebpf]
 mode = "{mode}"
@@ -393,8 +408,9 @@ deny = {deny:?}
             interface = r.ebpf.interface,
             deny = r.ebpf.deny,
             pins = r.pins.display(),
+            state_dir = r.state_dir.display(),
         );
-        let path = self.dir.path().join(format!("{}.toml", r.region));
+        let path = self.dir.path().join(file);
         fs::write(&path, toml).expect("write config");
         path
     }
@@ -525,22 +541,6 @@ deny = {deny:?}
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        drop(VipStateFile(self.vip));
-    }
-}
-
-/// Removes the VIP manager's state file for an address on drop: it lives under /run,
-/// outside the namespaces, keyed by address only (so each test uses its own VIP).
-struct VipStateFile(Ipv4Addr);
-
-impl Drop for VipStateFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(format!("/run/scope-router/vip-{}.json", self.0));
-    }
-}
-
 /// Polls `check` until it holds; panics naming `what` (and the router log) after
 /// [`PATIENCE`].
 fn eventually(what: &str, router: &mut RouterProcess, mut check: impl FnMut() -> bool) {
@@ -632,7 +632,7 @@ fn required_mode_steers_counts_stops_cleanly_and_restarts_on_the_same_pins() {
     if !runnable("required_mode_steers_counts_stops_cleanly_and_restarts") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 101));
+    let world = World::new();
     let vip = world.vip;
     let config = world.write_config(Ebpf {
         mode: "required",
@@ -776,7 +776,7 @@ fn auto_mode_falls_back_to_direct_binds_when_ebpf_cannot_load() {
     if !runnable("auto_mode_falls_back_to_direct_binds") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 102));
+    let world = World::new();
     let vip = world.vip;
     let config = world.write_config(Ebpf {
         mode: "auto",
@@ -837,7 +837,7 @@ fn required_mode_without_its_interface_exits_naming_it() {
     if !runnable("required_mode_without_its_interface_exits_naming_it") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 103));
+    let world = World::new();
     let config = world.write_config(Ebpf {
         mode: "required",
         interface: "nope0",
@@ -865,7 +865,7 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
     if !runnable("deny_list_drops_a_client_source_and_status_counts_it") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 104));
+    let world = World::new();
     let vip = world.vip;
     let client = format!("{}/32", Lab::CLIENT);
     let config = world.write_config(Ebpf {
@@ -909,7 +909,7 @@ fn restart_after_a_crash_takes_over_pins_and_vip() {
     if !runnable("restart_after_a_crash_takes_over_pins_and_vip") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 105));
+    let world = World::new();
     let vip = world.vip;
     let config = world.write_config(Ebpf {
         mode: "required",
@@ -956,7 +956,7 @@ fn two_regions_forward_a_scoped_request_between_real_routers() {
     if !runnable("two_regions_forward_a_scoped_request_between_real_routers") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 106));
+    let world = World::new();
     let one = world.write_config(Ebpf {
         mode: "required",
         interface: "eth2",
@@ -973,13 +973,13 @@ fn two_regions_forward_a_scoped_request_between_real_routers() {
         backend: two_backend.addr,
         passthrough: None,
         pins: two_pins.path(),
+        state_dir: &world.dir.path().join("run-two"),
         ebpf: Ebpf {
             mode: "required",
             interface: "eth0",
             deny: &[],
         },
     });
-    let _two_state = VipStateFile(World::VIP_TWO);
     let mut router_two =
         RouterProcess::start(&world.lab.client, &two, world.dir.path().join("two.log"));
     let mut router_one = world.start(&one, "one.log");
@@ -1051,7 +1051,7 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
     if !runnable("a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 107));
+    let world = World::new();
     let config = world.write_config(Ebpf {
         mode: "required",
         interface: "eth2",
@@ -1063,12 +1063,27 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
 
     // An operator starts the same config again (a second unit, a forgotten shell), in
     // either mode: `auto` must not fall back to a competing router with direct binds.
+    // Its own `[vip] state_dir` keeps the VIP lock from refusing it first (see
+    // a_second_router_managing_the_same_vip_…): the pins alone must stop it.
+    let other_state = world.dir.path().join("run-second");
     for mode in ["required", "auto"] {
-        let again = world.write_config(Ebpf {
-            mode,
-            interface: "eth2",
-            deny: &[],
-        });
+        let again = world.write_region_as(
+            &RegionToml {
+                region: "RegionOne",
+                vip: world.vip,
+                interface: "eth2",
+                backend: world.http.addr,
+                passthrough: Some(world.tcp.addr),
+                pins: world.pins.path(),
+                state_dir: &other_state,
+                ebpf: Ebpf {
+                    mode,
+                    interface: "eth2",
+                    deny: &[],
+                },
+            },
+            &format!("second-{mode}.toml"),
+        );
         let mut second = world.start(&again, &format!("second-{mode}.log"));
         let exit = second.wait();
         let log = second.log();
@@ -1098,11 +1113,112 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
 }
 
 #[test]
+fn a_second_router_managing_the_same_vip_refuses_and_leaves_it_to_the_first() {
+    if !runnable("a_second_router_managing_the_same_vip_refuses_and_leaves_it_to_the_first") {
+        return;
+    }
+    let world = World::new();
+    // The second router shares only the VIP (and its state_dir) with the first: no eBPF,
+    // its own pins, no passthrough port. Nothing but the VIP lock can stop it, and
+    // without it the second adopts the first one's VIP and removes it when it exits.
+    let second_pins = PinDir::new("srt-e2e-second");
+    let second_config = world.write_region_as(
+        &RegionToml {
+            region: "RegionOne",
+            vip: world.vip,
+            interface: "eth2",
+            backend: world.http.addr,
+            passthrough: None,
+            pins: second_pins.path(),
+            state_dir: &world.state_dir(),
+            ebpf: Ebpf {
+                mode: "off",
+                interface: "eth2",
+                deny: &[],
+            },
+        },
+        "second.toml",
+    );
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut first = world.start(&config, "first.log");
+    world.wait_ready(&mut first);
+    let first_pid = first.child.id();
+    let lock = world.state_dir().join(format!("vip-{}.lock", world.vip));
+    assert_eq!(
+        fs::read_to_string(&lock).expect("the VIP lock file").trim(),
+        first_pid.to_string()
+    );
+
+    let mut second = world.start(&second_config, "second.log");
+    let exit = second.wait();
+    let log = second.log();
+    assert!(
+        !exit.success(),
+        "a second manager of the VIP started:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("pid {first_pid}")) && log.contains("already managed"),
+        "the error must name the router that manages the VIP:\n{log}"
+    );
+    // It failed before binding: nothing but the first's passthrough is on the VIP.
+    let listening = world.listening();
+    let on_vip: Vec<&String> = listening
+        .iter()
+        .filter(|l| l.starts_with(&format!("{}:", world.vip)))
+        .collect();
+    assert_eq!(
+        on_vip,
+        [&format!("{}:{MARIADB}", world.vip)],
+        "{listening:?}"
+    );
+
+    // The first still owns and serves the VIP, and `status` reads its state from the
+    // configured state_dir.
+    assert!(world.vip_on_eth2(), "the VIP went with the refused router");
+    world.wait_ready(&mut first);
+    let status = world.status(&config);
+    assert_eq!(status["vip"]["present"], true, "{status:#}");
+    assert_eq!(status["vip"]["managed"], true, "{status:#}");
+    assert!(
+        status["vip"]["announcements"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{status:#}"
+    );
+    assert!(
+        world
+            .state_dir()
+            .join(format!("vip-{}.json", world.vip))
+            .exists()
+    );
+    let exit = first.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", first.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+
+    // A clean exit frees the VIP: the other router may take it now.
+    let mut second = world.start(&second_config, "second-again.log");
+    world.wait_ready(&mut second);
+    assert!(world.vip_on_eth2());
+    let second_pid = second.child.id();
+    assert_eq!(
+        fs::read_to_string(&lock).expect("the VIP lock file").trim(),
+        second_pid.to_string()
+    );
+    let exit = second.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", second.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2");
+}
+
+#[test]
 fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
     if !runnable("sigterm_finishes_the_request_in_flight_before_releasing_the_vip") {
         return;
     }
-    let world = World::new(Ipv4Addr::new(192, 0, 2, 108));
+    let world = World::new();
     let config = world.write_config(Ebpf {
         mode: "required",
         interface: "eth2",
