@@ -584,6 +584,45 @@ fn vip_already_present_is_adopted() {
 }
 
 #[test]
+fn a_second_manager_is_refused_and_the_vip_stays_with_the_first() {
+    let Some(lab) = lab("a_second_manager_is_refused_and_the_vip_stays_with_the_first") else {
+        return;
+    };
+    let first = start_vip(&lab.router, lab.settings()).expect("first manager");
+    assert_eq!(lab.status().adopted, Some(false));
+
+    // Same address and state directory: refused before it looks at the interface, so it
+    // neither adopts the VIP nor rewrites the first one's state.
+    let err = start_vip(&lab.router, lab.settings())
+        .err()
+        .expect("a second manager is refused");
+    match &err {
+        VipError::AlreadyManaged { address, pid, .. } => {
+            assert_eq!(*address, VIP);
+            assert_eq!(*pid, Some(std::process::id()));
+        }
+        other => panic!("expected AlreadyManaged, got {other:?}"),
+    }
+    assert!(err.to_string().contains("manage = false"), "{err}");
+    assert!(lab.vip_present(), "the refused manager took the VIP away");
+    let status = lab.status();
+    assert_eq!(
+        (status.managed, status.adopted, status.running),
+        (Some(true), Some(false), Some(true)),
+        "{status}"
+    );
+
+    // A crash of the owner frees the lock (the kernel closes its file): the restart
+    // adopts the VIP the crash left behind.
+    first.crash();
+    assert!(lab.vip_present());
+    let second = start_vip(&lab.router, lab.settings()).expect("restart after a crash");
+    assert_eq!(lab.status().adopted, Some(true));
+    second.shutdown().expect("shutdown");
+    assert!(!lab.vip_present());
+}
+
+#[test]
 fn unmanaged_vip_leaves_the_interface_untouched() {
     let Some(lab) = lab("unmanaged_vip_leaves_the_interface_untouched") else {
         return;
