@@ -40,7 +40,7 @@ use watch::Watcher;
 pub const DEFAULT_STATE_DIR: &str = "/run/scope-router";
 
 /// What the VIP manager needs to know; mirrors `[vip]` of the configuration, plus knobs
-/// that only tests and the integrator set (state directory, probe timing).
+/// that only tests set (probe timing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipSettings {
     pub address: Ipv4Addr,
@@ -55,7 +55,8 @@ pub struct VipSettings {
     pub garp_repeat_delay: Duration,
     /// Take the address even when another host answers the ARP probe for it.
     pub take_over: bool,
-    /// Directory of the state file read by `scope-router status`.
+    /// Directory of the state file read by `scope-router status` and of the owner lock
+    /// that keeps a second router from managing the same address.
     pub state_dir: PathBuf,
     /// ARP probes sent before taking the address (RFC 5227 PROBE_NUM is 3).
     pub probe_count: u32,
