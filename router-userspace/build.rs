@@ -1,20 +1,16 @@
 //! Builds the kernel programs (`router-ebpf`) for `bpfel-unknown-none` and leaves the
 //! object at `$OUT_DIR/router-ebpf`, where `src/ebpf/object.rs` embeds it.
 //!
-//! Order of preference:
-//! 1. `SCOPE_ROUTER_EBPF_TOOLCHAIN` if set, else `nightly`, else `stable` with
-//!    `RUSTC_BOOTSTRAP=1` (build-std needs `rust-src` of that toolchain either way), plus
-//!    `bpf-linker` on PATH — see `cargo xtask setup`.
-//! 2. The checked-in `router-ebpf/prebuilt/router-ebpf.bpfel.o`, but only if its recorded
-//!    source hash matches the current `router-ebpf` + `router-common` sources (machines
-//!    without nightly/rust-src still get the exact same programs).
-//! 3. An empty object and a warning: the router then reports "eBPF object not built" and
-//!    `ebpf.mode = "auto"` falls back to direct binds. Under `CI=true` this is an error
-//!    instead, so CI can never quietly ship a router without its programs.
+//! Toolchain, in order: `SCOPE_ROUTER_EBPF_TOOLCHAIN` if set, else `nightly`, else
+//! `stable` with `RUSTC_BOOTSTRAP=1` (build-std needs `rust-src` of that toolchain either
+//! way), plus `bpf-linker` on PATH — all installed by `cargo xtask setup`, which
+//! `cargo xtask test|run|lab` run first.
 //!
-//! `SCOPE_ROUTER_UPDATE_PREBUILT=1` copies a freshly built object and its source hash
-//! into `router-ebpf/prebuilt/` (commit both after changing the kernel programs; a unit
-//! test fails while they are stale).
+//! Without them the build still succeeds, so `cargo build`/`cargo test` work on any
+//! machine: an empty object is embedded with a cargo warning, the router says it was built
+//! without its eBPF object, and `ebpf.mode = "auto"` falls back to direct binds. Under
+//! `CI=true` a missing eBPF build fails the build instead, so CI can never quietly ship a
+//! router without its programs.
 
 use std::{
     env, fs,
@@ -22,77 +18,50 @@ use std::{
     process::Command,
 };
 
-const PREBUILT_OBJECT: &str = "prebuilt/router-ebpf.bpfel.o";
-const PREBUILT_HASH: &str = "prebuilt/SOURCE_HASH";
-
 fn main() {
-    for var in [
-        "CI",
-        "SCOPE_ROUTER_EBPF_TOOLCHAIN",
-        "SCOPE_ROUTER_UPDATE_PREBUILT",
-    ] {
+    for var in ["CI", "SCOPE_ROUTER_EBPF_TOOLCHAIN"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let workspace = manifest_dir.parent().map(PathBuf::from).unwrap_or_default();
     let ebpf_dir = workspace.join("router-ebpf");
-    let common_dir = workspace.join("router-common");
     // aya-build only watches router-ebpf; the shared map types change the object too.
-    println!("cargo:rerun-if-changed={}", common_dir.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("router-common").display()
+    );
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("router-ebpf");
 
-    let source_hash = match source_hash(&ebpf_dir, &common_dir) {
-        Ok(hash) => hash,
-        Err(err) => panic!("cannot hash the eBPF sources: {err}"),
-    };
-    let prebuilt_hash = fs::read_to_string(ebpf_dir.join(PREBUILT_HASH))
-        .map(|text| text.trim().to_owned())
-        .unwrap_or_default();
-    println!("cargo:rustc-env=ROUTER_EBPF_SOURCE_HASH={source_hash}");
-    println!("cargo:rustc-env=ROUTER_EBPF_PREBUILT_HASH={prebuilt_hash}");
-
-    let built = build(&ebpf_dir);
-    let origin = match built {
-        Ok(()) if out.is_file() => {
-            if env::var("SCOPE_ROUTER_UPDATE_PREBUILT").is_ok_and(|v| v == "1") {
-                update_prebuilt(&ebpf_dir, &out, &source_hash);
-            }
-            "built"
-        }
+    let origin = match build(&ebpf_dir) {
+        Ok(()) if out.is_file() => "built",
         outcome => {
             let why = match outcome {
                 Ok(()) => "the eBPF build produced no object (AYA_BUILD_SKIP set?)".to_owned(),
                 Err(err) => format!("{err:#}"),
             };
-            let why = why.lines().next().unwrap_or("unknown error").to_owned();
-            let prebuilt = ebpf_dir.join(PREBUILT_OBJECT);
-            if prebuilt_hash == source_hash && prebuilt.is_file() {
-                println!(
-                    "cargo:warning=router-ebpf not built here ({why}); embedding the checked-in prebuilt object, which matches the current sources"
+            // The first lines say which step failed and why (e.g. a missing toolchain);
+            // the rest is the child cargo's noise.
+            let why = why
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.starts_with("Stack backtrace"))
+                .filter(|line| !line.is_empty())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ");
+            if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!(
+                    "building router-ebpf failed under CI: {why}\n\
+                     run `cargo xtask setup` (nightly + rust-src + bpf-linker)"
                 );
-                if let Err(err) = fs::copy(&prebuilt, &out) {
-                    panic!(
-                        "cannot copy {} to {}: {err}",
-                        prebuilt.display(),
-                        out.display()
-                    );
-                }
-                "prebuilt"
-            } else {
-                if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                    panic!(
-                        "building router-ebpf failed under CI and the prebuilt object is stale or missing: {why}\n\
-                         run `cargo xtask setup` (nightly + rust-src + bpf-linker)"
-                    );
-                }
-                println!(
-                    "cargo:warning=router-ebpf not built ({why}) and no up-to-date prebuilt object; the router will run without eBPF steering. Run `cargo xtask setup` to install nightly, rust-src and bpf-linker."
-                );
-                if let Err(err) = fs::write(&out, []) {
-                    panic!("cannot write placeholder {}: {err}", out.display());
-                }
-                "missing"
             }
+            println!(
+                "cargo:warning=router-ebpf not built ({why}); the router will run without eBPF steering. Run `cargo xtask setup` to install nightly, rust-src and bpf-linker, then rebuild."
+            );
+            if let Err(err) = fs::write(&out, []) {
+                panic!("cannot write placeholder {}: {err}", out.display());
+            }
+            "missing"
         }
     };
     println!("cargo:rustc-env=ROUTER_EBPF_ORIGIN={origin}");
@@ -126,59 +95,4 @@ fn toolchain_works(name: &str) -> bool {
         .args(["run", name, "rustc", "--version"])
         .output()
         .is_ok_and(|out| out.status.success())
-}
-
-/// FNV-1a over every source file (relative path + bytes), in sorted order: a staleness
-/// check for the prebuilt object, not a security measure.
-fn source_hash(ebpf_dir: &Path, common_dir: &Path) -> std::io::Result<String> {
-    let mut files = Vec::new();
-    for (label, dir) in [("router-ebpf", ebpf_dir), ("router-common", common_dir)] {
-        files.push((format!("{label}/Cargo.toml"), dir.join("Cargo.toml")));
-        collect(&dir.join("src"), &format!("{label}/src"), &mut files)?;
-    }
-    files.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for (label, path) in files {
-        feed(label.as_bytes());
-        feed(&[0]);
-        feed(&fs::read(path)?);
-        feed(&[0]);
-    }
-    Ok(format!("{hash:016x}"))
-}
-
-fn collect(dir: &Path, label: &str, files: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect(&path, &format!("{label}/{name}"), files)?;
-        } else if name.ends_with(".rs") {
-            files.push((format!("{label}/{name}"), path));
-        }
-    }
-    Ok(())
-}
-
-fn update_prebuilt(ebpf_dir: &Path, object: &Path, source_hash: &str) {
-    let target = ebpf_dir.join(PREBUILT_OBJECT);
-    let result = target
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|()| fs::copy(object, &target))
-        .and_then(|_| fs::write(ebpf_dir.join(PREBUILT_HASH), format!("{source_hash}\n")));
-    match result {
-        Ok(()) => println!(
-            "cargo:warning=updated {} (source hash {source_hash}); commit it",
-            target.display()
-        ),
-        Err(err) => panic!("cannot update {}: {err}", target.display()),
-    }
 }

@@ -95,6 +95,8 @@ pub struct VipConfig {
     pub garp_repeat_delay: Duration,
     /// Take the address even if another interface already carries it.
     pub take_over: bool,
+    /// Holds the VIP's state file (read by `scope-router status`) and its owner lock.
+    pub state_dir: PathBuf,
 }
 
 /// How the router uses eBPF.
@@ -458,6 +460,7 @@ struct RawVip {
     garp_count: Option<u32>,
     garp_repeat_delay: Option<HumanDuration>,
     take_over: Option<bool>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -566,6 +569,21 @@ impl RawConfig {
                         "must name a network interface".into(),
                     ));
                 }
+                let state_dir = v
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from(crate::vip::DEFAULT_STATE_DIR));
+                // `run` and `status` may start from different working directories; a
+                // relative path would make them look in different places.
+                if !state_dir.is_absolute() {
+                    return Err(invalid(
+                        "vip.state_dir",
+                        format!(
+                            "\"{}\" must be an absolute directory, e.g. \"{}\"",
+                            state_dir.display(),
+                            crate::vip::DEFAULT_STATE_DIR
+                        ),
+                    ));
+                }
                 Some(VipConfig {
                     address: v.address,
                     interface,
@@ -574,6 +592,7 @@ impl RawConfig {
                     garp_count: v.garp_count.unwrap_or(5),
                     garp_repeat_delay: dur(v.garp_repeat_delay).unwrap_or(Duration::from_secs(5)),
                     take_over: v.take_over.unwrap_or(false),
+                    state_dir,
                 })
             }
         };
@@ -795,6 +814,7 @@ mode = "http"
             (vip.garp_count, vip.garp_repeat_delay, vip.take_over),
             (2, Duration::from_secs(5), false)
         );
+        assert_eq!(vip.state_dir, PathBuf::from("/run/scope-router"));
         // ebpf.interface follows the VIP's when not given.
         assert_eq!(c.ebpf.interface, "ens3");
         assert_eq!(c.ebpf.mode, EbpfMode::Required);
@@ -838,6 +858,7 @@ mode = "http"
             (format!("{MINIMAL}[vip]\ninterface = \"eth2\"\n"), "address"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nadress = \"x\"\n"), "adress"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\ninterface = \"\"\n"), "vip.interface"),
+            (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nstate_dir = \"run/sr\"\n"), "vip.state_dir"),
             (format!("{MINIMAL}[ebpf]\nmode = \"sometimes\"\n"), "sometimes"),
             (format!("{MINIMAL}[ebpf]\npin_path = \"bpf/here\"\n"), "ebpf.pin_path"),
             (format!("{MINIMAL}[ebpf]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n"), "ebpf.deny[1]"),
@@ -864,6 +885,15 @@ mode = "http"
             );
             assert!(msg.contains(key), "key {key} missing from: {msg}");
         }
+    }
+
+    #[test]
+    fn vip_state_dir_is_configurable() {
+        let c = parse(&format!(
+            "{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nstate_dir = \"/var/lib/sr-one\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.vip.unwrap().state_dir, PathBuf::from("/var/lib/sr-one"));
     }
 
     #[test]

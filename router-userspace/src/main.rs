@@ -87,6 +87,12 @@ fn main() -> Result<()> {
         Command::Run { config, workers } => {
             let config = load(&config)?;
             let router = Arc::new(router(&config)?);
+            // First of all: a second router on a VIP another one manages must fail before
+            // it loads eBPF or binds a port, and must never adopt (then remove) the VIP.
+            let vip = vip_settings(&config)?
+                .map(vip::claim)
+                .transpose()
+                .context("cannot take the VIP")?;
             // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
             // network namespace of the calling thread.
             let (options, steering) = steer(&config, &router)?;
@@ -101,7 +107,7 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(config, router, options, steering))
+            rt.block_on(run(config, router, options, steering, vip))
         }
         Command::Status { config, json } => {
             let config = load(&config)?;
@@ -197,6 +203,7 @@ fn vip_settings(config: &Config) -> Result<Option<vip::VipSettings>> {
     settings.garp_count = v.garp_count;
     settings.garp_repeat_delay = v.garp_repeat_delay;
     settings.take_over = v.take_over;
+    settings.state_dir = v.state_dir.clone();
     Ok(Some(settings))
 }
 
@@ -247,6 +254,7 @@ async fn run(
     router: Arc<Router>,
     options: StartOptions,
     steering: Option<Steering>,
+    vip: Option<vip::VipClaim>,
 ) -> Result<()> {
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
@@ -254,8 +262,8 @@ async fn run(
         server::start_with_router(&config, router, options).context("cannot start listening")?;
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
-    let vip = match vip_settings(&config)? {
-        Some(settings) => Some(vip::start(settings).await.context("cannot take the VIP")?),
+    let vip = match vip {
+        Some(claim) => Some(claim.start().await.context("cannot take the VIP")?),
         None => None,
     };
     let signal = termination.recv().await;

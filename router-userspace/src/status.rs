@@ -19,9 +19,6 @@ use crate::vip;
 /// How long a backend may take to accept a TCP connection before it counts as down.
 pub const HEALTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the VIP manager keeps its state file.
-pub const VIP_STATE_DIR: &str = "/run/scope-router";
-
 /// Everything `scope-router status` reports.
 #[derive(Debug, Serialize)]
 pub struct RouterStatus {
@@ -71,7 +68,7 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
     };
     let vip = match &config.vip {
         None => None,
-        Some(v) => Some(vip_report(v.address, &v.interface).await),
+        Some(v) => Some(vip_report(v.address, &v.interface, &v.state_dir).await),
     };
     let mut targets: Vec<(String, SocketAddr)> = router
         .listeners()
@@ -120,13 +117,17 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
     }
 }
 
-async fn vip_report(address: IpAddr, interface: &str) -> Result<VipReport, String> {
+async fn vip_report(
+    address: IpAddr,
+    interface: &str,
+    state_dir: &Path,
+) -> Result<VipReport, String> {
     let IpAddr::V4(v4) = address else {
         return Err(format!(
             "{address} is IPv6; the VIP manager handles IPv4 only"
         ));
     };
-    let status = vip::status(v4, interface, Path::new(VIP_STATE_DIR))
+    let status = vip::status(v4, interface, state_dir)
         .await
         .map_err(|e| e.to_string())?;
     Ok(VipReport {

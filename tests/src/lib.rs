@@ -4,5 +4,4 @@ pub mod client;
 pub mod echo;
 pub mod lab;
 pub mod netns;
-pub mod netns_vip;
 pub mod pattern;

@@ -14,6 +14,10 @@
 //! --net=/run/netns/NAME` works for debugging and bpffs stays visible (unlike `ip netns
 //! exec`, which remounts /sys). Code runs inside a namespace on a dedicated thread that
 //! `setns(2)`s first; threads it spawns inherit the namespace.
+//!
+//! router-userspace's end-to-end suite (`tests/privileged_cli.rs`) compiles this file in
+//! by path (it cannot depend on this crate: that would be a cycle), so it must only use
+//! std and libc, never other modules of this crate.
 
 use std::{
     ffi::OsStr,
@@ -23,10 +27,16 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+/// `ip netns add` sets up the shared /run/netns mount on first use; concurrent first uses
+/// can trip over each other, so creation is serialised within the test process.
+static CREATE: Mutex<()> = Mutex::new(());
 
 /// A unique suffix for names created by this process (`<pid>-<n>`).
 pub fn unique_suffix() -> String {
@@ -74,7 +84,8 @@ pub fn skip(test: &str, reason: &str) -> bool {
     false
 }
 
-fn run_ip<I, S>(args: I) -> io::Result<()>
+/// Runs `ip <args…>` and returns its stdout, failing with ip's stderr.
+fn run_ip<I, S>(args: I) -> io::Result<String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -83,7 +94,7 @@ where
     cmd.args(args);
     let out = cmd.output()?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(io::Error::other(format!(
             "{cmd:?} failed: {}",
@@ -102,7 +113,12 @@ impl Netns {
     /// Creates `<prefix>-<pid>-<n>` with `lo` up.
     pub fn create(prefix: &str) -> io::Result<Self> {
         let name = format!("{prefix}-{}", unique_suffix());
-        run_ip(["netns", "add", &name])?;
+        {
+            let _guard = CREATE
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            run_ip(["netns", "add", &name])?;
+        }
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -118,8 +134,8 @@ impl Netns {
         Path::new("/run/netns").join(&self.name)
     }
 
-    /// Runs `ip -n <name> <args…>`, failing with ip's stderr.
-    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+    /// Runs `ip -n <name> <args…>` and returns its stdout, failing with ip's stderr.
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
         run_ip(
             ["-n", self.name.as_str()]
                 .into_iter()
@@ -180,8 +196,8 @@ impl Drop for Netns {
 }
 
 /// Two namespaces joined by a veth: `router` holds `eth2` = [`Lab::ROUTER`]/24, `client`
-/// holds `eth0` = [`Lab::CLIENT`]/24. Addresses are TEST-NET-1 and exist only inside
-/// these namespaces.
+/// holds `eth0` = [`Lab::CLIENT`]/24 (the eBPF suite's client, the VIP suite's ARP
+/// neighbour). Addresses are TEST-NET-1 and exist only inside these namespaces.
 #[derive(Debug)]
 pub struct Lab {
     /// The router's namespace (interface `eth2`).
@@ -202,22 +218,9 @@ impl Lab {
     pub fn new() -> io::Result<Self> {
         let router = Netns::create("srt-router")?;
         let client = Netns::create("srt-client")?;
-        router.ip(&[
-            "link",
-            "add",
-            "eth2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            client.name(),
-        ])?;
+        veth_pair(&router, "eth2", &client, "eth0")?;
         router.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth2"])?;
         client.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
-        router.ip(&["link", "set", "eth2", "up"])?;
-        client.ip(&["link", "set", "eth0", "up"])?;
         Ok(Self { router, client })
     }
 
@@ -225,7 +228,27 @@ impl Lab {
     pub fn add_vip(&self) -> io::Result<()> {
         self.router
             .ip(&["addr", "add", "192.0.2.100/32", "dev", "eth2"])
+            .map(drop)
     }
+}
+
+/// Creates a veth pair `a_if` (in `a`) ↔ `b_if` (in `b`) and brings both ends up.
+pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> io::Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
 }
 
 /// A unique directory on bpffs for one test's eBPF pins (`/sys/fs/bpf/<prefix>-<pid>-<n>`,

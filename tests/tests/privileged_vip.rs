@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use integration_tests::netns_vip::{Netns, privileged_or_skip, veth_pair};
+use integration_tests::netns::{self, Netns};
 use scope_router::vip::{self, VipError, VipSettings};
 
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const VIP: Ipv4Addr = netns::Lab::VIP;
+/// The router's only address on eth2 besides the VIP, as `ip -j addr` renders it.
 const ROUTER_ADDR: &str = "192.0.2.1/24";
-const NEIGHBOUR_ADDR: &str = "192.0.2.2/24";
-const NEIGHBOUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const NEIGHBOUR_IF: &str = "nbr0";
+const NEIGHBOUR_IP: Ipv4Addr = netns::Lab::CLIENT;
+const ROUTER_IP: Ipv4Addr = netns::Lab::ROUTER;
+/// The neighbour's end of the veth (the shared lab's client interface).
+const NEIGHBOUR_IF: &str = "eth0";
 /// Upper bound for conditions that normally hold within milliseconds; it bounds the
 /// wait and never asserts a speed.
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,8 +30,8 @@ fn init_logs() {
         .try_init();
 }
 
-/// Router namespace (`eth2`) ↔ neighbour namespace (`nbr0`), both with an address in
-/// 192.0.2.0/24 (TEST-NET-1, only ever inside these namespaces).
+/// The shared lab (router `eth2` ↔ neighbour `eth0`, TEST-NET-1 only inside these
+/// namespaces) plus what the VIP tests compare against.
 struct Lab {
     router: Netns,
     neighbour: Netns,
@@ -41,18 +42,13 @@ struct Lab {
 
 fn lab(test: &str) -> Option<Lab> {
     init_logs();
-    if !privileged_or_skip(test) {
+    if !netns::privileged(test) {
         return None;
     }
-    let router = Netns::new("svipr").expect("router netns");
-    let neighbour = Netns::new("svipn").expect("neighbour netns");
-    veth_pair(&router, "eth2", &neighbour, NEIGHBOUR_IF).expect("veth pair");
-    router
-        .ip(&["addr", "add", ROUTER_ADDR, "dev", "eth2"])
-        .expect("router address");
-    neighbour
-        .ip(&["addr", "add", NEIGHBOUR_ADDR, "dev", NEIGHBOUR_IF])
-        .expect("neighbour address");
+    let netns::Lab {
+        router,
+        client: neighbour,
+    } = netns::Lab::new().expect("create namespaces and veth");
     let router_mac = link_mac(&router, "eth2");
     let neighbour_mac = link_mac(&neighbour, NEIGHBOUR_IF);
     Some(Lab {
@@ -468,12 +464,16 @@ fn gratuitous_arp_reaches_the_neighbour_and_repoints_its_entry() {
         || lab.neighbour_entry().as_deref() == Some(lab.router_mac.as_str()),
     );
 
+    // A burst is recorded only once it has been sent, so the state file may still lag
+    // the frames the capture already holds: wait for it to count the second burst.
+    wait_until("the status counts both bursts", || {
+        lab.status().announcements >= 2
+    });
     let status = lab.status();
     assert!(status.present && status.interface_present, "{status}");
     assert_eq!(status.managed, Some(true));
     assert_eq!(status.adopted, Some(false));
     assert!(status.last_announced.is_some(), "{status}");
-    assert!(status.announcements >= 2, "{status}");
 
     running.shutdown().expect("shutdown");
     assert!(!lab.vip_present(), "{:?}", lab.router_addrs());
@@ -505,8 +505,10 @@ fn removed_vip_is_put_back_and_announced_again() {
         lab.vip_present() && capture.garps(&lab.router_mac).0.len() >= 4
     });
     assert!(lab.router_addrs().contains(&ROUTER_ADDR.to_owned()));
+    // No wait here on purpose: the watcher records a re-add before it announces it, so
+    // once the re-announcement has reached the neighbour the status must show it.
     let status = lab.status();
-    assert!(status.readded >= 1, "{status}");
+    assert_eq!(status.readded, 1, "{status}");
 
     // Again, to show the watcher keeps watching after a re-add.
     lab.router
@@ -515,6 +517,8 @@ fn removed_vip_is_put_back_and_announced_again() {
     wait_until("the VIP is back a second time", || {
         lab.vip_present() && capture.garps(&lab.router_mac).0.len() >= 6
     });
+    let status = lab.status();
+    assert_eq!(status.readded, 2, "{status}");
 
     running.shutdown().expect("shutdown");
     assert_eq!(lab.router_addrs(), vec![ROUTER_ADDR.to_owned()]);
@@ -577,6 +581,45 @@ fn vip_already_present_is_adopted() {
     assert_eq!(lab.status().adopted, Some(true));
     running.shutdown().expect("shutdown");
     assert_eq!(lab.router_addrs(), vec![ROUTER_ADDR.to_owned()]);
+}
+
+#[test]
+fn a_second_manager_is_refused_and_the_vip_stays_with_the_first() {
+    let Some(lab) = lab("a_second_manager_is_refused_and_the_vip_stays_with_the_first") else {
+        return;
+    };
+    let first = start_vip(&lab.router, lab.settings()).expect("first manager");
+    assert_eq!(lab.status().adopted, Some(false));
+
+    // Same address and state directory: refused before it looks at the interface, so it
+    // neither adopts the VIP nor rewrites the first one's state.
+    let err = start_vip(&lab.router, lab.settings())
+        .err()
+        .expect("a second manager is refused");
+    match &err {
+        VipError::AlreadyManaged { address, pid, .. } => {
+            assert_eq!(*address, VIP);
+            assert_eq!(*pid, Some(std::process::id()));
+        }
+        other => panic!("expected AlreadyManaged, got {other:?}"),
+    }
+    assert!(err.to_string().contains("manage = false"), "{err}");
+    assert!(lab.vip_present(), "the refused manager took the VIP away");
+    let status = lab.status();
+    assert_eq!(
+        (status.managed, status.adopted, status.running),
+        (Some(true), Some(false), Some(true)),
+        "{status}"
+    );
+
+    // A crash of the owner frees the lock (the kernel closes its file): the restart
+    // adopts the VIP the crash left behind.
+    first.crash();
+    assert!(lab.vip_present());
+    let second = start_vip(&lab.router, lab.settings()).expect("restart after a crash");
+    assert_eq!(lab.status().adopted, Some(true));
+    second.shutdown().expect("shutdown");
+    assert!(!lab.vip_present());
 }
 
 #[test]

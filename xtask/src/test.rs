@@ -1,6 +1,7 @@
 //! `cargo xtask test`: THE test command (README, .ci/run). Sets up what is missing, then
-//! formatting, clippy, the unprivileged tests, and the privileged suites of the tests
-//! crate as root. Output ends with cargo's own test summary lines.
+//! formatting, clippy, the unprivileged tests, and the privileged suites (test files
+//! `privileged_*.rs` of the tests crate and of router-userspace) as root. Output ends
+//! with cargo's own test summary lines.
 
 use std::process::Command;
 
@@ -11,12 +12,34 @@ use crate::progress::{banner, elapsed, loud, step};
 use crate::setup::{self, Profile};
 use crate::workspace;
 
-/// Test targets of the tests crate (`tests/tests/privileged_*.rs`) whose name starts
-/// with this need root (netns, veth, XDP, sk_lookup, VIP). They are selected by target,
-/// not by test-function name, so every test in such a file runs as root and none of
-/// them runs unprivileged.
+/// Test targets whose name starts with this need root (netns, veth, XDP, sk_lookup,
+/// VIP). They are selected by target, not by test-function name, so every test in such
+/// a file runs as root and none of them runs unprivileged.
 pub const PRIVILEGED_PREFIX: &str = "privileged_";
-const TESTS_PACKAGE: &str = "integration-tests";
+
+/// A package whose integration-test files are split into privileged and unprivileged.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    name: &'static str,
+    /// Run its doctests in the unprivileged pass (cargo cannot mix `--doc` with
+    /// `--test`, so they get their own invocation).
+    doc: bool,
+}
+
+/// Every package that may hold `tests/privileged_*.rs`: the tests crate (library-level
+/// suites) and router-userspace, whose end-to-end suite needs `CARGO_BIN_EXE_scope-router`
+/// and so must live beside the binary. The tests crate's doctests are `no_run` sketches
+/// of the harness and were never run; router-userspace's are kept.
+const SPLIT: &[Split] = &[
+    Split {
+        name: "router-userspace",
+        doc: true,
+    },
+    Split {
+        name: "integration-tests",
+        doc: false,
+    },
+];
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -85,7 +108,13 @@ pub fn run(opts: Options) -> Result<()> {
         clippy.done();
     }
 
-    let (privileged, unprivileged) = split_targets(workspace::test_targets(TESTS_PACKAGE)?);
+    let mut privileged: Vec<(&str, String)> = Vec::new();
+    let mut unprivileged: Vec<(Split, Vec<String>)> = Vec::new();
+    for split in SPLIT {
+        let (root, user) = split_targets(workspace::test_targets(split.name)?);
+        privileged.extend(root.into_iter().map(|t| (split.name, t)));
+        unprivileged.push((*split, user));
+    }
     // Warnings come before the test runs, so that cargo's summary stays the last output.
     if plan == Privileged::Skip {
         loud(&[
@@ -94,7 +123,8 @@ pub fn run(opts: Options) -> Result<()> {
         ]);
     } else if privileged.is_empty() {
         loud(&[&format!(
-            "no privileged suites found (tests/tests/{PRIVILEGED_PREFIX}*.rs in {TESTS_PACKAGE})"
+            "no privileged suites found (tests/{PRIVILEGED_PREFIX}*.rs in {})",
+            SPLIT.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         )]);
     }
 
@@ -102,26 +132,47 @@ pub fn run(opts: Options) -> Result<()> {
     // with cargo's own summary lines.
     let so_far = || elapsed(started.elapsed());
     banner(&format!(
-        "==> cargo test: every package but {TESTS_PACKAGE} ({} so far)",
+        "==> cargo test: every package but {} ({} so far)",
+        SPLIT.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
         so_far()
     ));
-    exec::exec(workspace::cargo().args(["test", "--workspace", "--exclude", TESTS_PACKAGE]))?;
+    exec::exec(&mut rest_command())?;
 
-    banner(&format!(
-        "==> cargo test: {TESTS_PACKAGE}, unprivileged suites ({} so far)",
-        so_far()
-    ));
-    exec::exec(&mut unprivileged_command(&unprivileged))?;
+    for (split, targets) in &unprivileged {
+        banner(&format!(
+            "==> cargo test: {}, unprivileged suites ({} so far)",
+            split.name,
+            so_far()
+        ));
+        exec::exec(&mut unprivileged_command(split.name, targets))?;
+        if split.doc {
+            exec::exec(workspace::cargo().args(["test", "--package", split.name, "--doc"]))?;
+        }
+    }
 
     if matches!(plan, Privileged::Direct | Privileged::Sudo) && !privileged.is_empty() {
         banner(&format!(
             "==> cargo test: privileged suites as root: {} ({} so far)",
-            privileged.join(" "),
+            privileged
+                .iter()
+                .map(|(p, t)| format!("{p}/{t}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             so_far()
         ));
         exec::exec(&mut privileged_command(&plan, &privileged)?)?;
     }
     Ok(())
+}
+
+/// Every package whose tests are not split, in one invocation.
+fn rest_command() -> Command {
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "--workspace"]);
+    for split in SPLIT {
+        cmd.args(["--exclude", split.name]);
+    }
+    cmd
 }
 
 /// (privileged, unprivileged) test targets.
@@ -131,16 +182,18 @@ fn split_targets(targets: Vec<String>) -> (Vec<String>, Vec<String>) {
         .partition(|t| t.starts_with(PRIVILEGED_PREFIX))
 }
 
-fn unprivileged_command(targets: &[String]) -> Command {
+fn unprivileged_command(package: &str, targets: &[String]) -> Command {
     let mut cmd = workspace::cargo();
-    cmd.args(["test", "--package", TESTS_PACKAGE, "--lib", "--bins"]);
+    cmd.args(["test", "--package", package, "--lib", "--bins"]);
     for target in targets {
         cmd.args(["--test", target]);
     }
     cmd
 }
 
-fn privileged_command(plan: &Privileged, targets: &[String]) -> Result<Command> {
+/// One cargo invocation for every privileged target: cargo applies each `--test` to
+/// whichever selected package has it.
+fn privileged_command(plan: &Privileged, targets: &[(&str, String)]) -> Result<Command> {
     let mut cmd = workspace::cargo();
     if *plan == Privileged::Sudo {
         // Only the test binaries run as root: cargo builds as the user, so target/ never
@@ -151,8 +204,15 @@ fn privileged_command(plan: &Privileged, targets: &[String]) -> Result<Command> 
             &format!("target.{triple}.runner=[\"sudo\", \"-E\"]"),
         ]);
     }
-    cmd.args(["test", "--package", TESTS_PACKAGE]);
-    for target in targets {
+    cmd.arg("test");
+    let mut packages: Vec<&str> = Vec::new();
+    for (package, _) in targets {
+        if !packages.contains(package) {
+            packages.push(package);
+            cmd.args(["--package", package]);
+        }
+    }
+    for (_, target) in targets {
         cmd.args(["--test", target]);
     }
     Ok(cmd)
@@ -172,7 +232,7 @@ mod tests {
 
     #[test]
     fn sudo_runs_only_the_test_binaries() {
-        let targets = ["privileged_vip".to_owned()];
+        let targets = [("integration-tests", "privileged_vip".to_owned())];
         let cmd = privileged_command(&Privileged::Sudo, &targets).expect("rustc reports its host");
         let shown = exec::display(&cmd);
         assert!(shown.contains(".runner=[\"sudo\", \"-E\"]"), "{shown}");
@@ -185,6 +245,35 @@ mod tests {
     }
 
     #[test]
+    fn privileged_targets_of_both_packages_run_in_one_invocation() {
+        let targets = [
+            ("router-userspace", "privileged_cli".to_owned()),
+            ("integration-tests", "privileged_ebpf".to_owned()),
+            ("integration-tests", "privileged_vip".to_owned()),
+        ];
+        let shown = exec::display(&privileged_command(&Privileged::Direct, &targets).unwrap());
+        assert!(
+            shown.ends_with(
+                "test --package router-userspace --package integration-tests \
+                 --test privileged_cli --test privileged_ebpf --test privileged_vip"
+            ),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn split_packages_are_left_out_of_the_workspace_run() {
+        let shown = exec::display(&rest_command());
+        for split in SPLIT {
+            assert!(
+                shown.contains(&format!("--exclude {}", split.name)),
+                "{shown}"
+            );
+        }
+        assert!(SPLIT.iter().any(|s| s.name == "router-userspace"));
+    }
+
+    #[test]
     fn privileged_files_never_run_unprivileged() {
         let (root, user) = split_targets(vec![
             "routing".into(),
@@ -194,11 +283,18 @@ mod tests {
         ]);
         assert_eq!(root, ["privileged_vip", "privileged_ebpf"]);
         assert_eq!(user, ["routing", "errors"]);
-        let shown = exec::display(&unprivileged_command(&user));
+        let shown = exec::display(&unprivileged_command("integration-tests", &user));
         assert!(
             shown.ends_with(
                 "test --package integration-tests --lib --bins --test routing --test errors"
             ),
+            "{shown}"
+        );
+        let (root, user) = split_targets(vec!["cli".into(), "privileged_cli".into()]);
+        assert_eq!(root, ["privileged_cli"]);
+        let shown = exec::display(&unprivileged_command("router-userspace", &user));
+        assert!(
+            shown.ends_with("test --package router-userspace --lib --bins --test cli"),
             "{shown}"
         );
     }

@@ -133,6 +133,11 @@ impl Steering {
             .map_or(config.pin_path.as_path(), Staging::path)
             .to_path_buf();
         if reuse {
+            // Replacing a live router's links would unpin its steering (its fds keep the
+            // programs attached, so our own attach then fails too): refuse instead.
+            if let Some(pid) = live_owner(&dir) {
+                return Err(Unavailable::InUse { pid, path: dir });
+            }
             tracing::info!(pin_path = %dir.display(), "reusing pinned eBPF maps; counters continue");
             detach_stale(&dir)?;
             drop_incompatible_pins(&dir);
@@ -478,6 +483,26 @@ fn write_meta(ebpf: &mut Ebpf, meta: Meta) -> Result<(), Unavailable> {
 
 /// Removes links a previous run left pinned (crash, or `kill -9`), so the new programs
 /// can take over. The maps stay: that is what keeps the counters.
+/// The pid recorded by the router that attached the pinned programs, when that process
+/// still runs the same program as we do (pid 0 means a clean shutdown; a dead or reused
+/// pid means a crash, whose leftovers [`detach_stale`] may replace).
+fn live_owner(dir: &Path) -> Option<u32> {
+    let map = MapData::from_pin(dir.join(META_MAP)).ok()?;
+    let meta: Array<MapData, Meta> =
+        Array::try_from(aya::maps::Map::from_map_data(map).ok()?).ok()?;
+    let pid = meta.get(&0, 0).ok()?.pid;
+    (pid != 0 && pid != std::process::id() && same_program(pid)).then_some(pid)
+}
+
+/// Whether `pid` is alive and runs a program of our name (`/proc/PID/comm`).
+fn same_program(pid: u32) -> bool {
+    let comm = |who: &str| fs::read_to_string(format!("/proc/{who}/comm")).ok();
+    match (comm(&pid.to_string()), comm("self")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => false,
+    }
+}
+
 fn detach_stale(dir: &Path) -> Result<(), Unavailable> {
     for name in [LINK_XDP, LINK_SK_LOOKUP] {
         let path = dir.join(name);
@@ -701,5 +726,26 @@ mod tests {
         let any = SocketAddrV4::new([0, 0, 0, 0].into(), 80);
         let err = Desired::new(&[any], &[], &[]).err().unwrap();
         assert!(err.to_string().contains("concrete VIP"), "{err}");
+    }
+
+    #[test]
+    fn only_a_live_process_of_our_program_owns_the_pins() {
+        assert!(same_program(std::process::id()));
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = sleeper.id();
+        let other_program = same_program(pid);
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(!other_program, "`sleep` is not a scope-router");
+        assert!(!same_program(pid), "a reaped pid owns nothing");
+    }
+
+    #[test]
+    fn missing_meta_means_no_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(live_owner(dir.path()), None);
     }
 }

@@ -128,6 +128,17 @@ pub enum Unavailable {
         /// Why, and what to do.
         reason: String,
     },
+    /// Another scope-router still runs on this pin path.
+    #[error(
+        "eBPF state at {} is in use by scope-router pid {pid}, which is still running; stop it first or give this instance its own ebpf.pin_path",
+        path.display()
+    )]
+    InUse {
+        /// The running router.
+        pid: u32,
+        /// The state directory.
+        path: PathBuf,
+    },
     /// The XDP interface does not exist.
     #[error(
         "interface {name} not found in this network namespace; set ebpf.interface to the VIP interface"
@@ -170,6 +181,9 @@ pub enum EbpfError {
     /// `ebpf.mode = "required"` and steering could not start.
     #[error("ebpf.mode = \"required\" but eBPF steering cannot start: {0}")]
     Required(#[source] Unavailable),
+    /// Another scope-router runs on the same pin path (any mode but `off`).
+    #[error("another scope-router is already running here: {0}")]
+    InUse(#[source] Unavailable),
     /// Updating the maps in place (config reload) failed.
     #[error("updating the eBPF maps under {}: {source}", pin_path.display())]
     Update {
@@ -205,6 +219,9 @@ pub fn start(config: &SteeringConfig, listener: &impl AsFd) -> Result<Startup, E
     }
     match Steering::start(config, listener.as_fd()) {
         Ok(steering) => Ok(Startup::Steering(steering)),
+        // Not a missing kernel feature but a duplicate instance: falling back to direct
+        // binds would start a second router beside the one that owns the steering.
+        Err(reason @ Unavailable::InUse { .. }) => Err(EbpfError::InUse(reason)),
         Err(reason) if config.mode == Mode::Auto => {
             tracing::warn!(
                 "eBPF steering unavailable, binding every VIP:port directly (ebpf.mode = auto): {reason}"

@@ -5,11 +5,14 @@
 //! netlink and AF_PACKET sockets are opened there and keep that namespace for their life,
 //! so tasks spawned later may run on any runtime thread.
 //!
-//! Wiring: `run` builds [`VipSettings`] from `[vip]`, calls [`start`] before serving and
-//! [`VipHandle::shutdown`] after the listeners have drained; `scope-router status` calls
-//! [`status`] with the same address, interface and state directory.
+//! Wiring: `run` builds [`VipSettings`] from `[vip]`, calls [`claim`] before it loads eBPF
+//! or binds anything (so a second router on the same VIP fails before touching anything),
+//! [`VipClaim::start`] once it serves, and [`VipHandle::shutdown`] after the listeners have
+//! drained; `scope-router status` calls [`status`] with the same address, interface and
+//! state directory.
 
 mod arp;
+mod lock;
 mod netlink;
 mod packet;
 mod state;
@@ -24,8 +27,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use arp::{ArpOp, ArpPacket, MacAddr};
+pub use lock::lock_file_path;
 pub use state::{VipStatus, state_file_path, status};
 
+use lock::OwnerLock;
 use netlink::{AddOutcome, Netlink};
 use packet::PacketSocket;
 use state::StateFile;
@@ -35,7 +40,7 @@ use watch::Watcher;
 pub const DEFAULT_STATE_DIR: &str = "/run/scope-router";
 
 /// What the VIP manager needs to know; mirrors `[vip]` of the configuration, plus knobs
-/// that only tests and the integrator set (state directory, probe timing).
+/// that only tests set (probe timing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipSettings {
     pub address: Ipv4Addr,
@@ -50,7 +55,8 @@ pub struct VipSettings {
     pub garp_repeat_delay: Duration,
     /// Take the address even when another host answers the ARP probe for it.
     pub take_over: bool,
-    /// Directory of the state file read by `scope-router status`.
+    /// Directory of the state file read by `scope-router status` and of the owner lock
+    /// that keeps a second router from managing the same address.
     pub state_dir: PathBuf,
     /// ARP probes sent before taking the address (RFC 5227 PROBE_NUM is 3).
     pub probe_count: u32,
@@ -120,6 +126,32 @@ pub enum VipError {
         mac: MacAddr,
     },
 
+    #[error(
+        "VIP {address} is already managed by another scope-router ({owner}, lock {}): stop \
+         that router before starting this one (two managers would take the address from \
+         each other), or set [vip] manage = false here to serve the address without \
+         managing it",
+        path.display(),
+        owner = owner_text(*pid)
+    )]
+    AlreadyManaged {
+        address: Ipv4Addr,
+        /// `None` when the owner has not recorded its pid yet.
+        pid: Option<u32>,
+        path: PathBuf,
+    },
+
+    #[error(
+        "cannot open or lock the VIP lock file {}: make [vip] state_dir a writable \
+         directory",
+        path.display()
+    )]
+    LockFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("netlink: {operation} for VIP {address} on {interface:?} failed")]
     Netlink {
         operation: &'static str,
@@ -172,6 +204,13 @@ pub enum VipError {
     },
 }
 
+fn owner_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid not recorded yet".to_owned(),
+    }
+}
+
 /// Renders an error with its causes on one line, for log fields.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -191,20 +230,58 @@ pub struct VipHandle {
     settings: VipSettings,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Watcher>>,
+    /// Dropped last, after the address is released and the final state written, so the
+    /// next owner never races this one's cleanup.
+    _lock: Option<OwnerLock>,
 }
 
-/// Takes the VIP described by `settings` (see the module docs for the namespace rule).
+/// The right to manage a VIP: its owner lock, taken by [`claim`] (none when unmanaged).
+#[derive(Debug)]
+pub struct VipClaim {
+    settings: VipSettings,
+    lock: Option<OwnerLock>,
+}
+
+/// Takes the VIP's owner lock (`<state_dir>/vip-<address>.lock`) with `manage = true`;
+/// fails with [`VipError::AlreadyManaged`], naming the owner's pid, while another router
+/// manages the address. Blocking file I/O only: call it before anything else starts.
+pub fn claim(settings: VipSettings) -> Result<VipClaim, VipError> {
+    let lock = if settings.manage {
+        Some(OwnerLock::acquire(&settings)?)
+    } else {
+        None
+    };
+    Ok(VipClaim { settings, lock })
+}
+
+impl VipClaim {
+    pub fn settings(&self) -> &VipSettings {
+        &self.settings
+    }
+
+    /// Takes the claimed VIP; see [`start`].
+    pub async fn start(self) -> Result<VipHandle, VipError> {
+        let VipClaim { settings, lock } = self;
+        match lock {
+            Some(lock) => start_managed(settings, lock).await,
+            None => start_unmanaged(settings).await,
+        }
+    }
+}
+
+/// Takes the VIP described by `settings` (see the module docs for the namespace rule):
+/// [`claim`], then [`VipClaim::start`].
 ///
-/// With `manage = true`: refuses an interface that is missing or not Ethernet, adopts the
+/// With `manage = true`: refuses a VIP another router manages, an interface that is missing or not Ethernet, adopts the
 /// address if it is already there, otherwise probes for a conflicting owner, adds
 /// `address/32`, announces it and starts watching. With `manage = false` it only records
 /// the state for `scope-router status` and never touches the interface.
 pub async fn start(settings: VipSettings) -> Result<VipHandle, VipError> {
-    let state = StateFile::new(&settings);
-    if !settings.manage {
-        return start_unmanaged(settings, state).await;
-    }
+    claim(settings)?.start().await
+}
 
+async fn start_managed(settings: VipSettings, lock: OwnerLock) -> Result<VipHandle, VipError> {
+    let state = StateFile::new(&settings);
     // Subscribe before looking so that a removal racing with the start is not missed.
     let (nl, events) = Netlink::connect(&settings, true)?;
     let link = nl.link(&settings.interface).await?;
@@ -253,10 +330,12 @@ pub async fn start(settings: VipSettings) -> Result<VipHandle, VipError> {
         settings,
         stop: Some(stop_tx),
         task: Some(task),
+        _lock: Some(lock),
     })
 }
 
-async fn start_unmanaged(settings: VipSettings, state: StateFile) -> Result<VipHandle, VipError> {
+async fn start_unmanaged(settings: VipSettings) -> Result<VipHandle, VipError> {
+    let state = StateFile::new(&settings);
     // Only a look: an unmanaged VIP may legitimately be absent until keepalived adds it.
     let present = match Netlink::connect(&settings, false) {
         Ok((nl, _)) => nl.is_present(&settings.interface).await.unwrap_or(false),
@@ -273,12 +352,23 @@ async fn start_unmanaged(settings: VipSettings, state: StateFile) -> Result<VipH
         settings,
         stop: None,
         task: None,
+        _lock: None,
     })
 }
 
 /// An unmanaged router may run without privileges, so a state directory it cannot write
-/// costs only the details of `scope-router status`: warn, do not fail.
+/// costs only the details of `scope-router status`: warn, do not fail. The state file is
+/// the managing router's while one holds the lock: overwriting it would make `status`
+/// report the VIP as unmanaged (or stopped) beside a router that manages it.
 fn write_unmanaged_state(settings: &VipSettings, state: &StateFile, running: bool) {
+    if let Some(pid) = OwnerLock::holder(settings) {
+        tracing::info!(
+            vip = %settings.address,
+            owner = %owner_text(pid),
+            "VIP managed by another scope-router: its state file is left to it"
+        );
+        return;
+    }
     let mut record = state::VipState::unmanaged(settings);
     record.running = running;
     if let Err(e) = state.write(&record) {
@@ -407,6 +497,41 @@ mod tests {
             .await
             .expect("status");
         assert_eq!(st.running, Some(false));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_managing_claim_per_vip_and_unmanaged_ones_leave_its_state_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = VipSettings::new(Ipv4Addr::new(192, 0, 2, 10));
+        settings.interface = "nosuch-vip0".into();
+        settings.state_dir = dir.path().to_owned();
+        let owner = claim(settings.clone()).expect("first claim");
+        let err = claim(settings.clone()).expect_err("second managing claim");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        // A second router that fails never touches the VIP (its start would reach
+        // netlink here and fail on the missing interface instead).
+        let err = start(settings.clone()).await.expect_err("second start");
+        assert!(matches!(err, VipError::AlreadyManaged { .. }), "{err:?}");
+
+        let mut unmanaged = settings.clone();
+        unmanaged.manage = false;
+        let handle = start(unmanaged.clone()).await.expect("unmanaged start");
+        handle.shutdown().await.expect("unmanaged shutdown");
+        let state = state_file_path(dir.path(), settings.address);
+        assert!(
+            !state.exists(),
+            "an unmanaged router overwrote the managing router's state file"
+        );
+
+        drop(owner);
+        let handle = start(unmanaged).await.expect("unmanaged start");
+        assert!(state.exists(), "no managing router: the state is recorded");
+        handle.shutdown().await.expect("unmanaged shutdown");
+        let _owner = claim(settings).expect("claim after the owner left");
     }
 
     #[test]

@@ -196,8 +196,11 @@ impl Watcher {
                 if readded {
                     tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP added back");
                     self.state.readded += 1;
-                    self.burst(false);
+                    // Recorded before the announcement leaves: whoever sees the new
+                    // gratuitous ARP (a neighbour, an operator running `status`) must
+                    // also find the re-add counted, not a state file from before it.
                     self.record_state(true);
+                    self.burst(false);
                 }
             }
             Err(e) => {
