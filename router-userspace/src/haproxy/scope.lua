@@ -181,7 +181,9 @@ local function route(txn)
   end
   txn.http:req_add_header("Via", "1.1 " .. T.via_name)
   local path = txn.f:path() or "/"
-  local r = match_route(T.listeners[txn.f:dst() .. ":" .. txn.f:dst_port()], path)
+  -- dst is nil on a non-IP bind (unix socket): only the Host header can match then.
+  local dst, port = txn.f:dst(), txn.f:dst_port()
+  local r = match_route(dst and T.listeners[dst .. ":" .. tostring(port)], path)
     or match_route(host_listener(first(hdrs, "host")), path)
   -- No catalog entry matches: forward unchanged to the listener's own server.
   if r == nil then return end
