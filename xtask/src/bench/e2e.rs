@@ -149,6 +149,16 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             format!("`{tool}` is needed by the end-to-end benchmarks (apt-get install haproxy lua-cjson nginx wrk curl python3 util-linux iproute2)")
         })?;
     }
+    if let Some(bad) = opts
+        .only
+        .iter()
+        .find(|s| !["a", "b", "c", "d", "e", "f"].contains(&s.as_str()))
+    {
+        bail!("no e2e scenario `{bad}`; known: a, b, c, d, e, f (see --help)");
+    }
+    if opts.rounds == 0 || opts.duration == 0 {
+        bail!("--rounds and --duration must be at least 1");
+    }
     let started = Instant::now();
     // Other load on the machine skews every number: the report records it.
     let load_before = loadavg();
