@@ -104,6 +104,7 @@ fn end_to_end(args: &[OsString]) -> Result<()> {
     let cli = <Cli as clap::Parser>::try_parse_from(
         std::iter::once(OsString::from("e2e")).chain(args.iter().cloned()),
     )?;
+    cli.opts.validate()?;
     let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
     let Some(bin) = bins.get("scope-router") else {
         bail!("cargo built no scope-router binary");

@@ -45,6 +45,23 @@ pub struct Options {
     pub upload_mib: u64,
 }
 
+impl Options {
+    /// Rejects what would run nothing, before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(bad) = self
+            .only
+            .iter()
+            .find(|s| !["a", "b", "c", "d", "e", "f"].contains(&s.as_str()))
+        {
+            bail!("no e2e scenario `{bad}`; known: a, b, c, d, e, f (see --help)");
+        }
+        if self.rounds == 0 || self.duration == 0 {
+            bail!("--rounds and --duration must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     ScopeRouter,
@@ -149,16 +166,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             format!("`{tool}` is needed by the end-to-end benchmarks (apt-get install haproxy lua-cjson nginx wrk curl python3 util-linux iproute2)")
         })?;
     }
-    if let Some(bad) = opts
-        .only
-        .iter()
-        .find(|s| !["a", "b", "c", "d", "e", "f"].contains(&s.as_str()))
-    {
-        bail!("no e2e scenario `{bad}`; known: a, b, c, d, e, f (see --help)");
-    }
-    if opts.rounds == 0 || opts.duration == 0 {
-        bail!("--rounds and --duration must be at least 1");
-    }
+    opts.validate()?;
     let started = Instant::now();
     // Other load on the machine skews every number: the report records it.
     let load_before = loadavg();
