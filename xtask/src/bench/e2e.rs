@@ -1030,3 +1030,62 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(only: &[&str]) -> Options {
+        Options {
+            only: only.iter().map(|s| (*s).to_owned()).collect(),
+            duration: 5,
+            rounds: 3,
+            connections: 50,
+            idle_connections: 10_000,
+            upload_mib: 1024,
+        }
+    }
+
+    #[test]
+    fn every_target_leads_one_round() {
+        let firsts: Vec<Target> = (1..=4).map(|r| rotated(SCOPED, r)[0]).collect();
+        assert_eq!(firsts, SCOPED.to_vec());
+        assert_eq!(rotated(SCOPED, 5), SCOPED.to_vec());
+    }
+
+    #[test]
+    fn options_are_validated_and_runs_counted() {
+        assert!(opts(&["a", "f"]).validate().is_ok());
+        let err = opts(&["a", "x"]).validate().unwrap_err().to_string();
+        assert!(err.contains("`x`"), "{err}");
+        assert!(
+            Options {
+                rounds: 0,
+                ..opts(&["a"])
+            }
+            .validate()
+            .is_err()
+        );
+        // 4 targets in a–d, 3 in e and f, per round.
+        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 66);
+    }
+
+    #[test]
+    fn haproxy_global_is_tuned_for_one_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            "# generated\nglobal\n    lua-load \"x\"\n\ndefaults\n",
+        )
+        .unwrap();
+        tune_haproxy(&cfg, 9900).unwrap();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(
+            text.contains("global\n    nbthread 1\n    maxconn 9900\n    lua-load"),
+            "{text}"
+        );
+        std::fs::write(&cfg, "defaults\n").unwrap();
+        assert!(tune_haproxy(&cfg, 1).is_err());
+    }
+}
