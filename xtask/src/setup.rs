@@ -21,7 +21,8 @@ pub enum Profile {
     Build,
     /// Build plus what the namespace lab drives (iproute2, curl, nsenter).
     Lab,
-    /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump).
+    /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, and python3
+    /// for the benchmark's upload sink).
     Full,
 }
 
@@ -38,6 +39,7 @@ impl Profile {
             "wrk",
             "nginx",
             "tcpdump",
+            "python3",
         ];
         match self {
             Profile::Build => &[],
