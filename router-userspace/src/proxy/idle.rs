@@ -29,7 +29,7 @@ impl InFlight {
         InFlightGuard(self.0.clone())
     }
 
-    fn busy(&self) -> bool {
+    pub fn busy(&self) -> bool {
         self.0.load(Ordering::Relaxed) > 0
     }
 }
@@ -71,6 +71,11 @@ impl<T> IdleIo<T> {
 
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    /// When the inactivity budget runs out if nothing moves before then.
+    pub fn deadline(&self) -> Instant {
+        self.last_progress + self.timeout
     }
 
     fn progressed(&mut self) {

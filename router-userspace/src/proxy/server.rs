@@ -8,11 +8,13 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::time::Instant;
 
 use super::ConnWatch;
 use super::framing::FramingWatch;
 use super::hyper_buf_size;
 use super::idle::IdleIo;
+use super::park::{ParkSlot, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -245,8 +247,11 @@ impl Dispatch {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
                     let mut abort = signals.clone();
+                    // Boxed (like the HTTP branch below) so that scoped
+                    // connections' tasks are not sized for passthrough state.
+                    let relay = Box::pin(passthrough::serve_tcp(rt, stream, peer));
                     tokio::select! {
-                        _ = passthrough::serve_tcp(rt, stream, peer) => {}
+                        _ = relay => {}
                         _ = abort.aborting() => {}
                     }
                 }
@@ -264,14 +269,14 @@ impl Dispatch {
                         };
                         passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
                     });
-                    serve_http(
+                    Box::pin(serve_http(
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
                         watch,
                         svc,
                         signals,
-                    )
+                    ))
                     .await;
                 }
             }
@@ -284,6 +289,9 @@ impl Dispatch {
 
 /// Runs one HTTP/1.1 connection until it ends, finishing the in-flight request
 /// on drain and cutting it when the grace period is over.
+///
+/// Between requests the connection is parked (see [`super::park`]): hyper and
+/// its buffers exist only while a request is arriving or being answered.
 async fn serve_http<S>(
     stream: tokio::net::TcpStream,
     timeouts: Timeouts,
@@ -296,21 +304,80 @@ async fn serve_http<S>(
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::access_log::LoggedBody>,
             Error = std::convert::Infallible,
+        > + Clone,
+    S::Future: Send + 'static,
+{
+    let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight.clone());
+    let buf_size = hyper_buf_size(max_header_bytes);
+    let mut client = FramingWatch::new(idle, buf_size, watch.verdicts);
+    let slot = ParkSlot::default();
+    loop {
+        // hyper starts its request-header timer as soon as it waits for a
+        // head, idle or not; waiting here counts against the same budget.
+        let header_deadline = Instant::now() + timeouts.request_header;
+        let deadline = header_deadline.min(client.get_ref().deadline());
+        let readable = tokio::select! {
+            biased;
+            _ = signals.draining() => false,
+            r = tokio::time::timeout_at(deadline, client.get_ref().get_ref().readable()) => {
+                matches!(r, Ok(Ok(())))
+            }
+        };
+        if !readable {
+            // Drain, idle or header timeout, or a socket error: close quietly,
+            // as hyper does for an idle connection.
+            return;
+        }
+        let io = ParkingIo::new(client, slot.clone(), watch.in_flight.clone());
+        let header_timeout = header_deadline.saturating_duration_since(Instant::now());
+        // Boxed so the task stays small while parked: hyper's state lives
+        // only as long as this call.
+        let result = Box::pin(run_hyper(
+            io,
+            header_timeout,
+            buf_size,
+            svc.clone(),
+            &mut signals,
+        ))
+        .await;
+        if let Err(e) = result {
+            // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
+            tracing::debug!("connection ended: {e}");
+        }
+        let parked = slot.lock().ok().and_then(|mut s| s.take());
+        match parked {
+            Some(c) => client = c,
+            None => return,
+        }
+    }
+}
+/// One hyper connection over a lent client stream, until it parks or ends.
+async fn run_hyper<S>(
+    io: ParkingIo<IdleIo<tokio::net::TcpStream>>,
+    header_timeout: Duration,
+    buf_size: usize,
+    svc: S,
+    signals: &mut Signals,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::access_log::LoggedBody>,
+            Error = std::convert::Infallible,
         >,
     S::Future: Send + 'static,
 {
-    let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight);
-    let buf_size = hyper_buf_size(max_header_bytes);
-    let io = TokioIo::new(FramingWatch::new(idle, buf_size, watch.verdicts));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.request_header)
+        .header_read_timeout(header_timeout)
         .max_buf_size(buf_size)
         .keep_alive(true);
-    let conn = builder.serve_connection(io, svc).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     tokio::pin!(conn);
-    let result = tokio::select! {
+    tokio::select! {
         r = conn.as_mut() => r,
         _ = signals.draining() => {
             conn.as_mut().graceful_shutdown();
@@ -320,9 +387,5 @@ async fn serve_http<S>(
                 _ = abort.aborting() => Ok(()),
             }
         }
-    };
-    if let Err(e) = result {
-        // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
-        tracing::debug!("connection ended: {e}");
     }
 }
