@@ -95,6 +95,10 @@ impl<T> FramingWatch<T> {
         &self.inner
     }
 
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Every byte read so far belongs to complete requests: nothing of a next
     /// head or body has arrived. `false` once the watch switched itself off.
     pub fn at_message_boundary(&self) -> bool {

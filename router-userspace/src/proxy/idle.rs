@@ -78,6 +78,15 @@ impl<T> IdleIo<T> {
         self.last_progress + self.timeout
     }
 
+    /// Waits for `deadline` on this stream's own timer (so a caller waiting
+    /// for readiness needs no timer of its own).
+    pub fn poll_sleep_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+
     fn progressed(&mut self) {
         self.last_progress = Instant::now();
     }
