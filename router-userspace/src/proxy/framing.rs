@@ -91,6 +91,20 @@ impl<T> FramingWatch<T> {
         }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// Every byte read so far belongs to complete requests: nothing of a next
+    /// head or body has arrived. `false` once the watch switched itself off.
+    pub fn at_message_boundary(&self) -> bool {
+        self.state == State::Head && self.head.is_empty()
+    }
+
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let used = match self.state {

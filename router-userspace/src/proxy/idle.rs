@@ -29,7 +29,7 @@ impl InFlight {
         InFlightGuard(self.0.clone())
     }
 
-    fn busy(&self) -> bool {
+    pub fn busy(&self) -> bool {
         self.0.load(Ordering::Relaxed) > 0
     }
 }
@@ -71,6 +71,20 @@ impl<T> IdleIo<T> {
 
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    /// When the inactivity budget runs out if nothing moves before then.
+    pub fn deadline(&self) -> Instant {
+        self.last_progress + self.timeout
+    }
+
+    /// Waits for `deadline` on this stream's own timer (so a caller waiting
+    /// for readiness needs no timer of its own).
+    pub fn poll_sleep_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
     }
 
     fn progressed(&mut self) {

@@ -5,6 +5,7 @@ pub mod error;
 pub mod framing;
 pub mod headers;
 pub mod idle;
+pub mod park;
 pub mod scoped;
 pub mod server;
 pub mod upstream;

@@ -3,16 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::time::Instant;
 
 use super::ConnWatch;
 use super::framing::FramingWatch;
 use super::hyper_buf_size;
-use super::idle::IdleIo;
+use super::idle::{IdleIo, InFlight};
+use super::park::{ParkSlot, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -199,10 +202,7 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok(acc) => {
-                let (d, s, g) = (dispatch.clone(), signals.clone(), guard.clone());
-                tokio::spawn(async move { d.serve(acc, s, g).await });
-            }
+            Ok(acc) => dispatch.spawn_serve(acc, signals.clone(), guard.clone()),
             // The client gave up between SYN and accept: nothing to do.
             Err(e)
                 if matches!(
@@ -219,34 +219,52 @@ async fn accept_loop(
 }
 
 impl Dispatch {
-    async fn serve(&self, acc: Accepted, signals: Signals, guard: Guard) {
+    /// Spawns the task serving one accepted connection. Scoped connections get
+    /// a task that is exactly [`serve_http`]: its size is what every idle
+    /// keep-alive client costs, so nothing else is carried along.
+    fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
+        let Some(spec) = self.scoped.router.listener(acc.local) else {
+            let d = self.clone();
+            tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
+            return;
+        };
         let Accepted {
             stream,
             local,
             peer,
         } = acc;
-        if let Some(spec) = self.scoped.router.listener(local) {
-            let shared = self.scoped.clone();
-            let watch = ConnWatch::default();
-            let busy = watch.clone();
-            let svc = service_fn(move |req| {
-                scoped::handle(shared.clone(), local, peer, busy.begin(), req)
-            });
-            serve_http(
-                stream,
-                spec.timeouts,
-                self.max_header_bytes,
-                watch,
-                svc,
-                signals,
-            )
-            .await;
-        } else if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
+        let shared = self.scoped.clone();
+        let watch = ConnWatch::default();
+        let busy = watch.clone();
+        let svc =
+            service_fn(move |req| scoped::handle(shared.clone(), local, peer, busy.begin(), req));
+        tokio::spawn(serve_http(HttpConn::new(
+            stream,
+            spec.timeouts,
+            self.max_header_bytes,
+            watch,
+            svc,
+            signals,
+            guard,
+        )));
+    }
+
+    /// Passthrough listeners (and addresses nobody serves).
+    async fn serve_other(&self, acc: Accepted, signals: Signals, guard: Guard) {
+        let Accepted {
+            stream,
+            local,
+            peer,
+        } = acc;
+        if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
                     let mut abort = signals.clone();
+                    // Boxed (like the HTTP branch below) so that scoped
+                    // connections' tasks are not sized for passthrough state.
+                    let relay = Box::pin(passthrough::serve_tcp(rt, stream, peer));
                     tokio::select! {
-                        _ = passthrough::serve_tcp(rt, stream, peer) => {}
+                        _ = relay => {}
                         _ = abort.aborting() => {}
                     }
                 }
@@ -264,14 +282,15 @@ impl Dispatch {
                         };
                         passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
                     });
-                    serve_http(
+                    Box::pin(serve_http(HttpConn::new(
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
                         watch,
                         svc,
                         signals,
-                    )
+                        guard.clone(),
+                    )))
                     .await;
                 }
             }
@@ -282,16 +301,126 @@ impl Dispatch {
     }
 }
 
+/// Client stream type lent to hyper.
+type ClientStream = FramingWatch<IdleIo<tokio::net::TcpStream>>;
+
+/// Everything an HTTP/1.1 client connection keeps for its whole life. Kept in
+/// one struct (and the stream in the park slot) because the size of the
+/// task's future is what every idle keep-alive client costs.
+struct HttpConn<S> {
+    /// Holds the client stream whenever hyper does not.
+    slot: ParkSlot<ClientStream>,
+    request_header: Duration,
+    buf_size: usize,
+    in_flight: InFlight,
+    svc: S,
+    signals: Signals,
+    _guard: Guard,
+}
+
+impl<S> HttpConn<S> {
+    fn new(
+        stream: tokio::net::TcpStream,
+        timeouts: Timeouts,
+        max_header_bytes: usize,
+        watch: ConnWatch,
+        svc: S,
+        signals: Signals,
+        guard: Guard,
+    ) -> Self {
+        let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight.clone());
+        let buf_size = hyper_buf_size(max_header_bytes);
+        let client = FramingWatch::new(idle, buf_size, watch.verdicts);
+        HttpConn {
+            slot: Arc::new(std::sync::Mutex::new(Some(client))),
+            request_header: timeouts.request_header,
+            buf_size,
+            in_flight: watch.in_flight,
+            svc,
+            signals,
+            _guard: guard,
+        }
+    }
+}
+
 /// Runs one HTTP/1.1 connection until it ends, finishing the in-flight request
 /// on drain and cutting it when the grace period is over.
-async fn serve_http<S>(
-    stream: tokio::net::TcpStream,
-    timeouts: Timeouts,
-    max_header_bytes: usize,
-    watch: ConnWatch,
+///
+/// Between requests the connection is parked (see [`super::park`]): hyper and
+/// its buffers exist only while a request is arriving or being answered.
+async fn serve_http<S>(mut conn: HttpConn<S>)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::access_log::LoggedBody>,
+            Error = std::convert::Infallible,
+        > + Clone,
+    S::Future: Send + 'static,
+{
+    loop {
+        // hyper starts its request-header timer as soon as it waits for a
+        // head, idle or not; waiting here counts against the same budget.
+        let header_deadline = Instant::now() + conn.request_header;
+        // Polled by hand with the socket and the stream's own timer, so the
+        // parked task holds no other future.
+        let readable = {
+            let drain = conn.signals.draining();
+            tokio::pin!(drain);
+            std::future::poll_fn(|cx| {
+                if drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                let Ok(mut slot) = conn.slot.lock() else {
+                    return Poll::Ready(false);
+                };
+                let Some(client) = slot.as_mut() else {
+                    return Poll::Ready(false);
+                };
+                if let Poll::Ready(r) = client.get_ref().get_ref().poll_read_ready(cx) {
+                    return Poll::Ready(r.is_ok());
+                }
+                let deadline = header_deadline.min(client.get_ref().deadline());
+                client
+                    .get_mut()
+                    .poll_sleep_until(deadline, cx)
+                    .map(|()| false)
+            })
+            .await
+        };
+        // Not readable: drain, idle or header timeout, or a socket error;
+        // close quietly, as hyper does for an idle connection.
+        let client = match conn.slot.lock().ok().and_then(|mut s| s.take()) {
+            Some(client) if readable => client,
+            _ => return,
+        };
+        let io = ParkingIo::new(client, conn.slot.clone(), conn.in_flight.clone());
+        let header_timeout = header_deadline.saturating_duration_since(Instant::now());
+        // Boxed so the task stays small while parked: hyper's state lives
+        // only as long as this call.
+        let result = Box::pin(run_hyper(
+            io,
+            header_timeout,
+            conn.buf_size,
+            conn.svc.clone(),
+            conn.signals.clone(),
+        ))
+        .await;
+        if let Err(e) = result {
+            // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
+            tracing::debug!("connection ended: {e}");
+        }
+    }
+}
+
+/// One hyper connection over a lent client stream, until it parks or ends.
+async fn run_hyper<S>(
+    io: ParkingIo<IdleIo<tokio::net::TcpStream>>,
+    header_timeout: Duration,
+    buf_size: usize,
     svc: S,
     mut signals: Signals,
-) where
+) -> Result<(), hyper::Error>
+where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::access_log::LoggedBody>,
@@ -299,18 +428,17 @@ async fn serve_http<S>(
         >,
     S::Future: Send + 'static,
 {
-    let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight);
-    let buf_size = hyper_buf_size(max_header_bytes);
-    let io = TokioIo::new(FramingWatch::new(idle, buf_size, watch.verdicts));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.request_header)
+        .header_read_timeout(header_timeout)
         .max_buf_size(buf_size)
         .keep_alive(true);
-    let conn = builder.serve_connection(io, svc).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     tokio::pin!(conn);
-    let result = tokio::select! {
+    tokio::select! {
         r = conn.as_mut() => r,
         _ = signals.draining() => {
             conn.as_mut().graceful_shutdown();
@@ -320,9 +448,5 @@ async fn serve_http<S>(
                 _ = abort.aborting() => Ok(()),
             }
         }
-    };
-    if let Err(e) = result {
-        // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
-        tracing::debug!("connection ended: {e}");
     }
 }
