@@ -18,8 +18,8 @@ const BACKLOG: i32 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     #[error(
-        "cannot bind {addr} ({step}): {source}; check that no other process (e.g. HAProxy) holds \
-         that address and port, and that the router may bind it"
+        "cannot bind {addr} ({step}); check that no other process (e.g. HAProxy) holds that \
+         address and port, and that the router may bind it"
     )]
     Bind {
         addr: SocketAddr,
@@ -27,7 +27,7 @@ pub enum ListenerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot adopt the listening socket handed in ({step}): {source}")]
+    #[error("cannot adopt the listening socket handed in ({step})")]
     Adopt {
         step: &'static str,
         #[source]
