@@ -73,6 +73,11 @@ impl<T> IdleIo<T> {
         &self.inner
     }
 
+    /// The stream itself, e.g. to keep it in a pool without a timer.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// When the inactivity budget runs out if nothing moves before then.
     pub fn deadline(&self) -> Instant {
         self.last_progress + self.timeout

@@ -108,25 +108,30 @@ pub(crate) fn problem_response(
 
 /// Wraps the upstream response for the client: hop-by-hop headers removed,
 /// body streamed through and access-logged when it ends.
-pub(crate) fn relay_response(
-    resp: Response<Incoming>,
+pub(crate) fn relay_response<B>(
+    resp: Response<B>,
     mut record: AccessRecord,
     keep_upgrade: bool,
-) -> Response<LoggedBody> {
+) -> Response<LoggedBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BodyError>,
+{
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
         keep_upgrade && parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
     record.status = parts.status.as_u16();
-    let body = body.map_err(|e| Box::new(e) as BodyError).boxed();
+    let body = body.map_err(Into::into).boxed();
     Response::from_parts(parts, LoggedBody::new(body, record))
 }
 
-/// Sends the rewritten request to `upstream` ("host:port"); the request body
-/// streams as hyper reads it. No deadline covers the whole exchange: a 6 h
+/// Passthrough HTTP: sends the request to `upstream` ("host:port") with
+/// hyper-util's client (scoped requests use [`upstream::Upstreams::send`]).
+/// The request body streams as hyper reads it. No deadline covers the whole exchange: a 6 h
 /// image upload is fine as long as bytes move. The upstream connection's
-/// inactivity timeout (see [`upstream::IdleConnector`]) ends a silent backend.
+/// inactivity timeout (see [`upstream::legacy::IdleConnector`]) ends a silent backend.
 pub(crate) async fn forward(
     client: &UpstreamClient,
     upstream: &str,

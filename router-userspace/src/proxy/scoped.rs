@@ -11,8 +11,7 @@ use hyper::body::Incoming;
 
 use super::upstream::Upstreams;
 use super::{
-    RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
-    relay_response,
+    RequestStart, ambiguous_framing_problem, check_head, headers, problem_response, relay_response,
 };
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::decision::{Plan, RequestHead, ScopeSource};
@@ -102,8 +101,11 @@ pub async fn handle(
     plan.apply_to(ctx.peer, &mut parts);
 
     // Phase: forward.
-    let client = shared.upstreams.get(&plan.timeouts);
-    match forward(&client, &plan.upstream, parts, body).await {
+    match shared
+        .upstreams
+        .send(&plan.upstream, &plan.timeouts, parts, body)
+        .await
+    {
         Ok(resp) => Ok(relay_response(resp, ctx.record, false)),
         Err(err) => {
             tracing::warn!(

@@ -143,12 +143,10 @@ pub fn start_with_router(
     }
 
     let max_header_bytes = config.proxy.max_header_bytes;
-    let mut timeouts: Vec<Timeouts> = router.listeners().iter().map(|l| l.timeouts).collect();
-    timeouts.push(config.timeouts);
     let dispatch = Arc::new(Dispatch {
         scoped: Arc::new(ScopedShared {
             router: router.clone(),
-            upstreams: Upstreams::new(&timeouts),
+            upstreams: Upstreams::start(),
             max_header_bytes,
         }),
         passthrough: config

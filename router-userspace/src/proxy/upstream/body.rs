@@ -1,0 +1,429 @@
+//! The upstream response body, decoded straight off the upstream socket in the
+//! task that relays it (no connection task, no channel). When the body ends
+//! cleanly on a reusable connection, the connection goes back to its pool at
+//! once, before the last frame is even handed on.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncReadExt;
+
+use super::pool::Lease;
+use super::wire::{MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS, ResponseFraming};
+
+/// Bytes asked of the socket per read while relaying a body.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why a response body could not be relayed to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("reading the response body from the backend failed")]
+    Io(#[source] io::Error),
+    #[error("the backend closed the connection {missing} bytes before the end of the body")]
+    Truncated { missing: u64 },
+    #[error("the backend closed the connection inside a chunked body")]
+    TruncatedChunked,
+    #[error("malformed chunked body from the backend: {0}")]
+    BadChunk(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Reading the hex size; `ext` once a `;` extension started.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+        line: usize,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk: the trailer section until an empty line.
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from an upstream connection.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    decoder: Decoder,
+    /// Bytes read but not yet handed on (starts with what followed the head).
+    buf: BytesMut,
+    /// The connection; `None` once the body ended (returned or closed).
+    lease: Option<Lease>,
+    keep_alive: bool,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(
+        framing: ResponseFraming,
+        buf: BytesMut,
+        lease: Lease,
+        keep_alive: bool,
+    ) -> Self {
+        let decoder = match framing {
+            ResponseFraming::None => Decoder::Length(0),
+            ResponseFraming::Length(n) => Decoder::Length(n),
+            ResponseFraming::Chunked => Decoder::Chunked(Chunked::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+                line: 0,
+            }),
+            ResponseFraming::UntilClose => Decoder::UntilClose,
+        };
+        let mut body = UpstreamBody {
+            decoder,
+            buf,
+            lease: Some(lease),
+            keep_alive,
+        };
+        if body.decoder == Decoder::Length(0) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended: the connection goes back to the pool if the backend
+    /// allows it and sent nothing beyond the message, else it is closed.
+    fn finish(&mut self) {
+        self.decoder = Decoder::Done;
+        if let Some(lease) = self.lease.take()
+            && self.keep_alive
+            && self.buf.is_empty()
+        {
+            lease.release();
+        }
+    }
+
+    fn fail(
+        &mut self,
+        err: ResponseBodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        self.decoder = Decoder::Done;
+        self.lease = None;
+        Poll::Ready(Some(Err(err)))
+    }
+
+    /// Reads more from the backend into `buf`; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // `read_buf` keeps no state between polls, so a fresh future per poll is exact.
+        let read = lease.stream.read_buf(&mut self.buf);
+        tokio::pin!(read);
+        read.poll(cx)
+    }
+
+    /// Advances the chunked decoder over `buf`: a data frame, the end (with
+    /// trailers if any), or `None` when more bytes are needed.
+    fn decode_chunked(
+        &mut self,
+        mut state: Chunked,
+    ) -> Result<Option<Option<Frame<Bytes>>>, ResponseBodyError> {
+        loop {
+            if let Chunked::Data(left) = state {
+                if self.buf.is_empty() {
+                    self.decoder = Decoder::Chunked(state);
+                    return Ok(None);
+                }
+                let take = (self.buf.len() as u64).min(left) as usize;
+                let data = self.buf.split_to(take).freeze();
+                let left = left - take as u64;
+                self.decoder = Decoder::Chunked(if left == 0 {
+                    Chunked::DataCr
+                } else {
+                    Chunked::Data(left)
+                });
+                return Ok(Some(Some(Frame::data(data))));
+            }
+            if state == Chunked::Trailers {
+                return match trailer_section(&self.buf)? {
+                    None => {
+                        self.decoder = Decoder::Chunked(state);
+                        Ok(None)
+                    }
+                    Some((len, trailers)) => {
+                        self.buf.advance(len);
+                        self.finish();
+                        Ok(Some(trailers.map(Frame::trailers)))
+                    }
+                };
+            }
+            let Some(&byte) = self.buf.first() else {
+                self.decoder = Decoder::Chunked(state);
+                return Ok(None);
+            };
+            self.buf.advance(1);
+            state = chunk_step(state, byte)?;
+        }
+    }
+}
+
+/// One byte of chunk framing (everything but data and trailers).
+fn chunk_step(state: Chunked, byte: u8) -> Result<Chunked, ResponseBodyError> {
+    Ok(match state {
+        Chunked::Size {
+            size,
+            digits,
+            ext,
+            line,
+        } => {
+            if line >= MAX_CHUNK_LINE {
+                return Err(ResponseBodyError::BadChunk("chunk-size line too long"));
+            }
+            let line = line + 1;
+            match byte {
+                b'\r' if digits > 0 => Chunked::SizeLf { size },
+                b'\n' if digits > 0 => data_or_trailers(size),
+                _ if ext => Chunked::Size {
+                    size,
+                    digits,
+                    ext,
+                    line,
+                },
+                b';' | b' ' | b'\t' if digits > 0 => Chunked::Size {
+                    size,
+                    digits,
+                    ext: true,
+                    line,
+                },
+                _ => {
+                    let Some(d) = (byte as char).to_digit(16) else {
+                        return Err(ResponseBodyError::BadChunk("invalid chunk size"));
+                    };
+                    if digits >= 15 {
+                        return Err(ResponseBodyError::BadChunk("chunk size too large"));
+                    }
+                    Chunked::Size {
+                        size: size * 16 + u64::from(d),
+                        digits: digits + 1,
+                        ext,
+                        line,
+                    }
+                }
+            }
+        }
+        Chunked::SizeLf { size } if byte == b'\n' => data_or_trailers(size),
+        Chunked::DataCr if byte == b'\r' => Chunked::DataLf,
+        Chunked::DataCr | Chunked::DataLf if byte == b'\n' => Chunked::Size {
+            size: 0,
+            digits: 0,
+            ext: false,
+            line: 0,
+        },
+        _ => return Err(ResponseBodyError::BadChunk("missing CRLF")),
+    })
+}
+
+fn data_or_trailers(size: u64) -> Chunked {
+    if size == 0 {
+        Chunked::Trailers
+    } else {
+        Chunked::Data(size)
+    }
+}
+
+/// The trailer section at the start of `buf`, up to and including its empty
+/// line: its length and fields (`None` if there are none), or `None` if incomplete.
+#[allow(clippy::type_complexity)]
+fn trailer_section(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, ResponseBodyError> {
+    if buf.starts_with(b"\r\n") {
+        return Ok(Some((2, None)));
+    }
+    if buf.starts_with(b"\n") {
+        return Ok(Some((1, None)));
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(f.name.as_bytes()),
+                    HeaderValue::from_bytes(f.value),
+                ) else {
+                    return Err(ResponseBodyError::BadChunk("invalid trailer field"));
+                };
+                map.append(name, value);
+            }
+            Ok(Some((len, Some(map))))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+            Err(ResponseBodyError::BadChunk("trailer section too large"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ResponseBodyError::BadChunk("invalid trailer section")),
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decoder {
+                Decoder::Done => return Poll::Ready(None),
+                Decoder::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Decoder::Length(left) if !this.buf.is_empty() => {
+                    let take = (this.buf.len() as u64).min(left) as usize;
+                    let data = this.buf.split_to(take).freeze();
+                    this.decoder = Decoder::Length(left - take as u64);
+                    if this.decoder == Decoder::Length(0) {
+                        // Back to the pool now: hyper may never poll an ended body again.
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoder::UntilClose if !this.buf.is_empty() => {
+                    let data = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoder::Chunked(state) => match this.decode_chunked(state) {
+                    Ok(Some(frame)) => return Poll::Ready(frame.map(Ok)),
+                    Ok(None) => {}
+                    Err(e) => return this.fail(e),
+                },
+                Decoder::Length(_) | Decoder::UntilClose => {}
+            }
+            // Everything buffered is consumed: read more.
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) => match this.decoder {
+                    Decoder::UntilClose => {
+                        this.decoder = Decoder::Done;
+                        this.lease = None;
+                        return Poll::Ready(None);
+                    }
+                    Decoder::Length(missing) => {
+                        return this.fail(ResponseBodyError::Truncated { missing });
+                    }
+                    _ => return this.fail(ResponseBodyError::TruncatedChunked),
+                },
+                Ok(_) => {}
+                Err(e) => return this.fail(ResponseBodyError::Io(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.decoder, Decoder::Done | Decoder::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the chunked decoder over `wire` fed in `step`-byte pieces.
+    fn decode_all(
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), ResponseBodyError> {
+        let mut body = UpstreamBody {
+            decoder: Decoder::Chunked(Chunked::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+                line: 0,
+            }),
+            buf: BytesMut::new(),
+            lease: None,
+            keep_alive: false,
+        };
+        let mut data = Vec::new();
+        let mut trailers = None;
+        for piece in wire.chunks(step) {
+            body.buf.extend_from_slice(piece);
+            while let Decoder::Chunked(state) = body.decoder {
+                match body.decode_chunked(state)? {
+                    None => break,
+                    Some(None) => {}
+                    Some(Some(frame)) => match frame.into_data() {
+                        Ok(d) => data.extend_from_slice(&d),
+                        Err(frame) => trailers = frame.into_trailers().ok(),
+                    },
+                }
+            }
+        }
+        assert_eq!(body.decoder, Decoder::Done, "body did not end");
+        Ok((data, trailers))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, trailers) = decode_all(wire, step).unwrap();
+            assert_eq!(data, b"hello 0123456789", "step {step}");
+            assert!(trailers.is_none());
+        }
+    }
+
+    #[test]
+    fn trailers_become_a_trailers_frame() {
+        let wire = b"3\r\nabc\r\n0\r\nx-checksum: 42\r\nx-more: 1\r\n\r\n";
+        for step in [1, 5, wire.len()] {
+            let (data, trailers) = decode_all(wire, step).unwrap();
+            assert_eq!(data, b"abc");
+            let t = trailers.expect("trailers");
+            assert_eq!(t["x-checksum"], "42");
+            assert_eq!(t["x-more"], "1");
+        }
+    }
+
+    #[test]
+    fn malformed_chunking_is_an_error() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX\r\n",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(
+                matches!(decode_all(bad, 1), Err(ResponseBodyError::BadChunk(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

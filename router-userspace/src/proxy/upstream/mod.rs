@@ -1,0 +1,604 @@
+//! Upstream HTTP/1.1 for scoped requests, done in the task serving the client:
+//! lease a pooled connection (or connect), write the head, stream the body,
+//! read the response head, and hand back a body that decodes itself off the
+//! socket. No connection task, channel or wake-up sits between the two sides.
+
+pub mod body;
+pub mod legacy;
+pub mod pool;
+pub mod wire;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use body::{ResponseBodyError, UpstreamBody};
+pub use legacy::{UpstreamClient, client};
+
+use super::error::{ErrorKind, ProxyError};
+use super::idle::IdleIo;
+use crate::access_log::BodyError;
+use crate::config::Timeouts;
+use pool::{Lease, Pool};
+use wire::{Parsed, RequestFraming};
+
+/// Initial buffer for a response head (grows up to [`wire::MAX_RESPONSE_HEAD`]).
+const HEAD_BUF: usize = 8 * 1024;
+
+/// Every scoped request's upstream side: one pool of keep-alive connections.
+#[derive(Debug)]
+pub struct Upstreams {
+    pool: Arc<Pool>,
+}
+
+/// A failed attempt, and whether it may be repeated on a fresh connection.
+struct Failure {
+    error: ProxyError,
+    /// The request cannot have been acted on (stale pooled connection).
+    retry_on_fresh: bool,
+}
+
+impl Failure {
+    fn fatal(error: ProxyError) -> Self {
+        Failure {
+            error,
+            retry_on_fresh: false,
+        }
+    }
+}
+
+impl Upstreams {
+    /// Starts the pool (and its sweeper task, on the current runtime).
+    pub fn start() -> Self {
+        Upstreams {
+            pool: Pool::start(),
+        }
+    }
+
+    /// Sends the rewritten request to `upstream` ("host:port"). The request
+    /// body streams as the client sends it; no deadline covers the whole
+    /// exchange (a 6 h image upload is fine while bytes move), the
+    /// connection's inactivity timeout (`timeouts.idle`) ends a silent backend.
+    ///
+    /// A pooled connection the backend closed meanwhile is retried once on a
+    /// fresh one when that cannot repeat a side effect: the head could not be
+    /// written, or an idempotent bodiless request got no byte of answer.
+    pub async fn send<B>(
+        &self,
+        upstream: &Arc<str>,
+        timeouts: &Timeouts,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Result<Response<UpstreamBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        let framing = if http_body::Body::is_end_stream(&body) {
+            RequestFraming::Empty
+        } else {
+            match http_body::Body::size_hint(&body).exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            }
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::new();
+        wire::encode_request_head(
+            &mut head,
+            &parts.method,
+            target,
+            &parts.headers,
+            upstream,
+            framing,
+        );
+        let mut body = Some(body);
+        let mut fresh_only = false;
+        loop {
+            let lease = self.lease(upstream, timeouts, fresh_only).await?;
+            let reused = lease.reused;
+            match exchange(lease, &head, &parts.method, framing, &mut body).await {
+                Ok(resp) => return Ok(resp),
+                Err(f) if reused && f.retry_on_fresh => {
+                    tracing::debug!(%upstream, "pooled connection was closed by the backend ({}); retrying on a new one", f.error);
+                    fresh_only = true;
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    async fn lease(
+        &self,
+        upstream: &Arc<str>,
+        timeouts: &Timeouts,
+        fresh_only: bool,
+    ) -> Result<Lease, ProxyError> {
+        let (stream, reused) = match (!fresh_only).then(|| self.pool.take(upstream)).flatten() {
+            Some(stream) => (stream, true),
+            None => (connect(upstream, timeouts.connect).await?, false),
+        };
+        Ok(Lease::new(
+            IdleIo::new(stream, timeouts.idle),
+            reused,
+            self.pool.clone(),
+            upstream.clone(),
+        ))
+    }
+}
+
+/// Opens a connection within `timeout` (name resolution included).
+async fn connect(upstream: &str, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let attempt = async {
+        if let Ok(addr) = upstream.parse::<SocketAddr>() {
+            return TcpStream::connect(addr).await;
+        }
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+        for addr in tokio::net::lookup_host(upstream).await? {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    let stream = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(ProxyError::new(
+                ErrorKind::ConnectRefused,
+                upstream,
+                Some(Box::new(e)),
+            ));
+        }
+        Err(_) => {
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {}",
+                    humantime::format_duration(timeout)
+                ),
+            );
+            return Err(ProxyError::new(
+                ErrorKind::ConnectTimeout,
+                upstream,
+                Some(Box::new(e)),
+            ));
+        }
+    };
+    // Heads and small bodies go out as written; latency beats coalescing here.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%upstream, "cannot set TCP_NODELAY: {e}");
+    }
+    Ok(stream)
+}
+
+/// The upstream-side cause of a failed read or write.
+fn upstream_io(e: io::Error, upstream: &str) -> ProxyError {
+    let kind = if e.kind() == io::ErrorKind::TimedOut {
+        ErrorKind::ResponseTimeout
+    } else {
+        ErrorKind::UpstreamProtocol
+    };
+    ProxyError::new(kind, upstream, Some(Box::new(e)))
+}
+
+/// Why streaming the request body stopped.
+enum BodySend {
+    /// The client's body failed (aborted upload, bad chunking).
+    Downstream(BodyError),
+    /// Writing to the backend failed.
+    Upstream(io::Error),
+}
+
+/// One attempt on one connection.
+async fn exchange<B>(
+    mut lease: Lease,
+    head: &[u8],
+    method: &http::Method,
+    framing: RequestFraming,
+    body: &mut Option<B>,
+) -> Result<Response<UpstreamBody>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    let upstream: Arc<str> = lease.upstream().clone();
+    if let Err(e) = lease.stream.write_all(head).await {
+        // At most part of the head arrived: nothing the backend can act on,
+        // and the body (if any) is still unread, so it can be sent again.
+        return Err(Failure {
+            error: upstream_io(e, &upstream),
+            retry_on_fresh: true,
+        });
+    }
+    let mut send_failed = None;
+    if framing != RequestFraming::Empty
+        && let Some(b) = body.take()
+    {
+        match send_body(&mut lease.stream, b, framing).await {
+            Ok(()) => {}
+            Err(BodySend::Downstream(e)) => {
+                return Err(Failure::fatal(ProxyError::new(
+                    ErrorKind::DownstreamBody,
+                    &upstream,
+                    Some(e),
+                )));
+            }
+            // The backend may have answered early (413, 401…) and stopped
+            // reading: relay that answer if there is one.
+            Err(BodySend::Upstream(e)) => send_failed = Some(e),
+        }
+    }
+    let retry_on_fresh = framing == RequestFraming::Empty && method.is_idempotent();
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+    let mut answered = false;
+    loop {
+        match wire::parse_response_head(&buf, method) {
+            Ok(Parsed::Final(head, len)) => {
+                buf.advance(len);
+                let keep_alive = head.keep_alive && send_failed.is_none();
+                let body = UpstreamBody::new(head.framing, buf, lease, keep_alive);
+                let mut resp = Response::new(body);
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                return Ok(resp);
+            }
+            Ok(Parsed::Interim(len)) => {
+                buf.advance(len);
+                continue;
+            }
+            Ok(Parsed::Partial) => {}
+            Err(e) => {
+                return Err(Failure::fatal(ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    &upstream,
+                    Some(Box::new(e)),
+                )));
+            }
+        }
+        let read = lease.stream.read_buf(&mut buf).await;
+        // After a failed body write with nothing to relay, the write error
+        // is the real story.
+        let error = match read {
+            Ok(n) if n > 0 => {
+                answered = true;
+                continue;
+            }
+            Ok(_) => send_failed.take().unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    if answered {
+                        "the backend closed the connection inside the response head"
+                    } else {
+                        "the backend closed the connection without answering"
+                    },
+                )
+            }),
+            Err(e) => send_failed.take().unwrap_or(e),
+        };
+        return Err(Failure {
+            retry_on_fresh: retry_on_fresh && !answered && error.kind() != io::ErrorKind::TimedOut,
+            error: upstream_io(error, &upstream),
+        });
+    }
+}
+
+/// Streams the client's body to the backend in the chosen framing.
+async fn send_body<B>(
+    stream: &mut IdleIo<TcpStream>,
+    mut body: B,
+    framing: RequestFraming,
+) -> Result<(), BodySend>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    let chunked = framing == RequestFraming::Chunked;
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodySend::Downstream(e.into()))?;
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                let size = format!("{:x}\r\n", data.len());
+                let mut chunk = Bytes::from(size).chain(data).chain(&b"\r\n"[..]);
+                stream
+                    .write_all_buf(&mut chunk)
+                    .await
+                    .map_err(BodySend::Upstream)?;
+            }
+            Ok(mut data) => stream
+                .write_all_buf(&mut data)
+                .await
+                .map_err(BodySend::Upstream)?,
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    if chunked {
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flatten() {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(b"\r\n");
+        stream.write_all(&end).await.map_err(BodySend::Upstream)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body::Frame;
+    use http_body_util::{Empty, Full, StreamBody};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A scripted backend on 127.0.0.1: `answer(i)` is what the i-th request
+    /// of a connection gets (`None`: the connection is closed unanswered).
+    struct Backend {
+        addr: Arc<str>,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn backend(answer: fn(usize) -> Option<&'static str>) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = Arc::from(listener.local_addr().unwrap().to_string());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                conns.fetch_add(1, Ordering::SeqCst);
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for i in 0.. {
+                        let Some(req) = read_request(&mut s, &mut buf).await else {
+                            return;
+                        };
+                        reqs.lock().unwrap().push(req);
+                        let Some(resp) = answer(i) else { return };
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    /// One request (head plus a Content-Length or chunked body) as text.
+    async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        let complete = |b: &[u8]| {
+            let text = String::from_utf8_lossy(b);
+            let end = text.find("\r\n\r\n")? + 4;
+            let head = text[..end].to_ascii_lowercase();
+            if head.contains("transfer-encoding: chunked") {
+                return text[end..].find("0\r\n\r\n").map(|i| end + i + 5);
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            (b.len() >= end + len).then_some(end + len)
+        };
+        loop {
+            if let Some(len) = complete(buf) {
+                let req = String::from_utf8_lossy(&buf[..len]).into_owned();
+                buf.drain(..len);
+                return Some(req);
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn get(path: &str) -> http::request::Parts {
+        http::Request::get(path).body(()).unwrap().into_parts().0
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            ..Timeouts::default()
+        }
+    }
+
+    async fn fetch<B>(
+        ups: &Upstreams,
+        to: &Arc<str>,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Result<(u16, String), ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        let resp = ups.send(to, &timeouts(), parts, body).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connections_are_reused_across_framings() {
+        let b = backend(|i| {
+            Some(match i {
+                0 => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                1 => "HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope",
+                _ => "HTTP/1.1 204 No Content\r\n\r\n",
+            })
+        })
+        .await;
+        let ups = Upstreams::start();
+        let first = fetch(&ups, &b.addr, get("/a?x=1"), Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        assert_eq!(first, (200, "hello".to_owned()));
+        let second = fetch(&ups, &b.addr, get("/b"), Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        assert_eq!(second, (404, "nope".to_owned()));
+        let third = fetch(&ups, &b.addr, get("/c"), Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        assert_eq!(third, (204, String::new()));
+        assert_eq!(b.connections.load(Ordering::SeqCst), 1);
+        let reqs = b.requests.lock().unwrap();
+        assert!(
+            reqs[0].starts_with("GET /a?x=1 HTTP/1.1\r\n"),
+            "{}",
+            reqs[0]
+        );
+        // No Host from the client: the upstream address stands in.
+        assert!(
+            reqs[0].contains(&format!("host: {}\r\n", b.addr)),
+            "{}",
+            reqs[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_unanswered_is_retried_for_idempotent_requests() {
+        let b = backend(|i| (i == 0).then_some(OK)).await;
+        let ups = Upstreams::start();
+        for _ in 0..3 {
+            let got = fetch(&ups, &b.addr, get("/"), Empty::<Bytes>::new())
+                .await
+                .unwrap();
+            assert_eq!(got, (200, "ok".to_owned()));
+        }
+        // Each connection served one request; the second on each was retried.
+        assert_eq!(b.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_post_the_backend_may_have_seen_is_not_sent_twice() {
+        let b = backend(|i| (i == 0).then_some(OK)).await;
+        let ups = Upstreams::start();
+        let post = || {
+            http::Request::post("/servers")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let got = fetch(&ups, &b.addr, post(), Full::new(Bytes::from("{}")))
+            .await
+            .unwrap();
+        assert_eq!(got.0, 200);
+        let err = fetch(&ups, &b.addr, post(), Full::new(Bytes::from("{}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamProtocol);
+        assert_eq!(b.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(b.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_answers_are_not_pooled() {
+        let b = backend(|_| {
+            Some("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+        })
+        .await;
+        let ups = Upstreams::start();
+        for _ in 0..2 {
+            fetch(&ups, &b.addr, get("/"), Empty::<Bytes>::new())
+                .await
+                .unwrap();
+        }
+        assert_eq!(b.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_sent_chunked() {
+        let b = backend(|_| Some(OK)).await;
+        let ups = Upstreams::start();
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from("abc"))),
+            Ok(Frame::data(Bytes::from("0123456789abcdef"))),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let put = http::Request::put("/v2/images/x/file")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        fetch(&ups, &b.addr, put, body).await.unwrap();
+        let req = b.requests.lock().unwrap()[0].clone();
+        assert!(
+            req.ends_with(
+                "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
+            ),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_body_fails_instead_of_looking_complete() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = Arc::from(listener.local_addr().unwrap().to_string());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_request(&mut s, &mut Vec::new()).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                .await
+                .unwrap();
+            // Dropped here: the backend dies 7 bytes short.
+        });
+        let ups = Upstreams::start();
+        let resp = ups
+            .send(&addr, &timeouts(), get("/"), Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        let err = resp.into_body().collect().await.unwrap_err();
+        assert!(err.to_string().contains("7 bytes before the end"), "{err}");
+        assert_eq!(ups.pool.idle_count(&addr), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_garbled_backends_are_classified() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = Arc::from(closed.local_addr().unwrap().to_string());
+        drop(closed);
+        let ups = Upstreams::start();
+        let err = fetch(&ups, &addr, get("/"), Empty::<Bytes>::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ConnectRefused);
+        assert!(err.retry_safe);
+
+        let b = backend(|_| Some("SSH-2.0-OpenSSH_9.2\r\n\r\n")).await;
+        let err = fetch(&ups, &b.addr, get("/"), Empty::<Bytes>::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamProtocol);
+    }
+}

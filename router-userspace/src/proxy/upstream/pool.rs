@@ -1,0 +1,245 @@
+//! Keep-alive upstream connections, per upstream address: most recently used
+//! first (the warmest, least likely to have been closed by the backend), a cap
+//! per address, and an age limit below common backend keep-alive timeouts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::proxy::idle::IdleIo;
+
+/// Idle connections kept per upstream; beyond that they are closed rather than
+/// left to pile up after a burst.
+pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
+
+/// Longest an idle connection is kept. Below the 5 s keep-alive of Apache
+/// (keystone, horizon) and our own request-header timeout, so the pool rarely
+/// picks a connection the server is closing at that very moment.
+pub const POOL_IDLE_MAX: Duration = Duration::from_secs(4);
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+type Slots = HashMap<Arc<str>, VecDeque<Idle>>;
+
+/// The idle connections of every upstream.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = self
+            .idle
+            .lock()
+            .map(|m| m.values().map(VecDeque::len).sum())
+            .unwrap_or(0);
+        f.debug_struct("Pool").field("idle", &idle).finish()
+    }
+}
+
+/// A connection lent to one exchange; [`Lease::release`] gives it back.
+#[derive(Debug)]
+pub struct Lease {
+    pub stream: IdleIo<TcpStream>,
+    /// Taken from the pool (so it may have been closed by the backend meanwhile).
+    pub reused: bool,
+    pool: Arc<Pool>,
+    upstream: Arc<str>,
+}
+
+impl Lease {
+    pub fn new(
+        stream: IdleIo<TcpStream>,
+        reused: bool,
+        pool: Arc<Pool>,
+        upstream: Arc<str>,
+    ) -> Self {
+        Lease {
+            stream,
+            reused,
+            pool,
+            upstream,
+        }
+    }
+
+    pub fn upstream(&self) -> &Arc<str> {
+        &self.upstream
+    }
+
+    /// The exchange ended cleanly and the backend keeps the connection open.
+    pub fn release(self) {
+        let Lease {
+            stream,
+            pool,
+            upstream,
+            ..
+        } = self;
+        pool.put(upstream, stream.into_inner());
+    }
+}
+
+impl Pool {
+    /// A pool whose expired connections are closed every [`POOL_IDLE_MAX`] by a
+    /// background task (which ends with the pool).
+    pub fn start() -> Arc<Pool> {
+        let pool = Arc::new(Pool::default());
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(sweep(weak));
+        pool
+    }
+
+    /// The most recently used live connection to `upstream`, if any. Costs no
+    /// syscall: a connection the backend closed (or wrote to, unasked) is
+    /// readable according to the reactor and is dropped here.
+    pub fn take(&self, upstream: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        let slot = idle.get_mut(upstream)?;
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Some(conn) = slot.pop_back() {
+            if conn.since.elapsed() >= POOL_IDLE_MAX {
+                // Everything older sits in front of it: all expired.
+                slot.clear();
+                return None;
+            }
+            if conn.stream.poll_read_ready(&mut cx).is_pending() {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    fn put(&self, upstream: Arc<str>, stream: TcpStream) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let slot = idle.entry(upstream).or_default();
+        if slot.len() >= MAX_IDLE_PER_UPSTREAM {
+            return;
+        }
+        slot.push_back(Idle {
+            stream,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes expired connections; drops empty slots.
+    fn sweep(&self) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.retain(|_, slot| {
+            while slot
+                .front()
+                .is_some_and(|c| c.since.elapsed() >= POOL_IDLE_MAX)
+            {
+                slot.pop_front();
+            }
+            !slot.is_empty()
+        });
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self, upstream: &str) -> usize {
+        self.idle
+            .lock()
+            .map(|m| m.get(upstream).map_or(0, VecDeque::len))
+            .unwrap_or(0)
+    }
+}
+
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(POOL_IDLE_MAX);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), server.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn most_recent_live_connection_is_lent_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::start();
+        let key: Arc<str> = Arc::from("backend");
+        let (a, _a_srv) = pair(&listener).await;
+        let (b, _b_srv) = pair(&listener).await;
+        let b_port = b.local_addr().unwrap().port();
+        pool.put(key.clone(), a);
+        pool.put(key.clone(), b);
+        assert_eq!(pool.idle_count("backend"), 2);
+        let got = pool.take("backend").unwrap();
+        assert_eq!(got.local_addr().unwrap().port(), b_port);
+        assert!(pool.take("other").is_none());
+    }
+
+    #[tokio::test]
+    async fn connections_closed_by_the_backend_are_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::start();
+        let key: Arc<str> = Arc::from("backend");
+        let (live, _live_srv) = pair(&listener).await;
+        let live_port = live.local_addr().unwrap().port();
+        let (closed, mut closed_srv) = pair(&listener).await;
+        pool.put(key.clone(), live);
+        pool.put(key.clone(), closed);
+        closed_srv.shutdown().await.unwrap();
+        drop(closed_srv);
+        // The reactor learns of the FIN on its next turn.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = pool.take("backend").unwrap();
+        assert_eq!(got.local_addr().unwrap().port(), live_port);
+        assert_eq!(pool.idle_count("backend"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_connections_are_neither_lent_nor_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::start();
+        let (a, _a_srv) = pair(&listener).await;
+        pool.put(Arc::from("backend"), a);
+        tokio::time::advance(POOL_IDLE_MAX + Duration::from_millis(1)).await;
+        assert!(pool.take("backend").is_none());
+        let (b, _b_srv) = pair(&listener).await;
+        pool.put(Arc::from("backend"), b);
+        tokio::time::advance(POOL_IDLE_MAX * 2).await;
+        // The sweeper ran meanwhile.
+        tokio::task::yield_now().await;
+        assert_eq!(pool.idle_count("backend"), 0);
+    }
+
+    #[tokio::test]
+    async fn at_most_the_cap_is_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::start();
+        let mut servers = Vec::new();
+        for _ in 0..MAX_IDLE_PER_UPSTREAM + 3 {
+            let (c, s) = pair(&listener).await;
+            servers.push(s);
+            pool.put(Arc::from("backend"), c);
+        }
+        assert_eq!(pool.idle_count("backend"), MAX_IDLE_PER_UPSTREAM);
+    }
+}
