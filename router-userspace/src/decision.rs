@@ -120,6 +120,9 @@ impl Plan {
             parts.uri = uri;
         }
         let headers = &mut parts.headers;
+        // hyper sizes the map to the parsed head exactly; growing it on the
+        // first insert would rehash every field.
+        headers.reserve(4);
         if let Some(host) = &rw.host {
             headers.insert(HOST, host.clone());
         }

@@ -13,6 +13,15 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// Whether a request (or a 101 response) asks to switch protocols.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -33,6 +42,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// With `keep_upgrade` and a genuine upgrade request, `Upgrade` survives and
 /// `Connection` is reduced to `upgrade` so the next hop switches protocols too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one scan of the names beats seven lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let upgrade = if keep_upgrade && wants_upgrade(headers) {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -96,6 +109,17 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-auth-token", "content-length"]);
+    }
+
+    #[test]
+    fn the_fast_check_knows_every_listed_header() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
+        let mut h = map(&[("x-auth-token", "abc"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! HTTP/1.1 on the upstream wire: the request head we write, the response head
 //! we parse, and how long each message body is (RFC 9112 §6).
 
+use std::mem::MaybeUninit;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -108,9 +110,16 @@ pub enum Parsed {
 
 /// Parses the response head at the start of `buf`, answering a `method` request.
 pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    // Uninitialised: zeroing 100 fields per response was measurable.
+    let mut fields =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
             return Err(WireError::HeadTooLarge);
