@@ -51,13 +51,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
+    // Only the names present are removed, by typed name: no string parsing
+    // for the usual `Connection: keep-alive`. Names are unique in `keys()`,
+    // so at most every listed one is present.
+    let mut present: [Option<HeaderName>; HOP_BY_HOP.len()] = Default::default();
+    for (slot, name) in present
+        .iter_mut()
+        .zip(headers.keys().filter(|n| is_hop_by_hop(n)))
+    {
+        *slot = Some(name.clone());
+    }
+    // Other fields named by `Connection` (rare; `close` names no field).
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h))
+        })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in named.iter().chain(present.iter().flatten()) {
         headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
@@ -66,10 +78,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Length of `value`'s `Display` form, without building the string.
+fn displayed_len(value: &impl std::fmt::Display) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Count never fails, so neither can the formatting.
+    let _ = std::fmt::write(&mut count, format_args!("{value}"));
+    count.0
+}
+
 /// Approximate size of the request head as it was on the wire: request line
 /// plus `Name: value\r\n` per header. Used to enforce `proxy.max_header_bytes`.
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
-    let line = method.as_str().len() + 1 + uri.to_string().len() + " HTTP/1.1\r\n".len();
+    let line = method.as_str().len() + 1 + displayed_len(uri) + " HTTP/1.1\r\n".len();
     let fields: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
@@ -141,6 +168,12 @@ mod tests {
         assert!(!wants_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn displayed_len_matches_the_string() {
+        let uri: http::Uri = "http://vip:8774/v2.1/servers?limit=5".parse().unwrap();
+        assert_eq!(displayed_len(&uri), uri.to_string().len());
     }
 
     #[test]
