@@ -265,6 +265,10 @@ where
                 )));
             }
         }
+        if buf.capacity() - buf.len() < HEAD_BUF / 2 {
+            // Without spare room `read_buf` would grow the buffer 64 bytes a time.
+            buf.reserve(HEAD_BUF);
+        }
         let read = lease.stream.read_buf(&mut buf).await;
         // After a failed body write with nothing to relay, the write error
         // is the real story.
@@ -483,6 +487,25 @@ mod tests {
             "{}",
             reqs[0]
         );
+    }
+
+    #[tokio::test]
+    async fn response_heads_larger_than_the_first_read_are_reassembled() {
+        let b = backend(|_| {
+            let big = "t".repeat(20_000);
+            let resp =
+                format!("HTTP/1.1 200 OK\r\nx-subject-token: {big}\r\ncontent-length: 2\r\n\r\nok");
+            Some(Box::leak(resp.into_boxed_str()))
+        })
+        .await;
+        let ups = Upstreams::start();
+        let resp = ups
+            .send(&b.addr, &timeouts(), get("/"), Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["x-subject-token"].len(), 20_000);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
     }
 
     #[tokio::test]
