@@ -34,7 +34,8 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Worker threads of the async runtime (default: one per CPU).
+        /// Worker threads of the async runtime (default: one per CPU; 1 runs
+        /// everything on the main thread).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -101,13 +102,18 @@ fn main() -> Result<()> {
             // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
             // network namespace of the calling thread.
             let (options, steering) = steer(&config, &router)?;
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                if n == 0 {
-                    bail!("--workers must be at least 1");
+            let mut rt = match workers {
+                Some(0) => bail!("--workers must be at least 1"),
+                // One worker: the single-threaded scheduler does the same job
+                // without cross-thread wake-ups and work-stealing bookkeeping.
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut rt = tokio::runtime::Builder::new_multi_thread();
+                    rt.worker_threads(n);
+                    rt
                 }
-                rt.worker_threads(n);
-            }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             let rt = rt
                 .enable_all()
                 .build()
