@@ -89,6 +89,16 @@ fn free_port() -> std::io::Result<u16> {
 
 #[test]
 fn run_serves_and_exits_zero_on_sigterm() {
+    serves_and_exits_zero_on_sigterm("2");
+}
+
+/// One worker takes the single-threaded runtime: same behaviour.
+#[test]
+fn run_with_one_worker_serves_and_exits_zero_on_sigterm() {
+    serves_and_exits_zero_on_sigterm("1");
+}
+
+fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let dead = free_port().unwrap();
@@ -107,7 +117,7 @@ fn run_serves_and_exits_zero_on_sigterm() {
     )
     .unwrap();
     let mut child = Command::new(BIN)
-        .args(["run", "--workers", "2", "--config"])
+        .args(["run", "--workers", workers, "--config"])
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
