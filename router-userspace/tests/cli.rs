@@ -98,6 +98,8 @@ fn run_with_one_worker_serves_and_exits_zero_on_sigterm() {
     serves_and_exits_zero_on_sigterm("1");
 }
 
+// A test body shared by the two tests above; failing loudly is its job.
+#[allow(clippy::unwrap_used)]
 fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
