@@ -44,6 +44,10 @@ pub struct VipReport {
     pub last_announced: Option<String>,
     pub announcements: u64,
     pub readded: u64,
+    /// Pid of the router holding the VIP's ownership lock, if any.
+    pub owner_pid: Option<u32>,
+    /// Some router holds the lock (its pid may not be written yet).
+    pub owned: bool,
     #[serde(skip)]
     pub summary: String,
 }
@@ -139,6 +143,8 @@ async fn vip_report(
         last_announced: status.last_announced.map(rfc3339),
         announcements: status.announcements,
         readded: status.readded,
+        owner_pid: status.lock_holder.flatten(),
+        owned: status.lock_holder.is_some(),
         summary: status.to_string(),
     })
 }

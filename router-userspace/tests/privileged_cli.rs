@@ -1183,6 +1183,9 @@ fn a_second_router_managing_the_same_vip_refuses_and_leaves_it_to_the_first() {
     let status = world.status(&config);
     assert_eq!(status["vip"]["present"], true, "{status:#}");
     assert_eq!(status["vip"]["managed"], true, "{status:#}");
+    // The operator sees which process owns the VIP.
+    assert_eq!(status["vip"]["owned"], true, "{status:#}");
+    assert_eq!(status["vip"]["owner_pid"], first_pid, "{status:#}");
     assert!(
         status["vip"]["announcements"]
             .as_u64()
@@ -1198,6 +1201,9 @@ fn a_second_router_managing_the_same_vip_refuses_and_leaves_it_to_the_first() {
     let exit = first.terminate();
     assert_eq!(exit.code(), Some(0), "{}", first.log());
     assert!(!world.vip_on_eth2(), "VIP left on eth2");
+    let status = world.status(&config);
+    assert_eq!(status["vip"]["owned"], false, "{status:#}");
+    assert_eq!(status["vip"]["owner_pid"], Value::Null, "{status:#}");
 
     // A clean exit frees the VIP: the other router may take it now.
     let mut second = world.start(&second_config, "second-again.log");

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::lock::OwnerLock;
 use super::netlink::Netlink;
 use super::{VipError, VipSettings};
 
@@ -133,6 +134,9 @@ pub struct VipStatus {
     pub announcements: u64,
     pub readded: u64,
     pub state_file: PathBuf,
+    /// The router holding the VIP's ownership lock right now: `Some(pid)`
+    /// (`Some(None)` in the instant before it writes its pid), `None` if nobody.
+    pub lock_holder: Option<Option<u32>>,
 }
 
 /// Reads the VIP's status without changing anything. Call it from the router's network
@@ -151,6 +155,8 @@ pub async fn status(
         Err(e) => return Err(e),
     };
     let present = interface_present && nl.is_present(interface).await?;
+    settings.state_dir = state_dir.to_owned();
+    let lock_holder = OwnerLock::holder(&settings);
     let state_file = state_file_path(state_dir, address);
     let state = read_state(&state_file)?;
     let last_announced = state
@@ -169,6 +175,7 @@ pub async fn status(
         announcements: state.as_ref().map_or(0, |s| s.announcements),
         readded: state.as_ref().map_or(0, |s| s.readded),
         state_file,
+        lock_holder,
     })
 }
 
@@ -187,6 +194,12 @@ impl fmt::Display for VipStatus {
             Some(true) => write!(f, ", managed")?,
             Some(false) => write!(f, ", not managed (manage = false)")?,
             None => write!(f, ", no state file at {}", self.state_file.display())?,
+        }
+        match self.lock_holder {
+            Some(Some(pid)) => write!(f, ", owned by pid {pid}")?,
+            Some(None) => write!(f, ", owned by a router starting up")?,
+            None if self.managed == Some(true) => write!(f, ", no router owns it")?,
+            None => {}
         }
         if self.running == Some(false) {
             write!(f, ", router stopped")?;
@@ -260,11 +273,23 @@ mod tests {
             announcements: 3,
             readded: 1,
             state_file: PathBuf::from("/run/scope-router/vip-192.0.2.10.json"),
+            lock_holder: Some(Some(4242)),
         };
         assert_eq!(
             status.to_string(),
-            "VIP 192.0.2.10 on eth2: present, managed, last announced \
+            "VIP 192.0.2.10 on eth2: present, managed, owned by pid 4242, last announced \
              2025-11-24T16:00:00Z (3 bursts, re-added 1 times)"
+        );
+        let orphan = VipStatus {
+            lock_holder: None,
+            running: Some(false),
+            ..status
+        };
+        assert!(
+            orphan
+                .to_string()
+                .contains("managed, no router owns it, router stopped"),
+            "{orphan}"
         );
     }
 }
