@@ -11,11 +11,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::ConnWatch;
 use super::framing::FramingWatch;
 use super::hyper_buf_size;
-use super::idle::{IdleIo, InFlight};
-use super::park::{ParkSlot, ParkingIo};
+use super::idle::IdleIo;
+use super::park::{ConnShared, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -233,20 +232,12 @@ impl Dispatch {
             local,
             peer,
         } = acc;
-        let shared = self.scoped.clone();
-        let watch = ConnWatch::default();
-        let busy = watch.clone();
+        let scoped = self.scoped.clone();
+        let conn = HttpConn::new(stream, spec.timeouts, self.max_header_bytes, signals, guard);
+        let shared = conn.shared.clone();
         let svc =
-            service_fn(move |req| scoped::handle(shared.clone(), local, peer, busy.begin(), req));
-        tokio::spawn(serve_http(HttpConn::new(
-            stream,
-            spec.timeouts,
-            self.max_header_bytes,
-            watch,
-            svc,
-            signals,
-            guard,
-        )));
+            service_fn(move |req| scoped::handle(scoped.clone(), local, peer, shared.begin(), req));
+        tokio::spawn(serve_http(conn, svc));
     }
 
     /// Passthrough listeners (and addresses nobody serves).
@@ -271,8 +262,14 @@ impl Dispatch {
                 PassthroughMode::Http => {
                     let rt2 = rt.clone();
                     let (g, s) = (guard.clone(), signals.clone());
-                    let watch = ConnWatch::default();
-                    let busy = watch.clone();
+                    let conn = HttpConn::new(
+                        stream,
+                        rt.spec.timeouts,
+                        self.max_header_bytes,
+                        signals,
+                        guard.clone(),
+                    );
+                    let shared = conn.shared.clone();
                     let svc = service_fn(move |req| {
                         let ctx = passthrough::ConnCtx {
                             local,
@@ -280,18 +277,9 @@ impl Dispatch {
                             guard: g.clone(),
                             signals: s.clone(),
                         };
-                        passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
+                        passthrough::handle_http(rt2.clone(), ctx, shared.begin(), req)
                     });
-                    Box::pin(serve_http(HttpConn::new(
-                        stream,
-                        rt.spec.timeouts,
-                        self.max_header_bytes,
-                        watch,
-                        svc,
-                        signals,
-                        guard.clone(),
-                    )))
-                    .await;
+                    Box::pin(serve_http(conn, svc)).await;
                 }
             }
         } else {
@@ -301,42 +289,32 @@ impl Dispatch {
     }
 }
 
-/// Client stream type lent to hyper.
-type ClientStream = FramingWatch<IdleIo<tokio::net::TcpStream>>;
+type Tcp = tokio::net::TcpStream;
 
-/// Everything an HTTP/1.1 client connection keeps for its whole life. Kept in
-/// one struct (and the stream in the park slot) because the size of the
-/// task's future is what every idle keep-alive client costs.
-struct HttpConn<S> {
-    /// Holds the client stream whenever hyper does not.
-    slot: ParkSlot<ClientStream>,
+/// Everything an HTTP/1.1 client connection keeps for its whole life besides
+/// its service. Kept small, the stream in the shared park slot, because the
+/// size of the task's future is what every idle keep-alive client costs.
+struct HttpConn {
+    /// Park slot, framing verdicts and in-flight count (one allocation).
+    shared: Arc<ConnShared<Tcp>>,
     request_header: Duration,
-    buf_size: usize,
-    in_flight: InFlight,
-    svc: S,
     signals: Signals,
     _guard: Guard,
 }
 
-impl<S> HttpConn<S> {
+impl HttpConn {
     fn new(
-        stream: tokio::net::TcpStream,
+        stream: Tcp,
         timeouts: Timeouts,
         max_header_bytes: usize,
-        watch: ConnWatch,
-        svc: S,
         signals: Signals,
         guard: Guard,
     ) -> Self {
-        let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight.clone());
         let buf_size = hyper_buf_size(max_header_bytes);
-        let client = FramingWatch::new(idle, buf_size, watch.verdicts);
+        let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            slot: Arc::new(std::sync::Mutex::new(Some(client))),
+            shared: ConnShared::new(client),
             request_header: timeouts.request_header,
-            buf_size,
-            in_flight: watch.in_flight,
-            svc,
             signals,
             _guard: guard,
         }
@@ -348,73 +326,109 @@ impl<S> HttpConn<S> {
 ///
 /// Between requests the connection is parked (see [`super::park`]): hyper and
 /// its buffers exist only while a request is arriving or being answered.
-async fn serve_http<S>(mut conn: HttpConn<S>)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice in the future"
+)]
+fn serve_http<S>(mut conn: HttpConn, svc: S) -> impl Future<Output = ()> + use<S>
 where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::access_log::LoggedBody>,
             Error = std::convert::Infallible,
-        > + Clone,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
-    loop {
-        // hyper starts its request-header timer as soon as it waits for a
-        // head, idle or not; waiting here counts against the same budget.
-        let header_deadline = Instant::now() + conn.request_header;
-        // Polled by hand with the socket and the stream's own timer, so the
-        // parked task holds no other future.
-        let readable = {
-            let drain = conn.signals.draining();
-            tokio::pin!(drain);
-            std::future::poll_fn(|cx| {
-                if drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                let Ok(mut slot) = conn.slot.lock() else {
-                    return Poll::Ready(false);
-                };
-                let Some(client) = slot.as_mut() else {
-                    return Poll::Ready(false);
-                };
-                if let Poll::Ready(r) = client.get_ref().get_ref().poll_read_ready(cx) {
-                    return Poll::Ready(r.is_ok());
-                }
-                let deadline = header_deadline.min(client.get_ref().deadline());
-                client
-                    .get_mut()
-                    .poll_sleep_until(deadline, cx)
-                    .map(|()| false)
-            })
-            .await
-        };
-        // Not readable: drain, idle or header timeout, or a socket error;
-        // close quietly, as hyper does for an idle connection.
-        let client = match conn.slot.lock().ok().and_then(|mut s| s.take()) {
-            Some(client) if readable => client,
-            _ => return,
-        };
-        let io = ParkingIo::new(client, conn.slot.clone(), conn.in_flight.clone());
-        let header_timeout = header_deadline.saturating_duration_since(Instant::now());
-        // Boxed so the task stays small while parked: hyper's state lives
-        // only as long as this call.
-        let result = Box::pin(run_hyper(
-            io,
-            header_timeout,
-            conn.buf_size,
-            conn.svc.clone(),
-            conn.signals.clone(),
-        ))
-        .await;
-        if let Err(e) = result {
-            // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
-            tracing::debug!("connection ended: {e}");
+    // An `async move` block rather than an `async fn`: the fn's arguments
+    // would be stored twice in the future (once as arguments, once as
+    // locals), and this future is what a parked client costs.
+    async move {
+        // The parked wait's timer, inline in the task for the connection's life:
+        // a parked client costs no timer allocation (the stream drops its own
+        // while parked). Registered with the runtime only while polled.
+        let timer = tokio::time::sleep_until(Instant::now() + conn.request_header);
+        tokio::pin!(timer);
+        loop {
+            // hyper starts its request-header timer as soon as it waits for a
+            // head, idle or not; waiting here counts against the same budget.
+            let header_deadline = Instant::now() + conn.request_header;
+            // Polled by hand with the socket and the timer, so the parked task
+            // holds no other future.
+            let readable = {
+                let drain = conn.signals.draining();
+                tokio::pin!(drain);
+                std::future::poll_fn(|cx| {
+                    if drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    let parked = conn.shared.with_parked(|client| {
+                        match client.get_ref().get_ref().poll_read_ready(cx) {
+                            Poll::Ready(r) => Err(r.is_ok()),
+                            Poll::Pending => Ok(header_deadline.min(client.get_ref().deadline())),
+                        }
+                    });
+                    let deadline = match parked {
+                        Some(Ok(deadline)) => deadline,
+                        Some(Err(readable)) => return Poll::Ready(readable),
+                        None => return Poll::Ready(false),
+                    };
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer.as_mut().poll(cx).map(|()| false)
+                })
+                .await
+            };
+            // Not readable: drain, idle or header timeout, or a socket error;
+            // close quietly, as hyper does for an idle connection.
+            let client = match conn.shared.take() {
+                Some(client) if readable => client,
+                _ => return,
+            };
+            if let Err(e) = lend(&conn, client, header_deadline, svc.clone()).await {
+                // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
+                tracing::debug!("connection ended: {e}");
+            }
         }
     }
 }
 
+/// One hyper connection over the lent client stream, until it parks or ends.
+/// Boxed, and built outside `serve_http`, so the task stays small while
+/// parked: hyper's state lives only as long as this future.
+fn lend<S>(
+    conn: &HttpConn,
+    client: FramingWatch<IdleIo<Tcp>>,
+    header_deadline: Instant,
+    svc: S,
+) -> std::pin::Pin<Box<impl Future<Output = Result<(), hyper::Error>> + use<S>>>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::access_log::LoggedBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // The watch gives up on heads as large as hyper's buffer (the same size).
+    let buf_size = client.max_head();
+    let io = ParkingIo::new(client, conn.shared.clone());
+    let header_timeout = header_deadline.saturating_duration_since(Instant::now());
+    Box::pin(run_hyper(
+        io,
+        header_timeout,
+        buf_size,
+        svc,
+        conn.signals.clone(),
+    ))
+}
+
 /// One hyper connection over a lent client stream, until it parks or ends.
 async fn run_hyper<S>(
-    io: ParkingIo<IdleIo<tokio::net::TcpStream>>,
+    io: ParkingIo<Tcp>,
     header_timeout: Duration,
     buf_size: usize,
     svc: S,
