@@ -23,6 +23,14 @@ use crate::passthrough::{self, PassthroughRuntime};
 use crate::routing::{Router, RoutingError};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
 
+/// Largest scoped connection task future that surely keeps tokio's task cell
+/// at 512 bytes. The cell is this future plus 104 bytes (tokio 1.54: header,
+/// stage tag, trailer) rounded up to 128; past 512 every idle keep-alive
+/// client costs 128 bytes more (256 with mimalloc, whose 640-byte aligned
+/// blocks are 768).
+#[cfg(test)]
+const PARKED_TASK_BUDGET: usize = 400;
+
 /// Pause after an accept error such as EMFILE, so a full fd table does not
 /// turn the accept loop into a busy spin while connections drain.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -141,28 +149,7 @@ pub fn start_with_router(
         return Err(ServeError::NoListeners);
     }
 
-    let max_header_bytes = config.proxy.max_header_bytes;
-    let mut timeouts: Vec<Timeouts> = router.listeners().iter().map(|l| l.timeouts).collect();
-    timeouts.push(config.timeouts);
-    let dispatch = Arc::new(Dispatch {
-        scoped: Arc::new(ScopedShared {
-            router: router.clone(),
-            upstreams: Upstreams::new(&timeouts),
-            max_header_bytes,
-        }),
-        passthrough: config
-            .passthrough
-            .iter()
-            .map(|p| {
-                Arc::new(PassthroughRuntime::new(
-                    p.clone(),
-                    router.region(),
-                    max_header_bytes,
-                ))
-            })
-            .collect(),
-        max_header_bytes,
-    });
+    let dispatch = Arc::new(Dispatch::new(config, &router));
 
     let shutdown = Shutdown::new();
     let mut local_addrs = Vec::with_capacity(listeners.len());
@@ -218,26 +205,62 @@ async fn accept_loop(
 }
 
 impl Dispatch {
-    /// Spawns the task serving one accepted connection. Scoped connections get
-    /// a task that is exactly [`serve_http`]: its size is what every idle
-    /// keep-alive client costs, so nothing else is carried along.
+    fn new(config: &Config, router: &Arc<Router>) -> Dispatch {
+        let max_header_bytes = config.proxy.max_header_bytes;
+        let mut timeouts: Vec<Timeouts> = router.listeners().iter().map(|l| l.timeouts).collect();
+        timeouts.push(config.timeouts);
+        Dispatch {
+            scoped: Arc::new(ScopedShared {
+                router: router.clone(),
+                upstreams: Upstreams::new(&timeouts),
+                max_header_bytes,
+            }),
+            passthrough: config
+                .passthrough
+                .iter()
+                .map(|p| {
+                    Arc::new(PassthroughRuntime::new(
+                        p.clone(),
+                        router.region(),
+                        max_header_bytes,
+                    ))
+                })
+                .collect(),
+            max_header_bytes,
+        }
+    }
+
+    /// Spawns the task serving one accepted connection.
     fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
         let Some(spec) = self.scoped.router.listener(acc.local) else {
             let d = self.clone();
             tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
             return;
         };
+        tokio::spawn(self.scoped_task(acc, spec.timeouts, signals, guard));
+    }
+
+    /// The whole task of a scoped connection: exactly [`serve_http`], whose
+    /// size is what every idle keep-alive client costs, so nothing else is
+    /// carried along (see [`PARKED_TASK_BUDGET`]).
+    fn scoped_task(
+        &self,
+        acc: Accepted,
+        timeouts: Timeouts,
+        signals: Signals,
+        guard: Guard,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let Accepted {
             stream,
             local,
             peer,
         } = acc;
         let scoped = self.scoped.clone();
-        let conn = HttpConn::new(stream, spec.timeouts, self.max_header_bytes, signals, guard);
+        let conn = HttpConn::new(stream, timeouts, self.max_header_bytes, signals, guard);
         let shared = conn.shared.clone();
         let svc =
             service_fn(move |req| scoped::handle(scoped.clone(), local, peer, shared.begin(), req));
-        tokio::spawn(serve_http(conn, svc));
+        serve_http(conn, svc)
     }
 
     /// Passthrough listeners (and addresses nobody serves).
@@ -462,5 +485,45 @@ where
                 _ = abort.aborting() => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+    #[tokio::test]
+    async fn a_scoped_connection_task_fits_the_parked_budget() {
+        let text = "region = \"RegionOne\"\ncatalog = [\"endpoint-list-RegionOne.json\", \
+                    \"endpoint-list-RegionTwo.json\"]\nbackend = \"192.168.142.245\"\n";
+        let config = Config::from_str(text, &Path::new(FIXTURES).join("router.toml")).unwrap();
+        let router = Arc::new(Router::from_config(&config).unwrap());
+        let dispatch = Dispatch::new(&config, &router);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(local).await.unwrap();
+        let peer = stream.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let acc = Accepted {
+            stream,
+            local,
+            peer,
+        };
+        let task = dispatch.scoped_task(
+            acc,
+            config.timeouts,
+            shutdown.signals(),
+            shutdown.guard().unwrap(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= PARKED_TASK_BUDGET,
+            "the scoped connection task is {size} bytes, over {PARKED_TASK_BUDGET}: \
+             every idle keep-alive client would cost a larger tokio task"
+        );
     }
 }
