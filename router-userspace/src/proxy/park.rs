@@ -7,8 +7,8 @@
 //! is being served, nothing of a next request has been read and no write is
 //! stuck, it reports end-of-stream. hyper, idle, takes that as a clean close
 //! (no response, no error); the wrapper's `poll_shutdown` leaves the socket
-//! open, and its `Drop` hands the stream back through a [`ParkSlot`] so the
-//! server can wait for the next bytes holding only the socket and a few words
+//! open, and its `Drop` hands the stream back to the connection's
+//! [`ConnShared`] so the server can wait for the next bytes holding only the socket and a few words
 //! of state, then serve the next request with a fresh hyper connection.
 
 use std::io;

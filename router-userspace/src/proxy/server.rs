@@ -2,6 +2,7 @@
 //! dispatches each connection by its original destination, and shuts down gracefully.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -242,7 +243,7 @@ impl Dispatch {
 
     /// The whole task of a scoped connection: exactly [`serve_http`], whose
     /// size is what every idle keep-alive client costs, so nothing else is
-    /// carried along (see [`PARKED_TASK_BUDGET`]).
+    /// carried along (its size is checked against `PARKED_TASK_BUDGET`).
     fn scoped_task(
         &self,
         acc: Accepted,
@@ -370,7 +371,7 @@ where
     async move {
         // The parked wait's timer, inline in the task for the connection's life:
         // a parked client costs no timer allocation (the stream drops its own
-        // while parked). Registered with the runtime only while polled.
+        // while parked). Nothing is registered with the runtime until polled.
         let timer = tokio::time::sleep_until(Instant::now() + conn.request_header);
         tokio::pin!(timer);
         loop {
@@ -386,15 +387,18 @@ where
                     if drain.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(false);
                     }
+                    // Break: readiness is known; Continue: wait until then.
                     let parked = conn.shared.with_parked(|client| {
                         match client.get_ref().get_ref().poll_read_ready(cx) {
-                            Poll::Ready(r) => Err(r.is_ok()),
-                            Poll::Pending => Ok(header_deadline.min(client.get_ref().deadline())),
+                            Poll::Ready(r) => ControlFlow::Break(r.is_ok()),
+                            Poll::Pending => ControlFlow::Continue(
+                                header_deadline.min(client.get_ref().deadline()),
+                            ),
                         }
                     });
                     let deadline = match parked {
-                        Some(Ok(deadline)) => deadline,
-                        Some(Err(readable)) => return Poll::Ready(readable),
+                        Some(ControlFlow::Continue(deadline)) => deadline,
+                        Some(ControlFlow::Break(readable)) => return Poll::Ready(readable),
                         None => return Poll::Ready(false),
                     };
                     if timer.deadline() != deadline {
