@@ -5,24 +5,63 @@
 //! close), then waits until every guard is dropped or the grace period ends, and
 //! finally raises the "abort" signal that ends whatever is still running.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 /// Owner side: triggers and awaits the shutdown.
 #[derive(Debug)]
 pub struct Shutdown {
-    drain_tx: watch::Sender<bool>,
-    abort_tx: watch::Sender<bool>,
+    flags: Arc<Flags>,
     guard_tx: Option<mpsc::Sender<()>>,
     guard_rx: mpsc::Receiver<()>,
 }
 
 /// Task side: cheap to clone, handed to every accept loop and connection.
+///
+/// One pointer: every idle keep-alive connection holds a clone, and its
+/// parked task also holds the pending [`Signals::draining`] future.
 #[derive(Debug, Clone)]
 pub struct Signals {
-    drain: watch::Receiver<bool>,
-    abort: watch::Receiver<bool>,
+    flags: Arc<Flags>,
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    drain: Flag,
+    abort: Flag,
+}
+
+/// A one-way switch tasks can wait on.
+#[derive(Debug, Default)]
+struct Flag {
+    raised: AtomicBool,
+    notify: Notify,
+}
+
+impl Flag {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches a `Notified`
+            // from its creation on, so a raise in between is not missed.
+            let notified = self.notify.notified();
+            if self.is_raised() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Held by a task while it does work that shutdown should wait for.
@@ -48,13 +87,10 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn new() -> Shutdown {
-        let (drain_tx, _) = watch::channel(false);
-        let (abort_tx, _) = watch::channel(false);
         // The channel never carries messages: it only counts live senders.
         let (guard_tx, guard_rx) = mpsc::channel(1);
         Shutdown {
-            drain_tx,
-            abort_tx,
+            flags: Arc::default(),
             guard_tx: Some(guard_tx),
             guard_rx,
         }
@@ -62,8 +98,7 @@ impl Shutdown {
 
     pub fn signals(&self) -> Signals {
         Signals {
-            drain: self.drain_tx.subscribe(),
-            abort: self.abort_tx.subscribe(),
+            flags: self.flags.clone(),
         }
     }
 
@@ -74,31 +109,42 @@ impl Shutdown {
 
     /// Drains, waits up to `grace` for every guard to drop, then aborts the rest.
     pub async fn run(mut self, grace: Duration) -> Drained {
-        self.drain_tx.send_replace(true);
+        self.flags.drain.raise();
         self.guard_tx = None;
         let outcome = match tokio::time::timeout(grace, self.guard_rx.recv()).await {
             Ok(_) => Drained::Clean,
             Err(_) => Drained::GraceExpired,
         };
-        self.abort_tx.send_replace(true);
+        self.flags.abort.raise();
         outcome
+    }
+}
+
+impl Drop for Shutdown {
+    /// The owner going away is a shutdown as well: nothing could raise the
+    /// signals any more, so every waiter is released now.
+    fn drop(&mut self) {
+        self.flags.drain.raise();
+        self.flags.abort.raise();
     }
 }
 
 impl Signals {
     /// Resolves once draining has started (immediately if it already has).
-    pub async fn draining(&mut self) {
-        // An error means the owner is gone, which is a shutdown as well.
-        let _ = self.drain.wait_for(|v| *v).await;
+    ///
+    /// Not an `async fn`: that would wrap the wait in one more layer of
+    /// state, and every parked connection holds this future.
+    pub fn draining(&mut self) -> impl Future<Output = ()> + '_ {
+        self.flags.drain.wait()
     }
 
     /// Resolves once the grace period is over and remaining work must stop.
-    pub async fn aborting(&mut self) {
-        let _ = self.abort.wait_for(|v| *v).await;
+    pub fn aborting(&mut self) -> impl Future<Output = ()> + '_ {
+        self.flags.abort.wait()
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.drain.borrow()
+        self.flags.drain.is_raised()
     }
 }
 
@@ -172,5 +218,27 @@ mod tests {
         assert!(!signals.is_draining());
         shutdown.run(Duration::from_secs(1)).await;
         assert!(signals.is_draining());
+    }
+
+    #[tokio::test]
+    async fn signals_wake_a_waiter_that_started_before_them() {
+        let shutdown = Shutdown::new();
+        let mut signals = shutdown.signals();
+        let waiter = tokio::spawn(async move {
+            signals.draining().await;
+            signals.aborting().await;
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(shutdown.run(Duration::from_secs(1)).await, Drained::Clean);
+        waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_owner_releases_every_waiter() {
+        let shutdown = Shutdown::new();
+        let mut signals = shutdown.signals();
+        drop(shutdown);
+        signals.draining().await;
+        signals.aborting().await;
     }
 }

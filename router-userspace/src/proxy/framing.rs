@@ -3,7 +3,7 @@
 //! by silently preferring Transfer-Encoding. The handler answers those 400.
 //!
 //! It follows the client byte stream with a minimal HTTP/1.1 framing tracker
-//! (heads, fixed-length and chunked bodies) and queues one verdict per head.
+//! (heads, fixed-length and chunked bodies) and reports one verdict per head.
 //! Anything it does not fully understand (upgrades, CONNECT, oversized or
 //! unparsable heads, odd chunk syntax) switches it off for the connection: it
 //! then reports nothing and hyper's own (safe) framing stands.
@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,24 +20,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// itself refuses beyond its own limit of 100).
 const MAX_HEADERS: usize = 128;
 
-/// Verdicts shared between the stream wrapper and the request handler.
-#[derive(Debug, Clone, Default)]
-pub struct FramingVerdicts(Arc<Mutex<VecDeque<bool>>>);
+/// Verdicts waiting for their requests' handlers, in arrival order.
+///
+/// Nearly every verdict is "not ambiguous", and an ambiguous request closes
+/// the connection; so a run of those is only counted, and the queue (which
+/// allocates) is used only once an ambiguous verdict is waiting.
+#[derive(Debug, Default)]
+pub struct FramingVerdicts {
+    /// Verdicts at the front of the queue that are all `false`.
+    clear: usize,
+    /// What follows them.
+    rest: VecDeque<bool>,
+}
 
 impl FramingVerdicts {
     /// Whether the next request (in arrival order) had both Content-Length and
     /// Transfer-Encoding. `false` when unknown.
-    pub fn next_is_ambiguous(&self) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut q| q.pop_front())
-            .unwrap_or(false)
+    pub fn next_is_ambiguous(&mut self) -> bool {
+        if self.clear > 0 {
+            self.clear -= 1;
+            return false;
+        }
+        self.rest.pop_front().unwrap_or(false)
     }
 
-    fn push(&self, ambiguous: bool) {
-        if let Ok(mut q) = self.0.lock() {
-            q.push_back(ambiguous);
+    pub fn push(&mut self, ambiguous: bool) {
+        if !ambiguous && self.rest.is_empty() {
+            self.clear += 1;
+        } else {
+            self.rest.push_back(ambiguous);
         }
     }
 }
@@ -71,29 +81,33 @@ enum State {
     Off,
 }
 
-/// Client stream wrapper feeding [`FramingVerdicts`].
+/// Client stream wrapper reporting one verdict per request head it reads
+/// (see [`FramingWatch::poll_read_framed`]).
 #[derive(Debug)]
 pub struct FramingWatch<T> {
     inner: T,
     state: State,
     head: Vec<u8>,
     max_head: usize,
-    verdicts: FramingVerdicts,
 }
 
 impl<T> FramingWatch<T> {
-    pub fn new(inner: T, max_head: usize, verdicts: FramingVerdicts) -> Self {
+    pub fn new(inner: T, max_head: usize) -> Self {
         FramingWatch {
             inner,
             state: State::Head,
             head: Vec::new(),
             max_head,
-            verdicts,
         }
     }
 
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    /// The head size beyond which the watch gives up.
+    pub fn max_head(&self) -> usize {
+        self.max_head
     }
 
     pub fn get_mut(&mut self) -> &mut T {
@@ -106,11 +120,11 @@ impl<T> FramingWatch<T> {
         self.state == State::Head && self.head.is_empty()
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
+    fn feed(&mut self, mut bytes: &[u8], verdict: &mut impl FnMut(bool)) {
         while !bytes.is_empty() {
             let used = match self.state {
                 State::Off => return,
-                State::Head => self.feed_head(bytes),
+                State::Head => self.feed_head(bytes, verdict),
                 State::Fixed(n) => {
                     let take = (bytes.len() as u64).min(n);
                     self.state = if take == n {
@@ -131,7 +145,7 @@ impl<T> FramingWatch<T> {
     }
 
     /// Consumes head bytes; returns how many were part of the head.
-    fn feed_head(&mut self, bytes: &[u8]) -> usize {
+    fn feed_head(&mut self, bytes: &[u8], verdict: &mut impl FnMut(bool)) -> usize {
         let mut used = 0;
         // Empty lines before a request line are allowed (RFC 9112 §2.2).
         if self.head.is_empty() {
@@ -145,7 +159,7 @@ impl<T> FramingWatch<T> {
             && let Some(end) = find_head_end(rest)
         {
             // The whole head arrived in one read (the usual case): no copy.
-            self.state = self.judge(&rest[..end]);
+            self.state = judge(&rest[..end], verdict);
             return used + end;
         }
         let start = self.head.len().saturating_sub(3);
@@ -158,55 +172,55 @@ impl<T> FramingWatch<T> {
         };
         let surplus = self.head.len() - end;
         let head = std::mem::take(&mut self.head);
-        self.state = self.judge(&head[..end]);
+        self.state = judge(&head[..end], verdict);
         bytes.len() - surplus
     }
+}
 
-    /// Records the verdict for one complete head and returns the body state.
-    fn judge(&mut self, head: &[u8]) -> State {
-        // Uninitialised: zeroing 128 slots per request was measurable.
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        if !matches!(
-            req.parse_with_uninit_headers(head, &mut headers),
-            Ok(httparse::Status::Complete(_))
-        ) {
-            return State::Off;
-        }
-        let mut length: Option<u64> = None;
-        let mut te_chunked: Option<bool> = None;
-        let mut upgrade = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                match std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                {
-                    Some(n) => length = Some(n),
-                    None => return State::Off,
-                }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
+/// Reports the verdict for one complete head and returns the body state.
+fn judge(head: &[u8], verdict: &mut impl FnMut(bool)) -> State {
+    // Uninitialised: zeroing 128 slots per request was measurable.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    if !matches!(
+        req.parse_with_uninit_headers(head, &mut headers),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return State::Off;
+    }
+    let mut length: Option<u64> = None;
+    let mut te_chunked: Option<bool> = None;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(n) => length = Some(n),
+                None => return State::Off,
             }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
-        self.verdicts.push(length.is_some() && te_chunked.is_some());
-        if upgrade || req.method == Some("CONNECT") {
-            // The bytes after this request may not be HTTP at all.
-            return State::Off;
-        }
-        match (te_chunked, length) {
-            (Some(true), _) => State::Chunked(Chunk::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-            }),
-            (Some(false), _) => State::Off,
-            (None, Some(0)) | (None, None) => State::Head,
-            (None, Some(n)) => State::Fixed(n),
-        }
+    }
+    verdict(length.is_some() && te_chunked.is_some());
+    if upgrade || req.method == Some("CONNECT") {
+        // The bytes after this request may not be HTTP at all.
+        return State::Off;
+    }
+    match (te_chunked, length) {
+        (Some(true), _) => State::Chunked(Chunk::Size {
+            size: 0,
+            digits: 0,
+            ext: false,
+        }),
+        (Some(false), _) => State::Off,
+        (None, Some(0)) | (None, None) => State::Head,
+        (None, Some(n)) => State::Fixed(n),
     }
 }
 
@@ -291,19 +305,23 @@ fn feed_chunked(mut c: Chunk, bytes: &[u8]) -> (usize, State) {
     (i, State::Chunked(c))
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl<T: AsyncRead + Unpin> FramingWatch<T> {
+    /// Reads like [`AsyncRead::poll_read`] and calls `verdict` for every
+    /// request head completed by the bytes read, in arrival order: `true`
+    /// when it had both Content-Length and Transfer-Encoding. The caller
+    /// decides where verdicts go, so the stream holds no shared state.
+    pub fn poll_read_framed(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
+        mut verdict: impl FnMut(bool),
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled
-            && this.state != State::Off
+            && self.state != State::Off
         {
-            this.feed(&buf.filled()[before..]);
+            self.feed(&buf.filled()[before..], &mut verdict);
         }
         polled
     }
@@ -344,12 +362,11 @@ mod tests {
     use super::*;
 
     fn verdicts_for(stream: &[u8], split_every: usize) -> (Vec<bool>, State) {
-        let v = FramingVerdicts::default();
-        let mut w = FramingWatch::new((), 64 * 1024, v.clone());
+        let mut out = Vec::new();
+        let mut w = FramingWatch::new((), 64 * 1024);
         for piece in stream.chunks(split_every) {
-            w.feed(piece);
+            w.feed(piece, &mut |v| out.push(v));
         }
-        let out = v.0.lock().unwrap().iter().copied().collect();
         (out, w.state)
     }
 
@@ -406,11 +423,23 @@ mod tests {
 
     #[test]
     fn ambiguous_verdicts_are_consumed_in_order() {
-        let v = FramingVerdicts::default();
+        let mut v = FramingVerdicts::default();
         v.push(false);
         v.push(true);
         assert!(!v.next_is_ambiguous());
         assert!(v.next_is_ambiguous());
         assert!(!v.next_is_ambiguous(), "unknown is not ambiguous");
+        for pushed in [false, false, true, false, true, true, false] {
+            v.push(pushed);
+        }
+        v.push(false);
+        let popped: Vec<bool> = (0..9).map(|_| v.next_is_ambiguous()).collect();
+        assert_eq!(
+            popped,
+            [false, false, true, false, true, true, false, false, false]
+        );
+        assert!(v.rest.is_empty() && v.clear == 0);
+        v.push(false);
+        assert!(v.rest.is_empty(), "clear verdicts are only counted");
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! The timer is lazy: progress only records a timestamp, and the sleep is
 //! re-armed when it fires early, so busy streams pay no timer cost per read.
+//! It is allocated on the first wait that needs it, so a stream that never
+//! waits unwatched (a parked client connection) holds none.
 
 use std::io;
 use std::pin::Pin;
@@ -16,17 +18,23 @@ use tokio::time::{Instant, Sleep};
 /// Counts requests being served on a client connection. While one is, the
 /// client owes us nothing (the backend is working), so silence on the read
 /// side is not client inactivity; stalls are then caught on the upstream side.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+///
+/// Lives inside a per-connection allocation shared with the handler (see
+/// [`super::park::ConnShared`]) rather than in an `Arc` of its own.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
 
 /// Held from request head to the end of its response body.
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicUsize>);
+pub struct InFlightGuard(Arc<dyn AsRef<InFlight> + Send + Sync>);
 
 impl InFlight {
-    pub fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.0.clone())
+    /// Counts one more request on the counter `owner` holds.
+    pub fn enter<O>(owner: &Arc<O>) -> InFlightGuard
+    where
+        O: AsRef<InFlight> + Send + Sync + 'static,
+    {
+        (**owner).as_ref().0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(owner.clone())
     }
 
     pub fn busy(&self) -> bool {
@@ -36,8 +44,28 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        (*self.0).as_ref().0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+impl std::fmt::Debug for InFlightGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InFlightGuard")
+            .field((*self.0).as_ref())
+            .finish()
+    }
+}
+
+/// What read-side silence means for the next [`IdleIo`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSilence {
+    /// Counts as inactivity (the default).
+    Timed,
+    /// Does not count: a request is being served, silence is expected.
+    Paused,
+    /// Not watched here: the caller deals with a pending read itself (parks
+    /// the connection), so no timer is armed for it.
+    Unwatched,
 }
 
 /// A stream that fails with `TimedOut` after `timeout` without any progress
@@ -47,26 +75,32 @@ pub struct IdleIo<T> {
     inner: T,
     timeout: Duration,
     last_progress: Instant,
-    sleep: Pin<Box<Sleep>>,
-    reads_paused_by: Option<InFlight>,
+    /// Armed on the first wait that needs it and kept for the next ones;
+    /// boxed because `Sleep` must not move once polled, while the stream does.
+    sleep: Option<Pin<Box<Sleep>>>,
+    read_silence: ReadSilence,
 }
 
 impl<T> IdleIo<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
-        let now = Instant::now();
         IdleIo {
             inner,
             timeout,
-            last_progress: now,
-            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
-            reads_paused_by: None,
+            last_progress: Instant::now(),
+            sleep: None,
+            read_silence: ReadSilence::Timed,
         }
     }
 
-    /// Read-side silence does not count while `in_flight` has requests.
-    pub fn pause_reads_while(mut self, in_flight: InFlight) -> Self {
-        self.reads_paused_by = Some(in_flight);
-        self
+    /// How read-side silence counts from the next read on, until changed.
+    pub fn set_read_silence(&mut self, silence: ReadSilence) {
+        self.read_silence = silence;
+    }
+
+    /// Frees the timer (e.g. while the stream sits parked and a timer of the
+    /// caller's own watches it); the next wait that needs one arms a new one.
+    pub fn disarm(&mut self) {
+        self.sleep = None;
     }
 
     pub fn get_ref(&self) -> &T {
@@ -83,15 +117,6 @@ impl<T> IdleIo<T> {
         self.last_progress + self.timeout
     }
 
-    /// Waits for `deadline` on this stream's own timer (so a caller waiting
-    /// for readiness needs no timer of its own).
-    pub fn poll_sleep_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if self.sleep.deadline() != deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
-        self.sleep.as_mut().poll(cx)
-    }
-
     fn progressed(&mut self) {
         self.last_progress = Instant::now();
     }
@@ -100,10 +125,13 @@ impl<T> IdleIo<T> {
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             let deadline = self.last_progress + self.timeout;
-            if self.sleep.deadline() != deadline {
-                self.sleep.as_mut().reset(deadline);
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
             }
-            match self.sleep.as_mut().poll(cx) {
+            match sleep.as_mut().poll(cx) {
                 Poll::Ready(()) if Instant::now() >= self.last_progress + self.timeout => {
                     return Poll::Ready(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -130,11 +158,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                 this.progressed();
                 Poll::Ready(r)
             }
-            Poll::Pending if this.reads_paused_by.as_ref().is_some_and(InFlight::busy) => {
-                this.progressed();
-                Poll::Pending
-            }
-            Poll::Pending => this.poll_expired(cx).map(Err),
+            Poll::Pending => match this.read_silence {
+                ReadSilence::Timed => this.poll_expired(cx).map(Err),
+                ReadSilence::Paused => {
+                    this.progressed();
+                    Poll::Pending
+                }
+                ReadSilence::Unwatched => Poll::Pending,
+            },
         }
     }
 }
@@ -221,16 +252,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reads_do_not_expire_while_a_request_is_in_flight() {
         let (a, mut b) = tokio::io::duplex(64);
-        let in_flight = InFlight::default();
-        let mut idle = IdleIo::new(a, Duration::from_secs(60)).pause_reads_while(in_flight.clone());
-        let guard = in_flight.enter();
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        idle.set_read_silence(ReadSilence::Paused);
         let mut buf = [0u8; 1];
         // Silence far beyond the timeout while busy: still pending, no error.
         let waited = tokio::time::timeout(Duration::from_secs(600), idle.read(&mut buf)).await;
         assert!(waited.is_err(), "read must still be pending");
-        drop(guard);
+        idle.set_read_silence(ReadSilence::Timed);
         b.write_all(b"y").await.unwrap();
         idle.read_exact(&mut buf).await.unwrap();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unwatched_reads_arm_no_timer() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        idle.set_read_silence(ReadSilence::Unwatched);
+        let mut buf = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(600), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        assert!(idle.sleep.is_none());
+        // Unwatched silence is not progress either: the budget is long spent.
+        assert!(idle.deadline() <= Instant::now());
+        idle.set_read_silence(ReadSilence::Timed);
         let err = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }

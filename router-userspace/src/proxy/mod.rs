@@ -24,13 +24,6 @@ use crate::access_log::{AccessRecord, BodyError, LoggedBody};
 use crate::problem::Problem;
 use upstream::UpstreamClient;
 
-/// Per-connection bookkeeping shared by the stream wrappers and the handler.
-#[derive(Debug, Clone, Default)]
-pub struct ConnWatch {
-    pub in_flight: idle::InFlight,
-    pub verdicts: framing::FramingVerdicts,
-}
-
 /// What the connection knows about a request as the handler starts it.
 #[derive(Debug)]
 pub struct RequestStart {
@@ -38,16 +31,6 @@ pub struct RequestStart {
     pub in_flight: idle::InFlightGuard,
     /// The head carried both Content-Length and Transfer-Encoding.
     pub ambiguous_framing: bool,
-}
-
-impl ConnWatch {
-    /// Called by the service once per request, in arrival order.
-    pub fn begin(&self) -> RequestStart {
-        RequestStart {
-            in_flight: self.in_flight.enter(),
-            ambiguous_framing: self.verdicts.next_is_ambiguous(),
-        }
-    }
 }
 
 /// 400 for a head with both Content-Length and Transfer-Encoding (RFC 9112

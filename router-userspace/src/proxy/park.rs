@@ -7,8 +7,8 @@
 //! is being served, nothing of a next request has been read and no write is
 //! stuck, it reports end-of-stream. hyper, idle, takes that as a clean close
 //! (no response, no error); the wrapper's `poll_shutdown` leaves the socket
-//! open, and its `Drop` hands the stream back through a [`ParkSlot`] so the
-//! server can wait for the next bytes holding only the socket and a few words
+//! open, and its `Drop` hands the stream back to the connection's
+//! [`ConnShared`] so the server can wait for the next bytes holding only the socket and a few words
 //! of state, then serve the next request with a fresh hyper connection.
 
 use std::io;
@@ -18,19 +18,96 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::framing::FramingWatch;
-use super::idle::InFlight;
+use super::RequestStart;
+use super::framing::{FramingVerdicts, FramingWatch};
+use super::idle::{IdleIo, InFlight, ReadSilence};
 
-/// Where a parked stream comes back to once hyper has let go of it.
-pub type ParkSlot<T> = Arc<Mutex<Option<T>>>;
+/// The client stream as it is parked and lent.
+pub type ClientStream<T> = FramingWatch<IdleIo<T>>;
+
+/// Per-connection state shared by the serving task, the stream lent to hyper
+/// and the request handler: the park slot, the framing verdicts and the
+/// in-flight count, in one allocation because every idle keep-alive client
+/// keeps it.
+///
+/// The parked stream holds no reference back to this, so there is no cycle:
+/// it is freed with the last of the task, hyper's stream and the handler.
+#[derive(Debug)]
+pub struct ConnShared<T> {
+    in_flight: InFlight,
+    state: Mutex<Parked<T>>,
+}
+
+#[derive(Debug)]
+struct Parked<T> {
+    /// Holds the client stream whenever hyper does not.
+    stream: Option<ClientStream<T>>,
+    verdicts: FramingVerdicts,
+}
+
+impl<T> ConnShared<T> {
+    /// Shared state with `stream` parked in it.
+    pub fn new(stream: ClientStream<T>) -> Arc<Self> {
+        Arc::new(ConnShared {
+            in_flight: InFlight::default(),
+            state: Mutex::new(Parked {
+                stream: Some(stream),
+                verdicts: FramingVerdicts::default(),
+            }),
+        })
+    }
+
+    /// Runs `f` on the parked stream; `None` when it is not parked here.
+    pub fn with_parked<R>(&self, f: impl FnOnce(&mut ClientStream<T>) -> R) -> Option<R> {
+        self.state.lock().ok()?.stream.as_mut().map(f)
+    }
+
+    /// Takes the parked stream out (to lend it, or to close it).
+    pub fn take(&self) -> Option<ClientStream<T>> {
+        self.state.lock().ok()?.stream.take()
+    }
+
+    fn put_back(&self, stream: ClientStream<T>) {
+        if let Ok(mut state) = self.state.lock() {
+            state.stream = Some(stream);
+        }
+    }
+
+    fn push_verdict(&self, ambiguous: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.verdicts.push(ambiguous);
+        }
+    }
+
+    fn next_is_ambiguous(&self) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|mut state| state.verdicts.next_is_ambiguous())
+    }
+}
+
+impl<T: Send + 'static> ConnShared<T> {
+    /// Called by the service once per request, in arrival order.
+    pub fn begin(self: &Arc<Self>) -> RequestStart {
+        RequestStart {
+            in_flight: InFlight::enter(self),
+            ambiguous_framing: self.next_is_ambiguous(),
+        }
+    }
+}
+
+impl<T> AsRef<InFlight> for ConnShared<T> {
+    fn as_ref(&self) -> &InFlight {
+        &self.in_flight
+    }
+}
 
 /// A client stream lent to one hyper connection until the client goes idle.
 #[derive(Debug)]
 pub struct ParkingIo<T> {
     /// Always `Some` until `Drop` moves it into the slot.
-    inner: Option<FramingWatch<T>>,
-    slot: ParkSlot<FramingWatch<T>>,
-    in_flight: InFlight,
+    inner: Option<ClientStream<T>>,
+    shared: Arc<ConnShared<T>>,
     /// End-of-stream was reported to hyper to release the connection.
     parked: bool,
     /// The last write or flush could not complete: hyper still holds bytes.
@@ -38,15 +115,10 @@ pub struct ParkingIo<T> {
 }
 
 impl<T> ParkingIo<T> {
-    pub fn new(
-        inner: FramingWatch<T>,
-        slot: ParkSlot<FramingWatch<T>>,
-        in_flight: InFlight,
-    ) -> Self {
+    pub fn new(inner: ClientStream<T>, shared: Arc<ConnShared<T>>) -> Self {
         ParkingIo {
             inner: Some(inner),
-            slot,
-            in_flight,
+            shared,
             parked: false,
             write_blocked: false,
         }
@@ -64,8 +136,10 @@ impl<T> Drop for ParkingIo<T> {
             // Closed, failed or upgraded: the stream ends with this connection.
             return;
         }
-        if let (Some(inner), Ok(mut slot)) = (self.inner.take(), self.slot.lock()) {
-            *slot = Some(inner);
+        if let Some(mut inner) = self.inner.take() {
+            // The parked wait has a timer of its own.
+            inner.get_mut().disarm();
+            self.shared.put_back(inner);
         }
     }
 }
@@ -80,12 +154,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         let Some(inner) = this.inner.as_mut().filter(|_| !this.parked) else {
             return Poll::Ready(Ok(()));
         };
-        match Pin::new(&mut *inner).poll_read(cx, buf) {
-            // Nothing to read, so hyper's read buffer holds only what the
-            // framing watch has seen: at a message boundary that is nothing.
-            Poll::Pending
-                if !this.write_blocked && !this.in_flight.busy() && inner.at_message_boundary() =>
-            {
+        let shared = &this.shared;
+        let busy = shared.in_flight.busy();
+        // If nothing arrives, hyper's read buffer holds only what the framing
+        // watch has seen: at a message boundary that is nothing, so the
+        // connection parks instead of waiting here.
+        let may_park = !this.write_blocked && !busy && inner.at_message_boundary();
+        inner.get_mut().set_read_silence(if busy {
+            ReadSilence::Paused
+        } else if may_park {
+            // Parking takes over the wait (and its timeouts).
+            ReadSilence::Unwatched
+        } else {
+            ReadSilence::Timed
+        });
+        match inner.poll_read_framed(cx, buf, |ambiguous| shared.push_verdict(ambiguous)) {
+            Poll::Pending if may_park => {
                 this.parked = true;
                 Poll::Ready(Ok(()))
             }
@@ -148,19 +232,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ParkingIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::framing::FramingVerdicts;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn lend(
-        stream: tokio::io::DuplexStream,
-        in_flight: &InFlight,
-    ) -> (
-        ParkingIo<tokio::io::DuplexStream>,
-        ParkSlot<FramingWatch<tokio::io::DuplexStream>>,
-    ) {
-        let slot = ParkSlot::default();
-        let watch = FramingWatch::new(stream, 8192, FramingVerdicts::default());
-        (ParkingIo::new(watch, slot.clone(), in_flight.clone()), slot)
+    type Shared = Arc<ConnShared<tokio::io::DuplexStream>>;
+
+    fn lend(stream: tokio::io::DuplexStream) -> (ParkingIo<tokio::io::DuplexStream>, Shared) {
+        let watch = FramingWatch::new(IdleIo::new(stream, Duration::from_secs(60)), 8192);
+        let shared = ConnShared::new(watch);
+        let lent = shared.take().expect("parked at first");
+        (ParkingIo::new(lent, shared.clone()), shared)
     }
 
     /// Polls one read once; the duplex has no data, so only parking can make it ready.
@@ -174,8 +255,7 @@ mod tests {
     #[tokio::test]
     async fn idle_after_a_request_parks_and_returns_the_stream() {
         let (a, mut b) = tokio::io::duplex(1024);
-        let in_flight = InFlight::default();
-        let (mut io, slot) = lend(a, &in_flight);
+        let (mut io, shared) = lend(a);
         b.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
             .unwrap();
@@ -186,10 +266,10 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         io.shutdown().await.unwrap();
         drop(io);
-        let mut back = slot.lock().unwrap().take().expect("stream handed back");
+        let mut back = shared.take().expect("stream handed back");
         // The socket was not shut down: the client can still talk to it.
         b.write_all(b"x").await.unwrap();
-        assert_eq!(back.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(back.get_mut().read(&mut buf).await.unwrap(), 1);
         b.write_all(b"y").await.unwrap();
         back.write_all(b"z").await.unwrap();
     }
@@ -197,8 +277,7 @@ mod tests {
     #[tokio::test]
     async fn busy_or_mid_request_never_parks() {
         let (a, mut b) = tokio::io::duplex(1024);
-        let in_flight = InFlight::default();
-        let (mut io, slot) = lend(a, &in_flight);
+        let (mut io, shared) = lend(a);
         let mut buf = [0u8; 64];
         // Half a head: the rest may come later, so reads must wait for it.
         b.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -207,19 +286,40 @@ mod tests {
         b.write_all(b"\r\n").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 2);
         // A request being served: silence is not idleness.
-        let guard = in_flight.enter();
+        let start = shared.begin();
+        assert!(!start.ambiguous_framing);
         assert!(read_is_pending(&mut io), "busy read must stay pending");
-        drop(guard);
+        drop(start);
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         drop(io);
-        assert!(slot.lock().unwrap().is_some());
+        assert!(shared.take().is_some());
+    }
+
+    #[tokio::test]
+    async fn verdicts_reach_the_handler_in_order() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (mut io, shared) = lend(a);
+        b.write_all(
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+              POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert!(!shared.begin().ambiguous_framing);
+        assert!(shared.begin().ambiguous_framing);
+        assert!(
+            !shared.begin().ambiguous_framing,
+            "unknown is not ambiguous"
+        );
     }
 
     #[tokio::test]
     async fn a_connection_that_ends_unparked_keeps_nothing() {
         let (a, _b) = tokio::io::duplex(64);
-        let (io, slot) = lend(a, &InFlight::default());
+        let (io, shared) = lend(a);
         drop(io);
-        assert!(slot.lock().unwrap().is_none());
+        assert!(shared.take().is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! dispatches each connection by its original destination, and shuts down gracefully.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -11,11 +12,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::ConnWatch;
 use super::framing::FramingWatch;
 use super::hyper_buf_size;
-use super::idle::{IdleIo, InFlight};
-use super::park::{ParkSlot, ParkingIo};
+use super::idle::IdleIo;
+use super::park::{ConnShared, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -23,6 +23,14 @@ use crate::listener::{Accepted, Listener, ListenerError};
 use crate::passthrough::{self, PassthroughRuntime};
 use crate::routing::{Router, RoutingError};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
+
+/// Largest scoped connection task future that surely keeps tokio's task cell
+/// at 512 bytes. The cell is this future plus 104 bytes (tokio 1.54: header,
+/// stage tag, trailer) rounded up to 128; past 512 every idle keep-alive
+/// client costs 128 bytes more (256 with mimalloc, whose 640-byte aligned
+/// blocks are 768).
+#[cfg(test)]
+const PARKED_TASK_BUDGET: usize = 400;
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not
 /// turn the accept loop into a busy spin while connections drain.
@@ -142,26 +150,7 @@ pub fn start_with_router(
         return Err(ServeError::NoListeners);
     }
 
-    let max_header_bytes = config.proxy.max_header_bytes;
-    let dispatch = Arc::new(Dispatch {
-        scoped: Arc::new(ScopedShared {
-            router: router.clone(),
-            upstreams: Upstreams::start(),
-            max_header_bytes,
-        }),
-        passthrough: config
-            .passthrough
-            .iter()
-            .map(|p| {
-                Arc::new(PassthroughRuntime::new(
-                    p.clone(),
-                    router.region(),
-                    max_header_bytes,
-                ))
-            })
-            .collect(),
-        max_header_bytes,
-    });
+    let dispatch = Arc::new(Dispatch::new(config, &router));
 
     let shutdown = Shutdown::new();
     let mut local_addrs = Vec::with_capacity(listeners.len());
@@ -217,34 +206,60 @@ async fn accept_loop(
 }
 
 impl Dispatch {
-    /// Spawns the task serving one accepted connection. Scoped connections get
-    /// a task that is exactly [`serve_http`]: its size is what every idle
-    /// keep-alive client costs, so nothing else is carried along.
+    fn new(config: &Config, router: &Arc<Router>) -> Dispatch {
+        let max_header_bytes = config.proxy.max_header_bytes;
+        Dispatch {
+            scoped: Arc::new(ScopedShared {
+                router: router.clone(),
+                upstreams: Upstreams::start(),
+                max_header_bytes,
+            }),
+            passthrough: config
+                .passthrough
+                .iter()
+                .map(|p| {
+                    Arc::new(PassthroughRuntime::new(
+                        p.clone(),
+                        router.region(),
+                        max_header_bytes,
+                    ))
+                })
+                .collect(),
+            max_header_bytes,
+        }
+    }
+
+    /// Spawns the task serving one accepted connection.
     fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
         let Some(spec) = self.scoped.router.listener(acc.local) else {
             let d = self.clone();
             tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
             return;
         };
+        tokio::spawn(self.scoped_task(acc, spec.timeouts, signals, guard));
+    }
+
+    /// The whole task of a scoped connection: exactly [`serve_http`], whose
+    /// size is what every idle keep-alive client costs, so nothing else is
+    /// carried along (its size is checked against `PARKED_TASK_BUDGET`).
+    fn scoped_task(
+        &self,
+        acc: Accepted,
+        timeouts: Timeouts,
+        signals: Signals,
+        guard: Guard,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let Accepted {
             stream,
             local,
             peer,
         } = acc;
-        let shared = self.scoped.clone();
-        let watch = ConnWatch::default();
-        let busy = watch.clone();
+        let scoped = self.scoped.clone();
+        let conn = HttpConn::new(stream, timeouts, self.max_header_bytes, signals, guard);
+        let shared = conn.shared.clone();
         let svc =
-            service_fn(move |req| scoped::handle(shared.clone(), local, peer, busy.begin(), req));
-        tokio::spawn(serve_http(HttpConn::new(
-            stream,
-            spec.timeouts,
-            self.max_header_bytes,
-            watch,
-            svc,
-            signals,
-            guard,
-        )));
+            service_fn(move |req| scoped::handle(scoped.clone(), local, peer, shared.begin(), req));
+        serve_http(conn, svc)
     }
 
     /// Passthrough listeners (and addresses nobody serves).
@@ -269,8 +284,14 @@ impl Dispatch {
                 PassthroughMode::Http => {
                     let rt2 = rt.clone();
                     let (g, s) = (guard.clone(), signals.clone());
-                    let watch = ConnWatch::default();
-                    let busy = watch.clone();
+                    let conn = HttpConn::new(
+                        stream,
+                        rt.spec.timeouts,
+                        self.max_header_bytes,
+                        signals,
+                        guard.clone(),
+                    );
+                    let shared = conn.shared.clone();
                     let svc = service_fn(move |req| {
                         let ctx = passthrough::ConnCtx {
                             local,
@@ -278,18 +299,9 @@ impl Dispatch {
                             guard: g.clone(),
                             signals: s.clone(),
                         };
-                        passthrough::handle_http(rt2.clone(), ctx, busy.begin(), req)
+                        passthrough::handle_http(rt2.clone(), ctx, shared.begin(), req)
                     });
-                    Box::pin(serve_http(HttpConn::new(
-                        stream,
-                        rt.spec.timeouts,
-                        self.max_header_bytes,
-                        watch,
-                        svc,
-                        signals,
-                        guard.clone(),
-                    )))
-                    .await;
+                    Box::pin(serve_http(conn, svc)).await;
                 }
             }
         } else {
@@ -299,42 +311,32 @@ impl Dispatch {
     }
 }
 
-/// Client stream type lent to hyper.
-type ClientStream = FramingWatch<IdleIo<tokio::net::TcpStream>>;
+type Tcp = tokio::net::TcpStream;
 
-/// Everything an HTTP/1.1 client connection keeps for its whole life. Kept in
-/// one struct (and the stream in the park slot) because the size of the
-/// task's future is what every idle keep-alive client costs.
-struct HttpConn<S> {
-    /// Holds the client stream whenever hyper does not.
-    slot: ParkSlot<ClientStream>,
+/// Everything an HTTP/1.1 client connection keeps for its whole life besides
+/// its service. Kept small, the stream in the shared park slot, because the
+/// size of the task's future is what every idle keep-alive client costs.
+struct HttpConn {
+    /// Park slot, framing verdicts and in-flight count (one allocation).
+    shared: Arc<ConnShared<Tcp>>,
     request_header: Duration,
-    buf_size: usize,
-    in_flight: InFlight,
-    svc: S,
     signals: Signals,
     _guard: Guard,
 }
 
-impl<S> HttpConn<S> {
+impl HttpConn {
     fn new(
-        stream: tokio::net::TcpStream,
+        stream: Tcp,
         timeouts: Timeouts,
         max_header_bytes: usize,
-        watch: ConnWatch,
-        svc: S,
         signals: Signals,
         guard: Guard,
     ) -> Self {
-        let idle = IdleIo::new(stream, timeouts.idle).pause_reads_while(watch.in_flight.clone());
         let buf_size = hyper_buf_size(max_header_bytes);
-        let client = FramingWatch::new(idle, buf_size, watch.verdicts);
+        let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            slot: Arc::new(std::sync::Mutex::new(Some(client))),
+            shared: ConnShared::new(client),
             request_header: timeouts.request_header,
-            buf_size,
-            in_flight: watch.in_flight,
-            svc,
             signals,
             _guard: guard,
         }
@@ -346,73 +348,112 @@ impl<S> HttpConn<S> {
 ///
 /// Between requests the connection is parked (see [`super::park`]): hyper and
 /// its buffers exist only while a request is arriving or being answered.
-async fn serve_http<S>(mut conn: HttpConn<S>)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice in the future"
+)]
+fn serve_http<S>(mut conn: HttpConn, svc: S) -> impl Future<Output = ()> + use<S>
 where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::access_log::LoggedBody>,
             Error = std::convert::Infallible,
-        > + Clone,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
-    loop {
-        // hyper starts its request-header timer as soon as it waits for a
-        // head, idle or not; waiting here counts against the same budget.
-        let header_deadline = Instant::now() + conn.request_header;
-        // Polled by hand with the socket and the stream's own timer, so the
-        // parked task holds no other future.
-        let readable = {
-            let drain = conn.signals.draining();
-            tokio::pin!(drain);
-            std::future::poll_fn(|cx| {
-                if drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                let Ok(mut slot) = conn.slot.lock() else {
-                    return Poll::Ready(false);
-                };
-                let Some(client) = slot.as_mut() else {
-                    return Poll::Ready(false);
-                };
-                if let Poll::Ready(r) = client.get_ref().get_ref().poll_read_ready(cx) {
-                    return Poll::Ready(r.is_ok());
-                }
-                let deadline = header_deadline.min(client.get_ref().deadline());
-                client
-                    .get_mut()
-                    .poll_sleep_until(deadline, cx)
-                    .map(|()| false)
-            })
-            .await
-        };
-        // Not readable: drain, idle or header timeout, or a socket error;
-        // close quietly, as hyper does for an idle connection.
-        let client = match conn.slot.lock().ok().and_then(|mut s| s.take()) {
-            Some(client) if readable => client,
-            _ => return,
-        };
-        let io = ParkingIo::new(client, conn.slot.clone(), conn.in_flight.clone());
-        let header_timeout = header_deadline.saturating_duration_since(Instant::now());
-        // Boxed so the task stays small while parked: hyper's state lives
-        // only as long as this call.
-        let result = Box::pin(run_hyper(
-            io,
-            header_timeout,
-            conn.buf_size,
-            conn.svc.clone(),
-            conn.signals.clone(),
-        ))
-        .await;
-        if let Err(e) = result {
-            // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
-            tracing::debug!("connection ended: {e}");
+    // An `async move` block rather than an `async fn`: the fn's arguments
+    // would be stored twice in the future (once as arguments, once as
+    // locals), and this future is what a parked client costs.
+    async move {
+        // The parked wait's timer, inline in the task for the connection's life:
+        // a parked client costs no timer allocation (the stream drops its own
+        // while parked). Nothing is registered with the runtime until polled.
+        let timer = tokio::time::sleep_until(Instant::now() + conn.request_header);
+        tokio::pin!(timer);
+        loop {
+            // hyper starts its request-header timer as soon as it waits for a
+            // head, idle or not; waiting here counts against the same budget.
+            let header_deadline = Instant::now() + conn.request_header;
+            // Polled by hand with the socket and the timer, so the parked task
+            // holds no other future.
+            let readable = {
+                let drain = conn.signals.draining();
+                tokio::pin!(drain);
+                std::future::poll_fn(|cx| {
+                    if drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    // Break: readiness is known; Continue: wait until then.
+                    let parked = conn.shared.with_parked(|client| {
+                        match client.get_ref().get_ref().poll_read_ready(cx) {
+                            Poll::Ready(r) => ControlFlow::Break(r.is_ok()),
+                            Poll::Pending => ControlFlow::Continue(
+                                header_deadline.min(client.get_ref().deadline()),
+                            ),
+                        }
+                    });
+                    let deadline = match parked {
+                        Some(ControlFlow::Continue(deadline)) => deadline,
+                        Some(ControlFlow::Break(readable)) => return Poll::Ready(readable),
+                        None => return Poll::Ready(false),
+                    };
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer.as_mut().poll(cx).map(|()| false)
+                })
+                .await
+            };
+            // Not readable: drain, idle or header timeout, or a socket error;
+            // close quietly, as hyper does for an idle connection.
+            let client = match conn.shared.take() {
+                Some(client) if readable => client,
+                _ => return,
+            };
+            if let Err(e) = lend(&conn, client, header_deadline, svc.clone()).await {
+                // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
+                tracing::debug!("connection ended: {e}");
+            }
         }
     }
 }
 
+/// One hyper connection over the lent client stream, until it parks or ends.
+/// Boxed, and built outside `serve_http`, so the task stays small while
+/// parked: hyper's state lives only as long as this future.
+fn lend<S>(
+    conn: &HttpConn,
+    client: FramingWatch<IdleIo<Tcp>>,
+    header_deadline: Instant,
+    svc: S,
+) -> std::pin::Pin<Box<impl Future<Output = Result<(), hyper::Error>> + use<S>>>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::access_log::LoggedBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // The watch gives up on heads as large as hyper's buffer (the same size).
+    let buf_size = client.max_head();
+    let io = ParkingIo::new(client, conn.shared.clone());
+    let header_timeout = header_deadline.saturating_duration_since(Instant::now());
+    Box::pin(run_hyper(
+        io,
+        header_timeout,
+        buf_size,
+        svc,
+        conn.signals.clone(),
+    ))
+}
+
 /// One hyper connection over a lent client stream, until it parks or ends.
 async fn run_hyper<S>(
-    io: ParkingIo<IdleIo<tokio::net::TcpStream>>,
+    io: ParkingIo<Tcp>,
     header_timeout: Duration,
     buf_size: usize,
     svc: S,
@@ -446,5 +487,45 @@ where
                 _ = abort.aborting() => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+    #[tokio::test]
+    async fn a_scoped_connection_task_fits_the_parked_budget() {
+        let text = "region = \"RegionOne\"\ncatalog = [\"endpoint-list-RegionOne.json\", \
+                    \"endpoint-list-RegionTwo.json\"]\nbackend = \"192.168.142.245\"\n";
+        let config = Config::from_str(text, &Path::new(FIXTURES).join("router.toml")).unwrap();
+        let router = Arc::new(Router::from_config(&config).unwrap());
+        let dispatch = Dispatch::new(&config, &router);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(local).await.unwrap();
+        let peer = stream.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let acc = Accepted {
+            stream,
+            local,
+            peer,
+        };
+        let task = dispatch.scoped_task(
+            acc,
+            config.timeouts,
+            shutdown.signals(),
+            shutdown.guard().unwrap(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= PARKED_TASK_BUDGET,
+            "the scoped connection task is {size} bytes, over {PARKED_TASK_BUDGET}: \
+             every idle keep-alive client would cost a larger tokio task"
+        );
     }
 }
