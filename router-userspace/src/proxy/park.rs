@@ -10,17 +10,31 @@
 //! open, and its `Drop` hands the stream back to the connection's
 //! [`ConnShared`] so the server can wait for the next bytes holding only the socket and a few words
 //! of state, then serve the next request with a fresh hyper connection.
+//!
+//! For a busy client, parking waits for a short grace period of silence first
+//! ([`PARK_GRACE`]): it sends its next request within a round trip of the last
+//! response, and rebuilding a hyper connection (and its buffers) for every
+//! request cost ≈ 6 % of keep-alive throughput at saturation. The server
+//! decides who is busy (a client that came back within the grace of its last
+//! parking); new and slow clients park at once and keep costing ~1 KiB.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::RequestStart;
 use super::framing::{FramingVerdicts, FramingWatch};
 use super::idle::{IdleIo, InFlight, ReadSilence};
+
+/// Silence after which an idle client is parked: far above the gap between a
+/// response and the next request of a busy client (a round trip), far below
+/// any keep-alive timeout, so idle clients still shed hyper's buffers at once.
+pub const PARK_GRACE: Duration = Duration::from_millis(50);
 
 /// The client stream as it is parked and lent.
 pub type ClientStream<T> = FramingWatch<IdleIo<T>>;
@@ -112,15 +126,49 @@ pub struct ParkingIo<T> {
     parked: bool,
     /// The last write or flush could not complete: hyper still holds bytes.
     write_blocked: bool,
+    /// Silence needed before parking (zero: park at the first idle read).
+    grace: Duration,
+    /// Start of the current idle spell; `None` while the client is not idle.
+    idle_since: Option<Instant>,
+    /// Wakes hyper when the grace period ends. Created on the first idle spell,
+    /// re-armed only when it fires early, dropped with the hyper connection.
+    grace_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> ParkingIo<T> {
-    pub fn new(inner: ClientStream<T>, shared: Arc<ConnShared<T>>) -> Self {
+    pub fn new(inner: ClientStream<T>, shared: Arc<ConnShared<T>>, grace: Duration) -> Self {
         ParkingIo {
             inner: Some(inner),
             shared,
             parked: false,
             write_blocked: false,
+            grace,
+            idle_since: None,
+            grace_timer: None,
+        }
+    }
+
+    /// Ready once the current idle spell has lasted `grace`; otherwise makes
+    /// sure the task is woken when it will have.
+    fn poll_grace(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.grace.is_zero() {
+            return Poll::Ready(());
+        }
+        let now = Instant::now();
+        let due = *self.idle_since.get_or_insert(now) + self.grace;
+        if now >= due {
+            return Poll::Ready(());
+        }
+        let timer = self
+            .grace_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Armed for an earlier spell (never later than this one's end).
+                Poll::Ready(()) if Instant::now() < due => timer.as_mut().reset(due),
+                Poll::Ready(()) => return Poll::Ready(()),
+            }
         }
     }
 
@@ -170,10 +218,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         });
         match inner.poll_read_framed(cx, buf, |ambiguous| shared.push_verdict(ambiguous)) {
             Poll::Pending if may_park => {
+                ready!(this.poll_grace(cx));
                 this.parked = true;
                 Poll::Ready(Ok(()))
             }
-            other => other,
+            other => {
+                // Bytes, a request being served or half a head: not idle.
+                this.idle_since = None;
+                other
+            }
         }
     }
 }
@@ -241,7 +294,7 @@ mod tests {
         let watch = FramingWatch::new(IdleIo::new(stream, Duration::from_secs(60)), 8192);
         let shared = ConnShared::new(watch);
         let lent = shared.take().expect("parked at first");
-        (ParkingIo::new(lent, shared.clone()), shared)
+        (ParkingIo::new(lent, shared.clone(), Duration::ZERO), shared)
     }
 
     /// Polls one read once; the duplex has no data, so only parking can make it ready.
@@ -272,6 +325,40 @@ mod tests {
         assert_eq!(back.get_mut().read(&mut buf).await.unwrap(), 1);
         b.write_all(b"y").await.unwrap();
         back.write_all(b"z").await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parks_only_after_the_grace_period_of_silence() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
+        let shared = ConnShared::new(watch);
+        let lent = shared.take().expect("parked at first");
+        let grace = Duration::from_millis(50);
+        let mut io = ParkingIo::new(lent, shared.clone(), grace);
+        let mut buf = [0u8; 64];
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 18);
+        // Idle, but not for long yet: hyper keeps the connection.
+        assert!(read_is_pending(&mut io), "must not park before the grace");
+        // The next request arrives within the grace: served on the same connection.
+        tokio::time::advance(grace / 2).await;
+        assert!(read_is_pending(&mut io));
+        b.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 19);
+        // A new idle spell starts from scratch, not from the first one.
+        assert!(read_is_pending(&mut io));
+        let spell = Instant::now();
+        tokio::time::advance(grace * 3 / 4).await;
+        assert!(
+            read_is_pending(&mut io),
+            "{:?} into the second spell",
+            spell.elapsed()
+        );
+        // Silence for the whole grace: end-of-stream, and the stream goes back.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(spell.elapsed() >= grace);
+        drop(io);
+        assert!(shared.take().is_some(), "parked after the grace");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::framing::FramingWatch;
 use super::hyper_buf_size;
 use super::idle::IdleIo;
-use super::park::{ConnShared, ParkingIo};
+use super::park::{ConnShared, PARK_GRACE, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
@@ -372,6 +372,10 @@ where
         // while parked). Nothing is registered with the runtime until polled.
         let timer = tokio::time::sleep_until(Instant::now() + conn.request_header);
         tokio::pin!(timer);
+        // A client that came back within PARK_GRACE of being parked is busy:
+        // its next idle spell waits PARK_GRACE before parking, so back-to-back
+        // requests keep one hyper connection. New or slow clients park at once.
+        let mut returning = false;
         loop {
             // hyper starts its request-header timer as soon as it waits for a
             // head, idle or not; waiting here counts against the same budget.
@@ -412,7 +416,16 @@ where
                 Some(client) if readable => client,
                 _ => return,
             };
-            if let Err(e) = lend(&conn, client, header_deadline, svc.clone()).await {
+            let parked_for = conn
+                .request_header
+                .saturating_sub(header_deadline.saturating_duration_since(Instant::now()));
+            let grace = if returning && parked_for < PARK_GRACE {
+                PARK_GRACE
+            } else {
+                Duration::ZERO
+            };
+            returning = true;
+            if let Err(e) = lend(&conn, client, header_deadline, grace, svc.clone()).await {
                 // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
                 tracing::debug!("connection ended: {e}");
             }
@@ -427,6 +440,7 @@ fn lend<S>(
     conn: &HttpConn,
     client: FramingWatch<IdleIo<Tcp>>,
     header_deadline: Instant,
+    grace: Duration,
     svc: S,
 ) -> std::pin::Pin<Box<impl Future<Output = Result<(), hyper::Error>> + use<S>>>
 where
@@ -440,7 +454,7 @@ where
 {
     // The watch gives up on heads as large as hyper's buffer (the same size).
     let buf_size = client.max_head();
-    let io = ParkingIo::new(client, conn.shared.clone());
+    let io = ParkingIo::new(client, conn.shared.clone(), grace);
     let header_timeout = header_deadline.saturating_duration_since(Instant::now());
     Box::pin(run_hyper(
         io,
