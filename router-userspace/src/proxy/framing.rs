@@ -156,11 +156,12 @@ impl<T> FramingWatch<T> {
         }
         let rest = &bytes[used..];
         if self.head.is_empty()
-            && let Some(end) = find_head_end(rest)
+            && let Some((len, state)) = judge(rest, verdict)
         {
-            // The whole head arrived in one read (the usual case): no copy.
-            self.state = judge(&rest[..end], verdict);
-            return used + end;
+            // The whole head arrived in one read (the usual case): parsed in
+            // place, its end found by the parser itself.
+            self.state = state;
+            return used + len;
         }
         let start = self.head.len().saturating_sub(3);
         self.head.extend_from_slice(rest);
@@ -172,22 +173,27 @@ impl<T> FramingWatch<T> {
         };
         let surplus = self.head.len() - end;
         let head = std::mem::take(&mut self.head);
-        self.state = judge(&head[..end], verdict);
+        self.state = judge(&head[..end], verdict).map_or(State::Off, |(_, state)| state);
         bytes.len() - surplus
     }
 }
 
-/// Reports the verdict for one complete head and returns the body state.
-fn judge(head: &[u8], verdict: &mut impl FnMut(bool)) -> State {
+/// The head at the start of `buf`: its length and the body state that follows
+/// (`State::Off` for what the watch does not understand), or `None` while incomplete.
+fn judge(buf: &[u8], verdict: &mut impl FnMut(bool)) -> Option<(usize, State)> {
     // Uninitialised: zeroing 128 slots per request was measurable.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    if !matches!(
-        req.parse_with_uninit_headers(head, &mut headers),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        return State::Off;
-    }
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some((buf.len(), State::Off)),
+    };
+    Some((len, judge_parsed(&req, verdict)))
+}
+
+/// Records the verdict for a parsed head and returns the body state.
+fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool)) -> State {
     let mut length: Option<u64> = None;
     let mut te_chunked: Option<bool> = None;
     let mut upgrade = false;
