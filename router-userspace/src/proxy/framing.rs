@@ -155,26 +155,34 @@ impl<T> FramingWatch<T> {
                 .count();
         }
         let rest = &bytes[used..];
-        if self.head.is_empty()
-            && let Some((len, state)) = judge(rest, verdict)
-        {
-            // The whole head arrived in one read (the usual case): parsed in
-            // place, its end found by the parser itself.
-            self.state = state;
-            return used + len;
+        // A head that arrived whole (the usual case) is parsed in place; one
+        // split across reads is gathered until the parser finds its end.
+        let buffered = !self.head.is_empty();
+        if buffered {
+            self.head.extend_from_slice(rest);
         }
-        let start = self.head.len().saturating_sub(3);
-        self.head.extend_from_slice(rest);
-        let Some(end) = find_head_end(&self.head[start..]).map(|i| start + i) else {
-            if self.head.len() > self.max_head {
-                self.state = State::Off;
+        let parsed = judge(if buffered { &self.head } else { rest }, verdict);
+        match parsed {
+            Some((len, state)) => {
+                self.state = state;
+                if buffered {
+                    let surplus = self.head.len() - len;
+                    self.head = Vec::new();
+                    bytes.len() - surplus
+                } else {
+                    used + len
+                }
             }
-            return bytes.len();
-        };
-        let surplus = self.head.len() - end;
-        let head = std::mem::take(&mut self.head);
-        self.state = judge(&head[..end], verdict).map_or(State::Off, |(_, state)| state);
-        bytes.len() - surplus
+            None => {
+                if !buffered {
+                    self.head.extend_from_slice(rest);
+                }
+                if self.head.len() > self.max_head {
+                    self.state = State::Off;
+                }
+                bytes.len()
+            }
+        }
     }
 }
 
@@ -228,10 +236,6 @@ fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool))
         (None, Some(0)) | (None, None) => State::Head,
         (None, Some(n)) => State::Fixed(n),
     }
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// Advances the chunked-body tracker over `bytes`; returns bytes used and the next state.

@@ -10,12 +10,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
-use http::header::{HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 
 use super::pool::Lease;
-use super::wire::{MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS, ResponseFraming};
+use super::wire::{MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS, ResponseFraming, header_map};
 
 /// Bytes asked of the socket per read while relaying a body.
 const READ_CHUNK: usize = 64 * 1024;
@@ -55,6 +54,16 @@ enum Chunked {
     Trailers,
 }
 
+impl Chunked {
+    /// Before a chunk-size line.
+    const START: Chunked = Chunked::Size {
+        size: 0,
+        digits: 0,
+        ext: false,
+        line: 0,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decoder {
     Length(u64),
@@ -84,12 +93,7 @@ impl UpstreamBody {
         let decoder = match framing {
             ResponseFraming::None => Decoder::Length(0),
             ResponseFraming::Length(n) => Decoder::Length(n),
-            ResponseFraming::Chunked => Decoder::Chunked(Chunked::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-                line: 0,
-            }),
+            ResponseFraming::Chunked => Decoder::Chunked(Chunked::START),
             ResponseFraming::UntilClose => Decoder::UntilClose,
         };
         let mut body = UpstreamBody {
@@ -230,12 +234,7 @@ fn chunk_step(state: Chunked, byte: u8) -> Result<Chunked, ResponseBodyError> {
         }
         Chunked::SizeLf { size } if byte == b'\n' => data_or_trailers(size),
         Chunked::DataCr if byte == b'\r' => Chunked::DataLf,
-        Chunked::DataCr | Chunked::DataLf if byte == b'\n' => Chunked::Size {
-            size: 0,
-            digits: 0,
-            ext: false,
-            line: 0,
-        },
+        Chunked::DataCr | Chunked::DataLf if byte == b'\n' => Chunked::START,
         _ => return Err(ResponseBodyError::BadChunk("missing CRLF")),
     })
 }
@@ -261,16 +260,8 @@ fn trailer_section(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, Res
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     match httparse::parse_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete((len, fields))) => {
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for f in fields {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(f.name.as_bytes()),
-                    HeaderValue::from_bytes(f.value),
-                ) else {
-                    return Err(ResponseBodyError::BadChunk("invalid trailer field"));
-                };
-                map.append(name, value);
-            }
+            let map = header_map(fields)
+                .map_err(|_| ResponseBodyError::BadChunk("invalid trailer field"))?;
             Ok(Some((len, Some(map))))
         }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
@@ -360,12 +351,7 @@ mod tests {
         step: usize,
     ) -> Result<(Vec<u8>, Option<HeaderMap>), ResponseBodyError> {
         let mut body = UpstreamBody {
-            decoder: Decoder::Chunked(Chunked::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-                line: 0,
-            }),
+            decoder: Decoder::Chunked(Chunked::START),
             buf: BytesMut::new(),
             lease: None,
             keep_alive: false,

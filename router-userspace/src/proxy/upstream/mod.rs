@@ -104,7 +104,7 @@ impl Upstreams {
         loop {
             let lease = self.lease(upstream, timeouts, fresh_only).await?;
             let reused = lease.reused;
-            match exchange(lease, &head, &parts.method, framing, &mut body).await {
+            match exchange(lease, upstream, &head, &parts.method, framing, &mut body).await {
                 Ok(resp) => return Ok(resp),
                 Err(f) if reused && f.retry_on_fresh => {
                     tracing::debug!(%upstream, "pooled connection was closed by the backend ({}); retrying on a new one", f.error);
@@ -201,6 +201,7 @@ enum BodySend {
 /// One attempt on one connection.
 async fn exchange<B>(
     mut lease: Lease,
+    upstream: &str,
     head: &[u8],
     method: &http::Method,
     framing: RequestFraming,
@@ -210,12 +211,11 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
-    let upstream: Arc<str> = lease.upstream().clone();
     if let Err(e) = lease.stream.write_all(head).await {
         // At most part of the head arrived: nothing the backend can act on,
         // and the body (if any) is still unread, so it can be sent again.
         return Err(Failure {
-            error: upstream_io(e, &upstream),
+            error: upstream_io(e, upstream),
             retry_on_fresh: true,
         });
     }
@@ -228,7 +228,7 @@ where
             Err(BodySend::Downstream(e)) => {
                 return Err(Failure::fatal(ProxyError::new(
                     ErrorKind::DownstreamBody,
-                    &upstream,
+                    upstream,
                     Some(e),
                 )));
             }
@@ -260,7 +260,7 @@ where
             Err(e) => {
                 return Err(Failure::fatal(ProxyError::new(
                     ErrorKind::UpstreamProtocol,
-                    &upstream,
+                    upstream,
                     Some(Box::new(e)),
                 )));
             }
@@ -291,7 +291,7 @@ where
         };
         return Err(Failure {
             retry_on_fresh: retry_on_fresh && !answered && error.kind() != io::ErrorKind::TimedOut,
-            error: upstream_io(error, &upstream),
+            error: upstream_io(error, upstream),
         });
     }
 }
@@ -329,11 +329,8 @@ where
     }
     if chunked {
         let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.iter().flatten() {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
+        if let Some(trailers) = &trailers {
+            wire::push_fields(&mut end, trailers);
         }
         end.extend_from_slice(b"\r\n");
         stream.write_all(&end).await.map_err(BodySend::Upstream)?;

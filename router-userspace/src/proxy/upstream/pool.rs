@@ -70,10 +70,6 @@ impl Lease {
         }
     }
 
-    pub fn upstream(&self) -> &Arc<str> {
-        &self.upstream
-    }
-
     /// The exchange ended cleanly and the backend keeps the connection open.
     pub fn release(self) {
         let Lease {
@@ -203,12 +199,12 @@ mod tests {
         let (live, _live_srv) = pair(&listener).await;
         let live_port = live.local_addr().unwrap().port();
         let (closed, mut closed_srv) = pair(&listener).await;
-        pool.put(key.clone(), live);
-        pool.put(key.clone(), closed);
         closed_srv.shutdown().await.unwrap();
         drop(closed_srv);
-        // The reactor learns of the FIN on its next turn.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once this returns, the reactor has seen the FIN.
+        closed.readable().await.unwrap();
+        pool.put(key.clone(), live);
+        pool.put(key.clone(), closed);
         let got = pool.take("backend").unwrap();
         assert_eq!(got.local_addr().unwrap().port(), live_port);
         assert_eq!(pool.idle_count("backend"), 0);

@@ -6,6 +6,8 @@ use std::mem::MaybeUninit;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::proxy::headers::connection_tokens;
+
 /// Response header fields accepted per head (hyper's default limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
@@ -63,16 +65,33 @@ pub fn encode_request_head(
         out.extend_from_slice(upstream.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    push_fields(out, headers);
+    if framing == RequestFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: value\r\n` for every field (a head's or a trailer section's).
+pub fn push_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if framing == RequestFraming::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+}
+
+/// The parsed fields of a head or trailer section as a map, in order.
+pub fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, WireError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let bad = || WireError::BadField(field.name.to_owned());
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| bad())?;
+        map.append(name, value);
     }
-    out.extend_from_slice(b"\r\n");
+    Ok(map)
 }
 
 /// How the response body is delimited.
@@ -140,14 +159,7 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireEr
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for field in resp.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| WireError::BadField(field.name.to_owned()))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| WireError::BadField(field.name.to_owned()))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(resp.headers)?;
     let (framing, framing_allows_reuse) = response_framing(&headers, status, method)?;
     let keep_alive = framing_allows_reuse && wants_keep_alive(&headers, version);
     Ok(Parsed::Final(
@@ -217,13 +229,7 @@ fn response_framing(
 fn wants_keep_alive(headers: &HeaderMap, version: Version) -> bool {
     let mut close = false;
     let mut keep = false;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
+    for token in connection_tokens(headers) {
         close |= token.eq_ignore_ascii_case("close");
         keep |= token.eq_ignore_ascii_case("keep-alive");
     }
