@@ -179,6 +179,24 @@ fn start_vip(ns: &Netns, settings: VipSettings) -> Result<RunningVip, VipError> 
     start_vip_with(ns, settings, || {})
 }
 
+/// Starts a manager after this process's previous one for the same VIP stopped. Its
+/// lock goes with the last descriptor of its open file, and a child that another test
+/// thread is spawning holds a copy of every descriptor until it execs: for that instant
+/// the lock still reads as held by this very process. Only that is waited out.
+fn restart_vip(ns: &Netns, settings: VipSettings) -> Result<RunningVip, VipError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match start_vip(ns, settings.clone()) {
+            Err(VipError::AlreadyManaged { pid: Some(pid), .. })
+                if pid == std::process::id() && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `prepare` runs on the manager's thread first (e.g. to drop a capability there only).
 fn start_vip_with(
     ns: &Netns,
@@ -573,11 +591,11 @@ fn vip_already_present_is_adopted() {
     );
 
     // Left by a crashed run: the next run adopts it.
-    let running = start_vip(&lab.router, lab.settings()).expect("start");
+    let running = restart_vip(&lab.router, lab.settings()).expect("start");
     assert_eq!(lab.status().adopted, Some(false));
     running.crash();
     assert!(lab.vip_present(), "a crash leaves the VIP in place");
-    let running = start_vip(&lab.router, lab.settings()).expect("restart adopts");
+    let running = restart_vip(&lab.router, lab.settings()).expect("restart adopts");
     assert_eq!(lab.status().adopted, Some(true));
     running.shutdown().expect("shutdown");
     assert_eq!(lab.router_addrs(), vec![ROUTER_ADDR.to_owned()]);
@@ -616,7 +634,7 @@ fn a_second_manager_is_refused_and_the_vip_stays_with_the_first() {
     // adopts the VIP the crash left behind.
     first.crash();
     assert!(lab.vip_present());
-    let second = start_vip(&lab.router, lab.settings()).expect("restart after a crash");
+    let second = restart_vip(&lab.router, lab.settings()).expect("restart after a crash");
     assert_eq!(lab.status().adopted, Some(true));
     second.shutdown().expect("shutdown");
     assert!(!lab.vip_present());
