@@ -384,7 +384,7 @@ mod tests {
     pub(crate) fn fixtures() -> Vec<PathBuf> {
         let dir = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures"
+            "/../config"
         ));
         vec![
             dir.join("endpoint-list-RegionOne.json"),

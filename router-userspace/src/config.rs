@@ -710,7 +710,7 @@ backend = "192.168.142.245"
     fn fixture_catalog() -> Catalog {
         let dir = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures"
+            "/../config"
         ));
         Catalog::load(&[
             dir.join("endpoint-list-RegionOne.json"),

@@ -647,7 +647,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 
     fn seed(region: &str, extra: &str) -> (Router, Config) {
         let text = format!(

@@ -549,7 +549,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
     const PEER: &str = "10.9.9.9:55555";
 
     /// A RegionOne (or other region) router over the seed fixtures, with extra config.

@@ -510,7 +510,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 
     #[tokio::test]
     async fn a_scoped_connection_task_fits_the_parked_budget() {
