@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 
+use crate::scope::ScopeSource;
+
 /// Everything the access line reports besides the response status.
 #[derive(Debug)]
 pub struct AccessRecord {
@@ -23,7 +25,8 @@ pub struct AccessRecord {
     pub service_type: Option<Arc<str>>,
     pub region: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
-    pub scope_source: &'static str,
+    /// `None` until a plan is made, and for the transparent fallback (no scope read).
+    pub scope_source: Option<ScopeSource>,
     /// Released with the record, i.e. when the response body is done.
     pub in_flight: Option<crate::proxy::idle::InFlightGuard>,
 }
@@ -47,7 +50,7 @@ impl AccessRecord {
             service_type: None,
             region: None,
             backend: None,
-            scope_source: "none",
+            scope_source: None,
             in_flight: None,
         }
     }
@@ -63,7 +66,7 @@ impl AccessRecord {
             service_type = %self.service_type.as_deref().unwrap_or(dash),
             region = %self.region.as_deref().unwrap_or(dash),
             backend = %self.backend.as_deref().unwrap_or(dash),
-            scope = %self.scope_source,
+            scope = %self.scope_source.map_or("none", |s| s.as_str()),
             peer = %self.peer,
             listener = %self.listener,
             bytes,

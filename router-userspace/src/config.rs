@@ -708,10 +708,7 @@ backend = "192.168.142.245"
     }
 
     fn fixture_catalog() -> Catalog {
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config"
-        ));
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
         Catalog::load(&[
             dir.join("endpoint-list-RegionOne.json"),
             dir.join("endpoint-list-RegionTwo.json"),

@@ -1,15 +1,26 @@
 //! Per-request routing data: the request head the router reads, the plan it returns, and the
-//! header/path rewrites the plan applies (DESIGN §3.4, §3.5).
+//! header/path rewrites the plan applies (docs/ARCHITECTURE.md §3.4, §3.5).
 //!
-//! Decisions where DESIGN is silent:
+//! The plan says which hop the request takes, and each hop owns its rewrites:
+//! - **local** (the current region's backend): the scope-removing rewrites happen here and
+//!   only here: `!SCOPE!` cut off `X-Subject-Token` always and off `X-Auth-Token` when the
+//!   service is `identity`;
+//! - **remote** (another region's router): the scope travels as it arrived, tokens
+//!   unstripped, plus an `X-Scope` pinning whatever this router took from its own defaults,
+//!   so the next router decides the same; the path prefix and `Host` are the target's;
+//! - **transparent** (no catalog entry matched): forwarded unchanged but for
+//!   `X-Forwarded-For` and `Via`, which loop detection and backends rely on.
+//!
+//! Decisions (see docs/ARCHITECTURE.md §7):
 //! - `X-Identity-Url` is an absolute URL, `scheme://host:port/path`, built from the
 //!   `identity`/`admin` entry of `scope["identity"]` (public when a region lists no admin
 //!   identity) with the catalog's own scheme: keystonemiddleware needs a URL it can call.
 //!   Client-sent `X-Identity-*` headers are replaced (or removed) on scoped requests.
-//! - Unscoped (transparent) requests keep every scope-related header as sent; they only
-//!   get `X-Forwarded-For` and `Via`, which loop detection and backends rely on.
 //! - Existing `X-Forwarded-For`/`Via` lines are folded into one comma-separated value with
 //!   ours appended, so backends that read only the first line still see the whole chain.
+//! - A remote hop's `Via` entry carries a comment naming the decision
+//!   (`1.1 scope-router-RegionOne (image=RegionTwo from X-Scope)`), so a router that
+//!   finds itself in the chain can say what every hop read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +29,13 @@ use http::HeaderValue;
 use http::header::{HOST, HeaderName, VIA};
 
 use crate::config::Timeouts;
+use crate::scope::{X_AUTH_TOKEN, X_SCOPE, X_SUBJECT_TOKEN, strip_scope};
 
-pub(crate) static X_SCOPE: HeaderName = HeaderName::from_static("x-scope");
-pub(crate) static X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
-pub(crate) static X_SUBJECT_TOKEN: HeaderName = HeaderName::from_static("x-subject-token");
+pub use crate::scope::ScopeSource;
+
 pub(crate) static X_IDENTITY_REGION: HeaderName = HeaderName::from_static("x-identity-region");
 pub(crate) static X_IDENTITY_URL: HeaderName = HeaderName::from_static("x-identity-url");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The marker separating a token from the scope appended to it.
-pub(crate) const SCOPE_MARKER: &[u8] = b"!SCOPE!";
 
 /// What the router needs to know about an incoming request.
 #[derive(Debug, Clone, Copy)]
@@ -42,28 +50,6 @@ pub struct RequestHead<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// Where the scope of a request came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeSource {
-    /// No header carried a scope: defaults only (or the request is not scoped).
-    None,
-    XScope,
-    AuthToken,
-    SubjectToken,
-}
-
-impl ScopeSource {
-    /// The header name, or `"defaults"`, for logs and `explain`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ScopeSource::None => "defaults",
-            ScopeSource::XScope => "X-Scope",
-            ScopeSource::AuthToken => "X-Auth-Token",
-            ScopeSource::SubjectToken => "X-Subject-Token",
-        }
-    }
-}
-
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -71,40 +57,84 @@ pub struct Plan {
     pub upstream: Arc<str>,
     /// `Region_Type_Interface`, or `Region_transparent_PORT` for unscoped requests.
     pub backend_name: Arc<str>,
-    pub service_type: Option<Arc<str>>,
-    pub interface: Option<Arc<str>>,
     pub region: Arc<str>,
-    pub scope_source: ScopeSource,
     pub timeouts: Timeouts,
-    pub(crate) rewrite: Rewrite,
+    /// Our `Via` entry (with the decision as a comment on remote hops).
+    pub(crate) via: HeaderValue,
+    pub kind: PlanKind,
 }
 
-/// Rewrite instructions; header values are precomputed by the router so applying a plan
-/// copies no strings except where a header really changes.
+/// Whether a catalog entry matched, and so whether the scope decided anything.
 #[derive(Debug, Clone)]
-pub(crate) struct Rewrite {
-    /// Scoped request: strip the scope from `X-Subject-Token`, set `X-Identity-*`.
-    pub(crate) scoped: bool,
-    /// Target is `identity`: strip the scope from `X-Auth-Token` too.
-    pub(crate) strip_auth_token: bool,
-    /// Remote target: (matched local path prefix, target path prefix).
-    pub(crate) path: Option<(Arc<str>, Arc<str>)>,
-    /// Remote target: the new `Host`.
-    pub(crate) host: Option<HeaderValue>,
-    /// `X-Identity-Region`, `X-Identity-Url`.
+// Boxing `Scoped` would cost an allocation on every scoped request to save stack space
+// on the rare transparent one.
+#[allow(clippy::large_enum_variant)]
+pub enum PlanKind {
+    /// A catalog entry matched: the scope chose the region.
+    Scoped(Scoped),
+    /// No catalog entry matched: forwarded unchanged to the listener's local backend.
+    Transparent,
+}
+
+/// What the scope decided for a matched catalog entry.
+#[derive(Debug, Clone)]
+pub struct Scoped {
+    pub service_type: Arc<str>,
+    pub interface: Arc<str>,
+    /// Where the region of `service_type` came from.
+    pub scope_source: ScopeSource,
+    /// `X-Identity-Region`, `X-Identity-Url`; `None` when the identity region lists no
+    /// identity endpoint (client-sent values are then removed).
     pub(crate) identity: Option<(HeaderValue, HeaderValue)>,
-    /// `1.1 scope-router-<Region>`.
-    pub(crate) via: HeaderValue,
+    pub(crate) hop: Hop,
+}
+
+/// The hop a scoped request takes, with the rewrites that belong to it.
+#[derive(Debug, Clone)]
+pub(crate) enum Hop {
+    /// The current region's backend: the scope is cut off the tokens here.
+    Local,
+    /// Another region's router: the scope travels on.
+    Remote {
+        host: HeaderValue,
+        /// (matched local path prefix, target path prefix).
+        from: Arc<str>,
+        to: Arc<str>,
+        /// `X-Scope` pinning what this router took from its defaults, when it took any.
+        scope: Option<HeaderValue>,
+    },
 }
 
 impl Plan {
     /// Whether the request is forwarded to another region's frontend.
     pub fn is_remote(&self) -> bool {
-        self.rewrite.host.is_some()
+        matches!(
+            &self.kind,
+            PlanKind::Scoped(Scoped {
+                hop: Hop::Remote { .. },
+                ..
+            })
+        )
     }
 
-    /// Applies every rewrite of DESIGN §3.4/§3.5 to the outgoing request head:
-    /// path prefix, Host, token stripping, X-Identity-*, X-Forwarded-For, Via.
+    /// The matched service type; `None` for the transparent fallback.
+    pub fn service_type(&self) -> Option<&Arc<str>> {
+        match &self.kind {
+            PlanKind::Scoped(s) => Some(&s.service_type),
+            PlanKind::Transparent => None,
+        }
+    }
+
+    /// Where the region came from; `None` for the transparent fallback (no scope read).
+    pub fn scope_source(&self) -> Option<ScopeSource> {
+        match &self.kind {
+            PlanKind::Scoped(s) => Some(s.scope_source),
+            PlanKind::Transparent => None,
+        }
+    }
+
+    /// Applies every rewrite of the plan's hop to the outgoing request head:
+    /// path prefix, Host, scope, token stripping, X-Identity-*, X-Forwarded-For, Via.
     /// Leaves hop-by-hop handling to the proxy.
     pub fn apply(&self, head: &RequestHead<'_>, parts: &mut http::request::Parts) {
         self.apply_to(head.peer, parts)
@@ -113,25 +143,35 @@ impl Plan {
     /// Like [`Plan::apply`] but needs only the client address, so the proxy can
     /// decide on `parts` and then rewrite the same `parts` without cloning headers.
     pub fn apply_to(&self, peer: SocketAddr, parts: &mut http::request::Parts) {
-        let rw = &self.rewrite;
-        if let Some((from, to)) = &rw.path
-            && let Some(uri) = rewrite_path(&parts.uri, from, to)
-        {
-            parts.uri = uri;
-        }
         let headers = &mut parts.headers;
         // hyper sizes the map to the parsed head exactly; growing it on the
         // first insert would rehash every field.
         headers.reserve(4);
-        if let Some(host) = &rw.host {
-            headers.insert(HOST, host.clone());
-        }
-        if rw.scoped {
-            strip_scope(headers, &X_SUBJECT_TOKEN);
-            if rw.strip_auth_token {
-                strip_scope(headers, &X_AUTH_TOKEN);
+        if let PlanKind::Scoped(scoped) = &self.kind {
+            match &scoped.hop {
+                Hop::Local => {
+                    strip_scope(headers, &X_SUBJECT_TOKEN);
+                    if &*scoped.service_type == "identity" {
+                        strip_scope(headers, &X_AUTH_TOKEN);
+                    }
+                }
+                Hop::Remote {
+                    host,
+                    from,
+                    to,
+                    scope,
+                } => {
+                    headers.insert(HOST, host.clone());
+                    if let Some(scope) = scope {
+                        headers.insert(X_SCOPE.clone(), scope.clone());
+                    }
+                    if let Some(uri) = rewrite_path(&parts.uri, from, to) {
+                        parts.uri = uri;
+                    }
+                }
             }
-            match &rw.identity {
+            let headers = &mut parts.headers;
+            match &scoped.identity {
                 Some((region, url)) => {
                     headers.insert(X_IDENTITY_REGION.clone(), region.clone());
                     headers.insert(X_IDENTITY_URL.clone(), url.clone());
@@ -143,8 +183,9 @@ impl Plan {
                 }
             }
         }
+        let headers = &mut parts.headers;
         append_list(headers, &X_FORWARDED_FOR, &peer_value(peer));
-        append_list(headers, &VIA, &rw.via);
+        append_list(headers, &VIA, &self.via);
     }
 }
 
@@ -172,20 +213,6 @@ pub(crate) fn join_path(out: &mut String, to: &str, rest: &str) {
             out.push_str(rest);
         }
         _ => out.push_str(rest),
-    }
-}
-
-/// Cuts `!SCOPE!…` off every value of `name`.
-fn strip_scope(headers: &mut http::HeaderMap, name: &HeaderName) {
-    if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
-        for value in entry.iter_mut() {
-            let bytes = value.as_bytes();
-            if let Some(i) = find(bytes, SCOPE_MARKER)
-                && let Ok(stripped) = HeaderValue::from_bytes(&bytes[..i])
-            {
-                *value = stripped;
-            }
-        }
     }
 }
 
@@ -217,19 +244,4 @@ fn peer_value(peer: SocketAddr) -> HeaderValue {
     let _ = write!(cursor, "{}", peer.ip().to_canonical());
     let len = usize::try_from(cursor.position()).unwrap_or(0);
     HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    // Tokens are ~200 bytes and the marker rarely starts with a common byte: jump from
-    // one occurrence of the first byte to the next instead of comparing every window.
-    let (&first, rest) = needle.split_first()?;
-    let mut start = 0;
-    while let Some(i) = haystack[start..].iter().position(|&b| b == first) {
-        let at = start + i;
-        if haystack[at + 1..].starts_with(rest) {
-            return Some(at);
-        }
-        start = at + 1;
-    }
-    None
 }

@@ -5,7 +5,7 @@
 //!
 //! - **Lua** (the seed's approach): one `listen` per scoped listener whose
 //!   `http-request lua.scope_route` action runs the Lua interpreter in
-//!   `haproxy/scope.lua` (DESIGN §3 in full: longest-prefix service lookup on
+//!   `haproxy/scope.lua` (docs/ARCHITECTURE.md §3 in full: longest-prefix service lookup on
 //!   dst addr:port then `Host`, `X-Scope` / `X-Auth-Token` / `X-Subject-Token`
 //!   sources, percent-decoding, defaults, token stripping, `X-Identity-*`, `Via`
 //!   loop detection, OpenStack-shaped 400/508), then
@@ -21,6 +21,12 @@
 //!   `X-Subject-Token`), defaults, unknown-region 400s, token stripping and
 //!   `X-Identity-*` are the same.
 //!
+//! Both strip `!SCOPE!` from the tokens only on the hop to a local backend, as
+//! scope-router does, so a remote region's router reads the same scope. Neither pins
+//! in `X-Scope` what it took from its own defaults on a remote hop (HAProxy cannot build
+//! JSON without more Lua per request): behind them, the next router applies its own
+//! defaults to service types the client's scope does not name.
+//!
 //! Backends are named `Region_Type_Interface`; remote-region backends set `Host` to
 //! the target's `host:port` and rewrite the matched path prefix. Passthrough
 //! listeners become plain `listen` blocks (`mode tcp` / `mode http`).
@@ -30,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, PassthroughMode, Timeouts};
-use crate::routing::{Route, Router};
+use crate::routing::{Listener, Route, Router};
 
 /// Interpreter half of the Lua script; the generated routing table is prepended.
 const INTERPRETER: &str = include_str!("haproxy/scope.lua");
@@ -128,8 +134,8 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
     );
 
     let mut backends: Vec<Backend> = Vec::new();
-    for (i, listener) in router.listeners().iter().enumerate() {
-        let routes = router.listener_routes(i);
+    for l in router.listeners() {
+        let (listener, routes) = (&l.spec, l.routes());
         let name = format!("{region}_{}", listener.addr.port());
         let _ = writeln!(cfg, "\nlisten {}", ident(&name));
         let _ = writeln!(cfg, "    bind {}", listener.addr);
@@ -137,16 +143,16 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
         write_timeouts(&mut cfg, &listener.timeouts, true);
         match opts.mode {
             HaproxyMode::Lua => write_lua_rules(&mut cfg),
-            HaproxyMode::Native => write_native_rules(&mut cfg, router, i),
+            HaproxyMode::Native => write_native_rules(&mut cfg, router, l),
         }
         // No catalog entry matched: the listener's own server is the transparent fallback.
         let _ = writeln!(
             cfg,
             "    server {} {}",
-            ident(&routes.transparent_name),
-            routes.local_upstream
+            ident(l.transparent_name()),
+            l.local_upstream()
         );
-        for route in &routes.routes {
+        for route in routes {
             for target in &route.targets {
                 let name = ident(&target.backend_name);
                 if backends.iter().any(|b| b.name == name) {
@@ -275,10 +281,10 @@ fn write_lua_rules(cfg: &mut String) {
 }
 
 /// ACL chain: pick the route (first matching prefix), read the scope, pick the region.
-fn write_native_rules(cfg: &mut String, router: &Router, listener: usize) {
+fn write_native_rules(cfg: &mut String, router: &Router, listener: &Listener) {
     // A route whose prefix an earlier route already has can never match (first wins):
     // leave it out so HAProxy evaluates fewer rules per request.
-    let all = &router.listener_routes(listener).routes;
+    let all = listener.routes();
     let routes: Vec<&Route> = all
         .iter()
         .enumerate()
@@ -434,8 +440,9 @@ fn write_backend(cfg: &mut String, b: &Backend, mode: HaproxyMode) {
     let _ = writeln!(cfg, "\nbackend {}", b.name);
     let _ = writeln!(cfg, "    timeout connect {}", ms(b.timeouts.connect));
     let _ = writeln!(cfg, "    timeout server {}", ms(b.timeouts.idle));
-    // The Lua action already stripped the tokens; the native variant does it here.
-    if mode == HaproxyMode::Native && b.scoped {
+    // The Lua action already stripped the tokens; the native variant does it here. Only
+    // on the hop to the local backend: a remote region's router must read the same scope.
+    if mode == HaproxyMode::Native && b.scoped && b.remote.is_none() {
         cfg.push_str("    http-request replace-header X-Subject-Token '^(.*?)!SCOPE!.*$' '\\1'\n");
         if b.identity {
             cfg.push_str("    http-request replace-header X-Auth-Token '^(.*?)!SCOPE!.*$' '\\1'\n");
@@ -526,14 +533,15 @@ fn lua_table(router: &Router, config: &Config) -> String {
         let _ = write!(s, " [{}] = {},", lua_str(&r), lua_str(&url));
     }
     s.push_str(" },\n  listeners = {\n");
-    for (i, l) in router.listeners().iter().enumerate() {
+    for listener in router.listeners() {
+        let l = &listener.spec;
         // Keyed like `txn.f:dst() .. ":" .. txn.f:dst_port()` (no IPv6 brackets).
         let _ = writeln!(
             s,
             "    [{}] = {{ routes = {{",
             lua_str(&format!("{}:{}", l.addr.ip(), l.addr.port()))
         );
-        for route in &router.listener_routes(i).routes {
+        for route in listener.routes() {
             let _ = write!(
                 s,
                 "      {{ service_type = {}, interface = {}, path = {}, targets = {{",
@@ -769,18 +777,30 @@ mod tests {
         assert!(compute.contains(
             &"http-request set-var(txn.identity) str(RegionTwo) if { var(txn.route) -m found } !{ var(txn.identity) -m found }"
         ));
-        let keystone = section(&out.cfg, "backend RegionTwo_identity_public");
+        // Local backends lose the scope from the tokens ...
+        let keystone = section(&out.cfg, "backend RegionOne_identity_public");
         assert!(
             keystone
                 .iter()
                 .any(|l| l.starts_with("http-request replace-header X-Auth-Token"))
         );
-        let nova = section(&out.cfg, "backend RegionTwo_compute_public");
+        let nova = section(&out.cfg, "backend RegionOne_compute_public");
         assert!(!nova.iter().any(|l| l.contains("X-Auth-Token")));
         assert!(
             nova.iter()
                 .any(|l| l.starts_with("http-request replace-header X-Subject-Token"))
         );
+        // ... remote regions' routers get it whole, to reach the same decision.
+        for remote in [
+            "backend RegionTwo_identity_public",
+            "backend RegionTwo_compute_public",
+        ] {
+            let section = section(&out.cfg, remote);
+            assert!(
+                !section.iter().any(|l| l.contains("replace-header")),
+                "{remote}: {section:?}"
+            );
+        }
     }
 
     #[test]

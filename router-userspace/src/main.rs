@@ -242,7 +242,7 @@ fn parse_header(text: &str) -> Result<(String, String)> {
 
 /// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets.
 fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steering>)> {
-    let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+    let plan = ebpf::plan(&config.ebpf, &router.listener_specs(), &config.passthrough);
     for cidr in &plan.unenforced_deny {
         tracing::warn!("ebpf.deny {cidr}: IPv6 sources are not filtered by the XDP guard");
     }

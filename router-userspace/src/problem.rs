@@ -66,41 +66,48 @@ impl Problem {
         ))
     }
 
-    /// 508 when the `Via` chain already names this router.
-    pub fn loop_detected(router: &str) -> Problem {
+    /// 508 when the `Via` chain already names this router (`me`): says which routers the
+    /// chain names with what each decided (`chain`, oldest first, as `Via` carries them)
+    /// and what this router reads now (`here`, e.g. `identity=RegionOne from defaults`).
+    pub fn loop_detected(me: &str, chain: &[impl AsRef<str>], here: Option<&str>) -> Problem {
+        let chain = chain
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(" -> ");
+        let here = match here {
+            Some(here) => format!(" Here {me} reads {here} again."),
+            None => String::new(),
+        };
         Problem::new(
             StatusCode::LOOP_DETECTED,
             "Loop Detected",
             format!(
-                "The request already went through {router} (see its Via header): the regions' \
-                 scope defaults disagree. Give the service type an explicit region in the scope, \
-                 or align [scope.defaults] in the routers' configurations."
+                "The request came back to {me}, so it would circle between routers and never \
+                 reach a service. Its Via chain: {chain}.{here} Check that every router on the \
+                 path has the same catalog for this service, and name its region in the scope \
+                 (X-Scope or the token's !SCOPE!)."
             ),
         )
     }
 
-    /// 502 when the backend cannot be reached or answers garbage.
-    pub fn bad_gateway(backend: &str, detail: impl fmt::Display) -> Problem {
+    /// 502 when the upstream (`backend`, by catalog name) cannot serve the request:
+    /// `what` happened, and the `advice` the client can act on.
+    pub fn bad_gateway(backend: &str, what: &str, advice: &str) -> Problem {
         Problem::new(
             StatusCode::BAD_GATEWAY,
             "Bad Gateway",
-            format!(
-                "Backend {backend} could not serve the request ({detail}). Check that the \
-                 service is running and reachable from the router, then retry."
-            ),
+            format!("{what} ({backend}): {advice}"),
         )
     }
 
-    /// 504 when the backend did not answer in time.
-    pub fn gateway_timeout(backend: &str, after: std::time::Duration) -> Problem {
+    /// 504 when the upstream did not connect or answer in time; shaped like
+    /// [`Problem::bad_gateway`].
+    pub fn gateway_timeout(backend: &str, what: &str, advice: &str) -> Problem {
         Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "Gateway Timeout",
-            format!(
-                "Backend {backend} did not answer within {}. Retry later, or raise the timeout \
-                 for this port in the router's configuration.",
-                humantime::format_duration(after)
-            ),
+            format!("{what} ({backend}): {advice}"),
         )
     }
 
@@ -180,16 +187,36 @@ mod tests {
     }
 
     #[test]
+    fn loop_message_names_the_chain_and_the_reading_here() {
+        let p = Problem::loop_detected(
+            "scope-router-RegionOne",
+            &[
+                "scope-router-RegionOne (identity=RegionTwo from X-Auth-Token)",
+                "scope-router-RegionTwo (identity=RegionOne from defaults)",
+            ],
+            Some("identity=RegionTwo from X-Auth-Token"),
+        );
+        assert_eq!(p.status.as_u16(), 508);
+        for part in [
+            "scope-router-RegionOne (identity=RegionTwo from X-Auth-Token) -> \
+             scope-router-RegionTwo (identity=RegionOne from defaults)",
+            "Here scope-router-RegionOne reads identity=RegionTwo from X-Auth-Token again",
+        ] {
+            assert!(
+                p.message.contains(part),
+                "{part} missing from: {}",
+                p.message
+            );
+        }
+        assert!(!p.message.contains("defaults disagree"), "{}", p.message);
+    }
+
+    #[test]
     fn statuses() {
         let cases = [
-            (Problem::loop_detected("scope-router-RegionOne"), 508),
             (
-                Problem::bad_gateway("RegionOne_compute_public", "refused"),
-                502,
-            ),
-            (
-                Problem::gateway_timeout("b", std::time::Duration::from_secs(10)),
-                504,
+                Problem::loop_detected("scope-router-RegionOne", &["scope-router-RegionOne"], None),
+                508,
             ),
             (Problem::header_too_large(16384), 431),
             (Problem::malformed_scope("X-Scope", "not JSON"), 400),

@@ -7,7 +7,7 @@ use http::header::{HOST, HeaderName, HeaderValue};
 
 use crate::catalog::split_host_port;
 use crate::config::{Config, EbpfMode, PassthroughMode, Timeouts};
-use crate::decision::RequestHead;
+use crate::decision::{PlanKind, RequestHead};
 use crate::routing::Router;
 
 /// The client address `explain` pretends the request came from (TEST-NET-3).
@@ -62,7 +62,11 @@ pub fn check(router: &Router, config: &Config) -> String {
             let managed = if v.manage { "managed" } else { "not managed" };
             let _ = writeln!(out, "vip:     {} on {} ({managed})", v.address, v.interface);
             // Owning an address no scoped listener uses is almost always a typo.
-            if !router.listeners().iter().any(|l| l.addr.ip() == v.address) {
+            if !router
+                .listeners()
+                .iter()
+                .any(|l| l.spec.addr.ip() == v.address)
+            {
                 let _ = writeln!(
                     out,
                     "warning: [vip] address {} is the host of no scoped listener; the catalog's \
@@ -94,8 +98,8 @@ pub fn check(router: &Router, config: &Config) -> String {
     );
 
     let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
-    for (i, l) in router.listeners().iter().enumerate() {
-        let routes = router.listener_routes(i);
+    for listener in router.listeners() {
+        let (l, routes) = (&listener.spec, listener.routes());
         let _ = writeln!(
             out,
             "  {}  (local backend {}; {})",
@@ -103,14 +107,14 @@ pub fn check(router: &Router, config: &Config) -> String {
             l.local_backend,
             fmt_timeouts(&l.timeouts)
         );
-        for (n, route) in routes.routes.iter().enumerate() {
+        for (n, route) in routes.iter().enumerate() {
             let shown = if route.path.is_empty() {
                 "/"
             } else {
                 &route.path
             };
             // Equal URLs tie; the first in catalog order wins, the others only show up here.
-            let shadow = routes.routes[..n]
+            let shadow = routes[..n]
                 .iter()
                 .find(|r| r.path == route.path)
                 .map(|r| {
@@ -136,7 +140,8 @@ pub fn check(router: &Router, config: &Config) -> String {
         let _ = writeln!(
             out,
             "    (no match)  {} -> {} (forwarded unchanged)",
-            routes.transparent_name, routes.local_upstream
+            listener.transparent_name(),
+            listener.local_upstream()
         );
     }
 
@@ -244,18 +249,33 @@ pub fn explain(
             return Ok(out);
         }
     };
-    match (&plan.service_type, &plan.interface) {
-        (Some(st), Some(i)) => {
-            let _ = writeln!(out, "service:   {st}/{i}");
+    match &plan.kind {
+        PlanKind::Scoped(s) => {
+            let _ = writeln!(out, "service:   {}/{}", s.service_type, s.interface);
         }
-        _ => {
+        PlanKind::Transparent => {
             let _ = writeln!(
                 out,
                 "service:   none matched: transparent fallback, forwarded unchanged"
             );
         }
     }
-    let _ = writeln!(out, "scope:     {}", plan.scope_source.as_str());
+    let _ = writeln!(
+        out,
+        "scope:     {}",
+        plan.scope_source()
+            .map_or("none (not scoped)", |s| s.as_str())
+    );
+    let _ = writeln!(
+        out,
+        "hop:       {}",
+        match &plan.kind {
+            PlanKind::Transparent => "local backend, unchanged",
+            PlanKind::Scoped(_) if plan.is_remote() =>
+                "another region's router (the scope travels on, tokens unstripped)",
+            PlanKind::Scoped(_) => "local backend (scope cut off the tokens)",
+        }
+    );
     let _ = writeln!(out, "region:    {}", plan.region);
     let _ = writeln!(out, "backend:   {}", plan.backend_name);
     let _ = writeln!(out, "upstream:  {}", plan.upstream);
@@ -376,8 +396,11 @@ mod tests {
             "  x-identity-region: RegionOne\n",
             "  x-identity-url: http://192.168.142.244:35357\n",
             "  x-forwarded-for: 203.0.113.10\n",
-            "  via: 1.0 edge, 1.1 scope-router-RegionOne\n",
+            "  via: 1.0 edge, 1.1 scope-router-RegionOne (compute=RegionTwo from X-Auth-Token)\n",
             "  x-auth-token: abc!SCOPE!{\"compute\":\"RegionTwo\"}\n",
+            // Identity came from RegionOne's defaults: pinned for the next router.
+            "  x-scope: {\"compute\":\"RegionTwo\",\"identity\":\"RegionOne\"}\n",
+            "hop:       another region's router (the scope travels on, tokens unstripped)\n",
         ];
         for l in lines {
             assert!(out.contains(l), "{l:?} missing from:\n{out}");

@@ -1,9 +1,11 @@
-//! The routing table built once from config + catalog, and the per-request decision (DESIGN §3, §4).
+//! The routing table built once from config + catalog, and the per-request decision
+//! (docs/ARCHITECTURE.md §3, §4).
 //!
-//! Everything that does not depend on the request (listener lists sorted for prefix
-//! matching, targets per region, `Host`/`Via`/`X-Identity-*` header values) is computed in
-//! [`Router::new`], so `decide` only compares strings and bumps reference counts; it
-//! allocates only to parse a scope the client sent.
+//! Everything that does not depend on the request (listeners with their routes sorted for
+//! prefix matching, targets per region, `Host`/`Via`/`X-Identity-*` header values) is
+//! computed in [`Router::new`], so `decide` only compares strings and bumps reference
+//! counts; it allocates only to parse a scope the client sent, and on a remote hop to pin
+//! what it took from its defaults.
 //!
 //! Prefix matching respects path segments: `/identity` matches `/identity/v3` but not
 //! `/identityfoo`; prefixes ending in `/` (URLs cut at a template) are plain prefixes.
@@ -19,11 +21,9 @@ use http::header::{HOST, VIA};
 
 use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, Timeouts};
-use crate::decision::{
-    Plan, RequestHead, Rewrite, SCOPE_MARKER, ScopeSource, X_AUTH_TOKEN, X_SCOPE, X_SUBJECT_TOKEN,
-    find,
-};
+use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::problem::Problem;
+use crate::scope::{Scope, ScopeSource};
 
 /// A scoped listener derived from the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub(crate) struct Target {
 pub(crate) struct Remote {
     pub(crate) host: HeaderValue,
     pub(crate) path: Arc<str>,
+    /// Our `Via` entry with the decision as a comment, per [`ScopeSource`].
+    via: [HeaderValue; 4],
 }
 
 /// One current-region catalog entry a listener can match.
@@ -90,13 +92,35 @@ pub(crate) struct Route {
     pub(crate) targets: Vec<Target>,
 }
 
-/// Per-listener lookup data, parallel to `Router::listeners`.
+/// A scoped listener and the catalog entries it serves.
 #[derive(Debug)]
-pub(crate) struct ListenerRoutes {
+pub struct Listener {
+    pub spec: ListenerSpec,
     /// Longest path first; equal lengths keep catalog order, so the first match wins.
-    pub(crate) routes: Vec<Route>,
-    pub(crate) transparent_name: Arc<str>,
-    pub(crate) local_upstream: Arc<str>,
+    routes: Vec<Route>,
+    transparent_name: Arc<str>,
+    local_upstream: Arc<str>,
+}
+
+impl Listener {
+    /// The routes in match order (read-only, for `check` and the HAProxy emitters).
+    pub(crate) fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Backend name of the transparent fallback (`Region_transparent_PORT`).
+    pub(crate) fn transparent_name(&self) -> &str {
+        &self.transparent_name
+    }
+
+    /// `host:port` of the local backend.
+    pub(crate) fn local_upstream(&self) -> &str {
+        &self.local_upstream
+    }
+
+    fn match_route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
 }
 
 /// The immutable routing table, shared as `Arc<Router>`.
@@ -107,8 +131,7 @@ pub struct Router {
     via_name: Arc<str>,
     catalog: Catalog,
     regions: Vec<Arc<str>>,
-    listeners: Vec<ListenerSpec>,
-    routes: Vec<ListenerRoutes>,
+    listeners: Vec<Listener>,
     /// `[scope.defaults]`; service types absent here default to the current region.
     defaults: HashMap<String, Arc<str>>,
     /// `X-Identity-Region`/`X-Identity-Url` per region with an identity endpoint.
@@ -132,8 +155,7 @@ impl Router {
             message: "must be printable ASCII (it goes into the Via header)".to_owned(),
         })?;
 
-        let mut listeners: Vec<ListenerSpec> = Vec::new();
-        let mut routes: Vec<ListenerRoutes> = Vec::new();
+        let mut listeners: Vec<Listener> = Vec::new();
         for entry in catalog.entries().iter().filter(|e| e.region == region) {
             let ip = entry.url.ip().ok_or_else(|| RoutingError::NotIpLiteral {
                 backend: entry.backend_name(),
@@ -141,16 +163,16 @@ impl Router {
                 source_file: entry.source.to_path_buf(),
             })?;
             let addr = SocketAddr::new(ip.to_canonical(), entry.url.port());
-            let index = match listeners.iter().position(|l| l.addr == addr) {
+            let index = match listeners.iter().position(|l| l.spec.addr == addr) {
                 Some(i) => i,
                 None => {
                     let local_backend = config.port_backend(addr.port());
-                    listeners.push(ListenerSpec {
-                        addr,
-                        local_backend,
-                        timeouts: config.port_timeouts(addr.port()),
-                    });
-                    routes.push(ListenerRoutes {
+                    listeners.push(Listener {
+                        spec: ListenerSpec {
+                            addr,
+                            local_backend,
+                            timeouts: config.port_timeouts(addr.port()),
+                        },
                         routes: Vec::new(),
                         transparent_name: Arc::from(format!(
                             "{region}_transparent_{}",
@@ -161,17 +183,24 @@ impl Router {
                     listeners.len() - 1
                 }
             };
-            let local_upstream = Arc::clone(&routes[index].local_upstream);
-            let targets = build_targets(&catalog, &regions, &region, entry, &local_upstream)?;
-            routes[index].routes.push(Route {
+            let listener = &mut listeners[index];
+            let targets = build_targets(
+                &catalog,
+                &regions,
+                &region,
+                &via_name,
+                entry,
+                &listener.local_upstream,
+            )?;
+            listener.routes.push(Route {
                 service_type: Arc::clone(&entry.service_type),
                 interface: Arc::clone(&entry.interface),
                 path: Arc::clone(&entry.url.path),
                 targets,
             });
         }
-        for l in &mut routes {
-            // Stable sort: ties keep catalog order (DESIGN §3.1).
+        for l in &mut listeners {
+            // Stable sort: ties keep catalog order (docs/ARCHITECTURE.md §3.1).
             l.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         }
 
@@ -211,7 +240,6 @@ impl Router {
             catalog,
             regions,
             listeners,
-            routes,
             defaults,
             identity,
         })
@@ -238,25 +266,25 @@ impl Router {
         &self.regions
     }
 
-    /// Every distinct `host:port` of the current region.
-    pub fn listeners(&self) -> &[ListenerSpec] {
+    /// Every distinct `host:port` of the current region, with its routes.
+    pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    /// The listener settings alone, for the layers that only bind or steer addresses.
+    pub fn listener_specs(&self) -> Vec<ListenerSpec> {
+        self.listeners.iter().map(|l| l.spec.clone()).collect()
     }
 
     /// The listener for an accepted socket's local address.
     pub fn listener(&self, local: SocketAddr) -> Option<&ListenerSpec> {
-        self.listener_index(local).map(|i| &self.listeners[i])
+        self.listener_at(local).map(|l| &l.spec)
     }
 
-    /// Routes of listener `i`, in match order (for `check`).
-    pub(crate) fn listener_routes(&self, i: usize) -> &ListenerRoutes {
-        &self.routes[i]
-    }
-
-    fn listener_index(&self, local: SocketAddr) -> Option<usize> {
+    fn listener_at(&self, local: SocketAddr) -> Option<&Listener> {
         // A dual-stack socket reports an IPv4 local address as ::ffff:a.b.c.d.
         let local = SocketAddr::new(local.ip().to_canonical(), local.port());
-        self.listeners.iter().position(|l| l.addr == local)
+        self.listeners.iter().find(|l| l.spec.addr == local)
     }
 
     /// The default region of a service type (`[scope.defaults]`, else the current region).
@@ -266,25 +294,30 @@ impl Router {
 
     /// Decides where a request goes (pure, no I/O).
     pub fn decide(&self, head: &RequestHead<'_>) -> Result<Plan, Problem> {
-        if self.via_names_me(head.headers) {
-            return Err(Problem::loop_detected(&self.via_name));
-        }
         let path = head.uri.path();
-        let local = self.listener_index(head.local);
+        let local = self.listener_at(head.local);
         let matched = local
-            .and_then(|i| self.match_route(i, path).map(|r| (i, r)))
+            .and_then(|l| l.match_route(path).map(|r| (l, r)))
             .or_else(|| {
-                let i = self.host_listener(head.headers)?;
-                self.match_route(i, path).map(|r| (i, r))
+                let l = self.host_listener(head.headers)?;
+                l.match_route(path).map(|r| (l, r))
             });
         let Some((listener, route)) = matched else {
+            if self.via_names_me(head.headers) {
+                return Err(self.loop_detected(head.headers, None));
+            }
             return self.transparent(head, local);
         };
 
         let scope = Scope::read(head.headers)?;
+        let source = scope.source_for(&route.service_type);
         let region = scope
             .region_for(&route.service_type)
             .unwrap_or_else(|| self.default_region(&route.service_type));
+        if self.via_names_me(head.headers) {
+            let here = (&*route.service_type, region, source);
+            return Err(self.loop_detected(head.headers, Some(here)));
+        }
         let target = route
             .targets
             .iter()
@@ -310,80 +343,83 @@ impl Router {
             }
         };
 
-        let (host, path_rewrite) = match &target.remote {
+        let (hop, via) = match &target.remote {
             Some(remote) => (
-                Some(remote.host.clone()),
-                Some((Arc::clone(&route.path), Arc::clone(&remote.path))),
+                Hop::Remote {
+                    host: remote.host.clone(),
+                    from: Arc::clone(&route.path),
+                    to: Arc::clone(&remote.path),
+                    scope: scope.for_next_hop(&[
+                        (&route.service_type, &target.region),
+                        ("identity", identity_region),
+                    ]),
+                },
+                remote.via[source.index()].clone(),
             ),
-            None => (None, None),
+            None => (Hop::Local, self.via.clone()),
         };
         Ok(Plan {
             upstream: Arc::clone(&target.upstream),
             backend_name: Arc::clone(&target.backend_name),
-            service_type: Some(Arc::clone(&route.service_type)),
-            interface: Some(Arc::clone(&route.interface)),
             region: Arc::clone(&target.region),
-            scope_source: scope.source,
-            timeouts: self.listeners[listener].timeouts,
-            rewrite: Rewrite {
-                scoped: true,
-                strip_auth_token: &*route.service_type == "identity",
-                path: path_rewrite,
-                host,
+            timeouts: listener.spec.timeouts,
+            via,
+            kind: PlanKind::Scoped(Scoped {
+                service_type: Arc::clone(&route.service_type),
+                interface: Arc::clone(&route.interface),
+                scope_source: source,
                 identity,
-                via: self.via.clone(),
-            },
+                hop,
+            }),
         })
     }
 
-    fn transparent(&self, head: &RequestHead<'_>, local: Option<usize>) -> Result<Plan, Problem> {
-        let Some(i) = local else {
+    fn transparent(
+        &self,
+        head: &RequestHead<'_>,
+        local: Option<&Listener>,
+    ) -> Result<Plan, Problem> {
+        let Some(l) = local else {
             return Err(Problem::misdirected(head.local));
         };
-        let l = &self.routes[i];
         Ok(Plan {
             upstream: Arc::clone(&l.local_upstream),
             backend_name: Arc::clone(&l.transparent_name),
-            service_type: None,
-            interface: None,
             region: Arc::clone(&self.region),
-            scope_source: ScopeSource::None,
-            timeouts: self.listeners[i].timeouts,
-            rewrite: Rewrite {
-                scoped: false,
-                strip_auth_token: false,
-                path: None,
-                host: None,
-                identity: None,
-                via: self.via.clone(),
-            },
+            timeouts: l.spec.timeouts,
+            via: self.via.clone(),
+            kind: PlanKind::Transparent,
         })
-    }
-
-    fn match_route(&self, listener: usize, path: &str) -> Option<&Route> {
-        self.routes[listener]
-            .routes
-            .iter()
-            .find(|r| prefix_matches(&r.path, path))
     }
 
     /// The listener named by the `Host` header (port 80 when absent).
-    fn host_listener(&self, headers: &http::HeaderMap) -> Option<usize> {
+    fn host_listener(&self, headers: &http::HeaderMap) -> Option<&Listener> {
         let host = headers.get(HOST)?.to_str().ok()?;
         let (host, port) = split_host_port(host.trim()).ok()?;
         let ip: IpAddr = host.parse().ok()?;
-        self.listener_index(SocketAddr::new(ip, port.unwrap_or(80)))
+        self.listener_at(SocketAddr::new(ip, port.unwrap_or(80)))
     }
 
     fn via_names_me(&self, headers: &http::HeaderMap) -> bool {
-        headers.get_all(VIA).iter().any(|v| {
-            String::from_utf8_lossy(v.as_bytes()).split(',').any(|hop| {
-                // `protocol received-by [comment]`
-                hop.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|by| by.eq_ignore_ascii_case(&self.via_name))
+        via_hops(headers).any(|(by, _)| by.eq_ignore_ascii_case(&self.via_name))
+    }
+
+    /// 508 naming every router of the `Via` chain with what it decided, and what this
+    /// router reads now (`here`: service type, region, source).
+    fn loop_detected(
+        &self,
+        headers: &http::HeaderMap,
+        here: Option<(&str, &str, ScopeSource)>,
+    ) -> Problem {
+        let chain: Vec<String> = via_hops(headers)
+            .map(|(by, note)| match note {
+                Some(note) => format!("{by} ({note})"),
+                None => by.to_owned(),
             })
-        })
+            .collect();
+        let here =
+            here.map(|(st, region, source)| format!("{st}={region} from {}", source.as_str()));
+        Problem::loop_detected(&self.via_name, &chain, here.as_deref())
     }
 
     fn missing_region(&self, region: &str, service_type: &str, interface: &str) -> Problem {
@@ -402,6 +438,27 @@ impl Router {
     }
 }
 
+/// Every hop of the `Via` chain as (received-by, comment), across all `Via` lines.
+fn via_hops(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
+    headers
+        .get_all(VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| {
+            // `protocol received-by [(comment)]`
+            let mut words = hop.trim().splitn(3, char::is_whitespace);
+            let _protocol = words.next()?;
+            let by = words.next()?;
+            let note = words
+                .next()
+                .map(str::trim)
+                .and_then(|c| c.strip_prefix('('))
+                .and_then(|c| c.strip_suffix(')'));
+            Some((by, note))
+        })
+}
+
 /// Prefix match on path-segment boundaries: `/identity` matches `/identity/v3` but not
 /// `/identityfoo`; prefixes ending in `/` (template cuts) match as plain prefixes.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -416,6 +473,7 @@ fn build_targets(
     catalog: &Catalog,
     regions: &[Arc<str>],
     current: &Arc<str>,
+    via_name: &str,
     entry: &Endpoint,
     local_upstream: &Arc<str>,
 ) -> Result<Vec<Target>, RoutingError> {
@@ -437,6 +495,8 @@ fn build_targets(
         if !t.url.path.is_empty() && http::uri::PathAndQuery::try_from(&*t.url.path).is_err() {
             return Err(bad_entry(t, "the path is not a valid URI path"));
         }
+        let via = ScopeSource::ALL
+            .map(|source| remote_via(via_name, &entry.service_type, region, source));
         targets.push(Target {
             region: Arc::clone(region),
             backend_name: Arc::from(t.backend_name()),
@@ -444,10 +504,35 @@ fn build_targets(
             remote: Some(Remote {
                 host,
                 path: Arc::clone(&t.url.path),
+                via,
             }),
         });
     }
     Ok(targets)
+}
+
+/// `1.1 scope-router-R (st=region from source)`: the decision rides in the `Via` comment
+/// so that a router finding a loop can say what each hop read. Names that would break
+/// the comment's syntax (parentheses, commas, backslashes) leave it out.
+fn remote_via(
+    via_name: &str,
+    service_type: &str,
+    region: &str,
+    source: ScopeSource,
+) -> HeaderValue {
+    let plain = || {
+        header_value(&format!("1.1 {via_name}"))
+            .unwrap_or(HeaderValue::from_static("1.1 scope-router"))
+    };
+    let unsafe_in_comment = |s: &str| s.contains(['(', ')', ',', '\\']);
+    if unsafe_in_comment(service_type) || unsafe_in_comment(region) {
+        return plain();
+    }
+    header_value(&format!(
+        "1.1 {via_name} ({service_type}={region} from {})",
+        source.as_str()
+    ))
+    .unwrap_or_else(plain)
 }
 
 fn bad_entry(e: &Endpoint, reason: &str) -> RoutingError {
@@ -461,85 +546,6 @@ fn bad_entry(e: &Endpoint, reason: &str) -> RoutingError {
 
 fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
-}
-
-/// The request scope: service type → region, as sent by the client.
-struct Scope {
-    source: ScopeSource,
-    map: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Scope {
-    /// Reads the first header that carries a scope (DESIGN §3.2) and validates it.
-    fn read(headers: &http::HeaderMap) -> Result<Scope, Problem> {
-        let found = if let Some(v) = headers
-            .get(&X_SCOPE)
-            .filter(|v| !trim(v.as_bytes()).is_empty())
-        {
-            Some((ScopeSource::XScope, v.as_bytes()))
-        } else {
-            [
-                (ScopeSource::AuthToken, &X_AUTH_TOKEN),
-                (ScopeSource::SubjectToken, &X_SUBJECT_TOKEN),
-            ]
-            .into_iter()
-            .find_map(|(source, name)| {
-                let v = headers.get(name)?.as_bytes();
-                let after = &v[find(v, SCOPE_MARKER)? + SCOPE_MARKER.len()..];
-                (!trim(after).is_empty()).then_some((source, after))
-            })
-        };
-        let Some((source, raw)) = found else {
-            return Ok(Scope {
-                source: ScopeSource::None,
-                map: serde_json::Map::new(),
-            });
-        };
-        let name = source.as_str();
-        let text = std::str::from_utf8(trim(raw))
-            .map_err(|_| Problem::malformed_scope(name, "not UTF-8"))?;
-        let value = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => v,
-            Err(e) if !text.contains('%') => {
-                return Err(Problem::malformed_scope(
-                    name,
-                    format_args!("not JSON: {e}"),
-                ));
-            }
-            // Clients that URL-encode the scope (it travels inside a token) get one decode.
-            Err(_) => {
-                let decoded = percent_encoding::percent_decode_str(text)
-                    .decode_utf8()
-                    .map_err(|_| Problem::malformed_scope(name, "percent-decodes to non-UTF-8"))?;
-                serde_json::from_str(&decoded).map_err(|e| {
-                    Problem::malformed_scope(
-                        name,
-                        format_args!("not JSON even after percent-decoding: {e}"),
-                    )
-                })?
-            }
-        };
-        let serde_json::Value::Object(map) = value else {
-            return Err(Problem::malformed_scope(name, "not a JSON object"));
-        };
-        if let Some((k, _)) = map.iter().find(|(_, v)| !v.is_string()) {
-            return Err(Problem::malformed_scope(
-                name,
-                format_args!("the value of \"{k}\" is not a string region name"),
-            ));
-        }
-        Ok(Scope { source, map })
-    }
-
-    fn region_for(&self, service_type: &str) -> Option<&str> {
-        self.map
-            .get(service_type)
-            .and_then(serde_json::Value::as_str)
-    }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
 }
 
 #[cfg(test)]
@@ -690,12 +696,16 @@ mod tests {
     #[test]
     fn listeners_are_the_current_regions_distinct_addresses() {
         let r = r1();
-        let addrs: Vec<String> = r.listeners().iter().map(|l| l.addr.to_string()).collect();
+        let addrs: Vec<String> = r
+            .listeners()
+            .iter()
+            .map(|l| l.spec.addr.to_string())
+            .collect();
         let ports = [5000, 35357, 9292, 8774, 9696, 8780];
         assert_eq!(addrs, ports.map(|p| format!("{VIP1}:{p}")));
         for (l, p) in r.listeners().iter().zip(ports) {
             assert_eq!(
-                l.local_backend,
+                l.spec.local_backend,
                 format!("192.168.142.245:{p}").parse().unwrap()
             );
         }
@@ -704,7 +714,7 @@ mod tests {
         assert!(
             r2.listeners()
                 .iter()
-                .all(|l| l.addr.ip().to_string() == "192.168.144.244")
+                .all(|l| l.spec.addr.ip().to_string() == "192.168.144.244")
         );
         assert!(
             r.listener(format!("{VIP1}:8774").parse().unwrap())
@@ -772,18 +782,93 @@ mod tests {
         assert!(msg.contains("`region`") && msg.contains("/r.toml"), "{msg}");
     }
 
+    /// What a row of a decision table expects.
     enum Want {
-        /// region, backend name, upstream, scope source
-        Ok(&'static str, &'static str, &'static str, ScopeSource),
-        /// status, substrings of the message
-        Err(u16, &'static [&'static str]),
+        /// Forwarded: the region, backend name and upstream chosen, and where the region
+        /// came from.
+        Routed {
+            region: &'static str,
+            backend: &'static str,
+            upstream: &'static str,
+            /// `None` for the transparent fallback, which reads no scope.
+            source: Option<ScopeSource>,
+        },
+        /// Answered by the router: the status, and text the message must contain.
+        Refused {
+            status: u16,
+            needles: &'static [&'static str],
+        },
     }
 
-    /// DESIGN §3.1–3.3 and §3.6 over the seed catalog, as RegionOne.
+    /// One request of a decision table.
+    struct Case<'a> {
+        name: &'a str,
+        router: &'a Router,
+        /// The address the client connected to.
+        local: &'a str,
+        path: &'a str,
+        headers: Vec<(&'a str, &'a str)>,
+        want: Want,
+    }
+
+    /// Runs every case and reports every failing one at once, not just the first.
+    fn check_cases(cases: Vec<Case<'_>>) {
+        let mut failures = Vec::new();
+        for c in cases {
+            let got = decide(c.router, c.local, c.path, &c.headers);
+            let name = c.name;
+            match (c.want, got) {
+                (
+                    Want::Routed {
+                        region,
+                        backend,
+                        upstream,
+                        source,
+                    },
+                    Result::Ok(plan),
+                ) => {
+                    let got = (
+                        &*plan.region,
+                        &*plan.backend_name,
+                        &*plan.upstream,
+                        plan.scope_source(),
+                    );
+                    let want = (region, backend, upstream, source);
+                    if got != want {
+                        failures.push(format!("{name}: got {got:?}, want {want:?}"));
+                    }
+                }
+                (Want::Refused { status, needles }, Result::Err(p)) => {
+                    if p.status.as_u16() != status {
+                        failures.push(format!("{name}: got {p}, want status {status}"));
+                    }
+                    for n in needles {
+                        if !p.message.contains(n) {
+                            failures.push(format!("{name}: {n:?} missing from {p}"));
+                        }
+                    }
+                }
+                (Want::Routed { backend, .. }, Result::Err(p)) => {
+                    failures.push(format!("{name}: want {backend}, got {p}"));
+                }
+                (Want::Refused { status, .. }, Result::Ok(plan)) => {
+                    failures.push(format!("{name}: want {status}, got {}", plan.backend_name));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failing case(s):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// docs/ARCHITECTURE.md §3.1–3.3 and §3.6 over the seed catalog, as RegionOne.
     #[test]
     fn decision_table_seed() {
         use ScopeSource as S;
-        use Want::{Err, Ok};
+        use Want::{Refused, Routed};
         let r = r1();
         let r_defaults = seed_router(
             "RegionOne",
@@ -793,512 +878,541 @@ mod tests {
         let nova = "192.168.142.244:8774";
         let keystone = "192.168.142.244:5000";
         let to2 = r#"{"compute": "RegionTwo"}"#;
-        // (name, router, local address, path, headers, expectation)
-        type Row<'a> = (
-            &'a str,
-            &'a Router,
-            &'a str,
-            &'a str,
-            Vec<(&'a str, &'a str)>,
-            Want,
-        );
-        let cases: Vec<Row<'_>> = vec![
-            (
-                "no scope: current region",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "X-Scope to RegionTwo",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", to2)],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "X-Scope naming the current region",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"compute": "RegionOne"}"#)],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "longer prefix /v2/ goes to compute_legacy",
-                &r,
-                nova,
-                "/v2/abc/servers",
-                vec![("X-Scope", r#"{"compute": "RegionTwo"}"#)],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_legacy_public",
-                    "192.168.142.245:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "compute_legacy absent from scope: default",
-                &r,
-                nova,
-                "/v2/abc/servers",
-                vec![("X-Scope", r#"{"compute_legacy": "RegionTwo"}"#)],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_legacy_public",
-                    "192.168.144.244:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "tie between public/internal/admin: first in catalog",
-                &r,
-                "192.168.142.244:9292",
-                "/v2/images",
-                vec![],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_image_public",
-                    "192.168.142.245:9292",
-                    S::None,
-                ),
-            ),
-            (
-                "admin port",
-                &r,
-                "192.168.142.244:35357",
-                "/v3/users",
-                vec![("X-Scope", r#"{"identity": "RegionTwo"}"#)],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_identity_admin",
-                    "192.168.144.244:35357",
-                    S::XScope,
-                ),
-            ),
-            (
-                "token scope",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Auth-Token", "gAAAA!SCOPE!{\"compute\": \"RegionTwo\"}")],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::AuthToken,
-                ),
-            ),
-            (
-                "X-Scope wins over the token",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![
+        let cases: Vec<Case<'_>> = vec![
+            Case {
+                name: "no scope: current region",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "X-Scope to RegionTwo",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", to2)],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "X-Scope naming the current region",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"compute": "RegionOne"}"#)],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "longer prefix /v2/ goes to compute_legacy",
+                router: &r,
+                local: nova,
+                path: "/v2/abc/servers",
+                headers: vec![("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_legacy_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "compute_legacy absent from scope: default",
+                router: &r,
+                local: nova,
+                path: "/v2/abc/servers",
+                headers: vec![("X-Scope", r#"{"compute_legacy": "RegionTwo"}"#)],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_legacy_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "tie between public/internal/admin: first in catalog",
+                router: &r,
+                local: "192.168.142.244:9292",
+                path: "/v2/images",
+                headers: vec![],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_image_public",
+                    upstream: "192.168.142.245:9292",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "admin port",
+                router: &r,
+                local: "192.168.142.244:35357",
+                path: "/v3/users",
+                headers: vec![("X-Scope", r#"{"identity": "RegionTwo"}"#)],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_identity_admin",
+                    upstream: "192.168.144.244:35357",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "token scope",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Auth-Token", "gAAAA!SCOPE!{\"compute\": \"RegionTwo\"}")],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::AuthToken),
+                },
+            },
+            Case {
+                name: "X-Scope wins over the token",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![
                     ("X-Scope", r#"{"compute": "RegionOne"}"#),
                     ("X-Auth-Token", "t!SCOPE!{\"compute\": \"RegionTwo\"}"),
                 ],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "empty X-Scope carries no scope",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "empty X-Scope carries no scope",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![
                     ("X-Scope", " "),
                     ("X-Auth-Token", "t!SCOPE!{\"compute\": \"RegionTwo\"}"),
                 ],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::AuthToken,
-                ),
-            ),
-            (
-                "auth token wins over subject token",
-                &r,
-                keystone,
-                "/v3/auth/tokens",
-                vec![
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::AuthToken),
+                },
+            },
+            Case {
+                name: "auth token wins over subject token",
+                router: &r,
+                local: keystone,
+                path: "/v3/auth/tokens",
+                headers: vec![
                     ("X-Auth-Token", "a!SCOPE!{\"identity\": \"RegionOne\"}"),
                     ("X-Subject-Token", "s!SCOPE!{\"identity\": \"RegionTwo\"}"),
                 ],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_identity_public",
-                    "192.168.142.245:5000",
-                    S::AuthToken,
-                ),
-            ),
-            (
-                "subject token when the auth token has no scope",
-                &r,
-                keystone,
-                "/v3/auth/tokens",
-                vec![
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_identity_public",
+                    upstream: "192.168.142.245:5000",
+                    source: Some(S::AuthToken),
+                },
+            },
+            Case {
+                name: "subject token when the auth token has no scope",
+                router: &r,
+                local: keystone,
+                path: "/v3/auth/tokens",
+                headers: vec![
                     ("X-Auth-Token", "plain"),
                     ("X-Subject-Token", "s!SCOPE!{\"identity\": \"RegionTwo\"}"),
                 ],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_identity_public",
-                    "192.168.144.244:5000",
-                    S::SubjectToken,
-                ),
-            ),
-            (
-                "token without scope text",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Auth-Token", "t!SCOPE!")],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "percent-encoded scope",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", "%7B%22compute%22%3A%20%22RegionTwo%22%7D")],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "percent-encoded scope in a token",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![(
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_identity_public",
+                    upstream: "192.168.144.244:5000",
+                    source: Some(S::SubjectToken),
+                },
+            },
+            Case {
+                name: "token without scope text",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Auth-Token", "t!SCOPE!")],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "percent-encoded scope",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", "%7B%22compute%22%3A%20%22RegionTwo%22%7D")],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "percent-encoded scope in a token",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![(
                     "X-Auth-Token",
                     "t!SCOPE!%7B%22compute%22%3A%22RegionTwo%22%7D",
                 )],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::AuthToken,
-                ),
-            ),
-            (
-                "[scope.defaults] moves compute",
-                &r_defaults,
-                nova,
-                "/v2.1/servers",
-                vec![],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "request scope overrides [scope.defaults]",
-                &r_defaults,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"compute": "RegionOne"}"#)],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "[scope.defaults] keep other keys",
-                &r_defaults,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"image": "RegionOne"}"#)],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "transparent: version discovery",
-                &r,
-                nova,
-                "/",
-                vec![],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_transparent_8774",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "transparent: /v2.1 without slash is no prefix match",
-                &r,
-                nova,
-                "/v2.1",
-                vec![("X-Scope", to2)],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_transparent_8774",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "transparent ignores a malformed scope",
-                &r,
-                nova,
-                "/",
-                vec![("X-Scope", "garbage")],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_transparent_8774",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "query is not part of the match",
-                &r,
-                nova,
-                "/?x=/v2.1/",
-                vec![],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_transparent_8774",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "Host header when the local address is unknown",
-                &r,
-                "127.0.0.1:4000",
-                "/v2.1/servers",
-                vec![("Host", nova), ("X-Scope", to2)],
-                Ok(
-                    "RegionTwo",
-                    "RegionTwo_compute_public",
-                    "192.168.144.244:8774",
-                    S::XScope,
-                ),
-            ),
-            (
-                "Host header local target uses that listener's backend",
-                &r,
-                "127.0.0.1:4000",
-                "/v2.1/servers",
-                vec![("Host", nova)],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "unknown local address, no Host",
-                &r,
-                "127.0.0.1:4000",
-                "/v2.1/servers",
-                vec![],
-                Err(421, &["127.0.0.1:4000"]),
-            ),
-            (
-                "unknown local address, Host without port is :80",
-                &r,
-                "127.0.0.1:4000",
-                "/v2.1/servers",
-                vec![("Host", VIP1)],
-                Err(421, &[]),
-            ),
-            (
-                "not JSON",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", "compute=RegionTwo")],
-                Err(400, &["X-Scope", "JSON"]),
-            ),
-            (
-                "JSON but not an object",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"["RegionTwo"]"#)],
-                Err(400, &["not a JSON object"]),
-            ),
-            (
-                "non-string value",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"compute": 2}"#)],
-                Err(400, &["\"compute\"", "not a string"]),
-            ),
-            (
-                "null value",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"image": null}"#)],
-                Err(400, &["\"image\""]),
-            ),
-            (
-                "malformed token scope names the header",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Auth-Token", "t!SCOPE!{compute")],
-                Err(400, &["X-Auth-Token"]),
-            ),
-            (
-                "valid JSON is never percent-decoded",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"compute": "Region%54wo"}"#)],
-                Err(400, &["Region%54wo", "RegionOne, RegionTwo"]),
-            ),
-            (
-                "percent-decoding happens once only",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![(
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::AuthToken),
+                },
+            },
+            Case {
+                name: "[scope.defaults] moves compute",
+                router: &r_defaults,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "request scope overrides [scope.defaults]",
+                router: &r_defaults,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"compute": "RegionOne"}"#)],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "[scope.defaults] keep other keys",
+                router: &r_defaults,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"image": "RegionOne"}"#)],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "transparent: version discovery",
+                router: &r,
+                local: nova,
+                path: "/",
+                headers: vec![],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_transparent_8774",
+                    upstream: "192.168.142.245:8774",
+                    source: None,
+                },
+            },
+            Case {
+                name: "transparent: /v2.1 without slash is no prefix match",
+                router: &r,
+                local: nova,
+                path: "/v2.1",
+                headers: vec![("X-Scope", to2)],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_transparent_8774",
+                    upstream: "192.168.142.245:8774",
+                    source: None,
+                },
+            },
+            Case {
+                name: "transparent ignores a malformed scope",
+                router: &r,
+                local: nova,
+                path: "/",
+                headers: vec![("X-Scope", "garbage")],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_transparent_8774",
+                    upstream: "192.168.142.245:8774",
+                    source: None,
+                },
+            },
+            Case {
+                name: "query is not part of the match",
+                router: &r,
+                local: nova,
+                path: "/?x=/v2.1/",
+                headers: vec![],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_transparent_8774",
+                    upstream: "192.168.142.245:8774",
+                    source: None,
+                },
+            },
+            Case {
+                name: "Host header when the local address is unknown",
+                router: &r,
+                local: "127.0.0.1:4000",
+                path: "/v2.1/servers",
+                headers: vec![("Host", nova), ("X-Scope", to2)],
+                want: Routed {
+                    region: "RegionTwo",
+                    backend: "RegionTwo_compute_public",
+                    upstream: "192.168.144.244:8774",
+                    source: Some(S::XScope),
+                },
+            },
+            Case {
+                name: "Host header local target uses that listener's backend",
+                router: &r,
+                local: "127.0.0.1:4000",
+                path: "/v2.1/servers",
+                headers: vec![("Host", nova)],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "unknown local address, no Host",
+                router: &r,
+                local: "127.0.0.1:4000",
+                path: "/v2.1/servers",
+                headers: vec![],
+                want: Refused {
+                    status: 421,
+                    needles: &["127.0.0.1:4000"],
+                },
+            },
+            Case {
+                name: "unknown local address, Host without port is :80",
+                router: &r,
+                local: "127.0.0.1:4000",
+                path: "/v2.1/servers",
+                headers: vec![("Host", VIP1)],
+                want: Refused {
+                    status: 421,
+                    needles: &[],
+                },
+            },
+            Case {
+                name: "not JSON",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", "compute=RegionTwo")],
+                want: Refused {
+                    status: 400,
+                    needles: &["X-Scope", "JSON"],
+                },
+            },
+            Case {
+                name: "JSON but not an object",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"["RegionTwo"]"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["not a JSON object"],
+                },
+            },
+            Case {
+                name: "non-string value",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"compute": 2}"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["\"compute\"", "not a string"],
+                },
+            },
+            Case {
+                name: "null value",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"image": null}"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["\"image\""],
+                },
+            },
+            Case {
+                name: "malformed token scope names the header",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Auth-Token", "t!SCOPE!{compute")],
+                want: Refused {
+                    status: 400,
+                    needles: &["X-Auth-Token"],
+                },
+            },
+            Case {
+                name: "valid JSON is never percent-decoded",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"compute": "Region%54wo"}"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["Region%54wo", "RegionOne, RegionTwo"],
+                },
+            },
+            Case {
+                name: "percent-decoding happens once only",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![(
                     "X-Scope",
                     "%257B%2522compute%2522%253A%2522RegionTwo%2522%257D",
                 )],
-                Err(400, &["X-Scope"]),
-            ),
-            (
-                "unknown region",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"compute": "RegionX"}"#)],
-                Err(400, &["RegionX", "compute", "RegionOne, RegionTwo"]),
-            ),
-            (
-                "unknown identity region",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("X-Scope", r#"{"identity": "RegionX"}"#)],
-                Err(400, &["RegionX", "identity"]),
-            ),
-            (
-                "loop",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("Via", "1.1 scope-router-RegionOne")],
-                Err(508, &["scope-router-RegionOne"]),
-            ),
-            (
-                "loop deeper in the chain",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("Via", "1.0 fred, 1.1 scope-router-RegionOne (x)")],
-                Err(508, &[]),
-            ),
-            (
-                "loop on a second Via line",
-                &r,
-                nova,
-                "/",
-                vec![("Via", "1.1 proxy"), ("Via", "1.1 scope-router-RegionOne")],
-                Err(508, &[]),
-            ),
-            (
-                "another router's Via is fine",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("Via", "1.1 scope-router-RegionTwo")],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
-            (
-                "a name that merely starts like ours is fine",
-                &r,
-                nova,
-                "/v2.1/servers",
-                vec![("Via", "1.1 scope-router-RegionOneB")],
-                Ok(
-                    "RegionOne",
-                    "RegionOne_compute_public",
-                    "192.168.142.245:8774",
-                    S::None,
-                ),
-            ),
+                want: Refused {
+                    status: 400,
+                    needles: &["X-Scope"],
+                },
+            },
+            Case {
+                name: "unknown region",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"compute": "RegionX"}"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["RegionX", "compute", "RegionOne, RegionTwo"],
+                },
+            },
+            Case {
+                name: "unknown identity region",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("X-Scope", r#"{"identity": "RegionX"}"#)],
+                want: Refused {
+                    status: 400,
+                    needles: &["RegionX", "identity"],
+                },
+            },
+            Case {
+                name: "loop",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("Via", "1.1 scope-router-RegionOne")],
+                want: Refused {
+                    status: 508,
+                    needles: &["scope-router-RegionOne"],
+                },
+            },
+            Case {
+                name: "loop: the message names every hop and what each read",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![
+                    (
+                        "Via",
+                        "1.1 scope-router-RegionOne (compute=RegionTwo from X-Scope), \
+                         1.1 scope-router-RegionTwo (compute=RegionOne from defaults)",
+                    ),
+                    ("X-Scope", to2),
+                ],
+                want: Refused {
+                    status: 508,
+                    needles: &[
+                        "scope-router-RegionOne (compute=RegionTwo from X-Scope) -> \
+                         scope-router-RegionTwo (compute=RegionOne from defaults)",
+                        "Here scope-router-RegionOne reads compute=RegionTwo from X-Scope again",
+                    ],
+                },
+            },
+            Case {
+                name: "loop deeper in the chain",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("Via", "1.0 fred, 1.1 scope-router-RegionOne (x)")],
+                want: Refused {
+                    status: 508,
+                    needles: &[],
+                },
+            },
+            Case {
+                name: "loop on a second Via line",
+                router: &r,
+                local: nova,
+                path: "/",
+                headers: vec![("Via", "1.1 proxy"), ("Via", "1.1 scope-router-RegionOne")],
+                want: Refused {
+                    status: 508,
+                    needles: &[],
+                },
+            },
+            Case {
+                name: "another router's Via is fine",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("Via", "1.1 scope-router-RegionTwo")],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
+            Case {
+                name: "a name that merely starts like ours is fine",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![("Via", "1.1 scope-router-RegionOneB")],
+                want: Routed {
+                    region: "RegionOne",
+                    backend: "RegionOne_compute_public",
+                    upstream: "192.168.142.245:8774",
+                    source: Some(S::Defaults),
+                },
+            },
         ];
-        for (name, router, local, path, headers, want) in cases {
-            let got = decide(router, local, path, &headers);
-            match (want, got) {
-                (Want::Ok(region, backend, upstream, source), Result::Ok(plan)) => {
-                    assert_eq!(
-                        (
-                            &*plan.region,
-                            &*plan.backend_name,
-                            &*plan.upstream,
-                            plan.scope_source
-                        ),
-                        (region, backend, upstream, source),
-                        "{name}"
-                    );
-                }
-                (Want::Err(status, needles), Result::Err(p)) => {
-                    assert_eq!(p.status.as_u16(), status, "{name}: {p}");
-                    for n in needles {
-                        assert!(p.message.contains(n), "{name}: {n} missing from {p}");
-                    }
-                }
-                (Want::Ok(..), Result::Err(p)) => panic!("{name}: unexpected {p}"),
-                (Want::Err(status, _), Result::Ok(plan)) => {
-                    panic!("{name}: expected {status}, got {}", plan.backend_name)
-                }
-            }
-        }
+        check_cases(cases);
     }
 
     /// Longest prefix, segment boundaries, path rewriting and missing services over a
@@ -1309,111 +1423,137 @@ mod tests {
         let local = "10.0.0.1:80";
         let b = |st: &str| format!(r#"{{"{st}": "RegionB"}}"#);
         // (name, path, scope, backend, upstream, forwarded path-and-query)
-        let cases: Vec<(&str, &str, String, &str, &str, &str)> = vec![
-            (
-                "local keeps the path",
-                "/compute/v2.1/servers?all=1",
-                String::new(),
-                "RegionA_compute_public",
-                "127.0.0.1:8080",
-                "/compute/v2.1/servers?all=1",
-            ),
-            (
-                "remote replaces the prefix",
-                "/compute/v2.1/p/servers?all=1",
-                b("compute"),
-                "RegionB_compute_public",
-                "10.0.1.1:8774",
-                "/v2.1/p/servers?all=1",
-            ),
-            (
-                "prefix to empty path",
-                "/identity/v3/auth/tokens",
-                b("identity"),
-                "RegionB_identity_public",
-                "10.0.1.1:5000",
-                "/v3/auth/tokens",
-            ),
-            (
-                "bare prefix to empty path",
-                "/identity",
-                b("identity"),
-                "RegionB_identity_public",
-                "10.0.1.1:5000",
-                "/",
-            ),
-            (
-                "identity_admin is a longer, distinct prefix",
-                "/identity_admin/v3/users",
-                b("identity"),
-                "RegionB_identity_admin",
-                "10.0.1.1:35357",
-                "/v3/users",
-            ),
-            (
-                "segment boundary: /identityfoo is not /identity",
-                "/identityfoo",
-                b("identity"),
-                "RegionA_dashboard_public",
-                "127.0.0.1:8080",
-                "/identityfoo",
-            ),
-            (
-                "same prefix both sides",
-                "/image/v2/images",
-                b("image"),
-                "RegionB_image_public",
-                "10.0.1.1:9292",
-                "/image/v2/images",
-            ),
-            (
-                "tie: first in catalog order (image, not metric)",
-                "/image/v2/images",
-                b("metric"),
-                "RegionA_image_public",
-                "127.0.0.1:8080",
-                "/image/v2/images",
-            ),
-            (
-                "root entry catches the rest",
-                "/auth/login/",
-                b("image"),
-                "RegionA_dashboard_public",
-                "127.0.0.1:8080",
-                "/auth/login/",
-            ),
-            (
-                "https default port and IPv6 target",
-                "/volume/v3/p/volumes",
-                b("volumev3"),
-                "RegionB_volumev3_public",
-                "[fd00::2]:8776",
-                "/v3/p/volumes",
-            ),
+        /// One request over the prefixed catalog.
+        struct Row {
+            name: &'static str,
+            path: &'static str,
+            /// The X-Scope sent; empty for none.
+            scope: String,
+            backend: &'static str,
+            upstream: &'static str,
+            /// The path and query the upstream receives.
+            forwarded: &'static str,
+        }
+        let cases: Vec<Row> = vec![
+            Row {
+                name: "local keeps the path",
+                path: "/compute/v2.1/servers?all=1",
+                scope: String::new(),
+                backend: "RegionA_compute_public",
+                upstream: "127.0.0.1:8080",
+                forwarded: "/compute/v2.1/servers?all=1",
+            },
+            Row {
+                name: "remote replaces the prefix",
+                path: "/compute/v2.1/p/servers?all=1",
+                scope: b("compute"),
+                backend: "RegionB_compute_public",
+                upstream: "10.0.1.1:8774",
+                forwarded: "/v2.1/p/servers?all=1",
+            },
+            Row {
+                name: "prefix to empty path",
+                path: "/identity/v3/auth/tokens",
+                scope: b("identity"),
+                backend: "RegionB_identity_public",
+                upstream: "10.0.1.1:5000",
+                forwarded: "/v3/auth/tokens",
+            },
+            Row {
+                name: "bare prefix to empty path",
+                path: "/identity",
+                scope: b("identity"),
+                backend: "RegionB_identity_public",
+                upstream: "10.0.1.1:5000",
+                forwarded: "/",
+            },
+            Row {
+                name: "identity_admin is a longer, distinct prefix",
+                path: "/identity_admin/v3/users",
+                scope: b("identity"),
+                backend: "RegionB_identity_admin",
+                upstream: "10.0.1.1:35357",
+                forwarded: "/v3/users",
+            },
+            Row {
+                name: "segment boundary: /identityfoo is not /identity",
+                path: "/identityfoo",
+                scope: b("identity"),
+                backend: "RegionA_dashboard_public",
+                upstream: "127.0.0.1:8080",
+                forwarded: "/identityfoo",
+            },
+            Row {
+                name: "same prefix both sides",
+                path: "/image/v2/images",
+                scope: b("image"),
+                backend: "RegionB_image_public",
+                upstream: "10.0.1.1:9292",
+                forwarded: "/image/v2/images",
+            },
+            Row {
+                name: "tie: first in catalog order (image, not metric)",
+                path: "/image/v2/images",
+                scope: b("metric"),
+                backend: "RegionA_image_public",
+                upstream: "127.0.0.1:8080",
+                forwarded: "/image/v2/images",
+            },
+            Row {
+                name: "root entry catches the rest",
+                path: "/auth/login/",
+                scope: b("image"),
+                backend: "RegionA_dashboard_public",
+                upstream: "127.0.0.1:8080",
+                forwarded: "/auth/login/",
+            },
+            Row {
+                name: "https default port and IPv6 target",
+                path: "/volume/v3/p/volumes",
+                scope: b("volumev3"),
+                backend: "RegionB_volumev3_public",
+                upstream: "[fd00::2]:8776",
+                forwarded: "/v3/p/volumes",
+            },
         ];
-        for (name, path, scope, backend, upstream, forwarded) in cases {
-            let headers: Vec<(&str, &str)> = if scope.is_empty() {
+        let mut failures = Vec::new();
+        for c in cases {
+            let headers: Vec<(&str, &str)> = if c.scope.is_empty() {
                 vec![]
             } else {
-                vec![("X-Scope", scope.as_str())]
+                vec![("X-Scope", c.scope.as_str())]
             };
-            let local = if path.starts_with("/volume") {
+            let local = if c.path.starts_with("/volume") {
                 "10.0.0.1:443"
             } else {
                 local
             };
-            let (plan, parts) = forward(&r, local, path, &headers);
-            assert_eq!(
-                (&*plan.backend_name, &*plan.upstream),
-                (backend, upstream),
-                "{name}"
+            let (plan, parts) = forward(&r, local, c.path, &headers);
+            let got = (
+                &*plan.backend_name,
+                &*plan.upstream,
+                parts.uri.to_string(),
+                plan.is_remote(),
+                header(&parts, "host").filter(|_| plan.is_remote()),
             );
-            assert_eq!(parts.uri.to_string(), forwarded, "{name}");
-            assert_eq!(plan.is_remote(), backend.starts_with("RegionB"), "{name}");
-            if plan.is_remote() {
-                assert_eq!(header(&parts, "host"), Some(upstream), "{name}");
+            let remote = c.backend.starts_with("RegionB");
+            let want = (
+                c.backend,
+                c.upstream,
+                c.forwarded.to_owned(),
+                remote,
+                remote.then_some(c.upstream),
+            );
+            if got != want {
+                failures.push(format!("{}: got {got:?}, want {want:?}", c.name));
             }
         }
+        assert!(
+            failures.is_empty(),
+            "{} failing case(s):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
         // RegionB has no placement: 400 naming the region and who offers it.
         let p = decide(
             &r,
@@ -1435,7 +1575,7 @@ mod tests {
         assert!(r.listener("10.0.0.1:443".parse().unwrap()).is_some());
     }
 
-    /// DESIGN §3.4/§3.5 header rewrites.
+    /// docs/ARCHITECTURE.md §3.4/§3.5 header rewrites.
     #[test]
     fn rewrites() {
         let r = r1();
@@ -1444,7 +1584,8 @@ mod tests {
         let auth = format!("gAAAAtok!SCOPE!{scope2}");
         let subject = "gAAAAsub!SCOPE!{\"identity\": \"RegionTwo\"}";
 
-        // Remote compute: Host and path rewritten, auth token kept, subject token stripped.
+        // Remote compute: Host and path rewritten; the scope travels on, so both tokens
+        // arrive at the next router exactly as the client sent them.
         let (_, p) = forward(
             &r,
             nova,
@@ -1461,7 +1602,9 @@ mod tests {
         assert_eq!(header(&p, "host"), Some("192.168.144.244:8774"));
         assert_eq!(p.uri.to_string(), "/v2.1/servers/detail?limit=1");
         assert_eq!(header(&p, "x-auth-token"), Some(auth.as_str()));
-        assert_eq!(header(&p, "x-subject-token"), Some("gAAAAsub"));
+        assert_eq!(header(&p, "x-subject-token"), Some(subject));
+        // The token's scope names both decisions: no X-Scope needs adding.
+        assert_eq!(header(&p, "x-scope"), None);
         assert_eq!(header(&p, "x-identity-region"), Some("RegionTwo"));
         assert_eq!(
             header(&p, "x-identity-url"),
@@ -1470,11 +1613,11 @@ mod tests {
         assert_eq!(header(&p, "x-forwarded-for"), Some("1.2.3.4, 10.9.9.9"));
         assert_eq!(
             header(&p, "via"),
-            Some("1.0 edge, 1.1 scope-router-RegionOne")
+            Some("1.0 edge, 1.1 scope-router-RegionOne (compute=RegionTwo from X-Auth-Token)")
         );
         assert_eq!(p.headers.get_all("via").iter().count(), 1);
 
-        // Identity target: the auth token loses its scope as well.
+        // Remote identity: still nothing stripped; that is the last router's job.
         let (plan, p) = forward(
             &r,
             "192.168.142.244:5000",
@@ -1486,9 +1629,43 @@ mod tests {
             ],
         );
         assert_eq!(&*plan.backend_name, "RegionTwo_identity_public");
+        assert_eq!(header(&p, "x-auth-token"), Some(auth.as_str()));
+        assert_eq!(header(&p, "x-subject-token"), Some(subject));
+        assert_eq!(header(&p, "host"), Some("192.168.144.244:5000"));
+
+        // Remote by a partial scope: what this router took from its defaults (identity)
+        // is pinned in X-Scope, so the next router cannot fall back to its own.
+        let (_, p) = forward(
+            &r,
+            nova,
+            "/v2.1/servers",
+            &[("X-Scope", r#"{"compute": "RegionTwo"}"#)],
+        );
+        assert_eq!(
+            header(&p, "x-scope"),
+            Some(r#"{"compute":"RegionTwo","identity":"RegionOne"}"#)
+        );
+        assert_eq!(header(&p, "x-identity-region"), Some("RegionOne"));
+
+        // Local identity: the scope is cut off both tokens.
+        let (plan, p) = forward(
+            &r,
+            "192.168.142.244:5000",
+            "/v3/auth/tokens",
+            &[
+                (
+                    "X-Auth-Token",
+                    "gAAAAtok!SCOPE!{\"identity\": \"RegionOne\"}",
+                ),
+                (
+                    "X-Subject-Token",
+                    "gAAAAsub!SCOPE!{\"identity\": \"RegionTwo\"}",
+                ),
+            ],
+        );
+        assert!(!plan.is_remote());
         assert_eq!(header(&p, "x-auth-token"), Some("gAAAAtok"));
         assert_eq!(header(&p, "x-subject-token"), Some("gAAAAsub"));
-        assert_eq!(header(&p, "host"), Some("192.168.144.244:5000"));
 
         // Local target: Host and path untouched; identity defaults to the current region.
         let (plan, p) = forward(
@@ -1532,7 +1709,7 @@ mod tests {
                 ("X-Identity-Region", "Mine"),
             ],
         );
-        assert!(plan.service_type.is_none());
+        assert!(plan.service_type().is_none());
         assert_eq!(header(&p, "x-subject-token"), Some(subject));
         assert_eq!(header(&p, "x-auth-token"), Some(auth.as_str()));
         assert_eq!(header(&p, "x-identity-region"), Some("Mine"));

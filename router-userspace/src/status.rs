@@ -77,7 +77,7 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
     let mut targets: Vec<(String, SocketAddr)> = router
         .listeners()
         .iter()
-        .map(|l| (l.addr.to_string(), l.local_backend))
+        .map(|l| (l.spec.addr.to_string(), l.spec.local_backend))
         .collect();
     targets.extend(
         config

@@ -65,7 +65,7 @@ async fn each_request_logs_one_line_with_route_fields() {
         "service_type=compute",
         "region=RegionTwo",
         "backend=RegionTwo_compute_public",
-        "scope=x-scope",
+        "scope=X-Scope",
         "duration_ms=",
         "outcome=complete",
     ] {

@@ -361,19 +361,17 @@ async fn common_cases(lab: &Lab) {
     assert_eq!(r.header("x-auth-token"), vec![token]);
     assert_eq!(r.header("x-identity-region"), vec!["RegionTwo"]);
 
-    // ... and stripped when the target is identity; X-Subject-Token is always stripped.
+    // A remote identity hop keeps both tokens whole: the next router reads the scope too.
+    let (adm, usr) = (
+        r#"adm!SCOPE!{"identity": "RegionTwo"}"#,
+        r#"usr!SCOPE!{"identity": "RegionOne"}"#,
+    );
     let r = send(
         id,
         "/v3/auth/tokens",
         vec![
-            (
-                "X-Auth-Token",
-                r#"adm!SCOPE!{"identity": "RegionTwo"}"#.to_owned(),
-            ),
-            (
-                "X-Subject-Token",
-                r#"usr!SCOPE!{"identity": "RegionOne"}"#.to_owned(),
-            ),
+            ("X-Auth-Token", adm.to_owned()),
+            ("X-Subject-Token", usr.to_owned()),
         ],
     )
     .await;
@@ -381,21 +379,37 @@ async fn common_cases(lab: &Lab) {
         (r.status, r.backend(), r.path()),
         (200, "r2-identity", "/v3/auth/tokens")
     );
+    assert_eq!(r.header("x-auth-token"), vec![adm]);
+    assert_eq!(r.header("x-subject-token"), vec![usr]);
+
+    // On the hop to the local backend the scope comes off: X-Auth-Token for identity,
+    // X-Subject-Token always.
+    let r = send(
+        id,
+        "/v3/auth/tokens",
+        vec![
+            (
+                "X-Auth-Token",
+                r#"adm!SCOPE!{"identity": "RegionOne"}"#.to_owned(),
+            ),
+            ("X-Subject-Token", usr.to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!((r.status, r.backend()), (200, "r1-identity"));
     assert_eq!(r.header("x-auth-token"), vec!["adm"]);
     assert_eq!(r.header("x-subject-token"), vec!["usr"]);
 
     // X-Subject-Token alone carries the scope (token validation in the issuing region).
+    let sub = r#"usr!SCOPE!{"identity": "RegionTwo"}"#;
     let r = send(
         id,
         "/v3/auth/tokens",
-        vec![(
-            "X-Subject-Token",
-            r#"usr!SCOPE!{"identity": "RegionTwo"}"#.to_owned(),
-        )],
+        vec![("X-Subject-Token", sub.to_owned())],
     )
     .await;
     assert_eq!((r.status, r.backend()), (200, "r2-identity"));
-    assert_eq!(r.header("x-subject-token"), vec!["usr"]);
+    assert_eq!(r.header("x-subject-token"), vec![sub]);
 
     // Unknown region: an OpenStack-shaped 400.
     let r = send(

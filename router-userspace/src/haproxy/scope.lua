@@ -209,8 +209,12 @@ local function route(txn)
     return problem(txn, 400, "Bad Request", unknown_region(identity_region, "identity"))
   end
 
-  strip_scope(txn, "x-subject-token", hdrs)
-  if r.service_type == "identity" then strip_scope(txn, "x-auth-token", hdrs) end
+  -- The scope comes off the tokens only on the hop to the local backend: a remote
+  -- region's router must read the same scope to reach the same decision.
+  if region == T.region then
+    strip_scope(txn, "x-subject-token", hdrs)
+    if r.service_type == "identity" then strip_scope(txn, "x-auth-token", hdrs) end
+  end
   if identity ~= nil then
     txn.http:req_set_header("X-Identity-Region", identity_region)
     txn.http:req_set_header("X-Identity-Url", identity)

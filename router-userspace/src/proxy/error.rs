@@ -5,6 +5,7 @@ use std::io;
 
 use http::StatusCode;
 
+use crate::error_chain::error_chain;
 use crate::problem::Problem;
 
 /// Which party a failure is attributed to (logs, and whether the client is to blame).
@@ -94,7 +95,7 @@ impl ProxyError {
             retry_safe,
             upstream: upstream.to_owned(),
             summary: what,
-            detail: cause.as_ref().map(|c| chain(c.as_ref())),
+            detail: cause.as_ref().map(|c| error_chain(c.as_ref())),
             cause,
         }
     }
@@ -121,37 +122,31 @@ impl ProxyError {
     /// The response the client gets; names the backend by its catalog name,
     /// never by address, and leaves the cause chain to the log.
     pub fn to_problem(&self, backend: &str) -> Problem {
-        let (status, title, advice) = match self.kind {
-            ErrorKind::ConnectRefused => (
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
+        let what = self.summary;
+        match self.kind {
+            ErrorKind::ConnectRefused => Problem::bad_gateway(
+                backend,
+                what,
                 "the service is down or not listening; retry later or ask the operator to check it",
             ),
-            ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway Timeout",
+            ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Problem::gateway_timeout(
+                backend,
+                what,
                 "the service is overloaded or unreachable; retry later",
             ),
-            ErrorKind::UpstreamProtocol => (
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
+            ErrorKind::UpstreamProtocol => Problem::bad_gateway(
+                backend,
+                what,
                 "the service closed the connection mid-request; retry if the request is idempotent",
             ),
-            ErrorKind::DownstreamBody => (
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "the request body ended early or was malformed; send it again",
-            ),
-            ErrorKind::BuildRequest => (
+            ErrorKind::DownstreamBody => Problem::bad_request(format!(
+                "{what} ({backend}): the request body ended early or was malformed; send it again"
+            )),
+            ErrorKind::BuildRequest => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",
-                "report this to the operator with the request details",
+                format!("{what} ({backend}): report this to the operator with the request details"),
             ),
-        };
-        Problem {
-            status,
-            title,
-            message: format!("{} ({backend}): {advice}", self.summary),
         }
     }
 }
@@ -161,20 +156,6 @@ fn suffix(detail: &Option<String>) -> String {
         .as_ref()
         .map(|d| format!(": {d}"))
         .unwrap_or_default()
-}
-
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        next = e.source();
-    }
-    out
 }
 
 fn has_io_kind(err: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {

@@ -14,7 +14,7 @@ use super::{
     RequestStart, ambiguous_framing_problem, check_head, headers, problem_response, relay_response,
 };
 use crate::access_log::{AccessRecord, LoggedBody};
-use crate::decision::{Plan, RequestHead, ScopeSource};
+use crate::decision::{Plan, RequestHead};
 use crate::routing::Router;
 
 /// State shared by every scoped connection of one router.
@@ -34,19 +34,10 @@ struct RequestCtx {
 
 impl RequestCtx {
     fn note_plan(&mut self, plan: &Plan) {
-        self.record.service_type = plan.service_type.clone();
+        self.record.service_type = plan.service_type().cloned();
         self.record.region = Some(plan.region.clone());
         self.record.backend = Some(plan.backend_name.clone());
-        self.record.scope_source = scope_name(plan.scope_source);
-    }
-}
-
-fn scope_name(source: ScopeSource) -> &'static str {
-    match source {
-        ScopeSource::None => "default",
-        ScopeSource::XScope => "x-scope",
-        ScopeSource::AuthToken => "x-auth-token",
-        ScopeSource::SubjectToken => "x-subject-token",
+        self.record.scope_source = plan.scope_source();
     }
 }
 

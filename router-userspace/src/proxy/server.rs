@@ -137,8 +137,8 @@ pub fn start_with_router(
         listeners.push(Listener::from_std(std_listener)?);
     }
     if opts.bind_scoped {
-        for spec in router.listeners() {
-            listeners.push(Listener::bind(spec.addr)?);
+        for scoped in router.listeners() {
+            listeners.push(Listener::bind(scoped.spec.addr)?);
         }
     }
     if opts.bind_passthrough {

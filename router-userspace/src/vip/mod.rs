@@ -211,17 +211,7 @@ fn owner_text(pid: Option<u32>) -> String {
     }
 }
 
-/// Renders an error with its causes on one line, for log fields.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::error_chain::error_chain;
 
 /// A running VIP manager. Call [`VipHandle::shutdown`] on a clean exit; dropping the
 /// handle instead stops the watcher but leaves the address in place, as a crash would.
