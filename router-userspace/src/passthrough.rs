@@ -121,7 +121,7 @@ pub async fn handle_http(
     if start.ambiguous_framing {
         return Ok(problem_response(&ambiguous_framing_problem(), record, true));
     }
-    if let Err(problem) = check_head(&parts, rt.max_header_bytes) {
+    if let Err(problem) = check_head(&mut parts, local, rt.max_header_bytes) {
         return Ok(problem_response(&problem, record, true));
     }
     headers::strip_hop_by_hop(&mut parts.headers, true);

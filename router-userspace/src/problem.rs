@@ -5,6 +5,9 @@ use std::fmt;
 use bytes::Bytes;
 use http::StatusCode;
 
+/// The methods a 405 names in `Allow`: every method OpenStack APIs use.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// An error answered to the client instead of forwarding the request.
 ///
 /// `message` always says what the client (or operator) should change.
@@ -119,6 +122,35 @@ impl Problem {
             format!(
                 "The request headers exceed {limit} bytes. Send smaller headers (a shorter \
                  scope or token), or raise [proxy] max_header_bytes."
+            ),
+        )
+    }
+
+    /// 400 for a request with more than one `Host` (RFC 9112 §3.2): which one the backend
+    /// believes is anyone's guess, so it is never forwarded.
+    pub fn duplicate_host(count: usize) -> Problem {
+        Problem::bad_request(format!(
+            "The request has {count} Host header fields. Send exactly one, naming the endpoint \
+             you are calling."
+        ))
+    }
+
+    /// 400 for an HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    pub fn missing_host() -> Problem {
+        Problem::bad_request(
+            "HTTP/1.1 requests must carry a Host header. Send Host with the address and port \
+             of the endpoint you are calling, as in the catalog URL.",
+        )
+    }
+
+    /// 405 for a method the router never forwards (CONNECT).
+    pub fn method_not_allowed(method: &http::Method) -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+            format!(
+                "{method} is not served here: the router forwards OpenStack API requests, not \
+                 tunnels. Use one of {ALLOWED_METHODS} on an endpoint URL from the catalog."
             ),
         )
     }

@@ -148,14 +148,18 @@ impl Signals {
     }
 }
 
-/// SIGTERM/SIGINT listeners (what systemd, docker and Ctrl-C send).
+/// SIGTERM/SIGINT listeners (what systemd, docker and Ctrl-C send), and SIGHUP.
 ///
 /// Install before opening listeners: once installed, a signal can no longer
-/// kill the process with the default action mid-request.
+/// kill the process with the default action mid-request. SIGHUP (an SSH hangup of a
+/// foreground router, or an operator expecting a reload) is logged and ignored: its
+/// default action would kill the router without a drain and leave the VIP and the eBPF
+/// programs behind as after a crash.
 #[derive(Debug)]
 pub struct Termination {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Termination {
@@ -164,14 +168,22 @@ impl Termination {
         Ok(Termination {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Resolves on the first signal and names it.
+    /// Resolves on the first terminating signal and names it; SIGHUPs before it are
+    /// logged and ignored.
     pub async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => tracing::warn!(
+                    "SIGHUP received and ignored: this version has no reload; restart the \
+                     router to load a new configuration (SIGTERM or Ctrl-C stops it gracefully)"
+                ),
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The `scope-router` binary: check/explain exit codes, and `run` serving
-//! then exiting 0 on SIGTERM.
+//! The `scope-router` binary: check/explain exit codes, and `run` serving, ignoring
+//! SIGHUP, then exiting 0 on SIGTERM.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -148,6 +148,33 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
     assert!(reply.contains(r#""code":502"#), "{reply}");
 
+    // SIGHUP (an SSH hangup of a foreground router) must not kill it: logged, ignored,
+    // and the router keeps serving.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut served_after_hup = false;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("SIGHUP killed the router: {status}");
+        }
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            served_after_hup = reply.starts_with("HTTP/1.1 502");
+        }
+        // Signal delivery is asynchronous: look again a little later, then conclude.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if served_after_hup && child.try_wait().unwrap().is_none() {
+            break;
+        }
+    }
+    assert!(served_after_hup, "no answer after SIGHUP");
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -157,6 +184,7 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {log}", out.status);
     assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("SIGHUP received and ignored"), "{log}");
     // The access line for the request above.
     assert!(
         log.contains("status=502") && log.contains("backend=RegionOne_compute_public"),

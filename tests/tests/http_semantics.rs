@@ -219,3 +219,90 @@ async fn a_client_stalling_inside_the_request_head_is_disconnected() {
     );
     assert!(lab.one.backends[&8774].gate.seen().is_empty());
 }
+
+/// Heads the router must answer itself, never forward: (name, raw request, status,
+/// text the JSON message must contain). Each on a scoped and on a passthrough HTTP
+/// listener.
+const REFUSED_HEADS: &[(&str, &str, u16, &str)] = &[
+    (
+        "duplicate Host",
+        "GET /v2/images HTTP/1.1\r\nHost: {vip}\r\nHost: evil.example\r\n\r\n",
+        400,
+        "2 Host header fields",
+    ),
+    (
+        "HTTP/1.1 without Host",
+        "GET /v2/images HTTP/1.1\r\nX-Scope: {}\r\n\r\n",
+        400,
+        "must carry a Host header",
+    ),
+    (
+        "CONNECT",
+        "CONNECT {vip} HTTP/1.1\r\nHost: {vip}\r\n\r\n",
+        405,
+        "CONNECT is not served here",
+    ),
+];
+
+#[tokio::test]
+async fn bad_heads_are_refused_at_the_edge_in_openstack_json() {
+    let lab = Lab::start(LabOptions {
+        passthrough: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let Some(pt) = &lab.passthrough else {
+        panic!("passthrough lab");
+    };
+    let mut failures = Vec::new();
+    for vip in [lab.one.addr(9292), pt.http_addr] {
+        for (name, head, status, needle) in REFUSED_HEADS {
+            let req = head.replace("{vip}", &vip.to_string());
+            let out = match raw(vip, req.as_bytes()).await {
+                Ok(out) => out,
+                Err(e) => {
+                    failures.push(format!("{name} on {vip}: {e}"));
+                    continue;
+                }
+            };
+            let status_line = format!("HTTP/1.1 {status} ");
+            let ok = out.starts_with(&status_line)
+                && out.contains(&format!("\"code\":{status}"))
+                && out.contains(needle)
+                && out.to_ascii_lowercase().contains("connection: close")
+                && (*status != 405 || out.to_ascii_lowercase().contains("\r\nallow: get"));
+            if !ok {
+                failures.push(format!("{name} on {vip}: {out}"));
+            }
+        }
+    }
+    // None of them reached a backend.
+    for (port, backend) in &lab.one.backends {
+        let seen = backend.gate.seen();
+        if !seen.is_empty() {
+            failures.push(format!("backend :{port} saw {seen:?}"));
+        }
+    }
+    let seen = pt.http_backend.gate.seen();
+    if !seen.is_empty() {
+        failures.push(format!("the passthrough backend saw {seen:?}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An HTTP/1.0 request may omit Host: the backend gets the address the client dialled,
+/// never the router's internal backend address.
+#[tokio::test]
+async fn http10_without_host_gets_the_dialled_address() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(9292);
+    let out = raw(vip, b"GET /v2/images HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(echo["headers"]["host"][0], vip.to_string(), "{echo}");
+}

@@ -21,7 +21,7 @@ pub use error::{ErrorKind, ErrorSource, ProxyError};
 pub use server::{RouterHandle, ServeError, StartOptions, start, start_with_router};
 
 use crate::access_log::{AccessRecord, BodyError, LoggedBody};
-use crate::problem::Problem;
+use crate::problem::{self, Problem};
 use upstream::UpstreamClient;
 
 /// What the connection knows about a request as the handler starts it.
@@ -54,15 +54,36 @@ pub(crate) fn hyper_buf_size(max_header_bytes: usize) -> usize {
         .max(HYPER_MIN_BUF)
 }
 
-/// Rejects a request head beyond `[proxy] max_header_bytes`.
+/// The checks every HTTP listener makes on a request head before routing it: its size
+/// (`[proxy] max_header_bytes`), its method, and its `Host`. Fills in `Host` for an
+/// HTTP/1.0 request that has none with the address the client dialled (`local`), so
+/// backends never see an internal address in version-discovery links. An error leaves
+/// the body unread: answer it with the connection closed.
 pub(crate) fn check_head(
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
+    local: SocketAddr,
     max_header_bytes: usize,
 ) -> Result<(), Problem> {
     if headers::head_size(&parts.method, &parts.uri, &parts.headers) > max_header_bytes {
         return Err(Problem::header_too_large(max_header_bytes));
     }
-    Ok(())
+    // A tunnel has no place behind an API router, and forwarding it would hand the
+    // client a raw connection to whatever the backend reaches.
+    if parts.method == http::Method::CONNECT {
+        return Err(Problem::method_not_allowed(&parts.method));
+    }
+    match parts.headers.get_all(header::HOST).iter().count() {
+        1 => Ok(()),
+        0 if parts.version == http::Version::HTTP_11 => Err(Problem::missing_host()),
+        0 => {
+            let dialled = SocketAddr::new(local.ip().to_canonical(), local.port());
+            if let Ok(host) = HeaderValue::from_str(&dialled.to_string()) {
+                parts.headers.insert(header::HOST, host);
+            }
+            Ok(())
+        }
+        n => Err(Problem::duplicate_host(n)),
+    }
 }
 
 /// The JSON error response; `close` when the connection cannot safely carry
@@ -85,6 +106,13 @@ pub(crate) fn problem_response(
     if close {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if problem.status == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110 §15.5.6: a 405 lists the methods the target supports.
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(problem::ALLOWED_METHODS),
+        );
     }
     resp
 }
@@ -128,13 +156,8 @@ pub(crate) async fn forward(
         .unwrap_or("/");
     parts.uri = Uri::try_from(format!("http://{upstream}{path}"))
         .map_err(|e| ProxyError::new(ErrorKind::BuildRequest, upstream, Some(Box::new(e))))?;
+    // `check_head` made sure of exactly one Host (filled in for HTTP/1.0).
     parts.version = http::Version::HTTP_11;
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one.
-        let host = HeaderValue::from_str(upstream)
-            .map_err(|e| ProxyError::new(ErrorKind::BuildRequest, upstream, Some(Box::new(e))))?;
-        parts.headers.insert(header::HOST, host);
-    }
     let req = Request::from_parts(parts, body);
     client
         .request(req)

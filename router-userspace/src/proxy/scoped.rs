@@ -67,7 +67,7 @@ pub async fn handle(
             true,
         ));
     }
-    if let Err(problem) = check_head(&parts, shared.max_header_bytes) {
+    if let Err(problem) = check_head(&mut parts, ctx.local, shared.max_header_bytes) {
         return Ok(problem_response(&problem, ctx.record, true));
     }
 
