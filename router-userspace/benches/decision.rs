@@ -1,7 +1,7 @@
 //! Per-request decision path: scope parse + service lookup (`Router::decide`) and the
 //! header/path rewrite (`Plan::apply_to`) over the seed catalogs in `config/`.
 //!
-//! Target (DESIGN §9, perf issue): < 2 µs per request for every case.
+//! Target (docs/ARCHITECTURE.md §9, perf issue): < 2 µs per request for every case.
 //! Run: `cargo bench -p router-userspace --bench decision`.
 
 use std::hint::black_box;

@@ -1,4 +1,4 @@
-//! The endpoint catalog: `openstack endpoint list -f json` files, cleaned and merged (DESIGN §2).
+//! The endpoint catalog: `openstack endpoint list -f json` files, cleaned and merged (docs/ARCHITECTURE.md §2).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -110,7 +110,7 @@ pub enum UrlError {
 }
 
 impl CleanUrl {
-    /// Cleans a catalog URL (DESIGN §2).
+    /// Cleans a catalog URL (docs/ARCHITECTURE.md §2).
     ///
     /// A URL without scheme is accepted only when it already carries a port (it is
     /// then assumed to be cleaned already).

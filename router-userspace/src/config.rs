@@ -1,4 +1,4 @@
-//! The router's TOML configuration (DESIGN §5): parsing, defaults, path resolution, validation.
+//! The router's TOML configuration (docs/ARCHITECTURE.md §5): parsing, defaults, path resolution, validation.
 
 use std::collections::BTreeMap;
 use std::fmt;

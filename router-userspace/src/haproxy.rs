@@ -44,7 +44,7 @@ const INTERPRETER: &str = include_str!("haproxy/scope.lua");
 /// Which flavour of configuration to emit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HaproxyMode {
-    /// Lua scope interpreter (full DESIGN §3 semantics).
+    /// Lua scope interpreter (full docs/ARCHITECTURE.md §3 semantics).
     Lua,
     /// `json_query` + ACLs, no Lua (fewer semantics, see the module docs).
     Native,
@@ -312,7 +312,7 @@ fn write_native_rules(cfg: &mut String, router: &Router, listener: &Listener) {
         "    http-request add-header Via {}",
         quote(&format!("1.1 {via_name}"))
     );
-    // Scope sources in DESIGN §3.2 order; req.fhdr keeps the commas of the JSON.
+    // Scope sources in docs/ARCHITECTURE.md §3.2 order; req.fhdr keeps the commas of the JSON.
     cfg.push_str(
         "    http-request set-var(txn.scope) req.fhdr(x-scope) if { req.fhdr(x-scope) -m found }\n    \
          http-request set-var(txn.scope) req.fhdr(x-auth-token),regsub('^.*?!SCOPE!','') if \

@@ -1,4 +1,4 @@
-//! Passthrough listeners (DESIGN §4): no scope work. `tcp` copies bytes both
+//! Passthrough listeners (docs/ARCHITECTURE.md §4): no scope work. `tcp` copies bytes both
 //! ways; `http` proxies every request, WebSocket-style upgrades included, to one backend.
 
 use std::convert::Infallible;

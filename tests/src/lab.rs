@@ -115,7 +115,7 @@ fn bind_port0(ip: IpAddr) -> Result<std::net::TcpListener, BoxError> {
 }
 
 /// RegionTwo publishes compute under a different prefix so remote forwarding
-/// must rewrite the path (DESIGN §3.5).
+/// must rewrite the path (docs/ARCHITECTURE.md §3.5).
 pub const TWO_COMPUTE_PREFIX: &str = "/two";
 
 impl Lab {

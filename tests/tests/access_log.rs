@@ -1,4 +1,4 @@
-//! One access line per request (target `access`) with the fields of DESIGN §8.
+//! One access line per request (target `access`) with the fields of docs/ARCHITECTURE.md §8.
 
 use std::sync::{Arc, Mutex};
 

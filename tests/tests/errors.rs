@@ -1,4 +1,4 @@
-//! Error statuses and OpenStack JSON bodies (DESIGN §3.6), and that a bad
+//! Error statuses and OpenStack JSON bodies (docs/ARCHITECTURE.md §3.6), and that a bad
 //! request never disturbs other requests.
 
 use integration_tests::client::{Conn, empty, get, request};

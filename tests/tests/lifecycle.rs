@@ -1,4 +1,4 @@
-//! Listener modes and graceful shutdown (DESIGN §4, proxy.shutdown_grace).
+//! Listener modes and graceful shutdown (docs/ARCHITECTURE.md §4, proxy.shutdown_grace).
 
 use integration_tests::client::{Conn, empty, get, request};
 use integration_tests::lab::{Lab, LabOptions};

@@ -1,4 +1,4 @@
-//! Passthrough listeners (DESIGN §4): raw TCP splice and single-backend HTTP
+//! Passthrough listeners (docs/ARCHITECTURE.md §4): raw TCP splice and single-backend HTTP
 //! with WebSocket-style upgrades.
 
 use integration_tests::client::{body, get, request, send};

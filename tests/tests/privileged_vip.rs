@@ -1,4 +1,4 @@
-//! Privileged VIP suite (DESIGN §7): a router namespace whose `eth2` is one end of a veth,
+//! Privileged VIP suite (docs/ARCHITECTURE.md §7): a router namespace whose `eth2` is one end of a veth,
 //! and a neighbour namespace on the other end that captures ARP and keeps a neighbour
 //! table. Needs root; without it each test prints why it is skipped (a failure under
 //! `CI=true`).

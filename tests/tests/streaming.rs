@@ -1,5 +1,5 @@
 //! Bodies stream through both routers in both directions without corruption
-//! (DESIGN §3.7): a 256 MiB generated upload and download, hashed end to end.
+//! (docs/ARCHITECTURE.md §3.7): a 256 MiB generated upload and download, hashed end to end.
 
 use std::convert::Infallible;
 

@@ -44,7 +44,7 @@ pub use status::{
 };
 pub use wiring::{SteeringPlan, plan};
 
-/// Default pin directory (DESIGN §6).
+/// Default pin directory (docs/ARCHITECTURE.md §6).
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
 
 /// `ebpf.mode` from the config.
@@ -78,7 +78,7 @@ pub struct SteeringConfig {
 }
 
 impl SteeringConfig {
-    /// A config with the DESIGN defaults and nothing to serve yet.
+    /// A config with the documented defaults and nothing to serve yet.
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,

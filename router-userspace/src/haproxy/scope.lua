@@ -1,6 +1,6 @@
 -- scope-router scope interpreter for HAProxy 2.6 (Lua 5.3, lua-cjson).
 --
--- Implements DESIGN §3 like scope-router does: the service is found by longest
+-- Implements docs/ARCHITECTURE.md §3 like scope-router does: the service is found by longest
 -- path prefix on the destination addr:port (then on the Host header), the scope is
 -- read from X-Scope, X-Auth-Token or X-Subject-Token (after "!SCOPE!"), defaults
 -- apply per service type, and tokens are stripped. The routing table `T` is

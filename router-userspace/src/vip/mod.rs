@@ -1,4 +1,4 @@
-//! The VIP (DESIGN §7): owns `address/32` on the VIP interface over netlink, announces it
+//! The VIP (docs/ARCHITECTURE.md §7): owns `address/32` on the VIP interface over netlink, announces it
 //! with gratuitous ARP, puts it back when something removes it, and drops it on a clean exit.
 //!
 //! Everything here runs in the network namespace of the thread that calls [`start`]: the

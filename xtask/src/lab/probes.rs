@@ -24,6 +24,9 @@ pub struct Probe {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub expect: Expect,
+    /// A header the answering backend must have received with this value (a cleaned
+    /// token, the identity region).
+    pub seen: Option<(String, String)>,
 }
 
 impl Probe {
@@ -44,7 +47,7 @@ impl Probe {
     }
 }
 
-/// The probes for the first two regions: each scope source of DESIGN §3.2, a path
+/// The probes for the first two regions: each scope source of docs/ARCHITECTURE.md §3.2, a path
 /// rewrite, the transparent fallback and a refused scope. A probe is left out when the
 /// catalog lacks its service.
 pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
@@ -54,12 +57,17 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
     let url = |r: &RegionPlan, port: u16, path: &str| format!("http://{}:{port}{path}", r.vip);
     let header = |n: &str, v: String| (n.to_owned(), v);
     let mut out = Vec::new();
-    let mut add = |title: String, url: String, headers: Vec<(String, String)>, expect: Expect| {
+    let mut add = |title: String,
+                   url: String,
+                   headers: Vec<(String, String)>,
+                   expect: Expect,
+                   seen: Option<(&str, &str)>| {
         out.push(Probe {
             title,
             url,
             headers,
             expect,
+            seen: seen.map(|(n, v)| (n.to_owned(), v.to_owned())),
         });
     };
 
@@ -69,6 +77,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(a, port, "/v2/images"),
             vec![],
             Expect::Backend(a.backend_name(port)),
+            None,
         );
         if let Some(b_port) = b.port_of("image") {
             add(
@@ -76,6 +85,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
                 url(a, port, "/v2/images"),
                 vec![header("X-Scope", format!(r#"{{"image":"{}"}}"#, b.name))],
                 Expect::Backend(b.backend_name(b_port)),
+                None,
             );
             add(
                 format!("token piggyback image={}", b.name),
@@ -85,6 +95,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
                     format!(r#"tok!SCOPE!{{"image":"{}"}}"#, b.name),
                 )],
                 Expect::Backend(b.backend_name(b_port)),
+                None,
             );
         }
         add(
@@ -92,6 +103,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(a, port, "/v2/images"),
             vec![header("X-Scope", r#"{"image":"RegionNowhere"}"#.to_owned())],
             Expect::Status(400),
+            None,
         );
     }
     if let (Some(port), Some(b_port)) = (a.port_of("identity"), b.port_of("identity")) {
@@ -100,6 +112,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(a, port, "/v3/auth/tokens"),
             vec![header("X-Scope", format!(r#"{{"identity":"{}"}}"#, b.name))],
             Expect::Backend(b.backend_name(b_port)),
+            None,
         );
         add(
             format!("X-Subject-Token identity={}", b.name),
@@ -112,6 +125,45 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
                 ),
             ],
             Expect::Backend(b.backend_name(b_port)),
+            None,
+        );
+    }
+    if let (Some(port), Some(b_port)) = (a.port_of("identity"), b.port_of("identity")) {
+        // The lab gives the second region identity defaults pointing at the first (the
+        // seed's identity-in-RegionOne setup), so the two routers' defaults differ: a
+        // token scoped to the second region must still reach it, and arrive cleaned.
+        add(
+            format!(
+                "defaults differ: token identity={} (validated there)",
+                b.name
+            ),
+            url(a, port, "/v3/auth/tokens"),
+            vec![header(
+                "X-Subject-Token",
+                format!(r#"sub!SCOPE!{{"identity":"{}"}}"#, b.name),
+            )],
+            Expect::Backend(b.backend_name(b_port)),
+            Some(("x-subject-token", "sub")),
+        );
+        add(
+            format!("defaults differ: X-Auth-Token identity={}", b.name),
+            url(a, port, "/v3/auth/tokens"),
+            vec![header(
+                "X-Auth-Token",
+                format!(r#"tok!SCOPE!{{"identity":"{}"}}"#, b.name),
+            )],
+            Expect::Backend(b.backend_name(b_port)),
+            Some(("x-auth-token", "tok")),
+        );
+        add(
+            format!(
+                "defaults differ: no scope at {} -> {} identity",
+                b.name, a.name
+            ),
+            url(b, b_port, "/v3/auth/tokens"),
+            vec![],
+            Expect::Backend(a.backend_name(port)),
+            None,
         );
     }
     if let (Some(port), Some(b_port)) = (a.port_of("compute"), b.port_of("compute")) {
@@ -120,12 +172,14 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(a, port, "/"),
             vec![],
             Expect::Backend(a.backend_name(port)),
+            None,
         );
         add(
             format!("X-Scope compute={}", b.name),
             url(a, port, "/v2.1/servers"),
             vec![header("X-Scope", format!(r#"{{"compute":"{}"}}"#, b.name))],
             Expect::Backend(b.backend_name(b_port)),
+            None,
         );
     }
     if let Some(port) = b.port_of("network") {
@@ -134,6 +188,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(b, port, "/v2.0/networks"),
             vec![],
             Expect::Backend(b.backend_name(port)),
+            None,
         );
     }
     if let (Some(port), Some(a_port)) = (b.port_of("image"), a.port_of("image")) {
@@ -142,6 +197,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             url(b, port, "/v2/images"),
             vec![header("X-Scope", format!(r#"{{"image":"{}"}}"#, a.name))],
             Expect::Backend(a.backend_name(a_port)),
+            None,
         );
     }
     out
@@ -209,9 +265,14 @@ fn judge(probe: &Probe, stdout: &str) -> Outcome {
         }
         _ => out.answered_by = format!("(body: {})", truncate(body, 40)),
     }
+    let seen_ok = match (&probe.seen, json.as_ref().and_then(|j| j.get("headers"))) {
+        (None, _) => true,
+        (Some((name, want)), Some(headers)) => header_values(headers, name) == *want,
+        (Some(_), None) => false,
+    };
     out.ok = match &probe.expect {
         Expect::Backend(name) => {
-            status.is_some_and(|s| (200..300).contains(&s)) && *name == out.answered_by
+            status.is_some_and(|s| (200..300).contains(&s)) && *name == out.answered_by && seen_ok
         }
         Expect::Status(want) => status == Some(*want) && echo.is_none(),
     };
@@ -369,6 +430,7 @@ mod tests {
             url: "http://192.168.142.244:9292/v2/images".into(),
             headers: vec![],
             expect,
+            seen: None,
         }
     }
 
