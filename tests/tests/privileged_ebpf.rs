@@ -11,8 +11,9 @@ use std::{
 };
 
 use integration_tests::netns::{self, Lab, PinDir};
+use ipnet::Ipv4Net;
 use scope_router::ebpf::{
-    self, EbpfError, Ipv4Cidr, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
+    self, EbpfError, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
 };
 
 // Ports on a VIP that exists only inside this test's private namespace: nothing else can
@@ -202,7 +203,7 @@ fn privileged_denied_source_is_dropped_and_counted_and_update_lifts_it() {
     };
     let pins = PinDir::new("srt-deny");
     let mut cfg = config(&pins, Mode::Required);
-    cfg.deny = vec!["192.0.2.0/30".parse::<Ipv4Cidr>().unwrap()];
+    cfg.deny = vec!["192.0.2.0/30".parse::<Ipv4Net>().unwrap()];
     let (mut steering, listener) = start(&lab, &cfg);
 
     let err = connect(&lab, SERVED_PORT).expect_err("denied source must not connect");

@@ -16,9 +16,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap},
     programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
+use ipnet::Ipv4Net;
 use router_common::{
     COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY,
     MAX_SERVICES, META_MAP, Meta, OTHER_PORT, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM,
@@ -27,7 +28,8 @@ use router_common::{
 use serde::Serialize;
 
 use super::{
-    Ipv4Cidr, SteeringConfig, Unavailable, bpffs,
+    SteeringConfig, Unavailable, bpffs,
+    cidr::{deny_key, deny_net},
     object::{OBJECT, object_built},
     pins::{LINK_SK_LOOKUP, LINK_XDP, Staging, has_state},
 };
@@ -214,7 +216,7 @@ impl Steering {
         &mut self,
         services: &[SocketAddrV4],
         passthrough: &[SocketAddrV4],
-        deny: &[Ipv4Cidr],
+        deny: &[Ipv4Net],
     ) -> Result<(), super::EbpfError> {
         let wrap = |source| super::EbpfError::Update {
             pin_path: self.pin_path.clone(),
@@ -313,7 +315,7 @@ fn remove_links(dir: &Path) {
 struct Desired {
     services: BTreeMap<VipPort, u32>,
     vips: BTreeSet<u32>,
-    deny: BTreeSet<Ipv4Cidr>,
+    deny: BTreeSet<Ipv4Net>,
 }
 
 impl Desired {
@@ -324,7 +326,7 @@ impl Desired {
     fn new(
         services: &[SocketAddrV4],
         passthrough: &[SocketAddrV4],
-        deny: &[Ipv4Cidr],
+        deny: &[Ipv4Net],
     ) -> Result<Self, Unavailable> {
         let mut map = BTreeMap::new();
         // Passthrough first: a VIP:port listed in both is served by the proxy.
@@ -359,7 +361,7 @@ impl Desired {
         Ok(Self {
             vips: map.keys().map(|key| key.addr).collect(),
             services: map,
-            deny: deny.iter().copied().collect(),
+            deny: deny.iter().map(Ipv4Net::trunc).collect(),
         })
     }
 }
@@ -435,28 +437,18 @@ fn sync_maps(ebpf: &mut Ebpf, desired: &Desired) -> Result<(), Unavailable> {
     let mut deny: LpmTrie<&mut MapData, DenyAddr, u32> =
         LpmTrie::try_from(map_mut(ebpf, DENY_MAP)?)
             .map_err(|e| kernel("opening DENY")(boxed(e)))?;
-    let want: BTreeSet<(u32, DenyAddr)> = desired
-        .deny
-        .iter()
-        .map(|cidr| {
-            (
-                u32::from(cidr.prefix_len()),
-                u32::from_ne_bytes(cidr.addr().octets()),
-            )
-        })
-        .collect();
     let result = (|| {
-        for (prefix_len, addr) in &want {
-            deny.insert(&Key::new(*prefix_len, *addr), 1, 0)?;
+        for net in &desired.deny {
+            deny.insert(&deny_key(*net), 1, 0)?;
         }
-        let stale: Vec<(u32, DenyAddr)> = deny
+        // A key that is no network at all cannot be wanted either: remove it too.
+        let stale: Vec<_> = deny
             .keys()
             .filter_map(Result::ok)
-            .map(|key| (key.prefix_len(), key.data()))
-            .filter(|entry| !want.contains(entry))
+            .filter(|key| !deny_net(key).is_some_and(|net| desired.deny.contains(&net)))
             .collect();
-        for (prefix_len, addr) in stale {
-            deny.remove(&Key::new(prefix_len, addr))?;
+        for key in stale {
+            deny.remove(&key)?;
         }
         Ok::<(), aya::maps::MapError>(())
     })();

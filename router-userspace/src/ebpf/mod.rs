@@ -9,7 +9,7 @@
 //! Wiring into `run` (blocking calls: before the runtime or in `spawn_blocking`):
 //!
 //! ```text
-//! let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
+//! let plan = ebpf::plan(&config, router.listeners());
 //! for cidr in &plan.unenforced_deny { warn!("ebpf.deny {cidr:?}: IPv6 is not filtered") }
 //! let steered = std::net::TcpListener::bind("127.0.0.1:0")?;   // IPv4, this netns
 //! match ebpf::start(&plan.steering, &steered)? {                 // Err only for "required"
@@ -34,9 +34,13 @@ mod pins;
 mod status;
 mod wiring;
 
-use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
+use std::{fmt, net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
 
-pub use cidr::{CidrError, Ipv4Cidr};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::vip::VipSettings;
+
 pub use loader::{Steering, XdpAttachMode};
 pub use object::{OBJECT_ORIGIN, object_built};
 pub use status::{
@@ -44,11 +48,12 @@ pub use status::{
 };
 pub use wiring::{SteeringPlan, plan};
 
-/// Default pin directory (DESIGN §6).
+/// Where the state is pinned unless `ebpf.pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
 
-/// `ebpf.mode` from the config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `ebpf.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Use eBPF when the kernel and privileges allow; otherwise fall back to direct binds.
     #[default]
@@ -59,17 +64,72 @@ pub enum Mode {
     Off,
 }
 
-/// Everything the steering layer needs, independent of the config file format.
+impl Mode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Required => "required",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[ebpf]` of the configuration, with its defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EbpfSettings {
+    pub mode: Mode,
+    /// The state directory; its parent must be (or become) a bpffs.
+    pub pin_path: PathBuf,
+    /// Where XDP attaches; `None` follows the VIP (see [`EbpfSettings::interface`]).
+    pub interface: Option<String>,
+    /// Sources dropped by XDP when they talk to a VIP (IPv4 only; see [`plan`]).
+    #[serde(deserialize_with = "cidr::deny_list")]
+    pub deny: Vec<IpNet>,
+}
+
+impl Default for EbpfSettings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            interface: None,
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl EbpfSettings {
+    /// The interface XDP attaches to: `ebpf.interface`, else the VIP's, else the VIP
+    /// manager's default. XDP guards the VIP, so by default it sits where the VIP lives.
+    pub fn interface<'a>(&'a self, vip: Option<&'a VipSettings>) -> &'a str {
+        match (&self.interface, vip) {
+            (Some(interface), _) => interface,
+            (None, Some(vip)) => &vip.interface,
+            (None, None) => crate::vip::DEFAULT_INTERFACE,
+        }
+    }
+}
+
+/// Everything the loader needs: `[ebpf]` with the interface resolved and the deny list
+/// reduced to what XDP enforces, plus the VIP:ports derived from the routing table.
 #[derive(Clone, Debug)]
 pub struct SteeringConfig {
     /// `ebpf.mode`.
     pub mode: Mode,
-    /// `ebpf.pin_path`: the state directory; its parent must be (or become) a bpffs.
+    /// `ebpf.pin_path`.
     pub pin_path: PathBuf,
-    /// `ebpf.interface`: where XDP is attached (the VIP interface).
+    /// Where XDP is attached (the VIP interface).
     pub interface: String,
-    /// `ebpf.deny`: sources dropped by XDP when they talk to a VIP.
-    pub deny: Vec<Ipv4Cidr>,
+    /// The IPv4 entries of `ebpf.deny`.
+    pub deny: Vec<Ipv4Net>,
     /// VIP:ports the proxy serves: steered by sk_lookup to the single listener.
     pub services: Vec<SocketAddrV4>,
     /// VIP:ports bound directly by someone else (e.g. `[[passthrough]]`): XDP lets them
@@ -78,12 +138,13 @@ pub struct SteeringConfig {
 }
 
 impl SteeringConfig {
-    /// A config with the DESIGN defaults and nothing to serve yet.
+    /// The `[ebpf]` defaults with `mode`, and nothing to serve yet.
     pub fn new(mode: Mode) -> Self {
+        let defaults = EbpfSettings::default();
         Self {
             mode,
-            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
-            interface: "eth2".to_owned(),
+            interface: defaults.interface(None).to_owned(),
+            pin_path: defaults.pin_path,
             deny: Vec::new(),
             services: Vec::new(),
             passthrough: Vec::new(),

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::{
     XdpAttachMode,
+    cidr::deny_net,
     pins::{LINK_SK_LOOKUP, LINK_XDP},
 };
 
@@ -215,11 +216,10 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
     let mut deny = Vec::new();
     for key in deny_trie.keys() {
         let key = key.map_err(map_err(DENY_MAP))?;
-        deny.push(format!(
-            "{}/{}",
-            Ipv4Addr::from(key.data().to_ne_bytes()),
-            key.prefix_len()
-        ));
+        match deny_net(&key) {
+            Some(net) => deny.push(net.to_string()),
+            None => deny.push(format!("(invalid key, prefix length {})", key.prefix_len())),
+        }
     }
     deny.sort();
 
