@@ -7,6 +7,7 @@ pub mod decision;
 pub mod ebpf;
 pub mod haproxy;
 pub mod listener;
+mod lock;
 pub mod passthrough;
 pub mod problem;
 pub mod proxy;

@@ -31,8 +31,9 @@ use super::{
     SteeringConfig, Unavailable, bpffs,
     cidr::{deny_key, deny_net},
     object::{OBJECT, object_built},
-    pins::{LINK_SK_LOOKUP, LINK_XDP, Staging, has_state},
+    pins::{self, LINK_SK_LOOKUP, LINK_XDP, Staging},
 };
+use crate::lock::{LockError, OwnerLock};
 
 /// How XDP ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -79,6 +80,9 @@ pub struct Steering {
     xdp_mode: XdpAttachMode,
     // Our own fds on the links; the pins keep them attached beyond our lifetime.
     links: Vec<FdLink>,
+    // Ownership of `pin_path`; declared last so it is released only after everything
+    // above is closed.
+    _lock: OwnerLock,
 }
 
 impl fmt::Debug for Steering {
@@ -118,38 +122,52 @@ impl Steering {
         bpffs::ensure_mounted(&root)?;
         raise_memlock_limit();
 
-        let reuse = has_state(&config.pin_path);
-        let staging = if reuse {
-            None
-        } else {
-            Some(
-                Staging::create(&config.pin_path).map_err(|source| Unavailable::Pin {
-                    operation: "creating the eBPF staging directory",
-                    path: root.clone(),
-                    source,
-                })?,
-            )
+        let in_use = |pid| Unavailable::InUse {
+            pid,
+            path: config.pin_path.clone(),
         };
-        let dir = staging
-            .as_ref()
-            .map_or(config.pin_path.as_path(), Staging::path)
-            .to_path_buf();
-        if reuse {
-            // Replacing a live router's links would unpin its steering (its fds keep the
-            // programs attached, so our own attach then fails too): refuse instead.
-            if let Some(pid) = live_owner(&dir) {
-                return Err(Unavailable::InUse { pid, path: dir });
+        let lock_failed = |source| Unavailable::Pin {
+            operation: "locking the eBPF state directory",
+            path: config.pin_path.clone(),
+            source,
+        };
+        let existing = match pins::lock_existing(&config.pin_path) {
+            Ok(lock) => lock,
+            Err(LockError::Held { pid }) => return Err(in_use(pid)),
+            Err(LockError::Io(source)) => return Err(lock_failed(source)),
+        };
+        let (dir, state) = match existing {
+            Some(lock) => {
+                tracing::info!(pin_path = %config.pin_path.display(), "reusing pinned eBPF maps; counters continue");
+                // Ours alone now: whatever is attached was left by a router that is gone.
+                detach_stale(&config.pin_path)?;
+                drop_incompatible_pins(&config.pin_path);
+                (config.pin_path.clone(), State::Reused(lock))
             }
-            tracing::info!(pin_path = %dir.display(), "reusing pinned eBPF maps; counters continue");
-            detach_stale(&dir)?;
-            drop_incompatible_pins(&dir);
-        }
+            None => {
+                let staging =
+                    Staging::create(&config.pin_path).map_err(|source| Unavailable::Pin {
+                        operation: "creating the eBPF staging directory",
+                        path: root.clone(),
+                        source,
+                    })?;
+                (staging.path().to_path_buf(), State::Staged(staging))
+            }
+        };
 
         let attached = attach_all(config, &desired, &dir, listener, ifindex);
         let (ebpf, xdp_mode, links) = match attached {
             Ok(done) => done,
             Err(err) => {
-                if reuse {
+                // A router that started at the same moment and won the rename owns the
+                // interface now, which is why our attach failed: report it as such, so
+                // `auto` does not fall back to direct binds beside it.
+                if let (State::Staged(_), Some(pid)) =
+                    (&state, crate::lock::holder(&config.pin_path))
+                {
+                    return Err(in_use(pid));
+                }
+                if matches!(state, State::Reused(_)) {
                     // Do not leave half of a new attachment steering to a listener the
                     // caller is about to abandon for direct binds.
                     remove_links(&dir);
@@ -158,15 +176,24 @@ impl Steering {
             }
         };
 
-        if let Some(staging) = staging {
-            staging
-                .commit(&config.pin_path)
-                .map_err(|source| Unavailable::Pin {
-                    operation: "renaming the eBPF staging directory into place",
-                    path: config.pin_path.clone(),
-                    source,
-                })?;
-        }
+        let lock = match state {
+            State::Reused(lock) => lock,
+            State::Staged(staging) => match staging.commit(&config.pin_path) {
+                Ok(lock) => lock,
+                // Another router started at the same moment and renamed its state into
+                // place first; dropping ours detaches what we attached.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                    return Err(in_use(crate::lock::holder(&config.pin_path).flatten()));
+                }
+                Err(source) => {
+                    return Err(Unavailable::Pin {
+                        operation: "renaming the eBPF staging directory into place",
+                        path: config.pin_path.clone(),
+                        source,
+                    });
+                }
+            },
+        };
         tracing::info!(
             pin_path = %config.pin_path.display(),
             interface = %config.interface,
@@ -180,6 +207,7 @@ impl Steering {
             interface: config.interface.clone(),
             xdp_mode,
             links,
+            _lock: lock,
         })
     }
 
@@ -261,6 +289,14 @@ impl Steering {
         tracing::info!(pin_path = %self.pin_path.display(), "eBPF programs detached; counters kept");
         Ok(())
     }
+}
+
+/// The state directory a start works in.
+enum State {
+    /// The pin path existed: locked, and attached to in place.
+    Reused(OwnerLock),
+    /// First start: a locked staging directory, renamed to the pin path at the end.
+    Staged(Staging),
 }
 
 /// Loads, syncs and attaches; everything that can fail after the state directory is chosen.
@@ -475,26 +511,6 @@ fn write_meta(ebpf: &mut Ebpf, meta: Meta) -> Result<(), Unavailable> {
 
 /// Removes links a previous run left pinned (crash, or `kill -9`), so the new programs
 /// can take over. The maps stay: that is what keeps the counters.
-/// The pid recorded by the router that attached the pinned programs, when that process
-/// still runs the same program as we do (pid 0 means a clean shutdown; a dead or reused
-/// pid means a crash, whose leftovers [`detach_stale`] may replace).
-fn live_owner(dir: &Path) -> Option<u32> {
-    let map = MapData::from_pin(dir.join(META_MAP)).ok()?;
-    let meta: Array<MapData, Meta> =
-        Array::try_from(aya::maps::Map::from_map_data(map).ok()?).ok()?;
-    let pid = meta.get(&0, 0).ok()?.pid;
-    (pid != 0 && pid != std::process::id() && same_program(pid)).then_some(pid)
-}
-
-/// Whether `pid` is alive and runs a program of our name (`/proc/PID/comm`).
-fn same_program(pid: u32) -> bool {
-    let comm = |who: &str| fs::read_to_string(format!("/proc/{who}/comm")).ok();
-    match (comm(&pid.to_string()), comm("self")) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => false,
-    }
-}
-
 fn detach_stale(dir: &Path) -> Result<(), Unavailable> {
     for name in [LINK_XDP, LINK_SK_LOOKUP] {
         let path = dir.join(name);
@@ -718,26 +734,5 @@ mod tests {
         let any = SocketAddrV4::new([0, 0, 0, 0].into(), 80);
         let err = Desired::new(&[any], &[], &[]).err().unwrap();
         assert!(err.to_string().contains("concrete VIP"), "{err}");
-    }
-
-    #[test]
-    fn only_a_live_process_of_our_program_owns_the_pins() {
-        assert!(same_program(std::process::id()));
-        let mut sleeper = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = sleeper.id();
-        let other_program = same_program(pid);
-        sleeper.kill().unwrap();
-        sleeper.wait().unwrap();
-        assert!(!other_program, "`sleep` is not a scope-router");
-        assert!(!same_program(pid), "a reaped pid owns nothing");
-    }
-
-    #[test]
-    fn missing_meta_means_no_owner() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(live_owner(dir.path()), None);
     }
 }

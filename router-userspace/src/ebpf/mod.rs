@@ -189,14 +189,15 @@ pub enum Unavailable {
         /// Why, and what to do.
         reason: String,
     },
-    /// Another scope-router still runs on this pin path.
+    /// Another scope-router holds the lock on this pin path: it is still running.
     #[error(
-        "eBPF state at {} is in use by scope-router pid {pid}, which is still running; stop it first or give this instance its own ebpf.pin_path",
-        path.display()
+        "eBPF state at {} is in use by scope-router {}, which is still running; stop it first or give this instance its own ebpf.pin_path",
+        path.display(),
+        crate::lock::owner_text(*pid)
     )]
     InUse {
-        /// The running router.
-        pid: u32,
+        /// The running router, when `/proc/locks` shows it.
+        pid: Option<u32>,
         /// The state directory.
         path: PathBuf,
     },

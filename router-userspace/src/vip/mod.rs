@@ -187,11 +187,11 @@ pub enum VipError {
          each other), or set [vip] manage = false here to serve the address without \
          managing it",
         path.display(),
-        owner = owner_text(*pid)
+        owner = crate::lock::owner_text(*pid)
     )]
     AlreadyManaged {
         address: Ipv4Addr,
-        /// `None` when the owner has not recorded its pid yet.
+        /// `None` when `/proc/locks` does not show the owner.
         pid: Option<u32>,
         path: PathBuf,
     },
@@ -257,13 +257,6 @@ pub enum VipError {
         #[source]
         source: tokio::task::JoinError,
     },
-}
-
-fn owner_text(pid: Option<u32>) -> String {
-    match pid {
-        Some(pid) => format!("pid {pid}"),
-        None => "pid not recorded yet".to_owned(),
-    }
 }
 
 /// Renders an error with its causes on one line, for log fields.
@@ -419,7 +412,7 @@ fn write_unmanaged_state(settings: &VipSettings, state: &StateFile, running: boo
     if let Some(pid) = OwnerLock::holder(settings) {
         tracing::info!(
             vip = %settings.address,
-            owner = %owner_text(pid),
+            owner = %crate::lock::owner_text(pid),
             "VIP managed by another scope-router: its state file is left to it"
         );
         return;
