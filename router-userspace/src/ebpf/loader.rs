@@ -71,8 +71,9 @@ impl fmt::Display for XdpAttachMode {
     }
 }
 
-/// Running eBPF steering. Dropping it without [`Steering::shutdown`] leaves the programs
-/// attached through their pinned links (as after a crash): the next start replaces them.
+/// Running eBPF steering; owns the pin directory's lock. Dropping it without
+/// [`Steering::shutdown`] releases the lock but leaves the programs attached through their
+/// pinned links (as after a crash): the next start replaces them.
 pub struct Steering {
     ebpf: Ebpf,
     pin_path: PathBuf,
@@ -226,7 +227,8 @@ impl Steering {
         self.xdp_mode
     }
 
-    /// Points steering at a new listening socket (the proxy re-created its listener).
+    /// Points steering at another listening socket, for a caller that re-creates its
+    /// listener without restarting (`run` keeps one listener for its whole life).
     pub fn replace_listener(
         &mut self,
         listener: &impl std::os::fd::AsFd,
@@ -237,9 +239,10 @@ impl Steering {
         })
     }
 
-    /// Replaces the served, passthrough and denied sets in place (config reload). New
-    /// entries are added before stale ones are removed, so traffic that stays served is
-    /// never dropped in between.
+    /// Replaces the served, passthrough and denied sets in place, without detaching. There
+    /// is no config reload yet (`run` never calls this; a restart syncs the maps at start);
+    /// it is here for one. New entries are added before stale ones are removed, so traffic
+    /// that stays served is never dropped in between.
     pub fn update(
         &mut self,
         services: &[SocketAddrV4],
@@ -451,8 +454,9 @@ fn sync_maps(ebpf: &mut Ebpf, desired: &Desired) -> Result<(), Unavailable> {
     })();
     result.map_err(|e| kernel("updating VIPS")(boxed(e)))?;
 
-    // Counters of VIP:ports no longer configured would otherwise pile up across reloads
-    // until the map is full; configured ones are kept, so their counts continue.
+    // Counters of VIP:ports no longer configured would otherwise pile up across restarts
+    // with changed configs until the map is full; configured ones are kept, so their
+    // counts continue.
     let mut counters: PerCpuHashMap<&mut MapData, VipPort, Counters> =
         PerCpuHashMap::try_from(map_mut(ebpf, COUNTERS_MAP)?)
             .map_err(|e| kernel("opening COUNTERS")(boxed(e)))?;

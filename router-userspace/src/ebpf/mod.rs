@@ -1,24 +1,28 @@
 //! Kernel-side steering: loads the embedded eBPF programs, pins their state on bpffs,
-//! keeps the SERVICES/VIPS/DENY maps in sync with the config, and reads counters back
+//! syncs the SERVICES/VIPS/DENY maps with the config at start, and reads counters back
 //! for `scope-router status`.
 //!
-//! Entry points: [`start`] (the router, once at startup), [`Steering::update`] (config
-//! reload), [`Steering::shutdown`] (clean exit: detach programs, keep counters) and
-//! [`read_status`] (any process, read-only).
+//! Entry points: [`start`] (the router, once at startup), [`Steering::shutdown`] (clean
+//! exit: detach programs, keep counters) and [`read_status`] (any process, read-only).
+//! [`Steering::update`] and [`Steering::replace_listener`] change a running steering in
+//! place; `run` calls neither today (a changed config takes a restart, which reuses the
+//! pins and syncs the maps the same way).
 //!
-//! Wiring into `run` (blocking calls: before the runtime or in `spawn_blocking`):
+//! How `run` (main.rs) wires it, in this order:
 //!
 //! ```text
+//! let vip = vip::claim(..)?;                                      // before eBPF: see vip
 //! let plan = ebpf::plan(&config, router.listeners());
-//! for cidr in &plan.unenforced_deny { warn!("ebpf.deny {cidr:?}: IPv6 is not filtered") }
-//! let steered = std::net::TcpListener::bind("127.0.0.1:0")?;   // IPv4, this netns
-//! match ebpf::start(&plan.steering, &steered)? {                 // Err only for "required"
+//! for net in &plan.unenforced_deny { warn!("ebpf.deny {net}: IPv6 is not filtered") }
+//! let steered = bind("127.0.0.1:0")?;                             // IPv4, this netns
+//! match ebpf::start(&plan.steering, &steered)? {   // blocking: before the async runtime
 //!     Startup::Steering(s) => serve `steered` for every plan.steering.services address,
-//!                             bind plan.bind_directly + passthrough directly; keep `s` and
-//!                             call s.shutdown() first on a clean exit,
+//!                             bind plan.bind_directly + passthrough directly; keep `s`,
 //!     Startup::Fallback(_) | Startup::Off => drop `steered`; bind every listener directly
 //!                             (IP_FREEBIND) as without eBPF,
 //! }
+//! // runtime: serve, take the VIP; on SIGTERM drain the listeners, release the VIP, then
+//! // s.shutdown() last (in spawn_blocking), so steering outlives the last response.
 //! ```
 //!
 //! Traffic note: XDP drops all TCP to a VIP whose port is neither served nor passthrough,
@@ -246,7 +250,8 @@ pub enum EbpfError {
     /// Another scope-router runs on the same pin path (any mode but `off`).
     #[error("another scope-router is already running here: {0}")]
     InUse(#[source] Unavailable),
-    /// Updating the maps in place (config reload) failed.
+    /// Updating a running steering in place ([`Steering::update`],
+    /// [`Steering::replace_listener`]) failed.
     #[error("updating the eBPF maps under {}: {source}", pin_path.display())]
     Update {
         /// The state directory.
