@@ -382,10 +382,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn fixtures() -> Vec<PathBuf> {
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config"
-        ));
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
         vec![
             dir.join("endpoint-list-RegionOne.json"),
             dir.join("endpoint-list-RegionTwo.json"),
