@@ -1,15 +1,15 @@
 //! The router's TOML configuration (docs/ARCHITECTURE.md §5): parsing, defaults, path resolution, validation.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
+use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,19 +27,24 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub ports: BTreeMap<u16, PortOverride>,
     pub proxy: ProxySettings,
-    pub vip: Option<VipConfig>,
-    pub ebpf: EbpfConfig,
+    /// `[vip]`: the address the router owns; `None` manages no address.
+    pub vip: Option<VipSettings>,
+    pub ebpf: EbpfSettings,
     pub passthrough: Vec<Passthrough>,
 }
 
-/// Connection timeouts of one listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Connection timeouts of one listener; `[timeouts]` sets them for every listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// Time allowed to receive a complete request head.
+    #[serde(deserialize_with = "duration")]
     pub request_header: Duration,
     /// Time allowed to connect to the upstream.
+    #[serde(deserialize_with = "duration")]
     pub connect: Duration,
     /// Inactivity allowed on an established exchange (either direction).
+    #[serde(deserialize_with = "duration")]
     pub idle: Duration,
 }
 
@@ -55,21 +60,27 @@ impl Default for Timeouts {
 }
 
 /// `[ports.N]`: per-port overrides; every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PortOverride {
+    #[serde(deserialize_with = "some_duration")]
     pub request_header: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
     pub connect: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
     pub idle: Option<Duration>,
     /// Local backend for this port instead of `backend:N`.
     pub backend: Option<SocketAddr>,
 }
 
 /// `[proxy]`: HTTP handling limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProxySettings {
     /// Largest accepted request head, in bytes (431 beyond).
     pub max_header_bytes: usize,
     /// How long in-flight requests may finish after a shutdown signal.
+    #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -80,54 +91,6 @@ impl Default for ProxySettings {
             shutdown_grace: Duration::from_secs(30),
         }
     }
-}
-
-/// `[vip]`: the address the router owns on `interface`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VipConfig {
-    pub address: IpAddr,
-    pub interface: String,
-    /// Add/watch/remove the address; `false` only uses it.
-    pub manage: bool,
-    /// Leave the address in place on shutdown.
-    pub keep_on_exit: bool,
-    pub garp_count: u32,
-    pub garp_repeat_delay: Duration,
-    /// Take the address even if another interface already carries it.
-    pub take_over: bool,
-    /// Holds the VIP's state file (read by `scope-router status`) and its owner lock.
-    pub state_dir: PathBuf,
-}
-
-/// How the router uses eBPF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EbpfMode {
-    /// Use eBPF when the kernel allows it, otherwise bind directly.
-    Auto,
-    /// Fail when eBPF cannot be used.
-    Required,
-    /// Never load eBPF.
-    Off,
-}
-
-/// An IP network, `addr/prefix_len`, with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-/// `[ebpf]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EbpfConfig {
-    pub mode: EbpfMode,
-    /// Directory on bpffs holding the pinned maps.
-    pub pin_path: PathBuf,
-    /// Interface the XDP program attaches to.
-    pub interface: String,
-    /// Sources dropped by XDP.
-    pub deny: Vec<Cidr>,
 }
 
 /// What a passthrough listener does with a connection.
@@ -172,9 +135,6 @@ pub enum ConfigError {
     #[error("config file {}: key `catalog`: {source}", path.display())]
     Catalog { path: PathBuf, source: CatalogError },
 }
-
-const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
-const DEFAULT_INTERFACE: &str = "eth2";
 
 impl Config {
     /// Reads and validates `path` (catalog-independent checks only; see [`Config::check_catalog`]).
@@ -296,98 +256,26 @@ fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a CIDR: `{addr}` is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match len {
-            None => max,
-            Some(l) => match l.trim().parse::<u8>() {
-                Ok(l) if l <= max => l,
-                _ => {
-                    return Err(format!(
-                        "`{s}` is not a CIDR: prefix length must be 0..={max}"
-                    ));
-                }
-            },
-        };
-        let network = mask(addr, prefix_len);
-        if network != addr {
-            return Err(format!(
-                "`{s}` has host bits set; did you mean {network}/{prefix_len}?"
-            ));
-        }
-        Ok(Cidr { addr, prefix_len })
+/// Deserializes a duration written like `"10s"`, `"1m"`, `"6h"`; zero is refused.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(&text) {
+        Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
+            "duration \"{text}\" must be greater than zero"
+        ))),
+        Ok(d) => Ok(d),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "invalid duration \"{text}\" ({e}); write e.g. \"10s\", \"1m\" or \"6h\""
+        ))),
     }
 }
 
-impl Cidr {
-    /// Whether `ip` lies inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix_len) == self.addr
-    }
+/// [`duration`] for an optional key (absent keys are `None` through `#[serde(default)]`).
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            IpAddr::V6((bits & m).into())
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-/// A duration written like `"10s"`, `"1m"`, `"6h"`.
-#[derive(Debug, Clone, Copy)]
-struct HumanDuration(Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
-        let text = String::deserialize(d)?;
-        match humantime::parse_duration(&text) {
-            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
-                "duration \"{text}\" must be greater than zero"
-            ))),
-            Ok(d) => Ok(HumanDuration(d)),
-            Err(e) => Err(serde::de::Error::custom(format!(
-                "invalid duration \"{text}\" ({e}); write e.g. \"10s\", \"1m\" or \"6h\""
-            ))),
-        }
-    }
-}
-
-fn dur(d: Option<HumanDuration>) -> Option<Duration> {
-    d.map(|d| d.0)
-}
-
+/// The file as written; sections deserialize straight into their owners' types.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -397,14 +285,14 @@ struct RawConfig {
     #[serde(default)]
     scope: RawScope,
     #[serde(default)]
-    timeouts: RawTimeouts,
+    timeouts: Timeouts,
     #[serde(default)]
-    ports: BTreeMap<String, RawPort>,
+    ports: BTreeMap<String, PortOverride>,
     #[serde(default)]
-    proxy: RawProxy,
-    vip: Option<RawVip>,
+    proxy: ProxySettings,
+    vip: Option<VipSettings>,
     #[serde(default)]
-    ebpf: RawEbpf,
+    ebpf: EbpfSettings,
     #[serde(default)]
     passthrough: Vec<RawPassthrough>,
 }
@@ -416,63 +304,7 @@ struct RawScope {
     defaults: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    request_header: Option<HumanDuration>,
-    connect: Option<HumanDuration>,
-    idle: Option<HumanDuration>,
-}
-
-impl RawTimeouts {
-    fn over(&self, base: Timeouts) -> Timeouts {
-        Timeouts {
-            request_header: dur(self.request_header).unwrap_or(base.request_header),
-            connect: dur(self.connect).unwrap_or(base.connect),
-            idle: dur(self.idle).unwrap_or(base.idle),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPort {
-    request_header: Option<HumanDuration>,
-    connect: Option<HumanDuration>,
-    idle: Option<HumanDuration>,
-    backend: Option<SocketAddr>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawProxy {
-    max_header_bytes: Option<usize>,
-    shutdown_grace: Option<HumanDuration>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVip {
-    address: IpAddr,
-    interface: Option<String>,
-    manage: Option<bool>,
-    keep_on_exit: Option<bool>,
-    garp_count: Option<u32>,
-    garp_repeat_delay: Option<HumanDuration>,
-    take_over: Option<bool>,
-    state_dir: Option<PathBuf>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawEbpf {
-    mode: Option<EbpfMode>,
-    pin_path: Option<PathBuf>,
-    interface: Option<String>,
-    #[serde(default)]
-    deny: Vec<String>,
-}
-
+/// `[[passthrough]]` before its timeouts are laid over `[timeouts]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPassthrough {
@@ -480,9 +312,12 @@ struct RawPassthrough {
     bind: SocketAddr,
     backend: SocketAddr,
     mode: PassthroughMode,
-    request_header: Option<HumanDuration>,
-    connect: Option<HumanDuration>,
-    idle: Option<HumanDuration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    request_header: Option<Duration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    connect: Option<Duration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    idle: Option<Duration>,
 }
 
 impl RawConfig {
@@ -516,10 +351,10 @@ impl RawConfig {
             }
         }
 
-        let timeouts = self.timeouts.over(Timeouts::default());
+        let timeouts = self.timeouts;
 
         let mut ports = BTreeMap::new();
-        for (key, raw) in self.ports {
+        for (key, port_override) in self.ports {
             let port = match key.parse::<u16>() {
                 Ok(p) if p != 0 => p,
                 _ => {
@@ -529,111 +364,58 @@ impl RawConfig {
                     ));
                 }
             };
-            ports.insert(
-                port,
-                PortOverride {
-                    request_header: dur(raw.request_header),
-                    connect: dur(raw.connect),
-                    idle: dur(raw.idle),
-                    backend: raw.backend,
-                },
-            );
+            ports.insert(port, port_override);
         }
 
-        let defaults = ProxySettings::default();
-        let proxy = ProxySettings {
-            max_header_bytes: self
-                .proxy
-                .max_header_bytes
-                .unwrap_or(defaults.max_header_bytes),
-            shutdown_grace: dur(self.proxy.shutdown_grace).unwrap_or(defaults.shutdown_grace),
-        };
+        let proxy = self.proxy;
         // Below 1 KiB not even a token fits; refuse rather than answer 431 to everything.
         if proxy.max_header_bytes < 1024 {
             return Err(invalid(
                 "proxy.max_header_bytes",
                 format!(
-                    "{} is too small; use at least 1024 (default 16384)",
-                    proxy.max_header_bytes
+                    "{} is too small; use at least 1024 (default {})",
+                    proxy.max_header_bytes,
+                    ProxySettings::default().max_header_bytes
                 ),
             ));
         }
 
-        let vip = match self.vip {
-            None => None,
-            Some(v) => {
-                let interface = v.interface.unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
-                if interface.is_empty() {
-                    return Err(invalid(
-                        "vip.interface",
-                        "must name a network interface".into(),
-                    ));
-                }
-                let state_dir = v
-                    .state_dir
-                    .unwrap_or_else(|| PathBuf::from(crate::vip::DEFAULT_STATE_DIR));
-                // `run` and `status` may start from different working directories; a
-                // relative path would make them look in different places.
-                if !state_dir.is_absolute() {
-                    return Err(invalid(
-                        "vip.state_dir",
-                        format!(
-                            "\"{}\" must be an absolute directory, e.g. \"{}\"",
-                            state_dir.display(),
-                            crate::vip::DEFAULT_STATE_DIR
-                        ),
-                    ));
-                }
-                Some(VipConfig {
-                    address: v.address,
-                    interface,
-                    manage: v.manage.unwrap_or(true),
-                    keep_on_exit: v.keep_on_exit.unwrap_or(false),
-                    garp_count: v.garp_count.unwrap_or(5),
-                    garp_repeat_delay: dur(v.garp_repeat_delay).unwrap_or(Duration::from_secs(5)),
-                    take_over: v.take_over.unwrap_or(false),
-                    state_dir,
-                })
+        if let Some(vip) = &self.vip {
+            if vip.interface.is_empty() {
+                return Err(invalid(
+                    "vip.interface",
+                    "must name a network interface".into(),
+                ));
             }
-        };
+            // `run` and `status` may start from different working directories; a
+            // relative path would make them look in different places.
+            if !vip.state_dir.is_absolute() {
+                return Err(invalid(
+                    "vip.state_dir",
+                    format!(
+                        "\"{}\" must be an absolute directory, e.g. \"{DEFAULT_STATE_DIR}\"",
+                        vip.state_dir.display(),
+                    ),
+                ));
+            }
+        }
 
-        let pin_path = self
-            .ebpf
-            .pin_path
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH));
-        if !pin_path.is_absolute() {
+        let ebpf = self.ebpf;
+        if !ebpf.pin_path.is_absolute() {
             return Err(invalid(
                 "ebpf.pin_path",
                 format!(
                     "\"{}\" must be an absolute path on bpffs, e.g. \"{DEFAULT_PIN_PATH}\"",
-                    pin_path.display()
+                    ebpf.pin_path.display()
                 ),
             ));
         }
-        let interface = match (self.ebpf.interface, &vip) {
-            (Some(i), _) => i,
-            (None, Some(v)) => v.interface.clone(),
-            (None, None) => DEFAULT_INTERFACE.to_owned(),
-        };
-        if interface.is_empty() {
+        if ebpf.interface.as_deref() == Some("") {
             return Err(invalid(
                 "ebpf.interface",
                 "must name a network interface".into(),
             ));
         }
-        let mut deny = Vec::with_capacity(self.ebpf.deny.len());
-        for (i, text) in self.ebpf.deny.iter().enumerate() {
-            let cidr = text
-                .parse::<Cidr>()
-                .map_err(|e| invalid(&format!("ebpf.deny[{i}]"), e))?;
-            deny.push(cidr);
-        }
-        let ebpf = EbpfConfig {
-            mode: self.ebpf.mode.unwrap_or(EbpfMode::Auto),
-            pin_path,
-            interface,
-            deny,
-        };
 
         let mut passthrough: Vec<Passthrough> = Vec::with_capacity(self.passthrough.len());
         for (i, p) in self.passthrough.into_iter().enumerate() {
@@ -661,12 +443,11 @@ impl RawConfig {
                     ),
                 ));
             }
-            let timeouts = RawTimeouts {
-                request_header: p.request_header,
-                connect: p.connect,
-                idle: p.idle,
-            }
-            .over(timeouts);
+            let timeouts = Timeouts {
+                request_header: p.request_header.unwrap_or(timeouts.request_header),
+                connect: p.connect.unwrap_or(timeouts.connect),
+                idle: p.idle.unwrap_or(timeouts.idle),
+            };
             passthrough.push(Passthrough {
                 name: p.name,
                 bind: p.bind,
@@ -685,7 +466,7 @@ impl RawConfig {
             timeouts,
             ports,
             proxy,
-            vip,
+            vip: self.vip,
             ebpf,
             passthrough,
         })
@@ -695,7 +476,10 @@ impl RawConfig {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::ebpf::Mode;
 
     const MINIMAL: &str = r#"
 region = "RegionOne"
@@ -738,9 +522,9 @@ backend = "192.168.142.245"
             }
         );
         assert_eq!(c.vip, None);
-        assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+        assert_eq!(c.ebpf.mode, Mode::Auto);
         assert_eq!(c.ebpf.pin_path, PathBuf::from("/sys/fs/bpf/scope-router"));
-        assert_eq!(c.ebpf.interface, "eth2");
+        assert_eq!(c.ebpf.interface(c.vip.as_ref()), "eth2");
         assert!(c.ebpf.deny.is_empty() && c.passthrough.is_empty() && c.ports.is_empty());
         assert!(c.scope_defaults.is_empty());
     }
@@ -802,7 +586,7 @@ mode = "http"
         assert_eq!(c.proxy.max_header_bytes, 32768);
         assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
         let vip = c.vip.as_ref().unwrap();
-        assert_eq!(vip.address, "192.168.142.244".parse::<IpAddr>().unwrap());
+        assert_eq!(vip.address, "192.168.142.244".parse::<Ipv4Addr>().unwrap());
         assert_eq!(
             (vip.interface.as_str(), vip.manage, vip.keep_on_exit),
             ("ens3", true, false)
@@ -813,9 +597,9 @@ mode = "http"
         );
         assert_eq!(vip.state_dir, PathBuf::from("/run/scope-router"));
         // ebpf.interface follows the VIP's when not given.
-        assert_eq!(c.ebpf.interface, "ens3");
-        assert_eq!(c.ebpf.mode, EbpfMode::Required);
-        let deny: Vec<String> = c.ebpf.deny.iter().map(Cidr::to_string).collect();
+        assert_eq!(c.ebpf.interface(c.vip.as_ref()), "ens3");
+        assert_eq!(c.ebpf.mode, Mode::Required);
+        let deny: Vec<String> = c.ebpf.deny.iter().map(ToString::to_string).collect();
         assert_eq!(deny, ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32"]);
         assert_eq!(c.passthrough.len(), 2);
         assert_eq!(c.passthrough[0].mode, PassthroughMode::Tcp);
@@ -942,42 +726,35 @@ mode = "http"
             .unwrap();
     }
 
+    /// `[vip]` and `[ebpf]` take their defaults from their own types, nowhere else.
     #[test]
-    fn cidrs() {
-        let ok = [
-            ("10.0.0.0/8", "10.0.0.0/8"),
-            ("0.0.0.0/0", "0.0.0.0/0"),
-            ("10.1.2.3", "10.1.2.3/32"),
-            ("::/0", "::/0"),
-            ("fd00::/8", "fd00::/8"),
-            ("fd00::1", "fd00::1/128"),
-        ];
-        for (text, shown) in ok {
-            assert_eq!(text.parse::<Cidr>().unwrap().to_string(), shown);
-        }
-        for bad in [
-            "10.0.0.1/8",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "x/8",
-            "fd00::1/8",
-            "::/129",
-            "",
-        ] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-        let err = "10.0.0.1/8".parse::<Cidr>().unwrap_err();
-        assert!(err.contains("10.0.0.0/8"), "suggests the network: {err}");
-        let net: Cidr = "192.168.0.0/16".parse().unwrap();
-        assert!(net.contains("192.168.142.1".parse().unwrap()));
-        assert!(!net.contains("192.169.0.1".parse().unwrap()));
-        assert!(!net.contains("::ffff:192.168.0.1".parse().unwrap()));
-        assert!(
-            "0.0.0.0/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
+    fn sections_default_to_their_subsystems_defaults() {
+        let c = parse(&format!("{MINIMAL}[vip]\naddress = \"192.0.2.10\"\n")).unwrap();
+        assert_eq!(c.vip, Some(VipSettings::new(Ipv4Addr::new(192, 0, 2, 10))));
+        assert_eq!(c.ebpf, EbpfSettings::default());
+        assert_eq!(
+            c.ebpf.interface(c.vip.as_ref()),
+            crate::vip::DEFAULT_INTERFACE
         );
+        assert_eq!(c.proxy, ProxySettings::default());
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn vip_must_be_ipv4_and_test_knobs_are_no_keys() {
+        let err = parse(&format!("{MINIMAL}[vip]\naddress = \"2001:db8::1\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("IPv4 only") && msg.contains("address"),
+            "{msg}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[vip]\naddress = \"192.0.2.10\"\nprobe_count = 1\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("probe_count"), "{err}");
+        let err = parse(&format!("{MINIMAL}[ebpf]\ninterface = \"\"\n")).unwrap_err();
+        assert!(err.to_string().contains("ebpf.interface"), "{err}");
     }
 
     #[test]
@@ -1030,7 +807,8 @@ mode = "http"
                 (v.address, v.interface.as_str()),
                 (vip.parse().unwrap(), "eth2")
             );
-            assert_eq!(c.ebpf.mode, EbpfMode::Auto);
+            assert_eq!(c.ebpf.mode, Mode::Auto);
+            assert_eq!(c.ebpf.interface(c.vip.as_ref()), "eth2");
             assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
             assert_eq!(c.port_timeouts(8774).idle, Duration::from_secs(60));
             let names: Vec<&str> = c.passthrough.iter().map(|p| p.name.as_str()).collect();

@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod error_chain;
 pub mod haproxy;
 pub mod listener;
+mod lock;
 pub mod passthrough;
 pub mod problem;
 pub mod proxy;

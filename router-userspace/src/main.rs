@@ -1,7 +1,6 @@
 //! The `scope-router` command line: run the router, check a config, explain a request,
 //! show the status of a running router.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -108,7 +107,9 @@ fn main() -> Result<()> {
             let router = Arc::new(router(&config)?);
             // First of all: a second router on a VIP another one manages must fail before
             // it loads eBPF or binds a port, and must never adopt (then remove) the VIP.
-            let vip = vip_settings(&config)?
+            let vip = config
+                .vip
+                .clone()
                 .map(vip::claim)
                 .transpose()
                 .context("cannot take the VIP")?;
@@ -209,28 +210,6 @@ fn router(config: &Config) -> Result<Router> {
     })
 }
 
-/// `[vip]` as the VIP manager wants it; `None` when the config has no `[vip]`.
-fn vip_settings(config: &Config) -> Result<Option<vip::VipSettings>> {
-    let Some(v) = &config.vip else {
-        return Ok(None);
-    };
-    let IpAddr::V4(address) = v.address else {
-        bail!(
-            "[vip] address {} is IPv6; the VIP manager handles IPv4 only",
-            v.address
-        );
-    };
-    let mut settings = vip::VipSettings::new(address);
-    settings.interface = v.interface.clone();
-    settings.manage = v.manage;
-    settings.keep_on_exit = v.keep_on_exit;
-    settings.garp_count = v.garp_count;
-    settings.garp_repeat_delay = v.garp_repeat_delay;
-    settings.take_over = v.take_over;
-    settings.state_dir = v.state_dir.clone();
-    Ok(Some(settings))
-}
-
 fn parse_header(text: &str) -> Result<(String, String)> {
     match text.split_once(':') {
         Some((name, value)) if !name.trim().is_empty() => {
@@ -242,7 +221,7 @@ fn parse_header(text: &str) -> Result<(String, String)> {
 
 /// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets.
 fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steering>)> {
-    let plan = ebpf::plan(&config.ebpf, &router.listener_specs(), &config.passthrough);
+    let plan = ebpf::plan(config, &router.listener_specs());
     for cidr in &plan.unenforced_deny {
         tracing::warn!("ebpf.deny {cidr}: IPv6 sources are not filtered by the XDP guard");
     }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HOST, HeaderName, HeaderValue};
 
 use crate::catalog::split_host_port;
-use crate::config::{Config, EbpfMode, PassthroughMode, Timeouts};
+use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::decision::{PlanKind, RequestHead};
 use crate::routing::Router;
 
@@ -84,16 +84,12 @@ pub fn check(router: &Router, config: &Config) -> String {
         }
     }
     let deny: Vec<String> = config.ebpf.deny.iter().map(ToString::to_string).collect();
-    let mode = match config.ebpf.mode {
-        EbpfMode::Auto => "auto",
-        EbpfMode::Required => "required",
-        EbpfMode::Off => "off",
-    };
     let _ = writeln!(
         out,
-        "ebpf:    mode {mode}, pins {}, XDP on {}, deny [{}]",
+        "ebpf:    mode {}, pins {}, XDP on {}, deny [{}]",
+        config.ebpf.mode,
         config.ebpf.pin_path.display(),
-        config.ebpf.interface,
+        config.ebpf.interface(config.vip.as_ref()),
         deny.join(", ")
     );
 

@@ -5,7 +5,7 @@
 //! closed at once. Safe to run at any time beside a running router.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -36,7 +36,7 @@ pub struct RouterStatus {
 /// The VIP as seen right now.
 #[derive(Debug, Serialize)]
 pub struct VipReport {
-    pub address: IpAddr,
+    pub address: Ipv4Addr,
     pub interface: String,
     pub interface_present: bool,
     pub present: bool,
@@ -65,7 +65,7 @@ pub struct BackendHealth {
 
 /// Collects the status for `config`. Never changes any state.
 pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
-    let kernel = if config.ebpf.mode == crate::config::EbpfMode::Off {
+    let kernel = if config.ebpf.mode == ebpf::Mode::Off {
         Err("ebpf.mode = off: the kernel side is not used".to_owned())
     } else {
         ebpf::read_status(&config.ebpf.pin_path).map_err(|e| e.to_string())
@@ -110,11 +110,7 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
     let backends = futures_util::future::join_all(probes).await;
     RouterStatus {
         region: router.region().to_owned(),
-        ebpf_mode: match config.ebpf.mode {
-            crate::config::EbpfMode::Auto => "auto",
-            crate::config::EbpfMode::Required => "required",
-            crate::config::EbpfMode::Off => "off",
-        },
+        ebpf_mode: config.ebpf.mode.as_str(),
         kernel,
         vip,
         backends,
@@ -122,16 +118,11 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
 }
 
 async fn vip_report(
-    address: IpAddr,
+    address: Ipv4Addr,
     interface: &str,
     state_dir: &Path,
 ) -> Result<VipReport, String> {
-    let IpAddr::V4(v4) = address else {
-        return Err(format!(
-            "{address} is IPv6; the VIP manager handles IPv4 only"
-        ));
-    };
-    let status = vip::status(v4, interface, state_dir)
+    let status = vip::status(address, interface, state_dir)
         .await
         .map_err(|e| e.to_string())?;
     Ok(VipReport {

@@ -1106,10 +1106,16 @@ fn a_second_router_on_the_same_pins_refuses_and_leaves_the_first_serving() {
         Some(u64::from(first_pid)),
         "{status:#}"
     );
+    // `status` names the lock's holder, and reading it left the lock where it was.
+    assert_eq!(status["kernel"]["owned"], true, "{status:#}");
+    assert_eq!(status["kernel"]["owner_pid"], first_pid, "{status:#}");
     world.wait_ready(&mut first);
     assert!(world.vip_on_eth2());
     let exit = first.terminate();
     assert_eq!(exit.code(), Some(0), "{}", first.log());
+    let stopped = world.status(&config);
+    assert_eq!(stopped["kernel"]["owned"], false, "{stopped:#}");
+    assert_eq!(stopped["kernel"]["owner_pid"], Value::Null, "{stopped:#}");
 }
 
 #[test]

@@ -7,12 +7,13 @@ use std::{
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::unix::fs::MetadataExt as _,
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use integration_tests::netns::{self, Lab, PinDir};
+use ipnet::Ipv4Net;
 use scope_router::ebpf::{
-    self, EbpfError, Ipv4Cidr, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
+    self, EbpfError, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
 };
 
 // Ports on a VIP that exists only inside this test's private namespace: nothing else can
@@ -72,6 +73,45 @@ fn start(lab: &Lab, config: &SteeringConfig) -> (Steering, TcpListener) {
             other => panic!("expected eBPF steering, got {other:?}"),
         }
     })
+}
+
+/// Starts steering again after this process's previous steering on the same pins went
+/// away. Its lock goes with the last descriptor of the state directory, and a child that
+/// another test thread is spawning holds a copy of every descriptor until it execs: for
+/// that instant the pins still read as owned by this very process. Only that is waited out.
+fn restart(lab: &Lab, config: &SteeringConfig) -> (Steering, TcpListener) {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let outcome = lab.router.run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
+            ebpf::start(config, &listener).map(|startup| (startup, listener))
+        });
+        match outcome {
+            Ok((Startup::Steering(steering), listener)) => return (steering, listener),
+            Err(EbpfError::InUse(Unavailable::InUse { pid: Some(pid), .. }))
+                if pid == std::process::id() && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((other, _)) => panic!("expected eBPF steering, got {other:?}"),
+            Err(err) => panic!("restart steering: {err}"),
+        }
+    }
+}
+
+/// How long a sibling test's fork may keep a copy of a released lock (see [`restart`]).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the pins are owned, once a lock this process released is really gone.
+fn owned_after_release(pins: &Path) -> bool {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let owned = ebpf::read_status(pins).expect("status").owned;
+        if !owned || Instant::now() >= deadline {
+            return owned;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn connect(lab: &Lab, port: u16) -> std::io::Result<TcpStream> {
@@ -202,7 +242,7 @@ fn privileged_denied_source_is_dropped_and_counted_and_update_lifts_it() {
     };
     let pins = PinDir::new("srt-deny");
     let mut cfg = config(&pins, Mode::Required);
-    cfg.deny = vec!["192.0.2.0/30".parse::<Ipv4Cidr>().unwrap()];
+    cfg.deny = vec!["192.0.2.0/30".parse::<Ipv4Net>().unwrap()];
     let (mut steering, listener) = start(&lab, &cfg);
 
     let err = connect(&lab, SERVED_PORT).expect_err("denied source must not connect");
@@ -263,7 +303,7 @@ fn privileged_restart_reuses_pins_and_counters_continue() {
     drop(listener);
 
     // Clean restart: same pinned map object, counters carry on.
-    let (steering, listener) = start(&lab, &cfg);
+    let (steering, listener) = restart(&lab, &cfg);
     assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), first_inode);
     round_trip(&lab, &listener);
     let second = ebpf::read_status(pins.path()).unwrap();
@@ -286,7 +326,7 @@ fn privileged_restart_reuses_pins_and_counters_continue() {
             .iter()
             .all(|p| p.attached)
     );
-    let (steering, listener) = start(&lab, &cfg);
+    let (steering, listener) = restart(&lab, &cfg);
     round_trip(&lab, &listener);
     let third = ebpf::read_status(pins.path()).unwrap();
     let third_packets = third
@@ -403,4 +443,86 @@ fn privileged_mounts_bpffs_on_an_empty_pin_root() {
     let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     assert!(mounted, "bpffs was not mounted on the empty pin root");
     assert_eq!(rc, 0, "unmount: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn privileged_second_start_is_refused_while_the_first_runs_and_a_restart_continues() {
+    let Some(lab) =
+        lab("privileged_second_start_is_refused_while_the_first_runs_and_a_restart_continues")
+    else {
+        return;
+    };
+    let pins = PinDir::new("srt-lock");
+    // `auto`: a second router must be refused, not fall back to direct binds beside the first.
+    let cfg = config(&pins, Mode::Auto);
+    let counters_pin = pins.path().join(router_common::COUNTERS_MAP);
+    let (first, listener) = start(&lab, &cfg);
+    let me = std::process::id();
+
+    let second = lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
+        ebpf::start(&cfg, &listener)
+    });
+    match &second {
+        Err(EbpfError::InUse(Unavailable::InUse { pid, path })) => {
+            assert_eq!(*pid, Some(me));
+            assert_eq!(path, pins.path());
+        }
+        other => panic!("second start on the same pins: {other:?}"),
+    }
+    let text = second.expect_err("refused").to_string();
+    assert!(
+        text.contains(&format!("pid {me}")) && text.contains("still running"),
+        "{text}"
+    );
+
+    // `status` sees the owner without taking the lock: the first keeps steering and a
+    // second start is still refused after it.
+    let status = ebpf::read_status(pins.path()).expect("status");
+    assert!(status.owned, "{status:#?}");
+    assert_eq!(status.owner_pid, Some(me), "{status:#?}");
+    round_trip(&lab, &listener);
+    let again = lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
+        ebpf::start(&cfg, &listener)
+    });
+    assert!(
+        matches!(again, Err(EbpfError::InUse(_))),
+        "reading the status freed the lock: {again:?}"
+    );
+    let before = ebpf::read_status(pins.path())
+        .unwrap()
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .expect("row")
+        .packets;
+    let inode = std::fs::metadata(&counters_pin).unwrap().ino();
+
+    // The owner goes away without a clean shutdown (as in a crash): its lock goes with it.
+    drop(first);
+    drop(listener);
+    assert!(
+        !owned_after_release(pins.path()),
+        "the lock outlived its owner"
+    );
+    let orphaned = ebpf::read_status(pins.path()).expect("status");
+    assert!(
+        orphaned.programs.iter().all(|p| p.attached),
+        "{orphaned:#?}"
+    );
+
+    // The restart reuses the pins: same map, counters continue.
+    let (restarted, listener) = restart(&lab, &cfg);
+    assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), inode);
+    round_trip(&lab, &listener);
+    let after = ebpf::read_status(pins.path()).unwrap();
+    assert!(after.owned && after.owner_pid == Some(me), "{after:#?}");
+    let packets = after
+        .counters_for(Lab::VIP, Some(SERVED_PORT))
+        .expect("row")
+        .packets;
+    assert!(packets > before, "{before} -> {packets}");
+
+    // A clean shutdown releases the lock too.
+    restarted.shutdown().expect("shutdown");
+    assert!(!owned_after_release(pins.path()), "shutdown kept the lock");
 }

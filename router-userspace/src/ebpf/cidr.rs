@@ -1,90 +1,70 @@
-//! IPv4 CIDR prefixes for the deny list, parsed from config strings like `"198.51.100.0/24"`.
+//! `ebpf.deny` entries: parsed from the config into [`IpNet`], and converted to and from
+//! the DENY map's LPM trie keys (the only place that knows the key's byte order).
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::net::{IpAddr, Ipv4Addr};
 
-/// An IPv4 prefix; host bits are cleared on construction so equal prefixes compare equal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    addr: Ipv4Addr,
-    prefix_len: u8,
+use aya::maps::lpm_trie::Key;
+use ipnet::{IpNet, Ipv4Net};
+use router_common::DenyAddr;
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// Parses one deny entry: `addr/len`, or a bare address as a host route. Host bits must be
+/// clear: `10.0.0.1/8` is more likely a typo for a host than a request to deny 10/8.
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a CIDR: `{addr}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => len
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| format!("`{text}` is not a CIDR: prefix length must be 0..={max}"))?,
+    };
+    let net = IpNet::new(addr, len)
+        .map_err(|_| format!("`{text}` is not a CIDR: prefix length must be 0..={max}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
-/// Why a deny-list entry is not a valid IPv4 CIDR.
-#[derive(Debug, thiserror::Error)]
-pub enum CidrError {
-    /// The part before `/` is not an IPv4 address.
-    #[error("`{text}` is not an IPv4 CIDR: bad address (write e.g. \"198.51.100.0/24\")")]
-    Address {
-        /// The rejected text.
-        text: String,
-    },
-    /// The prefix length is missing, not a number or above 32.
-    #[error("`{text}` is not an IPv4 CIDR: prefix length must be 0..=32")]
-    PrefixLen {
-        /// The rejected text.
-        text: String,
-    },
-}
-
-impl Ipv4Cidr {
-    /// Builds a prefix, clearing host bits; `None` if `prefix_len > 32`.
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
-        if prefix_len > 32 {
-            return None;
-        }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len))
-            .unwrap_or(0);
-        Some(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix_len,
+/// `deny = [...]` of `[ebpf]`; an error names the entry, since toml only points at the list.
+pub(crate) fn deny_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            parse_net(text).map_err(|e| D::Error::custom(format!("ebpf.deny[{i}]: {e}")))
         })
-    }
-
-    /// The network address (host bits cleared).
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// The prefix length in bits.
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
-    }
-
-    /// Whether `ip` falls inside this prefix.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        Self::new(ip, self.prefix_len).is_some_and(|net| net.addr == self.addr)
-    }
+        .collect()
 }
 
-impl FromStr for Ipv4Cidr {
-    type Err = CidrError;
-
-    /// Accepts `a.b.c.d/len`, and a bare address as `/32`.
-    fn from_str(text: &str) -> Result<Self, CidrError> {
-        let (addr, len) = match text.split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (text, None),
-        };
-        let addr: Ipv4Addr = addr.trim().parse().map_err(|_| CidrError::Address {
-            text: text.to_owned(),
-        })?;
-        let len = match len {
-            Some(len) => len.trim().parse::<u8>().map_err(|_| CidrError::PrefixLen {
-                text: text.to_owned(),
-            })?,
-            None => 32,
-        };
-        Self::new(addr, len).ok_or_else(|| CidrError::PrefixLen {
-            text: text.to_owned(),
-        })
-    }
+/// The DENY map key of `net`: the prefix length, then the address in network byte order
+/// (the XDP program compares it with the packet's source as read from the header).
+pub(crate) fn deny_key(net: Ipv4Net) -> Key<DenyAddr> {
+    Key::new(
+        u32::from(net.prefix_len()),
+        u32::from_ne_bytes(net.network().octets()),
+    )
 }
 
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
+/// The network a DENY map key stands for; `None` for a prefix length the kernel should
+/// never have accepted.
+pub(crate) fn deny_net(key: &Key<DenyAddr>) -> Option<Ipv4Net> {
+    let len = u8::try_from(key.prefix_len()).ok()?;
+    Ipv4Net::new(Ipv4Addr::from(key.data().to_ne_bytes()), len).ok()
 }
 
 #[cfg(test)]
@@ -92,26 +72,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_masks_host_bits() {
-        let cidr: Ipv4Cidr = "198.51.100.77/24".parse().unwrap();
-        assert_eq!(cidr.to_string(), "198.51.100.0/24");
-        assert!(cidr.contains(Ipv4Addr::new(198, 51, 100, 1)));
-        assert!(!cidr.contains(Ipv4Addr::new(198, 51, 101, 1)));
+    fn parses_config_entries() {
+        let ok = [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("10.1.2.3", "10.1.2.3/32"),
+            ("::/0", "::/0"),
+            ("fd00::/8", "fd00::/8"),
+            ("fd00::1", "fd00::1/128"),
+        ];
+        for (text, shown) in ok {
+            assert_eq!(parse_net(text).unwrap().to_string(), shown);
+        }
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "x/8",
+            "fd00::1/8",
+            "::/129",
+            "",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+        let err = parse_net("10.0.0.1/8").unwrap_err();
+        assert!(err.contains("10.0.0.0/8"), "suggests the network: {err}");
+        let err = parse_net("192.0.2.0/33").unwrap_err();
+        assert!(err.contains("0..=32"), "{err}");
     }
 
     #[test]
-    fn bare_address_is_host_route_and_zero_is_everything() {
-        assert_eq!("192.0.2.1".parse::<Ipv4Cidr>().unwrap().prefix_len(), 32);
-        let all: Ipv4Cidr = "10.1.2.3/0".parse().unwrap();
-        assert_eq!(all.to_string(), "0.0.0.0/0");
-        assert!(all.contains(Ipv4Addr::new(203, 0, 113, 9)));
-    }
-
-    #[test]
-    fn rejects_bad_entries_with_a_hint() {
-        let err = "192.0.2.0/33".parse::<Ipv4Cidr>().unwrap_err();
-        assert!(err.to_string().contains("0..=32"), "{err}");
-        let err = "2001:db8::/32".parse::<Ipv4Cidr>().unwrap_err();
-        assert!(err.to_string().contains("bad address"), "{err}");
+    fn map_keys_round_trip_in_network_byte_order() {
+        let net: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+        let key = deny_key(net);
+        assert_eq!(key.prefix_len(), 24);
+        // The first octet of the address is the first byte in memory.
+        assert_eq!(key.data().to_ne_bytes(), [198, 51, 100, 0]);
+        assert_eq!(deny_net(&key), Some(net));
+        assert_eq!(deny_net(&Key::new(33, 0)), None);
     }
 }

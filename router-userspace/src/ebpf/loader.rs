@@ -16,9 +16,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap},
     programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
+use ipnet::Ipv4Net;
 use router_common::{
     COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY,
     MAX_SERVICES, META_MAP, Meta, OTHER_PORT, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM,
@@ -27,10 +28,12 @@ use router_common::{
 use serde::Serialize;
 
 use super::{
-    Ipv4Cidr, SteeringConfig, Unavailable, bpffs,
+    SteeringConfig, Unavailable, bpffs,
+    cidr::{deny_key, deny_net},
     object::{OBJECT, object_built},
-    pins::{LINK_SK_LOOKUP, LINK_XDP, Staging, has_state},
+    pins::{self, LINK_SK_LOOKUP, LINK_XDP, Staging},
 };
+use crate::lock::{LockError, OwnerLock};
 
 /// How XDP ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -68,8 +71,9 @@ impl fmt::Display for XdpAttachMode {
     }
 }
 
-/// Running eBPF steering. Dropping it without [`Steering::shutdown`] leaves the programs
-/// attached through their pinned links (as after a crash): the next start replaces them.
+/// Running eBPF steering; owns the pin directory's lock. Dropping it without
+/// [`Steering::shutdown`] releases the lock but leaves the programs attached through their
+/// pinned links (as after a crash): the next start replaces them.
 pub struct Steering {
     ebpf: Ebpf,
     pin_path: PathBuf,
@@ -77,6 +81,9 @@ pub struct Steering {
     xdp_mode: XdpAttachMode,
     // Our own fds on the links; the pins keep them attached beyond our lifetime.
     links: Vec<FdLink>,
+    // Ownership of `pin_path`; declared last so it is released only after everything
+    // above is closed.
+    _lock: OwnerLock,
 }
 
 impl fmt::Debug for Steering {
@@ -116,38 +123,52 @@ impl Steering {
         bpffs::ensure_mounted(&root)?;
         raise_memlock_limit();
 
-        let reuse = has_state(&config.pin_path);
-        let staging = if reuse {
-            None
-        } else {
-            Some(
-                Staging::create(&config.pin_path).map_err(|source| Unavailable::Pin {
-                    operation: "creating the eBPF staging directory",
-                    path: root.clone(),
-                    source,
-                })?,
-            )
+        let in_use = |pid| Unavailable::InUse {
+            pid,
+            path: config.pin_path.clone(),
         };
-        let dir = staging
-            .as_ref()
-            .map_or(config.pin_path.as_path(), Staging::path)
-            .to_path_buf();
-        if reuse {
-            // Replacing a live router's links would unpin its steering (its fds keep the
-            // programs attached, so our own attach then fails too): refuse instead.
-            if let Some(pid) = live_owner(&dir) {
-                return Err(Unavailable::InUse { pid, path: dir });
+        let lock_failed = |source| Unavailable::Pin {
+            operation: "locking the eBPF state directory",
+            path: config.pin_path.clone(),
+            source,
+        };
+        let existing = match pins::lock_existing(&config.pin_path) {
+            Ok(lock) => lock,
+            Err(LockError::Held { pid }) => return Err(in_use(pid)),
+            Err(LockError::Io(source)) => return Err(lock_failed(source)),
+        };
+        let (dir, state) = match existing {
+            Some(lock) => {
+                tracing::info!(pin_path = %config.pin_path.display(), "reusing pinned eBPF maps; counters continue");
+                // Ours alone now: whatever is attached was left by a router that is gone.
+                detach_stale(&config.pin_path)?;
+                drop_incompatible_pins(&config.pin_path);
+                (config.pin_path.clone(), State::Reused(lock))
             }
-            tracing::info!(pin_path = %dir.display(), "reusing pinned eBPF maps; counters continue");
-            detach_stale(&dir)?;
-            drop_incompatible_pins(&dir);
-        }
+            None => {
+                let staging =
+                    Staging::create(&config.pin_path).map_err(|source| Unavailable::Pin {
+                        operation: "creating the eBPF staging directory",
+                        path: root.clone(),
+                        source,
+                    })?;
+                (staging.path().to_path_buf(), State::Staged(staging))
+            }
+        };
 
         let attached = attach_all(config, &desired, &dir, listener, ifindex);
         let (ebpf, xdp_mode, links) = match attached {
             Ok(done) => done,
             Err(err) => {
-                if reuse {
+                // A router that started at the same moment and won the rename owns the
+                // interface now, which is why our attach failed: report it as such, so
+                // `auto` does not fall back to direct binds beside it.
+                if let (State::Staged(_), Some(pid)) =
+                    (&state, crate::lock::holder(&config.pin_path))
+                {
+                    return Err(in_use(pid));
+                }
+                if matches!(state, State::Reused(_)) {
                     // Do not leave half of a new attachment steering to a listener the
                     // caller is about to abandon for direct binds.
                     remove_links(&dir);
@@ -156,15 +177,24 @@ impl Steering {
             }
         };
 
-        if let Some(staging) = staging {
-            staging
-                .commit(&config.pin_path)
-                .map_err(|source| Unavailable::Pin {
-                    operation: "renaming the eBPF staging directory into place",
-                    path: config.pin_path.clone(),
-                    source,
-                })?;
-        }
+        let lock = match state {
+            State::Reused(lock) => lock,
+            State::Staged(staging) => match staging.commit(&config.pin_path) {
+                Ok(lock) => lock,
+                // Another router started at the same moment and renamed its state into
+                // place first; dropping ours detaches what we attached.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                    return Err(in_use(crate::lock::holder(&config.pin_path).flatten()));
+                }
+                Err(source) => {
+                    return Err(Unavailable::Pin {
+                        operation: "renaming the eBPF staging directory into place",
+                        path: config.pin_path.clone(),
+                        source,
+                    });
+                }
+            },
+        };
         tracing::info!(
             pin_path = %config.pin_path.display(),
             interface = %config.interface,
@@ -178,6 +208,7 @@ impl Steering {
             interface: config.interface.clone(),
             xdp_mode,
             links,
+            _lock: lock,
         })
     }
 
@@ -196,7 +227,8 @@ impl Steering {
         self.xdp_mode
     }
 
-    /// Points steering at a new listening socket (the proxy re-created its listener).
+    /// Points steering at another listening socket, for a caller that re-creates its
+    /// listener without restarting (`run` keeps one listener for its whole life).
     pub fn replace_listener(
         &mut self,
         listener: &impl std::os::fd::AsFd,
@@ -207,14 +239,15 @@ impl Steering {
         })
     }
 
-    /// Replaces the served, passthrough and denied sets in place (config reload). New
-    /// entries are added before stale ones are removed, so traffic that stays served is
-    /// never dropped in between.
+    /// Replaces the served, passthrough and denied sets in place, without detaching. There
+    /// is no config reload yet (`run` never calls this; a restart syncs the maps at start);
+    /// it is here for one. New entries are added before stale ones are removed, so traffic
+    /// that stays served is never dropped in between.
     pub fn update(
         &mut self,
         services: &[SocketAddrV4],
         passthrough: &[SocketAddrV4],
-        deny: &[Ipv4Cidr],
+        deny: &[Ipv4Net],
     ) -> Result<(), super::EbpfError> {
         let wrap = |source| super::EbpfError::Update {
             pin_path: self.pin_path.clone(),
@@ -259,6 +292,14 @@ impl Steering {
         tracing::info!(pin_path = %self.pin_path.display(), "eBPF programs detached; counters kept");
         Ok(())
     }
+}
+
+/// The state directory a start works in.
+enum State {
+    /// The pin path existed: locked, and attached to in place.
+    Reused(OwnerLock),
+    /// First start: a locked staging directory, renamed to the pin path at the end.
+    Staged(Staging),
 }
 
 /// Loads, syncs and attaches; everything that can fail after the state directory is chosen.
@@ -313,7 +354,7 @@ fn remove_links(dir: &Path) {
 struct Desired {
     services: BTreeMap<VipPort, u32>,
     vips: BTreeSet<u32>,
-    deny: BTreeSet<Ipv4Cidr>,
+    deny: BTreeSet<Ipv4Net>,
 }
 
 impl Desired {
@@ -324,7 +365,7 @@ impl Desired {
     fn new(
         services: &[SocketAddrV4],
         passthrough: &[SocketAddrV4],
-        deny: &[Ipv4Cidr],
+        deny: &[Ipv4Net],
     ) -> Result<Self, Unavailable> {
         let mut map = BTreeMap::new();
         // Passthrough first: a VIP:port listed in both is served by the proxy.
@@ -359,7 +400,7 @@ impl Desired {
         Ok(Self {
             vips: map.keys().map(|key| key.addr).collect(),
             services: map,
-            deny: deny.iter().copied().collect(),
+            deny: deny.iter().map(Ipv4Net::trunc).collect(),
         })
     }
 }
@@ -413,8 +454,9 @@ fn sync_maps(ebpf: &mut Ebpf, desired: &Desired) -> Result<(), Unavailable> {
     })();
     result.map_err(|e| kernel("updating VIPS")(boxed(e)))?;
 
-    // Counters of VIP:ports no longer configured would otherwise pile up across reloads
-    // until the map is full; configured ones are kept, so their counts continue.
+    // Counters of VIP:ports no longer configured would otherwise pile up across restarts
+    // with changed configs until the map is full; configured ones are kept, so their
+    // counts continue.
     let mut counters: PerCpuHashMap<&mut MapData, VipPort, Counters> =
         PerCpuHashMap::try_from(map_mut(ebpf, COUNTERS_MAP)?)
             .map_err(|e| kernel("opening COUNTERS")(boxed(e)))?;
@@ -435,28 +477,18 @@ fn sync_maps(ebpf: &mut Ebpf, desired: &Desired) -> Result<(), Unavailable> {
     let mut deny: LpmTrie<&mut MapData, DenyAddr, u32> =
         LpmTrie::try_from(map_mut(ebpf, DENY_MAP)?)
             .map_err(|e| kernel("opening DENY")(boxed(e)))?;
-    let want: BTreeSet<(u32, DenyAddr)> = desired
-        .deny
-        .iter()
-        .map(|cidr| {
-            (
-                u32::from(cidr.prefix_len()),
-                u32::from_ne_bytes(cidr.addr().octets()),
-            )
-        })
-        .collect();
     let result = (|| {
-        for (prefix_len, addr) in &want {
-            deny.insert(&Key::new(*prefix_len, *addr), 1, 0)?;
+        for net in &desired.deny {
+            deny.insert(&deny_key(*net), 1, 0)?;
         }
-        let stale: Vec<(u32, DenyAddr)> = deny
+        // A key that is no network at all cannot be wanted either: remove it too.
+        let stale: Vec<_> = deny
             .keys()
             .filter_map(Result::ok)
-            .map(|key| (key.prefix_len(), key.data()))
-            .filter(|entry| !want.contains(entry))
+            .filter(|key| !deny_net(key).is_some_and(|net| desired.deny.contains(&net)))
             .collect();
-        for (prefix_len, addr) in stale {
-            deny.remove(&Key::new(prefix_len, addr))?;
+        for key in stale {
+            deny.remove(&key)?;
         }
         Ok::<(), aya::maps::MapError>(())
     })();
@@ -483,26 +515,6 @@ fn write_meta(ebpf: &mut Ebpf, meta: Meta) -> Result<(), Unavailable> {
 
 /// Removes links a previous run left pinned (crash, or `kill -9`), so the new programs
 /// can take over. The maps stay: that is what keeps the counters.
-/// The pid recorded by the router that attached the pinned programs, when that process
-/// still runs the same program as we do (pid 0 means a clean shutdown; a dead or reused
-/// pid means a crash, whose leftovers [`detach_stale`] may replace).
-fn live_owner(dir: &Path) -> Option<u32> {
-    let map = MapData::from_pin(dir.join(META_MAP)).ok()?;
-    let meta: Array<MapData, Meta> =
-        Array::try_from(aya::maps::Map::from_map_data(map).ok()?).ok()?;
-    let pid = meta.get(&0, 0).ok()?.pid;
-    (pid != 0 && pid != std::process::id() && same_program(pid)).then_some(pid)
-}
-
-/// Whether `pid` is alive and runs a program of our name (`/proc/PID/comm`).
-fn same_program(pid: u32) -> bool {
-    let comm = |who: &str| fs::read_to_string(format!("/proc/{who}/comm")).ok();
-    match (comm(&pid.to_string()), comm("self")) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => false,
-    }
-}
-
 fn detach_stale(dir: &Path) -> Result<(), Unavailable> {
     for name in [LINK_XDP, LINK_SK_LOOKUP] {
         let path = dir.join(name);
@@ -726,26 +738,5 @@ mod tests {
         let any = SocketAddrV4::new([0, 0, 0, 0].into(), 80);
         let err = Desired::new(&[any], &[], &[]).err().unwrap();
         assert!(err.to_string().contains("concrete VIP"), "{err}");
-    }
-
-    #[test]
-    fn only_a_live_process_of_our_program_owns_the_pins() {
-        assert!(same_program(std::process::id()));
-        let mut sleeper = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = sleeper.id();
-        let other_program = same_program(pid);
-        sleeper.kill().unwrap();
-        sleeper.wait().unwrap();
-        assert!(!other_program, "`sleep` is not a scope-router");
-        assert!(!same_program(pid), "a reaped pid owns nothing");
-    }
-
-    #[test]
-    fn missing_meta_means_no_owner() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(live_owner(dir.path()), None);
     }
 }

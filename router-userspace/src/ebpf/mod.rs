@@ -1,24 +1,28 @@
 //! Kernel-side steering: loads the embedded eBPF programs, pins their state on bpffs,
-//! keeps the SERVICES/VIPS/DENY maps in sync with the config, and reads counters back
+//! syncs the SERVICES/VIPS/DENY maps with the config at start, and reads counters back
 //! for `scope-router status`.
 //!
-//! Entry points: [`start`] (the router, once at startup), [`Steering::update`] (config
-//! reload), [`Steering::shutdown`] (clean exit: detach programs, keep counters) and
-//! [`read_status`] (any process, read-only).
+//! Entry points: [`start`] (the router, once at startup), [`Steering::shutdown`] (clean
+//! exit: detach programs, keep counters) and [`read_status`] (any process, read-only).
+//! [`Steering::update`] and [`Steering::replace_listener`] change a running steering in
+//! place; `run` calls neither today (a changed config takes a restart, which reuses the
+//! pins and syncs the maps the same way).
 //!
-//! Wiring into `run` (blocking calls: before the runtime or in `spawn_blocking`):
+//! How `run` (main.rs) wires it, in this order:
 //!
 //! ```text
-//! let plan = ebpf::plan(&config.ebpf, router.listeners(), &config.passthrough);
-//! for cidr in &plan.unenforced_deny { warn!("ebpf.deny {cidr:?}: IPv6 is not filtered") }
-//! let steered = std::net::TcpListener::bind("127.0.0.1:0")?;   // IPv4, this netns
-//! match ebpf::start(&plan.steering, &steered)? {                 // Err only for "required"
+//! let vip = vip::claim(..)?;                                      // before eBPF: see vip
+//! let plan = ebpf::plan(&config, router.listeners());
+//! for net in &plan.unenforced_deny { warn!("ebpf.deny {net}: IPv6 is not filtered") }
+//! let steered = bind("127.0.0.1:0")?;                             // IPv4, this netns
+//! match ebpf::start(&plan.steering, &steered)? {   // blocking: before the async runtime
 //!     Startup::Steering(s) => serve `steered` for every plan.steering.services address,
-//!                             bind plan.bind_directly + passthrough directly; keep `s` and
-//!                             call s.shutdown() first on a clean exit,
+//!                             bind plan.bind_directly + passthrough directly; keep `s`,
 //!     Startup::Fallback(_) | Startup::Off => drop `steered`; bind every listener directly
 //!                             (IP_FREEBIND) as without eBPF,
 //! }
+//! // runtime: serve, take the VIP; on SIGTERM drain the listeners, release the VIP, then
+//! // s.shutdown() last (in spawn_blocking), so steering outlives the last response.
 //! ```
 //!
 //! Traffic note: XDP drops all TCP to a VIP whose port is neither served nor passthrough,
@@ -34,9 +38,13 @@ mod pins;
 mod status;
 mod wiring;
 
-use std::{net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
+use std::{fmt, net::SocketAddrV4, os::fd::AsFd, path::PathBuf};
 
-pub use cidr::{CidrError, Ipv4Cidr};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::vip::VipSettings;
+
 pub use loader::{Steering, XdpAttachMode};
 pub use object::{OBJECT_ORIGIN, object_built};
 pub use status::{
@@ -44,11 +52,12 @@ pub use status::{
 };
 pub use wiring::{SteeringPlan, plan};
 
-/// Default pin directory (docs/ARCHITECTURE.md §6).
+/// Where the state is pinned unless `ebpf.pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/scope-router";
 
-/// `ebpf.mode` from the config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `ebpf.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Use eBPF when the kernel and privileges allow; otherwise fall back to direct binds.
     #[default]
@@ -59,17 +68,72 @@ pub enum Mode {
     Off,
 }
 
-/// Everything the steering layer needs, independent of the config file format.
+impl Mode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Required => "required",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[ebpf]` of the configuration, with its defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EbpfSettings {
+    pub mode: Mode,
+    /// The state directory; its parent must be (or become) a bpffs.
+    pub pin_path: PathBuf,
+    /// Where XDP attaches; `None` follows the VIP (see [`EbpfSettings::interface`]).
+    pub interface: Option<String>,
+    /// Sources dropped by XDP when they talk to a VIP (IPv4 only; see [`plan`]).
+    #[serde(deserialize_with = "cidr::deny_list")]
+    pub deny: Vec<IpNet>,
+}
+
+impl Default for EbpfSettings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            interface: None,
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl EbpfSettings {
+    /// The interface XDP attaches to: `ebpf.interface`, else the VIP's, else the VIP
+    /// manager's default. XDP guards the VIP, so by default it sits where the VIP lives.
+    pub fn interface<'a>(&'a self, vip: Option<&'a VipSettings>) -> &'a str {
+        match (&self.interface, vip) {
+            (Some(interface), _) => interface,
+            (None, Some(vip)) => &vip.interface,
+            (None, None) => crate::vip::DEFAULT_INTERFACE,
+        }
+    }
+}
+
+/// Everything the loader needs: `[ebpf]` with the interface resolved and the deny list
+/// reduced to what XDP enforces, plus the VIP:ports derived from the routing table.
 #[derive(Clone, Debug)]
 pub struct SteeringConfig {
     /// `ebpf.mode`.
     pub mode: Mode,
-    /// `ebpf.pin_path`: the state directory; its parent must be (or become) a bpffs.
+    /// `ebpf.pin_path`.
     pub pin_path: PathBuf,
-    /// `ebpf.interface`: where XDP is attached (the VIP interface).
+    /// Where XDP is attached (the VIP interface).
     pub interface: String,
-    /// `ebpf.deny`: sources dropped by XDP when they talk to a VIP.
-    pub deny: Vec<Ipv4Cidr>,
+    /// The IPv4 entries of `ebpf.deny`.
+    pub deny: Vec<Ipv4Net>,
     /// VIP:ports the proxy serves: steered by sk_lookup to the single listener.
     pub services: Vec<SocketAddrV4>,
     /// VIP:ports bound directly by someone else (e.g. `[[passthrough]]`): XDP lets them
@@ -78,12 +142,13 @@ pub struct SteeringConfig {
 }
 
 impl SteeringConfig {
-    /// A config with the documented defaults and nothing to serve yet.
+    /// The `[ebpf]` defaults with `mode`, and nothing to serve yet.
     pub fn new(mode: Mode) -> Self {
+        let defaults = EbpfSettings::default();
         Self {
             mode,
-            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
-            interface: "eth2".to_owned(),
+            interface: defaults.interface(None).to_owned(),
+            pin_path: defaults.pin_path,
             deny: Vec::new(),
             services: Vec::new(),
             passthrough: Vec::new(),
@@ -128,14 +193,15 @@ pub enum Unavailable {
         /// Why, and what to do.
         reason: String,
     },
-    /// Another scope-router still runs on this pin path.
+    /// Another scope-router holds the lock on this pin path: it is still running.
     #[error(
-        "eBPF state at {} is in use by scope-router pid {pid}, which is still running; stop it first or give this instance its own ebpf.pin_path",
-        path.display()
+        "eBPF state at {} is in use by scope-router {}, which is still running; stop it first or give this instance its own ebpf.pin_path",
+        path.display(),
+        crate::lock::owner_text(*pid)
     )]
     InUse {
-        /// The running router.
-        pid: u32,
+        /// The running router, when `/proc/locks` shows it.
+        pid: Option<u32>,
         /// The state directory.
         path: PathBuf,
     },
@@ -184,7 +250,8 @@ pub enum EbpfError {
     /// Another scope-router runs on the same pin path (any mode but `off`).
     #[error("another scope-router is already running here: {0}")]
     InUse(#[source] Unavailable),
-    /// Updating the maps in place (config reload) failed.
+    /// Updating a running steering in place ([`Steering::update`],
+    /// [`Steering::replace_listener`]) failed.
     #[error("updating the eBPF maps under {}: {source}", pin_path.display())]
     Update {
         /// The state directory.

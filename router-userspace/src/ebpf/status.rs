@@ -1,6 +1,7 @@
 //! Read-only view of the pinned state for `scope-router status`: per VIP:port counters
-//! summed over CPUs, which programs are attached and how. Opens pins, never writes,
-//! creates or mounts anything, so it is safe against a running router.
+//! summed over CPUs, which programs are attached and how, and which router owns them.
+//! Opens pins, never writes, creates, mounts or locks anything, so it is safe against a
+//! running router.
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use super::{
     XdpAttachMode,
+    cidr::deny_net,
     pins::{LINK_SK_LOOKUP, LINK_XDP},
 };
 
@@ -118,6 +120,11 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     /// Process id of the router that attached them (0 after a clean shutdown).
     pub attached_by_pid: Option<u32>,
+    /// A running router holds the state directory's lock (see `pins`); read from
+    /// `/proc/locks`, never by taking the lock.
+    pub owned: bool,
+    /// That router's pid, when `/proc/locks` shows it.
+    pub owner_pid: Option<u32>,
     /// Counter rows ordered by VIP then port, "other" last per VIP.
     pub counters: Vec<CounterRow>,
     /// Deny-list entries as CIDRs.
@@ -215,11 +222,10 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
     let mut deny = Vec::new();
     for key in deny_trie.keys() {
         let key = key.map_err(map_err(DENY_MAP))?;
-        deny.push(format!(
-            "{}/{}",
-            Ipv4Addr::from(key.data().to_ne_bytes()),
-            key.prefix_len()
-        ));
+        match deny_net(&key) {
+            Some(net) => deny.push(net.to_string()),
+            None => deny.push(format!("(invalid key, prefix length {})", key.prefix_len())),
+        }
     }
     deny.sort();
 
@@ -250,10 +256,13 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
         },
     ];
 
+    let owner = crate::lock::holder(pin_path);
     Ok(Status {
         pin_path: pin_path.to_path_buf(),
         programs,
         attached_by_pid: (meta.pid != 0).then_some(meta.pid),
+        owned: owner.is_some(),
+        owner_pid: owner.flatten(),
         counters: rows,
         deny,
     })
@@ -291,6 +300,12 @@ fn interface_label(meta: &Meta) -> String {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "eBPF state: {}", self.pin_path.display())?;
+        if self.owned {
+            let owner = crate::lock::owner_text(self.owner_pid);
+            writeln!(f, "in use by a running scope-router ({owner})")?;
+        } else {
+            writeln!(f, "no scope-router is running on it")?;
+        }
         if let Some(pid) = self.attached_by_pid {
             writeln!(f, "attached by pid {pid}")?;
         }
@@ -382,6 +397,8 @@ mod tests {
                 netns_inode: None,
             }],
             attached_by_pid: Some(42),
+            owned: true,
+            owner_pid: Some(42),
             counters: vec![
                 CounterRow {
                     vip: Ipv4Addr::new(192, 0, 2, 10),
@@ -409,6 +426,7 @@ mod tests {
         assert!(table.contains("192.0.2.10:*"), "{table}");
         assert!(table.contains("native (driver)"), "{table}");
         assert!(table.contains("198.51.100.0/24"), "{table}");
+        assert!(table.contains("running scope-router (pid 42)"), "{table}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["counters"][0]["port"], 8774);
         assert_eq!(json["counters"][1]["kind"], "other");

@@ -1,14 +1,13 @@
-//! Turns the parsed `[ebpf]` section, the routing table's listeners and the passthrough
-//! binds into a [`SteeringConfig`], and says which addresses eBPF cannot cover.
+//! Turns the configuration's `[ebpf]` section, the routing table's listeners and the
+//! passthrough binds into a [`SteeringConfig`], and says which addresses eBPF cannot cover.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use crate::{
-    config::{Cidr, EbpfConfig, EbpfMode, Passthrough},
-    routing::ListenerSpec,
-};
+use ipnet::IpNet;
 
-use super::{Ipv4Cidr, Mode, SteeringConfig};
+use crate::{config::Config, routing::ListenerSpec};
+
+use super::SteeringConfig;
 
 /// What [`plan`] produced.
 #[derive(Clone, Debug)]
@@ -20,29 +19,18 @@ pub struct SteeringPlan {
     pub bind_directly: Vec<SocketAddr>,
     /// Deny entries XDP does not enforce (IPv6: the XDP program passes IPv6 untouched);
     /// log them once at startup.
-    pub unenforced_deny: Vec<Cidr>,
+    pub unenforced_deny: Vec<IpNet>,
 }
 
-/// Maps config types onto the steering layer's own input.
-pub fn plan(
-    ebpf: &EbpfConfig,
-    listeners: &[ListenerSpec],
-    passthrough: &[Passthrough],
-) -> SteeringPlan {
-    let mode = match ebpf.mode {
-        EbpfMode::Auto => Mode::Auto,
-        EbpfMode::Required => Mode::Required,
-        EbpfMode::Off => Mode::Off,
-    };
+/// The steering input for `config`, serving `listeners` (the routing table's).
+pub fn plan(config: &Config, listeners: &[ListenerSpec]) -> SteeringPlan {
+    let ebpf = &config.ebpf;
     let mut deny = Vec::new();
     let mut unenforced_deny = Vec::new();
-    for cidr in &ebpf.deny {
-        match cidr.addr {
-            IpAddr::V4(addr) => match Ipv4Cidr::new(addr, cidr.prefix_len) {
-                Some(v4) => deny.push(v4),
-                None => unenforced_deny.push(*cidr),
-            },
-            IpAddr::V6(_) => unenforced_deny.push(*cidr),
+    for net in &ebpf.deny {
+        match net {
+            IpNet::V4(v4) => deny.push(*v4),
+            IpNet::V6(_) => unenforced_deny.push(*net),
         }
     }
     let steerable = |addr: SocketAddr| match addr {
@@ -58,15 +46,16 @@ pub fn plan(
         }
     }
     // Passthrough listeners are always bound directly; XDP only has to let them through.
-    let passthrough = passthrough
+    let passthrough = config
+        .passthrough
         .iter()
         .filter_map(|p| steerable(p.bind))
         .collect();
     SteeringPlan {
         steering: SteeringConfig {
-            mode,
+            mode: ebpf.mode,
             pin_path: ebpf.pin_path.clone(),
-            interface: ebpf.interface.clone(),
+            interface: ebpf.interface(config.vip.as_ref()).to_owned(),
             deny,
             services,
             passthrough,
@@ -78,10 +67,11 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use std::{path::PathBuf, time::Duration};
+    use std::path::Path;
 
     use super::*;
-    use crate::config::{PassthroughMode, Timeouts};
+    use crate::config::Timeouts;
+    use crate::ebpf::Mode;
 
     fn listener(addr: &str) -> ListenerSpec {
         ListenerSpec {
@@ -91,41 +81,37 @@ mod tests {
         }
     }
 
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            r#"
+region = "RegionOne"
+catalog = ["catalog.json"]
+backend = "192.0.2.11"
+[[passthrough]]
+name = "mariadb"
+bind = "192.0.2.10:3306"
+backend = "192.0.2.11:3306"
+mode = "tcp"
+{extra}"#
+        );
+        Config::from_str(&text, Path::new("/etc/scope-router/router.toml")).unwrap()
+    }
+
     #[test]
     fn splits_steerable_listeners_and_v6_deny_entries() {
-        let ebpf = EbpfConfig {
-            mode: EbpfMode::Required,
-            pin_path: PathBuf::from("/sys/fs/bpf/scope-router"),
-            interface: "eth2".into(),
-            deny: vec![
-                Cidr {
-                    addr: "198.51.100.0".parse().unwrap(),
-                    prefix_len: 24,
-                },
-                Cidr {
-                    addr: "2001:db8::".parse().unwrap(),
-                    prefix_len: 32,
-                },
-            ],
-        };
-        let passthrough = Passthrough {
-            name: "mariadb".into(),
-            bind: "192.0.2.10:3306".parse().unwrap(),
-            backend: "192.0.2.11:3306".parse().unwrap(),
-            mode: PassthroughMode::Tcp,
-            timeouts: Timeouts {
-                request_header: Duration::from_secs(1),
-                ..Timeouts::default()
-            },
-        };
+        let config = config(
+            r#"[ebpf]
+mode = "required"
+deny = ["198.51.100.0/24", "2001:db8::/32"]
+"#,
+        );
         let plan = plan(
-            &ebpf,
+            &config,
             &[
                 listener("192.0.2.10:8774"),
                 listener("[2001:db8::1]:8774"),
                 listener("0.0.0.0:9292"),
             ],
-            &[passthrough],
         );
         assert_eq!(plan.steering.mode, Mode::Required);
         assert_eq!(
@@ -140,5 +126,22 @@ mod tests {
         assert_eq!(plan.steering.deny[0].to_string(), "198.51.100.0/24");
         assert_eq!(plan.unenforced_deny.len(), 1);
         assert_eq!(plan.bind_directly.len(), 2);
+        assert_eq!(
+            plan.steering.pin_path,
+            Path::new("/sys/fs/bpf/scope-router")
+        );
+        assert_eq!(plan.steering.interface, "eth2");
+    }
+
+    #[test]
+    fn xdp_follows_the_vip_interface_unless_told_otherwise() {
+        let vip = "[vip]\naddress = \"192.0.2.10\"\ninterface = \"ens3\"\n";
+        let follows = plan(&config(vip), &[]);
+        assert_eq!(follows.steering.interface, "ens3");
+        let told = plan(
+            &config(&format!("{vip}[ebpf]\ninterface = \"ens4\"\n")),
+            &[],
+        );
+        assert_eq!(told.steering.interface, "ens4");
     }
 }

@@ -1,27 +1,24 @@
 //! One managing router per VIP: an exclusive lock on `<state_dir>/vip-<address>.lock`,
-//! held for the life of the VIP handle.
+//! held for the life of the VIP handle (the lock itself is [`crate::lock`]).
 //!
 //! Without it a second `scope-router run` on the same address (another unit, a forgotten
 //! shell, `ebpf.mode = "off"` so nothing else collides) adopts the first one's VIP and
-//! removes it when it exits. The lock is an open-file-description lock (`F_OFD_SETLK`):
-//! like `flock` it belongs to this open file, so two handles in one process conflict too
-//! and the kernel drops it when the owner dies (a crashed run never blocks a restart);
-//! unlike `flock` it can be tested without taking it (`F_OFD_GETLK`), which lets an
-//! unmanaged router see a managing one without ever competing for the lock.
+//! removes it when it exits. An unmanaged router only looks at the lock, so it sees a
+//! managing one without ever competing for it.
 //!
 //! The lock file is separate from the state file on purpose: the state file is replaced
 //! by rename at every write, which would leave a lock on it behind on the old inode. The
 //! lock file is never renamed or deleted (deleting it would let two routers lock two
-//! different inodes); it holds only the owner's pid, for the error a second router prints.
+//! different inodes); it holds the owner's pid, for operators who look at it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{VipError, VipSettings};
+use crate::lock::{self, LockError};
 
 /// `<state_dir>/vip-<address>.lock`.
 pub fn lock_file_path(state_dir: &Path, address: Ipv4Addr) -> PathBuf {
@@ -31,8 +28,8 @@ pub fn lock_file_path(state_dir: &Path, address: Ipv4Addr) -> PathBuf {
 /// The held lock; dropping it (or dying) releases it.
 #[derive(Debug)]
 pub(crate) struct OwnerLock {
-    // Kept open only for the lock it carries.
-    _file: File,
+    // Kept only for the lock it carries.
+    _lock: lock::OwnerLock,
 }
 
 impl OwnerLock {
@@ -52,55 +49,29 @@ impl OwnerLock {
             .mode(0o644)
             .open(&path)
             .map_err(fail)?;
-        if let Err(e) = ofd_lock(&file, libc::F_OFD_SETLK) {
-            return Err(match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EACCES) => VipError::AlreadyManaged {
+        let held = match lock::OwnerLock::try_acquire(file) {
+            Ok(held) => held,
+            Err(LockError::Held { pid }) => {
+                return Err(VipError::AlreadyManaged {
                     address: settings.address,
-                    pid: recorded_pid(&file),
+                    pid,
                     path,
-                },
-                _ => fail(e),
-            });
-        }
+                });
+            }
+            Err(LockError::Io(e)) => return Err(fail(e)),
+        };
         // Ours now: replace the previous owner's pid (a crashed run leaves it behind).
         let pid = format!("{}\n", std::process::id());
-        file.set_len(0).map_err(fail)?;
-        file.write_all_at(pid.as_bytes(), 0).map_err(fail)?;
-        Ok(OwnerLock { _file: file })
+        held.file().set_len(0).map_err(fail)?;
+        held.file().write_all_at(pid.as_bytes(), 0).map_err(fail)?;
+        Ok(OwnerLock { _lock: held })
     }
 
     /// Whether another open file holds the lock for `settings.address` right now, and its
-    /// recorded pid; never takes the lock. `None` also when the lock file cannot be read.
+    /// owner's pid; never takes the lock. `None` also when the lock cannot be inspected.
     pub(crate) fn holder(settings: &VipSettings) -> Option<Option<u32>> {
-        let path = lock_file_path(&settings.state_dir, settings.address);
-        let file = File::open(path).ok()?;
-        match ofd_lock(&file, libc::F_OFD_GETLK) {
-            Ok(true) => Some(recorded_pid(&file)),
-            _ => None,
-        }
+        lock::holder(&lock_file_path(&settings.state_dir, settings.address))
     }
-}
-
-/// `F_OFD_SETLK`: `Ok(false)` once locked. `F_OFD_GETLK`: `Ok(true)` when another open
-/// file holds a conflicting lock. Both cover the whole file.
-fn ofd_lock(file: &File, command: libc::c_int) -> io::Result<bool> {
-    // SAFETY: all-zero is a valid `struct flock` (l_start = l_len = 0: the whole file).
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: the fd is open for the call's duration and `request` outlives it.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), command, &raw mut request) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(command == libc::F_OFD_GETLK && request.l_type != libc::F_UNLCK as libc::c_short)
-}
-
-/// The pid the owner wrote; `None` in the instant between its lock and its write.
-fn recorded_pid(file: &File) -> Option<u32> {
-    let mut buf = [0u8; 32];
-    let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! netlink and AF_PACKET sockets are opened there and keep that namespace for their life,
 //! so tasks spawned later may run on any runtime thread.
 //!
-//! Wiring: `run` builds [`VipSettings`] from `[vip]`, calls [`claim`] before it loads eBPF
+//! Wiring: `run` takes `[vip]` (a [`VipSettings`]) from the config, calls [`claim`] before it loads eBPF
 //! or binds anything (so a second router on the same VIP fails before touching anything),
 //! [`VipClaim::start`] once it serves, and [`VipHandle::shutdown`] after the listeners have
 //! drained; `scope-router status` calls [`status`] with the same address, interface and
@@ -39,29 +39,84 @@ use watch::Watcher;
 /// Where the small per-VIP JSON state files live unless the settings say otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/scope-router";
 
-/// What the VIP manager needs to know; mirrors `[vip]` of the configuration, plus knobs
-/// that only tests set (probe timing).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The VIP interface unless the settings say otherwise (the seed deployment's).
+pub const DEFAULT_INTERFACE: &str = "eth2";
+
+/// `[vip]` of the configuration, plus knobs that only tests set (probe timing). The
+/// defaults are the `default_*` functions below, used by the config and [`VipSettings::new`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VipSettings {
+    #[serde(deserialize_with = "ipv4_address")]
     pub address: Ipv4Addr,
+    #[serde(default = "default_interface")]
     pub interface: String,
     /// `false`: never add, remove or announce the address (keepalived owns it).
+    #[serde(default = "default_manage")]
     pub manage: bool,
     /// Leave the address on the interface when the router exits cleanly.
+    #[serde(default = "default_keep_on_exit")]
     pub keep_on_exit: bool,
     /// Gratuitous ARP announcements per burst (keepalived's default is 5).
+    #[serde(default = "default_garp_count")]
     pub garp_count: u32,
     /// Delay before the second burst (keepalived's `garp_master_delay`, 5 s).
+    #[serde(
+        default = "default_garp_repeat_delay",
+        deserialize_with = "crate::config::duration"
+    )]
     pub garp_repeat_delay: Duration,
     /// Take the address even when another host answers the ARP probe for it.
+    #[serde(default = "default_take_over")]
     pub take_over: bool,
     /// Directory of the state file read by `scope-router status` and of the owner lock
     /// that keeps a second router from managing the same address.
+    #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// ARP probes sent before taking the address (RFC 5227 PROBE_NUM is 3).
+    #[serde(skip, default = "default_probe_count")]
     pub probe_count: u32,
     /// Time to listen for an answer after each probe.
+    #[serde(skip, default = "default_probe_interval")]
     pub probe_interval: Duration,
+}
+
+fn default_interface() -> String {
+    DEFAULT_INTERFACE.to_owned()
+}
+fn default_manage() -> bool {
+    true
+}
+fn default_keep_on_exit() -> bool {
+    false
+}
+fn default_garp_count() -> u32 {
+    5
+}
+fn default_garp_repeat_delay() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_take_over() -> bool {
+    false
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_probe_count() -> u32 {
+    3
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_millis(300)
+}
+
+/// The manager speaks ARP, so an IPv6 VIP is refused when the config is read.
+fn ipv4_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ipv4Addr, D::Error> {
+    match <std::net::IpAddr as serde::Deserialize>::deserialize(d)? {
+        std::net::IpAddr::V4(address) => Ok(address),
+        std::net::IpAddr::V6(address) => Err(serde::de::Error::custom(format!(
+            "VIP address {address} is IPv6; the VIP manager handles IPv4 only"
+        ))),
+    }
 }
 
 impl VipSettings {
@@ -69,15 +124,15 @@ impl VipSettings {
     pub fn new(address: Ipv4Addr) -> Self {
         Self {
             address,
-            interface: "eth2".to_owned(),
-            manage: true,
-            keep_on_exit: false,
-            garp_count: 5,
-            garp_repeat_delay: Duration::from_secs(5),
-            take_over: false,
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            probe_count: 3,
-            probe_interval: Duration::from_millis(300),
+            interface: default_interface(),
+            manage: default_manage(),
+            keep_on_exit: default_keep_on_exit(),
+            garp_count: default_garp_count(),
+            garp_repeat_delay: default_garp_repeat_delay(),
+            take_over: default_take_over(),
+            state_dir: default_state_dir(),
+            probe_count: default_probe_count(),
+            probe_interval: default_probe_interval(),
         }
     }
 }
@@ -132,11 +187,11 @@ pub enum VipError {
          each other), or set [vip] manage = false here to serve the address without \
          managing it",
         path.display(),
-        owner = owner_text(*pid)
+        owner = crate::lock::owner_text(*pid)
     )]
     AlreadyManaged {
         address: Ipv4Addr,
-        /// `None` when the owner has not recorded its pid yet.
+        /// `None` when `/proc/locks` does not show the owner.
         pid: Option<u32>,
         path: PathBuf,
     },
@@ -202,13 +257,6 @@ pub enum VipError {
         #[source]
         source: tokio::task::JoinError,
     },
-}
-
-fn owner_text(pid: Option<u32>) -> String {
-    match pid {
-        Some(pid) => format!("pid {pid}"),
-        None => "pid not recorded yet".to_owned(),
-    }
 }
 
 pub(crate) use crate::error_chain::error_chain;
@@ -354,7 +402,7 @@ fn write_unmanaged_state(settings: &VipSettings, state: &StateFile, running: boo
     if let Some(pid) = OwnerLock::holder(settings) {
         tracing::info!(
             vip = %settings.address,
-            owner = %owner_text(pid),
+            owner = %crate::lock::owner_text(pid),
             "VIP managed by another scope-router: its state file is left to it"
         );
         return;
