@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod idle;
 pub mod park;
