@@ -277,17 +277,14 @@ fn judge(buf: &[u8], verdict: &mut impl FnMut(bool)) -> Option<(usize, State)> {
 
 /// Records the verdict for a parsed head and returns the body state.
 fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool)) -> State {
-    let mut length: Option<u64> = None;
+    let mut length = h1::ContentLength::default();
     let mut te_chunked: Option<bool> = None;
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(n) => length = Some(n),
-                None => return State::Off,
+            // hyper refuses the request (400, connection closed).
+            if length.add(h.value).is_err() {
+                return State::Off;
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
@@ -296,6 +293,7 @@ fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool))
             upgrade = true;
         }
     }
+    let length = length.get();
     verdict(length.is_some() && te_chunked.is_some());
     if upgrade || req.method == Some("CONNECT") {
         // The bytes after this request may not be HTTP at all.

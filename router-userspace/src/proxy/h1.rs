@@ -1,8 +1,12 @@
-//! HTTP/1.1 chunked framing (RFC 9112 §7.1), one policy for every reader of it.
+//! HTTP/1.1 message framing shared by every reader of it: chunked bodies
+//! (RFC 9112 §7.1) and `Content-Length` values (RFC 9112 §6.3).
 //!
-//! The request framing watch ([`super::framing`]) and the upstream response
-//! body decoder ([`super::upstream::body`]) both find chunk boundaries with
-//! these functions and keep only their own state machines. Chunk-size lines
+//! The request framing watch ([`super::framing`]) and the upstream client
+//! ([`super::upstream::wire`] for response heads, [`super::upstream::body`]
+//! for bodies) find message lengths and chunk boundaries with these functions
+//! and keep only their own state machines. Heads themselves are found by
+//! httparse directly (a request parse in the watch, a response parse in the
+//! client), with no scanner of our own. Chunk-size lines
 //! are parsed by `httparse::parse_chunk_size`, with the checks it lacks added
 //! here; chunk data CRLFs and the trailer section's end are matched as they
 //! arrive, so a reader never buffers chunk data.
@@ -158,6 +162,51 @@ impl TrailerScan {
         }
         self.len += bytes.len();
         Ok(None)
+    }
+}
+
+/// A `Content-Length` value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid Content-Length; send one decimal length (repeats, as lines or in a \
+     comma-separated list, must all be equal)"
+)]
+pub struct BadContentLength;
+
+/// The message length from its `Content-Length` field lines, added one value at
+/// a time: each a run of decimal digits or a comma-separated list of them, and
+/// all equal (RFC 9110 §8.6), or the length is unknowable.
+///
+/// This is hyper's client rule. hyper's server is stricter (one number per
+/// line, no lists) and refuses a request, closing its connection, where this
+/// still finds a length; everything it accepts gets the same length here, so
+/// the framing watch follows the same bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContentLength(Option<u64>);
+
+impl ContentLength {
+    /// Adds one field line's value.
+    pub fn add(&mut self, value: &[u8]) -> Result<(), BadContentLength> {
+        for member in value.split(|&b| b == b',') {
+            let digits = member.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(BadContentLength);
+            }
+            let n = digits.iter().try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            });
+            match (n, self.0) {
+                (None, _) => return Err(BadContentLength),
+                (Some(n), Some(prev)) if prev != n => return Err(BadContentLength),
+                (Some(n), _) => self.0 = Some(n),
+            }
+        }
+        Ok(())
+    }
+
+    /// The length, if any value was added.
+    pub fn get(self) -> Option<u64> {
+        self.0
     }
 }
 
@@ -403,6 +452,41 @@ mod tests {
                 let every: Vec<usize> = (1..wire.len()).collect();
                 assert_eq!(read(wire, &every), want, "{name}, byte by byte");
             }
+        }
+    }
+
+    #[test]
+    fn content_length_is_one_length_however_it_is_sent() {
+        type Length = Result<Option<u64>, BadContentLength>;
+        let cases: &[(&str, &[&str], Length)] = &[
+            ("absent", &[], Ok(None)),
+            ("one value", &["42"], Ok(Some(42))),
+            ("zero", &["0"], Ok(Some(0))),
+            ("whitespace around it", &[" 7 "], Ok(Some(7))),
+            ("equal list", &["7, 7"], Ok(Some(7))),
+            ("equal lines", &["7", "7"], Ok(Some(7))),
+            ("largest", &["18446744073709551615"], Ok(Some(u64::MAX))),
+            ("different list members", &["7, 8"], Err(BadContentLength)),
+            ("different lines", &["7", "8"], Err(BadContentLength)),
+            ("overflow", &["18446744073709551616"], Err(BadContentLength)),
+            ("sign", &["+7"], Err(BadContentLength)),
+            ("negative", &["-1"], Err(BadContentLength)),
+            ("hex", &["0x10"], Err(BadContentLength)),
+            ("empty", &[""], Err(BadContentLength)),
+            ("empty list member", &["7,"], Err(BadContentLength)),
+            (
+                "digits with a space inside",
+                &["1 0"],
+                Err(BadContentLength),
+            ),
+        ];
+        for (name, lines, want) in cases {
+            let mut length = ContentLength::default();
+            let got = lines
+                .iter()
+                .try_for_each(|l| length.add(l.as_bytes()))
+                .map(|()| length.get());
+            assert_eq!(got, *want, "{name}");
         }
     }
 
