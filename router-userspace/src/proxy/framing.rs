@@ -278,14 +278,14 @@ fn judge(buf: &[u8], verdict: &mut impl FnMut(bool)) -> Option<(usize, State)> {
 /// Records the verdict for a parsed head and returns the body state.
 fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool)) -> State {
     let mut length = h1::ContentLength::default();
+    let mut length_sent = false;
+    let mut length_readable = true;
     let mut te_chunked: Option<bool> = None;
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            // hyper refuses the request (400, connection closed).
-            if length.add(h.value).is_err() {
-                return State::Off;
-            }
+            length_sent = true;
+            length_readable &= length.add(h.value).is_ok();
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -293,12 +293,18 @@ fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool))
             upgrade = true;
         }
     }
-    let length = length.get();
-    verdict(length.is_some() && te_chunked.is_some());
+    // Ambiguous even when the length is unreadable: hyper ignores a
+    // Content-Length that follows Transfer-Encoding, whatever its value.
+    verdict(length_sent && te_chunked.is_some());
+    if !length_readable {
+        // Unless hyper ignored it, it refuses the request and closes.
+        return State::Off;
+    }
     if upgrade || req.method == Some("CONNECT") {
         // The bytes after this request may not be HTTP at all.
         return State::Off;
     }
+    let length = length.get();
     match (te_chunked, length) {
         (Some(true), _) => State::Chunked(Chunk::Size),
         (Some(false), _) => State::Off,
@@ -466,6 +472,15 @@ mod tests {
             3,
         );
         assert_eq!((v, s), (vec![false], State::Off));
+    }
+
+    #[test]
+    fn both_framings_are_ambiguous_even_with_an_unreadable_length() {
+        let (v, s) = verdicts_for(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4x\r\n\r\n",
+            7,
+        );
+        assert_eq!((v, s), (vec![true], State::Off));
     }
 
     #[test]
