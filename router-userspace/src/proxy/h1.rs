@@ -6,17 +6,17 @@
 //! for bodies) find message lengths and chunk boundaries with these functions
 //! and keep only their own state machines. Heads themselves are found by
 //! httparse directly (a request parse in the watch, a response parse in the
-//! client), with no scanner of our own. Chunk-size lines
-//! are parsed by `httparse::parse_chunk_size`, with the checks it lacks added
-//! here; chunk data CRLFs and the trailer section's end are matched as they
-//! arrive, so a reader never buffers chunk data.
+//! client), with no scanner of our own. Chunk-size lines are parsed by
+//! `httparse::parse_chunk_size`, with the checks it lacks added here; chunk
+//! data CRLFs and the trailer section's end are matched as they arrive, so a
+//! reader never buffers chunk data.
 //!
 //! # Policy
 //!
 //! hyper's server decodes client request bodies itself, and the framing watch
 //! must find the request boundaries hyper finds: if they disagreed, the
 //! smuggling verdicts and idle-connection parking would fall out of step with
-//! hyper's requests. So the policy is hyper 1.x's (`proto/h1/decode.rs`):
+//! hyper's requests. So the policy is hyper's (1.12, `proto/h1/decode.rs`):
 //! whatever framing hyper accepts, this finds the same boundaries in; whatever
 //! it refuses, this refuses too. The few exceptions below refuse something
 //! hyper accepts, the safe direction: the watch then switches itself off and
@@ -33,10 +33,11 @@
 //! - **Size digits**: at most 16 hex digits (httparse's limit, enough for any
 //!   `u64`). hyper takes any number of leading zeros (exception).
 //! - **Line caps**: see [`MAX_CHUNK_SIZE_LINE`] and [`MAX_TRAILER_SECTION`].
-//!   hyper also bounds chunk extensions per body (16 KiB in all) and trailer
-//!   fields (100); a body over those fails in hyper and ends its connection,
-//!   so the watch need not count them, and the body decoder's field parser
-//!   stops at 100 fields.
+//!   hyper does not cap whitespace after the size; a line padded past the
+//!   cap is refused here (exception). hyper also bounds chunk extensions per
+//!   body (16 KiB in all) and trailer fields (100); a body over those fails
+//!   in hyper and ends its connection, so the watch need not count them, and
+//!   the body decoder's field parser stops at 100 fields.
 
 use httparse::Status;
 
@@ -51,9 +52,9 @@ pub const MAX_CHUNK_SIZE_LINE: usize = 16 * 1024 + 64;
 
 /// A trailer section (its last CRLF included) must be shorter than this.
 ///
-/// hyper refuses trailer sections of 16 KiB or more (`TRAILER_LIMIT`, the
-/// server builder's `max_header_size`, which we do not set), so a reader
-/// accepting more would follow a body hyper has already failed.
+/// hyper refuses trailer sections of 16 KiB or more (`TRAILER_LIMIT`; the
+/// server builder's `max_header_size` would replace it, and we do not set
+/// it), so a reader accepting more would follow a body hyper has failed.
 pub const MAX_TRAILER_SECTION: usize = 16 * 1024;
 
 /// Why chunked framing was refused.
