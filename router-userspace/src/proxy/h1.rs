@@ -134,10 +134,12 @@ pub fn chunk_data_end(matched: u8, bytes: &[u8]) -> Result<(usize, u8), ChunkErr
 /// starting right after the last-chunk line: the first empty line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TrailerScan {
-    /// Section bytes before the current piece.
-    len: usize,
-    /// Bytes on the current line so far, its CR excluded.
-    line: usize,
+    /// Section bytes before the current piece. Below [`MAX_TRAILER_SECTION`],
+    /// and a `u32` keeps the framing watch's state, which every parked client
+    /// holds, as small as before.
+    len: u32,
+    /// The current line has bytes besides its CR.
+    in_line: bool,
     /// The byte before was a CR.
     cr: bool,
 }
@@ -146,22 +148,33 @@ impl TrailerScan {
     /// Advances over `bytes`: how many of them completed the section (its
     /// final CRLF included), or `None` when it goes on past them.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ChunkError> {
+        let before = self.len as usize;
+        if before + bytes.len() >= MAX_TRAILER_SECTION {
+            // Refused only if the section does not end first.
+            return match self.feed_within(&bytes[..MAX_TRAILER_SECTION - 1 - before]) {
+                Ok(None) => Err(ChunkError::TrailersTooLong),
+                done => done,
+            };
+        }
+        self.feed_within(bytes)
+    }
+
+    /// [`TrailerScan::feed`] for pieces that fit within the cap.
+    fn feed_within(&mut self, bytes: &[u8]) -> Result<Option<usize>, ChunkError> {
         for (i, &b) in bytes.iter().enumerate() {
-            if self.len + i + 1 >= MAX_TRAILER_SECTION {
-                return Err(ChunkError::TrailersTooLong);
-            }
             match (self.cr, b) {
-                (true, b'\n') if self.line == 0 => return Ok(Some(i + 1)),
+                (true, b'\n') if !self.in_line => return Ok(Some(i + 1)),
                 (true, b'\n') => {
                     self.cr = false;
-                    self.line = 0;
+                    self.in_line = false;
                 }
                 (true, _) | (false, b'\n') => return Err(ChunkError::BadTrailerLine),
                 (false, b'\r') => self.cr = true,
-                (false, _) => self.line += 1,
+                (false, _) => self.in_line = true,
             }
         }
-        self.len += bytes.len();
+        // The caller keeps the total below the cap, so it fits.
+        self.len += u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         Ok(None)
     }
 }
@@ -332,7 +345,10 @@ mod tests {
         use Outcome::{Refused, Unfinished};
         let long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(16 * 1024));
         let too_long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_SIZE_LINE));
-        let big_trailer = format!("0\r\nx-big: {}\r\n\r\n", "t".repeat(MAX_TRAILER_SECTION));
+        // A trailer section of `n` bytes: "x-big: ", the value, CRLF, CRLF.
+        let trailer_of = |n: usize| format!("0\r\nx-big: {}\r\n\r\n", "t".repeat(n - 11));
+        let largest_trailer = trailer_of(MAX_TRAILER_SECTION - 1);
+        let too_large_trailer = trailer_of(MAX_TRAILER_SECTION);
         let cases: &[(&str, &[u8], Outcome)] = &[
             ("valid", b"5\r\nhello\r\n0\r\n\r\n", body(&[5, 0], WHOLE)),
             (
@@ -432,8 +448,13 @@ mod tests {
                 Refused(SizeLineTooLong),
             ),
             (
+                "largest trailers",
+                largest_trailer.as_bytes(),
+                body(&[0], WHOLE),
+            ),
+            (
                 "overlong trailers",
-                big_trailer.as_bytes(),
+                too_large_trailer.as_bytes(),
                 Refused(TrailersTooLong),
             ),
             ("unfinished", b"5\r\nhel", Unfinished),
@@ -444,9 +465,11 @@ mod tests {
                 other => other.clone(),
             };
             assert_eq!(read(wire, &[]), want, "{name}, in one piece");
-            // Split once at every byte boundary (the first 200 of long cases),
-            // then into single bytes.
-            for cut in 1..wire.len().min(200) {
+            // Split once at every byte boundary (the first and last 200 of
+            // long cases), then into single bytes.
+            let cuts =
+                (1..wire.len().min(200)).chain(wire.len().saturating_sub(200).max(200)..wire.len());
+            for cut in cuts {
                 assert_eq!(read(wire, &[cut]), want, "{name}, cut at {cut}");
             }
             if wire.len() < 200 {
