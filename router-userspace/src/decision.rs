@@ -31,6 +31,7 @@ use http::header::{HOST, HeaderName, VIA};
 use crate::config::Timeouts;
 use crate::scope::{X_AUTH_TOKEN, X_SCOPE, X_SUBJECT_TOKEN, strip_scope};
 
+use crate::proxy::headers::{append_list, peer_value};
 pub use crate::scope::ScopeSource;
 
 pub(crate) static X_IDENTITY_REGION: HeaderName = HeaderName::from_static("x-identity-region");
@@ -214,34 +215,4 @@ pub(crate) fn join_path(out: &mut String, to: &str, rest: &str) {
         }
         _ => out.push_str(rest),
     }
-}
-
-/// Appends `item` to the comma-separated list in `name`, folding existing lines into one.
-fn append_list(headers: &mut http::HeaderMap, name: &HeaderName, item: &HeaderValue) {
-    // Per-request hot path: the usual request carries neither header, and cloning a
-    // precomputed value costs no allocation.
-    if !headers.contains_key(name) {
-        headers.insert(name.clone(), item.clone());
-        return;
-    }
-    let mut folded: Vec<u8> = Vec::new();
-    for v in headers.get_all(name) {
-        folded.extend_from_slice(v.as_bytes());
-        folded.extend_from_slice(b", ");
-    }
-    folded.extend_from_slice(item.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&folded) {
-        headers.insert(name.clone(), value);
-    }
-}
-
-/// The client address as a header value, formatted without a heap `String`.
-fn peer_value(peer: SocketAddr) -> HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // 64 bytes hold any IPv6 text form, so the write cannot fail.
-    let _ = write!(cursor, "{}", peer.ip().to_canonical());
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }

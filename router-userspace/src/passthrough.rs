@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::{HeaderValue, VIA};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -13,11 +14,13 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::config::Passthrough;
+use crate::decision::X_FORWARDED_FOR;
+use crate::proxy::headers::{append_list, peer_value};
 use crate::proxy::idle::IdleIo;
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::proxy::{
-    RequestStart, ambiguous_framing_problem, append_forwarded_for, append_via, check_head, forward,
-    headers, problem_response, relay_response,
+    RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
+    relay_response,
 };
 use crate::shutdown::{Guard, Signals};
 
@@ -28,6 +31,8 @@ pub struct PassthroughRuntime {
     client: UpstreamClient,
     region: Arc<str>,
     backend: Arc<str>,
+    /// `1.1 scope-router-<region>`, as scoped requests get it.
+    via: HeaderValue,
     max_header_bytes: usize,
 }
 
@@ -35,11 +40,15 @@ impl PassthroughRuntime {
     pub fn new(spec: Passthrough, region: &str, max_header_bytes: usize) -> Self {
         let client = upstream::client(spec.timeouts.connect, spec.timeouts.idle);
         let backend = Arc::from(spec.backend.to_string());
+        // The router refuses at startup a region that is no valid header value.
+        let via = HeaderValue::from_str(&format!("1.1 scope-router-{region}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 scope-router"));
         PassthroughRuntime {
             spec,
             client,
             region: Arc::from(region),
             backend,
+            via,
             max_header_bytes,
         }
     }
@@ -125,8 +134,8 @@ pub async fn handle_http(
         return Ok(problem_response(&problem, record, true));
     }
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    append_forwarded_for(&mut parts.headers, peer);
-    append_via(&mut parts.headers, &rt.region);
+    append_list(&mut parts.headers, &X_FORWARDED_FOR, &peer_value(peer));
+    append_list(&mut parts.headers, &VIA, &rt.via);
 
     let mut resp = match forward(&rt.client, &rt.backend, parts, body).await {
         Ok(resp) => resp,

@@ -123,6 +123,17 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
+
+    // hyper ignores a Content-Length after Transfer-Encoding, even one that is
+    // no number: still ambiguous, still rejected.
+    let unreadable = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4x\r\n\r\n\
+                      0\r\n\r\n";
+    let out = raw(vip, unreadable.as_bytes()).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("Content-Length and Transfer-Encoding"),
+        "{out}"
+    );
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
 }
 
 #[tokio::test]

@@ -65,6 +65,41 @@ async fn http_passthrough_proxies_to_its_backend_without_scope_work() {
 }
 
 #[tokio::test]
+async fn http_passthrough_folds_forwarded_for_and_via_like_scoped_requests() {
+    let lab = Lab::start(opts()).await.unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    let chain = [
+        ("X-Forwarded-For", "198.51.100.7"),
+        ("X-Forwarded-For", "203.0.113.9, 192.0.2.1"),
+        ("Via", "1.1 edge-a"),
+        ("Via", "1.0 edge-b"),
+    ];
+    let passthrough = get(pt.http_addr, "/dashboard/", &chain)
+        .await
+        .unwrap()
+        .echo();
+    let scoped = get(lab.one.addr(8774), "/v2.1/servers", &chain)
+        .await
+        .unwrap()
+        .echo();
+    for e in [&passthrough, &scoped] {
+        // One line each (backends may read only the first), every hop kept, ours last.
+        assert_eq!(
+            e.header_all("x-forwarded-for"),
+            ["198.51.100.7, 203.0.113.9, 192.0.2.1, 127.0.0.1"],
+            "{}",
+            e.backend()
+        );
+        assert_eq!(
+            e.header_all("via"),
+            ["1.1 edge-a, 1.0 edge-b, 1.1 scope-router-RegionOne"],
+            "{}",
+            e.backend()
+        );
+    }
+}
+
+#[tokio::test]
 async fn http_passthrough_splices_a_websocket_style_upgrade() {
     let lab = Lab::start(opts()).await.unwrap();
     let pt = lab.passthrough.as_ref().unwrap();

@@ -1,12 +1,25 @@
-//! Request framing watch: spots request heads carrying both `Content-Length`
-//! and `Transfer-Encoding` (the request-smuggling shape), which hyper accepts
-//! by silently preferring Transfer-Encoding. The handler answers those 400.
+//! Request framing watch: follows the client byte stream with a minimal
+//! HTTP/1.1 framing tracker (heads, fixed-length and chunked bodies) and
+//! serves two roles.
 //!
-//! It follows the client byte stream with a minimal HTTP/1.1 framing tracker
-//! (heads, fixed-length and chunked bodies) and reports one verdict per head.
-//! Anything it does not fully understand (upgrades, CONNECT, oversized or
-//! unparsable heads, odd chunk syntax) switches it off for the connection: it
-//! then reports nothing and hyper's own (safe) framing stands.
+//! - **Smuggling check.** It reports one verdict per request head: whether
+//!   the head carries both `Content-Length` and `Transfer-Encoding` (the
+//!   request-smuggling shape), which hyper accepts by silently preferring
+//!   Transfer-Encoding. The handler answers those 400.
+//! - **Idle-connection parking.** [`FramingWatch::at_message_boundary`] says
+//!   whether every byte read so far belongs to complete requests. Only then
+//!   can hyper's read buffer hold nothing of a next request, so only then may
+//!   [`super::park::ParkingIo`] end the hyper connection of an idle client
+//!   and keep just the socket: parking reports end-of-stream to hyper, which
+//!   would cut off a request it is still reading.
+//!
+//! Both roles need the request boundaries hyper itself finds: a boundary
+//! hyper does not see would shift verdicts onto the wrong requests, or park a
+//! connection under a half-read request. So chunked bodies are followed with
+//! the chunk syntax of [`super::h1`], whose policy matches hyper's decoder. Anything the watch does not fully understand
+//! (upgrades, CONNECT, oversized or unparsable heads, chunk syntax [`super::h1`]
+//! refuses) switches it off for the connection: it then reports nothing, the
+//! connection is never parked, and hyper's own (safe) framing stands.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,6 +28,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::h1;
 
 /// Headers parsed per head; more than this and the tracker gives up (hyper
 /// itself refuses beyond its own limit of 100).
@@ -53,24 +68,15 @@ impl FramingVerdicts {
     }
 }
 
+/// Where the watch is in a chunked body; the syntax itself is [`h1`]'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Reading the hex size; `ext` once a `;` extension started.
-    Size {
-        size: u64,
-        digits: u8,
-        ext: bool,
-    },
-    SizeLf {
-        size: u64,
-    },
+    /// In a chunk-size line; any part of it from earlier reads is in `pending`.
+    Size,
     Data(u64),
-    DataCr,
-    DataLf,
-    /// Trailer section: `len` bytes on the current line so far.
-    Trailer {
-        len: usize,
-    },
+    /// `matched` bytes of the CRLF after chunk data seen.
+    DataEnd(u8),
+    Trailers(h1::TrailerScan),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +93,9 @@ enum State {
 pub struct FramingWatch<T> {
     inner: T,
     state: State,
-    head: Vec<u8>,
+    /// The start of a request head or chunk-size line split across reads
+    /// (empty otherwise, and then unallocated).
+    pending: Vec<u8>,
     max_head: usize,
 }
 
@@ -96,7 +104,7 @@ impl<T> FramingWatch<T> {
         FramingWatch {
             inner,
             state: State::Head,
-            head: Vec::new(),
+            pending: Vec::new(),
             max_head,
         }
     }
@@ -117,7 +125,7 @@ impl<T> FramingWatch<T> {
     /// Every byte read so far belongs to complete requests: nothing of a next
     /// head or body has arrived. `false` once the watch switched itself off.
     pub fn at_message_boundary(&self) -> bool {
-        self.state == State::Head && self.head.is_empty()
+        self.state == State::Head && self.pending.is_empty()
     }
 
     fn feed(&mut self, mut bytes: &[u8], verdict: &mut impl FnMut(bool)) {
@@ -135,7 +143,7 @@ impl<T> FramingWatch<T> {
                     take as usize
                 }
                 State::Chunked(c) => {
-                    let (used, next) = feed_chunked(c, bytes);
+                    let (used, next) = self.feed_chunked(c, bytes);
                     self.state = next;
                     used
                 }
@@ -148,7 +156,7 @@ impl<T> FramingWatch<T> {
     fn feed_head(&mut self, bytes: &[u8], verdict: &mut impl FnMut(bool)) -> usize {
         let mut used = 0;
         // Empty lines before a request line are allowed (RFC 9112 §2.2).
-        if self.head.is_empty() {
+        if self.pending.is_empty() {
             used = bytes
                 .iter()
                 .take_while(|b| **b == b'\r' || **b == b'\n')
@@ -157,17 +165,17 @@ impl<T> FramingWatch<T> {
         let rest = &bytes[used..];
         // A head that arrived whole (the usual case) is parsed in place; one
         // split across reads is gathered until the parser finds its end.
-        let buffered = !self.head.is_empty();
+        let buffered = !self.pending.is_empty();
         if buffered {
-            self.head.extend_from_slice(rest);
+            self.pending.extend_from_slice(rest);
         }
-        let parsed = judge(if buffered { &self.head } else { rest }, verdict);
+        let parsed = judge(if buffered { &self.pending } else { rest }, verdict);
         match parsed {
             Some((len, state)) => {
                 self.state = state;
                 if buffered {
-                    let surplus = self.head.len() - len;
-                    self.head = Vec::new();
+                    let surplus = self.pending.len() - len;
+                    self.pending = Vec::new();
                     bytes.len() - surplus
                 } else {
                     used + len
@@ -175,12 +183,79 @@ impl<T> FramingWatch<T> {
             }
             None => {
                 if !buffered {
-                    self.head.extend_from_slice(rest);
+                    self.pending.extend_from_slice(rest);
                 }
-                if self.head.len() > self.max_head {
+                if self.pending.len() > self.max_head {
                     self.state = State::Off;
                 }
                 bytes.len()
+            }
+        }
+    }
+
+    /// Advances over chunked-body bytes; returns bytes used and the next state.
+    fn feed_chunked(&mut self, c: Chunk, bytes: &[u8]) -> (usize, State) {
+        match c {
+            Chunk::Size => self.feed_size_line(bytes),
+            Chunk::Data(n) => {
+                let take = (bytes.len() as u64).min(n);
+                let next = if take == n {
+                    Chunk::DataEnd(0)
+                } else {
+                    Chunk::Data(n - take)
+                };
+                (take as usize, State::Chunked(next))
+            }
+            Chunk::DataEnd(matched) => match h1::chunk_data_end(matched, bytes) {
+                Ok((used, 2)) => (used, State::Chunked(Chunk::Size)),
+                Ok((used, matched)) => (used, State::Chunked(Chunk::DataEnd(matched))),
+                Err(_) => (bytes.len(), State::Off),
+            },
+            Chunk::Trailers(mut scan) => match scan.feed(bytes) {
+                Ok(Some(used)) => (used, State::Head),
+                Ok(None) => (bytes.len(), State::Chunked(Chunk::Trailers(scan))),
+                Err(_) => (bytes.len(), State::Off),
+            },
+        }
+    }
+
+    /// Consumes (part of) a chunk-size line. Like a head, a line that arrived
+    /// whole is parsed in place; a split one is gathered in `pending`, but
+    /// only up to its LF, so no chunk data is copied.
+    fn feed_size_line(&mut self, bytes: &[u8]) -> (usize, State) {
+        // `taken`: how much of `bytes` went into `pending` (`None`: parsed in place).
+        let (parsed, taken) = if self.pending.is_empty() {
+            (h1::chunk_size_line(bytes, 0), None)
+        } else {
+            // `pending` is shorter than the cap, or it would have been refused.
+            let searched = self.pending.len();
+            let room = &bytes[..bytes.len().min(h1::MAX_CHUNK_SIZE_LINE - searched)];
+            let take = room
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(room.len(), |i| i + 1);
+            self.pending.extend_from_slice(&bytes[..take]);
+            (h1::chunk_size_line(&self.pending, searched), Some(take))
+        };
+        match parsed {
+            Ok(Some((len, size))) => {
+                self.pending = Vec::new();
+                let next = if size == 0 {
+                    Chunk::Trailers(h1::TrailerScan::default())
+                } else {
+                    Chunk::Data(size)
+                };
+                (taken.unwrap_or(len), State::Chunked(next))
+            }
+            Ok(None) => {
+                if taken.is_none() {
+                    self.pending.extend_from_slice(bytes);
+                }
+                (taken.unwrap_or(bytes.len()), State::Chunked(Chunk::Size))
+            }
+            Err(_) => {
+                self.pending = Vec::new();
+                (bytes.len(), State::Off)
             }
         }
     }
@@ -202,18 +277,15 @@ fn judge(buf: &[u8], verdict: &mut impl FnMut(bool)) -> Option<(usize, State)> {
 
 /// Records the verdict for a parsed head and returns the body state.
 fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool)) -> State {
-    let mut length: Option<u64> = None;
+    let mut length = h1::ContentLength::default();
+    let mut length_sent = false;
+    let mut length_readable = true;
     let mut te_chunked: Option<bool> = None;
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(n) => length = Some(n),
-                None => return State::Off,
-            }
+            length_sent = true;
+            length_readable &= length.add(h.value).is_ok();
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -221,98 +293,24 @@ fn judge_parsed(req: &httparse::Request<'_, '_>, verdict: &mut impl FnMut(bool))
             upgrade = true;
         }
     }
-    verdict(length.is_some() && te_chunked.is_some());
+    // Ambiguous even when the length is unreadable: hyper ignores a
+    // Content-Length that follows Transfer-Encoding, whatever its value.
+    verdict(length_sent && te_chunked.is_some());
+    if !length_readable {
+        // Unless hyper ignored it, it refuses the request and closes.
+        return State::Off;
+    }
     if upgrade || req.method == Some("CONNECT") {
         // The bytes after this request may not be HTTP at all.
         return State::Off;
     }
+    let length = length.get();
     match (te_chunked, length) {
-        (Some(true), _) => State::Chunked(Chunk::Size {
-            size: 0,
-            digits: 0,
-            ext: false,
-        }),
+        (Some(true), _) => State::Chunked(Chunk::Size),
         (Some(false), _) => State::Off,
         (None, Some(0)) | (None, None) => State::Head,
         (None, Some(n)) => State::Fixed(n),
     }
-}
-
-/// Advances the chunked-body tracker over `bytes`; returns bytes used and the next state.
-fn feed_chunked(mut c: Chunk, bytes: &[u8]) -> (usize, State) {
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        c = match c {
-            Chunk::Data(n) => {
-                let take = ((bytes.len() - i) as u64).min(n);
-                i += take as usize;
-                if take == n {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data(n - take)
-                }
-            }
-            Chunk::Size { size, digits, ext } => {
-                i += 1;
-                match b {
-                    b'\r' if digits > 0 => Chunk::SizeLf { size },
-                    b';' if digits > 0 => Chunk::Size {
-                        size,
-                        digits,
-                        ext: true,
-                    },
-                    _ if ext => Chunk::Size { size, digits, ext },
-                    b' ' | b'\t' if digits > 0 => Chunk::Size { size, digits, ext },
-                    _ => match (b as char).to_digit(16) {
-                        // 15 hex digits cannot overflow u64.
-                        Some(v) if digits < 15 => Chunk::Size {
-                            size: size * 16 + u64::from(v),
-                            digits: digits + 1,
-                            ext,
-                        },
-                        _ => return (i, State::Off),
-                    },
-                }
-            }
-            Chunk::SizeLf { size } => {
-                i += 1;
-                match (b, size) {
-                    (b'\n', 0) => Chunk::Trailer { len: 0 },
-                    (b'\n', n) => Chunk::Data(n),
-                    _ => return (i, State::Off),
-                }
-            }
-            Chunk::DataCr => {
-                i += 1;
-                if b != b'\r' {
-                    return (i, State::Off);
-                }
-                Chunk::DataLf
-            }
-            Chunk::DataLf => {
-                i += 1;
-                if b != b'\n' {
-                    return (i, State::Off);
-                }
-                Chunk::Size {
-                    size: 0,
-                    digits: 0,
-                    ext: false,
-                }
-            }
-            Chunk::Trailer { len } => {
-                i += 1;
-                match b {
-                    b'\n' if len == 0 => return (i, State::Head),
-                    b'\n' => Chunk::Trailer { len: 0 },
-                    b'\r' => Chunk::Trailer { len },
-                    _ => Chunk::Trailer { len: len + 1 },
-                }
-            }
-        };
-    }
-    (i, State::Chunked(c))
 }
 
 impl<T: AsyncRead + Unpin> FramingWatch<T> {
@@ -429,6 +427,60 @@ mod tests {
             4,
         );
         assert_eq!((v, s), (vec![false], State::Off));
+    }
+
+    #[test]
+    fn the_boundary_is_seen_exactly_where_each_request_ends() {
+        // The ends of the five requests of PIPELINE, as hyper frames them.
+        let mut ends = Vec::new();
+        let mut rest = PIPELINE;
+        for marker in [
+            &b"\r\n\r\n"[..],
+            b"hello",
+            b"0\r\nX-Trailer: 1\r\n\r\n",
+            b"0\r\n\r\n",
+            b"\r\n\r\n",
+        ] {
+            let at = rest
+                .windows(marker.len())
+                .position(|w| w == marker)
+                .unwrap()
+                + marker.len();
+            ends.push(PIPELINE.len() - rest.len() + at);
+            rest = &rest[at..];
+        }
+        // Fed a byte at a time, the watch may park only at those ends (and
+        // before the first request: the leading empty line is no request).
+        let mut w = FramingWatch::new((), 64 * 1024);
+        let mut parkable = Vec::new();
+        for (i, b) in PIPELINE.iter().enumerate() {
+            w.feed(std::slice::from_ref(b), &mut |_| {});
+            if w.at_message_boundary() {
+                parkable.push(i + 1);
+            }
+        }
+        assert_eq!(parkable, [[1, 2].as_slice(), &ends].concat());
+    }
+
+    #[test]
+    fn chunk_syntax_hyper_refuses_switches_the_watch_off() {
+        // A bare LF after the chunk size: hyper fails the request, so the watch
+        // must neither park nor judge anything after it.
+        let (v, s) = verdicts_for(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            3,
+        );
+        assert_eq!((v, s), (vec![false], State::Off));
+    }
+
+    #[test]
+    fn both_framings_are_ambiguous_even_with_an_unreadable_length() {
+        let (v, s) = verdicts_for(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4x\r\n\r\n",
+            7,
+        );
+        assert_eq!((v, s), (vec![true], State::Off));
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! Hop-by-hop header handling (RFC 9110 §7.6.1) and request head size checks.
+//! Hop-by-hop header handling (RFC 9110 §7.6.1), the list fields every
+//! forwarded request extends (`X-Forwarded-For`, `Via`), and request head
+//! size checks.
+
+use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -77,6 +81,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Appends `item` to the comma-separated list in `name`, folding existing lines into one:
+/// backends that read only the first line still see the whole chain. Scoped and
+/// passthrough requests alike go through here, so both reach backends the same way.
+pub(crate) fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &HeaderValue) {
+    // Per-request hot path: the usual request carries neither header, and cloning a
+    // precomputed value costs no allocation.
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), item.clone());
+        return;
+    }
+    let mut folded: Vec<u8> = Vec::new();
+    for v in headers.get_all(name) {
+        folded.extend_from_slice(v.as_bytes());
+        folded.extend_from_slice(b", ");
+    }
+    folded.extend_from_slice(item.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&folded) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// The client address as a header value, formatted without a heap `String`.
+pub(crate) fn peer_value(peer: SocketAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 64 bytes hold any IPv6 text form, so the write cannot fail.
+    let _ = write!(cursor, "{}", peer.ip().to_canonical());
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Length of `value`'s `Display` form, without building the string.

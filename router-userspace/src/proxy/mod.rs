@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod idle;
 pub mod park;
@@ -163,29 +164,4 @@ pub(crate) async fn forward(
         .request(req)
         .await
         .map_err(|e| ProxyError::from_client(e, upstream))
-}
-
-/// Appends the client to `X-Forwarded-For` (passthrough HTTP; scoped requests
-/// get it from `Plan::apply`).
-pub(crate) fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
-    }
-}
-
-/// Appends `1.1 scope-router-<region>` to `Via`.
-pub(crate) fn append_via(headers: &mut http::HeaderMap, region: &str) {
-    let me = format!("1.1 scope-router-{region}");
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {me}"),
-        _ => me,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(header::VIA, v);
-    }
 }

@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::proxy::h1::ContentLength;
 use crate::proxy::headers::connection_tokens;
 
 /// Response header fields accepted per head (hyper's default limit too).
@@ -203,22 +204,13 @@ fn response_framing(
             (ResponseFraming::UntilClose, false)
         });
     }
-    let mut length: Option<u64> = None;
+    let mut length = ContentLength::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| WireError::BadContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(WireError::BadContentLength);
-            }
-            let n: u64 = part.parse().map_err(|_| WireError::BadContentLength)?;
-            if length.is_some_and(|prev| prev != n) {
-                return Err(WireError::BadContentLength);
-            }
-            length = Some(n);
-        }
+        length
+            .add(value.as_bytes())
+            .map_err(|_| WireError::BadContentLength)?;
     }
-    Ok(match length {
+    Ok(match length.get() {
         Some(0) => (ResponseFraming::None, true),
         Some(n) => (ResponseFraming::Length(n), true),
         None => (ResponseFraming::UntilClose, false),
@@ -360,14 +352,15 @@ mod tests {
             &Method::GET,
         );
         assert_eq!(h.framing, ResponseFraming::Length(7));
-        for bad in ["7, 8", "-1", "0x10", ""] {
-            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
-            assert_eq!(
-                parse_response_head(raw.as_bytes(), &Method::GET).unwrap_err(),
-                WireError::BadContentLength,
-                "{bad:?}"
-            );
-        }
+        // The value syntax is h1's (tested there); a bad one fails the head.
+        assert_eq!(
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 7, 8\r\n\r\n",
+                &Method::GET
+            )
+            .unwrap_err(),
+            WireError::BadContentLength
+        );
     }
 
     #[test]
