@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::netlab::{
     self, BACKEND, BACKEND_IP, CLIENT, LOAD_CPU, NetLab, PROXY_CPU, Proc, ROUTER, VIP1, VIP2,
-    in_netns, nsenter,
 };
 use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
+use crate::netns::{self, nsenter};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -842,7 +842,7 @@ fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run
     let mut procs = start(env, target, false, &tag)?;
     let addr: SocketAddr = format!("{VIP1}:8774").parse()?;
     // One request first so lazily built state (pools, Lua) is in the baseline.
-    in_netns(CLIENT, move || one_request(addr).map(drop))?;
+    netns::run_in(CLIENT, move || one_request(addr).map(drop))?;
     std::thread::sleep(Duration::from_millis(300));
     let before = procs
         .first()
@@ -851,7 +851,7 @@ fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run
         .unwrap_or_default()
         .0;
     let n = opts.idle_connections;
-    let conns = in_netns(CLIENT, move || {
+    let conns = netns::run_in(CLIENT, move || {
         let mut held = Vec::with_capacity(n);
         for i in 0..n {
             held.push(one_request(addr).with_context(|| format!("idle connection {i}"))?);
