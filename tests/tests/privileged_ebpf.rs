@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::netns::{self, Lab, PinDir};
 use scope_router::ebpf::{
     self, EbpfError, Ipv4Cidr, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
 };
+use test_support::netns::{self, Lab, PinDir};
 
 // Ports on a VIP that exists only inside this test's private namespace: nothing else can
 // hold them, and nothing binds them at all (that is the point of steering).
