@@ -6,27 +6,21 @@
 //!
 //! Lives in router-userspace (not the tests crate) so that cargo builds the binary under
 //! test for this target and `CARGO_BIN_EXE_scope-router` always names a fresh one. The
-//! namespace guard is the tests crate's own `netns.rs`, compiled in by path: depending
-//! on that crate would be a cycle (it depends on router-userspace), and a copy would
-//! drift. `cargo xtask test` runs this file as root with the other `privileged_*` suites.
-
-// Only part of the shared harness is used here.
-#[allow(dead_code)]
-#[path = "../../tests/src/netns.rs"]
-mod netns;
+//! namespace guard is test-support's, as in the tests crate's privileged suites.
+//! `cargo xtask test` runs this file as root with the other `privileged_*` suites.
 
 use std::fs;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netns::{Lab, Netns, PinDir};
 use serde_json::Value;
+use test_support::netns::{self, Lab, Netns, PinDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_scope-router");
 
@@ -173,10 +167,8 @@ impl RouterProcess {
     fn start(ns: &Netns, config: &Path, log: PathBuf) -> RouterProcess {
         let out = fs::File::create(&log).expect("create the router log");
         let err = out.try_clone().expect("clone the log handle");
-        // nsenter, not `ip netns exec`: the latter remounts /sys and hides bpffs.
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(BIN)
+        let child = ns
+            .command(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -490,10 +482,8 @@ deny = {deny:?}
     }
 
     fn in_router_ns(&self, program: &str, args: &[&str], path: Option<&Path>) -> Output {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.lab.router.path().display()))
-            .arg(program)
-            .args(args);
+        let mut cmd = self.lab.router.command(program);
+        cmd.args(args);
         if let Some(path) = path {
             cmd.arg(path);
         }
@@ -512,13 +502,10 @@ deny = {deny:?}
     }
 
     fn ip_router(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", self.lab.router.name()])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(out.status.success(), "ip {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.lab
+            .router
+            .ip(args)
+            .expect("ip in the router namespace")
     }
 
     fn vip_on_eth2(&self) -> bool {

@@ -3,5 +3,4 @@
 pub mod client;
 pub mod echo;
 pub mod lab;
-pub mod netns;
 pub mod pattern;

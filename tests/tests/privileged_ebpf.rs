@@ -10,11 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::netns::{self, Lab, PinDir};
 use ipnet::Ipv4Net;
 use scope_router::ebpf::{
     self, EbpfError, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
 };
+use test_support::netns::{self, Lab, PinDir};
 
 // Ports on a VIP that exists only inside this test's private namespace: nothing else can
 // hold them, and nothing binds them at all (that is the point of steering).

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use integration_tests::netns::{self, Netns};
 use scope_router::vip::{self, VipError, VipSettings};
+use test_support::netns::{self, Netns};
 
 const VIP: Ipv4Addr = netns::Lab::VIP;
 /// The router's only address on eth2 besides the VIP, as `ip -j addr` renders it.

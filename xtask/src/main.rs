@@ -4,6 +4,7 @@ mod bench;
 mod exec;
 mod interrupt;
 mod lab;
+mod netns;
 mod progress;
 mod run;
 mod setup;

@@ -28,8 +28,9 @@ struct Split {
 
 /// Every package that may hold `tests/privileged_*.rs`: the tests crate (library-level
 /// suites) and router-userspace, whose end-to-end suite needs `CARGO_BIN_EXE_scope-router`
-/// and so must live beside the binary. The tests crate's doctests are `no_run` sketches
-/// of the harness and were never run; router-userspace's are kept.
+/// and so must live beside the binary. router-userspace's doctests run here; the tests
+/// crate has none (the netns guard's `no_run` sketch is test-support's, compiled with the
+/// rest of the workspace).
 const SPLIT: &[Split] = &[
     Split {
         name: "router-userspace",

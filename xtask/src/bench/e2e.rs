@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::netlab::{
     self, BACKEND, BACKEND_IP, CLIENT, LOAD_CPU, NetLab, PROXY_CPU, Proc, ROUTER, VIP1, VIP2,
-    in_netns, nsenter,
 };
 use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
+use crate::netns::{self, nsenter};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -200,16 +200,11 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     let _lab = NetLab::up()?;
     let mut backends = start_backends(&env)?;
 
-    let mut runs: Vec<Run> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    let total = planned_runs(opts);
-    let mut done = 0usize;
-    let mut progress = |label: &str, line: &str| {
-        done += 1;
-        eprintln!(
-            "    [{done:>3}/{total}] {label}: {line}  ({:.0}s elapsed)",
-            started.elapsed().as_secs_f64()
-        );
+    let mut runs = Runs {
+        done: Vec::new(),
+        planned: planned_runs(opts),
+        started,
     };
 
     for scenario in ["a", "b", "c"] {
@@ -222,39 +217,21 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             SCOPED.len(),
             opts.duration
         );
-        for round in 1..=opts.rounds {
-            for target in rotated(SCOPED, round) {
-                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
-                crate::interrupt::check()?;
-                for b in backends.iter_mut() {
-                    b.check_alive()?;
-                }
-                let run = load_run(&env, opts, scenario, target, round, &[])?;
-                progress(
-                    &format!("{scenario} round {round} {}", target.label()),
-                    &summary(&run),
-                );
-                runs.push(run);
+        runs.rounds(scenario, opts.rounds, SCOPED, |target, round| {
+            for b in backends.iter_mut() {
+                b.check_alive()?;
             }
-        }
+            load_run(&env, opts, scenario, target, round, &[]).map(Some)
+        })?;
     }
     if opts.only.iter().any(|s| s == "d") {
         eprintln!(
             "==> scenario (d): {} MiB upload × {} rounds",
             opts.upload_mib, opts.rounds
         );
-        for round in 1..=opts.rounds {
-            for target in rotated(SCOPED, round) {
-                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
-                crate::interrupt::check()?;
-                let run = upload_run(&env, opts, target, round)?;
-                progress(
-                    &format!("d round {round} {}", target.label()),
-                    &summary(&run),
-                );
-                runs.push(run);
-            }
-        }
+        runs.rounds("d", opts.rounds, SCOPED, |target, round| {
+            upload_run(&env, opts, target, round).map(Some)
+        })?;
     }
     if opts.only.iter().any(|s| s == "e") {
         eprintln!(
@@ -266,53 +243,35 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             Target::HaproxyLua,
             Target::HaproxyNative,
         ];
-        for round in 1..=opts.rounds {
-            for target in rotated(&targets, round) {
-                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
-                crate::interrupt::check()?;
-                let run = idle_run(&env, opts, target, round)?;
-                progress(
-                    &format!("e round {round} {}", target.label()),
-                    &summary(&run),
-                );
-                runs.push(run);
-            }
-        }
+        runs.rounds("e", opts.rounds, &targets, |target, round| {
+            idle_run(&env, opts, target, round).map(Some)
+        })?;
     }
     if opts.only.iter().any(|s| s == "f") {
         eprintln!("==> scenario (f): new-connection rate, direct binds vs eBPF steering");
-        let mut targets = vec![
+        let targets = [
             Target::ScopeRouter,
             Target::ScopeRouterEbpf,
             Target::HaproxyLua,
         ];
-        for round in 1..=opts.rounds {
-            for target in rotated(&targets.clone(), round) {
-                // Ctrl-C between runs: Drop stops the proxies and deletes the namespaces.
-                crate::interrupt::check()?;
-                match load_run(&env, opts, "f", target, round, &["Connection: close"]) {
-                    Ok(run) => {
-                        progress(
-                            &format!("f round {round} {}", target.label()),
-                            &summary(&run),
-                        );
-                        runs.push(run);
-                    }
-                    Err(e) if target == Target::ScopeRouterEbpf => {
-                        // The eBPF object ships with the kernel work; without it, say so.
-                        let note = format!(
-                            "(f) eBPF steering not measured: scope-router with [ebpf] mode = \"required\" did not serve ({})",
-                            first_line(&format!("{e:#}"))
-                        );
-                        eprintln!("    {note}");
-                        notes.push(note);
-                        targets.retain(|t| *t != Target::ScopeRouterEbpf);
-                    }
-                    Err(e) => return Err(e),
+        runs.rounds("f", opts.rounds, &targets, |target, round| {
+            match load_run(&env, opts, "f", target, round, &["Connection: close"]) {
+                Ok(run) => Ok(Some(run)),
+                Err(e) if target == Target::ScopeRouterEbpf => {
+                    // The eBPF object ships with the kernel work; without it, say so.
+                    let note = format!(
+                        "(f) eBPF steering not measured: scope-router with [ebpf] mode = \"required\" did not serve ({})",
+                        first_line(&format!("{e:#}"))
+                    );
+                    eprintln!("    {note}");
+                    notes.push(note);
+                    Ok(None)
                 }
+                Err(e) => Err(e),
             }
-        }
+        })?;
     }
+    let runs = runs.done;
 
     let mut machine = machine_description();
     machine["loadavg_before"] = json!(load_before);
@@ -366,6 +325,49 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     );
     drop(backends.drain(..));
     Ok(())
+}
+
+/// The runs measured so far, and a progress line as each one ends.
+struct Runs {
+    done: Vec<Run>,
+    planned: usize,
+    started: Instant,
+}
+
+impl Runs {
+    /// Measures every target once per round, in [`rotated`] order, checking for Ctrl-C
+    /// between runs (Drop then stops the proxies and deletes the namespaces). A target
+    /// for which `measure` gives `None` cannot be measured here and sits out the later
+    /// rounds.
+    fn rounds(
+        &mut self,
+        scenario: &str,
+        rounds: u32,
+        targets: &[Target],
+        mut measure: impl FnMut(Target, u32) -> Result<Option<Run>>,
+    ) -> Result<()> {
+        let mut targets = targets.to_vec();
+        for round in 1..=rounds {
+            for target in rotated(&targets.clone(), round) {
+                crate::interrupt::check()?;
+                match measure(target, round)? {
+                    Some(run) => {
+                        eprintln!(
+                            "    [{:>3}/{}] {scenario} round {round} {}: {}  ({:.0}s elapsed)",
+                            self.done.len() + 1,
+                            self.planned,
+                            target.label(),
+                            summary(&run),
+                            self.started.elapsed().as_secs_f64()
+                        );
+                        self.done.push(run);
+                    }
+                    None => targets.retain(|t| *t != target),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn planned_runs(opts: &Options) -> usize {
@@ -672,6 +674,33 @@ fn start(env: &Env, target: Target, chain: bool, tag: &str) -> Result<Vec<Proc>>
     Ok(out)
 }
 
+/// Names a run's proxy logs: `<scenario>-<round>-<target>`, safe as a file name.
+fn log_tag(scenario: &str, round: u32, target: Target) -> String {
+    format!(
+        "{scenario}-{round}-{}",
+        target.label().replace([' ', '(', ')', '+'], "_")
+    )
+}
+
+fn run_of(scenario: &str, target: Target, round: u32, metrics: &[(&str, f64)]) -> Run {
+    Run {
+        scenario: scenario.to_owned(),
+        target: target.label().to_owned(),
+        round,
+        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    }
+}
+
+/// The proxies' CPU seconds since `cpu0` and their peak RSS; the ceiling has no proxy,
+/// so nothing to add.
+fn add_proxy_costs(metrics: &mut Vec<(&str, f64)>, procs: &[Proc], cpu0: f64) -> Result<()> {
+    if !procs.is_empty() {
+        metrics.push(("cpu_s", cpu_total(procs)? - cpu0));
+        metrics.push(("peak_rss_mib", peak_rss_mib(procs)?));
+    }
+    Ok(())
+}
+
 fn cpu_total(procs: &[Proc]) -> Result<f64> {
     procs.iter().map(Proc::cpu_seconds).sum()
 }
@@ -730,10 +759,7 @@ fn load_run(
         Target::Direct => format!("http://{BACKEND_IP}:8774/v2.1/servers"),
         _ => format!("http://{VIP1}:8774/v2.1/servers"),
     };
-    let tag = format!(
-        "{scenario}-{round}-{}",
-        target.label().replace([' ', '(', ')', '+'], "_")
-    );
+    let tag = log_tag(scenario, round, target);
     let mut procs = start(env, target, scenario == "b", &tag)?;
     // Warm-up: connection pools, Lua state, page cache; not measured.
     wrk(opts, &url, &headers, 1)?;
@@ -748,19 +774,8 @@ fn load_run(
         ("p99_ms", w.p99_ms),
         ("errors", w.errors as f64),
     ];
-    if !procs.is_empty() {
-        metrics.push(("cpu_s", cpu_total(&procs)? - cpu0));
-        metrics.push(("peak_rss_mib", peak_rss_mib(&procs)?));
-    }
-    Ok(Run {
-        scenario: scenario.to_owned(),
-        target: target.label().to_owned(),
-        round,
-        metrics: metrics
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-    })
+    add_proxy_costs(&mut metrics, &procs, cpu0)?;
+    Ok(run_of(scenario, target, round, &metrics))
 }
 
 fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
@@ -775,10 +790,7 @@ fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<R
         Target::Direct => format!("http://{BACKEND_IP}:9292/v2/images/bench/file"),
         _ => format!("http://{VIP1}:9292/v2/images/bench/file"),
     };
-    let tag = format!(
-        "d-{round}-{}",
-        target.label().replace([' ', '(', ')', '+'], "_")
-    );
+    let tag = log_tag("d", round, target);
     let mut procs = start(env, target, false, &tag)?;
     let cpu0 = cpu_total(&procs)?;
     let body = env.work.join("upload.reply");
@@ -818,31 +830,17 @@ fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<R
         );
     }
     let mut metrics = vec![("mib_s", sent / secs / 1024.0 / 1024.0), ("seconds", secs)];
-    if !procs.is_empty() {
-        metrics.push(("cpu_s", cpu_total(&procs)? - cpu0));
-        metrics.push(("peak_rss_mib", peak_rss_mib(&procs)?));
-    }
-    Ok(Run {
-        scenario: "d".into(),
-        target: target.label().to_owned(),
-        round,
-        metrics: metrics
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-    })
+    add_proxy_costs(&mut metrics, &procs, cpu0)?;
+    Ok(run_of("d", target, round, &metrics))
 }
 
 /// Opens `n` connections that each complete one request, then stay idle.
 fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
-    let tag = format!(
-        "e-{round}-{}",
-        target.label().replace([' ', '(', ')', '+'], "_")
-    );
+    let tag = log_tag("e", round, target);
     let mut procs = start(env, target, false, &tag)?;
     let addr: SocketAddr = format!("{VIP1}:8774").parse()?;
     // One request first so lazily built state (pools, Lua) is in the baseline.
-    in_netns(CLIENT, move || one_request(addr).map(drop))?;
+    netns::run_in(CLIENT, move || one_request(addr).map(drop))?;
     std::thread::sleep(Duration::from_millis(300));
     let before = procs
         .first()
@@ -851,7 +849,7 @@ fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run
         .unwrap_or_default()
         .0;
     let n = opts.idle_connections;
-    let conns = in_netns(CLIENT, move || {
+    let conns = netns::run_in(CLIENT, move || {
         let mut held = Vec::with_capacity(n);
         for i in 0..n {
             held.push(one_request(addr).with_context(|| format!("idle connection {i}"))?);
@@ -870,19 +868,16 @@ fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run
         .0;
     drop(conns);
     let per_conn = (after as f64 - before as f64) / n as f64;
-    Ok(Run {
-        scenario: "e".into(),
-        target: target.label().to_owned(),
+    Ok(run_of(
+        "e",
+        target,
         round,
-        metrics: [
+        &[
             ("kib_per_conn", per_conn),
             ("rss_before_mib", before as f64 / 1024.0),
             ("rss_after_mib", after as f64 / 1024.0),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-    })
+        ],
+    ))
 }
 
 /// A keep-alive GET whose response is read completely; the connection stays open.

@@ -4,14 +4,12 @@
 //! Everything lives in namespaces this module creates; nothing touches the host's
 //! interfaces. Dropping the [`NetLab`] kills what it started and deletes the namespaces.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::netns::{self, Process, nsenter};
 
 pub const CLIENT: &str = "srb-client";
 pub const ROUTER: &str = "srb-router";
@@ -32,76 +30,38 @@ pub struct NetLab {
     _private: (),
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ip(args: &str) -> Result<()> {
-    run(Command::new("ip").args(args.split_whitespace()))
-}
-
-/// `nsenter --net=/run/netns/NS -- …` (keeps /sys and bpffs, unlike `ip netns exec`).
-pub fn nsenter(ns: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
-    cmd
-}
-
-fn sysctl(ns: &str, setting: &str) -> Result<()> {
-    run(nsenter(ns).args(["sysctl", "-q", "-w", setting]))
-}
-
 impl NetLab {
     /// Builds client ↔ router (eth2: 10.77.1.1/24 + both VIPs /32) ↔ backend (10.77.2.2).
     pub fn up() -> Result<NetLab> {
-        if unsafe_euid() != 0 {
+        if !crate::exec::is_root() {
             bail!(
                 "the end-to-end benchmarks create network namespaces: run as root (sudo -E cargo xtask bench)"
             );
         }
+        // A run killed before its Drop leaves the fixed names behind.
         remove_namespaces();
         let lab = NetLab { _private: () };
         for ns in [CLIENT, ROUTER, BACKEND] {
-            ip(&format!("netns add {ns}"))?;
-            ip(&format!("-n {ns} link set lo up"))?;
+            netns::add(ns)?;
         }
-        ip(&format!(
-            "link add srbc0 netns {CLIENT} type veth peer name eth2 netns {ROUTER}"
-        ))?;
-        ip(&format!(
-            "link add srbr0 netns {ROUTER} type veth peer name srbb0 netns {BACKEND}"
-        ))?;
-        ip(&format!("-n {CLIENT} addr add 10.77.1.2/24 dev srbc0"))?;
-        ip(&format!("-n {ROUTER} addr add 10.77.1.1/24 dev eth2"))?;
-        ip(&format!("-n {ROUTER} addr add {VIP1}/32 dev eth2"))?;
-        ip(&format!("-n {ROUTER} addr add {VIP2}/32 dev eth2"))?;
-        ip(&format!("-n {ROUTER} addr add 10.77.2.1/24 dev srbr0"))?;
-        ip(&format!("-n {BACKEND} addr add {BACKEND_IP}/24 dev srbb0"))?;
-        ip(&format!("-n {CLIENT} link set srbc0 up"))?;
-        ip(&format!("-n {ROUTER} link set eth2 up"))?;
-        ip(&format!("-n {ROUTER} link set srbr0 up"))?;
-        ip(&format!("-n {BACKEND} link set srbb0 up"))?;
+        netns::veth(CLIENT, "srbc0", ROUTER, "eth2")?;
+        netns::veth(ROUTER, "srbr0", BACKEND, "srbb0")?;
+        netns::addr(CLIENT, "10.77.1.2/24", "srbc0")?;
+        netns::addr(ROUTER, "10.77.1.1/24", "eth2")?;
+        netns::addr(ROUTER, &format!("{VIP1}/32"), "eth2")?;
+        netns::addr(ROUTER, &format!("{VIP2}/32"), "eth2")?;
+        netns::addr(ROUTER, "10.77.2.1/24", "srbr0")?;
+        netns::addr(BACKEND, &format!("{BACKEND_IP}/24"), "srbb0")?;
         // The ceiling run goes client → backend through the router namespace's kernel.
-        ip(&format!("-n {CLIENT} route add 10.77.2.0/24 via 10.77.1.1"))?;
-        ip(&format!("-n {BACKEND} route add default via 10.77.2.1"))?;
-        sysctl(ROUTER, "net.ipv4.ip_forward=1")?;
+        netns::route(CLIENT, "10.77.2.0/24", "10.77.1.1")?;
+        netns::route(BACKEND, "default", "10.77.2.1")?;
+        netns::sysctl(ROUTER, "net.ipv4.ip_forward=1")?;
         for ns in [CLIENT, ROUTER, BACKEND] {
-            sysctl(ns, "net.core.somaxconn=65535")?;
-            sysctl(ns, "net.ipv4.tcp_max_syn_backlog=65535")?;
-            sysctl(ns, "net.ipv4.ip_local_port_range=1024 65000")?;
+            netns::sysctl(ns, "net.core.somaxconn=65535")?;
+            netns::sysctl(ns, "net.ipv4.tcp_max_syn_backlog=65535")?;
+            netns::sysctl(ns, "net.ipv4.ip_local_port_range=1024 65000")?;
             // Connection-rate runs recycle ports quickly.
-            sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
+            netns::sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
         }
         Ok(lab)
     }
@@ -115,16 +75,10 @@ impl Drop for NetLab {
 
 fn remove_namespaces() {
     for ns in [CLIENT, ROUTER, BACKEND] {
-        if Path::new("/run/netns").join(ns).exists() {
-            // Deleting the namespace removes its veth ends too.
-            let _ = ip(&format!("netns del {ns}"));
+        if let Err(err) = netns::delete(ns) {
+            eprintln!("warning: {err:#}");
         }
     }
-}
-
-fn unsafe_euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 /// Raises the soft open-file limit to the hard one (inherited by every process we
@@ -148,36 +102,10 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(rl.rlim_max)
 }
 
-/// Runs `f` on a thread that joined network namespace `ns` (sockets it opens live there).
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || -> Result<T> {
-        let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
-        // SAFETY: the fd is a valid namespace file for the whole call; setns only
-        // changes this thread's network namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot join network namespace {path}"));
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("a thread inside namespace {ns} panicked"))?
-}
-
 /// A process started in a namespace, pinned to a CPU; killed when dropped.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    pub log: PathBuf,
-}
+pub struct Proc(Process);
 
 impl Proc {
-    /// `nsenter` and `taskset` both exec, so the child's pid is the program's own.
     pub fn spawn(
         name: &str,
         ns: &str,
@@ -187,41 +115,20 @@ impl Proc {
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> Result<Proc> {
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
         let mut cmd = nsenter(ns);
+        // `taskset` execs the program in place, so the pid stays the program's own.
         cmd.args(["taskset", "-c", cpu]).arg(program).args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        })
+        cmd.envs(env.iter().copied());
+        Process::spawn(name, cmd, log).map(Proc)
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Err with the log's tail when the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail(&self.log, 15)
-            );
-        }
-        Ok(())
+        self.0.check_alive()
     }
 
     /// User + system CPU seconds consumed so far.
@@ -261,8 +168,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 
@@ -275,7 +182,7 @@ pub fn wait_listening(addr: &str, procs: &mut [&mut Proc]) -> Result<()> {
             p.check_alive()?;
         }
         let target: std::net::SocketAddr = addr.parse()?;
-        let ok = in_netns(CLIENT, move || {
+        let ok = netns::run_in(CLIENT, move || {
             Ok(std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())
         })?;
         if ok {
@@ -284,19 +191,10 @@ pub fn wait_listening(addr: &str, procs: &mut [&mut Proc]) -> Result<()> {
         if Instant::now() > deadline {
             let logs: Vec<String> = procs
                 .iter()
-                .map(|p| format!("{}:\n{}", p.name, tail(&p.log, 10)))
+                .map(|p| format!("{}:\n{}", p.0.name, netns::tail(&p.0.log, 10)))
                 .collect();
             bail!("{addr} never started listening; logs:\n{}", logs.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

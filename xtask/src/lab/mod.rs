@@ -2,7 +2,7 @@
 //! scope-router on `eth2` owning the seed VIP and echo backends on the services address;
 //! sends scoped requests from a client namespace and prints what went where.
 
-mod netns;
+mod network;
 mod plan;
 mod probes;
 
@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::exec;
+use crate::netns::{self, nsenter};
 use crate::progress::{banner, step};
 use crate::setup::{self, Profile};
 use crate::workspace;
-use netns::{Lab, nsenter};
+use network::Lab;
 use plan::RegionPlan;
 
 /// Generous: a debug router loading eBPF on a busy 2-core machine is slow to listen,
@@ -61,7 +62,7 @@ pub fn run(opts: Options) -> Result<()> {
     if opts.down {
         return down();
     }
-    let existing = netns::existing_namespaces()?;
+    let existing = network::existing_namespaces()?;
     if !existing.is_empty() {
         bail!(
             "a lab is already up (namespaces: {}); tear it down with `cargo xtask lab --down`",
@@ -350,7 +351,7 @@ fn print_keep_help(
 }
 
 fn down() -> Result<()> {
-    let namespaces = netns::existing_namespaces()?;
+    let namespaces = network::existing_namespaces()?;
     let pins: Vec<PathBuf> = std::fs::read_dir("/sys/fs/bpf")
         .map(|entries| {
             entries
@@ -371,7 +372,7 @@ fn down() -> Result<()> {
         return Ok(());
     }
     let s = step("tear the lab down");
-    netns::teardown(&namespaces, &pins)?;
+    network::teardown(&namespaces, &pins)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

@@ -5,9 +5,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::netns::nsenter;
 use super::plan::{RegionPlan, client_ns};
 use crate::exec;
+use crate::netns::nsenter;
 
 /// Where a request is expected to end up.
 #[derive(Debug, Clone, PartialEq, Eq)]

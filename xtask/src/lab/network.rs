@@ -11,57 +11,32 @@
 //!                                         └ br2 192.168.144.1/24 ─ …        (same for RegionTwo)
 //! ```
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::plan::{
     self, CLIENT_ADDR, CLIENT_GATEWAY, CLIENT_NET, PREFIX, RegionPlan, VIP_INTERFACE,
 };
 use crate::exec::{self, as_root};
 use crate::interrupt;
+use crate::netns::{self, Process, ip, nsenter};
 
 /// How long a stopped process gets for its graceful shutdown before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// `nsenter --net=/run/netns/NS -- …`: joins only the network namespace, so bpffs
-/// stays visible (`ip netns exec` remounts /sys and hides it).
-pub fn nsenter(ns: &str) -> Command {
-    let mut cmd = as_root("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
-    cmd
-}
-
-fn ip(ns: &str, args: &[&str]) -> Result<()> {
-    exec::exec(as_root("ip").args(["-n", ns]).args(args))
-}
-
 /// The namespaces of lab processes that exist right now, found by name prefix.
 pub fn existing_namespaces() -> Result<Vec<String>> {
-    let list = exec::query(Command::new("ip").args(["netns", "list"]))?;
-    Ok(list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&format!("{PREFIX}-")))
-        .map(str::to_owned)
-        .collect())
-}
-
-struct Spawned {
-    name: String,
-    child: Child,
-    log: PathBuf,
+    netns::list(&format!("{PREFIX}-"))
 }
 
 /// Everything the lab created, in creation order; dropping an armed Lab removes it.
 pub struct Lab {
     namespaces: Vec<String>,
-    children: Vec<Spawned>,
+    children: Vec<Process>,
     pin_paths: Vec<PathBuf>,
     armed: bool,
 }
@@ -76,42 +51,23 @@ impl Lab {
         }
     }
 
-    fn add_namespace(&mut self, ns: String) -> Result<()> {
-        exec::exec(as_root("ip").args(["netns", "add", &ns]))?;
-        self.namespaces.push(ns.clone());
-        ip(&ns, &["link", "set", "lo", "up"])
+    fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        // Recorded first: should `lo` not come up, the namespace exists and must go too.
+        self.namespaces.push(ns.to_owned());
+        netns::add(ns)
     }
 
     /// Creates namespaces, links, addresses and routes for all regions.
     pub fn build_network(&mut self, regions: &[RegionPlan]) -> Result<()> {
         let core = plan::core_ns();
         let client = plan::client_ns();
-        self.add_namespace(core.clone())?;
-        exec::exec(nsenter(&core).args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))?;
+        self.add_namespace(&core)?;
+        netns::sysctl(&core, "net.ipv4.ip_forward=1")?;
 
-        self.add_namespace(client.clone())?;
-        ip(
-            &core,
-            &[
-                "link", "add", "client", "type", "veth", "peer", "name", "eth0", "netns", &client,
-            ],
-        )?;
-        ip(
-            &core,
-            &[
-                "addr",
-                "add",
-                &format!("{CLIENT_GATEWAY}/24"),
-                "dev",
-                "client",
-            ],
-        )?;
-        ip(&core, &["link", "set", "client", "up"])?;
-        ip(
-            &client,
-            &["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "eth0"],
-        )?;
-        ip(&client, &["link", "set", "eth0", "up"])?;
+        self.add_namespace(&client)?;
+        netns::veth(&core, "client", &client, "eth0")?;
+        netns::addr(&core, &format!("{CLIENT_GATEWAY}/24"), "client")?;
+        netns::addr(&client, &format!("{CLIENT_ADDR}/24"), "eth0")?;
 
         // Every lab subnet, each reached through the core; deliberately no default route.
         let mut subnets: Vec<Ipv4Addr> = regions.iter().map(RegionPlan::network).collect();
@@ -124,103 +80,38 @@ impl Lab {
             let svc = format!("svc{}", region.index);
             let router_ns = region.router_ns();
             let services_ns = region.services_ns();
-            self.add_namespace(router_ns.clone())?;
-            self.add_namespace(services_ns.clone())?;
+            self.add_namespace(&router_ns)?;
+            self.add_namespace(&services_ns)?;
 
             ip(&core, &["link", "add", &bridge, "type", "bridge"])?;
-            ip(
-                &core,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/24", region.gateway),
-                    "dev",
-                    &bridge,
-                ],
-            )?;
+            netns::addr(&core, &format!("{}/24", region.gateway), &bridge)?;
             ip(&core, &["link", "set", &bridge, "up"])?;
 
-            ip(
-                &core,
-                &[
-                    "link",
-                    "add",
-                    &rtr,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    VIP_INTERFACE,
-                    "netns",
-                    &router_ns,
-                ],
-            )?;
-            ip(&core, &["link", "set", &rtr, "master", &bridge, "up"])?;
-            ip(
+            netns::veth(&core, &rtr, &router_ns, VIP_INTERFACE)?;
+            ip(&core, &["link", "set", &rtr, "master", &bridge])?;
+            netns::addr(
                 &router_ns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/24", region.router_addr),
-                    "dev",
-                    VIP_INTERFACE,
-                ],
+                &format!("{}/24", region.router_addr),
+                VIP_INTERFACE,
             )?;
-            ip(&router_ns, &["link", "set", VIP_INTERFACE, "up"])?;
             if !region.router_manages_vip {
-                ip(
-                    &router_ns,
-                    &[
-                        "addr",
-                        "add",
-                        &format!("{}/32", region.vip),
-                        "dev",
-                        VIP_INTERFACE,
-                    ],
-                )?;
+                netns::addr(&router_ns, &format!("{}/32", region.vip), VIP_INTERFACE)?;
             }
 
-            ip(
-                &core,
-                &[
-                    "link",
-                    "add",
-                    &svc,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &services_ns,
-                ],
-            )?;
-            ip(&core, &["link", "set", &svc, "master", &bridge, "up"])?;
-            ip(
-                &services_ns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/24", region.backend),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            ip(&services_ns, &["link", "set", "eth0", "up"])?;
+            netns::veth(&core, &svc, &services_ns, "eth0")?;
+            ip(&core, &["link", "set", &svc, "master", &bridge])?;
+            netns::addr(&services_ns, &format!("{}/24", region.backend), "eth0")?;
 
+            let via = region.gateway.to_string();
             for subnet in subnets.iter().filter(|s| **s != region.network()) {
-                let via = region.gateway.to_string();
                 let dst = format!("{subnet}/24");
-                ip(&router_ns, &["route", "add", &dst, "via", &via])?;
-                ip(&services_ns, &["route", "add", &dst, "via", &via])?;
+                netns::route(&router_ns, &dst, &via)?;
+                netns::route(&services_ns, &dst, &via)?;
             }
         }
+        let via = CLIENT_GATEWAY.to_string();
         for region in regions {
-            let dst = format!("{}/24", region.network());
-            ip(
-                &client,
-                &["route", "add", &dst, "via", &CLIENT_GATEWAY.to_string()],
-            )?;
+            netns::route(&client, &format!("{}/24", region.network()), &via)?;
         }
         Ok(())
     }
@@ -235,10 +126,6 @@ impl Lab {
         args: &[String],
         log: PathBuf,
     ) -> Result<()> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("sharing {}", log.display()))?;
         let mut cmd = nsenter(ns);
         cmd.arg(program).args(args);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -246,35 +133,14 @@ impl Lab {
         }
         // The output goes to a log file, where colour codes are noise.
         cmd.env("NO_COLOR", "1");
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        exec::announce(&cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting `{}`", exec::display(&cmd)))?;
-        self.children.push(Spawned {
-            name: name.to_owned(),
-            child,
-            log,
-        });
+        cmd.process_group(0);
+        self.children.push(Process::spawn(name, cmd, log)?);
         Ok(())
     }
 
     /// Err with the log's tail if a started process has already exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        for spawned in &mut self.children {
-            if let Some(status) = spawned.child.try_wait().context("polling a lab process")? {
-                bail!(
-                    "{} exited early ({status}); last lines of {}:\n{}",
-                    spawned.name,
-                    spawned.log.display(),
-                    tail(&spawned.log, 20)
-                );
-            }
-        }
-        Ok(())
+        self.children.iter_mut().try_for_each(Process::check_alive)
     }
 
     /// Polls `ready` until it holds, failing if a lab process dies, the user interrupts,
@@ -354,15 +220,13 @@ pub fn teardown(namespaces: &[String], pin_paths: &[PathBuf]) -> Result<()> {
     let (services, others): (Vec<&String>, Vec<&String>) =
         namespaces.iter().partition(|ns| ns.ends_with("-svc"));
     for group in [others, services] {
-        let pids: Vec<u32> = group.iter().flat_map(|ns| namespace_pids(ns)).collect();
+        let pids: Vec<u32> = group.iter().flat_map(|ns| netns::pids(ns)).collect();
         if let Err(err) = stop(&pids) {
             errors.push(format!("{err:#}"));
         }
     }
     for ns in namespaces.iter().rev() {
-        if Path::new("/run/netns").join(ns).exists()
-            && let Err(err) = exec::exec(as_root("ip").args(["netns", "del", ns]))
-        {
+        if let Err(err) = netns::delete(ns) {
             errors.push(format!("{err:#}"));
         }
     }
@@ -376,16 +240,6 @@ pub fn teardown(namespaces: &[String], pin_paths: &[PathBuf]) -> Result<()> {
     } else {
         bail!("{}", errors.join("; "))
     }
-}
-
-fn namespace_pids(ns: &str) -> Vec<u32> {
-    exec::probe(as_root("ip").args(["netns", "pids", ns]))
-        .map(|out| {
-            out.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL whatever is left.
@@ -427,19 +281,10 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// The last `lines` lines of a log file, indented.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
 
     #[test]
@@ -452,13 +297,5 @@ mod tests {
         child.kill().expect("kill sleep");
         child.wait().expect("reap sleep");
         assert!(!running(child.id()));
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("log");
-        std::fs::write(&log, "a\nb\nc\n").expect("write");
-        assert_eq!(tail(&log, 2), "    b\n    c");
     }
 }

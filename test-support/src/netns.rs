@@ -1,7 +1,7 @@
 //! RAII network namespaces for privileged tests.
 //!
 //! ```no_run
-//! use integration_tests::netns::{self, Lab};
+//! use test_support::netns::{self, Lab};
 //! if !netns::privileged("my_test") { return; }        // prints why, panics under CI=true
 //! let lab = Lab::new().unwrap();                        // router ns (eth2) <-veth-> client ns (eth0)
 //! lab.router.ip(&["addr", "add", "192.0.2.100/32", "dev", "eth2"]).unwrap();
@@ -13,11 +13,8 @@
 //! Namespaces are created with `ip netns add` under a unique name, so `nsenter
 //! --net=/run/netns/NAME` works for debugging and bpffs stays visible (unlike `ip netns
 //! exec`, which remounts /sys). Code runs inside a namespace on a dedicated thread that
-//! `setns(2)`s first; threads it spawns inherit the namespace.
-//!
-//! router-userspace's end-to-end suite (`tests/privileged_cli.rs`) compiles this file in
-//! by path (it cannot depend on this crate: that would be a cycle), so it must only use
-//! std and libc, never other modules of this crate.
+//! `setns(2)`s first; threads it spawns inherit the namespace. A process runs inside
+//! one through [`Netns::command`].
 
 use std::{
     ffi::OsStr,
@@ -39,7 +36,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 static CREATE: Mutex<()> = Mutex::new(());
 
 /// A unique suffix for names created by this process (`<pid>-<n>`).
-pub fn unique_suffix() -> String {
+fn unique_suffix() -> String {
     format!(
         "{}-{}",
         std::process::id(),
@@ -48,7 +45,7 @@ pub fn unique_suffix() -> String {
 }
 
 /// Why privileged tests cannot run here, or `None` if they can (root, `ip`, netns).
-pub fn skip_reason() -> Option<String> {
+fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces, veth, eBPF)".into());
@@ -84,22 +81,45 @@ pub fn skip(test: &str, reason: &str) -> bool {
     false
 }
 
+/// What setting up or changing a namespace ran into.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `ip` could not be started at all.
+    #[error("could not run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `ip` ran and failed; `stderr` says why.
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
 /// Runs `ip <args…>` and returns its stdout, failing with ip's stderr.
-fn run_ip<I, S>(args: I) -> io::Result<String>
+fn run_ip<I, S>(args: I) -> Result<String, Error>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let mut cmd = Command::new("ip");
     cmd.args(args);
-    let out = cmd.output()?;
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(source) => {
+            return Err(Error::Spawn {
+                command: format!("{cmd:?}"),
+                source,
+            });
+        }
+    };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(io::Error::other(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(Error::Failed {
+            command: format!("{cmd:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -111,7 +131,7 @@ pub struct Netns {
 
 impl Netns {
     /// Creates `<prefix>-<pid>-<n>` with `lo` up.
-    pub fn create(prefix: &str) -> io::Result<Self> {
+    pub fn create(prefix: &str) -> Result<Self, Error> {
         let name = format!("{prefix}-{}", unique_suffix());
         {
             let _guard = CREATE
@@ -135,12 +155,21 @@ impl Netns {
     }
 
     /// Runs `ip -n <name> <args…>` and returns its stdout, failing with ip's stderr.
-    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+    pub fn ip(&self, args: &[&str]) -> Result<String, Error> {
         run_ip(
             ["-n", self.name.as_str()]
                 .into_iter()
                 .chain(args.iter().copied()),
         )
+    }
+
+    /// `nsenter --net=<path> <program>`: a process in this namespace only, which keeps
+    /// bpffs visible. nsenter execs `program` in place, so the child's pid is its own.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg(program);
+        cmd
     }
 
     /// Runs `f` on a fresh thread inside this namespace and returns its result; a panic
@@ -215,7 +244,7 @@ impl Lab {
     pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 
     /// Creates both namespaces and the veth, addresses up.
-    pub fn new() -> io::Result<Self> {
+    pub fn new() -> Result<Self, Error> {
         let router = Netns::create("srt-router")?;
         let client = Netns::create("srt-client")?;
         veth_pair(&router, "eth2", &client, "eth0")?;
@@ -225,7 +254,7 @@ impl Lab {
     }
 
     /// Adds [`Lab::VIP`]/32 to the router's `eth2`, as the VIP manager would.
-    pub fn add_vip(&self) -> io::Result<()> {
+    pub fn add_vip(&self) -> Result<(), Error> {
         self.router
             .ip(&["addr", "add", "192.0.2.100/32", "dev", "eth2"])
             .map(drop)
@@ -233,7 +262,7 @@ impl Lab {
 }
 
 /// Creates a veth pair `a_if` (in `a`) ↔ `b_if` (in `b`) and brings both ends up.
-pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> io::Result<()> {
+fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), Error> {
     a.ip(&[
         "link",
         "add",
