@@ -1237,6 +1237,11 @@ fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
         eventually("router acknowledges SIGTERM", &mut router, || {
             router_log_has(&world, "received: no new connections")
         });
+        // The listener is closed only once the accept loop has seen the drain signal:
+        // probing before that line would race a SYN into the closing socket's backlog.
+        eventually("router closes its listener", &mut router, || {
+            router_log_has(&world, "stopped accepting: listener closed")
+        });
         // Draining: still running, the VIP and the programs still in place.
         router.assert_running();
         // New connections are refused at once (the steered listener is closed), so

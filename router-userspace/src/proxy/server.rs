@@ -202,7 +202,11 @@ async fn accept_loop(
             }
         }
     }
-    tracing::info!(addr = %listener.bound_addr(), "stopped accepting");
+    // Close before saying so: a client that reads this line and connects must be
+    // refused, not left in the backlog of a socket about to be reset.
+    let addr = listener.bound_addr();
+    drop(listener);
+    tracing::info!(%addr, "stopped accepting: listener closed");
 }
 
 impl Dispatch {
