@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
+use crate::health::CheckSettings;
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 
@@ -21,12 +23,14 @@ pub struct Config {
     /// Catalog files, resolved relative to the config file.
     pub catalog: Vec<PathBuf>,
     /// Concrete local services, on the same port as the VIP listener.
-    pub backend: IpAddr,
+    pub backend: Vec<ServerSpec<IpAddr>>,
     /// `[scope.defaults]`: service type → region, overriding "current region".
     pub scope_defaults: BTreeMap<String, String>,
     pub timeouts: Timeouts,
     pub ports: BTreeMap<u16, PortOverride>,
     pub proxy: ProxySettings,
+    /// `[health]`: how every upstream server is checked.
+    pub health: CheckSettings,
     /// `[vip]`: the address the router owns; `None` manages no address.
     pub vip: Option<VipSettings>,
     pub ebpf: EbpfSettings,
@@ -69,8 +73,106 @@ pub struct PortOverride {
     pub connect: Option<Duration>,
     #[serde(deserialize_with = "some_duration")]
     pub idle: Option<Duration>,
-    /// Local backend for this port instead of `backend:N`.
-    pub backend: Option<SocketAddr>,
+    /// Local backend servers for this port instead of `backend`:N.
+    pub backend: Option<Servers<SocketAddr>>,
+    /// How requests spread over this port's servers (`[proxy] balance` otherwise).
+    pub balance: Option<Balance>,
+    /// HTTP check path for this port's local servers (`GET path`, healthy on 2xx/3xx),
+    /// e.g. Kolla's `/healthcheck`, keystone's `/v3`; `[health] http_path` otherwise.
+    pub health_path: Option<String>,
+}
+
+/// One server of a backend: its address, its share of the traffic, and whether it only
+/// serves when every other server is down (HAProxy's `weight` and `backup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec<A> {
+    pub address: A,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+/// `backend` as written: one server (`"10.0.0.5"`, or a table `{ address = "10.0.0.5",
+/// weight = 2, backup = true }`) or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Servers<A>(pub Vec<ServerSpec<A>>);
+
+impl<'de, A> Deserialize<'de> for Servers<A>
+where
+    A: std::str::FromStr,
+    A::Err: std::fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        let items = match value {
+            toml::Value::Array(items) if items.is_empty() => {
+                return Err(serde::de::Error::custom(
+                    "an empty list serves nothing; name at least one server",
+                ));
+            }
+            toml::Value::Array(items) => items,
+            one => vec![one],
+        };
+        items
+            .iter()
+            .map(server_spec)
+            .collect::<Result<_, _>>()
+            .map(Servers)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn server_spec<A>(value: &toml::Value) -> Result<ServerSpec<A>, String>
+where
+    A: std::str::FromStr,
+    A::Err: std::fmt::Display,
+{
+    let address = |text: &str| {
+        text.parse::<A>()
+            .map_err(|e| format!("\"{text}\" is not a server address ({e})"))
+    };
+    match value {
+        toml::Value::String(text) => Ok(ServerSpec {
+            address: address(text)?,
+            weight: 1,
+            backup: false,
+        }),
+        toml::Value::Table(table) => {
+            if let Some(key) = table
+                .keys()
+                .find(|k| !["address", "weight", "backup"].contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "unknown server key `{key}`; a server has `address`, `weight` and `backup`"
+                ));
+            }
+            let Some(toml::Value::String(text)) = table.get("address") else {
+                return Err("a server table needs `address = \"…\"`".to_owned());
+            };
+            let weight = match table.get("weight") {
+                None => 1,
+                Some(toml::Value::Integer(w)) if (1..=256).contains(w) => *w as u32,
+                Some(other) => {
+                    return Err(format!(
+                        "weight {other} must be a whole number from 1 to 256"
+                    ));
+                }
+            };
+            let backup = match table.get("backup") {
+                None => false,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(other) => return Err(format!("backup {other} must be true or false")),
+            };
+            Ok(ServerSpec {
+                address: address(text)?,
+                weight,
+                backup,
+            })
+        }
+        other => Err(format!(
+            "{other} is not a server; write \"address\", {{ address = \"…\", weight = 2, \
+             backup = true }}, or a list of them"
+        )),
+    }
 }
 
 /// `[proxy]`: HTTP handling limits.
@@ -82,6 +184,12 @@ pub struct ProxySettings {
     /// How long in-flight requests may finish after a shutdown signal.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Further servers tried when connecting to one fails (HAProxy's `retries` with
+    /// `option redispatch`): nothing was sent yet, so every method may be redispatched.
+    pub retries: u32,
+    /// How requests spread over a backend's servers, unless `[ports.N] balance` says
+    /// otherwise.
+    pub balance: Balance,
 }
 
 impl Default for ProxySettings {
@@ -89,6 +197,9 @@ impl Default for ProxySettings {
         ProxySettings {
             max_header_bytes: 16384,
             shutdown_grace: Duration::from_secs(30),
+            // Kolla's HAProxy defaults: `retries 3`, `balance roundrobin`.
+            retries: 3,
+            balance: Balance::Roundrobin,
         }
     }
 }
@@ -242,12 +353,37 @@ impl Config {
         t
     }
 
-    /// The local backend of the scoped listener on `port`.
-    pub fn port_backend(&self, port: u16) -> SocketAddr {
+    /// The local backend servers of the scoped listener on `port`.
+    pub fn port_backend(&self, port: u16) -> Vec<ServerSpec<SocketAddr>> {
+        match self.ports.get(&port).and_then(|o| o.backend.as_ref()) {
+            Some(servers) => servers.0.clone(),
+            None => self
+                .backend
+                .iter()
+                .map(|s| ServerSpec {
+                    address: SocketAddr::new(s.address, port),
+                    weight: s.weight,
+                    backup: s.backup,
+                })
+                .collect(),
+        }
+    }
+
+    /// How requests spread over the servers of the scoped listener on `port`.
+    pub fn port_balance(&self, port: u16) -> Balance {
         self.ports
             .get(&port)
-            .and_then(|o| o.backend)
-            .unwrap_or_else(|| SocketAddr::new(self.backend, port))
+            .and_then(|o| o.balance)
+            .unwrap_or(self.proxy.balance)
+    }
+
+    /// How the local servers of the scoped listener on `port` are checked.
+    pub fn port_health(&self, port: u16) -> CheckSettings {
+        let mut check = self.health.clone();
+        if let Some(path) = self.ports.get(&port).and_then(|o| o.health_path.clone()) {
+            check.http_path = Some(path);
+        }
+        check
     }
 }
 
@@ -281,7 +417,7 @@ fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D:
 struct RawConfig {
     region: String,
     catalog: Vec<PathBuf>,
-    backend: IpAddr,
+    backend: Servers<IpAddr>,
     #[serde(default)]
     scope: RawScope,
     #[serde(default)]
@@ -290,6 +426,8 @@ struct RawConfig {
     ports: BTreeMap<String, PortOverride>,
     #[serde(default)]
     proxy: ProxySettings,
+    #[serde(default)]
+    health: CheckSettings,
     vip: Option<VipSettings>,
     #[serde(default)]
     ebpf: EbpfSettings,
@@ -364,6 +502,14 @@ impl RawConfig {
                     ));
                 }
             };
+            if let Some(path) = &port_override.health_path
+                && !path.starts_with('/')
+            {
+                return Err(invalid(
+                    &format!("ports.{key}.health_path"),
+                    format!("\"{path}\" must be an absolute path, e.g. \"/healthcheck\""),
+                ));
+            }
             ports.insert(port, port_override);
         }
 
@@ -461,11 +607,12 @@ impl RawConfig {
             path: path.to_owned(),
             region: self.region,
             catalog,
-            backend: self.backend,
+            backend: self.backend.0,
             scope_defaults: self.scope.defaults,
             timeouts,
             ports,
             proxy,
+            health: self.health,
             vip: self.vip,
             ebpf,
             passthrough,

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use http::header::{HOST, HeaderName, VIA};
 
+use crate::balance::Balancer;
 use crate::config::Timeouts;
 use crate::scope::{X_AUTH_TOKEN, X_SCOPE, X_SUBJECT_TOKEN, strip_scope};
 
@@ -54,8 +55,10 @@ pub struct RequestHead<'a> {
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// `host:port` to connect to.
+    /// The first server's `host:port`, for display; the proxy picks among `balancer`.
     pub upstream: Arc<str>,
+    /// The target's servers, their health, and how to pick among them.
+    pub balancer: Arc<Balancer>,
     /// `Region_Type_Interface`, or `Region_transparent_PORT` for unscoped requests.
     pub backend_name: Arc<str>,
     pub region: Arc<str>,

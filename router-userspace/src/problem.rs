@@ -114,6 +114,24 @@ impl Problem {
         )
     }
 
+    /// 503 when every server of the chosen target is down (by its health checks): said
+    /// at once instead of after a connect timeout, naming the backend and the last check
+    /// result.
+    pub fn service_unavailable(backend: &str, last_check: Option<&str>) -> Problem {
+        let last = match last_check {
+            Some(reason) => format!(" (last check: {reason})"),
+            None => String::new(),
+        };
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!(
+                "Every server of {backend} is down{last}. Retry later, or scope this service to \
+                 another region that offers it."
+            ),
+        )
+    }
+
     /// 431 when the request head exceeds `[proxy] max_header_bytes`.
     pub fn header_too_large(limit: usize) -> Problem {
         Problem::new(

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use http::HeaderValue;
 use http::header::{HOST, VIA};
 
+use crate::balance::{Balancer, Server};
 use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, Timeouts};
+use crate::health::{CheckSettings, Health, Probe};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
@@ -30,7 +32,8 @@ use crate::scope::{Scope, ScopeSource};
 pub struct ListenerSpec {
     /// VIP:port from the catalog.
     pub addr: SocketAddr,
-    /// Where local-region requests go (`backend`:port or `[ports.N] backend`).
+    /// Where local-region requests go (`backend`:port or `[ports.N] backend`): the first
+    /// server, for display; [`Listener`] balances over all of them.
     pub local_backend: SocketAddr,
     pub timeouts: Timeouts,
 }
@@ -68,7 +71,10 @@ pub enum RoutingError {
 pub(crate) struct Target {
     pub(crate) region: Arc<str>,
     pub(crate) backend_name: Arc<str>,
+    /// The first server, for display (`check`, `explain`, the HAProxy emitters).
     pub(crate) upstream: Arc<str>,
+    /// Every server of the target and how to pick among them.
+    pub(crate) balancer: Arc<Balancer>,
     /// `None` for the current region: local backend, Host and path unchanged.
     pub(crate) remote: Option<Remote>,
 }
@@ -100,6 +106,8 @@ pub struct Listener {
     routes: Vec<Route>,
     transparent_name: Arc<str>,
     local_upstream: Arc<str>,
+    /// The local servers (shared by the local targets and the transparent fallback).
+    local: Arc<Balancer>,
 }
 
 impl Listener {
@@ -136,6 +144,16 @@ pub struct Router {
     defaults: HashMap<String, Arc<str>>,
     /// `X-Identity-Region`/`X-Identity-Url` per region with an identity endpoint.
     identity: Vec<(Arc<str>, HeaderValue, HeaderValue)>,
+    /// Every upstream server's health and how to check it, for the checker tasks.
+    checks: Vec<HealthCheck>,
+}
+
+/// One server's health state and how its checker probes it.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub health: Arc<Health>,
+    pub probe: Probe,
+    pub settings: CheckSettings,
 }
 
 impl Router {
@@ -156,6 +174,7 @@ impl Router {
         })?;
 
         let mut listeners: Vec<Listener> = Vec::new();
+        let mut checks: Vec<HealthCheck> = Vec::new();
         for entry in catalog.entries().iter().filter(|e| e.region == region) {
             let ip = entry.url.ip().ok_or_else(|| RoutingError::NotIpLiteral {
                 backend: entry.backend_name(),
@@ -166,19 +185,50 @@ impl Router {
             let index = match listeners.iter().position(|l| l.spec.addr == addr) {
                 Some(i) => i,
                 None => {
-                    let local_backend = config.port_backend(addr.port());
+                    let port = addr.port();
+                    let servers = config.port_backend(port);
+                    let settings = config.port_health(port);
+                    let local_backend = servers
+                        .first()
+                        .map(|s| s.address)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            path: config.path.clone(),
+                            key: format!("ports.{port}.backend"),
+                            message: "names no server".to_owned(),
+                        })?;
+                    let local = servers
+                        .iter()
+                        .map(|s| {
+                            let health = Health::new(s.address.to_string());
+                            let probe = match &settings.http_path {
+                                Some(path) => Probe::Http {
+                                    path: path.clone(),
+                                    host: addr.to_string(),
+                                },
+                                None => Probe::Tcp,
+                            };
+                            checks.push(HealthCheck {
+                                health: Arc::clone(&health),
+                                probe,
+                                settings: settings.clone(),
+                            });
+                            Server {
+                                health,
+                                weight: s.weight,
+                                backup: s.backup,
+                            }
+                        })
+                        .collect();
                     listeners.push(Listener {
                         spec: ListenerSpec {
                             addr,
                             local_backend,
-                            timeouts: config.port_timeouts(addr.port()),
+                            timeouts: config.port_timeouts(port),
                         },
                         routes: Vec::new(),
-                        transparent_name: Arc::from(format!(
-                            "{region}_transparent_{}",
-                            addr.port()
-                        )),
+                        transparent_name: Arc::from(format!("{region}_transparent_{port}")),
                         local_upstream: Arc::from(local_backend.to_string()),
+                        local: Arc::new(Balancer::new(local, config.port_balance(port))),
                     });
                     listeners.len() - 1
                 }
@@ -190,7 +240,9 @@ impl Router {
                 &region,
                 &via_name,
                 entry,
-                &listener.local_upstream,
+                (&listener.local_upstream, &listener.local),
+                &config.health,
+                &mut checks,
             )?;
             listener.routes.push(Route {
                 service_type: Arc::clone(&entry.service_type),
@@ -242,7 +294,14 @@ impl Router {
             listeners,
             defaults,
             identity,
+            checks,
         })
+    }
+
+    /// Every upstream server with its health state and check, for the checker tasks
+    /// (`proxy::start` runs them; nothing on the request path does).
+    pub fn health_checks(&self) -> &[HealthCheck] {
+        &self.checks
     }
 
     /// Loads the catalog the config names and builds the table.
@@ -269,6 +328,41 @@ impl Router {
     /// Every distinct `host:port` of the current region, with its routes.
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    /// The answer to another router's health check of one of our services
+    /// (`GET /.scope-router/health?service=T&interface=I` on the listener at `local`):
+    /// up when any server of our own backend for it is up. The status and a message.
+    pub fn health_answer(&self, local: SocketAddr, query: Option<&str>) -> (u16, String) {
+        let mut service = None;
+        let mut interface = None;
+        for pair in query.unwrap_or("").split('&') {
+            match pair.split_once('=') {
+                Some(("service", v)) => service = Some(v),
+                Some(("interface", v)) => interface = Some(v),
+                _ => {}
+            }
+        }
+        let Some(service) = service else {
+            return (400, "name the service: ?service=TYPE&interface=IFACE".to_owned());
+        };
+        let route = self.listener_at(local).and_then(|l| {
+            l.routes.iter().find(|r| {
+                *r.service_type == *service && interface.is_none_or(|i| *r.interface == *i)
+            })
+        });
+        let Some(target) = route.and_then(|r| r.targets.iter().find(|t| t.remote.is_none())) else {
+            return (
+                404,
+                format!("{} serves no {service} here", self.via_name),
+            );
+        };
+        if target.balancer.candidates(IpAddr::from([0, 0, 0, 0])).next().is_some() {
+            (200, format!("{} is up", target.backend_name))
+        } else {
+            let last = target.balancer.last_failure().unwrap_or_default();
+            (503, format!("{} is down: {last}", target.backend_name))
+        }
     }
 
     /// The listener settings alone, for the layers that only bind or steer addresses.
@@ -360,6 +454,7 @@ impl Router {
         };
         Ok(Plan {
             upstream: Arc::clone(&target.upstream),
+            balancer: Arc::clone(&target.balancer),
             backend_name: Arc::clone(&target.backend_name),
             region: Arc::clone(&target.region),
             timeouts: listener.spec.timeouts,
@@ -384,6 +479,7 @@ impl Router {
         };
         Ok(Plan {
             upstream: Arc::clone(&l.local_upstream),
+            balancer: Arc::clone(&l.local),
             backend_name: Arc::clone(&l.transparent_name),
             region: Arc::clone(&self.region),
             timeouts: l.spec.timeouts,
@@ -469,13 +565,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes()[prefix.len()] == b'/')
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, in `Router::new`
 fn build_targets(
     catalog: &Catalog,
     regions: &[Arc<str>],
     current: &Arc<str>,
     via_name: &str,
     entry: &Endpoint,
-    local_upstream: &Arc<str>,
+    (local_upstream, local): (&Arc<str>, &Arc<Balancer>),
+    settings: &CheckSettings,
+    checks: &mut Vec<HealthCheck>,
 ) -> Result<Vec<Target>, RoutingError> {
     let mut targets = Vec::with_capacity(regions.len());
     for region in regions {
@@ -484,6 +583,7 @@ fn build_targets(
                 region: Arc::clone(region),
                 backend_name: Arc::from(entry.backend_name()),
                 upstream: Arc::clone(local_upstream),
+                balancer: Arc::clone(local),
                 remote: None,
             });
             continue;
@@ -497,10 +597,33 @@ fn build_targets(
         }
         let via = ScopeSource::ALL
             .map(|source| remote_via(via_name, &entry.service_type, region, source));
+        // A remote region is up for this service only when its service is: its router
+        // answers the check from its own health state (ARCHITECTURE §3.8).
+        let health = Health::new(t.url.authority.to_string());
+        let mut remote_settings = settings.clone();
+        remote_settings.http_path = None;
+        checks.push(HealthCheck {
+            health: Arc::clone(&health),
+            probe: Probe::ScopeRouter {
+                service_type: entry.service_type.to_string(),
+                interface: entry.interface.to_string(),
+                host: t.url.authority.to_string(),
+            },
+            settings: remote_settings,
+        });
+        let balancer = Arc::new(Balancer::new(
+            vec![Server {
+                health,
+                weight: 1,
+                backup: false,
+            }],
+            crate::balance::Balance::Roundrobin,
+        ));
         targets.push(Target {
             region: Arc::clone(region),
             backend_name: Arc::from(t.backend_name()),
             upstream: Arc::clone(&t.url.authority),
+            balancer,
             remote: Some(Remote {
                 host,
                 path: Arc::clone(&t.url.path),

@@ -118,6 +118,32 @@ pub(crate) fn problem_response(
     resp
 }
 
+/// The answer to a health check from another router (`Router::health_answer`): the
+/// status, the `x-scope-router-health` header that marks it authoritative, and the
+/// message as the body.
+pub(crate) fn health_response(
+    (status, message): (u16, String),
+    mut record: AccessRecord,
+) -> Response<LoggedBody> {
+    record.status = status;
+    let up = status == 200;
+    let body = Full::new(bytes::Bytes::from(message))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(LoggedBody::new(body, record));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        crate::health::HEALTH_HEADER,
+        HeaderValue::from_static(if up { "up" } else { "down" }),
+    );
+    resp
+}
+
 /// Wraps the upstream response for the client: hop-by-hop headers removed,
 /// body streamed through and access-logged when it ends.
 pub(crate) fn relay_response<B>(

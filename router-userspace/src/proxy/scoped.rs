@@ -11,10 +11,14 @@ use hyper::body::Incoming;
 
 use super::upstream::Upstreams;
 use super::{
-    RequestStart, ambiguous_framing_problem, check_head, headers, problem_response, relay_response,
+    RequestStart, ambiguous_framing_problem, check_head, headers, health_response,
+    problem_response, relay_response,
 };
 use crate::access_log::{AccessRecord, LoggedBody};
+use crate::balance::Server;
 use crate::decision::{Plan, RequestHead};
+use crate::health::HEALTH_PATH;
+use crate::problem::Problem;
 use crate::routing::Router;
 
 /// State shared by every scoped connection of one router.
@@ -23,6 +27,8 @@ pub struct ScopedShared {
     pub router: Arc<Router>,
     pub upstreams: Upstreams,
     pub max_header_bytes: usize,
+    /// `[proxy] retries`: further servers tried when connecting fails.
+    pub retries: u32,
 }
 
 /// The typed per-request context threaded through the phases.
@@ -71,6 +77,13 @@ pub async fn handle(
         return Ok(problem_response(&problem, ctx.record, true));
     }
 
+    // Another router asking about one of our services: answered from our own health
+    // state, never forwarded (docs/ARCHITECTURE.md §3.8).
+    if parts.uri.path() == HEALTH_PATH {
+        let answer = shared.router.health_answer(ctx.local, parts.uri.query());
+        return Ok(health_response(answer, ctx.record));
+    }
+
     // Phase: pick service, read scope, choose upstream (pure, in core logic).
     let decided = shared.router.decide(&RequestHead {
         local: ctx.local,
@@ -91,13 +104,30 @@ pub async fn handle(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     plan.apply_to(ctx.peer, &mut parts);
 
-    // Phase: forward.
-    match shared
+    // Phase: pick servers. When every server of the target is down, answer at once
+    // instead of making the client wait out a connect timeout.
+    let mut servers = plan.balancer.candidates(ctx.peer.ip()).peekable();
+    if servers.peek().is_none() {
+        let last = plan.balancer.last_failure();
+        let problem = Problem::service_unavailable(&plan.backend_name, last.as_deref());
+        return Ok(problem_response(&problem, ctx.record, false));
+    }
+
+    // Phase: forward (redispatched to the next server while connecting fails).
+    let sent = shared
         .upstreams
-        .send(&plan.upstream, &plan.timeouts, parts, body)
-        .await
-    {
-        Ok(resp) => Ok(relay_response(resp, ctx.record, false)),
+        .send_to_any(
+            servers,
+            |s: &Server| s.health.upstream(),
+            shared.retries,
+            &plan.timeouts,
+            parts,
+            body,
+            |s: &Server, e| s.health.note_connect_failure(&e.to_string()),
+        )
+        .await;
+    match sent {
+        Ok((resp, _)) => Ok(relay_response(resp, ctx.record, false)),
         Err(err) => {
             tracing::warn!(
                 backend = %plan.backend_name,

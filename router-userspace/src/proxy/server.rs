@@ -153,6 +153,16 @@ pub fn start_with_router(
     let dispatch = Arc::new(Dispatch::new(config, &router));
 
     let shutdown = Shutdown::new();
+    // Health checks run beside the request path, until the router drains.
+    for check in router.health_checks() {
+        let mut signals = shutdown.signals();
+        crate::health::spawn_checker(
+            Arc::clone(&check.health),
+            check.probe.clone(),
+            check.settings.clone(),
+            async move { signals.draining().await },
+        );
+    }
     let mut local_addrs = Vec::with_capacity(listeners.len());
     for listener in listeners {
         let addr = listener.bound_addr();
@@ -217,6 +227,7 @@ impl Dispatch {
                 router: router.clone(),
                 upstreams: Upstreams::start(),
                 max_header_bytes,
+                retries: config.proxy.retries,
             }),
             passthrough: config
                 .passthrough

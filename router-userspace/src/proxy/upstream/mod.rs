@@ -81,6 +81,35 @@ impl Upstreams {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
+        let only = [upstream];
+        let (resp, _) = self
+            .send_to_any(only.iter(), |u| u, 0, timeouts, parts, body, |_, _| {})
+            .await?;
+        Ok(resp)
+    }
+
+    /// Like [`Upstreams::send`] over several servers (HAProxy's `retries` with `option
+    /// redispatch`): the first of `servers` that accepts a connection gets the request;
+    /// when connecting fails, nothing was sent, so the next one is tried, for any
+    /// method, up to `retries` more servers. `refused` hears each failed server. A
+    /// request that reached a server is never sent to another. Returns the response
+    /// and the server that answered.
+    #[allow(clippy::too_many_arguments)] // the request, where it goes, and who hears failures
+    pub async fn send_to_any<'s, S, B>(
+        &self,
+        servers: impl Iterator<Item = &'s S>,
+        upstream_of: impl Fn(&'s S) -> &'s Arc<str>,
+        retries: u32,
+        timeouts: &Timeouts,
+        parts: http::request::Parts,
+        body: B,
+        mut refused: impl FnMut(&'s S, &ProxyError),
+    ) -> Result<(Response<UpstreamBody>, &'s S), ProxyError>
+    where
+        S: ?Sized + 's,
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
         let framing = if http_body::Body::is_end_stream(&body) {
             RequestFraming::Empty
         } else {
@@ -91,27 +120,38 @@ impl Upstreams {
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::new();
-        wire::encode_request_head(
-            &mut head,
-            &parts.method,
-            target,
-            &parts.headers,
-            upstream,
-            framing,
-        );
+        wire::encode_request_head(&mut head, &parts.method, target, &parts.headers, framing);
         let mut body = Some(body);
-        let mut fresh_only = false;
+        // Connect to the first server that accepts; nothing is sent before that.
+        let mut servers = servers.take(1 + retries as usize);
+        let Some(mut server) = servers.next() else {
+            return Err(ProxyError::new(ErrorKind::ConnectRefused, "-", None));
+        };
+        let mut upstream = upstream_of(server);
+        let mut lease = loop {
+            match self.lease(upstream, timeouts, false).await {
+                Ok(lease) => break lease,
+                Err(e) => {
+                    refused(server, &e);
+                    let Some(next) = servers.next() else {
+                        return Err(e);
+                    };
+                    let next_upstream = upstream_of(next);
+                    tracing::debug!(%upstream, next = %next_upstream, "connect failed ({e}); redispatching");
+                    (server, upstream) = (next, next_upstream);
+                }
+            }
+        };
         loop {
-            let lease = self.lease(upstream, timeouts, fresh_only).await?;
             let reused = lease.reused;
             match exchange(lease, upstream, &head, &parts.method, framing, &mut body).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, server)),
                 Err(f) if reused && f.retry_on_fresh => {
                     tracing::debug!(%upstream, "pooled connection was closed by the backend ({}); retrying on a new one", f.error);
-                    fresh_only = true;
                 }
                 Err(f) => return Err(f.error),
             }
+            lease = self.lease(upstream, timeouts, true).await?;
         }
     }
 

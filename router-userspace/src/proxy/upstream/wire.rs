@@ -41,14 +41,14 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request head: origin-form target, the (already rewritten) fields,
-/// `Host` if the client sent none, and our own framing.
+/// Writes the request head: origin-form target, the (already rewritten) fields, and our
+/// own framing. `Host` is among the fields: `check_head` made sure of exactly one, so the
+/// same head can go to whichever server of the target accepts it.
 pub fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    upstream: &str,
     framing: RequestFraming,
 ) {
     let fields: usize = headers
@@ -60,12 +60,6 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one.
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(upstream.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
     push_fields(out, headers);
     if framing == RequestFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -244,8 +238,9 @@ mod tests {
     }
 
     #[test]
-    fn request_head_is_origin_form_with_host_fallback_and_chunked_framing() {
+    fn request_head_is_origin_form_with_our_framing() {
         let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("vip:8774"));
         headers.insert("x-auth-token", HeaderValue::from_static("abc"));
         let mut out = Vec::new();
         encode_request_head(
@@ -253,26 +248,16 @@ mod tests {
             &Method::POST,
             "/v2.1/servers?x=1",
             &headers,
-            "10.0.0.1:8774",
             RequestFraming::Chunked,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /v2.1/servers?x=1 HTTP/1.1\r\nhost: 10.0.0.1:8774\r\nx-auth-token: abc\r\n\
+            "POST /v2.1/servers?x=1 HTTP/1.1\r\nhost: vip:8774\r\nx-auth-token: abc\r\n\
              transfer-encoding: chunked\r\n\r\n"
         );
-        headers.insert(header::HOST, HeaderValue::from_static("vip:8774"));
         let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::GET,
-            "/",
-            &headers,
-            "10.0.0.1:8774",
-            RequestFraming::Empty,
-        );
+        encode_request_head(&mut out, &Method::GET, "/", &headers, RequestFraming::Empty);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("host: vip:8774\r\n"), "{text}");
         assert_eq!(text.matches("host:").count(), 1, "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
     }
