@@ -7,6 +7,7 @@ pub mod decision;
 pub mod ebpf;
 pub mod error_chain;
 pub mod haproxy;
+pub mod health;
 pub mod listener;
 mod lock;
 pub mod passthrough;
