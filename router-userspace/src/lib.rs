@@ -1,6 +1,7 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
 
 pub mod access_log;
+pub mod balance;
 pub mod catalog;
 pub mod config;
 pub mod decision;
