@@ -1,12 +1,14 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
 
 pub mod access_log;
+pub mod balance;
 pub mod catalog;
 pub mod config;
 pub mod decision;
 pub mod ebpf;
 pub mod error_chain;
 pub mod haproxy;
+pub mod health;
 pub mod listener;
 mod lock;
 pub mod passthrough;
