@@ -87,6 +87,17 @@ pub struct LoggedBody {
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl LoggedBody {
+    /// A body that writes no access line: answers to other routers' health checks,
+    /// which would otherwise drown the log (one per service every `inter`).
+    pub fn unlogged(inner: BoxBody<Bytes, BodyError>) -> Self {
+        LoggedBody {
+            inner,
+            record: None,
+            bytes: 0,
+            complete: false,
+        }
+    }
+
     pub fn new(inner: BoxBody<Bytes, BodyError>, record: AccessRecord) -> Self {
         LoggedBody {
             inner,

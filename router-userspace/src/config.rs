@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
-use crate::health::CheckSettings;
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
+use crate::health::CheckSettings;
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 
 /// The validated configuration.
@@ -150,10 +150,11 @@ where
             };
             let weight = match table.get("weight") {
                 None => 1,
-                Some(toml::Value::Integer(w)) if (1..=256).contains(w) => *w as u32,
+                Some(toml::Value::Integer(w)) if (0..=256).contains(w) => *w as u32,
                 Some(other) => {
                     return Err(format!(
-                        "weight {other} must be a whole number from 1 to 256"
+                        "weight {other} must be a whole number from 0 to 256 (0: only used \
+                         when every weighted server is down)"
                     ));
                 }
             };
@@ -658,14 +659,19 @@ backend = "192.168.142.245"
                 PathBuf::from("/abs/endpoint-list-RegionTwo.json")
             ]
         );
-        assert_eq!(c.backend, "192.168.142.245".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.backend,
+            [server("192.168.142.245".parse::<IpAddr>().unwrap())]
+        );
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.timeouts.idle, Duration::from_secs(60));
         assert_eq!(
             c.proxy,
             ProxySettings {
                 max_header_bytes: 16384,
-                shutdown_grace: Duration::from_secs(30)
+                shutdown_grace: Duration::from_secs(30),
+                retries: 3,
+                balance: Balance::Roundrobin,
             }
         );
         assert_eq!(c.vip, None);
@@ -674,6 +680,104 @@ backend = "192.168.142.245"
         assert_eq!(c.ebpf.interface(c.vip.as_ref()), "eth2");
         assert!(c.ebpf.deny.is_empty() && c.passthrough.is_empty() && c.ports.is_empty());
         assert!(c.scope_defaults.is_empty());
+    }
+
+    fn server<A>(address: A) -> ServerSpec<A> {
+        ServerSpec {
+            address,
+            weight: 1,
+            backup: false,
+        }
+    }
+
+    /// `backend` as one address, a table, or a list; with the errors that say what to fix.
+    #[test]
+    fn backends_take_lists_weights_and_backups() {
+        let with = |backend: &str, port: &str| {
+            let text = format!(
+                "region = \"RegionOne\"\ncatalog = [\"c.json\"]\nbackend = {backend}\n{port}"
+            );
+            Config::from_str(&text, Path::new("/r.toml"))
+        };
+        let c = with(
+            r#"["10.0.0.1", { address = "10.0.0.2", weight = 3 }, { address = "10.0.0.3", backup = true }]"#,
+            "[ports.9292]\nbalance = \"source\"\nhealth_path = \"/healthcheck\"\n",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            c.backend,
+            [
+                server(ip("10.0.0.1")),
+                ServerSpec {
+                    address: ip("10.0.0.2"),
+                    weight: 3,
+                    backup: false
+                },
+                ServerSpec {
+                    address: ip("10.0.0.3"),
+                    weight: 1,
+                    backup: true
+                },
+            ]
+        );
+        let on_9292: Vec<String> = c
+            .port_backend(9292)
+            .iter()
+            .map(|s| s.address.to_string())
+            .collect();
+        assert_eq!(on_9292, ["10.0.0.1:9292", "10.0.0.2:9292", "10.0.0.3:9292"]);
+        assert_eq!(c.port_balance(9292), Balance::Source);
+        assert_eq!(c.port_balance(5000), Balance::Roundrobin);
+        assert_eq!(
+            c.port_health(9292).http_path.as_deref(),
+            Some("/healthcheck")
+        );
+        assert_eq!(c.port_health(5000).http_path, None);
+        let c = with(
+            "\"10.0.0.1\"",
+            "[ports.8774]\nbackend = [\"10.1.1.1:1\", \"10.1.1.2:2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.port_backend(8774).len(), 2);
+
+        for (backend, port, needle) in [
+            ("[]", "", "empty list"),
+            (r#""not-an-ip""#, "", "not a server address"),
+            (
+                r#"{ address = "10.0.0.1", wieght = 2 }"#,
+                "",
+                "unknown server key `wieght`",
+            ),
+            (
+                r#"{ address = "10.0.0.1", weight = 300 }"#,
+                "",
+                "from 0 to 256",
+            ),
+            (r#"{ weight = 2 }"#, "", "needs `address"),
+            ("3", "", "is not a server"),
+            (
+                r#""10.0.0.1""#,
+                "[ports.9292]\nbackend = \"10.0.0.1\"\n",
+                "not a server address",
+            ),
+            (
+                r#""10.0.0.1""#,
+                "[ports.9292]\nbalance = \"random\"\n",
+                "random",
+            ),
+            (
+                r#""10.0.0.1""#,
+                "[ports.9292]\nhealth_path = \"healthcheck\"\n",
+                "absolute path",
+            ),
+        ] {
+            let err = with(backend, port).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{backend} {port}: {needle:?} missing from {err}"
+            );
+        }
     }
 
     #[test]
@@ -725,10 +829,15 @@ mode = "http"
         assert_eq!(c.port_timeouts(9292).request_header, Duration::from_secs(5));
         assert_eq!(c.port_timeouts(8774).connect, Duration::from_secs(3));
         assert_eq!(c.port_timeouts(5000), c.timeouts);
-        assert_eq!(c.port_backend(8774), "10.1.1.1:18774".parse().unwrap());
+        assert_eq!(
+            c.port_backend(8774),
+            [server("10.1.1.1:18774".parse::<SocketAddr>().unwrap())]
+        );
         assert_eq!(
             c.port_backend(5000),
-            "192.168.142.245:5000".parse().unwrap()
+            [server(
+                "192.168.142.245:5000".parse::<SocketAddr>().unwrap()
+            )]
         );
         assert_eq!(c.proxy.max_header_bytes, 32768);
         assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
@@ -948,7 +1057,7 @@ mode = "http"
                 .join(format!("{region}.toml"));
             let c = Config::load(&path).unwrap();
             assert_eq!(c.region, region);
-            assert_eq!(c.backend, backend.parse::<IpAddr>().unwrap());
+            assert_eq!(c.backend, [server(backend.parse::<IpAddr>().unwrap())]);
             let v = c.vip.as_ref().unwrap();
             assert_eq!(
                 (v.address, v.interface.as_str()),

@@ -121,7 +121,8 @@ impl Probe {
 /// The health of one server, shared by its checker task (writer) and the request path (reader).
 #[derive(Debug)]
 pub struct Health {
-    addr: String,
+    /// `host:port`; an `Arc` so the upstream pool can key connections by it for free.
+    addr: Arc<str>,
     /// Mirrors `state.up`; the only field the request path touches.
     up: AtomicBool,
     state: Mutex<State>,
@@ -179,7 +180,7 @@ impl Health {
     /// take it down. Starting DOWN would turn every router restart into `rise * inter` of 503s.
     pub fn new(addr: String) -> Arc<Health> {
         Arc::new(Health {
-            addr,
+            addr: Arc::from(addr),
             up: AtomicBool::new(true),
             state: Mutex::new(State {
                 up: true,
@@ -207,10 +208,15 @@ impl Health {
         &self.addr
     }
 
+    /// `host:port` as the upstream pool keys its connections.
+    pub fn upstream(&self) -> &Arc<str> {
+        &self.addr
+    }
+
     pub fn snapshot(&self) -> HealthSnapshot {
         let state = self.lock();
         HealthSnapshot {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             up: state.up,
             since: state.since,
             last_result: state.last_result.clone(),

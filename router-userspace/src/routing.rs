@@ -22,8 +22,8 @@ use http::header::{HOST, VIA};
 use crate::balance::{Balancer, Server};
 use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, Timeouts};
-use crate::health::{CheckSettings, Health, Probe};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
+use crate::health::{CheckSettings, Health, Probe};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
 
@@ -188,14 +188,15 @@ impl Router {
                     let port = addr.port();
                     let servers = config.port_backend(port);
                     let settings = config.port_health(port);
-                    let local_backend = servers
-                        .first()
-                        .map(|s| s.address)
-                        .ok_or_else(|| ConfigError::Invalid {
-                            path: config.path.clone(),
-                            key: format!("ports.{port}.backend"),
-                            message: "names no server".to_owned(),
-                        })?;
+                    let local_backend =
+                        servers
+                            .first()
+                            .map(|s| s.address)
+                            .ok_or_else(|| ConfigError::Invalid {
+                                path: config.path.clone(),
+                                key: format!("ports.{port}.backend"),
+                                message: "names no server".to_owned(),
+                            })?;
                     let local = servers
                         .iter()
                         .map(|s| {
@@ -344,7 +345,10 @@ impl Router {
             }
         }
         let Some(service) = service else {
-            return (400, "name the service: ?service=TYPE&interface=IFACE".to_owned());
+            return (
+                400,
+                "name the service: ?service=TYPE&interface=IFACE".to_owned(),
+            );
         };
         let route = self.listener_at(local).and_then(|l| {
             l.routes.iter().find(|r| {
@@ -352,12 +356,14 @@ impl Router {
             })
         });
         let Some(target) = route.and_then(|r| r.targets.iter().find(|t| t.remote.is_none())) else {
-            return (
-                404,
-                format!("{} serves no {service} here", self.via_name),
-            );
+            return (404, format!("{} serves no {service} here", self.via_name));
         };
-        if target.balancer.candidates(IpAddr::from([0, 0, 0, 0])).next().is_some() {
+        if target
+            .balancer
+            .candidates(IpAddr::from([0, 0, 0, 0]))
+            .next()
+            .is_some()
+        {
             (200, format!("{} is up", target.backend_name))
         } else {
             let last = target.balancer.last_failure().unwrap_or_default();
@@ -598,7 +604,7 @@ fn build_targets(
         let via = ScopeSource::ALL
             .map(|source| remote_via(via_name, &entry.service_type, region, source));
         // A remote region is up for this service only when its service is: its router
-        // answers the check from its own health state (ARCHITECTURE §3.8).
+        // answers the check from its own health state (docs/ARCHITECTURE.md §3.8).
         let health = Health::new(t.url.authority.to_string());
         let mut remote_settings = settings.clone();
         remote_settings.http_path = None;

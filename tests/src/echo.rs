@@ -2,6 +2,7 @@
 //! it received, plus a few special paths the suites use to provoke behaviour.
 //!
 //! - `/__hang`: never answers (timeouts);
+//! - `/__status/NNN`: answers with status NNN (failing HTTP health checks);
 //! - `/__gate`: signals arrival, then waits for the test to release it (shutdown);
 //! - `/__download?bytes=N`: streams N bytes of the shared test pattern;
 //! - `/__download_gated?bytes=N`: the first chunk, then the rest once released;
@@ -106,6 +107,14 @@ async fn echo(
     let path = req.uri().path().to_owned();
     if let Ok(mut seen) = gate.seen.lock() {
         seen.push(format!("{} {}", req.method(), req.uri()));
+    }
+    // `/__status/NNN`: answers that status (health checks that fail by status).
+    if let Some(code) = path
+        .strip_prefix("/__status/")
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        return Ok(full(code, format!("status {code} as asked")));
     }
     if path == "/__hang" {
         std::future::pending::<()>().await;

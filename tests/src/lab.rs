@@ -54,6 +54,11 @@ pub struct LabOptions {
     pub one_compute_down: bool,
     /// Add a `tcp` and an `http` passthrough listener to RegionOne.
     pub passthrough: bool,
+    /// Extra lines for RegionOne's `[ports.N]` section of a fixture port (a `backend`
+    /// line here replaces the lab's own echo backend for that port).
+    pub one_port_toml: BTreeMap<u16, String>,
+    /// The same for RegionTwo.
+    pub two_port_toml: BTreeMap<u16, String>,
 }
 
 /// One region: its router, VIP ports and echo backends.
@@ -246,15 +251,23 @@ impl Lab {
             });
             toml.push('\n');
             toml.push_str("[ebpf]\nmode = \"off\"\n");
+            let port_toml = if is_one {
+                &opts.one_port_toml
+            } else {
+                &opts.two_port_toml
+            };
             for p in PORTS {
                 let backend = match region.backends.get(&p) {
                     Some(b) => b.addr,
                     None => dead,
                 };
-                toml.push_str(&format!(
-                    "\n[ports.{}]\nbackend = \"{backend}\"\n",
-                    region.ports[&p]
-                ));
+                let extra = port_toml.get(&p).map_or("", String::as_str);
+                toml.push_str(&format!("\n[ports.{}]\n", region.ports[&p]));
+                if !extra.lines().any(|l| l.trim_start().starts_with("backend")) {
+                    toml.push_str(&format!("backend = \"{backend}\"\n"));
+                }
+                toml.push_str(extra);
+                toml.push('\n');
             }
             if is_one {
                 toml.push_str(&pt_toml);

@@ -121,16 +121,12 @@ pub(crate) fn problem_response(
 /// The answer to a health check from another router (`Router::health_answer`): the
 /// status, the `x-scope-router-health` header that marks it authoritative, and the
 /// message as the body.
-pub(crate) fn health_response(
-    (status, message): (u16, String),
-    mut record: AccessRecord,
-) -> Response<LoggedBody> {
-    record.status = status;
+pub(crate) fn health_response((status, message): (u16, String)) -> Response<LoggedBody> {
     let up = status == 200;
     let body = Full::new(bytes::Bytes::from(message))
         .map_err(|never| match never {})
         .boxed();
-    let mut resp = Response::new(LoggedBody::new(body, record));
+    let mut resp = Response::new(LoggedBody::unlogged(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let headers = resp.headers_mut();
     headers.insert(

@@ -81,7 +81,7 @@ pub async fn handle(
     // state, never forwarded (docs/ARCHITECTURE.md §3.8).
     if parts.uri.path() == HEALTH_PATH {
         let answer = shared.router.health_answer(ctx.local, parts.uri.query());
-        return Ok(health_response(answer, ctx.record));
+        return Ok(health_response(answer));
     }
 
     // Phase: pick service, read scope, choose upstream (pure, in core logic).

@@ -461,7 +461,12 @@ mod tests {
     }
 
     fn get(path: &str) -> http::request::Parts {
-        http::Request::get(path).body(()).unwrap().into_parts().0
+        http::Request::get(path)
+            .header(http::header::HOST, "vip:8774")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
     }
 
     fn timeouts() -> Timeouts {
@@ -518,12 +523,92 @@ mod tests {
             "{}",
             reqs[0]
         );
-        // No Host from the client: the upstream address stands in.
-        assert!(
-            reqs[0].contains(&format!("host: {}\r\n", b.addr)),
-            "{}",
-            reqs[0]
-        );
+        // Host travels as the proxy set it (`check_head` guarantees one).
+        assert!(reqs[0].contains("host: vip:8774\r\n"), "{}", reqs[0]);
+    }
+
+    /// A port nothing listens on (bound, noted, closed).
+    async fn dead_addr() -> Arc<str> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Arc::from(l.local_addr().unwrap().to_string())
+    }
+
+    /// Sends over `servers` with `retries`; the response (or error) and who was refused.
+    async fn redispatch<B>(
+        servers: &[Arc<str>],
+        retries: u32,
+        parts: http::request::Parts,
+        body: B,
+    ) -> (Result<(u16, Arc<str>), ProxyError>, Vec<Arc<str>>)
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        let ups = Upstreams::start();
+        let mut refused = Vec::new();
+        let sent = ups
+            .send_to_any(
+                servers.iter(),
+                |s| s,
+                retries,
+                &timeouts(),
+                parts,
+                body,
+                |s, _| refused.push(s.clone()),
+            )
+            .await
+            .map(|(resp, s)| (resp.status().as_u16(), s.clone()));
+        (sent, refused)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_redispatched_for_any_method() {
+        let live = backend(|_| Some(OK)).await;
+        let dead = dead_addr().await;
+        let mut post = get("/servers");
+        post.method = http::Method::POST;
+        let (sent, refused) = redispatch(
+            &[dead.clone(), live.addr.clone()],
+            3,
+            post,
+            Full::new(Bytes::from_static(b"{}")),
+        )
+        .await;
+        assert_eq!(sent.unwrap(), (200, live.addr.clone()));
+        assert_eq!(refused, std::slice::from_ref(&dead));
+        assert_eq!(live.requests.lock().unwrap().len(), 1);
+
+        // `retries` bounds the servers tried: with none, the first refusal is final.
+        let (sent, refused) = redispatch(
+            &[dead.clone(), live.addr.clone()],
+            0,
+            get("/"),
+            Empty::<Bytes>::new(),
+        )
+        .await;
+        assert_eq!(sent.unwrap_err().kind, ErrorKind::ConnectRefused);
+        assert_eq!(refused, [dead]);
+        assert_eq!(live.requests.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_reached_a_server_is_never_sent_to_another() {
+        // The first server reads the POST and closes without answering.
+        let swallow = backend(|_| None).await;
+        let other = backend(|_| Some(OK)).await;
+        let mut post = get("/servers");
+        post.method = http::Method::POST;
+        let (sent, refused) = redispatch(
+            &[swallow.addr.clone(), other.addr.clone()],
+            3,
+            post,
+            Full::new(Bytes::from_static(b"{}")),
+        )
+        .await;
+        assert_eq!(sent.unwrap_err().kind, ErrorKind::UpstreamProtocol);
+        assert!(refused.is_empty());
+        assert_eq!(swallow.requests.lock().unwrap().len(), 1);
+        assert_eq!(other.connections.load(Ordering::SeqCst), 0, "sent twice");
     }
 
     #[tokio::test]
