@@ -27,6 +27,8 @@ pub struct AccessRecord {
     pub backend: Option<Arc<str>>,
     /// `None` until a plan is made, and for the transparent fallback (no scope read).
     pub scope_source: Option<ScopeSource>,
+    /// `A|B` alternatives that did not serve, and why (`None` when the first served).
+    pub failover: Option<String>,
     /// Released with the record, i.e. when the response body is done.
     pub in_flight: Option<crate::proxy::idle::InFlightGuard>,
 }
@@ -51,6 +53,7 @@ impl AccessRecord {
             region: None,
             backend: None,
             scope_source: None,
+            failover: None,
             in_flight: None,
         }
     }
@@ -67,6 +70,7 @@ impl AccessRecord {
             region = %self.region.as_deref().unwrap_or(dash),
             backend = %self.backend.as_deref().unwrap_or(dash),
             scope = %self.scope_source.map_or("none", |s| s.as_str()),
+            failover = %self.failover.as_deref().unwrap_or(dash),
             peer = %self.peer,
             listener = %self.listener,
             bytes,

@@ -66,6 +66,9 @@ pub struct Plan {
     /// Our `Via` entry (with the decision as a comment on remote hops).
     pub(crate) via: HeaderValue,
     pub kind: PlanKind,
+    /// The next alternative of an `A|B` scope, tried when every server of this one is
+    /// down or none accepts a connection (docs/ARCHITECTURE.md §3.9).
+    pub fallback: Option<Box<Plan>>,
 }
 
 /// Whether a catalog entry matched, and so whether the scope decided anything.

@@ -32,6 +32,15 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, "Bad Request", message)
     }
 
+    /// 500 for a state the router should never reach: a bug to report.
+    pub fn internal(what: &str) -> Problem {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            format!("The router failed internally ({what}). Report this to the operator."),
+        )
+    }
+
     /// 400 for a scope that is not a JSON object of strings; `source` names the header.
     pub fn malformed_scope(source: &str, detail: impl fmt::Display) -> Problem {
         Problem::bad_request(format!(

@@ -411,68 +411,106 @@ impl Router {
 
         let scope = Scope::read(head.headers)?;
         let source = scope.source_for(&route.service_type);
-        let region = scope
+        let value = scope
             .region_for(&route.service_type)
             .unwrap_or_else(|| self.default_region(&route.service_type));
         if self.via_names_me(head.headers) {
-            let here = (&*route.service_type, region, source);
+            let here = (&*route.service_type, value, source);
             return Err(self.loop_detected(head.headers, Some(here)));
         }
-        let target = route
-            .targets
-            .iter()
-            .find(|t| *t.region == *region)
-            .ok_or_else(|| self.missing_region(region, &route.service_type, &route.interface))?;
-
-        let identity_region = scope
-            .region_for("identity")
-            .unwrap_or_else(|| self.default_region("identity"));
-        let identity = match self
-            .identity
-            .iter()
-            .find(|(r, _, _)| **r == *identity_region)
-        {
-            Some((_, r, u)) => Some((r.clone(), u.clone())),
-            None if self.regions.iter().any(|r| **r == *identity_region) => None,
-            None => {
-                return Err(Problem::unknown_region(
-                    identity_region,
-                    "identity",
-                    &self.regions,
+        // `A|B`: every alternative must be a region serving the service (400 otherwise),
+        // checked before any is chosen so a typo never hides behind a healthy first one.
+        let mut targets: [Option<&Target>; MAX_ALTERNATIVES] = [None; MAX_ALTERNATIVES];
+        let mut count = 0;
+        for region in alternatives(value) {
+            let target = route
+                .targets
+                .iter()
+                .find(|t| *t.region == *region)
+                .ok_or_else(|| {
+                    self.missing_region(region, &route.service_type, &route.interface)
+                })?;
+            if count == MAX_ALTERNATIVES {
+                return Err(Problem::malformed_scope(
+                    source.as_str(),
+                    format_args!(
+                        "\"{}\" lists more than {MAX_ALTERNATIVES} alternatives",
+                        route.service_type
+                    ),
                 ));
             }
-        };
+            targets[count] = Some(target);
+            count += 1;
+        }
 
-        let (hop, via) = match &target.remote {
-            Some(remote) => (
-                Hop::Remote {
-                    host: remote.host.clone(),
-                    from: Arc::clone(&route.path),
-                    to: Arc::clone(&remote.path),
-                    scope: scope.for_next_hop(&[
-                        (&route.service_type, &target.region),
-                        ("identity", identity_region),
-                    ]),
-                },
-                remote.via[source.index()].clone(),
-            ),
-            None => (Hop::Local, self.via.clone()),
-        };
-        Ok(Plan {
-            upstream: Arc::clone(&target.upstream),
-            balancer: Arc::clone(&target.balancer),
-            backend_name: Arc::clone(&target.backend_name),
-            region: Arc::clone(&target.region),
-            timeouts: listener.spec.timeouts,
-            via,
-            kind: PlanKind::Scoped(Scoped {
-                service_type: Arc::clone(&route.service_type),
-                interface: Arc::clone(&route.interface),
-                scope_source: source,
-                identity,
-                hop,
-            }),
-        })
+        let identity_value = scope
+            .region_for("identity")
+            .unwrap_or_else(|| self.default_region("identity"));
+        // The identity headers follow the first identity alternative; for the identity
+        // service itself they follow whichever alternative serves (set per plan below).
+        let first_identity = alternatives(identity_value).next().unwrap_or(&self.region);
+        for region in alternatives(identity_value) {
+            if !self.regions.iter().any(|r| **r == *region) {
+                return Err(Problem::unknown_region(region, "identity", &self.regions));
+            }
+        }
+
+        // Plans from the last alternative to the first, each falling back to the next.
+        let mut plan: Option<Plan> = None;
+        for (i, slot) in targets[..count].iter().enumerate().rev() {
+            let Some(target) = *slot else { continue };
+            let identity_region = if &*route.service_type == "identity" {
+                &*target.region
+            } else {
+                first_identity
+            };
+            let identity = self
+                .identity
+                .iter()
+                .find(|(r, _, _)| **r == *identity_region)
+                .map(|(_, r, u)| (r.clone(), u.clone()));
+            let (hop, via) = match &target.remote {
+                Some(remote) => {
+                    // The next router gets the alternatives from this one on, without the
+                    // current region: it must never send the request back here.
+                    let onward: std::borrow::Cow<'_, str> = if count == 1 {
+                        std::borrow::Cow::Borrowed(&target.region)
+                    } else {
+                        std::borrow::Cow::Owned(onward_value(&targets[i..count], &self.region))
+                    };
+                    (
+                        Hop::Remote {
+                            host: remote.host.clone(),
+                            from: Arc::clone(&route.path),
+                            to: Arc::clone(&remote.path),
+                            scope: scope.for_next_hop(&[
+                                (&route.service_type, &onward),
+                                ("identity", identity_value),
+                            ]),
+                        },
+                        remote.via[source.index()].clone(),
+                    )
+                }
+                None => (Hop::Local, self.via.clone()),
+            };
+            plan = Some(Plan {
+                upstream: Arc::clone(&target.upstream),
+                balancer: Arc::clone(&target.balancer),
+                backend_name: Arc::clone(&target.backend_name),
+                region: Arc::clone(&target.region),
+                timeouts: listener.spec.timeouts,
+                via,
+                kind: PlanKind::Scoped(Scoped {
+                    service_type: Arc::clone(&route.service_type),
+                    interface: Arc::clone(&route.interface),
+                    scope_source: source,
+                    identity,
+                    hop,
+                }),
+                fallback: plan.map(Box::new),
+            });
+        }
+        plan.ok_or_else(|| Problem::malformed_scope(source.as_str(), "no region named"))
     }
 
     fn transparent(
@@ -491,6 +529,7 @@ impl Router {
             timeouts: l.spec.timeouts,
             via: self.via.clone(),
             kind: PlanKind::Transparent,
+            fallback: None,
         })
     }
 
@@ -538,6 +577,31 @@ impl Router {
             Problem::unknown_region(region, service_type, &self.regions)
         }
     }
+}
+
+/// The most regions one scope value may list (`A|B|…`); a fixed bound keeps the
+/// decision allocation-free.
+const MAX_ALTERNATIVES: usize = 8;
+
+/// The regions of a scope value, in order (`"RegionTwo|RegionOne"`).
+fn alternatives(value: &str) -> impl Iterator<Item = &str> {
+    value.split('|').map(str::trim)
+}
+
+/// The scope value the next router gets: `targets` (the chosen one first) without
+/// `current`, joined by `|`.
+fn onward_value(targets: &[Option<&Target>], current: &str) -> String {
+    let mut out = String::new();
+    for t in targets.iter().flatten() {
+        if *t.region == *current {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('|');
+        }
+        out.push_str(&t.region);
+    }
+    out
 }
 
 /// Every hop of the `Via` chain as (received-by, comment), across all `Via` lines.
@@ -1542,6 +1606,82 @@ mod tests {
             },
         ];
         check_cases(cases);
+    }
+
+    /// `A|B` scopes: the chain of alternatives, what the next router is told, and the
+    /// 400s for alternatives that cannot serve.
+    #[test]
+    fn scope_alternatives_chain_and_errors() {
+        let r = r1();
+        let glance = "192.168.142.244:9292";
+        let chain = |plan: &Plan| {
+            let mut out = vec![plan.backend_name.to_string()];
+            let mut next = plan.fallback.as_deref();
+            while let Some(p) = next {
+                out.push(p.backend_name.to_string());
+                next = p.fallback.as_deref();
+            }
+            out
+        };
+        let plan = decide(
+            &r,
+            glance,
+            "/v2/images",
+            &[("X-Scope", r#"{"image": "RegionTwo|RegionOne"}"#)],
+        )
+        .unwrap();
+        assert_eq!(
+            chain(&plan),
+            ["RegionTwo_image_public", "RegionOne_image_public"]
+        );
+        // RegionTwo is told only what is left without sending it back here.
+        let (_, parts) = forward(
+            &r,
+            glance,
+            "/v2/images",
+            &[(
+                "X-Scope",
+                r#"{"image": "RegionTwo|RegionOne", "identity": "RegionOne"}"#,
+            )],
+        );
+        assert_eq!(
+            header(&parts, "x-scope"),
+            Some(r#"{"identity":"RegionOne","image":"RegionTwo"}"#)
+        );
+        // A single region stays exactly as sent.
+        let sent = r#"{"image": "RegionTwo", "identity": "RegionOne"}"#;
+        let (_, parts) = forward(&r, glance, "/v2/images", &[("X-Scope", sent)]);
+        assert_eq!(header(&parts, "x-scope"), Some(sent));
+        let plan = decide(
+            &r,
+            glance,
+            "/v2/images",
+            &[("X-Scope", r#"{"image": "RegionOne | RegionTwo"}"#)],
+        )
+        .unwrap();
+        assert_eq!(
+            chain(&plan),
+            ["RegionOne_image_public", "RegionTwo_image_public"]
+        );
+
+        for (scope, needles) in [
+            (r#"{"image": "RegionTwo|"}"#, &["empty alternative"][..]),
+            (r#"{"image": "|RegionOne"}"#, &["empty alternative"][..]),
+            (
+                r#"{"image": "RegionOne|RegionNine"}"#,
+                &["RegionNine", "Known regions: RegionOne, RegionTwo"][..],
+            ),
+            (
+                r#"{"image": "RegionOne", "identity": "RegionOne|Nowhere"}"#,
+                &["Nowhere", "identity"][..],
+            ),
+        ] {
+            let p = decide(&r, glance, "/v2/images", &[("X-Scope", scope)]).unwrap_err();
+            assert_eq!(p.status.as_u16(), 400, "{scope}: {p}");
+            for n in needles {
+                assert!(p.message.contains(n), "{scope}: {n} missing from {p}");
+            }
+        }
     }
 
     /// Longest prefix, segment boundaries, path rewriting and missing services over a

@@ -117,6 +117,19 @@ impl Scope {
                 format_args!("the value of \"{k}\" is not a string region name"),
             ));
         }
+        // `A|B` lists alternatives in order; an empty one is a typo, never "any region".
+        if let Some((k, v)) = map.iter().find(|(_, v)| {
+            v.as_str()
+                .is_some_and(|r| r.split('|').any(|alt| alt.trim().is_empty()))
+        }) {
+            return Err(Problem::malformed_scope(
+                name,
+                format_args!(
+                    "the value of \"{k}\" ({v}) has an empty alternative; list regions as \
+                     \"RegionTwo|RegionOne\""
+                ),
+            ));
+        }
         Ok(Scope { source, map })
     }
 
@@ -141,14 +154,21 @@ impl Scope {
     /// client's scope already names every one of them, so the request travels exactly as
     /// it arrived.
     pub(crate) fn for_next_hop(&self, decided: &[(&str, &str)]) -> Option<HeaderValue> {
-        if decided.iter().all(|(st, _)| self.map.contains_key(*st)) {
+        // A service type the client named keeps its value unless this router narrowed
+        // its alternatives (`A|B` → the ones left for the next router); one it did not
+        // name gets the value this router took from its defaults.
+        let unchanged = |st: &str, value: &str| match self.region_for(st) {
+            Some(sent) => sent == value || !sent.contains('|'),
+            None => false,
+        };
+        if decided.iter().all(|(st, value)| unchanged(st, value)) {
             return None;
         }
         let mut effective = self.map.clone();
-        for (st, region) in decided {
-            effective
-                .entry(*st)
-                .or_insert_with(|| Value::String((*region).to_owned()));
+        for (st, value) in decided {
+            if !unchanged(st, value) {
+                effective.insert((*st).to_owned(), Value::String((*value).to_owned()));
+            }
         }
         // Serializing a map of strings cannot fail, and JSON text escapes every control
         // character, so the value is always a valid header.

@@ -271,3 +271,101 @@ async fn another_router_asks_about_a_service_and_gets_our_health_state() {
     let unknown = ask("dns").await;
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
 }
+
+/// RegionTwo's image service dies: RegionOne learns it from RegionTwo's router (its
+/// check is answered from RegionTwo's own health state), serves `RegionTwo|RegionOne`
+/// itself and answers a plain RegionTwo scope with the fast 503 naming the backend.
+#[tokio::test]
+async fn a_dead_remote_service_fails_over_to_the_next_region() {
+    let two_image = echo("two-image").await;
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: FAST_CHECKS.into(),
+        two_extra_toml: FAST_CHECKS.into(),
+        two_port_toml: BTreeMap::from([(9292, backends(&[plain(&two_image)]))]),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let either = [("X-Scope", r#"{"image": "RegionTwo|RegionOne"}"#)];
+    let two_only = [("X-Scope", r#"{"image": "RegionTwo"}"#)];
+    let r = get(lab.one.addr(9292), "/v2/images", &either)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.echo().backend(),
+        "two-image",
+        "the first alternative serves"
+    );
+
+    drop(two_image);
+    // RegionTwo marks its image down; RegionOne's check of RegionTwo's image, answered
+    // by RegionTwo's router, follows: from then on RegionOne serves the alternative.
+    eventually("RegionOne fails over to itself", || async {
+        get(lab.one.addr(9292), "/v2/images", &either)
+            .await
+            .is_ok_and(|r| r.status == 200 && r.echo().backend() == lab.one.backend_name(9292))
+    })
+    .await;
+    let r = get(lab.one.addr(9292), "/v2/images", &two_only)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("RegionTwo_image_public"), "{msg}");
+    let r = get(lab.one.addr(9292), "/v2/images", &either)
+        .await
+        .unwrap();
+    // Served locally, the scope was cut off nothing else: the identity headers are ours.
+    assert_eq!(
+        r.echo().header("via").as_deref(),
+        Some("1.1 scope-router-RegionOne")
+    );
+}
+
+/// The first alternative refuses the connection (its router is gone, and no check has
+/// noticed yet): nothing was sent, so the next alternative serves, even a POST.
+#[tokio::test]
+async fn a_refused_first_alternative_fails_over() {
+    let mut lab = Lab::start(LabOptions {
+        one_extra_toml: SLOW_CHECKS.into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    lab.two.stop().await;
+    let vip = lab.one.addr(9292);
+    let out = raw(
+        vip,
+        format!(
+            "POST /v2/images HTTP/1.1\r\nHost: {vip}\r\nX-Scope: {{\"image\": \"RegionTwo|RegionOne\"}}\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&lab.one.backend_name(9292)), "{out}");
+}
+
+#[tokio::test]
+async fn malformed_alternatives_are_400_naming_what_to_fix() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    for (scope, needle) in [
+        (r#"{"image": "RegionTwo|"}"#, "empty alternative"),
+        (r#"{"image": "RegionTwo|RegionNine"}"#, "RegionNine"),
+    ] {
+        let r = get(lab.one.addr(9292), "/v2/images", &[("X-Scope", scope)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{scope}: {:?}", r.body);
+        let msg = r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(msg.contains(needle), "{scope}: {msg}");
+    }
+}

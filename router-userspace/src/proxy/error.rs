@@ -100,6 +100,11 @@ impl ProxyError {
         }
     }
 
+    /// What went wrong, in a few words safe for a log field or an access line.
+    pub fn kind_text(&self) -> &'static str {
+        self.summary
+    }
+
     /// Classifies an error returned by the upstream client.
     pub fn from_client(err: hyper_util::client::legacy::Error, upstream: &str) -> Self {
         let timed_out = has_io_kind(&err, io::ErrorKind::TimedOut);

@@ -39,6 +39,23 @@ struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Records that an alternative of an `A|B` scope did not serve, and why.
+    fn skipped(&mut self, plan: &Plan, why: &str, last_check: Option<&str>) {
+        let note = self.record.failover.get_or_insert_with(String::new);
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str(&plan.region);
+        note.push_str(" skipped: ");
+        note.push_str(why);
+        if let Some(last) = last_check {
+            note.push_str(" (");
+            note.push_str(last);
+            note.push(')');
+        }
+        tracing::info!(backend = %plan.backend_name, "scope alternative {} skipped: {why}", plan.region);
+    }
+
     fn note_plan(&mut self, plan: &Plan) {
         self.record.service_type = plan.service_type().cloned();
         self.record.region = Some(plan.region.clone());
@@ -102,44 +119,89 @@ pub async fn handle(
 
     // Phase: rewrite. Hop-by-hop first, so Plan's own headers survive.
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    plan.apply_to(ctx.peer, &mut parts);
+    let mut plan = plan;
+    let mut original = Some(parts);
+    let mut body = Some(body);
+    loop {
+        // Phase: pick servers. When every server of the target is down, the next
+        // alternative of an `A|B` scope serves, or the client hears so at once instead
+        // of waiting out a connect timeout.
+        let mut servers = plan.balancer.candidates(ctx.peer.ip()).peekable();
+        if servers.peek().is_none() {
+            let last = plan.balancer.last_failure();
+            if let Some(next) = plan.fallback.take() {
+                ctx.skipped(&plan, "every server down", last.as_deref());
+                plan = *next;
+                ctx.note_plan(&plan);
+                continue;
+            }
+            let problem = Problem::service_unavailable(&plan.backend_name, last.as_deref());
+            return Ok(problem_response(&problem, ctx.record, false));
+        }
+        // The rewrites are the alternative's own: a copy when another may follow.
+        // Only the last alternative takes the head itself, and it ends the loop.
+        let Some(head) = original.take() else {
+            let problem = Problem::internal("the request head was sent twice");
+            return Ok(problem_response(&problem, ctx.record, true));
+        };
+        let mut outgoing = if plan.fallback.is_some() {
+            let copy = copy_head(&head);
+            original = Some(head);
+            copy
+        } else {
+            head
+        };
+        plan.apply_to(ctx.peer, &mut outgoing);
 
-    // Phase: pick servers. When every server of the target is down, answer at once
-    // instead of making the client wait out a connect timeout.
-    let mut servers = plan.balancer.candidates(ctx.peer.ip()).peekable();
-    if servers.peek().is_none() {
-        let last = plan.balancer.last_failure();
-        let problem = Problem::service_unavailable(&plan.backend_name, last.as_deref());
-        return Ok(problem_response(&problem, ctx.record, false));
-    }
-
-    // Phase: forward (redispatched to the next server while connecting fails).
-    let sent = shared
-        .upstreams
-        .send_to_any(
-            servers,
-            |s: &Server| s.health.upstream(),
-            shared.retries,
-            &plan.timeouts,
-            parts,
-            body,
-            |s: &Server, e| s.health.note_connect_failure(&e.to_string()),
-        )
-        .await;
-    match sent {
-        Ok((resp, _)) => Ok(relay_response(resp, ctx.record, false)),
-        Err(err) => {
-            tracing::warn!(
-                backend = %plan.backend_name,
-                side = ?err.side,
-                retry_safe = err.retry_safe,
-                "upstream request failed: {err}"
-            );
-            Ok(problem_response(
-                &err.to_problem(&plan.backend_name),
-                ctx.record,
-                false,
-            ))
+        // Phase: forward (redispatched to the next server while connecting fails).
+        let sent = shared
+            .upstreams
+            .send_to_any(
+                servers,
+                |s: &Server| s.health.upstream(),
+                shared.retries,
+                &plan.timeouts,
+                &outgoing,
+                &mut body,
+                |s: &Server, e| s.health.note_connect_failure(&e.to_string()),
+            )
+            .await;
+        match sent {
+            Ok((resp, _)) => return Ok(relay_response(resp, ctx.record, false)),
+            // No server of this alternative accepted a connection: nothing was sent,
+            // so the next alternative may have it.
+            Err(err) if err.retry_safe && plan.fallback.is_some() => {
+                let reason = format!("connect failed: {}", err.kind_text());
+                ctx.skipped(&plan, &reason, None);
+                if let Some(next) = plan.fallback.take() {
+                    plan = *next;
+                    ctx.note_plan(&plan);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    backend = %plan.backend_name,
+                    side = ?err.side,
+                    retry_safe = err.retry_safe,
+                    "upstream request failed: {err}"
+                );
+                return Ok(problem_response(
+                    &err.to_problem(&plan.backend_name),
+                    ctx.record,
+                    false,
+                ));
+            }
         }
     }
+}
+
+/// A copy of a request head (method, target, version, fields) for an alternative that
+/// may not be the last: each one applies its own rewrites.
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }

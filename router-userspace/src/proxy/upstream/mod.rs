@@ -82,8 +82,17 @@ impl Upstreams {
         B::Error: Into<BodyError>,
     {
         let only = [upstream];
+        let mut body = Some(body);
         let (resp, _) = self
-            .send_to_any(only.iter(), |u| u, 0, timeouts, parts, body, |_, _| {})
+            .send_to_any(
+                only.iter(),
+                |u| u,
+                0,
+                timeouts,
+                &parts,
+                &mut body,
+                |_, _| {},
+            )
             .await?;
         Ok(resp)
     }
@@ -93,7 +102,8 @@ impl Upstreams {
     /// when connecting fails, nothing was sent, so the next one is tried, for any
     /// method, up to `retries` more servers. `refused` hears each failed server. A
     /// request that reached a server is never sent to another. Returns the response
-    /// and the server that answered.
+    /// and the server that answered. `body` stays in place when no server accepted a
+    /// connection, so the caller may still send the request elsewhere.
     #[allow(clippy::too_many_arguments)] // the request, where it goes, and who hears failures
     pub async fn send_to_any<'s, S, B>(
         &self,
@@ -101,8 +111,8 @@ impl Upstreams {
         upstream_of: impl Fn(&'s S) -> &'s Arc<str>,
         retries: u32,
         timeouts: &Timeouts,
-        parts: http::request::Parts,
-        body: B,
+        parts: &http::request::Parts,
+        body: &mut Option<B>,
         mut refused: impl FnMut(&'s S, &ProxyError),
     ) -> Result<(Response<UpstreamBody>, &'s S), ProxyError>
     where
@@ -110,18 +120,17 @@ impl Upstreams {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
-        let framing = if http_body::Body::is_end_stream(&body) {
-            RequestFraming::Empty
-        } else {
-            match http_body::Body::size_hint(&body).exact() {
+        let framing = match body {
+            None => RequestFraming::Empty,
+            Some(b) if http_body::Body::is_end_stream(b) => RequestFraming::Empty,
+            Some(b) => match http_body::Body::size_hint(b).exact() {
                 Some(n) => RequestFraming::Length(n),
                 None => RequestFraming::Chunked,
-            }
+            },
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::new();
         wire::encode_request_head(&mut head, &parts.method, target, &parts.headers, framing);
-        let mut body = Some(body);
         // Connect to the first server that accepts; nothing is sent before that.
         let mut servers = servers.take(1 + retries as usize);
         let Some(mut server) = servers.next() else {
@@ -144,7 +153,7 @@ impl Upstreams {
         };
         loop {
             let reused = lease.reused;
-            match exchange(lease, upstream, &head, &parts.method, framing, &mut body).await {
+            match exchange(lease, upstream, &head, &parts.method, framing, body).await {
                 Ok(resp) => return Ok((resp, server)),
                 Err(f) if reused && f.retry_on_fresh => {
                     tracing::debug!(%upstream, "pooled connection was closed by the backend ({}); retrying on a new one", f.error);
@@ -546,14 +555,15 @@ mod tests {
     {
         let ups = Upstreams::start();
         let mut refused = Vec::new();
+        let mut body = Some(body);
         let sent = ups
             .send_to_any(
                 servers.iter(),
                 |s| s,
                 retries,
                 &timeouts(),
-                parts,
-                body,
+                &parts,
+                &mut body,
                 |s, _| refused.push(s.clone()),
             )
             .await
