@@ -220,7 +220,11 @@ pub enum PassthroughMode {
 pub struct Passthrough {
     pub name: String,
     pub bind: SocketAddr,
+    /// The first server, for display; `servers` holds them all.
     pub backend: SocketAddr,
+    /// Every server of `backend`, checked and balanced like a scoped port's.
+    pub servers: Vec<ServerSpec<SocketAddr>>,
+    pub balance: Balance,
     pub mode: PassthroughMode,
     pub timeouts: Timeouts,
 }
@@ -449,7 +453,8 @@ struct RawScope {
 struct RawPassthrough {
     name: String,
     bind: SocketAddr,
-    backend: SocketAddr,
+    backend: Servers<SocketAddr>,
+    balance: Option<Balance>,
     mode: PassthroughMode,
     #[serde(default, deserialize_with = "some_duration")]
     request_header: Option<Duration>,
@@ -595,10 +600,18 @@ impl RawConfig {
                 connect: p.connect.unwrap_or(timeouts.connect),
                 idle: p.idle.unwrap_or(timeouts.idle),
             };
+            let Some(first) = p.backend.0.first().map(|s| s.address) else {
+                return Err(invalid(
+                    &format!("passthrough[{i}].backend"),
+                    "names no server".into(),
+                ));
+            };
             passthrough.push(Passthrough {
                 name: p.name,
                 bind: p.bind,
-                backend: p.backend,
+                backend: first,
+                servers: p.backend.0,
+                balance: p.balance.unwrap_or(proxy.balance),
                 mode: p.mode,
                 timeouts,
             });

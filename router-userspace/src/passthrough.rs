@@ -13,8 +13,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessRecord, LoggedBody};
-use crate::config::Passthrough;
+use crate::balance::{Balancer, Server};
+use crate::config::{Passthrough, ProxySettings};
 use crate::decision::X_FORWARDED_FOR;
+use crate::health::{CheckSettings, Health, Probe};
+use crate::problem::Problem;
 use crate::proxy::headers::{append_list, peer_value};
 use crate::proxy::idle::IdleIo;
 use crate::proxy::upstream::{self, UpstreamClient};
@@ -22,6 +25,7 @@ use crate::proxy::{
     RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
     relay_response,
 };
+use crate::routing::HealthCheck;
 use crate::shutdown::{Guard, Signals};
 
 /// One configured passthrough listener with its upstream pool.
@@ -30,16 +34,48 @@ pub struct PassthroughRuntime {
     pub spec: Passthrough,
     client: UpstreamClient,
     region: Arc<str>,
-    backend: Arc<str>,
+    /// The servers of `backend`, their health, and how to pick among them.
+    balancer: Balancer,
+    /// Each server's checker input (TCP connect), for `proxy::start`.
+    checks: Vec<HealthCheck>,
     /// `1.1 scope-router-<region>`, as scoped requests get it.
     via: HeaderValue,
     max_header_bytes: usize,
+    /// `[proxy] retries`: further servers tried when connecting fails (`tcp` mode).
+    retries: u32,
 }
 
 impl PassthroughRuntime {
-    pub fn new(spec: Passthrough, region: &str, max_header_bytes: usize) -> Self {
+    pub fn new(
+        spec: Passthrough,
+        region: &str,
+        proxy: &ProxySettings,
+        health: &CheckSettings,
+    ) -> Self {
         let client = upstream::client(spec.timeouts.connect, spec.timeouts.idle);
-        let backend = Arc::from(spec.backend.to_string());
+        // A TCP connect is the one check every passthrough protocol (MariaDB, RabbitMQ,
+        // noVNC…) answers; an HTTP path would not fit them all.
+        let mut settings = health.clone();
+        settings.http_path = None;
+        let mut checks = Vec::with_capacity(spec.servers.len());
+        let servers = spec
+            .servers
+            .iter()
+            .map(|s| {
+                let health = Health::new(s.address.to_string());
+                checks.push(HealthCheck {
+                    health: Arc::clone(&health),
+                    probe: Probe::Tcp,
+                    settings: settings.clone(),
+                });
+                Server {
+                    health,
+                    weight: s.weight,
+                    backup: s.backup,
+                }
+            })
+            .collect();
+        let balancer = Balancer::new(servers, spec.balance);
         // The router refuses at startup a region that is no valid header value.
         let via = HeaderValue::from_str(&format!("1.1 scope-router-{region}"))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 scope-router"));
@@ -47,10 +83,17 @@ impl PassthroughRuntime {
             spec,
             client,
             region: Arc::from(region),
-            backend,
+            balancer,
+            checks,
             via,
-            max_header_bytes,
+            max_header_bytes: proxy.max_header_bytes,
+            retries: proxy.retries,
         }
+    }
+
+    /// Every server with its health state and check, for the checker tasks.
+    pub fn health_checks(&self) -> &[HealthCheck] {
+        &self.checks
     }
 
     /// Whether a connection accepted with local address `local` belongs here
@@ -66,16 +109,28 @@ impl PassthroughRuntime {
 pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let t = rt.spec.timeouts;
-    let backend = match tokio::time::timeout(t.connect, TcpStream::connect(rt.spec.backend)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(passthrough = %rt.spec.name, backend = %rt.spec.backend, %peer, "cannot connect to backend: {e}");
-            return;
+    // The first up server that accepts a connection; nothing was sent to the others.
+    let mut connected = None;
+    let mut last_error = String::from("every server is down");
+    for server in rt
+        .balancer
+        .candidates(peer.ip())
+        .take(1 + rt.retries as usize)
+    {
+        let addr = server.health.addr();
+        match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                connected = Some((s, addr.to_owned()));
+                break;
+            }
+            Ok(Err(e)) => last_error = format!("cannot connect to {addr}: {e}"),
+            Err(_) => last_error = format!("timed out connecting to {addr}"),
         }
-        Err(_) => {
-            tracing::warn!(passthrough = %rt.spec.name, backend = %rt.spec.backend, %peer, "timed out connecting to backend");
-            return;
-        }
+        server.health.note_connect_failure(&last_error);
+    }
+    let Some((backend, backend_addr)) = connected else {
+        tracing::warn!(passthrough = %rt.spec.name, %peer, "connection closed: {last_error}");
+        return;
     };
     let _ = backend.set_nodelay(true);
     let mut down = IdleIo::new(client, t.idle);
@@ -90,7 +145,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         passthrough = %rt.spec.name,
         mode = "tcp",
         %peer,
-        backend = %rt.spec.backend,
+        backend = %backend_addr,
         duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         bytes_up = sent,
         bytes_down = received,
@@ -137,7 +192,14 @@ pub async fn handle_http(
     append_list(&mut parts.headers, &X_FORWARDED_FOR, &peer_value(peer));
     append_list(&mut parts.headers, &VIA, &rt.via);
 
-    let mut resp = match forward(&rt.client, &rt.backend, parts, body).await {
+    // HTTP passthrough sends through hyper's client, which consumes the body: the
+    // server is chosen by health, and a refused connection is answered, not redispatched.
+    let Some(server) = rt.balancer.candidates(peer.ip()).next() else {
+        let last = rt.balancer.last_failure();
+        let problem = Problem::service_unavailable(&rt.spec.name, last.as_deref());
+        return Ok(problem_response(&problem, record, false));
+    };
+    let mut resp = match forward(&rt.client, server.health.addr(), parts, body).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");

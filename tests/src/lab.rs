@@ -54,6 +54,9 @@ pub struct LabOptions {
     pub one_compute_down: bool,
     /// Add a `tcp` and an `http` passthrough listener to RegionOne.
     pub passthrough: bool,
+    /// With `passthrough`: the `backend` values (TOML) of the `tcp` and the `http`
+    /// listener instead of the lab's own echo servers, plus extra lines for each.
+    pub passthrough_backends: Option<[String; 2]>,
     /// Extra lines for RegionOne's `[ports.N]` section of a fixture port (a `backend`
     /// line here replaces the lab's own echo backend for that port).
     pub one_port_toml: BTreeMap<u16, String>,
@@ -208,10 +211,13 @@ impl Lab {
             let http_sock = bind_port0(one_ip)?;
             let tcp_addr = tcp_sock.local_addr()?;
             let http_addr = http_sock.local_addr()?;
+            let [tcp_value, http_value] = opts.passthrough_backends.clone().unwrap_or([
+                format!("\"{}\"", tcp_backend.addr),
+                format!("\"{}\"", http_backend.addr),
+            ]);
             pt_toml = format!(
-                "\n[[passthrough]]\nname = \"mariadb\"\nbind = \"{tcp_addr}\"\nbackend = \"{}\"\nmode = \"tcp\"\n\
-                 \n[[passthrough]]\nname = \"horizon\"\nbind = \"{http_addr}\"\nbackend = \"{}\"\nmode = \"http\"\n",
-                tcp_backend.addr, http_backend.addr
+                "\n[[passthrough]]\nname = \"mariadb\"\nbind = \"{tcp_addr}\"\nbackend = {tcp_value}\nmode = \"tcp\"\n\
+                 \n[[passthrough]]\nname = \"horizon\"\nbind = \"{http_addr}\"\nbackend = {http_value}\nmode = \"http\"\n",
             );
             pt_socks.push(tcp_sock);
             pt_socks.push(http_sock);

@@ -141,3 +141,54 @@ async fn http_passthrough_splices_a_websocket_style_upgrade() {
         assert_eq!(back, msg);
     }
 }
+
+/// Several servers behind a passthrough: a TCP connection goes to the first server that
+/// accepts it (a dead one, which no check has noticed yet, is skipped), and an HTTP
+/// passthrough whose every server is down answers 503 at once.
+#[tokio::test]
+async fn passthrough_backends_take_several_servers() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = integration_tests::echo::TcpEcho::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let lab = Lab::start(LabOptions {
+        passthrough: true,
+        passthrough_backends: Some([
+            format!("[\"{dead}\", \"{}\"]", live.addr),
+            format!("[\"{dead}\"]"),
+        ]),
+        one_extra_toml: "[health]\ninter = \"50ms\"\nrise = 1\nfall = 1\n[proxy]\nretries = 3\n"
+            .into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(pt.tcp_addr).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping", "every connection reaches the live server");
+    }
+    // The HTTP passthrough's only server is dead: once checked, a fast 503.
+    let mut status = 0;
+    for _ in 0..200 {
+        status = get(pt.http_addr, "/", &[]).await.unwrap().status.as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 503);
+    let r = get(pt.http_addr, "/", &[]).await.unwrap();
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("horizon"), "{msg}");
+}

@@ -154,7 +154,8 @@ pub fn start_with_router(
 
     let shutdown = Shutdown::new();
     // Health checks run beside the request path, until the router drains.
-    for check in router.health_checks() {
+    let passthrough_checks = dispatch.passthrough.iter().flat_map(|p| p.health_checks());
+    for check in router.health_checks().iter().chain(passthrough_checks) {
         let mut signals = shutdown.signals();
         crate::health::spawn_checker(
             Arc::clone(&check.health),
@@ -236,7 +237,8 @@ impl Dispatch {
                     Arc::new(PassthroughRuntime::new(
                         p.clone(),
                         router.region(),
-                        max_header_bytes,
+                        &config.proxy,
+                        &config.health,
                     ))
                 })
                 .collect(),
