@@ -30,12 +30,37 @@
 //! Backends are named `Region_Type_Interface`; remote-region backends set `Host` to
 //! the target's `host:port` and rewrite the matched path prefix. Passthrough
 //! listeners become plain `listen` blocks (`mode tcp` / `mode http`).
+//!
+//! Every backend, and each `listen` block's transparent fallback, lists all the servers
+//! of its backend (`<name>_1`, `_2`… in configuration order) with `check inter rise fall`
+//! (`[health]`), `weight` and `backup`, and carries `balance roundrobin|source`,
+//! `retries`, `option redispatch 1` (`option allbackups` with several backups), `timeout
+//! check` and, on a port with an HTTP check, `option httpchk GET <path>` expecting
+//! 2xx/3xx. Where HAProxy then still behaves differently from scope-router
+//! (docs/ARCHITECTURE.md §3.8):
+//!
+//! - A remote region's backend gets a TCP check of that region's frontend: HAProxy
+//!   cannot ask the far router whether the service behind it is up (`GET
+//!   /.scope-router/health`), so it keeps sending to a region whose service is down
+//!   where scope-router answers 503 at once.
+//! - HAProxy checks a server once per section listing it (the transparent fallback and
+//!   every backend of the port), scope-router once per listener: more check traffic,
+//!   and sections may disagree about a server for a check interval.
+//! - A `weight 0` server never gets HAProxy's balanced traffic and does not keep the
+//!   backups idle; scope-router uses it when every weighted server of its kind is down
+//!   or on redispatch, and uses no backup while it is up.
+//! - HAProxy's `timeout check` bounds the wait for the answer once connected (the
+//!   connect has `min(inter, timeout connect)`); scope-router's bounds the whole check.
+//! - `retries` is capped at the servers one request can reach, since scope-router never
+//!   tries a server twice for one request.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::balance::{Balance, Balancer};
 use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::health::CheckSettings;
 use crate::routing::{Listener, Route, Router};
 
 /// Interpreter half of the Lua script; the generated routing table is prepended.
@@ -87,13 +112,69 @@ pub struct HaproxyConfig {
 /// One backend section.
 struct Backend {
     name: String,
-    server: String,
+    pool: Pool,
     timeouts: Timeouts,
     /// Remote region: new `Host` and (matched prefix, target prefix).
     remote: Option<(String, Arc<str>, Arc<str>)>,
     /// Scoped route (not the transparent fallback): strip the scope from tokens.
     scoped: bool,
     identity: bool,
+}
+
+/// The servers of a backend section (or of a `listen` block's transparent fallback) and how
+/// HAProxy balances, retries and checks them.
+struct Pool {
+    servers: Vec<PoolServer>,
+    balance: Balance,
+    retries: u32,
+    check: CheckSettings,
+    /// `Host` of an HTTP check: the listener's address, as scope-router's checker sends it.
+    check_host: String,
+}
+
+struct PoolServer {
+    name: String,
+    addr: String,
+    weight: u32,
+    backup: bool,
+}
+
+impl Pool {
+    /// Every server of `balancer`, named `<name>_1`, `_2`… in configuration order (unique
+    /// within the section, and stable when servers are appended).
+    fn new(
+        name: &str,
+        balancer: &Balancer,
+        retries: u32,
+        check: CheckSettings,
+        check_host: String,
+    ) -> Pool {
+        let servers: Vec<PoolServer> = balancer
+            .servers()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PoolServer {
+                name: ident(&format!("{name}_{}", i + 1)),
+                addr: s.health.addr().to_owned(),
+                weight: s.weight,
+                backup: s.backup,
+            })
+            .collect();
+        // scope-router tries each server at most once per request, and sees the backups only
+        // when every other server is down; HAProxy, once out of servers, would redispatch to
+        // one it already tried. Capping `retries` at the largest set one request can see
+        // keeps the attempts the same (one server: no retry at all, as in scope-router).
+        let backups = servers.iter().filter(|s| s.backup).count();
+        let reachable = backups.max(servers.len() - backups);
+        let retries = retries.min(u32::try_from(reachable.saturating_sub(1)).unwrap_or(u32::MAX));
+        Pool {
+            servers,
+            balance: balancer.balance(),
+            retries,
+            check,
+            check_host,
+        }
+    }
 }
 
 /// Emits the HAProxy configuration (and Lua script) equivalent to `router`.
@@ -145,12 +226,19 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
             HaproxyMode::Lua => write_lua_rules(&mut cfg),
             HaproxyMode::Native => write_native_rules(&mut cfg, router, l),
         }
-        // No catalog entry matched: the listener's own server is the transparent fallback.
-        let _ = writeln!(
-            cfg,
-            "    server {} {}",
-            ident(l.transparent_name()),
-            l.local_upstream()
+        // No catalog entry matched: the listener's own servers are the transparent fallback.
+        let port = listener.addr.port();
+        let local_check = config.port_health(port);
+        let check_host = listener.addr.to_string();
+        write_pool(
+            &mut cfg,
+            &Pool::new(
+                l.transparent_name(),
+                l.local(),
+                config.proxy.retries,
+                local_check.clone(),
+                check_host.clone(),
+            ),
         );
         for route in routes {
             for target in &route.targets {
@@ -158,9 +246,25 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
                 if backends.iter().any(|b| b.name == name) {
                     continue;
                 }
+                // Another region's frontend is checked with a TCP connect on the `[health]`
+                // timing: HAProxy cannot ask that region's router about the service the way
+                // scope-router does (module docs).
+                let check = match target.remote {
+                    None => local_check.clone(),
+                    Some(_) => CheckSettings {
+                        http_path: None,
+                        ..config.health.clone()
+                    },
+                };
                 backends.push(Backend {
+                    pool: Pool::new(
+                        &name,
+                        &target.balancer,
+                        config.proxy.retries,
+                        check,
+                        check_host.clone(),
+                    ),
                     name,
-                    server: target.upstream.to_string(),
                     timeouts: listener.timeouts,
                     remote: target.remote.as_ref().map(|r| {
                         (
@@ -459,7 +563,56 @@ fn write_backend(cfg: &mut String, b: &Backend, mode: HaproxyMode) {
             );
         }
     }
-    let _ = writeln!(cfg, "    server {} {}", b.name, b.server);
+    write_pool(cfg, &b.pool);
+}
+
+/// `balance`, `retries`, redispatch, the check settings and one `server` line per server.
+fn write_pool(cfg: &mut String, pool: &Pool) {
+    let balance = match pool.balance {
+        Balance::Roundrobin => "roundrobin",
+        Balance::Source => "source",
+    };
+    let _ = writeln!(cfg, "    balance {balance}");
+    let _ = writeln!(cfg, "    retries {}", pool.retries);
+    // scope-router moves to another server after every failed connect; HAProxy's default
+    // (-1) would retry the same server and redispatch only on the last retry.
+    cfg.push_str("    option redispatch 1\n");
+    if pool.servers.iter().filter(|s| s.backup).count() > 1 {
+        // scope-router balances over its backups; HAProxy would use only the first one.
+        cfg.push_str("    option allbackups\n");
+    }
+    let check = &pool.check;
+    let _ = writeln!(cfg, "    timeout check {}", ms(check.timeout));
+    if let Some(path) = &check.http_path {
+        // The request scope-router's checker sends: HTTP/1.1 with the listener as `Host`,
+        // healthy on 2xx/3xx.
+        let _ = writeln!(cfg, "    option httpchk GET {} HTTP/1.1", word(path));
+        let _ = writeln!(
+            cfg,
+            "    http-check send hdr Host {}",
+            word(&pool.check_host)
+        );
+        cfg.push_str("    http-check expect status 200-399\n");
+    }
+    for s in &pool.servers {
+        // HAProxy refuses `rise 0`/`fall 0`; scope-router counts them as 1.
+        let _ = write!(
+            cfg,
+            "    server {} {} check inter {} rise {} fall {}",
+            s.name,
+            s.addr,
+            ms(check.inter),
+            check.rise.max(1),
+            check.fall.max(1)
+        );
+        if s.weight != 1 {
+            let _ = write!(cfg, " weight {}", s.weight);
+        }
+        if s.backup {
+            cfg.push_str(" backup");
+        }
+        cfg.push('\n');
+    }
 }
 
 /// `replace-path` regex and replacement turning prefix `from` into `to`, joined with one
@@ -607,6 +760,15 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// An HAProxy word: as is when it has nothing the config tokenizer would read specially
+/// (spaces, quotes, backslashes, `$`, `#`), else double-quoted.
+fn word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | '$' | '#'));
+    if plain { s.to_owned() } else { quote(s) }
+}
+
 /// An HAProxy single-quoted word (no escapes at all inside, so `'` cannot appear).
 fn single(s: &str) -> String {
     format!("'{}'", s.replace('\'', "%27"))
@@ -637,7 +799,9 @@ fn regex_escape(s: &str) -> String {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+    // The config refuses zero durations; a sub-millisecond one must not become HAProxy's
+    // `0` (no timeout, or an invalid `inter`).
+    format!("{}ms", d.as_millis().max(1))
 }
 
 fn join(items: &[Arc<str>]) -> String {
@@ -658,9 +822,14 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
 
     fn seed(region: &str, extra: &str) -> (Router, Config) {
+        seed_backend(region, "\"192.168.142.245\"", extra)
+    }
+
+    /// The seed catalogs with `backend = <backend>`.
+    fn seed_backend(region: &str, backend: &str, extra: &str) -> (Router, Config) {
         let text = format!(
             "region = \"{region}\"\ncatalog = [\"endpoint-list-RegionOne.json\", \
-             \"endpoint-list-RegionTwo.json\"]\nbackend = \"192.168.142.245\"\n{extra}"
+             \"endpoint-list-RegionTwo.json\"]\nbackend = {backend}\n{extra}"
         );
         let config = Config::from_str(&text, &Path::new(FIXTURES).join("router.toml")).unwrap();
         (Router::from_config(&config).unwrap(), config)
@@ -712,7 +881,9 @@ mod tests {
                 &"use_backend %[lua.interpret_scope] if { lua.interpret_scope -m found }"
             )
         );
-        assert!(compute.contains(&"server RegionOne_transparent_8774 192.168.142.245:8774"));
+        assert!(compute.contains(
+            &"server RegionOne_transparent_8774_1 192.168.142.245:8774 check inter 2000ms rise 2 fall 5"
+        ));
         let lua = out.lua.unwrap();
         assert!(lua.starts_with("-- Routing table"));
         assert!(lua.contains("[\"192.168.142.244:8774\"] = { routes = {"));
@@ -727,7 +898,9 @@ mod tests {
         let local = section(&out.cfg, "backend RegionOne_compute_public");
         assert_eq!(
             local.last(),
-            Some(&"server RegionOne_compute_public 192.168.142.245:8774")
+            Some(
+                &"server RegionOne_compute_public_1 192.168.142.245:8774 check inter 2000ms rise 2 fall 5"
+            )
         );
         assert!(!local.iter().any(|l| l.contains("Host")));
         let remote = section(&out.cfg, "backend RegionTwo_compute_public");
@@ -736,10 +909,146 @@ mod tests {
         assert!(!remote.iter().any(|l| l.contains("replace-path")));
         assert_eq!(
             remote.last(),
-            Some(&"server RegionTwo_compute_public 192.168.144.244:8774")
+            Some(
+                &"server RegionTwo_compute_public_1 192.168.144.244:8774 check inter 2000ms rise 2 fall 5"
+            )
         );
         // Lua strips tokens itself; backends do not.
         assert!(!out.cfg.contains("replace-header"));
+    }
+
+    /// Several servers with weights and backups, `balance = "source"` on the image port and
+    /// an HTTP check on the identity port, as the router would run them.
+    fn with_servers() -> (Router, Config) {
+        seed_backend(
+            "RegionOne",
+            "[\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3 }, \
+             { address = \"10.0.0.3\", weight = 0 }, { address = \"10.0.0.4\", backup = true }, \
+             { address = \"10.0.0.5\", backup = true, weight = 2 }]",
+            "[proxy]\nretries = 2\nbalance = \"roundrobin\"\n\
+             [health]\ninter = \"3s\"\nrise = 3\nfall = 0\ntimeout = \"1500ms\"\n\
+             [ports.9292]\nbalance = \"source\"\n\
+             [ports.5000]\nhealth_path = \"/v3\"\n\
+             [ports.8774]\nbackend = \"10.0.1.1:18774\"\n",
+        )
+    }
+
+    #[test]
+    fn local_backends_list_every_server_with_checks_weights_and_backups() {
+        let (router, config) = with_servers();
+        for mode in [HaproxyMode::Lua, HaproxyMode::Native] {
+            let out = generate(&router, &config, &HaproxyOptions::new(mode));
+            // `fall = 0` counts as 1 (HAProxy refuses 0); 3 non-backup servers: 2 retries.
+            let servers = |name: &str, port: u16| {
+                vec![
+                    format!("server {name}_1 10.0.0.1:{port} check inter 3000ms rise 3 fall 1"),
+                    format!(
+                        "server {name}_2 10.0.0.2:{port} check inter 3000ms rise 3 fall 1 weight 3"
+                    ),
+                    format!(
+                        "server {name}_3 10.0.0.3:{port} check inter 3000ms rise 3 fall 1 weight 0"
+                    ),
+                    format!(
+                        "server {name}_4 10.0.0.4:{port} check inter 3000ms rise 3 fall 1 backup"
+                    ),
+                    format!(
+                        "server {name}_5 10.0.0.5:{port} check inter 3000ms rise 3 fall 1 weight 2 backup"
+                    ),
+                ]
+            };
+            let mut want = vec![
+                "timeout connect 10000ms".to_owned(),
+                "timeout server 60000ms".to_owned(),
+                "balance source".to_owned(),
+                "retries 2".to_owned(),
+                "option redispatch 1".to_owned(),
+                "option allbackups".to_owned(),
+                "timeout check 1500ms".to_owned(),
+            ];
+            want.extend(servers("RegionOne_image_public", 9292));
+            if mode == HaproxyMode::Native {
+                want.insert(
+                    2,
+                    "http-request replace-header X-Subject-Token '^(.*?)!SCOPE!.*$' '\\1'"
+                        .to_owned(),
+                );
+            }
+            assert_eq!(
+                section(&out.cfg, "backend RegionOne_image_public"),
+                want,
+                "{mode:?}"
+            );
+
+            // The transparent fallback balances over the same servers the same way.
+            let listen = section(&out.cfg, "listen RegionOne_9292");
+            let mut want: Vec<String> = [
+                "balance source",
+                "retries 2",
+                "option redispatch 1",
+                "option allbackups",
+                "timeout check 1500ms",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            want.extend(servers("RegionOne_transparent_9292", 9292));
+            assert_eq!(&listen[listen.len() - want.len()..], want, "{mode:?}");
+            assert!(!listen.iter().any(|l| l.contains("httpchk")), "{listen:?}");
+
+            // The HTTP check of port 5000 is the request scope-router's checker sends.
+            let keystone = section(&out.cfg, "backend RegionOne_identity_public");
+            for line in [
+                "balance roundrobin",
+                "option httpchk GET /v3 HTTP/1.1",
+                "http-check send hdr Host 192.168.142.244:5000",
+                "http-check expect status 200-399",
+                "server RegionOne_identity_public_2 10.0.0.2:5000 check inter 3000ms rise 3 fall 1 weight 3",
+            ] {
+                assert!(keystone.contains(&line), "{mode:?}: {line} in {keystone:?}");
+            }
+
+            // One server: nothing to redispatch to, so no retry (scope-router tries it once).
+            let nova = section(&out.cfg, "backend RegionOne_compute_public");
+            assert!(nova.contains(&"retries 0"), "{nova:?}");
+            assert!(!nova.contains(&"option allbackups"), "{nova:?}");
+            assert_eq!(
+                nova.last(),
+                Some(
+                    &"server RegionOne_compute_public_1 10.0.1.1:18774 check inter 3000ms rise 3 fall 1"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn remote_backends_get_one_tcp_checked_server() {
+        let (router, config) = with_servers();
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+        // Port 5000's HTTP check is for the local servers; another region's frontend gets
+        // the `[health]` timing over TCP.
+        let remote = section(&out.cfg, "backend RegionTwo_identity_public");
+        assert_eq!(
+            remote[2..],
+            [
+                "http-request set-header Host \"192.168.144.244:5000\"",
+                "balance roundrobin",
+                "retries 0",
+                "option redispatch 1",
+                "timeout check 1500ms",
+                "server RegionTwo_identity_public_1 192.168.144.244:5000 check inter 3000ms rise 3 fall 1",
+            ]
+        );
+        // Server names are unique within every section, and valid identifiers.
+        let mut seen: Vec<&str> = Vec::new();
+        for line in out.cfg.lines() {
+            if !line.starts_with("    ") {
+                seen.clear();
+            } else if let Some(rest) = line.trim().strip_prefix("server ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!seen.contains(&name), "duplicate server {name}");
+                assert_eq!(ident(name), name);
+                seen.push(name);
+            }
+        }
     }
 
     #[test]
@@ -860,5 +1169,8 @@ mod tests {
         assert_eq!(quote("a \"b\" $c\\"), "\"a \\\"b\\\" \\$c\\\\\"");
         assert_eq!(lua_str("a\"b\\\n"), "\"a\\\"b\\\\\\10\"");
         assert_eq!(ident("Region One/x"), "Region_One_x");
+        assert_eq!(word("/healthcheck?a=b"), "/healthcheck?a=b");
+        assert_eq!(word("/a b#c"), "\"/a b#c\"");
+        assert_eq!(word(""), "\"\"");
     }
 }

@@ -129,6 +129,11 @@ impl Listener {
     fn match_route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| prefix_matches(&r.path, path))
     }
+
+    /// The local servers (read-only, for the HAProxy emitters' transparent fallback).
+    pub(crate) fn local(&self) -> &Balancer {
+        &self.local
+    }
 }
 
 /// The immutable routing table, shared as `Arc<Router>`.

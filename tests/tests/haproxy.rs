@@ -48,6 +48,12 @@ fn haproxy_available() -> bool {
 /// An in-process backend answering every request with JSON naming itself and echoing
 /// the request path and headers.
 async fn echo_backend(name: &'static str) -> SocketAddr {
+    echo_backend_checked(name, 200).await
+}
+
+/// [`echo_backend`] answering `GET /healthcheck` with `health` (200, or e.g. 503 for a
+/// server its HTTP check must take down).
+async fn echo_backend_checked(name: &'static str, health: u16) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .unwrap();
@@ -71,11 +77,11 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
                         "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
                         "headers": headers,
                     });
-                    async move {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                            body.to_string(),
-                        ))))
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                    if req.uri().path() == "/healthcheck" {
+                        *resp.status_mut() = hyper::StatusCode::from_u16(health).unwrap();
                     }
+                    async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -204,12 +210,23 @@ struct Lab {
 }
 
 async fn lab() -> Lab {
+    let r1_identity = echo_backend("r1-identity").await;
+    let r1_compute = echo_backend("r1-compute").await;
+    lab_with(
+        &format!("backend = \"{r1_identity}\""),
+        &format!("backend = \"{r1_compute}\""),
+        "",
+    )
+    .await
+}
+
+/// The two-region lab with RegionOne's identity and compute ports configured by the
+/// `[ports.N]` bodies `identity_port` and `compute_port`, and `extra` appended.
+async fn lab_with(identity_port: &str, compute_port: &str, extra: &str) -> Lab {
     // A 127.x address per process keeps parallel runs of the suite apart.
     let vip = Ipv4Addr::new(127, 66, (std::process::id() % 250) as u8, 1);
     let identity = SocketAddr::from((vip, free_port(vip)));
     let compute = SocketAddr::from((vip, free_port(vip)));
-    let r1_identity = echo_backend("r1-identity").await;
-    let r1_compute = echo_backend("r1-compute").await;
     let r2_identity = echo_backend("r2-identity").await;
     let r2_compute = echo_backend("r2-compute").await;
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +239,7 @@ async fn lab() -> Lab {
     std::fs::write(dir.path().join("catalog.json"), catalog.to_string()).unwrap();
     let toml = format!(
         "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
-         [ports.{}]\nbackend = \"{r1_identity}\"\n[ports.{}]\nbackend = \"{r1_compute}\"\n",
+         [ports.{}]\n{identity_port}\n[ports.{}]\n{compute_port}\n{extra}",
         identity.port(),
         compute.port()
     );
@@ -485,4 +502,74 @@ async fn native_config_routes_like_scope_router() {
     let cfg = write_checked(&lab, HaproxyMode::Native);
     let _haproxy = Haproxy::start(&cfg, lab.compute);
     common_cases(&lab).await;
+}
+
+/// Several servers per backend, weights, a backup, `balance source` and an HTTP check:
+/// `haproxy -c` accepts both variants, and in a running HAProxy the checks take the
+/// failing servers out as scope-router's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_servers_checks_and_backups_run_in_haproxy() {
+    if !haproxy_available() {
+        return;
+    }
+    let healthy = echo_backend("r1-identity").await;
+    let sick = echo_backend_checked("r1-identity-sick", 503).await;
+    let spare = echo_backend("r1-compute-backup").await;
+    // Nothing listens there: its TCP check fails.
+    let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+    let lab = lab_with(
+        &format!(
+            "backend = [\"{sick}\", {{ address = \"{healthy}\", weight = 2 }}]\n\
+             health_path = \"/healthcheck\""
+        ),
+        &format!(
+            "backend = [\"{dead}\", {{ address = \"{spare}\", backup = true }}]\n\
+             balance = \"source\""
+        ),
+        "[health]\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"500ms\"\n",
+    )
+    .await;
+    write_checked(&lab, HaproxyMode::Lua);
+    let cfg = write_checked(&lab, HaproxyMode::Native);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for line in [
+        format!("server RegionOne_compute_public_2 {spare} check inter 100ms rise 1 fall 1 backup"),
+        format!(
+            "server RegionOne_identity_public_2 {healthy} check inter 100ms rise 1 fall 1 weight 2"
+        ),
+        "option httpchk GET /healthcheck HTTP/1.1".to_owned(),
+        "balance source".to_owned(),
+    ] {
+        assert!(text.contains(&line), "no `{line}` in\n{text}");
+    }
+    let _haproxy = Haproxy::start(&cfg, lab.compute);
+
+    // Readiness by polling: the dead server's check fails within a few intervals.
+    let (id, c) = (lab.identity, lab.compute);
+    let settled = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Round robin with both identity servers up alternates them: six answers in a row
+        // from the healthy one mean the HTTP check took the sick one out (and kept the
+        // healthy one in).
+        let mut healthy_in_a_row = 0;
+        let mut backup_answered = false;
+        while std::time::Instant::now() < deadline && !(backup_answered && healthy_in_a_row >= 6) {
+            let r = send(c, "/v2.1/servers", &[]);
+            backup_answered |= (r.status, r.backend()) == (200, "r1-compute-backup");
+            let r = send(id, "/v3/auth/tokens", &[]);
+            healthy_in_a_row = match (r.status, r.backend()) {
+                (200, "r1-identity") => healthy_in_a_row + 1,
+                _ => 0,
+            };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (backup_answered, healthy_in_a_row)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        settled,
+        (true, 6),
+        "(backup answered, healthy identity answers in a row) within 10 s"
+    );
 }
