@@ -390,7 +390,8 @@ impl std::fmt::Display for Unavailable {
                 file.pid,
                 STALE_AFTER.as_secs()
             ),
-            Unavailable::Invalid(e) => write!(f, "health state unknown: {e}"),
+            // Callers say "unknown" themselves; the error names the file and the fix.
+            Unavailable::Invalid(e) => write!(f, "{e}"),
         }
     }
 }

@@ -436,3 +436,106 @@ impl fmt::Display for RouterStatus {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(role: Role, addr: &str, up: bool, degraded: Option<&str>) -> ServerStatus {
+        ServerStatus {
+            placement: Placement {
+                role,
+                listener: SocketAddr::from(([192, 168, 142, 244], 8774)),
+                region: match role {
+                    Role::Local => "RegionOne",
+                    Role::Remote => "RegionTwo",
+                }
+                .to_owned(),
+                backends: vec!["RegionOne_compute_public".to_owned()],
+                services: vec!["compute/public".to_owned()],
+                addr: addr.to_owned(),
+                weight: 1,
+                backup: false,
+                balance: "roundrobin".to_owned(),
+            },
+            up,
+            since: Some("2026-11-28T20:00:00Z".to_owned()),
+            last_result: Some(
+                if up {
+                    "ok in 0.2ms"
+                } else {
+                    "connect: refused"
+                }
+                .to_owned(),
+            ),
+            last_connect_failure: None,
+            checks: Some(7),
+            failures: Some(if up { 0 } else { 7 }),
+            degraded: degraded.map(str::to_owned),
+        }
+    }
+
+    fn status(servers: Vec<ServerStatus>) -> RouterStatus {
+        RouterStatus {
+            region: "RegionOne".to_owned(),
+            ebpf_mode: "off",
+            kernel: Err("ebpf.mode = off".to_owned()),
+            vip: None,
+            health: HealthSource::Router {
+                file: PathBuf::from("/run/scope-router/health-RegionOne.json"),
+                pid: 4242,
+                written_at: "2026-11-28T20:00:05.000Z".to_owned(),
+                age_ms: 412,
+            },
+            servers,
+            not_in_router: Vec::new(),
+            passthrough: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn healthy_only_when_every_server_is_up() {
+        let degraded = Some("not a scope-router, so only TCP connect is checked");
+        let cases = [
+            ("all up, one degraded", vec![true, true], true),
+            ("a local server down", vec![false, true], false),
+            ("the other region's frontend down", vec![true, false], false),
+        ];
+        for (name, ups, want) in cases {
+            let s = status(vec![
+                server(Role::Local, "192.168.142.245:8774", ups[0], None),
+                server(Role::Remote, "192.168.144.244:8774", ups[1], degraded),
+            ]);
+            assert_eq!(s.healthy(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn text_shows_the_routers_view_with_reasons() {
+        let s = status(vec![
+            server(Role::Local, "192.168.142.245:8774", false, None),
+            server(
+                Role::Remote,
+                "192.168.144.244:8774",
+                true,
+                Some("not a scope-router, so only TCP connect is checked"),
+            ),
+        ]);
+        let text = s.to_string();
+        for want in [
+            "health as the running router (pid 4242) sees it, from \
+             /run/scope-router/health-RegionOne.json written at 2026-11-28T20:00:05.000Z \
+             (412ms ago):",
+            "192.168.142.245:8774   local              DOWN  2026-11-28T20:00:00Z",
+            "connect: refused\n",
+            "192.168.144.244:8774   RegionTwo frontend up",
+            "    degraded: not a scope-router, so only TCP connect is checked\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(json["health"]["source"], "router");
+        assert_eq!(json["servers"][0]["up"], false);
+        assert_eq!(json["servers"][1]["role"], "remote");
+    }
+}
