@@ -293,13 +293,13 @@ async fn run(
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
     let handle =
         server::start_with_router(&config, router, options).context("cannot start listening")?;
-    // Listeners first (IP_FREEBIND lets them exist before the address), so the
-    // router already accepts when the gratuitous ARP moves traffic to it.
     // Published for `status` and `explain` while the router serves; removed after the drain.
     let (stop_health, stopped) = tokio::sync::oneshot::channel::<()>();
     let health_writer = health_state::spawn_writer(handle.router(), health_file, async move {
         let _ = stopped.await;
     });
+    // Listeners first (IP_FREEBIND lets them exist before the address), so the
+    // router already accepts when the gratuitous ARP moves traffic to it.
     let vip = match vip {
         Some(claim) => Some(claim.start().await.context("cannot take the VIP")?),
         None => None,
