@@ -9,6 +9,7 @@ pub mod ebpf;
 pub mod error_chain;
 pub mod haproxy;
 pub mod health;
+pub mod health_state;
 pub mod listener;
 mod lock;
 pub mod passthrough;

@@ -14,7 +14,7 @@ use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Termination};
-use scope_router::{access_log, report, status, vip};
+use scope_router::{access_log, health_state, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +37,10 @@ enum Command {
         /// everything on the main thread).
         #[arg(long)]
         workers: Option<usize>,
+        /// Directory of the health state file `health-<Region>.json` (default: `[vip]
+        /// state_dir`, else /run/scope-router); give run, status and explain the same.
+        #[arg(long, value_name = "DIR")]
+        health_state_dir: Option<PathBuf>,
     },
     /// Validate the configuration and catalog, print the routing table, exit.
     Check {
@@ -54,15 +58,24 @@ enum Command {
         method: String,
         /// Absolute URL the client would use, e.g. http://192.168.142.244:8774/v2.1/servers.
         url: String,
+        /// Directory of the health state file `health-<Region>.json` (default: `[vip]
+        /// state_dir`, else /run/scope-router); give run, status and explain the same.
+        #[arg(long, value_name = "DIR")]
+        health_state_dir: Option<PathBuf>,
     },
-    /// Show kernel counters, the VIP and backend health; changes nothing, safe beside a
-    /// running router. Exits 1 when a backend is down or the VIP is missing.
+    /// Show kernel counters, the VIP and each server's health as the running router sees it
+    /// (a one-off TCP connect when no router runs); changes nothing, safe beside a running
+    /// router. Exits 1 when a server is down or the VIP is missing.
     Status {
         #[arg(long, short)]
         config: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Directory of the health state file `health-<Region>.json` (default: `[vip]
+        /// state_dir`, else /run/scope-router); give run, status and explain the same.
+        #[arg(long, value_name = "DIR")]
+        health_state_dir: Option<PathBuf>,
     },
     /// Emit the equivalent HAProxy 2.6 configuration: a Lua scope interpreter (default,
     /// written with --out) or, with --native, json_query rules with fewer semantics.
@@ -102,7 +115,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     access_log::init_subscriber();
     match cli.command {
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            health_state_dir,
+        } => {
             let config = load(&config)?;
             let router = Arc::new(router(&config)?);
             // First of all: a second router on a VIP another one manages must fail before
@@ -132,16 +149,25 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(config, router, options, steering, vip))
+            let health_file = health_state::file_path(
+                &health_state::state_dir(&config, health_state_dir.as_deref()),
+                router.region(),
+            );
+            rt.block_on(run(config, router, options, steering, vip, health_file))
         }
-        Command::Status { config, json } => {
+        Command::Status {
+            config,
+            json,
+            health_state_dir,
+        } => {
             let config = load(&config)?;
             let router = router(&config)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let report = rt.block_on(status::collect(&config, &router));
+            let dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            let report = rt.block_on(status::collect(&config, &router, &dir));
             if json {
                 println!(
                     "{}",
@@ -166,14 +192,17 @@ fn main() -> Result<()> {
             headers,
             method,
             url,
+            health_state_dir,
         } => {
             let config = load(&config)?;
             let router = router(&config)?;
+            let dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            let health = health_state::read(&dir, router.region());
             let headers = headers
                 .iter()
                 .map(|h| parse_header(h))
                 .collect::<Result<Vec<_>>>()?;
-            let text = report::explain(&router, &method, &url, &headers)
+            let text = report::explain(&router, &method, &url, &headers, &health)
                 .context("cannot explain this request")?;
             print!("{text}");
             Ok(())
@@ -258,11 +287,17 @@ async fn run(
     options: StartOptions,
     steering: Option<Steering>,
     vip: Option<vip::VipClaim>,
+    health_file: std::path::PathBuf,
 ) -> Result<()> {
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
     let handle =
         server::start_with_router(&config, router, options).context("cannot start listening")?;
+    // Published for `status` and `explain` while the router serves; removed after the drain.
+    let (stop_health, stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_writer = health_state::spawn_writer(handle.router(), health_file, async move {
+        let _ = stopped.await;
+    });
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
     let vip = match vip {
@@ -279,6 +314,10 @@ async fn run(
         Drained::GraceExpired => {
             tracing::warn!("shutdown grace expired; remaining connections were cut")
         }
+    }
+    let _ = stop_health.send(());
+    if let Err(e) = health_writer.await {
+        tracing::warn!("the health state writer failed: {e}");
     }
     // The address goes only after the last response, so in-flight clients keep a route.
     if let Some(vip) = vip {

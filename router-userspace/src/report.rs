@@ -1,4 +1,8 @@
 //! Human-readable output of `scope-router check` (routing table) and `scope-router explain`.
+//!
+//! `explain` is health-aware: with the running router's published state
+//! ([`crate::health_state`]) it says which server would serve the request now, or that the
+//! router would answer 503 at once; without it, it says the health is unknown.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +12,7 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use crate::catalog::split_host_port;
 use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::decision::{PlanKind, RequestHead};
+use crate::health_state::{self, HealthFile, ServerIndex, Unavailable};
 use crate::routing::Router;
 
 /// The client address `explain` pretends the request came from (TEST-NET-3).
@@ -103,6 +108,26 @@ pub fn check(router: &Router, config: &Config) -> String {
             l.local_backend,
             fmt_timeouts(&l.timeouts)
         );
+        let servers: Vec<String> = config
+            .port_backend(l.addr.port())
+            .iter()
+            .map(|s| {
+                let mut text = s.address.to_string();
+                match (s.backup, s.weight) {
+                    (false, 1) => {}
+                    (true, 1) => text.push_str(" (backup)"),
+                    (false, w) => text.push_str(&format!(" (weight {w})")),
+                    (true, w) => text.push_str(&format!(" (backup, weight {w})")),
+                }
+                text
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "    servers ({}): {}",
+            health_state::balance_name(config.port_balance(l.addr.port())),
+            servers.join(", ")
+        );
         for (n, route) in routes.iter().enumerate() {
             let shown = if route.path.is_empty() {
                 "/"
@@ -164,13 +189,15 @@ pub fn check(router: &Router, config: &Config) -> String {
 }
 
 /// Explains how the router would handle `METHOD url` with `headers` sent by
-/// [`EXAMPLE_PEER`]. A request the router would refuse is explained too (`Ok`);
-/// `Err` means the hypothetical request itself could not be built.
+/// [`EXAMPLE_PEER`], with the servers' health from the running router's state (`health`,
+/// as [`health_state::read`] returns it). A request the router would refuse is explained
+/// too (`Ok`); `Err` means the hypothetical request itself could not be built.
 pub fn explain(
     router: &Router,
     method: &str,
     url: &str,
     headers: &[(String, String)],
+    health: &Result<HealthFile, Unavailable>,
 ) -> Result<String, ExplainError> {
     let method = http::Method::from_bytes(method.as_bytes())
         .map_err(|_| ExplainError::Method(method.to_owned()))?;
@@ -275,6 +302,7 @@ pub fn explain(
     let _ = writeln!(out, "region:    {}", plan.region);
     let _ = writeln!(out, "backend:   {}", plan.backend_name);
     let _ = writeln!(out, "upstream:  {}", plan.upstream);
+    explain_servers(&mut out, router, &plan, health);
     let _ = writeln!(out, "timeouts:  {}", fmt_timeouts(&plan.timeouts));
 
     let mut parts = match http::Request::builder()
@@ -299,6 +327,103 @@ pub fn explain(
     Ok(out)
 }
 
+/// The `health:`, `servers:` and `serves:` lines: each server of the plan's target with the
+/// running router's view of it, and the balancer's own pick over those states.
+fn explain_servers(
+    out: &mut String,
+    router: &Router,
+    plan: &crate::decision::Plan,
+    health: &Result<HealthFile, Unavailable>,
+) {
+    let index = ServerIndex::new(router);
+    let balance = health_state::balance_name(plan.balancer.balance());
+    let servers = plan.balancer.servers();
+    let state = match health {
+        Ok(file) => {
+            let age = std::time::SystemTime::now()
+                .duration_since(file.written_at)
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "health:    from the running router (pid {}, written {} ago)",
+                file.pid,
+                crate::status::short_age(age)
+            );
+            // This process's copy of the table takes the recorded states, so the pick below
+            // is the balancer's own.
+            index.mirror(file);
+            Some(file)
+        }
+        Err(why) => {
+            let _ = writeln!(out, "health:    unknown: {why}");
+            None
+        }
+    };
+    for (n, server) in servers.iter().enumerate() {
+        let mut line = server.health.addr().to_owned();
+        if server.backup {
+            line.push_str(" (backup)");
+        }
+        if server.weight != 1 {
+            let _ = write!(line, " (weight {})", server.weight);
+        }
+        let placement = index.placement(&server.health);
+        if let (Some(file), Some(p)) = (state, placement) {
+            match file.find(p) {
+                Some(r) => {
+                    let _ = write!(
+                        line,
+                        "  {} since {}; last check {}",
+                        if r.up { "up" } else { "DOWN" },
+                        humantime::format_rfc3339_seconds(r.since),
+                        r.last_result.as_deref().unwrap_or("not yet made")
+                    );
+                }
+                None => line.push_str(
+                    "  not in the running router (it started from an older configuration)",
+                ),
+            }
+        }
+        let label = if n == 0 { "servers:" } else { "" };
+        let _ = writeln!(out, "{label:<10} {line}");
+    }
+    let pick = plan.balancer.candidates(EXAMPLE_PEER.ip()).next();
+    let how = match plan.balancer.balance() {
+        crate::balance::Balance::Source => format!(
+            "{balance}: the server for client {} while it is up",
+            EXAMPLE_PEER.ip()
+        ),
+        crate::balance::Balance::Roundrobin => format!(
+            "{balance}: the first up server in the balance order; the running router rotates \
+             over the up ones"
+        ),
+    };
+    match (pick, state) {
+        (Some(s), Some(_)) => {
+            let _ = writeln!(out, "serves:    {} ({how})", s.health.addr());
+        }
+        (Some(s), None) => {
+            let _ = writeln!(
+                out,
+                "serves:    {} if it is up ({balance}: the first in the balance order; the \
+                 health is unknown)",
+                s.health.addr()
+            );
+        }
+        (None, _) => {
+            let last = plan
+                .balancer
+                .last_failure()
+                .map(|l| format!(" (last check: {l})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "serves:    none: every server down: the router would answer 503 at once{last}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -315,6 +440,13 @@ mod tests {
 
     fn h(n: &str, v: &str) -> (String, String) {
         (n.to_owned(), v.to_owned())
+    }
+
+    /// No router running: the health is unknown.
+    fn unknown() -> Result<HealthFile, Unavailable> {
+        Err(Unavailable::NoFile {
+            path: PathBuf::from("/run/scope-router/health-RegionOne.json"),
+        })
     }
 
     #[test]
@@ -379,6 +511,7 @@ mod tests {
                 h("X-Auth-Token", r#"abc!SCOPE!{"compute":"RegionTwo"}"#),
                 h("Via", "1.0 edge"),
             ],
+            &unknown(),
         )
         .unwrap();
         let lines = [
@@ -406,7 +539,7 @@ mod tests {
     #[test]
     fn explain_local_transparent_and_refused() {
         let (_, r) = example("RegionTwo");
-        let out = explain(&r, "GET", "http://192.168.144.244:8774/", &[]).unwrap();
+        let out = explain(&r, "GET", "http://192.168.144.244:8774/", &[], &unknown()).unwrap();
         assert!(out.contains("transparent fallback"), "{out}");
         assert!(
             out.contains("backend:   RegionTwo_transparent_8774\n"),
@@ -421,6 +554,7 @@ mod tests {
             "POST",
             "http://192.168.144.244:8774/v2.1/servers",
             &scope,
+            &unknown(),
         )
         .unwrap();
         assert!(
@@ -447,7 +581,171 @@ mod tests {
             ),
         ];
         for (m, u, hs) in cases {
-            assert!(explain(&r, m, u, &hs).is_err(), "{m} {u} {hs:?}");
+            assert!(
+                explain(&r, m, u, &hs, &unknown()).is_err(),
+                "{m} {u} {hs:?}"
+            );
         }
+    }
+
+    /// RegionOne with two compute servers (and `extra` config), and the state a running
+    /// router would publish for it.
+    fn two_servers(extra: &str) -> (Config, Router, HealthFile) {
+        let text = format!(
+            "region = \"RegionOne\"\ncatalog = [\"endpoint-list-RegionOne.json\", \
+             \"endpoint-list-RegionTwo.json\"]\nbackend = \"192.168.142.245\"\n\
+             [ports.8774]\nbackend = [\"10.0.0.1:8774\", \"10.0.0.2:8774\", \
+             {{ address = \"10.0.0.3:8774\", backup = true }}]\n{extra}"
+        );
+        let path =
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")).join("router.toml");
+        let config = Config::from_str(&text, &path).unwrap();
+        let router = Router::from_config(&config).unwrap();
+        let file = ServerIndex::new(&router).snapshot(1, std::time::SystemTime::now());
+        (config, router, file)
+    }
+
+    fn set_down(file: &mut HealthFile, addrs: &[&str]) {
+        for s in &mut file.servers {
+            if addrs.contains(&s.placement.addr.as_str()) {
+                s.up = false;
+                s.last_result = Some("connect: Connection refused (os error 111)".to_owned());
+            }
+        }
+    }
+
+    #[test]
+    fn explain_names_the_server_that_would_serve_now() {
+        const URL: &str = "http://192.168.142.244:8774/v2.1/servers";
+        struct Case {
+            name: &'static str,
+            down: &'static [&'static str],
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "all up: the first of the balance",
+                down: &[],
+                want: "serves:    10.0.0.1:8774 (roundrobin: the first up server",
+            },
+            Case {
+                name: "the first down: the next up one",
+                down: &["10.0.0.1:8774"],
+                want: "serves:    10.0.0.2:8774 (roundrobin",
+            },
+            Case {
+                name: "every non-backup down: the backup",
+                down: &["10.0.0.1:8774", "10.0.0.2:8774"],
+                want: "serves:    10.0.0.3:8774 (roundrobin",
+            },
+            Case {
+                name: "every server down: 503 at once",
+                down: &["10.0.0.1:8774", "10.0.0.2:8774", "10.0.0.3:8774"],
+                want: "serves:    none: every server down: the router would answer 503 at once \
+                       (last check: connect: Connection refused (os error 111))",
+            },
+        ];
+        for case in cases {
+            let (_, router, mut file) = two_servers("");
+            set_down(&mut file, case.down);
+            let out = explain(&router, "GET", URL, &[], &Ok(file)).unwrap();
+            assert!(out.contains(case.want), "{}: {out}", case.name);
+            assert!(
+                out.contains("health:    from the running router (pid 1, written "),
+                "{}: {out}",
+                case.name
+            );
+            assert!(
+                out.contains("           10.0.0.3:8774 (backup)  "),
+                "{}: {out}",
+                case.name
+            );
+            for addr in case.down {
+                assert!(
+                    out.lines()
+                        .any(|l| l.contains(&format!("{addr} ")) && l.contains("  DOWN since ")),
+                    "{}: {addr} {out}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn explain_says_when_the_health_is_unknown() {
+        let (_, router, _) = two_servers("");
+        let out = explain(
+            &router,
+            "GET",
+            "http://192.168.142.244:8774/v2.1/servers",
+            &[],
+            &unknown(),
+        )
+        .unwrap();
+        for line in [
+            "health:    unknown: no router is running (no health state file \
+             /run/scope-router/health-RegionOne.json)\n",
+            "servers:   10.0.0.1:8774\n",
+            "           10.0.0.3:8774 (backup)\n",
+            "serves:    10.0.0.1:8774 if it is up (roundrobin",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn explain_follows_source_affinity_and_remote_health() {
+        const URL: &str = "http://192.168.142.244:8774/v2.1/servers";
+        let serves = |out: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("serves:    "))
+                .and_then(|l| l.split_once(' '))
+                .map(|(addr, rest)| (addr.to_owned(), rest.to_owned()))
+                .unwrap()
+        };
+        // `source`: the example client's own server; when it is down, the other one.
+        let (_, router, file) = two_servers("[proxy]\nbalance = \"source\"\n");
+        let out = explain(&router, "GET", URL, &[], &Ok(file.clone())).unwrap();
+        let (home, how) = serves(&out);
+        assert_eq!(
+            how,
+            "(source: the server for client 203.0.113.10 while it is up)"
+        );
+        assert!(
+            ["10.0.0.1:8774", "10.0.0.2:8774"].contains(&home.as_str()),
+            "{out}"
+        );
+        let mut file = file;
+        set_down(&mut file, &[&home]);
+        let (_, router, _) = two_servers("[proxy]\nbalance = \"source\"\n");
+        let out = explain(&router, "GET", URL, &[], &Ok(file)).unwrap();
+        let (other, _) = serves(&out);
+        assert!(other != home && other != "10.0.0.3:8774", "{out}");
+
+        // Another region's frontend down: the router answers 503 for that region at once.
+        let (_, router, mut file) = two_servers("");
+        set_down(&mut file, &["192.168.144.244:8774"]);
+        let scope = [h("X-Scope", r#"{"compute": "RegionTwo"}"#)];
+        let out = explain(&router, "GET", URL, &scope, &Ok(file)).unwrap();
+        assert!(
+            out.contains("servers:   192.168.144.244:8774  DOWN since "),
+            "{out}"
+        );
+        assert!(
+            out.contains("serves:    none: every server down: the router would answer 503"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn check_lists_each_listeners_servers() {
+        let (config, router, _) = two_servers("");
+        let out = check(&router, &config);
+        assert!(
+            out.contains(
+                "    servers (roundrobin): 10.0.0.1:8774, 10.0.0.2:8774, 10.0.0.3:8774 (backup)\n"
+            ),
+            "{out}"
+        );
     }
 }

@@ -1,18 +1,25 @@
-//! `scope-router status`: kernel counters, the VIP and backend health, read-only.
+//! `scope-router status`: kernel counters, the VIP and server health, read-only.
+//!
+//! Server health is what the running router sees: its published state file
+//! ([`crate::health_state`]), with each server's state, since when, the last check and the
+//! counts. When no router is running (no file, its writer gone, or stale), every local server
+//! gets one bare TCP connect instead, and the output says so. Passthrough backends, which the
+//! router does not check, always get that connect.
 //!
 //! Every probe here only reads: pinned maps are opened read-only, the VIP is looked up
-//! over netlink without changing anything, and backends get a bare TCP connect that is
-//! closed at once. Safe to run at any time beside a running router.
+//! over netlink without changing anything, the state file is only read, and backends get a
+//! bare TCP connect that is closed at once. Safe to run at any time beside a running router.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::ebpf::{self, Status as KernelStatus};
+use crate::health_state::{self, Placement, Role, ServerIndex};
 use crate::routing::Router;
 use crate::vip;
 
@@ -30,7 +37,51 @@ pub struct RouterStatus {
     /// `None` when the config has no `[vip]`.
     #[serde(serialize_with = "ser_opt_result")]
     pub vip: Option<Result<VipReport, String>>,
-    pub backends: Vec<BackendHealth>,
+    /// Where `servers` comes from.
+    pub health: HealthSource,
+    /// Every server of the scoped listeners: local servers and other regions' frontends
+    /// (only local servers when `health.source` is `probe`).
+    pub servers: Vec<ServerStatus>,
+    /// Servers of this configuration the running router does not have (it started from an
+    /// older configuration); not counted as down.
+    pub not_in_router: Vec<Placement>,
+    /// Passthrough backends, probed now: the router does not health-check them.
+    pub passthrough: Vec<BackendHealth>,
+}
+
+/// Where the server health comes from.
+#[derive(Debug, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum HealthSource {
+    /// The running router's own view, read from its state file.
+    Router {
+        file: PathBuf,
+        pid: u32,
+        written_at: String,
+        /// How old the file was when read, in milliseconds.
+        age_ms: u64,
+    },
+    /// No running router's view (`reason`): each local server got one TCP connect now.
+    Probe { file: PathBuf, reason: String },
+}
+
+/// One server and its health.
+#[derive(Debug, Serialize)]
+pub struct ServerStatus {
+    #[serde(flatten)]
+    pub placement: Placement,
+    pub up: bool,
+    /// When the server entered its state (RFC 3339); `None` for a one-off probe.
+    pub since: Option<String>,
+    /// The router's last check, or this command's probe (`health.source = probe`).
+    pub last_result: Option<String>,
+    /// The last failed connect of a real request; informational.
+    pub last_connect_failure: Option<String>,
+    /// Checks counted by the router; `None` for a one-off probe.
+    pub checks: Option<u64>,
+    pub failures: Option<u64>,
+    /// Why the router checks this server by TCP connect only (an HAProxy far side).
+    pub degraded: Option<String>,
 }
 
 /// The VIP as seen right now.
@@ -52,10 +103,10 @@ pub struct VipReport {
     pub summary: String,
 }
 
-/// One local backend and whether it accepts connections.
+/// One passthrough backend and whether it accepts connections.
 #[derive(Debug, Serialize)]
 pub struct BackendHealth {
-    /// `VIP:port` or passthrough name the backend serves.
+    /// Passthrough name and bind address.
     pub listener: String,
     pub backend: SocketAddr,
     pub up: bool,
@@ -63,8 +114,9 @@ pub struct BackendHealth {
     pub detail: String,
 }
 
-/// Collects the status for `config`. Never changes any state.
-pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
+/// Collects the status for `config`; the health state is looked for in `state_dir`. Never
+/// changes any state.
+pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> RouterStatus {
     let kernel = if config.ebpf.mode == ebpf::Mode::Off {
         Err("ebpf.mode = off: the kernel side is not used".to_owned())
     } else {
@@ -74,46 +126,103 @@ pub async fn collect(config: &Config, router: &Router) -> RouterStatus {
         None => None,
         Some(v) => Some(vip_report(v.address, &v.interface, &v.state_dir).await),
     };
-    let mut targets: Vec<(String, SocketAddr)> = router
-        .listeners()
-        .iter()
-        .map(|l| (l.spec.addr.to_string(), l.spec.local_backend))
-        .collect();
-    targets.extend(
-        config
-            .passthrough
-            .iter()
-            .map(|p| (format!("{} ({})", p.name, p.bind), p.backend)),
-    );
-    let probes = targets.into_iter().map(|(listener, backend)| async move {
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(
-            HEALTH_CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(backend),
-        )
-        .await;
-        let (up, detail) = match outcome {
-            Ok(Ok(_)) => (true, format!("connected in {:?}", started.elapsed())),
-            Ok(Err(e)) => (false, e.to_string()),
-            Err(_) => (
-                false,
-                format!("no answer within {HEALTH_CONNECT_TIMEOUT:?}"),
-            ),
-        };
+    let index = ServerIndex::new(router);
+    let file = health_state::file_path(state_dir, router.region());
+    let (health, servers, not_in_router) = match health_state::read(state_dir, router.region()) {
+        Ok(state) => {
+            let now = SystemTime::now();
+            let age = now.duration_since(state.written_at).unwrap_or_default();
+            let not_in_router = index
+                .entries()
+                .iter()
+                .map(|(p, _)| p)
+                .filter(|p| state.find(p).is_none())
+                .cloned()
+                .collect();
+            let servers = state
+                .servers
+                .iter()
+                .map(|r| ServerStatus {
+                    placement: r.placement.clone(),
+                    up: r.up,
+                    since: Some(humantime::format_rfc3339_seconds(r.since).to_string()),
+                    last_result: r.last_result.clone(),
+                    last_connect_failure: r.last_connect_failure.clone(),
+                    checks: Some(r.checks),
+                    failures: Some(r.failures),
+                    degraded: r.degraded.clone(),
+                })
+                .collect();
+            let source = HealthSource::Router {
+                file,
+                pid: state.pid,
+                written_at: humantime::format_rfc3339_millis(state.written_at).to_string(),
+                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            };
+            (source, servers, not_in_router)
+        }
+        Err(why) => {
+            // Only our own servers: other regions' frontends are the far routers' business,
+            // and a one-off connect says little about a whole region.
+            let probes = index
+                .entries()
+                .iter()
+                .filter(|(p, _)| p.role == Role::Local)
+                .map(|(p, _)| async move {
+                    let (up, detail) = probe(&p.addr).await;
+                    ServerStatus {
+                        placement: p.clone(),
+                        up,
+                        since: None,
+                        last_result: Some(detail),
+                        last_connect_failure: None,
+                        checks: None,
+                        failures: None,
+                        degraded: None,
+                    }
+                });
+            let servers = futures_util::future::join_all(probes).await;
+            let source = HealthSource::Probe {
+                file,
+                reason: why.to_string(),
+            };
+            (source, servers, Vec::new())
+        }
+    };
+    let passthrough = config.passthrough.iter().map(|p| async move {
+        let (up, detail) = probe(&p.backend.to_string()).await;
         BackendHealth {
-            listener,
-            backend,
+            listener: format!("{} ({})", p.name, p.bind),
+            backend: p.backend,
             up,
             detail,
         }
     });
-    let backends = futures_util::future::join_all(probes).await;
+    let passthrough = futures_util::future::join_all(passthrough).await;
     RouterStatus {
         region: router.region().to_owned(),
         ebpf_mode: config.ebpf.mode.as_str(),
         kernel,
         vip,
-        backends,
+        health,
+        servers,
+        not_in_router,
+        passthrough,
+    }
+}
+
+/// One bare TCP connect, closed at once: whether `addr` accepts, and the time or the error.
+async fn probe(addr: &str) -> (bool, String) {
+    let started = std::time::Instant::now();
+    let outcome =
+        tokio::time::timeout(HEALTH_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
+    match outcome {
+        Ok(Ok(_)) => (true, format!("connected in {:?}", started.elapsed())),
+        Ok(Err(e)) => (false, format!("connect: {e}")),
+        Err(_) => (
+            false,
+            format!("no answer within {HEALTH_CONNECT_TIMEOUT:?}"),
+        ),
     }
 }
 
@@ -165,10 +274,40 @@ fn ser_opt_result<S: serde::Serializer, T: Serialize>(
 }
 
 impl RouterStatus {
-    /// True when every backend answers and, where configured, the VIP is present.
+    /// True when every server and passthrough backend is up and, where configured, the VIP
+    /// is present.
     pub fn healthy(&self) -> bool {
-        self.backends.iter().all(|b| b.up) && !matches!(&self.vip, Some(Ok(v)) if !v.present)
+        self.servers.iter().all(|s| s.up)
+            && self.passthrough.iter().all(|b| b.up)
+            && !matches!(&self.vip, Some(Ok(v)) if !v.present)
     }
+}
+
+/// `local`, `local, backup, weight 2`, or `RegionTwo frontend`.
+fn role_text(p: &Placement) -> String {
+    match p.role {
+        Role::Remote => format!("{} frontend", p.region),
+        Role::Local => {
+            let mut text = "local".to_owned();
+            if p.backup {
+                text.push_str(", backup");
+            }
+            if p.weight != 1 {
+                text.push_str(&format!(", weight {}", p.weight));
+            }
+            text
+        }
+    }
+}
+
+/// A short age: `412ms` under a second, whole seconds (`3m 5s`) above.
+pub(crate) fn short_age(age: Duration) -> String {
+    let age = if age < Duration::from_secs(1) {
+        Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(0))
+    } else {
+        Duration::from_secs(age.as_secs())
+    };
+    humantime::format_duration(age).to_string()
 }
 
 impl fmt::Display for RouterStatus {
@@ -190,21 +329,213 @@ impl fmt::Display for RouterStatus {
             Some(Err(why)) => writeln!(f, "VIP: cannot read: {why}")?,
         }
         writeln!(f)?;
-        writeln!(
-            f,
-            "{:<32} {:<24} {:<5} DETAIL",
-            "LISTENER", "BACKEND", "STATE"
-        )?;
-        for b in &self.backends {
+        match &self.health {
+            HealthSource::Router {
+                file,
+                pid,
+                written_at,
+                age_ms,
+            } => {
+                writeln!(
+                    f,
+                    "health as the running router (pid {pid}) sees it, from {} written at \
+                     {written_at} ({} ago):",
+                    file.display(),
+                    short_age(Duration::from_millis(*age_ms))
+                )?;
+                writeln!(
+                    f,
+                    "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  LAST CHECK",
+                    "LISTENER", "SERVER", "FOR", "STATE", "SINCE", "CHECKS", "FAILED"
+                )?;
+                let now = SystemTime::now();
+                for s in &self.servers {
+                    let since = s.since.as_deref().unwrap_or("-");
+                    let age = humantime::parse_rfc3339(since)
+                        .ok()
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| format!(" (for {})", short_age(d)))
+                        .unwrap_or_default();
+                    writeln!(
+                        f,
+                        "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  {}",
+                        s.placement.listener.to_string(),
+                        s.placement.addr,
+                        role_text(&s.placement),
+                        if s.up { "up" } else { "DOWN" },
+                        format!("{since}{age}"),
+                        s.checks.unwrap_or(0),
+                        s.failures.unwrap_or(0),
+                        s.last_result.as_deref().unwrap_or("(no check yet)")
+                    )?;
+                    if let Some(why) = &s.degraded {
+                        writeln!(f, "    degraded: {why}")?;
+                    }
+                    if let Some(why) = &s.last_connect_failure {
+                        writeln!(f, "    last failed request connect: {why}")?;
+                    }
+                }
+                for p in &self.not_in_router {
+                    writeln!(
+                        f,
+                        "{:<22} {:<22} {:<18} not in the running router (it started from an \
+                         older configuration; restart it to use this server)",
+                        p.listener.to_string(),
+                        p.addr,
+                        role_text(p)
+                    )?;
+                }
+            }
+            HealthSource::Probe { reason, .. } => {
+                writeln!(
+                    f,
+                    "health: {reason}; probed each local server once with a TCP connect \
+                     instead (other regions' frontends are not probed):"
+                )?;
+                writeln!(
+                    f,
+                    "{:<22} {:<22} {:<18} {:<5} DETAIL",
+                    "LISTENER", "SERVER", "FOR", "STATE"
+                )?;
+                for s in &self.servers {
+                    writeln!(
+                        f,
+                        "{:<22} {:<22} {:<18} {:<5} {}",
+                        s.placement.listener.to_string(),
+                        s.placement.addr,
+                        role_text(&s.placement),
+                        if s.up { "up" } else { "DOWN" },
+                        s.last_result.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        if !self.passthrough.is_empty() {
+            writeln!(f)?;
             writeln!(
                 f,
-                "{:<32} {:<24} {:<5} {}",
-                b.listener,
-                b.backend.to_string(),
-                if b.up { "up" } else { "DOWN" },
-                b.detail
+                "passthrough backends, probed now with a TCP connect (the router does not \
+                 check them):"
             )?;
+            writeln!(
+                f,
+                "{:<32} {:<22} {:<5} DETAIL",
+                "LISTENER", "BACKEND", "STATE"
+            )?;
+            for b in &self.passthrough {
+                writeln!(
+                    f,
+                    "{:<32} {:<22} {:<5} {}",
+                    b.listener,
+                    b.backend.to_string(),
+                    if b.up { "up" } else { "DOWN" },
+                    b.detail
+                )?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(role: Role, addr: &str, up: bool, degraded: Option<&str>) -> ServerStatus {
+        ServerStatus {
+            placement: Placement {
+                role,
+                listener: SocketAddr::from(([192, 168, 142, 244], 8774)),
+                region: match role {
+                    Role::Local => "RegionOne",
+                    Role::Remote => "RegionTwo",
+                }
+                .to_owned(),
+                backends: vec!["RegionOne_compute_public".to_owned()],
+                services: vec!["compute/public".to_owned()],
+                addr: addr.to_owned(),
+                weight: 1,
+                backup: false,
+                balance: "roundrobin".to_owned(),
+            },
+            up,
+            since: Some("2026-11-28T20:00:00Z".to_owned()),
+            last_result: Some(
+                if up {
+                    "ok in 0.2ms"
+                } else {
+                    "connect: refused"
+                }
+                .to_owned(),
+            ),
+            last_connect_failure: None,
+            checks: Some(7),
+            failures: Some(if up { 0 } else { 7 }),
+            degraded: degraded.map(str::to_owned),
+        }
+    }
+
+    fn status(servers: Vec<ServerStatus>) -> RouterStatus {
+        RouterStatus {
+            region: "RegionOne".to_owned(),
+            ebpf_mode: "off",
+            kernel: Err("ebpf.mode = off".to_owned()),
+            vip: None,
+            health: HealthSource::Router {
+                file: PathBuf::from("/run/scope-router/health-RegionOne.json"),
+                pid: 4242,
+                written_at: "2026-11-28T20:00:05.000Z".to_owned(),
+                age_ms: 412,
+            },
+            servers,
+            not_in_router: Vec::new(),
+            passthrough: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn healthy_only_when_every_server_is_up() {
+        let degraded = Some("not a scope-router, so only TCP connect is checked");
+        let cases = [
+            ("all up, one degraded", vec![true, true], true),
+            ("a local server down", vec![false, true], false),
+            ("the other region's frontend down", vec![true, false], false),
+        ];
+        for (name, ups, want) in cases {
+            let s = status(vec![
+                server(Role::Local, "192.168.142.245:8774", ups[0], None),
+                server(Role::Remote, "192.168.144.244:8774", ups[1], degraded),
+            ]);
+            assert_eq!(s.healthy(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn text_shows_the_routers_view_with_reasons() {
+        let s = status(vec![
+            server(Role::Local, "192.168.142.245:8774", false, None),
+            server(
+                Role::Remote,
+                "192.168.144.244:8774",
+                true,
+                Some("not a scope-router, so only TCP connect is checked"),
+            ),
+        ]);
+        let text = s.to_string();
+        for want in [
+            "health as the running router (pid 4242) sees it, from \
+             /run/scope-router/health-RegionOne.json written at 2026-11-28T20:00:05.000Z \
+             (412ms ago):",
+            "192.168.142.245:8774   local              DOWN  2026-11-28T20:00:00Z",
+            "connect: refused\n",
+            "192.168.144.244:8774   RegionTwo frontend up",
+            "    degraded: not a scope-router, so only TCP connect is checked\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(json["health"]["source"], "router");
+        assert_eq!(json["servers"][0]["up"], false);
+        assert_eq!(json["servers"][1]["role"], "remote");
     }
 }

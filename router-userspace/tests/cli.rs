@@ -1,5 +1,5 @@
-//! The `scope-router` binary: check/explain exit codes, and `run` serving, ignoring
-//! SIGHUP, then exiting 0 on SIGTERM.
+//! The `scope-router` binary: check/explain exit codes, `run` serving, ignoring SIGHUP,
+//! then exiting 0 on SIGTERM, and `status`/`explain` reading the running router's health.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -121,6 +121,9 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let mut child = Command::new(BIN)
         .args(["run", "--workers", workers, "--config"])
         .arg(&config)
+        // Without [vip] the health state would go to /run/scope-router.
+        .arg("--health-state-dir")
+        .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -189,5 +192,214 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     assert!(
         log.contains("status=502") && log.contains("backend=RegionOne_compute_public"),
         "{log}"
+    );
+}
+
+/// Runs `scope-router ARGS --config CONFIG --health-state-dir STATE`; stdout and exit code.
+#[allow(clippy::unwrap_used)]
+fn cli(args: &[&str], config: &Path, state: &Path) -> (String, Option<i32>) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--health-state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// `status --json` as JSON, and its exit code.
+#[allow(clippy::unwrap_used)]
+fn status_json(config: &Path, state: &Path) -> (serde_json::Value, Option<i32>) {
+    let (out, code) = cli(&["status", "--json"], config, state);
+    (
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}")),
+        code,
+    )
+}
+
+/// The `servers` entry of `addr` in a status.
+fn server<'a>(status: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
+    status["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["addr"] == addr))
+        .unwrap_or_else(|| panic!("no server {addr} in {status:#}"))
+}
+
+// Failing loudly is this test's job.
+#[allow(clippy::unwrap_used)]
+#[test]
+fn status_and_explain_show_the_running_routers_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port().unwrap();
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
+    // The live server accepts and closes, for as many checks as come.
+    let live_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let live = live_listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in live_listener.incoming() {
+            drop(conn);
+        }
+    });
+    std::fs::write(
+        dir.path().join("catalog.json"),
+        format!(r#"[{{"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://127.0.0.1:{port}/v2.1"}}]"#),
+    )
+    .unwrap();
+    let config = dir.path().join("router.toml");
+    // The dead server first: the balance would pick it if the health were ignored.
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+             [ebpf]\nmode = \"off\"\n[health]\ninter = \"100ms\"\nfall = 2\n\
+             [ports.{port}]\nbackend = [\"{dead}\", \"{live}\"]\n"
+        ),
+    )
+    .unwrap();
+
+    // Before the router runs: no router, one-off probes, and the dead server fails them.
+    let (before, code) = status_json(&config, &state);
+    assert_eq!(before["health"]["source"], "probe", "{before:#}");
+    assert_eq!(code, Some(1), "{before:#}");
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--workers", "1", "--config"])
+        .arg(&config)
+        .arg("--health-state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+
+    // Checks every 100 ms, fall 2, written within a second of the change.
+    let mut seen = serde_json::Value::Null;
+    let mut code = None;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("router exited early: {status}");
+        }
+        (seen, code) = status_json(&config, &state);
+        // Counters refresh with the 10 s heartbeat; a state or result change within 1 s.
+        let checked = |addr: &str| server(&seen, addr)["checks"].as_u64().unwrap_or(0) >= 1;
+        if seen["health"]["source"] == "router"
+            && server(&seen, &dead)["up"] == false
+            && checked(&live)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(seen["health"]["source"], "router", "{seen:#}");
+    assert_eq!(seen["health"]["pid"], pid, "{seen:#}");
+    let d = server(&seen, &dead);
+    assert_eq!(d["up"], false, "{seen:#}");
+    assert_eq!(d["role"], "local", "{seen:#}");
+    assert_eq!(d["listener"], format!("127.0.0.1:{port}"), "{seen:#}");
+    assert!(d["checks"].as_u64() >= Some(2), "{seen:#}");
+    assert!(d["failures"].as_u64() >= Some(2), "{seen:#}");
+    assert!(
+        d["last_result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("connect:")),
+        "the reason it is down: {seen:#}"
+    );
+    assert!(
+        d["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{seen:#}"
+    );
+    let l = server(&seen, &live);
+    assert_eq!(l["up"], true, "{seen:#}");
+    assert_eq!(l["failures"], 0, "{seen:#}");
+    assert!(
+        l["last_result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("ok in")),
+        "{seen:#}"
+    );
+    // A server the running router uses is down.
+    assert_eq!(code, Some(1), "{seen:#}");
+
+    let (text, _) = cli(&["status"], &config, &state);
+    assert!(
+        text.contains(&format!("health as the running router (pid {pid}) sees it")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&dead) && l.contains("DOWN") && l.contains("connect:")),
+        "{text}"
+    );
+
+    // explain: the live server would serve, although the balance lists the dead one first.
+    let (text, code) = cli(
+        &[
+            "explain",
+            "GET",
+            &format!("http://127.0.0.1:{port}/v2.1/servers"),
+        ],
+        &config,
+        &state,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("health:    from the running router (pid {pid}, ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("serves:    {live} (roundrobin")),
+        "{text}"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Stopped: no router, said plainly, and the one-off probe again.
+    let (after, code) = status_json(&config, &state);
+    assert_eq!(after["health"]["source"], "probe", "{after:#}");
+    assert!(
+        after["health"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no router is running")),
+        "{after:#}"
+    );
+    assert_eq!(server(&after, &live)["up"], true, "{after:#}");
+    assert_eq!(server(&after, &dead)["up"], false, "{after:#}");
+    assert_eq!(code, Some(1), "{after:#}");
+    let (text, _) = cli(&["status"], &config, &state);
+    assert!(
+        text.contains("health: no router is running")
+            && text.contains("probed each local server once"),
+        "{text}"
+    );
+    let (text, _) = cli(
+        &[
+            "explain",
+            "GET",
+            &format!("http://127.0.0.1:{port}/v2.1/servers"),
+        ],
+        &config,
+        &state,
+    );
+    assert!(
+        text.contains("health:    unknown: no router is running"),
+        "{text}"
     );
 }
