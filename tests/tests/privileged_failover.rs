@@ -1,13 +1,14 @@
 //! Privileged scope-failover suite (docs/ARCHITECTURE.md §3.8, §3.9): a remote region
 //! whose packets are dropped (a blackhole, not a refusal) is marked down by health
 //! checks, `RegionTwo|RegionOne` is served by RegionOne, a plain RegionTwo scope gets
-//! the fast 503, and everything recovers when the blackhole is lifted.
+//! the fast 503, and everything recovers when the blackhole is lifted. Before any check
+//! has noticed, `RegionTwo|RegionOne` still fails over once connecting times out.
 //!
 //! The two-router lab of `integration_tests::lab` (RegionOne on 127.0.0.1, RegionTwo on
-//! 127.0.0.2, echo backends on 127.0.0.1) runs inside a private network namespace, where
-//! loopback is the namespace's own and an nftables rule can drop everything addressed
-//! to RegionTwo without touching the host. Needs root and `nft`; without them the test
-//! prints why it is skipped (a failure under `CI=true`).
+//! 127.0.0.2, echo backends on 127.0.0.1) runs inside a private network namespace per
+//! test, where loopback is the namespace's own and an nftables rule can drop everything
+//! addressed to RegionTwo without touching the host. Needs root and `nft`; without them
+//! each test prints why it is skipped (a failure under `CI=true`).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -23,14 +24,18 @@ use test_support::netns::{self, Netns};
 /// a check timeout well below the connect timeout: a blackholed check fails by timing
 /// out, and a request the router did try to connect would wait the full second, so only
 /// a router that used its health state answers without connecting.
-const CONFIG: &str = "[health]\ninter = \"100ms\"\nrise = 2\nfall = 2\ntimeout = \"300ms\"\n\
-                      \n[timeouts]\nconnect = \"1s\"\n";
+const FAST_CHECKS: &str = "[health]\ninter = \"100ms\"\nrise = 2\nfall = 2\ntimeout = \"300ms\"\n\
+                           \n[timeouts]\nconnect = \"1s\"\n";
+
+/// Only the check at start runs (the next is an hour away): a blackhole stays unnoticed
+/// and only a request's own connect can find it.
+const NO_CHECKS: &str = "[health]\ninter = \"1h\"\n\n[timeouts]\nconnect = \"1s\"\n";
 
 /// The fixture port of the image service.
 const IMAGE: u16 = 9292;
 
 /// Bound on waiting for a health transition (a few hundred milliseconds with
-/// [`CONFIG`]); it bounds the wait and never asserts a speed.
+/// [`FAST_CHECKS`]); it bounds the wait and never asserts a speed.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Bound on one request: far above anything the router should take here, so that a
@@ -163,41 +168,61 @@ async fn unanswered(addr: SocketAddr) -> bool {
         .is_err()
 }
 
-#[test]
-fn privileged_a_blackholed_region_is_marked_down_fails_over_and_recovers() {
-    const TEST: &str = "privileged_a_blackholed_region_is_marked_down_fails_over_and_recovers";
+/// The namespace a test runs in, or `None` (printed) when it must skip.
+fn namespace(test: &str) -> Option<Netns> {
     init_logs();
-    if !netns::privileged(TEST) {
-        return;
+    if !netns::privileged(test) {
+        return None;
     }
     if !nft_available() {
         netns::skip(
-            TEST,
+            test,
             "needs the `nft` command (Debian `nftables`; `cargo xtask setup` installs it)",
         );
-        return;
+        return None;
     }
-    let ns = Netns::create("srt-blackhole").expect("create the namespace");
-    // The routers, their backends and the client all live on a runtime whose thread is
-    // inside the namespace: every socket is the namespace's, and the runtime (with every
-    // router task) is gone before `ns` is deleted, also when an assertion fails.
+    Some(Netns::create("srt-blackhole").expect("create the namespace"))
+}
+
+/// Runs `scenario` to completion on a runtime whose only thread is inside `ns`: the
+/// routers, their backends and the client are all the namespace's, and the runtime (with
+/// every router task) is gone before `ns` is deleted, also when an assertion fails.
+fn run_inside<F: std::future::Future<Output = ()>>(
+    ns: &Netns,
+    scenario: impl FnOnce() -> F + Send,
+) {
     ns.run(|| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime")
-            .block_on(blackhole_scenario(&ns));
+            .block_on(scenario());
     });
 }
 
-async fn blackhole_scenario(ns: &Netns) {
-    let lab = Lab::start(LabOptions {
-        one_extra_toml: CONFIG.into(),
-        two_extra_toml: CONFIG.into(),
+/// Both regions inside the namespace, each with `health` (checks and connect timeout).
+async fn lab(health: &str) -> Lab {
+    Lab::start(LabOptions {
+        one_extra_toml: health.into(),
+        two_extra_toml: health.into(),
         ..LabOptions::default()
     })
     .await
-    .expect("start both regions inside the namespace");
+    .expect("start both regions inside the namespace")
+}
+
+#[test]
+fn privileged_a_blackholed_region_is_marked_down_fails_over_and_recovers() {
+    let Some(ns) =
+        namespace("privileged_a_blackholed_region_is_marked_down_fails_over_and_recovers")
+    else {
+        return;
+    };
+    run_inside(&ns, || blackhole_scenario(&ns));
+}
+
+async fn blackhole_scenario(ns: &Netns) {
+    let lab = lab(FAST_CHECKS).await;
     let one_image = lab.one.backend_name(IMAGE);
     let two_image = lab.two.backend_name(IMAGE);
     let health = remote_image_health(&lab);
@@ -262,4 +287,56 @@ async fn blackhole_scenario(ns: &Netns) {
         &two_image,
         "RegionTwo scope after recovery",
     );
+}
+
+/// The blackhole before any check notices it: RegionTwo still reads as up, so the router
+/// does try to connect. Nothing was sent when the connect times out, so
+/// `RegionTwo|RegionOne` moves on to RegionOne; a plain RegionTwo scope has nowhere else
+/// to go and gets the gateway timeout (the slow answer the health state spares clients).
+#[test]
+fn privileged_an_unnoticed_blackhole_fails_over_once_connecting_times_out() {
+    let Some(ns) =
+        namespace("privileged_an_unnoticed_blackhole_fails_over_once_connecting_times_out")
+    else {
+        return;
+    };
+    run_inside(&ns, || unnoticed_blackhole_scenario(&ns));
+}
+
+async fn unnoticed_blackhole_scenario(ns: &Netns) {
+    let lab = lab(NO_CHECKS).await;
+    let health = remote_image_health(&lab);
+    // No request reaches RegionTwo before the blackhole: a pooled keep-alive connection
+    // would carry the next request into it, and a request that may have been sent is
+    // never failed over (it would wait out `idle` instead). Every connect below is fresh.
+    let _blackhole = Blackhole::drop_to(ns, lab.two.vip);
+    assert!(
+        unanswered(lab.two.addr(IMAGE)).await,
+        "a connect to RegionTwo was answered through the blackhole"
+    );
+
+    let r = image(&lab, EITHER).await;
+    served_by(
+        &r,
+        &lab.one.backend_name(IMAGE),
+        "RegionTwo|RegionOne once connecting to RegionTwo timed out",
+    );
+    assert_eq!(
+        r.echo().header("via").as_deref(),
+        Some("1.1 scope-router-RegionOne")
+    );
+    // The health state had nothing to do with it: the failover was the connect's.
+    assert!(
+        health.is_up(),
+        "RegionTwo was marked down: {:?}",
+        health.last_result()
+    );
+
+    let r = image(&lab, TWO_ONLY).await;
+    assert_eq!(r.status, 504, "{:?}", r.body);
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("RegionTwo_image_public"), "{msg}");
 }
