@@ -21,8 +21,9 @@ pub enum Profile {
     Build,
     /// Build plus what the namespace lab drives (iproute2, curl, nsenter).
     Lab,
-    /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, and python3
-    /// for the benchmark's upload sink).
+    /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, python3 for
+    /// the benchmark's upload sink, and nftables, whose `nft` blackholes a region inside a
+    /// privileged test's namespace).
     Full,
 }
 
@@ -40,6 +41,7 @@ impl Profile {
             "nginx",
             "tcpdump",
             "python3",
+            "nftables",
         ];
         match self {
             Profile::Build => &[],
@@ -358,7 +360,14 @@ mod tests {
     fn operator_profile_installs_no_services() {
         assert!(Profile::Build.packages().is_empty());
         assert!(!Profile::Lab.packages().contains(&"nginx"));
-        for pkg in ["haproxy", "lua-cjson", "wrk", "nginx", "iproute2"] {
+        for pkg in [
+            "haproxy",
+            "lua-cjson",
+            "wrk",
+            "nginx",
+            "iproute2",
+            "nftables",
+        ] {
             assert!(Profile::Full.packages().contains(&pkg), "{pkg}");
         }
     }
