@@ -174,7 +174,7 @@ pub fn run(opts: Options) -> Result<()> {
     s.done();
 
     let s = step("scoped requests from the client namespace");
-    let results: Vec<(probes::Probe, probes::Outcome)> = probes::probes(&regions)
+    let mut results: Vec<(probes::Probe, probes::Outcome)> = probes::probes(&regions)
         .into_iter()
         .map(|p| {
             let out = probes::send(&p);
@@ -182,6 +182,29 @@ pub fn run(opts: Options) -> Result<()> {
         })
         .collect();
     s.done();
+
+    // Failover: the second region's image service dies; the first region's router learns
+    // it from the second's (health checks) and serves `B|A` itself, `B` gets a fast 503.
+    if let Some(failover) = probes::Failover::plan(&regions) {
+        let s = step(format!(
+            "failover: stop {}'s image backend, wait for the health checks",
+            failover.dead_region
+        ));
+        lab.stop(&failover.backend_process)?;
+        // The second router notices first (its own check) and answers 503 itself; the
+        // first router fails over once its check of the second's image service agrees.
+        let either = failover.either_probe();
+        lab.wait_until(
+            "the first region to see the image service down",
+            FAILOVER_LIMIT,
+            || probes::send(&either).ok,
+        )?;
+        s.done();
+        for p in failover.probes() {
+            let out = probes::send(&p);
+            results.push((p, out));
+        }
+    }
     let statuses: Vec<(String, String)> = regions
         .iter()
         .zip(&config_paths)
@@ -294,6 +317,10 @@ fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Any HTTP answer at all (even an error status) means the listener is up.
+/// How long the failover step may wait for the checks (lab checks: every 500 ms, down
+/// after 2 failures, on both routers).
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
 fn http_answers(ns: &str, url: &str) -> bool {
     exec::probe(nsenter(ns).args(["curl", "-s", "-o", "/dev/null", "--max-time", "2", url]))
         .is_some()

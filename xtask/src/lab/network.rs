@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::plan::{
     self, CLIENT_ADDR, CLIENT_GATEWAY, CLIENT_NET, PREFIX, RegionPlan, VIP_INTERFACE,
@@ -135,6 +135,21 @@ impl Lab {
         cmd.env("NO_COLOR", "1");
         cmd.process_group(0);
         self.children.push(Process::spawn(name, cmd, log)?);
+        Ok(())
+    }
+
+    /// Stops the started process named `name` (to show what its absence does) and
+    /// forgets it, so that [`Lab::check_alive`] does not count it as a crash.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.children.iter().position(|c| c.name == name) else {
+            bail!("the lab started no process named {name}");
+        };
+        let mut child = self.children.remove(i);
+        child
+            .child
+            .kill()
+            .with_context(|| format!("stopping {name}"))?;
+        let _ = child.child.wait();
         Ok(())
     }
 

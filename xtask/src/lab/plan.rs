@@ -305,8 +305,9 @@ fn absolute(dir: &Path, path: &str) -> PathBuf {
 }
 
 /// Lab overrides on top of the example config. Passthrough listeners and per-port
-/// backends point at services the lab does not run, so they go; everything else
-/// (timeouts, scope defaults, VIP address) is exercised as written.
+/// backends point at services the lab does not run, so they go; health checks run
+/// faster so the failover step shows within seconds; everything else (timeouts, scope
+/// defaults, VIP address) is exercised as written.
 fn rewrite_config(table: &mut Table, catalogs: &[PathBuf], region: &str, overrides: &Overrides) {
     table.insert(
         "catalog".into(),
@@ -330,6 +331,17 @@ fn rewrite_config(table: &mut Table, catalogs: &[PathBuf], region: &str, overrid
         if overrides.unmanaged_vip {
             vip.insert("manage".into(), false.into());
         }
+    }
+    // Checks fast enough for the failover step to show within seconds (the example
+    // configs keep the seed's 2 s / fall 5).
+    let health = table
+        .entry("health")
+        .or_insert_with(|| Value::Table(Table::new()));
+    if let Value::Table(health) = health {
+        health.insert("inter".into(), "500ms".into());
+        health.insert("rise".into(), 2.into());
+        health.insert("fall".into(), 2.into());
+        health.insert("timeout".into(), "1s".into());
     }
     let ebpf = table
         .entry("ebpf")
