@@ -369,3 +369,33 @@ async fn malformed_alternatives_are_400_naming_what_to_fix() {
         assert!(msg.contains(needle), "{scope}: {msg}");
     }
 }
+
+/// RegionOne has not noticed (its checks never run here), but RegionTwo's router knows
+/// its image service is down and says so with its fast 503: nothing reached a service,
+/// so RegionOne serves the bodiless `RegionTwo|RegionOne` request itself at once.
+#[tokio::test]
+async fn a_remote_routers_fast_503_moves_a_bodiless_request_to_the_next_region() {
+    let two_image = echo("two-image").await;
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: SLOW_CHECKS.into(),
+        two_extra_toml: FAST_CHECKS.into(),
+        two_port_toml: BTreeMap::from([(9292, backends(&[plain(&two_image)]))]),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    drop(two_image);
+    let two_only = [("X-Scope", r#"{"image": "RegionTwo"}"#)];
+    eventually("RegionTwo answers its fast 503", || async {
+        get(lab.one.addr(9292), "/v2/images", &two_only)
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    let either = [("X-Scope", r#"{"image": "RegionTwo|RegionOne"}"#)];
+    let r = get(lab.one.addr(9292), "/v2/images", &either)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.echo().backend(), lab.one.backend_name(9292));
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use super::upstream::Upstreams;
@@ -17,7 +17,7 @@ use super::{
 use crate::access_log::{AccessRecord, LoggedBody};
 use crate::balance::Server;
 use crate::decision::{Plan, RequestHead};
-use crate::health::HEALTH_PATH;
+use crate::health::{HEALTH_HEADER, HEALTH_PATH};
 use crate::problem::Problem;
 use crate::routing::Router;
 
@@ -136,7 +136,12 @@ pub async fn handle(
                 continue;
             }
             let problem = Problem::service_unavailable(&plan.backend_name, last.as_deref());
-            return Ok(problem_response(&problem, ctx.record, false));
+            let mut resp = problem_response(&problem, ctx.record, false);
+            // Marks the 503 as "nothing reached a service": a router that sent us this
+            // request with another alternative left may still serve it elsewhere.
+            resp.headers_mut()
+                .insert(HEALTH_HEADER, HeaderValue::from_static("down"));
+            return Ok(resp);
         }
         // The rewrites are the alternative's own: a copy when another may follow.
         // Only the last alternative takes the head itself, and it ends the loop.
@@ -167,6 +172,17 @@ pub async fn handle(
             )
             .await;
         match sent {
+            // The next region's router had no up server either and said so before
+            // anything reached a service; with no request body sent, the next
+            // alternative may still serve (our own check of it may lag behind).
+            Ok((resp, _)) if plan.fallback.is_some() && body.is_some() && declined(&resp) => {
+                drop(resp);
+                ctx.skipped(&plan, "its router answered 503, every server down", None);
+                if let Some(next) = plan.fallback.take() {
+                    plan = *next;
+                    ctx.note_plan(&plan);
+                }
+            }
             Ok((resp, _)) => return Ok(relay_response(resp, ctx.record, false)),
             // No server of this alternative accepted a connection: nothing was sent,
             // so the next alternative may have it.
@@ -193,6 +209,15 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// A remote router's fast 503: every server of the target down, nothing sent anywhere.
+fn declined<B>(resp: &http::Response<B>) -> bool {
+    resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && resp
+            .headers()
+            .get(HEALTH_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"down")
 }
 
 /// A copy of a request head (method, target, version, fields) for an alternative that
