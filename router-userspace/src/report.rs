@@ -256,7 +256,7 @@ pub fn explain(
         headers: &map,
     };
     let plan = match router.decide(&head) {
-        Ok(plan) => plan,
+        Ok(plan) => choose_alternative(&mut out, router, plan, health),
         Err(problem) => {
             let _ = writeln!(
                 out,
@@ -325,6 +325,55 @@ pub fn explain(
         );
     }
     Ok(out)
+}
+
+/// For an `A|B` scope, the `alternatives:` line (each alternative and whether it has an
+/// up server by the running router's view) and the alternative that serves now, which the
+/// rest of `explain` describes; any other plan unchanged.
+fn choose_alternative(
+    out: &mut String,
+    router: &Router,
+    plan: crate::decision::Plan,
+    health: &Result<HealthFile, Unavailable>,
+) -> crate::decision::Plan {
+    if plan.fallback.is_none() {
+        return plan;
+    }
+    if let Ok(file) = health {
+        ServerIndex::new(router).mirror(file);
+    }
+    let mut notes = Vec::new();
+    let mut current = plan;
+    let chosen = loop {
+        let up = current
+            .balancer
+            .candidates(EXAMPLE_PEER.ip())
+            .next()
+            .is_some();
+        match current.fallback.take() {
+            Some(next) if !up => {
+                notes.push(format!("{} (every server down: skipped)", current.region));
+                current = *next;
+            }
+            rest => {
+                let note = if up {
+                    "serves now"
+                } else {
+                    "every server down"
+                };
+                notes.push(format!("{} ({note})", current.region));
+                let mut later = rest.as_deref();
+                while let Some(p) = later {
+                    notes.push(format!("{} (not needed)", p.region));
+                    later = p.fallback.as_deref();
+                }
+                current.fallback = rest;
+                break current;
+            }
+        }
+    };
+    let _ = writeln!(out, "alternatives: {}", notes.join(" -> "));
+    chosen
 }
 
 /// The `health:`, `servers:` and `serves:` lines: each server of the plan's target with the
@@ -735,6 +784,30 @@ mod tests {
             out.contains("serves:    none: every server down: the router would answer 503"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn explain_says_which_alternative_serves_now() {
+        const URL: &str = "http://192.168.142.244:8774/v2.1/servers";
+        let scope = [h("X-Scope", r#"{"compute": "RegionTwo|RegionOne"}"#)];
+        let (_, router, file) = two_servers("");
+        let out = explain(&router, "GET", URL, &scope, &Ok(file)).unwrap();
+        assert!(
+            out.contains("alternatives: RegionTwo (serves now) -> RegionOne (not needed)\n"),
+            "{out}"
+        );
+        assert!(out.contains("region:    RegionTwo\n"), "{out}");
+
+        let (_, router, mut file) = two_servers("");
+        set_down(&mut file, &["192.168.144.244:8774"]);
+        let out = explain(&router, "GET", URL, &scope, &Ok(file)).unwrap();
+        assert!(
+            out.contains(
+                "alternatives: RegionTwo (every server down: skipped) -> RegionOne (serves now)\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("region:    RegionOne\n"), "{out}");
     }
 
     #[test]
