@@ -45,16 +45,25 @@ async fn each_request_logs_one_line_with_route_fields() {
         .await
         .unwrap();
     assert_eq!(bad.status, 400);
-    // Draining both routers guarantees every response body was finished and logged.
-    lab.one.stop().await;
+    // RegionTwo gone: an `A|B` request fails over, and its line says what was skipped.
     lab.two.stop().await;
+    let failed_over = get(
+        vip,
+        "/v2.1/flavors",
+        &[("X-Scope", r#"{"compute": "RegionTwo|RegionOne"}"#)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed_over.status, 200);
+    // Draining the router guarantees every response body was finished and logged.
+    lab.one.stop().await;
 
     let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&format!("listener={vip}")))
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
     let routed = lines
         .iter()
         .find(|l| l.contains("status=200"))
@@ -66,10 +75,22 @@ async fn each_request_logs_one_line_with_route_fields() {
         "region=RegionTwo",
         "backend=RegionTwo_compute_public",
         "scope=X-Scope",
+        "failover=-",
         "duration_ms=",
         "outcome=complete",
     ] {
         assert!(routed.contains(field), "missing {field}: {routed}");
+    }
+    let failover = lines
+        .iter()
+        .find(|l| l.contains("path=/v2.1/flavors"))
+        .expect("no failover line");
+    for field in [
+        "region=RegionOne",
+        "backend=RegionOne_compute_public",
+        "failover=RegionTwo skipped: connect failed",
+    ] {
+        assert!(failover.contains(field), "missing {field}: {failover}");
     }
     assert!(
         !routed.contains("secret"),
