@@ -89,6 +89,8 @@ pub enum Role {
     Local,
     /// Another region's frontend (its router, or an HAProxy), for one service.
     Remote,
+    /// A server of a `[[passthrough]]` listener.
+    Passthrough,
 }
 
 /// Where a server sits in the routing table: enough to find it again in another process that
@@ -261,6 +263,25 @@ impl ServerIndex {
                         ));
                     }
                 }
+            }
+        }
+        for p in router.passthrough() {
+            let balance = balance_name(p.balancer.balance());
+            for server in p.balancer.servers() {
+                entries.push((
+                    Placement {
+                        role: Role::Passthrough,
+                        listener: p.bind,
+                        region: router.region().to_owned(),
+                        backends: vec![p.name.clone()],
+                        services: vec![format!("passthrough {}", p.name)],
+                        addr: server.health.addr().to_owned(),
+                        weight: server.weight,
+                        backup: server.backup,
+                        balance: balance.to_owned(),
+                    },
+                    Arc::clone(&server.health),
+                ));
             }
         }
         ServerIndex {

@@ -13,10 +13,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessRecord, LoggedBody};
-use crate::balance::{Balancer, Server};
+use crate::balance::Balancer;
 use crate::config::{Passthrough, ProxySettings};
 use crate::decision::X_FORWARDED_FOR;
-use crate::health::{CheckSettings, Health, Probe};
 use crate::problem::Problem;
 use crate::proxy::headers::{append_list, peer_value};
 use crate::proxy::idle::IdleIo;
@@ -25,7 +24,6 @@ use crate::proxy::{
     RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
     relay_response,
 };
-use crate::routing::HealthCheck;
 use crate::shutdown::{Guard, Signals};
 
 /// One configured passthrough listener with its upstream pool.
@@ -35,9 +33,7 @@ pub struct PassthroughRuntime {
     client: UpstreamClient,
     region: Arc<str>,
     /// The servers of `backend`, their health, and how to pick among them.
-    balancer: Balancer,
-    /// Each server's checker input (TCP connect), for `proxy::start`.
-    checks: Vec<HealthCheck>,
+    balancer: Arc<Balancer>,
     /// `1.1 scope-router-<region>`, as scoped requests get it.
     via: HeaderValue,
     max_header_bytes: usize,
@@ -46,36 +42,14 @@ pub struct PassthroughRuntime {
 }
 
 impl PassthroughRuntime {
+    /// `balancer`: the listener's servers, from the routing table (which checks them).
     pub fn new(
         spec: Passthrough,
         region: &str,
         proxy: &ProxySettings,
-        health: &CheckSettings,
+        balancer: Arc<Balancer>,
     ) -> Self {
         let client = upstream::client(spec.timeouts.connect, spec.timeouts.idle);
-        // A TCP connect is the one check every passthrough protocol (MariaDB, RabbitMQ,
-        // noVNC…) answers; an HTTP path would not fit them all.
-        let mut settings = health.clone();
-        settings.http_path = None;
-        let mut checks = Vec::with_capacity(spec.servers.len());
-        let servers = spec
-            .servers
-            .iter()
-            .map(|s| {
-                let health = Health::new(s.address.to_string());
-                checks.push(HealthCheck {
-                    health: Arc::clone(&health),
-                    probe: Probe::Tcp,
-                    settings: settings.clone(),
-                });
-                Server {
-                    health,
-                    weight: s.weight,
-                    backup: s.backup,
-                }
-            })
-            .collect();
-        let balancer = Balancer::new(servers, spec.balance);
         // The router refuses at startup a region that is no valid header value.
         let via = HeaderValue::from_str(&format!("1.1 scope-router-{region}"))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 scope-router"));
@@ -84,16 +58,10 @@ impl PassthroughRuntime {
             client,
             region: Arc::from(region),
             balancer,
-            checks,
             via,
             max_header_bytes: proxy.max_header_bytes,
             retries: proxy.retries,
         }
-    }
-
-    /// Every server with its health state and check, for the checker tasks.
-    pub fn health_checks(&self) -> &[HealthCheck] {
-        &self.checks
     }
 
     /// Whether a connection accepted with local address `local` belongs here

@@ -151,6 +151,17 @@ pub struct Router {
     identity: Vec<(Arc<str>, HeaderValue, HeaderValue)>,
     /// Every upstream server's health and how to check it, for the checker tasks.
     checks: Vec<HealthCheck>,
+    /// The servers of each `[[passthrough]]`, in config order.
+    passthrough: Vec<PassthroughServers>,
+}
+
+/// The servers of one passthrough listener: checked and balanced like a scoped port's,
+/// owned here so that every upstream of the router is in one table (`status` reads it).
+#[derive(Debug)]
+pub struct PassthroughServers {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub balancer: Arc<Balancer>,
 }
 
 /// One server's health state and how its checker probes it.
@@ -291,6 +302,36 @@ impl Router {
             })
             .collect();
 
+        // Passthrough servers: a TCP connect is the one check every passthrough protocol
+        // (MariaDB, RabbitMQ, noVNC…) answers; an HTTP path would not fit them all.
+        let mut passthrough = Vec::with_capacity(config.passthrough.len());
+        for p in &config.passthrough {
+            let mut settings = config.health.clone();
+            settings.http_path = None;
+            let servers = p
+                .servers
+                .iter()
+                .map(|s| {
+                    let health = Health::new(s.address.to_string());
+                    checks.push(HealthCheck {
+                        health: Arc::clone(&health),
+                        probe: Probe::Tcp,
+                        settings: settings.clone(),
+                    });
+                    Server {
+                        health,
+                        weight: s.weight,
+                        backup: s.backup,
+                    }
+                })
+                .collect();
+            passthrough.push(PassthroughServers {
+                name: p.name.clone(),
+                bind: p.bind,
+                balancer: Arc::new(Balancer::new(servers, p.balance)),
+            });
+        }
+
         Ok(Router {
             region,
             via,
@@ -301,7 +342,13 @@ impl Router {
             defaults,
             identity,
             checks,
+            passthrough,
         })
+    }
+
+    /// The servers of each passthrough listener, in config order.
+    pub fn passthrough(&self) -> &[PassthroughServers] {
+        &self.passthrough
     }
 
     /// Every upstream server with its health state and check, for the checker tasks

@@ -2,9 +2,9 @@
 //!
 //! Server health is what the running router sees: its published state file
 //! ([`crate::health_state`]), with each server's state, since when, the last check and the
-//! counts. When no router is running (no file, its writer gone, or stale), every local server
-//! gets one bare TCP connect instead, and the output says so. Passthrough backends, which the
-//! router does not check, always get that connect.
+//! counts, for local, passthrough and other regions' servers. When no router is running (no
+//! file, its writer gone, or stale), every local and passthrough server gets one bare TCP
+//! connect instead, and the output says so.
 //!
 //! Every probe here only reads: pinned maps are opened read-only, the VIP is looked up
 //! over netlink without changing anything, the state file is only read, and backends get a
@@ -39,14 +39,12 @@ pub struct RouterStatus {
     pub vip: Option<Result<VipReport, String>>,
     /// Where `servers` comes from.
     pub health: HealthSource,
-    /// Every server of the scoped listeners: local servers and other regions' frontends
-    /// (only local servers when `health.source` is `probe`).
+    /// Every server the router sends to: local servers, other regions' frontends and
+    /// passthrough servers (no frontends when `health.source` is `probe`).
     pub servers: Vec<ServerStatus>,
     /// Servers of this configuration the running router does not have (it started from an
     /// older configuration); not counted as down.
     pub not_in_router: Vec<Placement>,
-    /// Passthrough backends, probed now: the router does not health-check them.
-    pub passthrough: Vec<BackendHealth>,
 }
 
 /// Where the server health comes from.
@@ -103,17 +101,6 @@ pub struct VipReport {
     pub summary: String,
 }
 
-/// One passthrough backend and whether it accepts connections.
-#[derive(Debug, Serialize)]
-pub struct BackendHealth {
-    /// Passthrough name and bind address.
-    pub listener: String,
-    pub backend: SocketAddr,
-    pub up: bool,
-    /// Why it is down, or the connect time when up.
-    pub detail: String,
-}
-
 /// Collects the status for `config`; the health state is looked for in `state_dir`. Never
 /// changes any state.
 pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> RouterStatus {
@@ -167,7 +154,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
             let probes = index
                 .entries()
                 .iter()
-                .filter(|(p, _)| p.role == Role::Local)
+                .filter(|(p, _)| p.role != Role::Remote)
                 .map(|(p, _)| async move {
                     let (up, detail) = probe(&p.addr).await;
                     ServerStatus {
@@ -189,16 +176,6 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
             (source, servers, Vec::new())
         }
     };
-    let passthrough = config.passthrough.iter().map(|p| async move {
-        let (up, detail) = probe(&p.backend.to_string()).await;
-        BackendHealth {
-            listener: format!("{} ({})", p.name, p.bind),
-            backend: p.backend,
-            up,
-            detail,
-        }
-    });
-    let passthrough = futures_util::future::join_all(passthrough).await;
     RouterStatus {
         region: router.region().to_owned(),
         ebpf_mode: config.ebpf.mode.as_str(),
@@ -207,7 +184,6 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
         health,
         servers,
         not_in_router,
-        passthrough,
     }
 }
 
@@ -274,11 +250,9 @@ fn ser_opt_result<S: serde::Serializer, T: Serialize>(
 }
 
 impl RouterStatus {
-    /// True when every server and passthrough backend is up and, where configured, the VIP
-    /// is present.
+    /// True when every server is up and, where configured, the VIP is present.
     pub fn healthy(&self) -> bool {
         self.servers.iter().all(|s| s.up)
-            && self.passthrough.iter().all(|b| b.up)
             && !matches!(&self.vip, Some(Ok(v)) if !v.present)
     }
 }
@@ -287,8 +261,11 @@ impl RouterStatus {
 fn role_text(p: &Placement) -> String {
     match p.role {
         Role::Remote => format!("{} frontend", p.region),
-        Role::Local => {
-            let mut text = "local".to_owned();
+        Role::Local | Role::Passthrough => {
+            let mut text = match p.role {
+                Role::Passthrough => format!("passthrough {}", p.backends.join(",")),
+                _ => "local".to_owned(),
+            };
             if p.backup {
                 text.push_str(", backup");
             }
@@ -410,29 +387,6 @@ impl fmt::Display for RouterStatus {
                 }
             }
         }
-        if !self.passthrough.is_empty() {
-            writeln!(f)?;
-            writeln!(
-                f,
-                "passthrough backends, probed now with a TCP connect (the router does not \
-                 check them):"
-            )?;
-            writeln!(
-                f,
-                "{:<32} {:<22} {:<5} DETAIL",
-                "LISTENER", "BACKEND", "STATE"
-            )?;
-            for b in &self.passthrough {
-                writeln!(
-                    f,
-                    "{:<32} {:<22} {:<5} {}",
-                    b.listener,
-                    b.backend.to_string(),
-                    if b.up { "up" } else { "DOWN" },
-                    b.detail
-                )?;
-            }
-        }
         Ok(())
     }
 }
@@ -489,7 +443,6 @@ mod tests {
             },
             servers,
             not_in_router: Vec::new(),
-            passthrough: Vec::new(),
         }
     }
 

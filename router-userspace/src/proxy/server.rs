@@ -21,6 +21,7 @@ use super::upstream::Upstreams;
 use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::listener::{Accepted, Listener, ListenerError};
 use crate::passthrough::{self, PassthroughRuntime};
+use crate::balance::Balancer;
 use crate::routing::{Router, RoutingError};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
 
@@ -154,8 +155,7 @@ pub fn start_with_router(
 
     let shutdown = Shutdown::new();
     // Health checks run beside the request path, until the router drains.
-    let passthrough_checks = dispatch.passthrough.iter().flat_map(|p| p.health_checks());
-    for check in router.health_checks().iter().chain(passthrough_checks) {
+    for check in router.health_checks() {
         let mut signals = shutdown.signals();
         crate::health::spawn_checker(
             Arc::clone(&check.health),
@@ -234,11 +234,18 @@ impl Dispatch {
                 .passthrough
                 .iter()
                 .map(|p| {
+                    let balancer = router
+                        .passthrough()
+                        .iter()
+                        .find(|s| s.name == p.name)
+                        .map(|s| Arc::clone(&s.balancer))
+                        // The table is built from the same config: every name is there.
+                        .unwrap_or_else(|| Arc::new(Balancer::new(Vec::new(), p.balance)));
                     Arc::new(PassthroughRuntime::new(
                         p.clone(),
                         router.region(),
                         &config.proxy,
-                        &config.health,
+                        balancer,
                     ))
                 })
                 .collect(),
