@@ -686,7 +686,32 @@ mod tests {
     #[test]
     fn index_covers_every_checked_server_once() {
         let r = router(
-            "[ports.8774]\nbackend = [\"10.0.0.1:8774\", { address = \"10.0.0.2:8774\", backup = true }]\n",
+            "[ports.8774]\nbackend = [\"10.0.0.1:8774\", { address = \"10.0.0.2:8774\", backup = true }]\n\
+             [[passthrough]]\nname = \"mariadb\"\nbind = \"192.168.142.244:3306\"\n\
+             backend = [\"10.0.0.7:3306\", \"10.0.0.8:3306\"]\nmode = \"tcp\"\n",
+        );
+        let index = ServerIndex::new(&r);
+        // Passthrough servers are checked by the router and named in the index too.
+        let passthrough: Vec<(&str, String, Vec<String>)> = index
+            .entries()
+            .iter()
+            .filter(|(p, _)| p.role == Role::Passthrough)
+            .map(|(p, _)| (p.addr.as_str(), p.listener.to_string(), p.backends.clone()))
+            .collect();
+        assert_eq!(
+            passthrough,
+            [
+                (
+                    "10.0.0.7:3306",
+                    "192.168.142.244:3306".to_owned(),
+                    vec!["mariadb".to_owned()]
+                ),
+                (
+                    "10.0.0.8:3306",
+                    "192.168.142.244:3306".to_owned(),
+                    vec!["mariadb".to_owned()]
+                ),
+            ]
         );
         let index = ServerIndex::new(&r);
         assert_eq!(index.entries().len(), r.health_checks().len());

@@ -11,7 +11,7 @@
 //! bare TCP connect that is closed at once. Safe to run at any time beside a running router.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -252,8 +252,7 @@ fn ser_opt_result<S: serde::Serializer, T: Serialize>(
 impl RouterStatus {
     /// True when every server is up and, where configured, the VIP is present.
     pub fn healthy(&self) -> bool {
-        self.servers.iter().all(|s| s.up)
-            && !matches!(&self.vip, Some(Ok(v)) if !v.present)
+        self.servers.iter().all(|s| s.up) && !matches!(&self.vip, Some(Ok(v)) if !v.present)
     }
 }
 
@@ -393,6 +392,8 @@ impl fmt::Display for RouterStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn server(role: Role, addr: &str, up: bool, degraded: Option<&str>) -> ServerStatus {
@@ -401,7 +402,7 @@ mod tests {
                 role,
                 listener: SocketAddr::from(([192, 168, 142, 244], 8774)),
                 region: match role {
-                    Role::Local => "RegionOne",
+                    Role::Local | Role::Passthrough => "RegionOne",
                     Role::Remote => "RegionTwo",
                 }
                 .to_owned(),

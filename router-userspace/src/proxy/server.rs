@@ -18,10 +18,10 @@ use super::idle::IdleIo;
 use super::park::{ConnShared, PARK_GRACE, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
+use crate::balance::Balancer;
 use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::listener::{Accepted, Listener, ListenerError};
 use crate::passthrough::{self, PassthroughRuntime};
-use crate::balance::Balancer;
 use crate::routing::{Router, RoutingError};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
 
