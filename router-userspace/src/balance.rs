@@ -170,6 +170,13 @@ impl Balancer {
         }
     }
 
+    /// Whether any server (backups included) may take a request now. Unlike
+    /// `candidates().next()` it moves no round-robin cursor, so asking (a health answer
+    /// to another router, `explain`) never shifts what requests get.
+    pub fn any_up(&self) -> bool {
+        self.servers.iter().any(|s| s.health.is_up())
+    }
+
     /// The last check result of the first down server, for the 503 message; `None` when no
     /// server is down (or none has been checked yet).
     pub fn last_failure(&self) -> Option<String> {
@@ -316,6 +323,32 @@ mod tests {
                 .collect(),
             balance,
         )
+    }
+
+    #[test]
+    fn asking_whether_any_server_is_up_moves_no_cursor() {
+        let client = IpAddr::from(Ipv4Addr::LOCALHOST);
+        let pick = |b: &Balancer| {
+            b.candidates(client)
+                .next()
+                .map(|s| s.health.addr().to_owned())
+        };
+        let b = balancer(&[("a", 1, false), ("b", 1, false)], Balance::Roundrobin);
+        assert_eq!(pick(&b).as_deref(), Some("a"));
+        for _ in 0..3 {
+            assert!(b.any_up());
+        }
+        assert_eq!(
+            pick(&b).as_deref(),
+            Some("b"),
+            "any_up shifted the rotation"
+        );
+        set_up(&b, "a", false);
+        set_up(&b, "b", false);
+        assert!(!b.any_up());
+        let backup = balancer(&[("a", 1, false), ("z", 1, true)], Balance::Roundrobin);
+        set_up(&backup, "a", false);
+        assert!(backup.any_up(), "a backup counts");
     }
 
     fn set_up(b: &Balancer, name: &str, up: bool) {

@@ -55,8 +55,6 @@ pub struct RequestHead<'a> {
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The first server's `host:port`, for display; the proxy picks among `balancer`.
-    pub upstream: Arc<str>,
     /// The target's servers, their health, and how to pick among them.
     pub balancer: Arc<Balancer>,
     /// `Region_Type_Interface`, or `Region_transparent_PORT` for unscoped requests.
@@ -113,6 +111,14 @@ pub(crate) enum Hop {
 }
 
 impl Plan {
+    /// The first server's `host:port`, for display; the proxy picks among `balancer`.
+    pub fn upstream(&self) -> &str {
+        self.balancer
+            .servers()
+            .first()
+            .map_or("-", |s| s.health.addr())
+    }
+
     /// Whether the request is forwarded to another region's frontend.
     pub fn is_remote(&self) -> bool {
         matches!(

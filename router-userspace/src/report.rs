@@ -301,7 +301,7 @@ pub fn explain(
     );
     let _ = writeln!(out, "region:    {}", plan.region);
     let _ = writeln!(out, "backend:   {}", plan.backend_name);
-    let _ = writeln!(out, "upstream:  {}", plan.upstream);
+    let _ = writeln!(out, "upstream:  {}", plan.upstream());
     explain_servers(&mut out, router, &plan, health);
     let _ = writeln!(out, "timeouts:  {}", fmt_timeouts(&plan.timeouts));
 
@@ -345,11 +345,7 @@ fn choose_alternative(
     let mut notes = Vec::new();
     let mut current = plan;
     let chosen = loop {
-        let up = current
-            .balancer
-            .candidates(EXAMPLE_PEER.ip())
-            .next()
-            .is_some();
+        let up = current.balancer.any_up();
         match current.fallback.take() {
             Some(next) if !up => {
                 notes.push(format!("{} (every server down: skipped)", current.region));

@@ -470,19 +470,38 @@ impl Router {
             let here = (&*route.service_type, value, source);
             return Err(self.loop_detected(head.headers, Some(here)));
         }
+        let identity_value = scope
+            .region_for("identity")
+            .unwrap_or_else(|| self.default_region("identity"));
+        // The identity headers follow the first identity alternative; for the identity
+        // service itself they follow whichever alternative serves (`plan_for`).
+        let mut first_identity = None;
+        for region in alternatives(identity_value) {
+            if !self.regions.iter().any(|r| **r == *region) {
+                return Err(Problem::unknown_region(region, "identity", &self.regions));
+            }
+            first_identity.get_or_insert(region);
+        }
+        let identity = self.identity_headers(first_identity.unwrap_or(&self.region));
+        let decided = Decided {
+            listener,
+            route,
+            scope: &scope,
+            source,
+            identity_value,
+            identity,
+        };
+
+        // The usual scope names one region: no chain, no allocation.
+        if !value.contains('|') {
+            let target = self.target_for(route, value.trim())?;
+            return Ok(self.plan_for(&decided, target, &target.region, None));
+        }
         // `A|B`: every alternative must be a region serving the service (400 otherwise),
         // checked before any is chosen so a typo never hides behind a healthy first one.
-        let mut targets: [Option<&Target>; MAX_ALTERNATIVES] = [None; MAX_ALTERNATIVES];
-        let mut count = 0;
+        let mut targets = Vec::new();
         for region in alternatives(value) {
-            let target = route
-                .targets
-                .iter()
-                .find(|t| *t.region == *region)
-                .ok_or_else(|| {
-                    self.missing_region(region, &route.service_type, &route.interface)
-                })?;
-            if count == MAX_ALTERNATIVES {
+            if targets.len() == MAX_ALTERNATIVES {
                 return Err(Problem::malformed_scope(
                     source.as_str(),
                     format_args!(
@@ -491,78 +510,81 @@ impl Router {
                     ),
                 ));
             }
-            targets[count] = Some(target);
-            count += 1;
+            targets.push(self.target_for(route, region)?);
         }
-
-        let identity_value = scope
-            .region_for("identity")
-            .unwrap_or_else(|| self.default_region("identity"));
-        // The identity headers follow the first identity alternative; for the identity
-        // service itself they follow whichever alternative serves (set per plan below).
-        let first_identity = alternatives(identity_value).next().unwrap_or(&self.region);
-        for region in alternatives(identity_value) {
-            if !self.regions.iter().any(|r| **r == *region) {
-                return Err(Problem::unknown_region(region, "identity", &self.regions));
-            }
-        }
-
         // Plans from the last alternative to the first, each falling back to the next.
-        let mut plan: Option<Plan> = None;
-        for (i, slot) in targets[..count].iter().enumerate().rev() {
-            let Some(target) = *slot else { continue };
-            let identity_region = if &*route.service_type == "identity" {
-                &*target.region
-            } else {
-                first_identity
-            };
-            let identity = self
-                .identity
-                .iter()
-                .find(|(r, _, _)| **r == *identity_region)
-                .map(|(_, r, u)| (r.clone(), u.clone()));
-            let (hop, via) = match &target.remote {
-                Some(remote) => {
-                    // The next router gets the alternatives from this one on, without the
-                    // current region: it must never send the request back here.
-                    let onward: std::borrow::Cow<'_, str> = if count == 1 {
-                        std::borrow::Cow::Borrowed(&target.region)
-                    } else {
-                        std::borrow::Cow::Owned(onward_value(&targets[i..count], &self.region))
-                    };
-                    (
-                        Hop::Remote {
-                            host: remote.host.clone(),
-                            from: Arc::clone(&route.path),
-                            to: Arc::clone(&remote.path),
-                            scope: scope.for_next_hop(&[
-                                (&route.service_type, &onward),
-                                ("identity", identity_value),
-                            ]),
-                        },
-                        remote.via[source.index()].clone(),
-                    )
-                }
-                None => (Hop::Local, self.via.clone()),
-            };
-            plan = Some(Plan {
-                upstream: Arc::clone(&target.upstream),
-                balancer: Arc::clone(&target.balancer),
-                backend_name: Arc::clone(&target.backend_name),
-                region: Arc::clone(&target.region),
-                timeouts: listener.spec.timeouts,
-                via,
-                kind: PlanKind::Scoped(Scoped {
-                    service_type: Arc::clone(&route.service_type),
-                    interface: Arc::clone(&route.interface),
-                    scope_source: source,
-                    identity,
-                    hop,
-                }),
-                fallback: plan.map(Box::new),
-            });
+        // The next router gets the alternatives from the chosen one on, without the
+        // current region: it must never send the request back here.
+        let mut plan = None;
+        for (i, target) in targets.iter().enumerate().rev() {
+            let onward = onward_value(&targets[i..], &self.region);
+            plan = Some(self.plan_for(&decided, target, &onward, plan));
         }
         plan.ok_or_else(|| Problem::malformed_scope(source.as_str(), "no region named"))
+    }
+
+    /// The target of `route` in `region`, or the 400 naming what is wrong with it.
+    fn target_for<'r>(&self, route: &'r Route, region: &str) -> Result<&'r Target, Problem> {
+        route
+            .targets
+            .iter()
+            .find(|t| *t.region == *region)
+            .ok_or_else(|| self.missing_region(region, &route.service_type, &route.interface))
+    }
+
+    /// `X-Identity-Region`/`X-Identity-Url` for `region`; `None` when it lists no identity
+    /// endpoint.
+    fn identity_headers(&self, region: &str) -> Option<(HeaderValue, HeaderValue)> {
+        self.identity
+            .iter()
+            .find(|(r, _, _)| **r == *region)
+            .map(|(_, r, u)| (r.clone(), u.clone()))
+    }
+
+    /// The plan sending the request to `target`; `onward` is the scope value a remote
+    /// router gets for the service type, `fallback` the next alternative's plan.
+    fn plan_for(
+        &self,
+        d: &Decided<'_>,
+        target: &Target,
+        onward: &str,
+        fallback: Option<Plan>,
+    ) -> Plan {
+        let identity = if &*d.route.service_type == "identity" {
+            self.identity_headers(&target.region)
+        } else {
+            d.identity.clone()
+        };
+        let (hop, via) = match &target.remote {
+            Some(remote) => (
+                Hop::Remote {
+                    host: remote.host.clone(),
+                    from: Arc::clone(&d.route.path),
+                    to: Arc::clone(&remote.path),
+                    scope: d.scope.for_next_hop(&[
+                        (&d.route.service_type, onward),
+                        ("identity", d.identity_value),
+                    ]),
+                },
+                remote.via[d.source.index()].clone(),
+            ),
+            None => (Hop::Local, self.via.clone()),
+        };
+        Plan {
+            balancer: Arc::clone(&target.balancer),
+            backend_name: Arc::clone(&target.backend_name),
+            region: Arc::clone(&target.region),
+            timeouts: d.listener.spec.timeouts,
+            via,
+            kind: PlanKind::Scoped(Scoped {
+                service_type: Arc::clone(&d.route.service_type),
+                interface: Arc::clone(&d.route.interface),
+                scope_source: d.source,
+                identity,
+                hop,
+            }),
+            fallback: fallback.map(Box::new),
+        }
     }
 
     fn transparent(
@@ -574,7 +596,6 @@ impl Router {
             return Err(Problem::misdirected(head.local));
         };
         Ok(Plan {
-            upstream: Arc::clone(&l.local_upstream),
             balancer: Arc::clone(&l.local),
             backend_name: Arc::clone(&l.transparent_name),
             region: Arc::clone(&self.region),
@@ -631,8 +652,20 @@ impl Router {
     }
 }
 
-/// The most regions one scope value may list (`A|B|…`); a fixed bound keeps the
-/// decision allocation-free.
+/// What one request's decision shares between its alternatives.
+struct Decided<'a> {
+    listener: &'a Listener,
+    route: &'a Route,
+    scope: &'a Scope,
+    source: ScopeSource,
+    /// The scope's identity value as the client (or our defaults) gave it.
+    identity_value: &'a str,
+    /// The identity headers for a service other than identity.
+    identity: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// The most regions one scope value may list (`A|B|…`): a bound on the work one request
+/// can ask for.
 const MAX_ALTERNATIVES: usize = 8;
 
 /// The regions of a scope value, in order (`"RegionTwo|RegionOne"`).
@@ -642,9 +675,9 @@ fn alternatives(value: &str) -> impl Iterator<Item = &str> {
 
 /// The scope value the next router gets: `targets` (the chosen one first) without
 /// `current`, joined by `|`.
-fn onward_value(targets: &[Option<&Target>], current: &str) -> String {
+fn onward_value(targets: &[&Target], current: &str) -> String {
     let mut out = String::new();
-    for t in targets.iter().flatten() {
+    for t in targets {
         if *t.region == *current {
             continue;
         }
@@ -988,11 +1021,11 @@ mod tests {
         let plan = decide(&r, &format!("{VIP1}:9292"), "/v2/images", &[]).unwrap();
         assert_eq!(plan.timeouts.idle, Duration::from_secs(6 * 3600));
         let plan = decide(&r, &format!("{VIP1}:8774"), "/v2.1/servers", &[]).unwrap();
-        assert_eq!(&*plan.upstream, "127.0.0.1:18774");
+        assert_eq!(plan.upstream(), "127.0.0.1:18774");
         assert_eq!(plan.timeouts.idle, Duration::from_secs(60));
         // Transparent fallback uses the override too.
         let plan = decide(&r, &format!("{VIP1}:8774"), "/", &[]).unwrap();
-        assert_eq!(&*plan.upstream, "127.0.0.1:18774");
+        assert_eq!(plan.upstream(), "127.0.0.1:18774");
     }
 
     #[test]
@@ -1075,7 +1108,7 @@ mod tests {
                     let got = (
                         &*plan.region,
                         &*plan.backend_name,
-                        &*plan.upstream,
+                        plan.upstream(),
                         plan.scope_source(),
                     );
                     let want = (region, backend, upstream, source);
@@ -1852,7 +1885,7 @@ mod tests {
             let (plan, parts) = forward(&r, local, c.path, &headers);
             let got = (
                 &*plan.backend_name,
-                &*plan.upstream,
+                plan.upstream(),
                 parts.uri.to_string(),
                 plan.is_remote(),
                 header(&parts, "host").filter(|_| plan.is_remote()),

@@ -34,6 +34,35 @@ impl Reply {
         })
     }
 
+    /// The router's own answer in the OpenStack shape: asserts the status, the JSON
+    /// content type, `error.code` and a title, and returns `error.message`.
+    pub fn problem(&self, code: u16) -> String {
+        assert_eq!(
+            self.status.as_u16(),
+            code,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code);
+        assert!(
+            v["error"]["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{v}"
+        );
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!message.is_empty(), "{v}");
+        message
+    }
+
     /// What the echo backend saw.
     pub fn echo(&self) -> Echo {
         Echo(self.json())

@@ -6,28 +6,7 @@ use integration_tests::lab::{Lab, LabOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_problem(r: &integration_tests::client::Reply, code: u16) -> String {
-    assert_eq!(
-        r.status.as_u16(),
-        code,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    assert_eq!(
-        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/json")
-    );
-    let v = r.json();
-    assert_eq!(v["error"]["code"], code);
-    assert!(
-        v["error"]["title"].as_str().is_some_and(|t| !t.is_empty()),
-        "{v}"
-    );
-    let message = v["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!message.is_empty(), "{v}");
-    message
+    r.problem(code)
 }
 
 #[tokio::test]

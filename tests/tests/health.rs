@@ -96,11 +96,7 @@ async fn a_dead_server_goes_down_after_fall_checks_gets_a_fast_503_and_comes_bac
     })
     .await;
     let r = get(lab.one.addr(9292), "/v2/images", &[]).await.unwrap();
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(r.json()["error"]["code"], 503, "{:?}", r.body);
+    let msg = r.problem(503);
     assert!(msg.contains("RegionOne_image_public"), "{msg}");
     assert!(msg.contains("last check"), "{msg}");
     // Other services of the router are unaffected.
@@ -137,10 +133,7 @@ async fn an_http_check_with_a_failing_status_takes_the_server_down() {
     })
     .await;
     let r = get(lab.one.addr(9292), "/v2/images", &[]).await.unwrap();
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let msg = r.problem(503);
     assert!(
         msg.contains("500"),
         "the check's status is the reason: {msg}"
@@ -309,11 +302,7 @@ async fn a_dead_remote_service_fails_over_to_the_next_region() {
     let r = get(lab.one.addr(9292), "/v2/images", &two_only)
         .await
         .unwrap();
-    assert_eq!(r.status, 503, "{:?}", r.body);
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let msg = r.problem(503);
     assert!(msg.contains("RegionTwo_image_public"), "{msg}");
     let r = get(lab.one.addr(9292), "/v2/images", &either)
         .await
@@ -361,11 +350,7 @@ async fn malformed_alternatives_are_400_naming_what_to_fix() {
         let r = get(lab.one.addr(9292), "/v2/images", &[("X-Scope", scope)])
             .await
             .unwrap();
-        assert_eq!(r.status, 400, "{scope}: {:?}", r.body);
-        let msg = r.json()["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let msg = r.problem(400);
         assert!(msg.contains(needle), "{scope}: {msg}");
     }
 }

@@ -186,9 +186,6 @@ async fn passthrough_backends_take_several_servers() {
     }
     assert_eq!(status, 503);
     let r = get(pt.http_addr, "/", &[]).await.unwrap();
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let msg = r.problem(503);
     assert!(msg.contains("horizon"), "{msg}");
 }

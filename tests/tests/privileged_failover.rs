@@ -255,11 +255,7 @@ async fn blackhole_scenario(ns: &Netns) {
     // A plain RegionTwo scope: the router answers 503 itself from the health state,
     // naming the backend; trying to connect would have been a 504 after `connect`.
     let r = image(&lab, TWO_ONLY).await;
-    assert_eq!(r.status, 503, "{:?}", r.body);
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let msg = r.problem(503);
     assert!(msg.contains("RegionTwo_image_public"), "{msg}");
     assert!(msg.contains("no answer within"), "{msg}");
 
@@ -333,10 +329,6 @@ async fn unnoticed_blackhole_scenario(ns: &Netns) {
     );
 
     let r = image(&lab, TWO_ONLY).await;
-    assert_eq!(r.status, 504, "{:?}", r.body);
-    let msg = r.json()["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let msg = r.problem(504);
     assert!(msg.contains("RegionTwo_image_public"), "{msg}");
 }
