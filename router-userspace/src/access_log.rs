@@ -166,6 +166,24 @@ impl Drop for LoggedBody {
     }
 }
 
+/// `[log]` of the configuration, with its defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// How every log line (access lines included) is written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` fields after the message, for a human reading journald.
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level, for log shippers.
+    Json,
+}
+
 /// Installs the global subscriber: `RUST_LOG` wins, else `info`.
 pub fn init_subscriber() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::access_log::LogSettings;
+use crate::admin::AdminSettings;
 use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
@@ -35,6 +37,10 @@ pub struct Config {
     pub vip: Option<VipSettings>,
     pub ebpf: EbpfSettings,
     pub passthrough: Vec<Passthrough>,
+    /// `[admin]`: the metrics/status listener.
+    pub admin: AdminSettings,
+    /// `[log]`: how log lines are written.
+    pub log: LogSettings,
 }
 
 /// Connection timeouts of one listener; `[timeouts]` sets them for every listener.
@@ -438,6 +444,10 @@ struct RawConfig {
     ebpf: EbpfSettings,
     #[serde(default)]
     passthrough: Vec<RawPassthrough>,
+    #[serde(default)]
+    admin: AdminSettings,
+    #[serde(default)]
+    log: LogSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -630,6 +640,8 @@ impl RawConfig {
             vip: self.vip,
             ebpf,
             passthrough,
+            admin: self.admin,
+            log: self.log,
         })
     }
 }

@@ -30,6 +30,7 @@ use http::header::{HOST, HeaderName, VIA};
 
 use crate::balance::Balancer;
 use crate::config::Timeouts;
+use crate::metrics::TrafficStats;
 use crate::scope::{X_AUTH_TOKEN, X_SCOPE, X_SUBJECT_TOKEN, strip_scope};
 
 use crate::proxy::headers::{append_list, peer_value};
@@ -57,6 +58,8 @@ pub struct RequestHead<'a> {
 pub struct Plan {
     /// The target's servers, their health, and how to pick among them.
     pub balancer: Arc<Balancer>,
+    /// Where the request's numbers are counted; `None` with `[admin] metrics = false`.
+    pub stats: Option<Arc<TrafficStats>>,
     /// `Region_Type_Interface`, or `Region_transparent_PORT` for unscoped requests.
     pub backend_name: Arc<str>,
     pub region: Arc<str>,

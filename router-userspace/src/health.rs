@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -123,8 +123,10 @@ impl Probe {
 pub struct Health {
     /// `host:port`; an `Arc` so the upstream pool can key connections by it for free.
     addr: Arc<str>,
-    /// Mirrors `state.up`; the only field the request path touches.
+    /// Mirrors `state.up`; the only field the request path reads.
     up: AtomicBool,
+    /// Requests this server answered (its traffic, for `/metrics` and `/status`).
+    requests: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -182,6 +184,7 @@ impl Health {
         Arc::new(Health {
             addr: Arc::from(addr),
             up: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
             state: Mutex::new(State {
                 up: true,
                 since: SystemTime::now(),
@@ -201,6 +204,17 @@ impl Health {
         // Relaxed: the flag guards no other memory; a request racing a transition may see either
         // value, exactly as it could have arrived a moment earlier or later.
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// The server answered a request (counted whatever the status).
+    #[inline]
+    pub fn note_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests this server answered since the router started.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// `host:port` as configured.

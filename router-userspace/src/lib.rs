@@ -1,6 +1,7 @@
 //! scope-router: an OpenStackoïd scope-interpreting edge router.
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 pub mod catalog;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod health;
 pub mod health_state;
 pub mod listener;
 mod lock;
+pub mod metrics;
 pub mod passthrough;
 pub mod problem;
 pub mod proxy;

@@ -24,6 +24,7 @@ use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, Timeouts};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::health::{CheckSettings, Health, Probe};
+use crate::metrics::{BackendLabels, TrafficStats};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
 
@@ -77,6 +78,8 @@ pub(crate) struct Target {
     pub(crate) balancer: Arc<Balancer>,
     /// `None` for the current region: local backend, Host and path unchanged.
     pub(crate) remote: Option<Remote>,
+    /// Its traffic numbers; `None` with `[admin] metrics = false`.
+    pub(crate) stats: Option<Arc<TrafficStats>>,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,12 @@ pub struct Listener {
     local_upstream: Arc<str>,
     /// The local servers (shared by the local targets and the transparent fallback).
     local: Arc<Balancer>,
+    /// `VIP:port`, the `listener` label of its metrics.
+    label: Box<str>,
+    /// Traffic of the transparent fallback, and of requests refused before a backend
+    /// was chosen; `None` with `[admin] metrics = false`.
+    transparent_stats: Option<Arc<TrafficStats>>,
+    refused_stats: Option<Arc<TrafficStats>>,
 }
 
 impl Listener {
@@ -162,6 +171,10 @@ pub struct PassthroughServers {
     pub name: String,
     pub bind: SocketAddr,
     pub balancer: Arc<Balancer>,
+    /// `None` with `[admin] metrics = false`.
+    pub stats: Option<Arc<TrafficStats>>,
+    /// `bind` as text, the `listener` label of its metrics.
+    label: Box<str>,
 }
 
 /// One server's health state and how its checker probes it.
@@ -189,6 +202,8 @@ impl Router {
             message: "must be printable ASCII (it goes into the Via header)".to_owned(),
         })?;
 
+        let metrics = config.admin.metrics;
+        let new_stats = || metrics.then(TrafficStats::new);
         let mut listeners: Vec<Listener> = Vec::new();
         let mut checks: Vec<HealthCheck> = Vec::new();
         for entry in catalog.entries().iter().filter(|e| e.region == region) {
@@ -246,6 +261,9 @@ impl Router {
                         transparent_name: Arc::from(format!("{region}_transparent_{port}")),
                         local_upstream: Arc::from(local_backend.to_string()),
                         local: Arc::new(Balancer::new(local, config.port_balance(port))),
+                        label: addr.to_string().into(),
+                        transparent_stats: new_stats(),
+                        refused_stats: new_stats(),
                     });
                     listeners.len() - 1
                 }
@@ -260,6 +278,7 @@ impl Router {
                 (&listener.local_upstream, &listener.local),
                 &config.health,
                 &mut checks,
+                &new_stats,
             )?;
             listener.routes.push(Route {
                 service_type: Arc::clone(&entry.service_type),
@@ -329,6 +348,8 @@ impl Router {
                 name: p.name.clone(),
                 bind: p.bind,
                 balancer: Arc::new(Balancer::new(servers, p.balance)),
+                stats: new_stats(),
+                label: p.bind.to_string().into(),
             });
         }
 
@@ -381,6 +402,66 @@ impl Router {
     /// Every distinct `host:port` of the current region, with its routes.
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    /// Where a request on `local` that gets no backend (refused before routing) is
+    /// counted; `None` with `[admin] metrics = false` or for an address no listener serves.
+    pub fn refused_stats(&self, local: SocketAddr) -> Option<&Arc<TrafficStats>> {
+        self.listener_at(local)?.refused_stats.as_ref()
+    }
+
+    /// Every backend's traffic numbers under its metric labels: each target, each
+    /// listener's transparent fallback and refused requests, each passthrough.
+    pub fn traffic(&self) -> Vec<(BackendLabels<'_>, &TrafficStats)> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            for route in &l.routes {
+                for t in &route.targets {
+                    if let Some(stats) = &t.stats {
+                        out.push((
+                            BackendLabels {
+                                listener: &l.label,
+                                service_type: &route.service_type,
+                                region: &t.region,
+                                backend: &t.backend_name,
+                            },
+                            &**stats,
+                        ));
+                    }
+                }
+            }
+            let unrouted = [
+                (&l.transparent_stats, &*l.transparent_name),
+                (&l.refused_stats, "-"),
+            ];
+            for (stats, backend) in unrouted {
+                if let Some(stats) = stats {
+                    out.push((
+                        BackendLabels {
+                            listener: &l.label,
+                            service_type: "-",
+                            region: &self.region,
+                            backend,
+                        },
+                        &**stats,
+                    ));
+                }
+            }
+        }
+        for p in &self.passthrough {
+            if let Some(stats) = &p.stats {
+                out.push((
+                    BackendLabels {
+                        listener: &p.label,
+                        service_type: "-",
+                        region: &self.region,
+                        backend: &p.name,
+                    },
+                    &**stats,
+                ));
+            }
+        }
+        out
     }
 
     /// The answer to another router's health check of one of our services
@@ -572,6 +653,7 @@ impl Router {
         };
         Plan {
             balancer: Arc::clone(&target.balancer),
+            stats: target.stats.clone(),
             backend_name: Arc::clone(&target.backend_name),
             region: Arc::clone(&target.region),
             timeouts: d.listener.spec.timeouts,
@@ -597,6 +679,7 @@ impl Router {
         };
         Ok(Plan {
             balancer: Arc::clone(&l.local),
+            stats: l.transparent_stats.clone(),
             backend_name: Arc::clone(&l.transparent_name),
             region: Arc::clone(&self.region),
             timeouts: l.spec.timeouts,
@@ -730,6 +813,7 @@ fn build_targets(
     (local_upstream, local): (&Arc<str>, &Arc<Balancer>),
     settings: &CheckSettings,
     checks: &mut Vec<HealthCheck>,
+    new_stats: &dyn Fn() -> Option<Arc<TrafficStats>>,
 ) -> Result<Vec<Target>, RoutingError> {
     let mut targets = Vec::with_capacity(regions.len());
     for region in regions {
@@ -740,6 +824,7 @@ fn build_targets(
                 upstream: Arc::clone(local_upstream),
                 balancer: Arc::clone(local),
                 remote: None,
+                stats: new_stats(),
             });
             continue;
         }
@@ -784,6 +869,7 @@ fn build_targets(
                 path: Arc::clone(&t.url.path),
                 via,
             }),
+            stats: new_stats(),
         });
     }
     Ok(targets)

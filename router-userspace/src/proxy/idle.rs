@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::{ClientGauges, OpenConnection};
 use tokio::time::{Instant, Sleep};
 
 /// Counts requests being served on a client connection. While one is, the
@@ -20,31 +22,52 @@ use tokio::time::{Instant, Sleep};
 /// side is not client inactivity; stalls are then caught on the upstream side.
 ///
 /// Lives inside a per-connection allocation shared with the handler (see
-/// [`super::park::ConnShared`]) rather than in an `Arc` of its own.
-#[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+/// [`super::park::ConnShared`]) rather than in an `Arc` of its own. It also keeps the
+/// connection counted as open, and each request as active, in the router's gauges.
+#[derive(Debug)]
+pub struct InFlight {
+    count: AtomicUsize,
+    open: OpenConnection,
+}
 
 /// Held from request head to the end of its response body.
 pub struct InFlightGuard(Arc<dyn AsRef<InFlight> + Send + Sync>);
 
 impl InFlight {
+    /// No request yet on a connection counted by `open`.
+    pub fn new(open: OpenConnection) -> Self {
+        InFlight {
+            count: AtomicUsize::new(0),
+            open,
+        }
+    }
+
     /// Counts one more request on the counter `owner` holds.
     pub fn enter<O>(owner: &Arc<O>) -> InFlightGuard
     where
         O: AsRef<InFlight> + Send + Sync + 'static,
     {
-        (**owner).as_ref().0.fetch_add(1, Ordering::Relaxed);
+        let in_flight = (**owner).as_ref();
+        in_flight.count.fetch_add(1, Ordering::Relaxed);
+        ClientGauges::inc(&in_flight.open.gauges().active);
         InFlightGuard(owner.clone())
     }
 
     pub fn busy(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
+    /// The router's client connection gauges.
+    pub fn gauges(&self) -> &ClientGauges {
+        self.open.gauges()
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        (*self.0).as_ref().0.fetch_sub(1, Ordering::Relaxed);
+        let in_flight = (*self.0).as_ref();
+        in_flight.count.fetch_sub(1, Ordering::Relaxed);
+        ClientGauges::dec(&in_flight.open.gauges().active);
     }
 }
 

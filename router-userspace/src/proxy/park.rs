@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use super::RequestStart;
 use super::framing::{FramingVerdicts, FramingWatch};
 use super::idle::{IdleIo, InFlight, ReadSilence};
+use crate::metrics::{ClientGauges, OpenConnection};
 
 /// Silence after which an idle client is parked: far above the gap between a
 /// response and the next request of a busy client (a round trip), far below
@@ -61,9 +62,10 @@ struct Parked<T> {
 
 impl<T> ConnShared<T> {
     /// Shared state with `stream` parked in it.
-    pub fn new(stream: ClientStream<T>) -> Arc<Self> {
+    pub fn new(stream: ClientStream<T>, open: OpenConnection) -> Arc<Self> {
+        ClientGauges::inc(&open.gauges().parked);
         Arc::new(ConnShared {
-            in_flight: InFlight::default(),
+            in_flight: InFlight::new(open),
             state: Mutex::new(Parked {
                 stream: Some(stream),
                 verdicts: FramingVerdicts::default(),
@@ -78,12 +80,17 @@ impl<T> ConnShared<T> {
 
     /// Takes the parked stream out (to lend it, or to close it).
     pub fn take(&self) -> Option<ClientStream<T>> {
-        self.state.lock().ok()?.stream.take()
+        let stream = self.state.lock().ok()?.stream.take();
+        if stream.is_some() {
+            ClientGauges::dec(&self.in_flight.gauges().parked);
+        }
+        stream
     }
 
     fn put_back(&self, stream: ClientStream<T>) {
         if let Ok(mut state) = self.state.lock() {
             state.stream = Some(stream);
+            ClientGauges::inc(&self.in_flight.gauges().parked);
         }
     }
 
@@ -106,6 +113,19 @@ impl<T: Send + 'static> ConnShared<T> {
         RequestStart {
             in_flight: InFlight::enter(self),
             ambiguous_framing: self.next_is_ambiguous(),
+        }
+    }
+}
+
+impl<T> Drop for ConnShared<T> {
+    fn drop(&mut self) {
+        // A connection closed while parked (idle timeout, drain) stops counting as parked.
+        let parked = match self.state.get_mut() {
+            Ok(state) => state.stream.is_some(),
+            Err(poisoned) => poisoned.into_inner().stream.is_some(),
+        };
+        if parked {
+            ClientGauges::dec(&self.in_flight.gauges().parked);
         }
     }
 }
@@ -292,7 +312,7 @@ mod tests {
 
     fn lend(stream: tokio::io::DuplexStream) -> (ParkingIo<tokio::io::DuplexStream>, Shared) {
         let watch = FramingWatch::new(IdleIo::new(stream, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch);
+        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
         let lent = shared.take().expect("parked at first");
         (ParkingIo::new(lent, shared.clone(), Duration::ZERO), shared)
     }
@@ -331,7 +351,7 @@ mod tests {
     async fn parks_only_after_the_grace_period_of_silence() {
         let (a, mut b) = tokio::io::duplex(1024);
         let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch);
+        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
         let lent = shared.take().expect("parked at first");
         let grace = Duration::from_millis(50);
         let mut io = ParkingIo::new(lent, shared.clone(), grace);
@@ -380,6 +400,49 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         drop(io);
         assert!(shared.take().is_some());
+    }
+
+    /// `[open, active, parked]` as `/metrics` reads them.
+    fn gauges(shared: &Shared) -> [i64; 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = (**shared).as_ref().gauges();
+        [
+            g.open.load(Relaxed),
+            g.active.load(Relaxed),
+            g.parked.load(Relaxed),
+        ]
+    }
+
+    #[tokio::test]
+    async fn gauges_follow_parking_requests_and_close() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
+        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        assert_eq!(gauges(&shared), [1, 0, 1], "a new connection is parked");
+        let lent = shared.take().expect("parked at first");
+        assert_eq!(gauges(&shared), [1, 0, 0], "lent to hyper");
+        let mut io = ParkingIo::new(lent, shared.clone(), Duration::ZERO);
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 18);
+        let start = shared.begin();
+        assert_eq!(gauges(&shared), [1, 1, 0], "serving a request");
+        drop(start);
+        assert_eq!(gauges(&shared), [1, 0, 0]);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        drop(io);
+        assert_eq!(gauges(&shared), [1, 0, 1], "parked again when idle");
+        let other = shared.clone();
+        drop(shared);
+        assert_eq!(gauges(&other), [1, 0, 1], "still held by the task");
+        // The last holder gone: closed while parked, counted nowhere (checked through a
+        // second connection on the same gauges).
+        let (c, _d) = tokio::io::duplex(64);
+        let g = std::sync::Arc::new(crate::metrics::ClientGauges::default());
+        let watch = FramingWatch::new(IdleIo::new(c, Duration::from_secs(60)), 8192);
+        drop(ConnShared::new(watch, OpenConnection::new(&g)));
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!((g.open.load(Relaxed), g.parked.load(Relaxed)), (0, 0));
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use super::upstream::Upstreams;
 use crate::balance::Balancer;
 use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::listener::{Accepted, Listener, ListenerError};
+use crate::metrics::{ClientGauges, OpenConnection, RouterCollector};
 use crate::passthrough::{self, PassthroughRuntime};
 use crate::routing::{Router, RoutingError};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
@@ -91,6 +92,7 @@ impl StartOptions {
 pub struct RouterHandle {
     local_addrs: Vec<SocketAddr>,
     router: Arc<Router>,
+    dispatch: Arc<Dispatch>,
     shutdown: Shutdown,
     grace: Duration,
 }
@@ -103,6 +105,20 @@ impl RouterHandle {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// What `/metrics` reads of this router at scrape time.
+    pub fn collector(&self) -> RouterCollector {
+        RouterCollector {
+            router: self.router.clone(),
+            clients: self.dispatch.clients.clone(),
+            pool: self.dispatch.scoped.upstreams.pool().clone(),
+        }
+    }
+
+    /// Watches the drain (`is_draining`), e.g. for `/healthz`.
+    pub fn signals(&self) -> Signals {
+        self.shutdown.signals()
     }
 
     /// Stops accepting, lets in-flight requests finish within
@@ -118,6 +134,8 @@ struct Dispatch {
     scoped: Arc<ScopedShared>,
     passthrough: Vec<Arc<PassthroughRuntime>>,
     max_header_bytes: usize,
+    /// Open, active and parked client connections, for `/metrics`.
+    clients: Arc<ClientGauges>,
 }
 
 /// Starts serving `config` on the current tokio runtime and returns once every
@@ -182,6 +200,7 @@ pub fn start_with_router(
     Ok(RouterHandle {
         local_addrs,
         router,
+        dispatch,
         shutdown,
         grace: config.proxy.shutdown_grace,
     })
@@ -250,6 +269,7 @@ impl Dispatch {
                 })
                 .collect(),
             max_header_bytes,
+            clients: Arc::new(ClientGauges::default()),
         }
     }
 
@@ -279,7 +299,14 @@ impl Dispatch {
             peer,
         } = acc;
         let scoped = self.scoped.clone();
-        let conn = HttpConn::new(stream, timeouts, self.max_header_bytes, signals, guard);
+        let conn = HttpConn::new(
+            stream,
+            timeouts,
+            self.max_header_bytes,
+            &self.clients,
+            signals,
+            guard,
+        );
         let shared = conn.shared.clone();
         let svc =
             service_fn(move |req| scoped::handle(scoped.clone(), local, peer, shared.begin(), req));
@@ -296,6 +323,7 @@ impl Dispatch {
         if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
+                    let _open = OpenConnection::new(&self.clients);
                     let mut abort = signals.clone();
                     // Boxed (like the HTTP branch below) so that scoped
                     // connections' tasks are not sized for passthrough state.
@@ -312,6 +340,7 @@ impl Dispatch {
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
+                        &self.clients,
                         signals,
                         guard.clone(),
                     );
@@ -353,13 +382,14 @@ impl HttpConn {
         stream: Tcp,
         timeouts: Timeouts,
         max_header_bytes: usize,
+        clients: &Arc<ClientGauges>,
         signals: Signals,
         guard: Guard,
     ) -> Self {
         let buf_size = hyper_buf_size(max_header_bytes);
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client),
+            shared: ConnShared::new(client, OpenConnection::new(clients)),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,

@@ -62,6 +62,11 @@ impl Upstreams {
         }
     }
 
+    /// The idle connection pool (read by `/metrics`).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Sends the rewritten request to `upstream` ("host:port"). The request
     /// body streams as the client sends it; no deadline covers the whole
     /// exchange (a 6 h image upload is fine while bytes move), the

@@ -142,6 +142,14 @@ impl Pool {
         });
     }
 
+    /// Idle connections kept, per upstream (`host:port`), for `/metrics`.
+    pub fn idle_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.idle
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.len())).collect())
+            .unwrap_or_default()
+    }
+
     #[cfg(test)]
     pub fn idle_count(&self, upstream: &str) -> usize {
         self.idle
