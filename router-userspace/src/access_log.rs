@@ -184,16 +184,31 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: `RUST_LOG` wins, else `info`.
+/// Installs the global subscriber in text format: `RUST_LOG` wins, else `info`.
 pub fn init_subscriber() {
+    init_subscriber_as(LogFormat::Text);
+}
+
+/// Installs the global subscriber writing `format` to stderr: `RUST_LOG` wins, else `info`.
+/// A second call (tests, embedding) keeps the first subscriber.
+pub fn init_subscriber_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second init (tests, embedding) keeps the first subscriber.
     // stderr: logs never mix with `check`/`explain` output on stdout.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a human at a terminal, never in journald or files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            // Colour codes only for a human at a terminal, never in journald or files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // Fields at the top level: `{"timestamp":…,"level":"INFO","target":"access",
+        // "method":"GET",…}`, what log shippers index without a nested path.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
