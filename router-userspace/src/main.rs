@@ -14,7 +14,7 @@ use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Termination};
-use scope_router::{access_log, health_state, report, status, vip};
+use scope_router::{access_log, admin, health_state, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,14 +113,27 @@ fn main() -> Result<()> {
         );
     }
     let cli = Cli::parse();
-    access_log::init_subscriber();
+    // `run` logs in its configured format, once the configuration is read; every other
+    // command (and an invalid configuration) logs as text.
+    if !matches!(cli.command, Command::Run { .. }) {
+        access_log::init_subscriber();
+    }
     match cli.command {
         Command::Run {
             config,
             workers,
             health_state_dir,
         } => {
-            let config = load(&config)?;
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    access_log::init_subscriber();
+                    return Err(e)
+                        .with_context(|| format!("invalid configuration {}", config.display()));
+                }
+            };
+            let loaded_at = std::time::SystemTime::now();
+            access_log::init_subscriber_as(config.log.format);
             let router = Arc::new(router(&config)?);
             // First of all: a second router on a VIP another one manages must fail before
             // it loads eBPF or binds a port, and must never adopt (then remove) the VIP.
@@ -153,7 +166,15 @@ fn main() -> Result<()> {
                 &health_state::state_dir(&config, health_state_dir.as_deref()),
                 router.region(),
             );
-            rt.block_on(run(config, router, options, steering, vip, health_file))
+            rt.block_on(run(
+                config,
+                loaded_at,
+                router,
+                options,
+                steering,
+                vip,
+                health_file,
+            ))
         }
         Command::Status {
             config,
@@ -166,17 +187,45 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let dir = health_state::state_dir(&config, health_state_dir.as_deref());
-            let report = rt.block_on(status::collect(&config, &router, &dir));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("cannot encode the status")?
-                );
-            } else {
-                print!("{report}");
-            }
-            if !report.healthy() {
+            // The running router's own view first; the files and maps when none answers.
+            let healthy =
+                match rt.block_on(status::fetch_running(&config.admin, router.region(), !json)) {
+                    Ok(fetched) => {
+                        let source = format!("running router's /status at {}", fetched.url);
+                        if json {
+                            let mut doc: serde_json::Value = serde_json::from_str(&fetched.body)
+                                .with_context(|| {
+                                    format!("{} answered invalid JSON", fetched.url)
+                                })?;
+                            doc["source"] =
+                                serde_json::json!({ "kind": "admin", "detail": source });
+                            println!("{}", serde_json::to_string_pretty(&doc)?);
+                        } else {
+                            println!("source: {source}\n");
+                            print!("{}", fetched.body);
+                        }
+                        fetched.healthy
+                    }
+                    Err(why) => {
+                        let dir = health_state::state_dir(&config, health_state_dir.as_deref());
+                        let report = rt.block_on(status::collect(&config, &router, &dir));
+                        let source = format!(
+                            "pinned maps and state files (no running router's /status: {why})"
+                        );
+                        if json {
+                            let mut doc = serde_json::to_value(&report)
+                                .context("cannot encode the status")?;
+                            doc["source"] =
+                                serde_json::json!({ "kind": "files", "detail": source });
+                            println!("{}", serde_json::to_string_pretty(&doc)?);
+                        } else {
+                            println!("source: {source}\n");
+                            print!("{report}");
+                        }
+                        report.healthy()
+                    }
+                };
+            if !healthy {
                 std::process::exit(1);
             }
             Ok(())
@@ -281,8 +330,10 @@ fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steer
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn run(
     config: Config,
+    loaded_at: std::time::SystemTime,
     router: Arc<Router>,
     options: StartOptions,
     steering: Option<Steering>,
@@ -304,6 +355,14 @@ async fn run(
         Some(claim) => Some(claim.start().await.context("cannot take the VIP")?),
         None => None,
     };
+    // Taken before `shutdown` consumes the handle; the admin listener outlives the drain
+    // so that `/healthz` answers 503 while it lasts.
+    let admin = admin::start(
+        &config.admin,
+        admin::AdminView::new(&config, &handle, loaded_at),
+    )
+    .await
+    .context("cannot start the admin listener")?;
     let signal = termination.recv().await;
     tracing::info!(
         grace = %humantime::format_duration(config.proxy.shutdown_grace),
@@ -315,6 +374,7 @@ async fn run(
             tracing::warn!("shutdown grace expired; remaining connections were cut")
         }
     }
+    admin.stop().await;
     let _ = stop_health.send(());
     if let Err(e) = health_writer.await {
         tracing::warn!("the health state writer failed: {e}");

@@ -1,5 +1,10 @@
 //! `scope-router status`: kernel counters, the VIP and server health, read-only.
 //!
+//! The running router's own answer comes first: `status` asks its admin listener
+//! (`GET /status`, docs/ARCHITECTURE.md §13), which builds the same report from live
+//! state with [`kernel_report`], [`vip_status`] and [`live_servers`]. When no router answers
+//! there, this module reads the pinned maps and the state files itself.
+//!
 //! Server health is what the running router sees: its published state file
 //! ([`crate::health_state`]), with each server's state, since when, the last check and the
 //! counts, for local, passthrough and other regions' servers. When no router is running (no
@@ -17,11 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::admin::AdminSettings;
 use crate::config::Config;
-use crate::ebpf::{self, Status as KernelStatus};
+use crate::ebpf::{self, EbpfSettings, Status as KernelStatus};
 use crate::health_state::{self, Placement, Role, ServerIndex};
 use crate::routing::Router;
-use crate::vip;
+use crate::vip::{self, VipSettings};
 
 /// How long a backend may take to accept a TCP connection before it counts as down.
 pub const HEALTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,6 +67,8 @@ pub enum HealthSource {
     },
     /// No running router's view (`reason`): each local server got one TCP connect now.
     Probe { file: PathBuf, reason: String },
+    /// The running router's in-memory state, read by its own admin listener (`/status`).
+    Live { pid: u32 },
 }
 
 /// One server and its health.
@@ -80,6 +88,9 @@ pub struct ServerStatus {
     pub failures: Option<u64>,
     /// Why the router checks this server by TCP connect only (an HAProxy far side).
     pub degraded: Option<String>,
+    /// Requests the server answered; only the live view (`health.source = live`) has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
 }
 
 /// The VIP as seen right now.
@@ -101,18 +112,53 @@ pub struct VipReport {
     pub summary: String,
 }
 
-/// Collects the status for `config`; the health state is looked for in `state_dir`. Never
-/// changes any state.
-pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> RouterStatus {
-    let kernel = if config.ebpf.mode == ebpf::Mode::Off {
+/// The pinned kernel state, or why there is none (`ebpf.mode = off`, never ran with eBPF).
+/// Read-only: safe beside the router that owns the pins.
+pub fn kernel_report(ebpf: &EbpfSettings) -> Result<KernelStatus, String> {
+    if ebpf.mode == ebpf::Mode::Off {
         Err("ebpf.mode = off: the kernel side is not used".to_owned())
     } else {
-        ebpf::read_status(&config.ebpf.pin_path).map_err(|e| e.to_string())
-    };
-    let vip = match &config.vip {
+        ebpf::read_status(&ebpf.pin_path).map_err(|e| e.to_string())
+    }
+}
+
+/// The VIP as netlink and its state file show it now; `None` without `[vip]`. Ask from the
+/// router's network namespace.
+pub async fn vip_status(vip: Option<&VipSettings>) -> Option<Result<VipReport, String>> {
+    match vip {
         None => None,
         Some(v) => Some(vip_report(v.address, &v.interface, &v.state_dir).await),
-    };
+    }
+}
+
+/// Every server of `router` as its checkers see it right now, with the requests each
+/// answered (the running router's own view, for `/status`).
+pub fn live_servers(router: &Router) -> Vec<ServerStatus> {
+    ServerIndex::new(router)
+        .entries()
+        .iter()
+        .map(|(placement, health)| {
+            let snap = health.snapshot();
+            ServerStatus {
+                placement: placement.clone(),
+                up: snap.up,
+                since: Some(rfc3339(snap.since)),
+                last_result: snap.last_result,
+                last_connect_failure: snap.last_connect_failure,
+                checks: Some(snap.checks),
+                failures: Some(snap.failures),
+                degraded: snap.degraded,
+                requests: Some(health.requests()),
+            }
+        })
+        .collect()
+}
+
+/// Collects the status for `config` without a running router's help; the health state is
+/// looked for in `state_dir`. Never changes any state.
+pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> RouterStatus {
+    let kernel = kernel_report(&config.ebpf);
+    let vip = vip_status(config.vip.as_ref()).await;
     let index = ServerIndex::new(router);
     let file = health_state::file_path(state_dir, router.region());
     let (health, servers, not_in_router) = match health_state::read(state_dir, router.region()) {
@@ -138,6 +184,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
                     checks: Some(r.checks),
                     failures: Some(r.failures),
                     degraded: r.degraded.clone(),
+                    requests: None,
                 })
                 .collect();
             let source = HealthSource::Router {
@@ -166,6 +213,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
                         checks: None,
                         failures: None,
                         degraded: None,
+                        requests: None,
                     }
                 });
             let servers = futures_util::future::join_all(probes).await;
@@ -186,6 +234,163 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
         not_in_router,
     }
 }
+
+/// How long `status` waits for a running router's admin listener to accept.
+pub const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the whole `/status` exchange may take once connected: the router reads its
+/// pinned maps and asks netlink about the VIP, which takes milliseconds.
+const ADMIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the running router's `/status` could not be used; `status` then reads the pinned
+/// maps and state files itself and prints this as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("[admin] bind is empty, so no router answers /status")]
+    NoAdmin,
+    #[error("nothing answered at {url} within {ADMIN_CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { url: String },
+    #[error("nothing answered at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url} did not answer within {ADMIN_ANSWER_TIMEOUT:?}")]
+    AnswerTimeout { url: String },
+    #[error("{url} broke off: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{url} answered HTTP {status}, not a scope-router status")]
+    Status { url: String, status: u16 },
+    #[error("{url} answered with something other than a scope-router status: {reason}")]
+    Invalid { url: String, reason: String },
+    #[error(
+        "{url} is the router of region {answered}, not of {wanted} (another router's \
+         [admin] bind?); set a distinct [admin] bind per router"
+    )]
+    OtherRegion {
+        url: String,
+        answered: String,
+        wanted: String,
+    },
+}
+
+/// What a running router's `/status` answered.
+#[derive(Debug)]
+pub struct Fetched {
+    /// `http://addr/status`.
+    pub url: String,
+    /// The JSON document, or the text report (`/status?format=text`).
+    pub body: String,
+    /// Every server up and the VIP present, as the router judged it.
+    pub healthy: bool,
+}
+
+/// Where `status` asks the running router: the first `[admin] bind`, with a wildcard
+/// address replaced by loopback (a wildcard bind listens there too).
+pub fn admin_address(admin: &AdminSettings) -> Option<std::net::SocketAddr> {
+    let mut addr = *admin.bind.first()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(addr)
+}
+
+/// Asks the running router of `region` for its status at its admin listener: the JSON
+/// document, or with `text` the report as `status` prints it. Fails when nothing answers,
+/// or when what answers is not that region's router.
+pub async fn fetch_running(
+    admin: &AdminSettings,
+    region: &str,
+    text: bool,
+) -> Result<Fetched, FetchError> {
+    let addr = admin_address(admin).ok_or(FetchError::NoAdmin)?;
+    let path = if text {
+        "/status?format=text"
+    } else {
+        "/status"
+    };
+    let url = format!("http://{addr}{path}");
+    let stream =
+        match tokio::time::timeout(ADMIN_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Err(_) => return Err(FetchError::ConnectTimeout { url }),
+            Ok(Err(source)) => return Err(FetchError::Connect { url, source }),
+            Ok(Ok(stream)) => stream,
+        };
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| FetchError::Invalid {
+            url: url.clone(),
+            reason: format!("cannot build the request: {e}"),
+        })?;
+    let exchange = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(conn);
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (answered_region, healthy) = (header(REGION_HEADER), header(HEALTHY_HEADER));
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
+        driver.abort();
+        Ok::<_, hyper::Error>((status, answered_region, healthy, body))
+    };
+    let (status, answered, healthy, body) =
+        match tokio::time::timeout(ADMIN_ANSWER_TIMEOUT, exchange).await {
+            Err(_) => return Err(FetchError::AnswerTimeout { url }),
+            Ok(Err(source)) => return Err(FetchError::Http { url, source }),
+            Ok(Ok(answer)) => answer,
+        };
+    if status != 200 {
+        return Err(FetchError::Status { url, status });
+    }
+    let (Some(answered), Some(healthy)) = (answered, healthy) else {
+        return Err(FetchError::Invalid {
+            url,
+            reason: format!("no {REGION_HEADER} or {HEALTHY_HEADER} header"),
+        });
+    };
+    if answered != region {
+        return Err(FetchError::OtherRegion {
+            url,
+            answered,
+            wanted: region.to_owned(),
+        });
+    }
+    let body = String::from_utf8(body.to_vec()).map_err(|e| FetchError::Invalid {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Fetched {
+        url,
+        body,
+        healthy: healthy == "true",
+    })
+}
+
+/// Response header of `/status` naming the router's region, so `status` never reports
+/// another router that happens to listen at the address.
+pub const REGION_HEADER: &str = "x-scope-router-region";
+/// Response header of `/status`: `true` when every server is up and the VIP present.
+pub const HEALTHY_HEADER: &str = "x-scope-router-healthy";
 
 /// One bare TCP connect, closed at once: whether `addr` accepts, and the time or the error.
 async fn probe(addr: &str) -> (bool, String) {
@@ -286,6 +491,61 @@ pub(crate) fn short_age(age: Duration) -> String {
     humantime::format_duration(age).to_string()
 }
 
+impl RouterStatus {
+    /// The running router's server table (from its state file or live).
+    fn fmt_servers(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let live = matches!(self.health, HealthSource::Live { .. });
+        let requests = if live { "REQUESTS  " } else { "" };
+        writeln!(
+            f,
+            "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  {requests}LAST CHECK",
+            "LISTENER", "SERVER", "FOR", "STATE", "SINCE", "CHECKS", "FAILED"
+        )?;
+        let now = SystemTime::now();
+        for s in &self.servers {
+            let since = s.since.as_deref().unwrap_or("-");
+            let age = humantime::parse_rfc3339(since)
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| format!(" (for {})", short_age(d)))
+                .unwrap_or_default();
+            let requests = match s.requests {
+                Some(n) if live => format!("{n:>8}  "),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  {requests}{}",
+                s.placement.listener.to_string(),
+                s.placement.addr,
+                role_text(&s.placement),
+                if s.up { "up" } else { "DOWN" },
+                format!("{since}{age}"),
+                s.checks.unwrap_or(0),
+                s.failures.unwrap_or(0),
+                s.last_result.as_deref().unwrap_or("(no check yet)")
+            )?;
+            if let Some(why) = &s.degraded {
+                writeln!(f, "    degraded: {why}")?;
+            }
+            if let Some(why) = &s.last_connect_failure {
+                writeln!(f, "    last failed request connect: {why}")?;
+            }
+        }
+        for p in &self.not_in_router {
+            writeln!(
+                f,
+                "{:<22} {:<22} {:<18} not in the running router (it started from an \
+                 older configuration; restart it to use this server)",
+                p.listener.to_string(),
+                p.addr,
+                role_text(p)
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for RouterStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -319,48 +579,11 @@ impl fmt::Display for RouterStatus {
                     file.display(),
                     short_age(Duration::from_millis(*age_ms))
                 )?;
-                writeln!(
-                    f,
-                    "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  LAST CHECK",
-                    "LISTENER", "SERVER", "FOR", "STATE", "SINCE", "CHECKS", "FAILED"
-                )?;
-                let now = SystemTime::now();
-                for s in &self.servers {
-                    let since = s.since.as_deref().unwrap_or("-");
-                    let age = humantime::parse_rfc3339(since)
-                        .ok()
-                        .and_then(|t| now.duration_since(t).ok())
-                        .map(|d| format!(" (for {})", short_age(d)))
-                        .unwrap_or_default();
-                    writeln!(
-                        f,
-                        "{:<22} {:<22} {:<18} {:<5} {:<30} {:>7} {:>7}  {}",
-                        s.placement.listener.to_string(),
-                        s.placement.addr,
-                        role_text(&s.placement),
-                        if s.up { "up" } else { "DOWN" },
-                        format!("{since}{age}"),
-                        s.checks.unwrap_or(0),
-                        s.failures.unwrap_or(0),
-                        s.last_result.as_deref().unwrap_or("(no check yet)")
-                    )?;
-                    if let Some(why) = &s.degraded {
-                        writeln!(f, "    degraded: {why}")?;
-                    }
-                    if let Some(why) = &s.last_connect_failure {
-                        writeln!(f, "    last failed request connect: {why}")?;
-                    }
-                }
-                for p in &self.not_in_router {
-                    writeln!(
-                        f,
-                        "{:<22} {:<22} {:<18} not in the running router (it started from an \
-                         older configuration; restart it to use this server)",
-                        p.listener.to_string(),
-                        p.addr,
-                        role_text(p)
-                    )?;
-                }
+                self.fmt_servers(f)?;
+            }
+            HealthSource::Live { pid } => {
+                writeln!(f, "health as the running router (pid {pid}) sees it now:")?;
+                self.fmt_servers(f)?;
             }
             HealthSource::Probe { reason, .. } => {
                 writeln!(
@@ -427,6 +650,7 @@ mod tests {
             checks: Some(7),
             failures: Some(if up { 0 } else { 7 }),
             degraded: degraded.map(str::to_owned),
+            requests: None,
         }
     }
 

@@ -88,6 +88,20 @@ impl Region {
         format!("{}-{}", self.name, fixture_port)
     }
 
+    /// Starts an admin listener for this region's router on a free loopback port (the
+    /// default `127.0.0.1:9101` would collide between tests).
+    pub async fn start_admin(&self) -> Result<scope_router::admin::AdminHandle, BoxError> {
+        let handle = self.handle.as_ref().ok_or("the router is stopped")?;
+        let config = Config::load(&self.config_path)?;
+        let settings = scope_router::admin::AdminSettings {
+            bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..Default::default()
+        };
+        let view =
+            scope_router::admin::AdminView::new(&config, handle, std::time::SystemTime::now());
+        Ok(scope_router::admin::start(&settings, view).await?)
+    }
+
     /// Stops this region's router (graceful) and returns how it drained.
     pub async fn stop(&mut self) -> Option<scope_router::shutdown::Drained> {
         match self.handle.take() {
