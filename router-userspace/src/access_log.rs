@@ -1,5 +1,6 @@
 //! Access log: one `tracing` event (target `access`) per request, emitted when
-//! the response body is finished or abandoned, so the duration covers streaming.
+//! the response body is finished or abandoned, so the duration covers streaming. The same
+//! moment adds the request to its backend's [`TrafficStats`] (`/metrics`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 
+use crate::metrics::{Observation, TrafficStats};
 use crate::scope::ScopeSource;
 
 /// Everything the access line reports besides the response status.
@@ -29,6 +31,23 @@ pub struct AccessRecord {
     pub scope_source: Option<ScopeSource>,
     /// `A|B` alternatives that did not serve, and why (`None` when the first served).
     pub failover: Option<String>,
+    /// Which alternative of an `A|B` scope was chosen (1 = the first); 0 when the scope
+    /// named one region.
+    pub alternative: u8,
+    /// The server that answered (`host:port`); `None` when none did.
+    pub server: Option<Arc<str>>,
+    /// Further servers tried after a connect failed, and re-sends after a pooled
+    /// connection was found closed.
+    pub redispatches: u32,
+    pub retries: u32,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// The backend's `X-Openstack-Request-Id`, to find the request in its logs.
+    pub request_id: Option<http::HeaderValue>,
+    /// The router answered itself (an error of its own): nothing came from a backend.
+    pub from_router: bool,
+    /// Where the request is counted; `None` with `[admin] metrics = false`.
+    pub stats: Option<Arc<TrafficStats>>,
     /// Released with the record, i.e. when the response body is done.
     pub in_flight: Option<crate::proxy::idle::InFlightGuard>,
 }
@@ -54,28 +73,68 @@ impl AccessRecord {
             backend: None,
             scope_source: None,
             failover: None,
+            alternative: 0,
+            server: None,
+            redispatches: 0,
+            retries: 0,
+            bytes_in: 0,
+            request_id: None,
+            from_router: false,
+            stats: None,
             in_flight: None,
         }
     }
 
     fn emit(&self, bytes: u64, outcome: &'static str) {
+        let duration = self.started.elapsed();
+        if let Some(stats) = &self.stats {
+            stats.observe(&Observation {
+                status: self.status,
+                from_router: self.from_router,
+                duration,
+                bytes_in: self.bytes_in,
+                bytes_out: bytes,
+                scope_source: self.scope_source,
+                redispatches: self.redispatches,
+                retries: self.retries,
+            });
+        }
         let dash = "-";
+        // The request id is the backend's; a value that is not text is logged as "-".
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(dash);
         tracing::info!(
             target: "access",
             method = %self.method,
             path = %self.path,
             status = self.status,
-            duration_ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
             service_type = %self.service_type.as_deref().unwrap_or(dash),
-            region = %self.region.as_deref().unwrap_or(dash),
-            backend = %self.backend.as_deref().unwrap_or(dash),
             scope = %self.scope_source.map_or("none", |s| s.as_str()),
+            region = %self.region.as_deref().unwrap_or(dash),
+            alternative = self.alternative,
             failover = %self.failover.as_deref().unwrap_or(dash),
+            backend = %self.backend.as_deref().unwrap_or(dash),
+            server = %self.server.as_deref().unwrap_or(dash),
+            redispatches = self.redispatches,
+            retries = self.retries,
+            request_id = %request_id,
             peer = %self.peer,
             listener = %self.listener,
+            bytes_in = self.bytes_in,
             bytes,
             outcome = %outcome,
         );
+    }
+
+    /// Takes what one upstream send took (successful or not).
+    pub fn note_send(&mut self, report: &crate::proxy::upstream::SendReport<'_>) {
+        self.redispatches += report.redispatches;
+        self.retries += report.retries;
+        self.bytes_in += report.body_bytes;
     }
 }
 
@@ -195,20 +254,128 @@ pub fn init_subscriber_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // stderr: logs never mix with `check`/`explain` output on stdout.
+    // Colour codes only for a human at a terminal, never in journald or files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ =
+        tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stderr, ansi));
+}
+
+/// The subscriber writing `format` lines to `writer`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
-            // Colour codes only for a human at a terminal, never in journald or files.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
         // Fields at the top level: `{"timestamp":…,"level":"INFO","target":"access",
         // "method":"GET",…}`, what log shippers index without a nested path.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-    };
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .finish(),
+        ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_format_writes_one_object_per_request_with_top_level_fields() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = subscriber(
+            LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("access=info"),
+            move || writer.clone(),
+            false,
+        );
+        let stats = TrafficStats::new();
+        tracing::subscriber::with_default(subscriber, || {
+            let uri: http::Uri = "/v2.1/servers?token=secret".parse().unwrap();
+            let mut record = AccessRecord::new(
+                Instant::now(),
+                "127.0.0.1:8774".parse().unwrap(),
+                "127.0.0.9:40000".parse().unwrap(),
+                &http::Method::POST,
+                &uri,
+            );
+            record.status = 201;
+            record.service_type = Some(Arc::from("compute"));
+            record.region = Some(Arc::from("RegionTwo"));
+            record.backend = Some(Arc::from("RegionTwo_compute_public"));
+            record.scope_source = Some(ScopeSource::AuthToken);
+            record.alternative = 2;
+            record.server = Some(Arc::from("127.0.0.2:8774"));
+            record.redispatches = 1;
+            record.bytes_in = 42;
+            record.request_id = Some(http::HeaderValue::from_static("req-1234"));
+            record.stats = Some(stats.clone());
+            let body = Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed();
+            drop(LoggedBody::new(body, record));
+        });
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        for (field, want) in [
+            ("target", serde_json::json!("access")),
+            ("method", serde_json::json!("POST")),
+            ("path", serde_json::json!("/v2.1/servers")),
+            ("status", serde_json::json!(201)),
+            ("service_type", serde_json::json!("compute")),
+            ("scope", serde_json::json!("X-Auth-Token")),
+            ("region", serde_json::json!("RegionTwo")),
+            ("alternative", serde_json::json!(2)),
+            ("backend", serde_json::json!("RegionTwo_compute_public")),
+            ("server", serde_json::json!("127.0.0.2:8774")),
+            ("redispatches", serde_json::json!(1)),
+            ("retries", serde_json::json!(0)),
+            ("request_id", serde_json::json!("req-1234")),
+            ("bytes_in", serde_json::json!(42)),
+            ("bytes", serde_json::json!(0)),
+            ("outcome", serde_json::json!("complete")),
+        ] {
+            assert_eq!(line[field], want, "field {field} in {line}");
+        }
+        assert!(line["duration_ms"].is_string(), "{line}");
+        assert!(
+            !text.contains("secret"),
+            "query strings are not logged: {text}"
+        );
+        // The same moment counted the request for /metrics.
+        assert_eq!(stats.responses(), [0, 1, 0, 0, 0]);
+        assert_eq!(stats.bytes_in(), 42);
+    }
 }

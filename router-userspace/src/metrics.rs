@@ -157,6 +157,12 @@ impl TrafficStats {
         self.duration.observe(o.duration.as_secs_f64());
     }
 
+    /// A passthrough TCP connection ended after relaying these bytes.
+    pub fn observe_stream(&self, from_client: u64, to_client: u64) {
+        self.bytes_in.fetch_add(from_client, Ordering::Relaxed);
+        self.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+    }
+
     /// A new upstream connection took `elapsed` to establish.
     pub fn observe_connect(&self, elapsed: Duration) {
         self.connect.observe(elapsed.as_secs_f64());
@@ -345,7 +351,7 @@ pub fn encode_traffic<'l>(
     }
     out.counters(
         "requests",
-        "Requests answered, by listener, service type, chosen region, backend and status class.",
+        "Requests answered, by listener, service type, chosen region, backend and status class",
         backends.iter().flat_map(|(l, s)| {
             let counts = s.responses();
             CLASS_LABELS
@@ -357,42 +363,42 @@ pub fn encode_traffic<'l>(
     )?;
     out.histograms(
         "request_duration_seconds",
-        "Time from the request head to the end of the response body.",
+        "Time from the request head to the end of the response body",
         backends.iter().map(|(l, s)| (with(l, None), &s.duration)),
     )?;
     out.histograms(
         "upstream_connect_duration_seconds",
-        "Time to open a new connection to a server of the backend.",
+        "Time to open a new connection to a server of the backend",
         backends.iter().map(|(l, s)| (with(l, None), &s.connect)),
     )?;
     out.counters(
         "received_bytes",
-        "Request body bytes received from clients.",
+        "Request body bytes received from clients",
         backends.iter().map(|(l, s)| (with(l, None), s.bytes_in())),
     )?;
     out.counters(
         "sent_bytes",
-        "Response body bytes sent to clients.",
+        "Response body bytes sent to clients",
         backends.iter().map(|(l, s)| (with(l, None), s.bytes_out())),
     )?;
     let relaxed = |a: &AtomicU64| a.load(Ordering::Relaxed);
     out.counters(
         "redispatches",
-        "Further servers tried after connecting to one failed (nothing was sent yet).",
+        "Further servers tried after connecting to one failed (nothing was sent yet)",
         backends
             .iter()
             .map(|(l, s)| (with(l, None), relaxed(&s.redispatches))),
     )?;
     out.counters(
         "retries",
-        "Requests re-sent on a new connection after a pooled one was found closed.",
+        "Requests re-sent on a new connection after a pooled one was found closed",
         backends
             .iter()
             .map(|(l, s)| (with(l, None), relaxed(&s.retries))),
     )?;
     out.counters(
         "failovers",
-        "Times the backend was skipped for the next alternative of an A|B scope.",
+        "Times the backend was skipped for the next alternative of an A|B scope",
         backends
             .iter()
             .map(|(l, s)| (with(l, None), relaxed(&s.failovers))),
@@ -410,7 +416,7 @@ pub fn encode_traffic<'l>(
     out.counters(
         "scope_source",
         "Requests by where their scope came from (none: no catalog entry matched, or \
-         refused before routing).",
+         refused before routing)",
         SOURCE_LABELS
             .iter()
             .zip(sources)
@@ -423,7 +429,7 @@ pub fn encode_traffic<'l>(
         .collect();
     out.counters(
         "errors",
-        "Error responses the router produced itself, by status.",
+        "Error responses the router produced itself, by status",
         kinds
             .iter()
             .zip(errors)
@@ -440,7 +446,7 @@ pub fn encode_clients(
     out.gauges(
         "client_connections",
         "Client connections by state: open (all), active (serving a request), parked (idle \
-         between requests).",
+         between requests)",
         [
             ("open", ClientGauges::get(&gauges.open)),
             ("active", ClientGauges::get(&gauges.active)),
@@ -470,7 +476,7 @@ impl Collector for RouterCollector {
         let pool = self.pool.idle_counts();
         out.gauges(
             "upstream_pool_idle_connections",
-            "Idle keep-alive connections to each server, kept for reuse.",
+            "Idle keep-alive connections to each server, kept for reuse",
             pool.iter()
                 .map(|(server, n)| (vec![("server", &**server)], *n as i64)),
         )?;
@@ -487,22 +493,30 @@ fn encode_servers(out: &mut Families<'_, '_>, index: &ServerIndex) -> Result<(),
         .collect();
     let server = |i: usize| -> Labels<'_> {
         let (listener, p) = &labels[i];
-        vec![
+        let mut l = vec![
             ("role", role_label(p.role)),
             ("listener", listener.as_str()),
             ("region", p.region.as_str()),
             ("server", p.addr.as_str()),
-        ]
+        ];
+        // A region's frontend is checked once per service it serves on a listener (its
+        // router answers per service): the backend tells those series apart.
+        if p.role == Role::Remote
+            && let Some(backend) = p.backends.first()
+        {
+            l.push(("backend", backend.as_str()));
+        }
+        l
     };
     let snapshots: Vec<_> = entries.iter().map(|(_, h)| h.snapshot()).collect();
     out.gauges(
         "server_up",
-        "1 while the server is up by its health checks, 0 while it is down.",
+        "1 while the server is up by its health checks, 0 while it is down",
         (0..entries.len()).map(|i| (server(i), i64::from(snapshots[i].up))),
     )?;
     out.counters(
         "server_checks",
-        "Health checks of the server, by result.",
+        "Health checks of the server, by result",
         (0..entries.len()).flat_map(|i| {
             let s = &snapshots[i];
             [("ok", s.checks - s.failures), ("failed", s.failures)].map(|(result, n)| {
@@ -514,7 +528,7 @@ fn encode_servers(out: &mut Families<'_, '_>, index: &ServerIndex) -> Result<(),
     )?;
     out.counters(
         "server_requests",
-        "Requests the server answered.",
+        "Requests the server answered",
         (0..entries.len()).map(|i| (server(i), entries[i].1.requests())),
     )
 }
@@ -533,7 +547,7 @@ pub fn registry(collector: RouterCollector) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register(
         "build",
-        "The running router's version and whether its eBPF object was built in.",
+        "The running router's version and whether its eBPF object was built in",
         Info::new(vec![
             ("version", env!("CARGO_PKG_VERSION")),
             (

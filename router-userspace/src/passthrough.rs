@@ -16,6 +16,7 @@ use crate::access_log::{AccessRecord, LoggedBody};
 use crate::balance::Balancer;
 use crate::config::{Passthrough, ProxySettings};
 use crate::decision::X_FORWARDED_FOR;
+use crate::metrics::TrafficStats;
 use crate::problem::Problem;
 use crate::proxy::headers::{append_list, peer_value};
 use crate::proxy::idle::IdleIo;
@@ -34,6 +35,8 @@ pub struct PassthroughRuntime {
     region: Arc<str>,
     /// The servers of `backend`, their health, and how to pick among them.
     balancer: Arc<Balancer>,
+    /// Its traffic numbers (`None` with `[admin] metrics = false`).
+    stats: Option<Arc<TrafficStats>>,
     /// `1.1 scope-router-<region>`, as scoped requests get it.
     via: HeaderValue,
     max_header_bytes: usize,
@@ -42,12 +45,13 @@ pub struct PassthroughRuntime {
 }
 
 impl PassthroughRuntime {
-    /// `balancer`: the listener's servers, from the routing table (which checks them).
+    /// `servers`: the listener's servers and stats, from the routing table (which checks
+    /// them).
     pub fn new(
         spec: Passthrough,
         region: &str,
         proxy: &ProxySettings,
-        balancer: Arc<Balancer>,
+        (balancer, stats): (Arc<Balancer>, Option<Arc<TrafficStats>>),
     ) -> Self {
         let client = upstream::client(spec.timeouts.connect, spec.timeouts.idle);
         // The router refuses at startup a region that is no valid header value.
@@ -58,6 +62,7 @@ impl PassthroughRuntime {
             client,
             region: Arc::from(region),
             balancer,
+            stats,
             via,
             max_header_bytes: proxy.max_header_bytes,
             retries: proxy.retries,
@@ -88,7 +93,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         let addr = server.health.addr();
         match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
-                connected = Some((s, addr.to_owned()));
+                connected = Some((s, server));
                 break;
             }
             Ok(Err(e)) => last_error = format!("cannot connect to {addr}: {e}"),
@@ -96,7 +101,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         }
         server.health.note_connect_failure(&last_error);
     }
-    let Some((backend, backend_addr)) = connected else {
+    let Some((backend, server)) = connected else {
         tracing::warn!(passthrough = %rt.spec.name, %peer, "connection closed: {last_error}");
         return;
     };
@@ -108,12 +113,16 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         Ok((a, b)) => (a, b, String::new()),
         Err(e) => (0, 0, e.to_string()),
     };
+    server.health.note_request();
+    if let Some(stats) = &rt.stats {
+        stats.observe_stream(sent, received);
+    }
     tracing::info!(
         target: "access",
         passthrough = %rt.spec.name,
         mode = "tcp",
         %peer,
-        backend = %backend_addr,
+        backend = %server.health.addr(),
         duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         bytes_up = sent,
         bytes_down = received,
@@ -148,6 +157,7 @@ pub async fn handle_http(
     record.in_flight = Some(start.in_flight);
     record.backend = Some(Arc::from(rt.spec.name.as_str()));
     record.region = Some(rt.region.clone());
+    record.stats.clone_from(&rt.stats);
     let upgrade = headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if start.ambiguous_framing {
@@ -167,8 +177,12 @@ pub async fn handle_http(
         let problem = Problem::service_unavailable(&rt.spec.name, last.as_deref());
         return Ok(problem_response(&problem, record, false));
     };
+    record.server = Some(server.health.upstream().clone());
     let mut resp = match forward(&rt.client, server.health.addr(), parts, body).await {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            server.health.note_request();
+            resp
+        }
         Err(err) => {
             tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");
             return Ok(problem_response(

@@ -235,6 +235,10 @@ async fn echo(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    // As every OpenStack API does; the router's access line carries it.
+    if let Ok(id) = http::HeaderValue::from_str(&format!("req-{name}")) {
+        r.headers_mut().insert("x-openstack-request-id", id);
+    }
     Ok(r)
 }
 

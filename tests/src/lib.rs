@@ -4,3 +4,4 @@ pub mod client;
 pub mod echo;
 pub mod lab;
 pub mod pattern;
+pub mod scrape;

@@ -76,6 +76,11 @@ async fn each_request_logs_one_line_with_route_fields() {
         "backend=RegionTwo_compute_public",
         "scope=X-Scope",
         "failover=-",
+        "alternative=0",
+        &format!("server={}", lab.two.addr(8774)),
+        "redispatches=0",
+        "retries=0",
+        "request_id=req-RegionTwo-8774",
         "duration_ms=",
         "outcome=complete",
     ] {
@@ -89,6 +94,8 @@ async fn each_request_logs_one_line_with_route_fields() {
         "region=RegionOne",
         "backend=RegionOne_compute_public",
         "failover=RegionTwo skipped: connect failed",
+        "alternative=2",
+        "request_id=req-RegionOne-8774",
     ] {
         assert!(failover.contains(field), "missing {field}: {failover}");
     }

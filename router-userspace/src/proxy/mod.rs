@@ -25,6 +25,11 @@ use crate::access_log::{AccessRecord, BodyError, LoggedBody};
 use crate::problem::{self, Problem};
 use upstream::UpstreamClient;
 
+/// Set by OpenStack services on every response; the access log carries it so an operator
+/// can find the request in the service's own logs.
+static X_OPENSTACK_REQUEST_ID: header::HeaderName =
+    header::HeaderName::from_static("x-openstack-request-id");
+
 /// What the connection knows about a request as the handler starts it.
 #[derive(Debug)]
 pub struct RequestStart {
@@ -95,6 +100,7 @@ pub(crate) fn problem_response(
     close: bool,
 ) -> Response<LoggedBody> {
     record.status = problem.status.as_u16();
+    record.from_router = true;
     let body = Full::new(problem.to_json())
         .map_err(|never| match never {})
         .boxed();
@@ -157,6 +163,7 @@ where
         keep_upgrade && parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
     record.status = parts.status.as_u16();
+    record.request_id = parts.headers.get(&X_OPENSTACK_REQUEST_ID).cloned();
     let body = body.map_err(Into::into).boxed();
     Response::from_parts(parts, LoggedBody::new(body, record))
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::upstream::Upstreams;
+use super::upstream::{SendReport, Upstreams};
 use super::{
     RequestStart, ambiguous_framing_problem, check_head, headers, health_response,
     problem_response, relay_response,
@@ -41,6 +41,10 @@ struct RequestCtx {
 impl RequestCtx {
     /// Records that an alternative of an `A|B` scope did not serve, and why.
     fn skipped(&mut self, plan: &Plan, why: &str, last_check: Option<&str>) {
+        if let Some(stats) = &plan.stats {
+            stats.failed_over();
+        }
+        self.record.alternative += 1;
         let note = self.record.failover.get_or_insert_with(String::new);
         if !note.is_empty() {
             note.push_str("; ");
@@ -61,6 +65,21 @@ impl RequestCtx {
         self.record.region = Some(plan.region.clone());
         self.record.backend = Some(plan.backend_name.clone());
         self.record.scope_source = plan.scope_source();
+        self.record.stats.clone_from(&plan.stats);
+        if self.record.alternative == 0 && plan.fallback.is_some() {
+            self.record.alternative = 1;
+        }
+    }
+
+    /// Answers `problem` for a request that got no backend; counted on the listener.
+    fn refuse(
+        mut self,
+        shared: &ScopedShared,
+        problem: &Problem,
+        close: bool,
+    ) -> Response<LoggedBody> {
+        self.record.stats = shared.router.refused_stats(self.local).cloned();
+        problem_response(problem, self.record, close)
     }
 }
 
@@ -84,14 +103,10 @@ pub async fn handle(
 
     // Phase: request limits. The body was not read, so the connection closes.
     if start.ambiguous_framing {
-        return Ok(problem_response(
-            &ambiguous_framing_problem(),
-            ctx.record,
-            true,
-        ));
+        return Ok(ctx.refuse(&shared, &ambiguous_framing_problem(), true));
     }
     if let Err(problem) = check_head(&mut parts, ctx.local, shared.max_header_bytes) {
-        return Ok(problem_response(&problem, ctx.record, true));
+        return Ok(ctx.refuse(&shared, &problem, true));
     }
 
     // Another router asking about one of our services: answered from our own health
@@ -113,7 +128,7 @@ pub async fn handle(
         Ok(plan) => plan,
         // A bodiless bad request leaves the connection reusable; hyper closes
         // it by itself when an unread body is left behind.
-        Err(problem) => return Ok(problem_response(&problem, ctx.record, false)),
+        Err(problem) => return Ok(ctx.refuse(&shared, &problem, false)),
     };
     ctx.note_plan(&plan);
 
@@ -159,6 +174,10 @@ pub async fn handle(
         plan.apply_to(ctx.peer, &mut outgoing);
 
         // Phase: forward (redispatched to the next server while connecting fails).
+        let mut report = SendReport {
+            stats: plan.stats.as_deref(),
+            ..SendReport::default()
+        };
         let sent = shared
             .upstreams
             .send_to_any(
@@ -169,8 +188,14 @@ pub async fn handle(
                 &outgoing,
                 &mut body,
                 |s: &Server, e| s.health.note_connect_failure(&e.to_string()),
+                &mut report,
             )
             .await;
+        ctx.record.note_send(&report);
+        if let Ok((_, server)) = &sent {
+            server.health.note_request();
+            ctx.record.server = Some(server.health.upstream().clone());
+        }
         match sent {
             // The next region's router had no up server either and said so before
             // anything reached a service; with no request body sent, the next

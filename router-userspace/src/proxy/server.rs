@@ -253,18 +253,18 @@ impl Dispatch {
                 .passthrough
                 .iter()
                 .map(|p| {
-                    let balancer = router
+                    let servers = router
                         .passthrough()
                         .iter()
                         .find(|s| s.name == p.name)
-                        .map(|s| Arc::clone(&s.balancer))
+                        .map(|s| (Arc::clone(&s.balancer), s.stats.clone()))
                         // The table is built from the same config: every name is there.
-                        .unwrap_or_else(|| Arc::new(Balancer::new(Vec::new(), p.balance)));
+                        .unwrap_or_else(|| (Arc::new(Balancer::new(Vec::new(), p.balance)), None));
                     Arc::new(PassthroughRuntime::new(
                         p.clone(),
                         router.region(),
                         &config.proxy,
-                        balancer,
+                        servers,
                     ))
                 })
                 .collect(),

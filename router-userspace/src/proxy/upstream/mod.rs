@@ -26,6 +26,7 @@ use super::error::{ErrorKind, ProxyError};
 use super::idle::IdleIo;
 use crate::access_log::BodyError;
 use crate::config::Timeouts;
+use crate::metrics::TrafficStats;
 use pool::{Lease, Pool};
 use wire::{Parsed, RequestFraming};
 
@@ -36,6 +37,19 @@ const HEAD_BUF: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Upstreams {
     pool: Arc<Pool>,
+}
+
+/// What one [`Upstreams::send_to_any`] took, for the access log and `/metrics`.
+#[derive(Debug, Default)]
+pub struct SendReport<'a> {
+    /// Where new connections' connect times are observed (`None`: not counted).
+    pub stats: Option<&'a TrafficStats>,
+    /// Further servers tried after a connect failed.
+    pub redispatches: u32,
+    /// Re-sends on a fresh connection after a pooled one was found closed.
+    pub retries: u32,
+    /// Request body bytes read from the client.
+    pub body_bytes: u64,
 }
 
 /// A failed attempt, and whether it may be repeated on a fresh connection.
@@ -97,6 +111,7 @@ impl Upstreams {
                 &parts,
                 &mut body,
                 |_, _| {},
+                &mut SendReport::default(),
             )
             .await?;
         Ok(resp)
@@ -108,7 +123,8 @@ impl Upstreams {
     /// method, up to `retries` more servers. `refused` hears each failed server. A
     /// request that reached a server is never sent to another. Returns the response
     /// and the server that answered. `body` stays in place when no server accepted a
-    /// connection, so the caller may still send the request elsewhere.
+    /// connection, so the caller may still send the request elsewhere. `report` says what
+    /// it took (for the access log and `/metrics`), whatever the outcome.
     #[allow(clippy::too_many_arguments)] // the request, where it goes, and who hears failures
     pub async fn send_to_any<'s, S, B>(
         &self,
@@ -119,6 +135,7 @@ impl Upstreams {
         parts: &http::request::Parts,
         body: &mut Option<B>,
         mut refused: impl FnMut(&'s S, &ProxyError),
+        report: &mut SendReport<'_>,
     ) -> Result<(Response<UpstreamBody>, &'s S), ProxyError>
     where
         S: ?Sized + 's,
@@ -143,13 +160,14 @@ impl Upstreams {
         };
         let mut upstream = upstream_of(server);
         let mut lease = loop {
-            match self.lease(upstream, timeouts, false).await {
+            match self.lease(upstream, timeouts, false, report).await {
                 Ok(lease) => break lease,
                 Err(e) => {
                     refused(server, &e);
                     let Some(next) = servers.next() else {
                         return Err(e);
                     };
+                    report.redispatches += 1;
                     let next_upstream = upstream_of(next);
                     tracing::debug!(%upstream, next = %next_upstream, "connect failed ({e}); redispatching");
                     (server, upstream) = (next, next_upstream);
@@ -158,14 +176,25 @@ impl Upstreams {
         };
         loop {
             let reused = lease.reused;
-            match exchange(lease, upstream, &head, &parts.method, framing, body).await {
+            let sent = exchange(
+                lease,
+                upstream,
+                &head,
+                &parts.method,
+                framing,
+                body,
+                &mut report.body_bytes,
+            )
+            .await;
+            match sent {
                 Ok(resp) => return Ok((resp, server)),
                 Err(f) if reused && f.retry_on_fresh => {
                     tracing::debug!(%upstream, "pooled connection was closed by the backend ({}); retrying on a new one", f.error);
+                    report.retries += 1;
                 }
                 Err(f) => return Err(f.error),
             }
-            lease = self.lease(upstream, timeouts, true).await?;
+            lease = self.lease(upstream, timeouts, true, report).await?;
         }
     }
 
@@ -174,10 +203,18 @@ impl Upstreams {
         upstream: &Arc<str>,
         timeouts: &Timeouts,
         fresh_only: bool,
+        report: &SendReport<'_>,
     ) -> Result<Lease, ProxyError> {
         let (stream, reused) = match (!fresh_only).then(|| self.pool.take(upstream)).flatten() {
             Some(stream) => (stream, true),
-            None => (connect(upstream, timeouts.connect).await?, false),
+            None => {
+                let started = std::time::Instant::now();
+                let stream = connect(upstream, timeouts.connect).await?;
+                if let Some(stats) = report.stats {
+                    stats.observe_connect(started.elapsed());
+                }
+                (stream, false)
+            }
         };
         Ok(Lease::new(
             IdleIo::new(stream, timeouts.idle),
@@ -260,6 +297,7 @@ async fn exchange<B>(
     method: &http::Method,
     framing: RequestFraming,
     body: &mut Option<B>,
+    body_bytes: &mut u64,
 ) -> Result<Response<UpstreamBody>, Failure>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -277,7 +315,7 @@ where
     if framing != RequestFraming::Empty
         && let Some(b) = body.take()
     {
-        match send_body(&mut lease.stream, b, framing).await {
+        match send_body(&mut lease.stream, b, framing, body_bytes).await {
             Ok(()) => {}
             Err(BodySend::Downstream(e)) => {
                 return Err(Failure::fatal(ProxyError::new(
@@ -355,6 +393,7 @@ async fn send_body<B>(
     stream: &mut IdleIo<TcpStream>,
     mut body: B,
     framing: RequestFraming,
+    sent: &mut u64,
 ) -> Result<(), BodySend>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -364,6 +403,10 @@ where
     let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodySend::Downstream(e.into()))?;
+        if let Some(data) = frame.data_ref() {
+            // Counted as read from the client: what it sent, written or not.
+            *sent += data.len() as u64;
+        }
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
             Ok(data) if chunked => {
@@ -570,6 +613,7 @@ mod tests {
                 &parts,
                 &mut body,
                 |s, _| refused.push(s.clone()),
+                &mut SendReport::default(),
             )
             .await
             .map(|(resp, s)| (resp.status().as_u16(), s.clone()));
