@@ -114,7 +114,7 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
         &config,
         format!(
             "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
-             [ebpf]\nmode = \"off\"\n[ports.{port}]\nbackend = \"127.0.0.1:{dead}\"\n"
+             [ebpf]\nmode = \"off\"\n[admin]\nbind = []\n[ports.{port}]\nbackend = \"127.0.0.1:{dead}\"\n"
         ),
     )
     .unwrap();
@@ -257,7 +257,7 @@ fn status_and_explain_show_the_running_routers_health() {
         &config,
         format!(
             "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
-             [ebpf]\nmode = \"off\"\n[health]\ninter = \"100ms\"\nfall = 2\n\
+             [ebpf]\nmode = \"off\"\n[admin]\nbind = []\n[health]\ninter = \"100ms\"\nfall = 2\n\
              [ports.{port}]\nbackend = [\"{dead}\", \"{live}\"]\n"
         ),
     )
@@ -402,4 +402,103 @@ fn status_and_explain_show_the_running_routers_health() {
         text.contains("health:    unknown: no router is running"),
         "{text}"
     );
+}
+
+// Failing loudly is this test's job.
+#[allow(clippy::unwrap_used)]
+#[test]
+fn status_reads_the_running_routers_admin_status_and_says_which_source_it_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
+    std::fs::write(
+        dir.path().join("catalog.json"),
+        format!(r#"[{{"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://127.0.0.1:{port}/v2.1"}}]"#),
+    )
+    .unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+             [ebpf]\nmode = \"off\"\n[admin]\nbind = [\"{admin}\"]\n\
+             [health]\ninter = \"100ms\"\nfall = 2\n[ports.{port}]\nbackend = \"{dead}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--workers", "1", "--config"])
+        .arg(&config)
+        .arg("--health-state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+
+    // Until the admin listener answers (bounded), then until the checks took the dead
+    // server down.
+    let mut seen = serde_json::Value::Null;
+    let mut code = None;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("router exited early: {status}");
+        }
+        (seen, code) = status_json(&config, &state);
+        if seen["source"]["kind"] == "admin" && server(&seen, &dead)["up"] == false {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(seen["source"]["kind"], "admin", "{seen:#}");
+    assert_eq!(
+        seen["source"]["detail"],
+        format!("running router's /status at http://{admin}/status"),
+        "{seen:#}"
+    );
+    assert_eq!(seen["health"]["source"], "live", "{seen:#}");
+    assert_eq!(seen["pid"], pid, "{seen:#}");
+    assert_eq!(seen["healthy"], false, "{seen:#}");
+    assert_eq!(server(&seen, &dead)["up"], false, "{seen:#}");
+    assert_eq!(code, Some(1), "a down server is still exit 1: {seen:#}");
+    let (text, code) = cli(&["status"], &config, &state);
+    assert!(
+        text.starts_with(&format!(
+            "source: running router's /status at http://{admin}/status"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "health as the running router (pid {pid}) sees it now"
+        )),
+        "{text}"
+    );
+    assert_eq!(code, Some(1), "{text}");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nobody answers now: the files and one-off probes, and why.
+    let (after, _) = status_json(&config, &state);
+    assert_eq!(after["source"]["kind"], "files", "{after:#}");
+    assert!(
+        after["source"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("nothing answered at http://{admin}/status"))),
+        "{after:#}"
+    );
+    assert_eq!(after["health"]["source"], "probe", "{after:#}");
 }

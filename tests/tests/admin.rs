@@ -48,42 +48,10 @@ async fn scrape(admin: &AdminHandle) -> String {
     String::from_utf8(r.body.to_vec()).unwrap()
 }
 
-/// The value of the sample `name` whose labels include every pair of `labels`; panics with
-/// the exposition when there is none or more than one. A small reader of the text format,
-/// independent of the encoder under test.
+/// The value of the sample `name{labels…}`; panics with the exposition when none matches.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, set) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let pairs: Vec<(&str, &str)> = set
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once("=\"")?;
-                    Some((k, v.trim_end_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|want| pairs.contains(want))
-                .then(|| value.parse().ok())?
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one sample {name}{labels:?}, found {found:?} in:\n{text}"
-    );
-    found[0]
+    integration_tests::scrape::sample(text, name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in:\n{text}"))
 }
 
 /// Runs an external tool the suite needs; missing, it skips loudly (a failure under
@@ -379,8 +347,14 @@ async fn the_status_page_renders_in_headless_chromium_without_console_errors() {
     let dom = String::from_utf8_lossy(&out.stdout);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chromium failed:\n{log}");
-    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    // Chromium logs every console message as `INFO:CONSOLE(line)] "text", source: …`.
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}\n{dom}");
+    // Failed loads do not reach that log, so the page must load nothing: no script, no
+    // image or style sheet, no absolute link (the icon is an empty data: URL).
+    for banned in ["<script", " src=", "href=\"http", "stylesheet"] {
+        assert!(!dom.contains(banned), "the page loads {banned:?}:\n{dom}");
+    }
     for want in [
         "<h1 id=\"region\">scope-router RegionOne",
         "<table id=\"vip\">",
