@@ -22,8 +22,9 @@ pub enum Profile {
     /// Build plus what the namespace lab drives (iproute2, curl, nsenter).
     Lab,
     /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, python3 for
-    /// the benchmark's upload sink, and nftables, whose `nft` blackholes a region inside a
-    /// privileged test's namespace).
+    /// the benchmark's upload sink, nftables, whose `nft` blackholes a region inside a
+    /// privileged test's namespace, prometheus for `promtool check metrics` on the admin
+    /// listener's exposition, and chromium, which loads the status page headless).
     Full,
 }
 
@@ -42,6 +43,8 @@ impl Profile {
             "tcpdump",
             "python3",
             "nftables",
+            "prometheus",
+            "chromium",
         ];
         match self {
             Profile::Build => &[],
@@ -367,6 +370,8 @@ mod tests {
             "nginx",
             "iproute2",
             "nftables",
+            "prometheus",
+            "chromium",
         ] {
             assert!(Profile::Full.packages().contains(&pkg), "{pkg}");
         }

@@ -211,6 +211,11 @@ pub fn run(opts: Options) -> Result<()> {
         .map(|(r, c)| (r.name.clone(), probes::status_output(r, &router, c)))
         .collect();
 
+    // Each router's admin listener, from the client namespace, before any teardown.
+    let s = step("admin listeners: /healthz and /metrics from the client namespace");
+    let admin: Vec<AdminCheck> = regions.iter().map(admin_check).collect();
+    s.done();
+
     let mismatches = results.iter().filter(|(_, o)| !o.ok).count();
     if opts.keep {
         lab.keep();
@@ -226,11 +231,22 @@ pub fn run(opts: Options) -> Result<()> {
         banner(&format!("==> scope-router status ({name})"));
         println!("{}", status.trim_end());
     }
+    banner("==> admin listeners (status page, /status, /metrics, /healthz)");
+    for check in &admin {
+        println!("{check}");
+    }
     if opts.keep {
         print_keep_help(&regions, &config_paths, &router, &results);
     } else if mismatches == 0 {
         // Logs are only interesting when something went wrong.
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Some(failed) = admin.iter().find(|c| !c.ok()) {
+        bail!(
+            "{}'s admin listener did not answer as expected: {failed}; router logs in {}",
+            failed.region,
+            dir.display()
+        );
     }
     if mismatches > 0 {
         bail!(
@@ -240,6 +256,68 @@ pub fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What one region's admin listener answered from the client namespace.
+struct AdminCheck {
+    region: String,
+    url: String,
+    /// `/healthz`'s status code (`None`: no answer).
+    healthz: Option<String>,
+    /// Whether `/metrics` carried the request counters.
+    metrics: bool,
+}
+
+impl AdminCheck {
+    fn ok(&self) -> bool {
+        self.healthz.as_deref() == Some("200") && self.metrics
+    }
+}
+
+impl std::fmt::Display for AdminCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: status page {url}/  metrics {url}/metrics  status {url}/status  \
+             (/healthz {}, /metrics {}; from the client: nsenter --net=/run/netns/{} \
+             curl -s {url}/metrics)",
+            self.region,
+            self.healthz.as_deref().unwrap_or("no answer"),
+            if self.metrics {
+                "has the request counters"
+            } else {
+                "WITHOUT the request counters"
+            },
+            plan::client_ns(),
+            url = self.url
+        )
+    }
+}
+
+fn admin_check(region: &RegionPlan) -> AdminCheck {
+    let url = region.admin_url();
+    let curl = |args: &[&str]| {
+        exec::probe(
+            nsenter(&plan::client_ns())
+                .args(["curl", "-s", "--max-time", "5"])
+                .args(args),
+        )
+    };
+    let healthz = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/healthz"),
+    ]);
+    let metrics = curl(&[&format!("{url}/metrics")])
+        .is_some_and(|m| m.contains("scope_router_requests_total{"));
+    AdminCheck {
+        region: region.name.clone(),
+        url,
+        healthz,
+        metrics,
+    }
 }
 
 /// Why routers may not answer: whether each VIP is on eth2, and the router's last log
@@ -371,6 +449,12 @@ fn print_keep_help(
             region.router_ns(),
             router.display(),
             config.display()
+        );
+        println!(
+            "  admin:  {url}/ (status page), {url}/metrics, {url}/status, {url}/healthz \
+             (from the client namespace; 127.0.0.1:{} inside the router's)",
+            plan::ADMIN_PORT,
+            url = region.admin_url()
         );
     }
     println!();

@@ -85,6 +85,16 @@ impl RegionPlan {
     }
 }
 
+/// The admin listener's port in the lab (the router's default).
+pub const ADMIN_PORT: u16 = 9101;
+
+impl RegionPlan {
+    /// The admin listener as the client namespace reaches it.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}:{ADMIN_PORT}", self.router_addr)
+    }
+}
+
 pub fn client_ns() -> String {
     format!("{PREFIX}-client")
 }
@@ -243,7 +253,7 @@ fn region_plan(
         }
     }
 
-    rewrite_config(&mut table, &catalogs, &name, overrides);
+    rewrite_config(&mut table, &catalogs, &name, router_addr, overrides);
     let identity_note = match identity_default.and_then(|r| set_identity_default(&mut table, r)) {
         Some(r) => {
             format!("\n# [scope.defaults] identity = \"{r}\" (the regions' defaults differ).")
@@ -308,7 +318,13 @@ fn absolute(dir: &Path, path: &str) -> PathBuf {
 /// backends point at services the lab does not run, so they go; health checks run
 /// faster so the failover step shows within seconds; everything else (timeouts, scope
 /// defaults, VIP address) is exercised as written.
-fn rewrite_config(table: &mut Table, catalogs: &[PathBuf], region: &str, overrides: &Overrides) {
+fn rewrite_config(
+    table: &mut Table,
+    catalogs: &[PathBuf],
+    region: &str,
+    router_addr: Ipv4Addr,
+    overrides: &Overrides,
+) {
     table.insert(
         "catalog".into(),
         Value::Array(
@@ -342,6 +358,20 @@ fn rewrite_config(table: &mut Table, catalogs: &[PathBuf], region: &str, overrid
         health.insert("rise".into(), 2.into());
         health.insert("fall".into(), 2.into());
         health.insert("timeout".into(), "1s".into());
+    }
+    // The admin listener on loopback (for `status` in the router's namespace) and on the
+    // router's own eth2 address, so the client namespace can load the page and scrape.
+    let admin = table
+        .entry("admin")
+        .or_insert_with(|| Value::Table(Table::new()));
+    if let Value::Table(admin) = admin {
+        admin.insert(
+            "bind".into(),
+            Value::Array(vec![
+                format!("127.0.0.1:{ADMIN_PORT}").into(),
+                format!("{router_addr}:{ADMIN_PORT}").into(),
+            ]),
+        );
     }
     let ebpf = table
         .entry("ebpf")
@@ -539,6 +569,11 @@ mode = "tcp"
             Some("/sys/fs/bpf/srlab-RegionOne")
         );
         assert!(generated.get("passthrough").is_none());
+        assert_eq!(
+            generated["admin"]["bind"],
+            Value::Array(vec!["127.0.0.1:9101".into(), "192.168.142.10:9101".into()])
+        );
+        assert_eq!(r1.admin_url(), "http://192.168.142.10:9101");
         assert_eq!(generated["ports"]["9292"]["idle"].as_str(), Some("6h"));
         assert!(generated["ports"]["9292"].get("backend").is_none());
         // The first region keeps its defaults; the second sends identity to the first.
