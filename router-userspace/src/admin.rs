@@ -599,6 +599,9 @@ impl Collector for ScrapeCollector {
     }
 }
 
+/// One XDP counter family: name, help, and which counter of a row it shows.
+type XdpFamily = (&'static str, &'static str, fn(&CounterRow) -> u64);
+
 /// The XDP counters per VIP:port and whether each program is attached (0 for both when
 /// the kernel side is not in use or cannot be read).
 fn encode_kernel(
@@ -648,7 +651,7 @@ fn encode_kernel(
             ("kind", *kind),
         ]
     }
-    let families: [(&str, &str, fn(&CounterRow) -> u64); 4] = [
+    let families: [XdpFamily; 4] = [
         (
             "xdp_packets",
             "Packets to the VIP:port seen by the XDP guard.",

@@ -282,7 +282,7 @@ pub enum FetchError {
 /// What a running router's `/status` answered.
 #[derive(Debug)]
 pub struct Fetched {
-    /// `http://addr/status`.
+    /// `http://addr/status`, as `status` names its source.
     pub url: String,
     /// The JSON document, or the text report (`/status?format=text`).
     pub body: String,
@@ -317,7 +317,7 @@ pub async fn fetch_running(
     } else {
         "/status"
     };
-    let url = format!("http://{addr}{path}");
+    let url = format!("http://{addr}/status");
     let stream =
         match tokio::time::timeout(ADMIN_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await

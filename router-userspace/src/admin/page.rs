@@ -37,7 +37,7 @@ table{border-collapse:collapse;margin:.3em 0 .8em;background:#fff}
 th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
 th{background:#e8e8f0}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .up{background:#c8f0c8}.down{background:#f4b4b4;font-weight:bold}.warn{background:#f8e0a0}
-.meta{color:#555}.tag{display:inline-block;padding:0 6px;border-radius:3px}
+td.t{white-space:nowrap}.meta{color:#555}.tag{display:inline-block;padding:0 6px;border-radius:3px}
 ";
 
 /// The whole page.
@@ -304,7 +304,7 @@ fn listeners(h: &mut String, s: &AdminStatus) {
             let _ = writeln!(
                 h,
                 "<tr class=\"server\"><td>{addr}</td><td>{role}</td><td>{backends}</td>\
-                 <td class=\"{class}\">{state}</td><td>{since}</td><td>{last}</td>\
+                 <td class=\"{class}\">{state}</td><td class=\"t\">{since}</td><td>{last}</td>\
                  <td class=\"n\">{checks}</td><td class=\"n\">{failures}</td>\
                  <td class=\"n\">{requests}</td></tr>",
                 addr = esc(&srv.placement.addr),
