@@ -364,12 +364,20 @@ pub fn encode_traffic<'l>(
     out.histograms(
         "request_duration_seconds",
         "Time from the request head to the end of the response body",
-        backends.iter().map(|(l, s)| (with(l, None), &s.duration)),
+        // Only backends that served: dozens of empty 17-line histograms would bury the
+        // series that matter (the request counters still list every backend that served).
+        backends
+            .iter()
+            .filter(|(_, s)| s.duration.count() > 0)
+            .map(|(l, s)| (with(l, None), &s.duration)),
     )?;
     out.histograms(
         "upstream_connect_duration_seconds",
         "Time to open a new connection to a server of the backend",
-        backends.iter().map(|(l, s)| (with(l, None), &s.connect)),
+        backends
+            .iter()
+            .filter(|(_, s)| s.connect.count() > 0)
+            .map(|(l, s)| (with(l, None), &s.connect)),
     )?;
     out.counters(
         "received_bytes",
