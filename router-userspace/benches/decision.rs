@@ -7,11 +7,13 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::request::Parts;
 use scope_router::config::Config;
-use scope_router::decision::RequestHead;
+use scope_router::decision::{RequestHead, ScopeSource};
+use scope_router::metrics::{Observation, TrafficStats};
 use scope_router::routing::Router;
 
 /// A keystone fernet token is ~180 characters; the scope rides after it.
@@ -162,5 +164,25 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// What `/metrics` adds per request: one [`TrafficStats::observe`] when the response body
+/// ends (docs/ARCHITECTURE.md §13). Compared with the decision above, it says what
+/// counting costs on the request path.
+fn observe(c: &mut Criterion) {
+    let stats = TrafficStats::new();
+    let o = Observation {
+        status: 200,
+        from_router: false,
+        duration: Duration::from_micros(850),
+        bytes_in: 0,
+        bytes_out: 312,
+        scope_source: Some(ScopeSource::XScope),
+        redispatches: 0,
+        retries: 0,
+    };
+    c.bench_function("metrics/observe", |b| {
+        b.iter(|| stats.observe(black_box(&o)))
+    });
+}
+
+criterion_group!(benches, bench, observe);
 criterion_main!(benches);

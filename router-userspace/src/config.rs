@@ -707,6 +707,35 @@ backend = "192.168.142.245"
         assert!(c.scope_defaults.is_empty());
     }
 
+    #[test]
+    fn admin_and_log_sections() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.admin.bind,
+            ["127.0.0.1:9101".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(c.admin.metrics);
+        assert_eq!(c.log.format, crate::access_log::LogFormat::Text);
+        let c = parse(&format!(
+            "{MINIMAL}[admin]\nbind = [\"127.0.0.1:9101\", \"[::1]:9101\"]\nmetrics = false\n\
+             [log]\nformat = \"json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.admin.bind.len(), 2);
+        assert!(!c.admin.metrics);
+        assert_eq!(c.log.format, crate::access_log::LogFormat::Json);
+        let off = parse(&format!("{MINIMAL}[admin]\nbind = []\n")).unwrap();
+        assert!(off.admin.bind.is_empty() && off.admin.metrics);
+        let err = parse(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml") && err.contains("json"), "{err}");
+        let err = parse(&format!("{MINIMAL}[admin]\nbind = \"127.0.0.1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bind"), "{err}");
+    }
+
     fn server<A>(address: A) -> ServerSpec<A> {
         ServerSpec {
             address,

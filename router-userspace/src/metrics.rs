@@ -106,6 +106,8 @@ pub struct TrafficStats {
     failovers: AtomicU64,
     duration: Histogram,
     connect: Histogram,
+    /// Observations in `connect` (the histogram keeps its count to itself).
+    connects: AtomicU64,
 }
 
 impl Default for TrafficStats {
@@ -121,6 +123,7 @@ impl Default for TrafficStats {
             failovers: AtomicU64::new(0),
             duration: Histogram::new(DURATION_BUCKETS),
             connect: Histogram::new(CONNECT_BUCKETS),
+            connects: AtomicU64::new(0),
         }
     }
 }
@@ -166,6 +169,7 @@ impl TrafficStats {
     /// A new upstream connection took `elapsed` to establish.
     pub fn observe_connect(&self, elapsed: Duration) {
         self.connect.observe(elapsed.as_secs_f64());
+        self.connects.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The backend was skipped for the next alternative of an `A|B` scope.
@@ -364,12 +368,20 @@ pub fn encode_traffic<'l>(
     out.histograms(
         "request_duration_seconds",
         "Time from the request head to the end of the response body",
-        backends.iter().map(|(l, s)| (with(l, None), &s.duration)),
+        // Only backends that served: dozens of empty 17-line histograms would bury the
+        // series that matter (the request counters still list every backend that served).
+        backends
+            .iter()
+            .filter(|(_, s)| s.requests() > 0)
+            .map(|(l, s)| (with(l, None), &s.duration)),
     )?;
     out.histograms(
         "upstream_connect_duration_seconds",
         "Time to open a new connection to a server of the backend",
-        backends.iter().map(|(l, s)| (with(l, None), &s.connect)),
+        backends
+            .iter()
+            .filter(|(_, s)| s.connects.load(Ordering::Relaxed) > 0)
+            .map(|(l, s)| (with(l, None), &s.connect)),
     )?;
     out.counters(
         "received_bytes",

@@ -97,6 +97,30 @@ pub fn check(router: &Router, config: &Config) -> String {
         config.ebpf.interface(config.vip.as_ref()),
         deny.join(", ")
     );
+    let admin = &config.admin;
+    if admin.bind.is_empty() {
+        let _ = writeln!(out, "admin:   off ([admin] bind = [])");
+    } else {
+        let binds: Vec<String> = admin.bind.iter().map(ToString::to_string).collect();
+        let metrics = if admin.metrics { "on" } else { "off" };
+        let _ = write!(
+            out,
+            "admin:   {} (/metrics, /status, /healthz, status page /; request metrics {metrics})",
+            binds.join(", ")
+        );
+        // Anyone who reaches the API can then read the status page: say so.
+        if let Some(v) = &config.vip
+            && admin.bind.iter().any(|a| a.ip() == v.address)
+        {
+            let _ = write!(out, "; on the VIP, reachable by every API client");
+        }
+        out.push('\n');
+    }
+    let log = match config.log.format {
+        crate::access_log::LogFormat::Text => "text",
+        crate::access_log::LogFormat::Json => "json",
+    };
+    let _ = writeln!(out, "log:     {log} lines on stderr");
 
     let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
     for listener in router.listeners() {
@@ -503,6 +527,8 @@ mod tests {
             "regions: RegionOne, RegionTwo",
             "vip:     192.168.142.244 on eth2 (managed)\n",
             "ebpf:    mode auto, pins /sys/fs/bpf/scope-router, XDP on eth2, deny []\n",
+            "admin:   127.0.0.1:9101 (/metrics, /status, /healthz, status page /; request metrics on)\n",
+            "log:     text lines on stderr\n",
             "scoped listeners (6):",
             "  192.168.142.244:8774  (local backend 192.168.142.245:8774;",
             "    compute/public  path /v2.1/\n",

@@ -108,6 +108,13 @@ async fn scrape_counts_known_traffic_by_backend_status_source_and_server() {
         counter(&text, "scope_router_request_duration_seconds_count", &local),
         6
     );
+    // Keep-alive pooling reuses connections, but the first request had to open one.
+    let connects = counter(
+        &text,
+        "scope_router_upstream_connect_duration_seconds_count",
+        &local,
+    );
+    assert!((1..=6).contains(&connects), "{connects} connects: {text}");
     // One server behind the local compute backend, one frontend for RegionTwo's.
     let one_server = lab.one.backends[&8774].addr.to_string();
     let server = [("role", "local"), ("server", one_server.as_str())];
