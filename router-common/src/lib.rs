@@ -167,7 +167,8 @@ pub struct DropLog {
     pub refilled_ns: u64,
     /// Drops not logged since this CPU's previous line; the next line reports and resets it.
     pub pending: u64,
-    /// Drop lines handed to the log ring buffer.
+    /// Drops the bucket let through as lines (a full ring buffer would still lose one;
+    /// at this rate it never fills).
     pub lines: u64,
     /// Drops never logged because the bucket was empty.
     pub suppressed: u64,

@@ -114,7 +114,7 @@ pub struct CounterRow {
 /// What the XDP drop log did, summed over CPUs since the maps were first pinned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DropLogTotals {
-    /// Drop lines handed to the log ring buffer.
+    /// Drops the rate limit let through as lines.
     pub lines: u64,
     /// Drops not logged because the per-CPU rate limit was spent.
     pub suppressed: u64,
