@@ -30,6 +30,11 @@ fn main() {
         "cargo:rerun-if-changed={}",
         workspace.join("router-common").display()
     );
+    // Nor does it watch the linker, which shapes the object's BTF (0.10.0 left a name the
+    // kernel rejects): replacing it (`cargo xtask setup`) must relink.
+    if let Ok(linker) = which::which("bpf-linker") {
+        println!("cargo:rerun-if-changed={}", linker.display());
+    }
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("router-ebpf");
 
     let origin = match build(&ebpf_dir) {

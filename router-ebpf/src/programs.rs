@@ -5,13 +5,15 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, sk_action, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{map, sk_lookup, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, XdpContext},
 };
+use aya_log_ebpf::debug;
 use router_common::{
-    Counters, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY, MAX_SERVICES, Meta, OTHER_PORT,
-    SERVICE_STEER, VipPort,
+    Counters, DenyAddr, DropLog, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY, MAX_SERVICES, Meta,
+    OTHER_PORT, SERVICE_STEER, VipPort, XDP_LOG_TARGET,
 };
 
 // Map statics are named exactly as the router_common::*_MAP constants; userspace finds
@@ -28,6 +30,9 @@ static COUNTERS: PerCpuHashMap<VipPort, Counters> = PerCpuHashMap::pinned(MAX_CO
 static SOCKETS: SockMap = SockMap::pinned(1, 0);
 #[map]
 static META: Array<Meta> = Array::pinned(1, 0);
+// Pinned like the counters, so `status` can report what the rate limit held back.
+#[map]
+static DROP_LOG: PerCpuArray<DropLog> = PerCpuArray::pinned(1, 0);
 
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u8 = 6;
@@ -117,9 +122,10 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, u32> {
     };
     let mut syn = false;
     let mut unserved = false;
+    let mut dport = OTHER_PORT;
     if protocol == IPPROTO_TCP && first_fragment {
         let tcp = ETH_HLEN + ihl;
-        let dport: u16 = read(ctx, tcp + 2)?;
+        dport = read(ctx, tcp + 2)?;
         let flags: u8 = read(ctx, tcp + 13)?;
         syn = flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0;
         let served = VipPort {
@@ -137,11 +143,45 @@ fn try_guard(ctx: &XdpContext) -> Result<u32, u32> {
     let denied = DENY.get(Key::new(32, saddr)).is_some();
     let drop = unserved || denied;
     count(&key, packet_len, syn, drop);
+    if drop {
+        let reason = if denied {
+            "denied_source"
+        } else {
+            "unserved_port"
+        };
+        log_drop(ctx, reason, saddr, daddr, dport, protocol);
+    }
     Ok(if drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
     })
+}
+
+/// Logs one drop at debug level unless this CPU's [`DropLog`] bucket is empty; addresses
+/// and the port are in network order, as read from the packet.
+#[inline(always)]
+fn log_drop(ctx: &XdpContext, reason: &str, source: u32, vip: u32, port: u16, protocol: u8) {
+    let Some(budget) = DROP_LOG.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: per-CPU value, only this CPU writes it while we run.
+    let Some(suppressed) = (unsafe { (*budget).admit(now) }) else {
+        return;
+    };
+    debug!(
+        ctx,
+        target: XDP_LOG_TARGET,
+        "drop reason={} src={:i} dst={:i}:{} proto={} suppressed={}",
+        reason,
+        source.to_ne_bytes(),
+        vip.to_ne_bytes(),
+        u16::from_be(port),
+        protocol,
+        suppressed
+    );
 }
 
 fn count(key: &VipPort, bytes: u64, syn: bool, drop: bool) {

@@ -171,7 +171,8 @@ impl RouterProcess {
             .command(BIN)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            // As the README tells operators, to see the kernel's drop lines.
+            .env("RUST_LOG", "info,scope_router::xdp=debug")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -888,7 +889,15 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
     );
 
     let exit = router.terminate();
-    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    let log = router.log();
+    assert_eq!(exit.code(), Some(0), "{log}");
+    // The binary's own subscriber gets the kernel's drop line, and the object's BTF loaded.
+    let line = format!(
+        "scope_router::xdp: drop reason=denied_source src={} ",
+        Lab::CLIENT
+    );
+    assert!(log.contains(&line), "no `{line}` in:\n{log}");
+    assert!(!log.contains("BTF couldn't be loaded"), "{log}");
 }
 
 #[test]

@@ -4,17 +4,20 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::unix::fs::MetadataExt as _,
     path::Path,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use ipnet::Ipv4Net;
+use router_common::{DROP_LOG_BURST, DROP_LOG_INTERVAL_NS};
 use scope_router::ebpf::{
     self, EbpfError, Mode, ServiceKind, Startup, Steering, SteeringConfig, Unavailable,
 };
 use test_support::netns::{self, Lab, PinDir};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 // Ports on a VIP that exists only inside this test's private namespace: nothing else can
 // hold them, and nothing binds them at all (that is the point of steering).
@@ -67,6 +70,68 @@ fn config(pins: &PinDir, mode: Mode) -> SteeringConfig {
 /// Starts steering inside the router namespace with a fresh listener on 127.0.0.1:0.
 fn start(lab: &Lab, config: &SteeringConfig) -> (Steering, TcpListener) {
     lab.router.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
+        match ebpf::start(config, &listener).expect("start steering") {
+            Startup::Steering(steering) => (steering, listener),
+            other => panic!("expected eBPF steering, got {other:?}"),
+        }
+    })
+}
+
+/// What a test's steering forwards into `tracing` (the XDP drop lines) and what aya logs
+/// while loading it, formatted as the router's log lines.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("capture lock"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The XDP drop lines, each as the text after `drop `.
+    fn drops(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter(|line| line.contains("scope_router::xdp"))
+            .filter_map(|line| {
+                line.split_once("drop reason=")
+                    .map(|(_, rest)| rest.to_owned())
+            })
+            .collect()
+    }
+}
+
+/// [`start`] with `capture` as the subscriber current while steering starts: the kernel
+/// log forwarder adopts it, and aya's load-time warnings land in it too.
+fn start_captured(
+    lab: &Lab,
+    config: &SteeringConfig,
+    capture: &Capture,
+) -> (Steering, TcpListener) {
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "scope_router::xdp=debug,aya=warn,aya_obj=warn",
+        ))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    lab.router.run(|| {
+        let _scope = subscriber.set_default();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
         match ebpf::start(config, &listener).expect("start steering") {
             Startup::Steering(steering) => (steering, listener),
@@ -221,7 +286,8 @@ fn privileged_unserved_port_is_dropped_and_counted() {
         return;
     };
     let pins = PinDir::new("srt-unserved");
-    let (steering, _listener) = start(&lab, &config(&pins, Mode::Required));
+    let capture = Capture::default();
+    let (steering, _listener) = start_captured(&lab, &config(&pins, Mode::Required), &capture);
 
     // Without XDP the kernel would answer RST (ConnectionRefused); a drop is a timeout.
     let err = connect(&lab, UNSERVED_PORT).expect_err("unserved port must not connect");
@@ -231,7 +297,15 @@ fn privileged_unserved_port_is_dropped_and_counted() {
     let other = status.counters_for(Lab::VIP, None).expect("other bucket");
     assert_eq!(other.kind, ServiceKind::Other);
     assert!(other.drops >= 1 && other.syns >= 1, "{other:?}");
+    // Shutdown forwards what is left in the ring buffer before it returns.
     steering.shutdown().expect("shutdown");
+    let drops = capture.drops();
+    let expected = format!(
+        "unserved_port src={} dst={}:{UNSERVED_PORT} proto=6 suppressed=0",
+        Lab::CLIENT,
+        Lab::VIP
+    );
+    assert!(drops.contains(&expected), "{expected} not in {drops:#?}");
 }
 
 #[test]
@@ -273,6 +347,106 @@ fn privileged_denied_source_is_dropped_and_counted_and_update_lifts_it() {
     steering.shutdown().expect("shutdown");
 }
 
+/// Done-when of the drop log: a flood from a denied source yields a bounded number of
+/// lines, and every drop is either logged or counted as suppressed.
+#[test]
+fn privileged_denied_flood_logs_a_bounded_number_of_lines() {
+    let Some(lab) = lab("privileged_denied_flood_logs_a_bounded_number_of_lines") else {
+        return;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let cpus = u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }).unwrap();
+    // Far more than the limit lets through in any likely window, on any CPU count.
+    let flood = (20 * cpus * (DROP_LOG_BURST + 2)).max(20_000);
+    let pins = PinDir::new("srt-droplog");
+    let mut cfg = config(&pins, Mode::Required);
+    cfg.deny = vec![Ipv4Net::new(Lab::CLIENT, 32).unwrap()];
+    let capture = Capture::default();
+    let began = Instant::now();
+    let (steering, _listener) = start_captured(&lab, &cfg, &capture);
+
+    // UDP: no handshake to wait for, so the flood is as fast as the veth takes it. Sends
+    // the veth drops never reach XDP; the counters below say how many did.
+    let target = vip(SERVED_PORT);
+    lab.client.run(move || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Lab::CLIENT, 0)).expect("bind client");
+        for _ in 0..flood {
+            let _ = socket.send_to(b"flood", target);
+        }
+    });
+    // Shutdown detaches XDP, then forwards every line left in the ring buffer: after it
+    // the counters, the totals and the captured lines no longer move, and the window in
+    // which the kernel could earn tokens is closed.
+    steering.shutdown().expect("shutdown");
+    let window = began.elapsed();
+    let status = ebpf::read_status(pins.path()).expect("status");
+
+    let other = status.counters_for(Lab::VIP, None).expect("other bucket");
+    assert_eq!(
+        other.drops, other.packets,
+        "every packet from a denied source drops: {other:?}"
+    );
+    let log = status.drop_log.expect("drop log totals");
+    let drops = capture.drops();
+    let lines = drops.len() as u64;
+    let from_client = format!(
+        "denied_source src={} dst={}:0 proto=17 ",
+        Lab::CLIENT,
+        Lab::VIP
+    );
+    assert!(
+        drops.iter().all(|line| line.starts_with(&from_client)),
+        "{drops:#?}"
+    );
+    // Each CPU: a burst, then one line per interval of the window.
+    let intervals = window.as_nanos() as u64 / DROP_LOG_INTERVAL_NS + 1;
+    let bound = cpus * (DROP_LOG_BURST + intervals);
+    assert!(
+        (1..=bound).contains(&lines),
+        "{lines} lines for {} drops; bound {bound} ({cpus} CPUs, {window:?})",
+        other.drops
+    );
+    // No line lost between kernel and `tracing`, and no drop unaccounted for.
+    assert_eq!(lines, log.lines, "{log:?}");
+    assert_eq!(log.lines + log.suppressed, other.drops, "{log:?} {other:?}");
+
+    // The control: the flood that got through was far more than the limit lets through,
+    // so a missing or broken limit would have shown above.
+    assert!(
+        other.drops >= 10 * bound,
+        "flood too small to test the limit: {} drops, bound {bound}",
+        other.drops
+    );
+    eprintln!(
+        "drop log: {lines} lines, {} suppressed, {} drops; bound {bound} ({cpus} CPUs, {window:?})",
+        log.suppressed, other.drops
+    );
+    // Lines after a suppressed stretch say how much was held back, never more than was.
+    let reported: u64 = drops
+        .iter()
+        .filter_map(|line| {
+            line.rsplit_once("suppressed=")?
+                .1
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(reported <= log.suppressed, "{reported} > {log:?}");
+
+    // aya-log-ebpf's `MaybeUninit<u8>` union needs bpf-linker 0.10.2+, which sanitises
+    // union names; otherwise the kernel rejects the object's BTF and aya warns.
+    let warnings: Vec<_> = capture
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("BTF"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "loading warned about BTF: {warnings:#?}"
+    );
+}
+
 #[test]
 fn privileged_restart_reuses_pins_and_counters_continue() {
     let Some(lab) = lab("privileged_restart_reuses_pins_and_counters_continue") else {
@@ -299,12 +473,20 @@ fn privileged_restart_reuses_pins_and_counters_continue() {
         .unwrap()
         .packets;
     let first_inode = std::fs::metadata(&counters_pin).unwrap().ino();
+    let drop_log_pin = pins.path().join(router_common::DROP_LOG_MAP);
+    let drop_log_inode = std::fs::metadata(&drop_log_pin).unwrap().ino();
     steering.shutdown().expect("shutdown");
     drop(listener);
 
     // Clean restart: same pinned map object, counters carry on.
     let (steering, listener) = restart(&lab, &cfg);
     assert_eq!(std::fs::metadata(&counters_pin).unwrap().ino(), first_inode);
+    // The drop log's totals carry on too; its ring buffer is the new process's own.
+    assert_eq!(
+        std::fs::metadata(&drop_log_pin).unwrap().ino(),
+        drop_log_inode
+    );
+    assert!(!pins.path().join("AYA_LOGS").exists());
     round_trip(&lab, &listener);
     let second = ebpf::read_status(pins.path()).unwrap();
     let second_packets = second

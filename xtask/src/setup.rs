@@ -9,8 +9,11 @@ use anyhow::{Context, Result, bail};
 use crate::exec::{self, as_root, is_root};
 use crate::progress::{self, step};
 
-/// The bpf-linker release router-ebpf is built with (aya-build invokes it).
-pub const BPF_LINKER_VERSION: &str = "0.10.0";
+/// The bpf-linker release router-ebpf is built with (aya-build invokes it). 0.10.2 is the
+/// first to sanitise union names in BTF: aya-log-ebpf's `MaybeUninit<u8>` made the kernel
+/// reject the object's BTF ("Invalid name") with 0.10.0. Exact, so every machine links
+/// the same object; only 0.10.2 is tested with aya 0.14.
+pub const BPF_LINKER_VERSION: &str = "0.10.2";
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a subcommand needs installed; the operator's VM only needs the build toolchain,
@@ -310,8 +313,8 @@ mod tests {
 
     #[test]
     fn bpf_linker_version_must_match_exactly() {
-        assert!(is_wanted_bpf_linker("bpf-linker 0.10.0\n"));
-        assert!(!is_wanted_bpf_linker("bpf-linker 0.10.2\n"));
+        assert!(is_wanted_bpf_linker("bpf-linker 0.10.2\n"));
+        assert!(!is_wanted_bpf_linker("bpf-linker 0.10.0\n"));
         assert!(!is_wanted_bpf_linker("bpf-linker 0.9.15"));
         assert!(!is_wanted_bpf_linker(""));
     }

@@ -21,15 +21,16 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use router_common::{
-    COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, LISTENER_INDEX, MAX_COUNTERS, MAX_DENY,
-    MAX_SERVICES, META_MAP, Meta, OTHER_PORT, SERVICE_STEER, SERVICES_MAP, SK_LOOKUP_PROGRAM,
-    SOCKETS_MAP, VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB, XDP_PROGRAM,
+    COUNTERS_MAP, Counters, DENY_MAP, DROP_LOG_MAP, DenyAddr, DropLog, LISTENER_INDEX,
+    MAX_COUNTERS, MAX_DENY, MAX_SERVICES, META_MAP, Meta, OTHER_PORT, SERVICE_STEER, SERVICES_MAP,
+    SK_LOOKUP_PROGRAM, SOCKETS_MAP, VIPS_MAP, VipPort, XDP_MODE_DRV, XDP_MODE_SKB, XDP_PROGRAM,
 };
 use serde::Serialize;
 
 use super::{
     SteeringConfig, Unavailable, bpffs,
     cidr::{deny_key, deny_net},
+    kernel_log::KernelLog,
     object::{OBJECT, object_built},
     pins::{self, LINK_SK_LOOKUP, LINK_XDP, Staging},
 };
@@ -75,6 +76,8 @@ impl fmt::Display for XdpAttachMode {
 /// [`Steering::shutdown`] releases the lock but leaves the programs attached through their
 /// pinned links (as after a crash): the next start replaces them.
 pub struct Steering {
+    // Forwards XDP drop lines into `tracing`; `None` when that could not start (warned).
+    kernel_log: Option<KernelLog>,
     ebpf: Ebpf,
     pin_path: PathBuf,
     interface: String,
@@ -157,7 +160,7 @@ impl Steering {
         };
 
         let attached = attach_all(config, &desired, &dir, listener, ifindex);
-        let (ebpf, xdp_mode, links) = match attached {
+        let (mut ebpf, xdp_mode, links) = match attached {
             Ok(done) => done,
             Err(err) => {
                 // A router that started at the same moment and won the rename owns the
@@ -195,6 +198,13 @@ impl Steering {
                 }
             },
         };
+        let kernel_log = KernelLog::start(&mut ebpf)
+            .inspect_err(|err| {
+                tracing::warn!(
+                    "XDP drop lines will not be logged (drops are still counted): {err}"
+                );
+            })
+            .ok();
         tracing::info!(
             pin_path = %config.pin_path.display(),
             interface = %config.interface,
@@ -203,6 +213,7 @@ impl Steering {
             "eBPF steering active (sk_lookup + XDP {xdp_mode})"
         );
         Ok(Self {
+            kernel_log,
             ebpf,
             pin_path: config.pin_path.clone(),
             interface: config.interface.clone(),
@@ -289,6 +300,8 @@ impl Steering {
         }
         // Closing our fds releases the now unpinned links, which detaches the programs.
         self.links.clear();
+        // Detached: nothing new arrives, so forward what is left and stop the reader.
+        drop(self.kernel_log.take());
         tracing::info!(pin_path = %self.pin_path.display(), "eBPF programs detached; counters kept");
         Ok(())
     }
@@ -537,7 +550,7 @@ fn detach_stale(dir: &Path) -> Result<(), Unavailable> {
 /// affected map starts from zero; compatible counters carry on.
 fn drop_incompatible_pins(dir: &Path) {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize, u32); 5] = [
+    let expected: [(&str, usize, usize, u32); 6] = [
         (
             SERVICES_MAP,
             size_of::<VipPort>(),
@@ -558,6 +571,7 @@ fn drop_incompatible_pins(dir: &Path) {
             MAX_COUNTERS,
         ),
         (META_MAP, size_of::<u32>(), size_of::<Meta>(), 1),
+        (DROP_LOG_MAP, size_of::<u32>(), size_of::<DropLog>(), 1),
     ];
     for (name, key, value, max_entries) in expected {
         let path = dir.join(name);

@@ -25,6 +25,9 @@
 //! // s.shutdown() last (in spawn_blocking), so steering outlives the last response.
 //! ```
 //!
+//! XDP drop lines (debug level, target `scope_router::xdp`, rate-limited per CPU in the
+//! kernel) are forwarded into `tracing` by a thread [`Steering`] owns; see `kernel_log`.
+//!
 //! Traffic note: XDP drops all TCP to a VIP whose port is neither served nor passthrough,
 //! including replies to connections the host opened *from* the VIP address; upstream
 //! connections must use the interface's primary address (the kernel's default when the
@@ -32,6 +35,7 @@
 
 mod bpffs;
 mod cidr;
+mod kernel_log;
 mod loader;
 mod object;
 mod pins;
@@ -48,7 +52,8 @@ use crate::vip::VipSettings;
 pub use loader::{Steering, XdpAttachMode};
 pub use object::{OBJECT_ORIGIN, object_built};
 pub use status::{
-    CounterRow, ProgramKind, ProgramStatus, ServiceKind, Status, StatusError, read_status,
+    CounterRow, DropLogTotals, ProgramKind, ProgramStatus, ServiceKind, Status, StatusError,
+    read_status,
 };
 pub use wiring::{SteeringPlan, plan};
 

@@ -11,12 +11,12 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::links::{FdLink, PinnedLink},
 };
 use router_common::{
-    COUNTERS_MAP, Counters, DENY_MAP, DenyAddr, META_MAP, Meta, OTHER_PORT, SERVICE_STEER,
-    SERVICES_MAP, VipPort,
+    COUNTERS_MAP, Counters, DENY_MAP, DROP_LOG_MAP, DenyAddr, DropLog, META_MAP, Meta, OTHER_PORT,
+    SERVICE_STEER, SERVICES_MAP, VipPort,
 };
 use serde::Serialize;
 
@@ -111,6 +111,15 @@ pub struct CounterRow {
     pub drops: u64,
 }
 
+/// What the XDP drop log did, summed over CPUs since the maps were first pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DropLogTotals {
+    /// Drops the rate limit let through as lines.
+    pub lines: u64,
+    /// Drops not logged because the per-CPU rate limit was spent.
+    pub suppressed: u64,
+}
+
 /// Everything `scope-router status` shows about the kernel side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -129,6 +138,9 @@ pub struct Status {
     pub counters: Vec<CounterRow>,
     /// Deny-list entries as CIDRs.
     pub deny: Vec<String>,
+    /// The drop log's totals; `None` when the state predates the drop log (a router of
+    /// this version creates the map at its next start).
+    pub drop_log: Option<DropLogTotals>,
 }
 
 impl Status {
@@ -233,6 +245,21 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
         Array::try_from(open(META_MAP)?).map_err(map_err(META_MAP))?;
     let meta = meta_array.get(&0, 0).map_err(map_err(META_MAP))?;
 
+    let drop_log = if pin_path.join(DROP_LOG_MAP).exists() {
+        let per_cpu: PerCpuArray<MapData, DropLog> =
+            PerCpuArray::try_from(open(DROP_LOG_MAP)?).map_err(map_err(DROP_LOG_MAP))?;
+        let mut sum = DropLog::default();
+        for value in per_cpu.get(&0, 0).map_err(map_err(DROP_LOG_MAP))?.iter() {
+            sum.add_totals(value);
+        }
+        Some(DropLogTotals {
+            lines: sum.lines,
+            suppressed: sum.suppressed,
+        })
+    } else {
+        None
+    };
+
     let (sk_link, sk_prog) = link_ids(&pin_path.join(LINK_SK_LOOKUP));
     let (xdp_link, xdp_prog) = link_ids(&pin_path.join(LINK_XDP));
     let programs = vec![
@@ -265,6 +292,7 @@ pub fn read_status(pin_path: &Path) -> Result<Status, StatusError> {
         owner_pid: owner.flatten(),
         counters: rows,
         deny,
+        drop_log,
     })
 }
 
@@ -361,10 +389,18 @@ impl fmt::Display for Status {
             )?;
         }
         if self.deny.is_empty() {
-            writeln!(f, "deny: (none)")
+            writeln!(f, "deny: (none)")?;
         } else {
-            writeln!(f, "deny: {}", self.deny.join(", "))
+            writeln!(f, "deny: {}", self.deny.join(", "))?;
         }
+        if let Some(log) = self.drop_log {
+            writeln!(
+                f,
+                "drop log: {} lines, {} drops not logged (rate limit)",
+                log.lines, log.suppressed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -420,6 +456,10 @@ mod tests {
                 },
             ],
             deny: vec!["198.51.100.0/24".into()],
+            drop_log: Some(DropLogTotals {
+                lines: 12,
+                suppressed: 3400,
+            }),
         };
         let table = status.render_table();
         assert!(table.contains("192.0.2.10:8774"), "{table}");
@@ -427,9 +467,14 @@ mod tests {
         assert!(table.contains("native (driver)"), "{table}");
         assert!(table.contains("198.51.100.0/24"), "{table}");
         assert!(table.contains("running scope-router (pid 42)"), "{table}");
+        assert!(
+            table.contains("drop log: 12 lines, 3400 drops not logged"),
+            "{table}"
+        );
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["counters"][0]["port"], 8774);
         assert_eq!(json["counters"][1]["kind"], "other");
         assert_eq!(json["programs"][0]["mode"], "native");
+        assert_eq!(json["drop_log"]["suppressed"], 3400);
     }
 }
