@@ -217,6 +217,10 @@ pub struct ClientGauges {
     pub active: AtomicI64,
     /// Idle between requests, held outside hyper (see `proxy::park`).
     pub parked: AtomicI64,
+    /// Heads hyper refused itself before the router saw a request: malformed (answered
+    /// 400) and larger than its buffer (answered 431). Counted in `errors_total`.
+    pub malformed_heads: AtomicU64,
+    pub oversized_heads: AtomicU64,
 }
 
 impl ClientGauges {
@@ -230,6 +234,15 @@ impl ClientGauges {
 
     fn get(gauge: &AtomicI64) -> i64 {
         gauge.load(Ordering::Relaxed)
+    }
+
+    /// A client connection ended with an error from hyper: counts the heads it refused.
+    pub fn connection_error(&self, e: &hyper::Error) {
+        if e.is_parse_too_large() {
+            self.oversized_heads.fetch_add(1, Ordering::Relaxed);
+        } else if e.is_parse() {
+            self.malformed_heads.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -347,6 +360,7 @@ impl<'a, 'e> Families<'a, 'e> {
 pub fn encode_traffic<'l>(
     out: &mut Families<'_, '_>,
     backends: &[(BackendLabels<'l>, &'l TrafficStats)],
+    clients: &ClientGauges,
 ) -> Result<(), std::fmt::Error> {
     fn with<'l>(labels: &BackendLabels<'l>, extra: Option<(&'static str, &'l str)>) -> Labels<'l> {
         let mut v: Labels<'l> = labels.pairs().to_vec();
@@ -434,6 +448,15 @@ pub fn encode_traffic<'l>(
             .zip(sources)
             .map(|(source, n)| (vec![("source", *source)], n)),
     )?;
+    // hyper's own answers to heads it could not parse: no backend, no access line.
+    for (kind, n) in [
+        (400, &clients.malformed_heads),
+        (431, &clients.oversized_heads),
+    ] {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            errors[i] += relaxed(n);
+        }
+    }
     let kinds: Vec<String> = ERROR_KINDS
         .iter()
         .map(u16::to_string)
@@ -482,7 +505,7 @@ impl Collector for RouterCollector {
         let mut out = Families::new(&mut encoder);
         let traffic = self.router.traffic();
         if !traffic.is_empty() {
-            encode_traffic(&mut out, &traffic)?;
+            encode_traffic(&mut out, &traffic, &self.clients)?;
         }
         encode_clients(&mut out, &self.clients)?;
         let pool = self.pool.idle_counts();

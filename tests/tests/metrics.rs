@@ -2,7 +2,7 @@
 //! scope sources, bytes, per-server requests and health, redispatches and failovers
 //! (docs/ARCHITECTURE.md §13).
 
-use integration_tests::client::{body, get, request, send};
+use integration_tests::client::{body, get, raw, request, send};
 use integration_tests::lab::{Lab, LabOptions};
 use integration_tests::scrape::{sample, scrape};
 
@@ -150,6 +150,36 @@ async fn scrape_counts_known_traffic_by_backend_status_source_and_server() {
         counter(&two, "scope_router_requests_total", &two_local),
         3,
         "{two}"
+    );
+    lab.one.stop().await;
+    lab.two.stop().await;
+}
+
+#[tokio::test]
+async fn heads_hyper_refuses_count_as_router_errors() {
+    let mut lab = Lab::start(LabOptions::default()).await.unwrap();
+    let compute = lab.one.addr(8774);
+    let answer = raw(compute, b"GARBAGE\r\n\r\n").await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // hyper closes the connection before the router's task sees the error: wait for the
+    // count (bounded), it must come.
+    let handle = lab.one.handle.as_ref().unwrap();
+    let mut text = scrape(handle);
+    for _ in 0..200 {
+        if counter(&text, "scope_router_errors_total", &[("kind", "400")]) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        text = scrape(handle);
+    }
+    assert_eq!(
+        counter(&text, "scope_router_errors_total", &[("kind", "400")]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        counter(&text, "scope_router_errors_total", &[("kind", "431")]),
+        0
     );
     lab.one.stop().await;
     lab.two.stop().await;

@@ -482,6 +482,7 @@ where
             if let Err(e) = lend(&conn, client, header_deadline, grace, svc.clone()).await {
                 // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
                 tracing::debug!("connection ended: {e}");
+                (*conn.shared).as_ref().gauges().connection_error(&e);
             }
         }
     }
