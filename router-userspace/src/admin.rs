@@ -36,7 +36,8 @@ use crate::config::Config;
 use crate::ebpf::{CounterRow, EbpfSettings, ProgramKind, ServiceKind, Status as KernelStatus};
 use crate::metrics::{self, Families, RouterCollector};
 use crate::proxy::RouterHandle;
-use crate::routing::Router;
+use crate::reload::{ConfigCollector, ConfigState, ReloadOutcome, SharedConfigState};
+use crate::routing::{Router, SharedRouter};
 use crate::shutdown::Signals;
 use crate::status::{self, HEALTHY_HEADER, HealthSource, REGION_HEADER, RouterStatus, VipReport};
 use crate::vip::{self, VipSettings};
@@ -85,11 +86,11 @@ pub enum AdminError {
 /// it reads the kernel side and the VIP with.
 #[derive(Debug)]
 pub struct AdminView {
-    router: Arc<Router>,
+    router: SharedRouter,
     collector: RouterCollector,
     signals: Signals,
     config_path: PathBuf,
-    loaded_at: SystemTime,
+    state: SharedConfigState,
     ebpf: EbpfSettings,
     vip: Option<VipSettings>,
 }
@@ -98,12 +99,21 @@ impl AdminView {
     /// The view of the router behind `handle`, started from `config`, which was loaded at
     /// `loaded_at`. Take it before [`RouterHandle::shutdown`] consumes the handle.
     pub fn new(config: &Config, handle: &RouterHandle, loaded_at: SystemTime) -> AdminView {
+        Self::with_state(config, handle, ConfigState::shared(loaded_at))
+    }
+
+    /// [`AdminView::new`] following `state`, which the reloader updates.
+    pub fn with_state(
+        config: &Config,
+        handle: &RouterHandle,
+        state: SharedConfigState,
+    ) -> AdminView {
         AdminView {
-            router: handle.router().clone(),
+            router: handle.shared_router(),
             collector: handle.collector(),
             signals: handle.signals(),
             config_path: config.path.clone(),
-            loaded_at,
+            state,
             ebpf: config.ebpf.clone(),
             vip: config.vip.clone(),
         }
@@ -149,18 +159,19 @@ pub async fn start(settings: &AdminSettings, view: AdminView) -> Result<AdminHan
         collector,
         signals,
         config_path,
-        loaded_at,
+        state,
         ebpf,
         vip,
     } = view;
     let scrape = Arc::new(Mutex::new(Scrape::default()));
     let mut registry = metrics::registry(collector);
     registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
+    registry.register_collector(Box::new(ConfigCollector(state.clone())));
     let shared = Arc::new(Shared {
         router,
         signals,
         config_path,
-        loaded_at,
+        state,
         ebpf,
         vip,
         registry,
@@ -192,10 +203,10 @@ pub async fn start(settings: &AdminSettings, view: AdminView) -> Result<AdminHan
 /// Everything the handlers read, shared by every admin connection.
 #[derive(Debug)]
 struct Shared {
-    router: Arc<Router>,
+    router: SharedRouter,
     signals: Signals,
     config_path: PathBuf,
-    loaded_at: SystemTime,
+    state: SharedConfigState,
     ebpf: EbpfSettings,
     vip: Option<VipSettings>,
     registry: Registry,
@@ -379,15 +390,20 @@ impl Shared {
 
     async fn status(&self) -> AdminStatus {
         let (kernel, vip) = self.read_outside().await;
+        let router = self.router.load_full();
+        let config_state = match self.state.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
         let report = RouterStatus {
-            region: self.router.region().to_owned(),
+            region: router.region().to_owned(),
             ebpf_mode: self.ebpf.mode.as_str(),
             kernel,
             vip,
             health: HealthSource::Live {
                 pid: std::process::id(),
             },
-            servers: status::live_servers(&self.router),
+            servers: status::live_servers(&router),
             not_in_router: Vec::new(),
         };
         AdminStatus {
@@ -395,15 +411,11 @@ impl Shared {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             config: self.config_path.clone(),
-            loaded_at: humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
+            loaded_at: humantime::format_rfc3339_seconds(config_state.loaded_at).to_string(),
             draining: self.signals.is_draining(),
-            regions: self
-                .router
-                .regions()
-                .iter()
-                .map(|r| r.to_string())
-                .collect(),
-            listeners: listeners(&self.router),
+            regions: router.regions().iter().map(|r| r.to_string()).collect(),
+            listeners: listeners(&router),
+            last_reload: config_state.last_reload,
             report,
         }
     }
@@ -435,6 +447,9 @@ pub struct AdminStatus {
     /// Every region of the catalog.
     pub regions: Vec<String>,
     pub listeners: Vec<ListenerView>,
+    /// The last reload (SIGHUP or `scope-router reload`), if any.
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
 }
 
 impl fmt::Display for AdminStatus {
@@ -448,6 +463,14 @@ impl fmt::Display for AdminStatus {
             self.loaded_at,
             if self.draining { ", DRAINING" } else { "" }
         )?;
+        if let Some(r) = &self.last_reload {
+            let result = if r.ok {
+                "ok"
+            } else {
+                "FAILED, still serving the previous one"
+            };
+            writeln!(f, "last reload at {}: {result}: {}", r.at, r.message)?;
+        }
         write!(f, "{}", self.report)?;
         writeln!(f)?;
         writeln!(

@@ -80,7 +80,7 @@ impl CheckSettings {
 }
 
 /// What a checker probes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Probe {
     /// A TCP connect, closed at once.
     Tcp,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::balance::Balance;
 use crate::config::Config;
 use crate::health::{CheckSettings, Health, HealthSnapshot};
-use crate::routing::Router;
+use crate::routing::{Router, SharedRouter};
 
 /// The format written by this version; readers refuse any other (see [`HealthStateError`]).
 pub const FORMAT_VERSION: u32 = 1;
@@ -494,13 +494,12 @@ fn pid_alive(pid: u32) -> bool {
 /// Publishes `router`'s health state to `path` until `stop` resolves, then removes the file
 /// (if it is still this process's) so that readers see no router running.
 pub fn spawn_writer(
-    router: &Router,
+    router: SharedRouter,
     path: PathBuf,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let index = ServerIndex::new(router);
     tokio::spawn(async move {
-        let mut writer = Writer::new(index, path);
+        let mut writer = Writer::new(router, path);
         tokio::select! {
             () = stop => {}
             () = writer.run() => {}
@@ -510,6 +509,9 @@ pub fn spawn_writer(
 }
 
 struct Writer {
+    /// The table in use; the index is rebuilt when a reload swaps it.
+    router: SharedRouter,
+    indexed: Arc<Router>,
     index: ServerIndex,
     path: PathBuf,
     pid: u32,
@@ -520,9 +522,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(index: ServerIndex, path: PathBuf) -> Writer {
+    fn new(router: SharedRouter, path: PathBuf) -> Writer {
+        let indexed = router.load_full();
         Writer {
-            index,
+            index: ServerIndex::new(&indexed),
+            indexed,
+            router,
             path,
             pid: std::process::id(),
             last: None,
@@ -535,6 +540,11 @@ impl Writer {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let current = self.router.load_full();
+            if !Arc::ptr_eq(&current, &self.indexed) {
+                self.index = ServerIndex::new(&current);
+                self.indexed = current;
+            }
             let now = SystemTime::now();
             let file = self.index.snapshot(self.pid, now);
             if !due(self.last.as_ref(), &file) {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod report;
 pub mod routing;
 pub mod scope;

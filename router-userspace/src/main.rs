@@ -9,12 +9,13 @@ use clap::{Parser, Subcommand};
 
 use scope_router::config::Config;
 use scope_router::ebpf::{self, Startup, Steering};
+use scope_router::error_chain::error_chain;
 use scope_router::haproxy::{self, HaproxyMode};
 use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
-use scope_router::shutdown::{Drained, Termination};
-use scope_router::{access_log, admin, health_state, report, status, vip};
+use scope_router::shutdown::{Drained, Request, Termination};
+use scope_router::{access_log, admin, health_state, reload, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,17 @@ enum Command {
         workers: Option<usize>,
         /// Directory of the health state file `health-<Region>.json` (default: `[vip]
         /// state_dir`, else /run/scope-router); give run, status and explain the same.
+        #[arg(long, value_name = "DIR")]
+        health_state_dir: Option<PathBuf>,
+    },
+    /// Check the configuration as `check` does, then have the running router of its
+    /// region re-read it (SIGHUP) and report how that went. An invalid configuration is
+    /// not sent: the router keeps serving the one it has.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory of the health state file `health-<Region>.json`, where the running
+        /// router's pid is found when its admin listener does not answer.
         #[arg(long, value_name = "DIR")]
         health_state_dir: Option<PathBuf>,
     },
@@ -230,6 +242,22 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Reload {
+            config,
+            health_state_dir,
+        } => {
+            let config = load(&config)?;
+            let _ = router(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            if !rt.block_on(signal_reload(&config, &dir))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Check { config } => {
             let config = load(&config)?;
             let router = router(&config)?;
@@ -336,7 +364,7 @@ async fn run(
     loaded_at: std::time::SystemTime,
     router: Arc<Router>,
     options: StartOptions,
-    steering: Option<Steering>,
+    mut steering: Option<Steering>,
     vip: Option<vip::VipClaim>,
     health_file: std::path::PathBuf,
 ) -> Result<()> {
@@ -346,9 +374,10 @@ async fn run(
         server::start_with_router(&config, router, options).context("cannot start listening")?;
     // Published for `status` and `explain` while the router serves; removed after the drain.
     let (stop_health, stopped) = tokio::sync::oneshot::channel::<()>();
-    let health_writer = health_state::spawn_writer(handle.router(), health_file, async move {
-        let _ = stopped.await;
-    });
+    let health_writer =
+        health_state::spawn_writer(handle.shared_router(), health_file, async move {
+            let _ = stopped.await;
+        });
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
     let vip = match vip {
@@ -357,13 +386,22 @@ async fn run(
     };
     // Taken before `shutdown` consumes the handle; the admin listener outlives the drain
     // so that `/healthz` answers 503 while it lasts.
+    let config_state = reload::ConfigState::shared(loaded_at);
     let admin = admin::start(
         &config.admin,
-        admin::AdminView::new(&config, &handle, loaded_at),
+        admin::AdminView::with_state(&config, &handle, config_state.clone()),
     )
     .await
     .context("cannot start the admin listener")?;
-    let signal = termination.recv().await;
+    let mut config = config;
+    let signal = loop {
+        match termination.recv().await {
+            Request::Stop(signal) => break signal,
+            Request::Reload => {
+                config = reload_config(&handle, config, &config_state, steering.as_mut());
+            }
+        }
+    };
     tracing::info!(
         grace = %humantime::format_duration(config.proxy.shutdown_grace),
         "{signal} received: no new connections, finishing in-flight requests"
@@ -392,4 +430,116 @@ async fn run(
     }
     tracing::info!("exiting");
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file `current` came from and serves it when valid (the
+/// routing table, listeners, eBPF services and deny list); otherwise logs why, as `check`
+/// would, and keeps serving `current`. Returns the configuration in use afterwards.
+fn reload_config(
+    handle: &server::RouterHandle,
+    current: Config,
+    state: &reload::SharedConfigState,
+    steering: Option<&mut Steering>,
+) -> Config {
+    let path = current.path.clone();
+    tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+    match reload::reload(handle, &path, &current, state) {
+        Ok(done) => {
+            if let Some(steering) = steering {
+                let plan = ebpf::plan(&done.config, &handle.router().listener_specs());
+                let s = &plan.steering;
+                if let Err(e) = steering.update(&s.services, &s.passthrough, &s.deny) {
+                    tracing::error!(
+                        "reloaded, but the eBPF maps still steer the previous listeners: {}",
+                        error_chain(&e)
+                    );
+                }
+            }
+            for section in &done.restart_needed {
+                tracing::warn!("{section} changed: it takes effect at the next start");
+            }
+            tracing::info!(
+                added = ?done.listeners.added,
+                removed = ?done.listeners.removed,
+                "configuration reloaded"
+            );
+            done.config
+        }
+        Err(e) => {
+            tracing::error!(
+                "reload failed, still serving the previous configuration: {}",
+                error_chain(&e)
+            );
+            current
+        }
+    }
+}
+
+/// What `/status` says about the last reload, to tell when the next one is done.
+async fn last_reload(config: &Config) -> Option<(u32, String, serde_json::Value)> {
+    let fetched = status::fetch_running(&config.admin, &config.region, false)
+        .await
+        .ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&fetched.body).ok()?;
+    let pid = u32::try_from(doc["pid"].as_u64()?).ok()?;
+    let path = doc["config"].as_str().unwrap_or_default().to_owned();
+    Some((pid, path, doc["last_reload"].clone()))
+}
+
+/// `scope-router reload`: SIGHUP to the running router of `config`'s region, found at its
+/// admin listener or through its health state file in `dir`; then waits (bounded) for the
+/// outcome when the admin listener answers. `Ok(false)`: the router refused the config.
+async fn signal_reload(config: &Config, dir: &std::path::Path) -> Result<bool> {
+    let before = last_reload(config).await;
+    let pid = match &before {
+        Some((pid, path, _)) => {
+            if std::path::Path::new(path) != config.path.as_path() {
+                eprintln!(
+                    "note: the running router reloads its own config file {path}, not {}",
+                    config.path.display()
+                );
+            }
+            *pid
+        }
+        None => health_state::read(dir, &config.region)
+            .map(|f| f.pid)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "no running {} router found: its admin listener does not answer and {e};                      start it with `scope-router run`",
+                    config.region
+                )
+            })?,
+    };
+    let pid_t = libc::pid_t::try_from(pid).context("the router's pid is out of range")?;
+    // SAFETY: kill(2) with a plain pid and signal number; no memory is shared.
+    if unsafe { libc::kill(pid_t, libc::SIGHUP) } != 0 {
+        bail!(
+            "cannot signal the router (pid {pid}): {}; run `reload` as the router's user or root",
+            std::io::Error::last_os_error()
+        );
+    }
+    let Some((_, _, was)) = before else {
+        println!("SIGHUP sent to pid {pid}; its log says how the reload went");
+        return Ok(true);
+    };
+    // Bounded: a router reloads in milliseconds; past this, say what is known.
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Some((_, _, now)) = last_reload(config).await else {
+            continue;
+        };
+        if now != was && !now.is_null() {
+            let message = now["message"].as_str().unwrap_or_default();
+            if now["ok"].as_bool() == Some(true) {
+                println!("pid {pid}: {message}");
+                return Ok(true);
+            }
+            eprintln!(
+                "pid {pid}: reload FAILED, still serving the previous configuration: {message}"
+            );
+            return Ok(false);
+        }
+    }
+    println!("SIGHUP sent to pid {pid}; no outcome on its /status within 10 s: see its log");
+    Ok(true)
 }

@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::health_state::{Placement, Role, ServerIndex};
 use crate::proxy::upstream::pool::Pool;
-use crate::routing::Router;
+use crate::routing::SharedRouter;
 use crate::scope::ScopeSource;
 
 /// Prefix of every metric name.
@@ -495,7 +495,8 @@ pub fn encode_clients(
 /// their health), its client connections and its upstream pool.
 #[derive(Debug)]
 pub struct RouterCollector {
-    pub router: Arc<Router>,
+    /// Follows reloads: each scrape reads the table in use.
+    pub router: SharedRouter,
     pub clients: Arc<ClientGauges>,
     pub pool: Arc<Pool>,
 }
@@ -503,7 +504,8 @@ pub struct RouterCollector {
 impl Collector for RouterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut out = Families::new(&mut encoder);
-        let traffic = self.router.traffic();
+        let router = self.router.load_full();
+        let traffic = router.traffic();
         if !traffic.is_empty() {
             encode_traffic(&mut out, &traffic, &self.clients)?;
         }
@@ -515,7 +517,7 @@ impl Collector for RouterCollector {
             pool.iter()
                 .map(|(server, n)| (vec![("server", &**server)], *n as i64)),
         )?;
-        encode_servers(&mut out, &ServerIndex::new(&self.router))
+        encode_servers(&mut out, &ServerIndex::new(&router))
     }
 }
 

@@ -67,6 +67,85 @@ pub enum RoutingError {
     },
 }
 
+/// The routing table in use, replaced whole on reload (docs/ARCHITECTURE.md §14): a
+/// request loads it once and keeps that table to its end.
+pub type SharedRouter = Arc<arc_swap::ArcSwap<Router>>;
+
+/// What a routing table built on reload keeps from the one it replaces: each server's
+/// health, found by address and probe (so a down server stays down, and a check result is
+/// not thrown away), and each backend's counters, found by listener and backend name (so
+/// `/metrics` counters do not restart from zero).
+struct Carry {
+    metrics: bool,
+    health: HashMap<(String, Probe), Arc<Health>>,
+    stats: HashMap<(SocketAddr, String), Arc<TrafficStats>>,
+}
+
+impl Carry {
+    fn new(metrics: bool, previous: Option<&Router>) -> Carry {
+        let mut carry = Carry {
+            metrics,
+            health: HashMap::new(),
+            stats: HashMap::new(),
+        };
+        let Some(previous) = previous else {
+            return carry;
+        };
+        for check in &previous.checks {
+            carry.health.insert(
+                (check.health.addr().to_owned(), check.probe.clone()),
+                Arc::clone(&check.health),
+            );
+        }
+        for l in &previous.listeners {
+            for route in &l.routes {
+                for t in &route.targets {
+                    if let Some(stats) = &t.stats {
+                        carry
+                            .stats
+                            .insert((l.spec.addr, t.backend_name.to_string()), stats.clone());
+                    }
+                }
+            }
+            let unrouted = [
+                (&l.transparent_stats, l.transparent_name.to_string()),
+                (&l.refused_stats, "-".to_owned()),
+            ];
+            for (stats, backend) in unrouted {
+                if let Some(stats) = stats {
+                    carry.stats.insert((l.spec.addr, backend), stats.clone());
+                }
+            }
+        }
+        for p in &previous.passthrough {
+            if let Some(stats) = &p.stats {
+                carry.stats.insert((p.bind, p.name.clone()), stats.clone());
+            }
+        }
+        carry
+    }
+
+    fn health(&self, addr: String, probe: &Probe) -> Arc<Health> {
+        let key = (addr, probe.clone());
+        match self.health.get(&key) {
+            Some(health) => Arc::clone(health),
+            None => Health::new(key.0),
+        }
+    }
+
+    fn stats(&self, listener: SocketAddr, backend: &str) -> Option<Arc<TrafficStats>> {
+        if !self.metrics {
+            return None;
+        }
+        Some(
+            self.stats
+                .get(&(listener, backend.to_owned()))
+                .cloned()
+                .unwrap_or_else(TrafficStats::new),
+        )
+    }
+}
+
 /// Where a matched service goes in one region.
 #[derive(Debug)]
 pub(crate) struct Target {
@@ -188,6 +267,10 @@ pub struct HealthCheck {
 impl Router {
     /// Builds the table; validates the catalog-dependent config keys.
     pub fn new(config: &Config, catalog: Catalog) -> Result<Router, RoutingError> {
+        Router::build(config, catalog, &Carry::new(config.admin.metrics, None))
+    }
+
+    fn build(config: &Config, catalog: Catalog, carry: &Carry) -> Result<Router, RoutingError> {
         config.check_catalog(&catalog)?;
         let regions = catalog.regions();
         let region: Arc<str> = regions
@@ -202,8 +285,6 @@ impl Router {
             message: "must be printable ASCII (it goes into the Via header)".to_owned(),
         })?;
 
-        let metrics = config.admin.metrics;
-        let new_stats = || metrics.then(TrafficStats::new);
         let mut listeners: Vec<Listener> = Vec::new();
         let mut checks: Vec<HealthCheck> = Vec::new();
         for entry in catalog.entries().iter().filter(|e| e.region == region) {
@@ -231,7 +312,6 @@ impl Router {
                     let local = servers
                         .iter()
                         .map(|s| {
-                            let health = Health::new(s.address.to_string());
                             let probe = match &settings.http_path {
                                 Some(path) => Probe::Http {
                                     path: path.clone(),
@@ -239,6 +319,7 @@ impl Router {
                                 },
                                 None => Probe::Tcp,
                             };
+                            let health = carry.health(s.address.to_string(), &probe);
                             checks.push(HealthCheck {
                                 health: Arc::clone(&health),
                                 probe,
@@ -262,8 +343,9 @@ impl Router {
                         local_upstream: Arc::from(local_backend.to_string()),
                         local: Arc::new(Balancer::new(local, config.port_balance(port))),
                         label: addr.to_string().into(),
-                        transparent_stats: new_stats(),
-                        refused_stats: new_stats(),
+                        transparent_stats: carry
+                            .stats(addr, &format!("{region}_transparent_{port}")),
+                        refused_stats: carry.stats(addr, "-"),
                     });
                     listeners.len() - 1
                 }
@@ -278,7 +360,7 @@ impl Router {
                 (&listener.local_upstream, &listener.local),
                 &config.health,
                 &mut checks,
-                &new_stats,
+                (carry, addr),
             )?;
             listener.routes.push(Route {
                 service_type: Arc::clone(&entry.service_type),
@@ -331,7 +413,7 @@ impl Router {
                 .servers
                 .iter()
                 .map(|s| {
-                    let health = Health::new(s.address.to_string());
+                    let health = carry.health(s.address.to_string(), &Probe::Tcp);
                     checks.push(HealthCheck {
                         health: Arc::clone(&health),
                         probe: Probe::Tcp,
@@ -348,7 +430,7 @@ impl Router {
                 name: p.name.clone(),
                 bind: p.bind,
                 balancer: Arc::new(Balancer::new(servers, p.balance)),
-                stats: new_stats(),
+                stats: carry.stats(p.bind, &p.name),
                 label: p.bind.to_string().into(),
             });
         }
@@ -380,8 +462,17 @@ impl Router {
 
     /// Loads the catalog the config names and builds the table.
     pub fn from_config(config: &Config) -> Result<Router, RoutingError> {
+        Router::from_config_after(config, None)
+    }
+
+    /// [`Router::from_config`] for a reload: servers and backends `previous` also has
+    /// keep their health state and their counters (docs/ARCHITECTURE.md §14).
+    pub fn from_config_after(
+        config: &Config,
+        previous: Option<&Router>,
+    ) -> Result<Router, RoutingError> {
         let catalog = config.load_catalog()?;
-        Router::new(config, catalog)
+        Router::build(config, catalog, &Carry::new(config.admin.metrics, previous))
     }
 
     /// The current region.
@@ -813,7 +904,7 @@ fn build_targets(
     (local_upstream, local): (&Arc<str>, &Arc<Balancer>),
     settings: &CheckSettings,
     checks: &mut Vec<HealthCheck>,
-    new_stats: &dyn Fn() -> Option<Arc<TrafficStats>>,
+    (carry, listener): (&Carry, SocketAddr),
 ) -> Result<Vec<Target>, RoutingError> {
     let mut targets = Vec::with_capacity(regions.len());
     for region in regions {
@@ -824,7 +915,7 @@ fn build_targets(
                 upstream: Arc::clone(local_upstream),
                 balancer: Arc::clone(local),
                 remote: None,
-                stats: new_stats(),
+                stats: carry.stats(listener, &entry.backend_name()),
             });
             continue;
         }
@@ -839,16 +930,17 @@ fn build_targets(
             .map(|source| remote_via(via_name, &entry.service_type, region, source));
         // A remote region is up for this service only when its service is: its router
         // answers the check from its own health state (docs/ARCHITECTURE.md §3.8).
-        let health = Health::new(t.url.authority.to_string());
+        let probe = Probe::ScopeRouter {
+            service_type: entry.service_type.to_string(),
+            interface: entry.interface.to_string(),
+            host: t.url.authority.to_string(),
+        };
+        let health = carry.health(t.url.authority.to_string(), &probe);
         let mut remote_settings = settings.clone();
         remote_settings.http_path = None;
         checks.push(HealthCheck {
             health: Arc::clone(&health),
-            probe: Probe::ScopeRouter {
-                service_type: entry.service_type.to_string(),
-                interface: entry.interface.to_string(),
-                host: t.url.authority.to_string(),
-            },
+            probe,
             settings: remote_settings,
         });
         let balancer = Arc::new(Balancer::new(
@@ -869,7 +961,7 @@ fn build_targets(
                 path: Arc::clone(&t.url.path),
                 via,
             }),
-            stats: new_stats(),
+            stats: carry.stats(listener, &t.backend_name()),
         });
     }
     Ok(targets)

@@ -148,18 +148,26 @@ impl Signals {
     }
 }
 
-/// SIGTERM/SIGINT listeners (what systemd, docker and Ctrl-C send), and SIGHUP.
+/// SIGTERM/SIGINT listeners (what systemd, docker and Ctrl-C send), and SIGHUP (a
+/// reload: what `systemctl reload` and `scope-router reload` send).
 ///
 /// Install before opening listeners: once installed, a signal can no longer
-/// kill the process with the default action mid-request. SIGHUP (an SSH hangup of a
-/// foreground router, or an operator expecting a reload) is logged and ignored: its
-/// default action would kill the router without a drain and leave the VIP and the eBPF
-/// programs behind as after a crash.
+/// kill the process with the default action mid-request (SIGHUP's default action would
+/// kill the router without a drain and leave the VIP and the eBPF programs behind).
 #[derive(Debug)]
 pub struct Termination {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks of the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Drain and exit; the signal's name.
+    Stop(&'static str),
+    /// Re-read the configuration (SIGHUP).
+    Reload,
 }
 
 impl Termination {
@@ -172,18 +180,12 @@ impl Termination {
         })
     }
 
-    /// Resolves on the first terminating signal and names it; SIGHUPs before it are
-    /// logged and ignored.
-    pub async fn recv(&mut self) -> &'static str {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return "SIGTERM",
-                _ = self.int.recv() => return "SIGINT",
-                _ = self.hup.recv() => tracing::warn!(
-                    "SIGHUP received and ignored: this version has no reload; restart the \
-                     router to load a new configuration (SIGTERM or Ctrl-C stops it gracefully)"
-                ),
-            }
+    /// Resolves on the next signal.
+    pub async fn recv(&mut self) -> Request {
+        tokio::select! {
+            _ = self.term.recv() => Request::Stop("SIGTERM"),
+            _ = self.int.recv() => Request::Stop("SIGINT"),
+            _ = self.hup.recv() => Request::Reload,
         }
     }
 }

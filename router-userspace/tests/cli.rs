@@ -151,32 +151,61 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
     assert!(reply.contains(r#""code":502"#), "{reply}");
 
-    // SIGHUP (an SSH hangup of a foreground router) must not kill it: logged, ignored,
-    // and the router keeps serving.
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let mut served_after_hup = false;
-    for _ in 0..100 {
+    // SIGHUP reloads: the local backend moves to a live server, which answers 200 once
+    // the reload is done.
+    let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = live.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in live.incoming().flatten() {
+            let mut conn = conn;
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nmoved",
+            );
+        }
+    });
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(&format!(":{dead}\""), &format!(":{moved}\"")),
+    )
+    .unwrap();
+    let answer = |addr: SocketAddr| -> Option<String> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    let hup = |child: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    hup(&child);
+    let mut reloaded = false;
+    for _ in 0..200 {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("SIGHUP killed the router: {status}");
         }
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut reply = String::new();
-            s.read_to_string(&mut reply).unwrap();
-            served_after_hup = reply.starts_with("HTTP/1.1 502");
-        }
-        // Signal delivery is asynchronous: look again a little later, then conclude.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if served_after_hup && child.try_wait().unwrap().is_none() {
+        // Signal delivery is asynchronous: ask until the new backend shows (bounded).
+        if answer(addr).is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.ends_with("moved")) {
+            reloaded = true;
             break;
         }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(served_after_hup, "no answer after SIGHUP");
+    assert!(reloaded, "the reloaded backend never served");
+    // An invalid config: nothing changes, the router keeps serving the last good one.
+    std::fs::write(&config, "region = \"\"\n").unwrap();
+    hup(&child);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let reply = answer(addr).expect("still serving after a failed reload");
+    assert!(reply.ends_with("moved"), "{reply}");
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -187,7 +216,12 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {log}", out.status);
     assert!(log.contains("SIGTERM"), "{log}");
-    assert!(log.contains("SIGHUP received and ignored"), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(
+        log.contains("reload failed, still serving the previous configuration")
+            && log.contains("region"),
+        "{log}"
+    );
     // The access line for the request above.
     assert!(
         log.contains("status=502") && log.contains("backend=RegionOne_compute_public"),
@@ -478,6 +512,31 @@ fn status_reads_the_running_routers_admin_status_and_says_which_source_it_used()
         "{text}"
     );
     assert_eq!(code, Some(1), "{text}");
+
+    // `reload`: the router re-reads its config and says so through /status.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("inter = \"100ms\"", "inter = \"200ms\""),
+    )
+    .unwrap();
+    let (text, code) = cli(&["reload"], &config, &state);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(&format!("pid {pid}: reloaded")), "{text}");
+    let (seen, _) = status_json(&config, &state);
+    assert_eq!(seen["last_reload"]["ok"], true, "{seen:#}");
+    // An invalid config is refused before anything is sent; the router keeps serving.
+    std::fs::write(
+        &config,
+        good.replace("region = \"RegionOne\"", "region = \"Nowhere\""),
+    )
+    .unwrap();
+    let (text, code) = cli(&["reload"], &config, &state);
+    assert_eq!(code, Some(1), "{text}");
+    std::fs::write(&config, &good).unwrap();
+    let (seen, _) = status_json(&config, &state);
+    assert_eq!(seen["source"]["kind"], "admin", "{seen:#}");
+    assert_eq!(seen["pid"], pid, "{seen:#}");
 
     let kill = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 pub use error::{ErrorKind, ErrorSource, ProxyError};
-pub use server::{RouterHandle, ServeError, StartOptions, start, start_with_router};
+pub use server::{
+    ListenerChanges, RouterHandle, ServeError, StartOptions, start, start_with_router,
+};
 
 use crate::access_log::{AccessRecord, BodyError, LoggedBody};
 use crate::problem::{self, Problem};

@@ -19,12 +19,13 @@ use crate::balance::Server;
 use crate::decision::{Plan, RequestHead};
 use crate::health::{HEALTH_HEADER, HEALTH_PATH};
 use crate::problem::Problem;
-use crate::routing::Router;
+use crate::routing::{Router, SharedRouter};
 
 /// State shared by every scoped connection of one router.
 #[derive(Debug)]
 pub struct ScopedShared {
-    pub router: Arc<Router>,
+    /// The current routing table; each request loads it once.
+    pub router: SharedRouter,
     pub upstreams: Upstreams,
     pub max_header_bytes: usize,
     /// `[proxy] retries`: further servers tried when connecting fails.
@@ -72,13 +73,8 @@ impl RequestCtx {
     }
 
     /// Answers `problem` for a request that got no backend; counted on the listener.
-    fn refuse(
-        mut self,
-        shared: &ScopedShared,
-        problem: &Problem,
-        close: bool,
-    ) -> Response<LoggedBody> {
-        self.record.stats = shared.router.refused_stats(self.local).cloned();
+    fn refuse(mut self, router: &Router, problem: &Problem, close: bool) -> Response<LoggedBody> {
+        self.record.stats = router.refused_stats(self.local).cloned();
         problem_response(problem, self.record, close)
     }
 }
@@ -93,6 +89,8 @@ pub async fn handle(
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    // The table this request is served by, whatever a reload swaps in meanwhile.
+    let router = shared.router.load_full();
     let mut record = AccessRecord::new(started, local, peer, &parts.method, &parts.uri);
     record.in_flight = Some(start.in_flight);
     let mut ctx = RequestCtx {
@@ -103,21 +101,21 @@ pub async fn handle(
 
     // Phase: request limits. The body was not read, so the connection closes.
     if start.ambiguous_framing {
-        return Ok(ctx.refuse(&shared, &ambiguous_framing_problem(), true));
+        return Ok(ctx.refuse(&router, &ambiguous_framing_problem(), true));
     }
     if let Err(problem) = check_head(&mut parts, ctx.local, shared.max_header_bytes) {
-        return Ok(ctx.refuse(&shared, &problem, true));
+        return Ok(ctx.refuse(&router, &problem, true));
     }
 
     // Another router asking about one of our services: answered from our own health
     // state, never forwarded (docs/ARCHITECTURE.md §3.8).
     if parts.uri.path() == HEALTH_PATH {
-        let answer = shared.router.health_answer(ctx.local, parts.uri.query());
+        let answer = router.health_answer(ctx.local, parts.uri.query());
         return Ok(health_response(answer));
     }
 
     // Phase: pick service, read scope, choose upstream (pure, in core logic).
-    let decided = shared.router.decide(&RequestHead {
+    let decided = router.decide(&RequestHead {
         local: ctx.local,
         peer: ctx.peer,
         method: &parts.method,
@@ -128,7 +126,7 @@ pub async fn handle(
         Ok(plan) => plan,
         // A bodiless bad request leaves the connection reusable; hyper closes
         // it by itself when an unread body is left behind.
-        Err(problem) => return Ok(ctx.refuse(&shared, &problem, false)),
+        Err(problem) => return Ok(ctx.refuse(&router, &problem, false)),
     };
     ctx.note_plan(&plan);
 

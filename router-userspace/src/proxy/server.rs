@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::framing::FramingWatch;
@@ -23,7 +25,7 @@ use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::listener::{Accepted, Listener, ListenerError};
 use crate::metrics::{ClientGauges, OpenConnection, RouterCollector};
 use crate::passthrough::{self, PassthroughRuntime};
-use crate::routing::{Router, RoutingError};
+use crate::routing::{Router, RoutingError, SharedRouter};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
 
 /// Largest scoped connection task future that surely keeps tokio's task cell
@@ -50,6 +52,8 @@ pub enum ServeError {
          bind_scoped or pass the steered socket"
     )]
     NoListeners,
+    #[error("internal error: a lock of the running router was poisoned by a panic; restart it")]
+    Poisoned,
 }
 
 /// How listening sockets are obtained.
@@ -90,27 +94,67 @@ impl StartOptions {
 /// A running router.
 #[derive(Debug)]
 pub struct RouterHandle {
-    local_addrs: Vec<SocketAddr>,
-    router: Arc<Router>,
     dispatch: Arc<Dispatch>,
     shutdown: Shutdown,
     grace: Duration,
+    opts: BindPolicy,
+    /// Listeners this router bound itself, by configured address; a reload adds and
+    /// removes these (handed-in sockets are the caller's and stay).
+    bound: Mutex<Vec<Bound>>,
+    /// Every listening socket's address as bound, handed-in ones included.
+    local_addrs: Mutex<Vec<SocketAddr>>,
+    /// Stops the current generation of health checkers (a reload starts the next).
+    checkers: Mutex<watch::Sender<bool>>,
+}
+
+/// Which listeners the router binds itself ([`StartOptions`] without the sockets).
+#[derive(Debug, Clone, Copy)]
+struct BindPolicy {
+    scoped: bool,
+    passthrough: bool,
+}
+
+/// A listener being served: its configured address (`None`: handed in by the caller,
+/// never removed by a reload) and how to stop its accept loop.
+#[derive(Debug)]
+struct Bound {
+    addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+}
+
+/// What a reload changed in the listening sockets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListenerChanges {
+    /// Addresses now bound that were not.
+    pub added: Vec<SocketAddr>,
+    /// Addresses no longer accepting (their open connections finish).
+    pub removed: Vec<SocketAddr>,
 }
 
 impl RouterHandle {
     /// Addresses of every listening socket (as bound, not as steered to).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
+    /// The routing table in use now.
+    pub fn router(&self) -> Arc<Router> {
+        self.dispatch.scoped.router.load_full()
+    }
+
+    /// The swappable routing table, for readers that must follow reloads (`/status`,
+    /// `/metrics`, the health state file).
+    pub fn shared_router(&self) -> SharedRouter {
+        self.dispatch.scoped.router.clone()
     }
 
     /// What `/metrics` reads of this router at scrape time.
     pub fn collector(&self) -> RouterCollector {
         RouterCollector {
-            router: self.router.clone(),
+            router: self.shared_router(),
             clients: self.dispatch.clients.clone(),
             pool: self.dispatch.scoped.upstreams.pool().clone(),
         }
@@ -121,6 +165,87 @@ impl RouterHandle {
         self.shutdown.signals()
     }
 
+    /// Serves `router` (built from `config`) from now on: binds the listeners it adds
+    /// (nothing changes if one cannot be bound), swaps the routing table (requests in
+    /// flight finish on the one they started with), stops accepting on listeners it no
+    /// longer has (their open connections finish), and restarts the health checkers
+    /// with the new settings (servers kept from the old table keep their state).
+    pub fn replace(
+        &self,
+        config: &Config,
+        router: Arc<Router>,
+    ) -> Result<ListenerChanges, ServeError> {
+        let wanted = wanted_binds(config, &router, self.opts);
+        let mut bound = self.bound.lock().map_err(|_| ServeError::Poisoned)?;
+        let mut fresh = Vec::new();
+        for addr in &wanted {
+            if !bound.iter().any(|b| b.addr == Some(*addr)) {
+                // All or nothing: a bind failure drops the ones bound so far.
+                fresh.push((*addr, Listener::bind(*addr)?));
+            }
+        }
+        self.dispatch.swap(config, router.clone());
+        self.restart_checkers(&router);
+        let mut changes = ListenerChanges::default();
+        let mut local_addrs = self.local_addrs.lock().map_err(|_| ServeError::Poisoned)?;
+        for (addr, listener) in fresh {
+            local_addrs.push(listener.bound_addr());
+            bound.push(self.serve(listener, Some(addr), router.region()));
+            changes.added.push(addr);
+        }
+        bound.retain(|b| match b.addr {
+            Some(addr) if !wanted.contains(&addr) => {
+                let _ = b.stop.send(true);
+                changes.removed.push(addr);
+                false
+            }
+            _ => true,
+        });
+        Ok(changes)
+    }
+
+    /// Spawns the accept loop of `listener` (configured as `addr`).
+    fn serve(&self, listener: Listener, addr: Option<SocketAddr>, region: &str) -> Bound {
+        let (stop, stopped) = watch::channel(false);
+        tracing::info!(addr = %listener.bound_addr(), origin = ?listener.origin(), region, "listening");
+        // `guard()` is only None after shutdown began: then nothing is served anymore.
+        if let Some(guard) = self.shutdown.guard() {
+            tokio::spawn(accept_loop(
+                listener,
+                self.dispatch.clone(),
+                self.shutdown.signals(),
+                stopped,
+                guard,
+            ));
+        }
+        Bound { addr, stop }
+    }
+
+    /// Stops the running health checkers and starts one per server of `router`; a
+    /// server carried over from the previous table keeps its state.
+    fn restart_checkers(&self, router: &Router) {
+        let (stop, stopped) = watch::channel(false);
+        if let Ok(mut current) = self.checkers.lock() {
+            let _ = current.send(true);
+            *current = stop;
+        }
+        for check in router.health_checks() {
+            let mut signals = self.shutdown.signals();
+            let mut stopped = stopped.clone();
+            crate::health::spawn_checker(
+                Arc::clone(&check.health),
+                check.probe.clone(),
+                check.settings.clone(),
+                async move {
+                    tokio::select! {
+                        () = signals.draining() => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
+                },
+            );
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish within
     /// `proxy.shutdown_grace`, then cuts what remains.
     pub async fn shutdown(self) -> Drained {
@@ -128,11 +253,47 @@ impl RouterHandle {
     }
 }
 
+/// The addresses the router binds itself for `config`, per `opts`.
+fn wanted_binds(config: &Config, router: &Router, opts: BindPolicy) -> Vec<SocketAddr> {
+    let mut wanted = Vec::new();
+    if opts.scoped {
+        wanted.extend(router.listeners().iter().map(|l| l.spec.addr));
+    }
+    if opts.passthrough {
+        wanted.extend(config.passthrough.iter().map(|p| p.bind));
+    }
+    wanted
+}
+
+/// The runtime of every `[[passthrough]]` of `config`, on `router`'s servers.
+fn passthrough_runtimes(config: &Config, router: &Router) -> Vec<Arc<PassthroughRuntime>> {
+    config
+        .passthrough
+        .iter()
+        .map(|p| {
+            let servers = router
+                .passthrough()
+                .iter()
+                .find(|s| s.name == p.name)
+                .map(|s| (Arc::clone(&s.balancer), s.stats.clone()))
+                // The table is built from the same config: every name is there.
+                .unwrap_or_else(|| (Arc::new(Balancer::new(Vec::new(), p.balance)), None));
+            Arc::new(PassthroughRuntime::new(
+                p.clone(),
+                router.region(),
+                &config.proxy,
+                servers,
+            ))
+        })
+        .collect()
+}
+
 /// Routes an accepted connection by its local address.
 #[derive(Debug)]
 struct Dispatch {
     scoped: Arc<ScopedShared>,
-    passthrough: Vec<Arc<PassthroughRuntime>>,
+    /// Replaced whole on reload, like the routing table.
+    passthrough: ArcSwap<Vec<Arc<PassthroughRuntime>>>,
     max_header_bytes: usize,
     /// Open, active and parked client connections, for `/metrics`.
     clients: Arc<ClientGauges>,
@@ -151,71 +312,67 @@ pub fn start_with_router(
     router: Arc<Router>,
     opts: StartOptions,
 ) -> Result<RouterHandle, ServeError> {
-    let mut listeners = Vec::new();
+    let policy = BindPolicy {
+        scoped: opts.bind_scoped,
+        passthrough: opts.bind_passthrough,
+    };
+    let mut handed_in = Vec::new();
     for std_listener in opts.handed_in {
-        listeners.push(Listener::from_std(std_listener)?);
+        handed_in.push(Listener::from_std(std_listener)?);
     }
-    if opts.bind_scoped {
-        for scoped in router.listeners() {
-            listeners.push(Listener::bind(scoped.spec.addr)?);
-        }
+    let mut own = Vec::new();
+    for addr in wanted_binds(config, &router, policy) {
+        own.push((addr, Listener::bind(addr)?));
     }
-    if opts.bind_passthrough {
-        for p in &config.passthrough {
-            listeners.push(Listener::bind(p.bind)?);
-        }
-    }
-    if listeners.is_empty() {
+    if handed_in.is_empty() && own.is_empty() {
         return Err(ServeError::NoListeners);
     }
 
     let dispatch = Arc::new(Dispatch::new(config, &router));
-
-    let shutdown = Shutdown::new();
-    // Health checks run beside the request path, until the router drains.
-    for check in router.health_checks() {
-        let mut signals = shutdown.signals();
-        crate::health::spawn_checker(
-            Arc::clone(&check.health),
-            check.probe.clone(),
-            check.settings.clone(),
-            async move { signals.draining().await },
-        );
-    }
-    let mut local_addrs = Vec::with_capacity(listeners.len());
-    for listener in listeners {
-        let addr = listener.bound_addr();
-        local_addrs.push(addr);
-        tracing::info!(%addr, origin = ?listener.origin(), region = router.region(), "listening");
-        // `guard()` is only None after shutdown began, which cannot have happened yet.
-        if let Some(guard) = shutdown.guard() {
-            tokio::spawn(accept_loop(
-                listener,
-                dispatch.clone(),
-                shutdown.signals(),
-                guard,
-            ));
-        }
-    }
-    Ok(RouterHandle {
-        local_addrs,
-        router,
+    let (checkers, _) = watch::channel(false);
+    let handle = RouterHandle {
         dispatch,
-        shutdown,
+        shutdown: Shutdown::new(),
         grace: config.proxy.shutdown_grace,
-    })
+        opts: policy,
+        bound: Mutex::new(Vec::new()),
+        local_addrs: Mutex::new(Vec::new()),
+        checkers: Mutex::new(checkers),
+    };
+    // Health checks run beside the request path, until the router drains or reloads.
+    handle.restart_checkers(&router);
+    let mut local_addrs = Vec::new();
+    let mut bound = Vec::new();
+    for listener in handed_in {
+        local_addrs.push(listener.bound_addr());
+        bound.push(handle.serve(listener, None, router.region()));
+    }
+    for (addr, listener) in own {
+        local_addrs.push(listener.bound_addr());
+        bound.push(handle.serve(listener, Some(addr), router.region()));
+    }
+    if let Ok(mut b) = handle.bound.lock() {
+        *b = bound;
+    }
+    if let Ok(mut a) = handle.local_addrs.lock() {
+        *a = local_addrs;
+    }
+    Ok(handle)
 }
 
 async fn accept_loop(
     listener: Listener,
     dispatch: Arc<Dispatch>,
     mut signals: Signals,
+    mut stopped: watch::Receiver<bool>,
     guard: Guard,
 ) {
     loop {
         let accepted = tokio::select! {
             biased;
             _ = signals.draining() => break,
+            // A reload removed this listener (or its stop sender is gone: same).
+            _ = stopped.wait_for(|stop| *stop) => break,
             a = listener.accept() => a,
         };
         match accepted {
@@ -244,43 +401,39 @@ impl Dispatch {
         let max_header_bytes = config.proxy.max_header_bytes;
         Dispatch {
             scoped: Arc::new(ScopedShared {
-                router: router.clone(),
+                router: Arc::new(ArcSwap::new(router.clone())),
                 upstreams: Upstreams::start(),
                 max_header_bytes,
                 retries: config.proxy.retries,
             }),
-            passthrough: config
-                .passthrough
-                .iter()
-                .map(|p| {
-                    let servers = router
-                        .passthrough()
-                        .iter()
-                        .find(|s| s.name == p.name)
-                        .map(|s| (Arc::clone(&s.balancer), s.stats.clone()))
-                        // The table is built from the same config: every name is there.
-                        .unwrap_or_else(|| (Arc::new(Balancer::new(Vec::new(), p.balance)), None));
-                    Arc::new(PassthroughRuntime::new(
-                        p.clone(),
-                        router.region(),
-                        &config.proxy,
-                        servers,
-                    ))
-                })
-                .collect(),
+            passthrough: ArcSwap::from_pointee(passthrough_runtimes(config, router)),
             max_header_bytes,
             clients: Arc::new(ClientGauges::default()),
         }
     }
 
+    /// Serves `router` (and `config`'s passthrough listeners) from the next request on;
+    /// the upstream pool and the connection gauges carry on.
+    fn swap(&self, config: &Config, router: Arc<Router>) {
+        self.passthrough
+            .store(Arc::new(passthrough_runtimes(config, &router)));
+        self.scoped.router.store(router);
+    }
+
     /// Spawns the task serving one accepted connection.
     fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
-        let Some(spec) = self.scoped.router.listener(acc.local) else {
+        let timeouts = self
+            .scoped
+            .router
+            .load()
+            .listener(acc.local)
+            .map(|spec| spec.timeouts);
+        let Some(timeouts) = timeouts else {
             let d = self.clone();
             tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
             return;
         };
-        tokio::spawn(self.scoped_task(acc, spec.timeouts, signals, guard));
+        tokio::spawn(self.scoped_task(acc, timeouts, signals, guard));
     }
 
     /// The whole task of a scoped connection: exactly [`serve_http`], whose
@@ -320,7 +473,8 @@ impl Dispatch {
             local,
             peer,
         } = acc;
-        if let Some(rt) = self.passthrough.iter().find(|p| p.serves(local)) {
+        let passthrough = self.passthrough.load();
+        if let Some(rt) = passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
                     let _open = OpenConnection::new(&self.clients);
