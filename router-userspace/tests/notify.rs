@@ -100,7 +100,29 @@ impl FakeSystemd {
     }
 }
 
-fn start(config: &Path, state: &Path, notify: &Path, watchdog: &[(&str, &str)]) -> Child {
+/// Kills the router if the test fails before stopping it, so a failure leaks no process.
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the router is running")
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().expect("the router is running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start(config: &Path, state: &Path, notify: &Path, watchdog: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--workers", "2", "--config"])
         .arg(config)
@@ -114,7 +136,7 @@ fn start(config: &Path, state: &Path, notify: &Path, watchdog: &[(&str, &str)]) 
     for (k, v) in watchdog {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("start scope-router")
+    Running(Some(cmd.spawn().expect("start scope-router")))
 }
 
 fn terminate(child: Child) -> String {
@@ -140,7 +162,7 @@ fn run_notifies_ready_once_serving_pings_the_watchdog_and_notifies_stopping_on_s
     // reads WATCHDOG_USEC, i.e. the router.
     let mut child = start(&config, dir.path(), &notify, &[("WATCHDOG_USEC", "200000")]);
 
-    systemd.wait_for("READY=1", &mut child);
+    systemd.wait_for("READY=1", child.child());
     // READY=1 promises a listening router: the connection must be accepted now, not after
     // a retry.
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -151,16 +173,19 @@ fn run_notifies_ready_once_serving_pings_the_watchdog_and_notifies_stopping_on_s
         systemd.seen
     );
 
-    systemd.wait_for("WATCHDOG=1", &mut child);
+    systemd.wait_for("WATCHDOG=1", child.child());
 
-    let pid = child.id();
+    let pid = child.child().id();
     let kill = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(kill.success());
-    systemd.wait_for("STOPPING=1", &mut child);
-    let out = child.wait_with_output().expect("wait for the router");
+    systemd.wait_for("STOPPING=1", child.child());
+    let out = child
+        .take()
+        .wait_with_output()
+        .expect("wait for the router");
     assert!(
         out.status.success(),
         "router failed: {}",
@@ -194,8 +219,8 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
         &notify,
         &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
     );
-    systemd.wait_for("READY=1", &mut child);
-    let log = terminate(child);
+    systemd.wait_for("READY=1", child.child());
+    let log = terminate(child.take());
     systemd.drain();
     // With a watchdog the first ping goes out as the runtime starts (the positive test
     // above), so by exit one would be here.
@@ -218,17 +243,19 @@ fn without_notify_socket_run_sends_nothing_and_still_serves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = write_config(dir.path(), port);
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--health-state-dir")
-        .arg(dir.path())
-        .env_remove("NOTIFY_SOCKET")
-        .env("WATCHDOG_USEC", "200000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start scope-router");
+    let mut child = Running(Some(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--health-state-dir")
+            .arg(dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start scope-router"),
+    ));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut connected = false;
     for _ in 0..500 {
@@ -236,13 +263,13 @@ fn without_notify_socket_run_sends_nothing_and_still_serves() {
             connected = true;
             break;
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = child.child().try_wait() {
             panic!("router exited early: {status}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(connected, "the router never listened on {addr}");
-    let log = terminate(child);
+    let log = terminate(child.take());
     // No socket, no warning: sending nothing is the expected case, not an error.
     assert!(!log.contains("NOTIFY_SOCKET"), "{log}");
 }
