@@ -89,10 +89,20 @@ pub fn run(opts: Options) -> Result<()> {
         }
     };
     if opts.root == Path::new("/") && !exec::is_root() {
-        bail!(
-            "installing into / needs root: run `sudo -E cargo xtask install …`, or give \
-             --root DIR to install under a directory of yours"
-        );
+        // Built as the user (a root build would leave root-owned files in target/); only
+        // the copying runs through sudo, as this same xtask with the binary just built.
+        eprintln!("note: installing into / needs root: copying through sudo");
+        let xtask = std::env::current_exe().context("cannot find the xtask executable")?;
+        let mut cmd = exec::as_root(&xtask.to_string_lossy());
+        cmd.arg("install")
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--config")
+            .arg(&config);
+        if opts.force {
+            cmd.arg("--force");
+        }
+        return exec::exec(&mut cmd);
     }
     let install = step(format!("install into {}", opts.root.display()));
     let changes = install_files(
