@@ -14,6 +14,7 @@ pub mod health_state;
 pub mod listener;
 mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod passthrough;
 pub mod problem;
 pub mod proxy;

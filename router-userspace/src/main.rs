@@ -15,7 +15,7 @@ use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Request, Termination};
-use scope_router::{access_log, admin, health_state, reload, report, status, vip};
+use scope_router::{access_log, admin, health_state, notify, reload, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -358,6 +358,14 @@ fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steer
     }
 }
 
+/// A notification systemd missed is logged, never fatal: without systemd nothing is sent,
+/// and under it a missed READY=1 ends in systemd's own start timeout, which names the unit.
+fn warn_unsent(sent: Result<(), notify::NotifyError>) {
+    if let Err(e) = sent {
+        tracing::warn!("{e}");
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn run(
     config: Config,
@@ -370,6 +378,9 @@ async fn run(
 ) -> Result<()> {
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
+    // From the start of the runtime: a start that wedges (a stuck VIP probe) misses pings
+    // too. Dropped at the end of `run`, after the drain, so a long drain is not a miss.
+    let _watchdog = notify::Watchdog::start();
     let handle =
         server::start_with_router(&config, router, options).context("cannot start listening")?;
     // Published for `status` and `explain` while the router serves; removed after the drain.
@@ -393,15 +404,25 @@ async fn run(
     )
     .await
     .context("cannot start the admin listener")?;
+    // Type=notify: `systemctl start` returns, and ordered units start, only now.
+    warn_unsent(notify::ready());
+    warn_unsent(notify::status("serving"));
     let mut config = config;
     let signal = loop {
         match termination.recv().await {
             Request::Stop(signal) => break signal,
             Request::Reload => {
+                // RELOADING=1 … READY=1 brackets the reload, whatever its outcome.
+                warn_unsent(notify::reloading());
                 config = reload_config(&handle, config, &config_state, steering.as_mut());
+                warn_unsent(notify::ready());
+                let serving = format!("serving {}", config.path.display());
+                warn_unsent(notify::status(&serving));
             }
         }
     };
+    warn_unsent(notify::stopping());
+    warn_unsent(notify::status("draining: finishing in-flight requests"));
     tracing::info!(
         grace = %humantime::format_duration(config.proxy.shutdown_grace),
         "{signal} received: no new connections, finishing in-flight requests"

@@ -1,7 +1,8 @@
-//! Project automation: `cargo xtask setup|test|run|lab|bench` (see README.md).
+//! Project automation: `cargo xtask setup|test|run|install|lab|bench` (see README.md).
 
 mod bench;
 mod exec;
+mod install;
 mod interrupt;
 mod lab;
 mod netns;
@@ -26,11 +27,19 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing needs (Debian packages, nightly + rust-src,
     /// bpf-linker, bpffs); every step skips when already satisfied.
-    Setup,
+    Setup {
+        /// `build`: the toolchain and bpffs only (a node that runs the router: the
+        /// Vagrantfile's provisioning); `full` adds the test and benchmark tools.
+        #[arg(long, value_enum, default_value = "full")]
+        profile: setup::Profile,
+    },
     /// The full test run: setup, fmt, clippy, tests, and the privileged suites as root.
     Test(test::Options),
     /// Build scope-router (release) and run it as root: `cargo xtask run -- run --config F`.
     Run(run::Options),
+    /// Build scope-router (release) and install it as a systemd service: binary, unit and
+    /// one region's config (`--region RegionOne`); idempotent, keeps edited configs.
+    Install(install::Options),
     /// A two-region lab in network namespaces: routers, echo backends, scoped requests.
     Lab(lab::Options),
     /// Benchmarks.
@@ -41,9 +50,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     interrupt::install();
     let result = match cli.command {
-        Cmd::Setup => setup::run(setup::Profile::Full),
+        Cmd::Setup { profile } => setup::run(profile),
         Cmd::Test(opts) => test::run(opts),
         Cmd::Run(opts) => run::run(opts),
+        Cmd::Install(opts) => install::run(opts),
         Cmd::Lab(opts) => lab::run(opts),
         Cmd::Bench(opts) => bench::run(opts),
     };

@@ -18,7 +18,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a subcommand needs installed; the operator's VM only needs the build toolchain,
 /// not the benchmark's HAProxy/nginx (whose packages would start services there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
     /// Toolchain and bpffs: enough to build and run the router.
     Build,
@@ -27,7 +27,9 @@ pub enum Profile {
     /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, python3 for
     /// the benchmark's upload sink, nftables, whose `nft` blackholes a region inside a
     /// privileged test's namespace, prometheus for `promtool check metrics` on the admin
-    /// listener's exposition, and chromium, which loads the status page headless).
+    /// listener's exposition, chromium, which loads the status page headless, systemd for
+    /// `systemd-analyze verify` on the unit, and vagrant for `vagrant validate` on the
+    /// Vagrantfile).
     Full,
 }
 
@@ -48,6 +50,8 @@ impl Profile {
             "nftables",
             "prometheus",
             "chromium",
+            "systemd",
+            "vagrant",
         ];
         match self {
             Profile::Build => &[],
