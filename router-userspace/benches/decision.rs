@@ -184,5 +184,15 @@ fn observe(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, observe);
+/// What a reloadable routing table adds per request: one `ArcSwap::load_full` (the
+/// request keeps the table it started with, docs/ARCHITECTURE.md §14.4).
+fn load_table(c: &mut Criterion) {
+    let shared: scope_router::routing::SharedRouter =
+        std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(router()));
+    c.bench_function("reload/load_full", |b| {
+        b.iter(|| black_box(shared.load_full()))
+    });
+}
+
+criterion_group!(benches, bench, observe, load_table);
 criterion_main!(benches);
