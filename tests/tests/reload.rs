@@ -205,3 +205,46 @@ async fn a_down_server_stays_down_across_a_reload() {
     lab.one.stop().await;
     lab.two.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
+    let mut lab = Lab::start(LabOptions {
+        bind_direct: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let image = lab.one.addr(9292);
+    let state = ConfigState::shared(SystemTime::now());
+    let gate = lab.one.backends[&9292].gate.clone();
+    let arrived = gate.arrived.notified();
+    // Held by RegionOne's image backend until released.
+    let held = tokio::spawn(async move { get(image, "/__gate", &[]).await });
+    arrived.await;
+
+    edit(&lab, |t| {
+        t.replacen(
+            "[ebpf]",
+            "[scope.defaults]\nimage = \"RegionTwo\"\n\n[ebpf]",
+            1,
+        )
+    });
+    reload_one(&lab, &state).expect("reload");
+    let after = get(image, "/v2/images", &[]).await.unwrap();
+    assert_eq!(
+        backend(&after),
+        "RegionTwo-9292",
+        "new requests take the new table"
+    );
+
+    gate.release.notify_one();
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(held.status, 200);
+    assert_eq!(
+        backend(&held),
+        "RegionOne-9292",
+        "the request in flight kept its table"
+    );
+    lab.one.stop().await;
+    lab.two.stop().await;
+}
