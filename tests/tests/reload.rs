@@ -106,6 +106,40 @@ async fn an_invalid_config_changes_nothing_and_says_why() {
     assert_eq!((s.reloads_ok, s.reloads_failed), (0, 1));
     let last = s.last_reload.unwrap();
     assert!(!last.ok && last.message.contains("RegionNine"), "{last:?}");
+
+    // What the admin listener says about it.
+    let handle = lab.one.handle.as_ref().unwrap();
+    // The file parses (the unknown region is a catalog check): the view needs its paths.
+    let config = Config::load(&lab.one.config_path).unwrap();
+    let settings = scope_router::admin::AdminSettings {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Default::default()
+    };
+    let admin = scope_router::admin::start(
+        &settings,
+        scope_router::admin::AdminView::with_state(&config, handle, state.clone()),
+    )
+    .await
+    .unwrap();
+    let addr = admin.local_addrs()[0];
+    let metrics = get(addr, "/metrics", &[]).await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert_eq!(
+        sample(&text, "scope_router_config_last_reload_successful", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "scope_router_config_reloads_total",
+            &[("result", "failed")]
+        ),
+        Some(1.0)
+    );
+    let status = get(addr, "/status", &[]).await.unwrap().json();
+    assert_eq!(status["last_reload"]["ok"], false, "{status:#}");
+    admin.stop().await;
     lab.one.stop().await;
     lab.two.stop().await;
 }
