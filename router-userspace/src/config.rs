@@ -13,6 +13,7 @@ use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::health::CheckSettings;
+use crate::process::ProcessSettings;
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 
 /// The validated configuration.
@@ -41,6 +42,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// `[log]`: how log lines are written.
     pub log: LogSettings,
+    /// `[process]`: the user the router runs as after its privileged setup.
+    pub process: ProcessSettings,
 }
 
 /// Connection timeouts of one listener; `[timeouts]` sets them for every listener.
@@ -448,6 +451,8 @@ struct RawConfig {
     admin: AdminSettings,
     #[serde(default)]
     log: LogSettings,
+    #[serde(default)]
+    process: ProcessSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -642,6 +647,7 @@ impl RawConfig {
             passthrough,
             admin: self.admin,
             log: self.log,
+            process: self.process,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod passthrough;
 pub mod problem;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod report;

@@ -15,7 +15,7 @@ use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Request, Termination};
-use scope_router::{access_log, admin, health_state, notify, reload, report, status, vip};
+use scope_router::{access_log, admin, health_state, notify, process, reload, report, status, vip};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -158,6 +158,30 @@ fn main() -> Result<()> {
             // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
             // network namespace of the calling thread.
             let (options, steering) = steer(&config, &router)?;
+            let state_dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            // Last privileged step, before any thread that serves requests exists: the
+            // runtime's workers inherit the unprivileged user and the kept capabilities.
+            if let Some(user) = &config.process.user {
+                std::fs::create_dir_all(&state_dir).with_context(|| {
+                    format!("cannot create the state directory {}", state_dir.display())
+                })?;
+                let mut writable = vec![state_dir.as_path()];
+                if let Some(v) = &config.vip {
+                    writable.push(v.state_dir.as_path());
+                }
+                if let Some(s) = &steering {
+                    writable.push(s.pin_path());
+                }
+                writable.dedup();
+                let ids = process::drop_to(user, &writable)
+                    .context("cannot drop the router's privileges")?;
+                tracing::info!(
+                    user = user.as_str(),
+                    uid = ids.uid,
+                    capabilities = ?process::KEPT.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(),
+                    "running unprivileged from here on"
+                );
+            }
             let mut rt = match workers {
                 Some(0) => bail!("--workers must be at least 1"),
                 // One worker: the single-threaded scheduler does the same job
@@ -174,10 +198,7 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let health_file = health_state::file_path(
-                &health_state::state_dir(&config, health_state_dir.as_deref()),
-                router.region(),
-            );
+            let health_file = health_state::file_path(&state_dir, router.region());
             rt.block_on(run(
                 config,
                 loaded_at,

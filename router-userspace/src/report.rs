@@ -121,6 +121,13 @@ pub fn check(router: &Router, config: &Config) -> String {
         crate::access_log::LogFormat::Json => "json",
     };
     let _ = writeln!(out, "log:     {log} lines on stderr");
+    if let Some(user) = &config.process.user {
+        let _ = writeln!(
+            out,
+            "process: runs as {user} after setup, keeping CAP_NET_ADMIN, CAP_NET_RAW, \
+             CAP_NET_BIND_SERVICE"
+        );
+    }
 
     let _ = writeln!(out, "\nscoped listeners ({}):", router.listeners().len());
     for listener in router.listeners() {

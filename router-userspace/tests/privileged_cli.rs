@@ -1282,3 +1282,87 @@ fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
 fn router_log_has(world: &World, text: &str) -> bool {
     fs::read_to_string(world.dir.path().join("run.log")).is_ok_and(|log| log.contains(text))
 }
+
+/// `Name:\tvalue…` of a `/proc/<pid>[/task/<tid>]/status` file.
+fn proc_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn with_a_process_user_the_router_serves_unprivileged_and_still_re_adds_the_vip() {
+    if !runnable("with_a_process_user_the_router_serves_unprivileged") {
+        return;
+    }
+    let world = World::new();
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut text = fs::read_to_string(&config).expect("read the config");
+    text.push_str("\n[process]\nuser = \"nobody\"\n");
+    fs::write(&config, text).expect("write the config");
+    let nobody = scope_router::process::lookup("nobody").expect("Debian has nobody");
+    let mut router = world.start(&config, "run-unprivileged.log");
+    world.wait_ready(&mut router);
+
+    let pid = router.child.id();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let uid = proc_field(&status, "Uid");
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        vec![nobody.uid.to_string(); 4],
+        "real, effective, saved and fs uid: {status}"
+    );
+    let kept = format!("{:016x}", scope_router::process::kept_mask());
+    assert_eq!(proc_field(&status, "CapEff"), kept, "{status}");
+    assert_eq!(proc_field(&status, "CapPrm"), kept, "{status}");
+    // Every thread: none is root, none has more than the kept set.
+    let mut threads = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let task = task.expect("task").path();
+        let status = fs::read_to_string(task.join("status")).expect("task status");
+        threads += 1;
+        assert!(
+            !proc_field(&status, "Uid")
+                .split_whitespace()
+                .any(|u| u == "0"),
+            "a root thread: {status}"
+        );
+        let eff = u64::from_str_radix(&proc_field(&status, "CapEff"), 16).expect("hex");
+        assert_eq!(eff & !scope_router::process::kept_mask(), 0, "{status}");
+    }
+    assert!(threads >= 1);
+
+    // It serves, and what it still must do as root it can: put the VIP back.
+    let response = world
+        .request(
+            COMPUTE,
+            "/v2.1/servers",
+            &[("X-Scope", r#"{"compute": "RegionOne"}"#)],
+        )
+        .expect("compute request");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let vip = world.vip;
+    world.ip_router(&["addr", "del", &format!("{vip}/32"), "dev", "eth2"]);
+    eventually(
+        "VIP re-added on eth2 by the unprivileged router",
+        &mut router,
+        || world.vip_on_eth2(),
+    );
+
+    // A clean exit still releases the VIP and detaches the programs.
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+    assert!(!world.vip_on_eth2(), "VIP left on eth2: {}", router.log());
+    assert!(!world.xdp_on_eth2(), "XDP left on eth2: {}", router.log());
+    assert!(
+        router.log().contains("running unprivileged"),
+        "{}",
+        router.log()
+    );
+}

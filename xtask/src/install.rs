@@ -104,6 +104,9 @@ pub fn run(opts: Options) -> Result<()> {
         }
         return exec::exec(&mut cmd);
     }
+    if opts.root == Path::new("/") {
+        ensure_user(SERVICE_USER)?;
+    }
     let install = step(format!("install into {}", opts.root.display()));
     let changes = install_files(
         &opts.root,
@@ -122,6 +125,37 @@ pub fn run(opts: Options) -> Result<()> {
         unit_changed,
         changes.iter().any(Change::changed),
     )
+}
+
+/// The unprivileged user `[process] user` names in an installed config: the router sets
+/// up eBPF and the VIP as root, then runs as this user (docs/ARCHITECTURE.md §14.5).
+const SERVICE_USER: &str = "scope-router";
+
+/// Creates the system user `name` (no home, no login shell) unless it exists.
+fn ensure_user(name: &str) -> Result<()> {
+    let check = step(format!("system user {name}"));
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(name)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if exists {
+        check.skip("exists");
+        return Ok(());
+    }
+    exec::exec(Command::new("useradd").args([
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+        name,
+    ]))?;
+    check.done();
+    Ok(())
 }
 
 /// config/<REGION>.toml, or an error listing the regions the repository has.
