@@ -1366,3 +1366,130 @@ fn with_a_process_user_the_router_serves_unprivileged_and_still_re_adds_the_vip(
         router.log()
     );
 }
+
+/// Requests (one connection each, so every one is steered anew) counted by the client.
+#[derive(Debug, Default)]
+struct LoadCount {
+    ok: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+#[test]
+fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
+    if !runnable("reloads_under_load_fail_no_request") {
+        return;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    const IMAGE: u16 = 9292;
+    let world = World::new();
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let catalog = world.dir.path().join("endpoint-list-RegionOne.json");
+    let base = fs::read_to_string(&catalog).expect("catalog");
+    let mut entries: Vec<Value> = serde_json::from_str(&base).expect("catalog JSON");
+    entries.push(
+        serde_json::json!({"Region": "RegionOne", "Service Type": "image",
+        "Interface": "public", "URL": format!("http://{}:{IMAGE}", world.vip)}),
+    );
+    let with_image = serde_json::to_string_pretty(&entries).expect("JSON");
+    let good_config = fs::read_to_string(&config).expect("config");
+    let mut router = world.start(&config, "run-reloads.log");
+    world.wait_ready(&mut router);
+
+    let count = LoadCount::default();
+    let stop = AtomicBool::new(false);
+    let compute = world.addr(COMPUTE);
+    let log_path = router.log.clone();
+    let reloads_seen = || {
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        log.matches("configuration reloaded").count() + log.matches("reload failed").count()
+    };
+    std::thread::scope(|scope| {
+        // Steady load from the client namespace until told to stop (bounded anyway).
+        scope.spawn(|| {
+            world.lab.client.run(|| {
+                let started = Instant::now();
+                while !stop.load(Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                    let outcome = (|| -> io::Result<String> {
+                        let mut s = TcpStream::connect_timeout(&compute, CONNECT)?;
+                        s.set_read_timeout(Some(PATIENCE))?;
+                        s.write_all(
+                            b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        )?;
+                        let mut reply = String::new();
+                        s.read_to_string(&mut reply)?;
+                        Ok(reply)
+                    })();
+                    match outcome {
+                        Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
+                            count.ok.fetch_add(1, Relaxed);
+                        }
+                        other => {
+                            count.failed.fetch_add(1, Relaxed);
+                            *count.last_failure.lock().expect("lock") = Some(format!("{other:?}"));
+                        }
+                    }
+                }
+            });
+        });
+        let hup = |router: &mut RouterProcess, seen_before: usize| {
+            let pid = libc::pid_t::try_from(router.child.id()).expect("pid");
+            // SAFETY: kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+            eventually("the reload is logged", router, || {
+                reloads_seen() > seen_before
+            });
+        };
+        for round in 0..10 {
+            let seen = reloads_seen();
+            if round == 5 {
+                // An invalid config: nothing changes, the load goes on.
+                fs::write(&config, "region = \"\"\n").expect("write");
+                hup(&mut router, seen);
+                assert!(router.log().contains("reload failed"), "{}", router.log());
+                fs::write(&config, &good_config).expect("write");
+                continue;
+            }
+            let add = round % 2 == 0;
+            fs::write(&catalog, if add { &with_image } else { &base }).expect("write catalog");
+            hup(&mut router, seen);
+            assert!(
+                world.vip_on_eth2(),
+                "the VIP left eth2 during reload {round}"
+            );
+            if add {
+                // The new listener is steered: the router answers (502: nothing serves
+                // image behind it here), no timeout.
+                let reply = world
+                    .request(IMAGE, "/v2/images", &[])
+                    .expect("image steered");
+                assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+            } else {
+                let err = world
+                    .probe(IMAGE)
+                    .expect_err("a removed listener is dropped");
+                assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            }
+        }
+        stop.store(true, Relaxed);
+    });
+    let ok = count.ok.load(Relaxed);
+    let failed = count.failed.load(Relaxed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed of {}: last {:?}\n{}",
+        ok + failed,
+        count.last_failure.lock().expect("lock"),
+        router.log()
+    );
+    eprintln!("{ok} requests through 10 reloads, none failed");
+    assert!(ok >= 10, "too little load to mean anything: {ok}");
+    assert!(world.vip_on_eth2());
+    let exit = router.terminate();
+    assert_eq!(exit.code(), Some(0), "{}", router.log());
+}
