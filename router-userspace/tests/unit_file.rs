@@ -33,29 +33,17 @@ fn value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
 fn verify(dir: &Path, name: &str, text: &str) -> (bool, String) {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write the unit copy");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("run systemd-analyze");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), printed)
+    test_support::tool::run_printed(Command::new("systemd-analyze").arg("verify").arg(&path))
 }
 
 #[test]
 fn systemd_analyze_verify_accepts_the_unit_and_catches_a_broken_directive() {
     const TEST: &str = "systemd_analyze_verify_accepts_the_unit_and_catches_a_broken_directive";
-    if let Err(e) = Command::new("systemd-analyze").arg("--version").output() {
-        test_support::netns::skip(
-            TEST,
-            &format!(
-                "systemd-analyze is not installed ({e}); `cargo xtask setup` installs Debian's systemd"
-            ),
-        );
+    if !test_support::tool::installed(
+        TEST,
+        "systemd-analyze",
+        "`cargo xtask setup` installs Debian's systemd",
+    ) {
         return;
     }
     let unit = unit_text();

@@ -4,3 +4,4 @@
 //! dev-dependency.
 
 pub mod netns;
+pub mod tool;

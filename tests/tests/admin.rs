@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use integration_tests::client::get;
 use integration_tests::lab::{Lab, LabOptions};
 use scope_router::admin::AdminHandle;
-use test_support::netns;
 
 /// A `[vip]` the admin listener reports without managing it: `127.0.0.1` is on `lo`
 /// already, and `manage = false` means nothing is added, announced or locked.
@@ -57,16 +56,8 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Runs an external tool the suite needs; missing, it skips loudly (a failure under
 /// `CI=true`, where `cargo xtask setup` must have installed it). `None` = skipped.
 fn tool(test: &str, program: &str) -> Option<Command> {
-    match Command::new(program).arg("--version").output() {
-        Ok(_) => Some(Command::new(program)),
-        Err(e) => {
-            netns::skip(
-                test,
-                &format!("{program} is not installed ({e}); `cargo xtask setup` installs it"),
-            );
-            None
-        }
-    }
+    test_support::tool::installed(test, program, "`cargo xtask setup` installs it")
+        .then(|| Command::new(program))
 }
 
 #[tokio::test]

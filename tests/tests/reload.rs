@@ -25,31 +25,43 @@ fn edit(lab: &Lab, f: impl FnOnce(String) -> String) -> String {
     before
 }
 
+/// The two-region lab with routers that bind their listeners themselves (a reload binds
+/// the ones it adds).
+async fn direct_lab() -> Lab {
+    Lab::start(LabOptions {
+        bind_direct: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Sets RegionOne's `[scope.defaults]` to `service = region` in its config file; returns
+/// the file as it was.
+fn set_default(lab: &Lab, service: &str, region: &str) -> String {
+    edit(lab, |t| {
+        t.replacen(
+            "[ebpf]",
+            &format!("[scope.defaults]\n{service} = \"{region}\"\n\n[ebpf]"),
+            1,
+        )
+    })
+}
+
 fn backend(reply: &integration_tests::client::Reply) -> String {
     reply.echo().backend().to_owned()
 }
 
 #[tokio::test]
 async fn a_reload_serves_the_new_defaults_and_keeps_counters() {
-    let mut lab = Lab::start(LabOptions {
-        bind_direct: true,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut lab = direct_lab().await;
     let compute = lab.one.addr(8774);
     let state = ConfigState::shared(SystemTime::now());
     let r = get(compute, "/v2.1/servers", &[]).await.unwrap();
     assert_eq!(backend(&r), "RegionOne-8774");
 
     // Compute now defaults to RegionTwo.
-    let original = edit(&lab, |t| {
-        t.replacen(
-            "[ebpf]",
-            "[scope.defaults]\ncompute = \"RegionTwo\"\n\n[ebpf]",
-            1,
-        )
-    });
+    let original = set_default(&lab, "compute", "RegionTwo");
     let done = reload_one(&lab, &state).expect("valid config reloads");
     assert!(done.listeners.added.is_empty() && done.listeners.removed.is_empty());
     let r = get(compute, "/v2.1/servers", &[]).await.unwrap();
@@ -80,21 +92,10 @@ async fn a_reload_serves_the_new_defaults_and_keeps_counters() {
 
 #[tokio::test]
 async fn an_invalid_config_changes_nothing_and_says_why() {
-    let mut lab = Lab::start(LabOptions {
-        bind_direct: true,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut lab = direct_lab().await;
     let compute = lab.one.addr(8774);
     let state = ConfigState::shared(SystemTime::now());
-    edit(&lab, |t| {
-        t.replacen(
-            "[ebpf]",
-            "[scope.defaults]\ncompute = \"RegionNine\"\n\n[ebpf]",
-            1,
-        )
-    });
+    set_default(&lab, "compute", "RegionNine");
     let err = reload_one(&lab, &state).expect_err("unknown region refused");
     assert!(
         err.contains("RegionNine") && err.contains("known regions"),
@@ -146,12 +147,7 @@ async fn an_invalid_config_changes_nothing_and_says_why() {
 
 #[tokio::test]
 async fn a_removed_listener_refuses_new_connections_and_comes_back() {
-    let mut lab = Lab::start(LabOptions {
-        bind_direct: true,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut lab = direct_lab().await;
     let image = lab.one.addr(9292);
     let state = ConfigState::shared(SystemTime::now());
     assert_eq!(get(image, "/v2/images", &[]).await.unwrap().status, 200);
@@ -242,12 +238,7 @@ async fn a_down_server_stays_down_across_a_reload() {
 
 #[tokio::test]
 async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
-    let mut lab = Lab::start(LabOptions {
-        bind_direct: true,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut lab = direct_lab().await;
     let image = lab.one.addr(9292);
     let state = ConfigState::shared(SystemTime::now());
     let gate = lab.one.backends[&9292].gate.clone();
@@ -256,13 +247,7 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
     let held = tokio::spawn(async move { get(image, "/__gate", &[]).await });
     arrived.await;
 
-    edit(&lab, |t| {
-        t.replacen(
-            "[ebpf]",
-            "[scope.defaults]\nimage = \"RegionTwo\"\n\n[ebpf]",
-            1,
-        )
-    });
+    set_default(&lab, "image", "RegionTwo");
     reload_one(&lab, &state).expect("reload");
     let after = get(image, "/v2/images", &[]).await.unwrap();
     assert_eq!(

@@ -18,34 +18,26 @@ fn vagrantfile() -> String {
 /// not the repository or the user's home.
 fn validate(dir: &Path, text: &str) -> (bool, String) {
     std::fs::write(dir.join("Vagrantfile"), text).expect("write the Vagrantfile copy");
-    let out = Command::new("vagrant")
-        .args(["validate", "--ignore-provider"])
-        .current_dir(dir)
-        .env("VAGRANT_HOME", dir.join("vagrant-home"))
-        // Debian's vagrant would otherwise check for a newer release over the network.
-        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-        .env_remove("VAGRANT_CWD")
-        .env_remove("VAGRANT_VAGRANTFILE")
-        .output()
-        .expect("run vagrant");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), printed)
+    test_support::tool::run_printed(
+        Command::new("vagrant")
+            .args(["validate", "--ignore-provider"])
+            .current_dir(dir)
+            .env("VAGRANT_HOME", dir.join("vagrant-home"))
+            // Debian's vagrant would otherwise check for a newer release over the network.
+            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+            .env_remove("VAGRANT_CWD")
+            .env_remove("VAGRANT_VAGRANTFILE"),
+    )
 }
 
 #[test]
 fn vagrant_validate_accepts_the_vagrantfile_and_refuses_a_broken_one() {
     const TEST: &str = "vagrant_validate_accepts_the_vagrantfile_and_refuses_a_broken_one";
-    if let Err(e) = Command::new("vagrant").arg("--version").output() {
-        test_support::netns::skip(
-            TEST,
-            &format!(
-                "vagrant is not installed ({e}); `cargo xtask setup` installs Debian's vagrant"
-            ),
-        );
+    if !test_support::tool::installed(
+        TEST,
+        "vagrant",
+        "`cargo xtask setup` installs Debian's vagrant",
+    ) {
         return;
     }
     let text = vagrantfile();

@@ -1,0 +1,29 @@
+//! External validators the suites run (`systemd-analyze`, `vagrant`, `promtool`): whether
+//! one is installed, and what it printed.
+
+use std::process::Command;
+
+/// Whether `program` runs (`program --version`); when not, skips `test` loudly with
+/// `install`, the fix (under `CI=true` that is a failure, as for every skip).
+pub fn installed(test: &str, program: &str, install: &str) -> bool {
+    match Command::new(program).arg("--version").output() {
+        Ok(_) => true,
+        Err(e) => crate::netns::skip(
+            test,
+            &format!("{program} is not installed ({e}); {install}"),
+        ),
+    }
+}
+
+/// Runs `cmd`; whether it exited 0, and its stdout then stderr as text.
+pub fn run_printed(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
