@@ -260,39 +260,28 @@ fn catalogs(config: &Path) -> Result<Vec<PathBuf>> {
 /// Installs `source` at `dest` unless they are identical; a binary or unit from the
 /// repository always wins over what is installed.
 fn replace_if_different(source: &Path, dest: &Path, mode: u32) -> Result<Change> {
-    let wanted = read(source)?;
-    let outcome = match fs::read(dest) {
-        Ok(have) if have == wanted && mode_is(dest, mode) => Outcome::Unchanged,
-        Ok(_) => {
-            write_atomically(dest, &wanted, mode)?;
-            Outcome::Replaced
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomically(dest, &wanted, mode)?;
-            Outcome::Installed
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dest.display())),
-    };
-    Ok(Change {
-        dest: dest.to_path_buf(),
-        source: source.to_path_buf(),
-        outcome,
-    })
+    install_file(source, dest, mode, false)
 }
 
 /// Installs a config file; one that differs from `source` is the operator's and is kept
 /// unless `force`.
 fn keep_if_edited(source: &Path, dest: &Path, force: bool) -> Result<Change> {
+    install_file(source, dest, 0o644, !force)
+}
+
+/// Writes `source` to `dest` (with `mode`) when it is missing or differs; a differing
+/// one is left alone when `keep_edited` (then only the contents count, not the mode).
+fn install_file(source: &Path, dest: &Path, mode: u32, keep_edited: bool) -> Result<Change> {
     let wanted = read(source)?;
     let outcome = match fs::read(dest) {
-        Ok(have) if have == wanted => Outcome::Unchanged,
-        Ok(_) if !force => Outcome::Kept,
+        Ok(have) if have == wanted && (keep_edited || mode_is(dest, mode)) => Outcome::Unchanged,
+        Ok(_) if keep_edited => Outcome::Kept,
         Ok(_) => {
-            write_atomically(dest, &wanted, 0o644)?;
+            write_atomically(dest, &wanted, mode)?;
             Outcome::Replaced
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomically(dest, &wanted, 0o644)?;
+            write_atomically(dest, &wanted, mode)?;
             Outcome::Installed
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dest.display())),
