@@ -359,7 +359,7 @@ impl<'a, 'e> Families<'a, 'e> {
 /// kind and scope source.
 pub fn encode_traffic<'l>(
     out: &mut Families<'_, '_>,
-    backends: &[(BackendLabels<'l>, &'l TrafficStats)],
+    backends: &[(BackendLabels<'l>, &'l Arc<TrafficStats>)],
     clients: &ClientGauges,
 ) -> Result<(), std::fmt::Error> {
     fn with<'l>(labels: &BackendLabels<'l>, extra: Option<(&'static str, &'l str)>) -> Labels<'l> {

@@ -34,10 +34,9 @@ pub enum ReloadError {
 }
 
 /// The configuration in use and the reloads so far.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ConfigState {
     /// When the configuration in use was loaded (start or last successful reload).
-    #[serde(serialize_with = "rfc3339")]
     pub loaded_at: SystemTime,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -53,10 +52,6 @@ pub struct ReloadOutcome {
     pub ok: bool,
     /// Why it changed nothing (the error `check` prints), or what it changed.
     pub message: String,
-}
-
-fn rfc3339<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_seconds(*at))
 }
 
 /// [`ConfigState`] shared by the reloader and its readers.

@@ -21,7 +21,7 @@ use http::header::{HOST, VIA};
 
 use crate::balance::{Balancer, Server};
 use crate::catalog::{Catalog, Endpoint, split_host_port};
-use crate::config::{Config, ConfigError, Timeouts};
+use crate::config::{Config, ConfigError, ServerSpec, Timeouts};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::health::{CheckSettings, Health, Probe};
 use crate::metrics::{BackendLabels, TrafficStats};
@@ -78,7 +78,7 @@ pub type SharedRouter = Arc<arc_swap::ArcSwap<Router>>;
 struct Carry {
     metrics: bool,
     health: HashMap<(String, Probe), Arc<Health>>,
-    stats: HashMap<(SocketAddr, String), Arc<TrafficStats>>,
+    stats: HashMap<(String, String), Arc<TrafficStats>>,
 }
 
 impl Carry {
@@ -97,39 +97,42 @@ impl Carry {
                 Arc::clone(&check.health),
             );
         }
-        for l in &previous.listeners {
-            for route in &l.routes {
-                for t in &route.targets {
-                    if let Some(stats) = &t.stats {
-                        carry
-                            .stats
-                            .insert((l.spec.addr, t.backend_name.to_string()), stats.clone());
-                    }
-                }
-            }
-            let unrouted = [
-                (&l.transparent_stats, l.transparent_name.to_string()),
-                (&l.refused_stats, "-".to_owned()),
-            ];
-            for (stats, backend) in unrouted {
-                if let Some(stats) = stats {
-                    carry.stats.insert((l.spec.addr, backend), stats.clone());
-                }
-            }
-        }
-        for p in &previous.passthrough {
-            if let Some(stats) = &p.stats {
-                carry.stats.insert((p.bind, p.name.clone()), stats.clone());
-            }
+        // Keyed as `/metrics` labels them: a backend is the same one when its listener
+        // and name are.
+        for (labels, stats) in previous.traffic() {
+            carry.stats.insert(
+                (labels.listener.to_owned(), labels.backend.to_owned()),
+                Arc::clone(stats),
+            );
         }
         carry
     }
 
-    fn health(&self, addr: String, probe: &Probe) -> Arc<Health> {
-        let key = (addr, probe.clone());
-        match self.health.get(&key) {
+    /// The server at `addr` of `spec`'s weight and kind, checked by `probe` with
+    /// `settings` (its check is added to `checks`); its health is the previous table's
+    /// when that had the same server and probe.
+    fn server<A>(
+        &self,
+        checks: &mut Vec<HealthCheck>,
+        addr: String,
+        probe: Probe,
+        settings: &CheckSettings,
+        spec: &ServerSpec<A>,
+    ) -> Server {
+        let key = (addr, probe);
+        let health = match self.health.get(&key) {
             Some(health) => Arc::clone(health),
-            None => Health::new(key.0),
+            None => Health::new(key.0.clone()),
+        };
+        checks.push(HealthCheck {
+            health: Arc::clone(&health),
+            probe: key.1,
+            settings: settings.clone(),
+        });
+        Server {
+            health,
+            weight: spec.weight,
+            backup: spec.backup,
         }
     }
 
@@ -139,7 +142,7 @@ impl Carry {
         }
         Some(
             self.stats
-                .get(&(listener, backend.to_owned()))
+                .get(&(listener.to_string(), backend.to_owned()))
                 .cloned()
                 .unwrap_or_else(TrafficStats::new),
         )
@@ -319,17 +322,7 @@ impl Router {
                                 },
                                 None => Probe::Tcp,
                             };
-                            let health = carry.health(s.address.to_string(), &probe);
-                            checks.push(HealthCheck {
-                                health: Arc::clone(&health),
-                                probe,
-                                settings: settings.clone(),
-                            });
-                            Server {
-                                health,
-                                weight: s.weight,
-                                backup: s.backup,
-                            }
+                            carry.server(&mut checks, s.address.to_string(), probe, &settings, s)
                         })
                         .collect();
                     listeners.push(Listener {
@@ -412,19 +405,7 @@ impl Router {
             let servers = p
                 .servers
                 .iter()
-                .map(|s| {
-                    let health = carry.health(s.address.to_string(), &Probe::Tcp);
-                    checks.push(HealthCheck {
-                        health: Arc::clone(&health),
-                        probe: Probe::Tcp,
-                        settings: settings.clone(),
-                    });
-                    Server {
-                        health,
-                        weight: s.weight,
-                        backup: s.backup,
-                    }
-                })
+                .map(|s| carry.server(&mut checks, s.address.to_string(), Probe::Tcp, &settings, s))
                 .collect();
             passthrough.push(PassthroughServers {
                 name: p.name.clone(),
@@ -503,7 +484,7 @@ impl Router {
 
     /// Every backend's traffic numbers under its metric labels: each target, each
     /// listener's transparent fallback and refused requests, each passthrough.
-    pub fn traffic(&self) -> Vec<(BackendLabels<'_>, &TrafficStats)> {
+    pub fn traffic(&self) -> Vec<(BackendLabels<'_>, &Arc<TrafficStats>)> {
         let mut out = Vec::new();
         for l in &self.listeners {
             for route in &l.routes {
@@ -516,7 +497,7 @@ impl Router {
                                 region: &t.region,
                                 backend: &t.backend_name,
                             },
-                            &**stats,
+                            stats,
                         ));
                     }
                 }
@@ -534,7 +515,7 @@ impl Router {
                             region: &self.region,
                             backend,
                         },
-                        &**stats,
+                        stats,
                     ));
                 }
             }
@@ -548,7 +529,7 @@ impl Router {
                         region: &self.region,
                         backend: &p.name,
                     },
-                    &**stats,
+                    stats,
                 ));
             }
         }
@@ -935,20 +916,22 @@ fn build_targets(
             interface: entry.interface.to_string(),
             host: t.url.authority.to_string(),
         };
-        let health = carry.health(t.url.authority.to_string(), &probe);
         let mut remote_settings = settings.clone();
         remote_settings.http_path = None;
-        checks.push(HealthCheck {
-            health: Arc::clone(&health),
+        let frontend = ServerSpec {
+            address: (),
+            weight: 1,
+            backup: false,
+        };
+        let server = carry.server(
+            checks,
+            t.url.authority.to_string(),
             probe,
-            settings: remote_settings,
-        });
+            &remote_settings,
+            &frontend,
+        );
         let balancer = Arc::new(Balancer::new(
-            vec![Server {
-                health,
-                weight: 1,
-                backup: false,
-            }],
+            vec![server],
             crate::balance::Balance::Roundrobin,
         ));
         targets.push(Target {
