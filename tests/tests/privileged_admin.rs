@@ -181,8 +181,15 @@ fn healthz_is_503_while_the_vip_is_missing_and_while_draining() {
     wait_until("/healthz is 200 again after the re-add", || {
         get(&lab.router, addr, "/healthz").0 == 200
     });
-    let (_, status_json) = get(&lab.router, addr, "/status");
-    let status_json: serde_json::Value = serde_json::from_str(&status_json).unwrap();
+    // /healthz asks the kernel, which has the address back a moment before the
+    // manager counts the re-add: wait for the count, then check it is exactly one.
+    let status_json = || -> serde_json::Value {
+        serde_json::from_str(&get(&lab.router, addr, "/status").1).unwrap()
+    };
+    wait_until("/status counts the re-add", || {
+        status_json()["vip"]["readded"] != 0
+    });
+    let status_json = status_json();
     assert_eq!(status_json["vip"]["present"], true, "{status_json:#}");
     assert_eq!(status_json["vip"]["readded"], 1, "{status_json:#}");
     assert_eq!(
