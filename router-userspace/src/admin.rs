@@ -34,6 +34,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
 use crate::ebpf::{CounterRow, EbpfSettings, ProgramKind, ServiceKind, Status as KernelStatus};
+use crate::listener::Inherited;
 use crate::metrics::{self, Families, RouterCollector};
 use crate::proxy::RouterHandle;
 use crate::reload::{ConfigCollector, ConfigState, ReloadOutcome, SharedConfigState};
@@ -126,6 +127,8 @@ pub struct AdminHandle {
     local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Second descriptors of the listening sockets, for a restart to hand over.
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl AdminHandle {
@@ -134,9 +137,21 @@ impl AdminHandle {
         &self.local_addrs
     }
 
+    /// New descriptors of the listening sockets with their addresses, for a restart to
+    /// hand over (the admin endpoints then answer from both routers until this one stops).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        self.local_addrs
+            .iter()
+            .zip(&self.fds)
+            .map(|(addr, fd)| Ok((*addr, fd.try_clone()?)))
+            .collect()
+    }
+
     /// Stops accepting and cuts open admin connections (scrapes and page loads are short
     /// and retried by their clients).
     pub async fn stop(self) {
+        // With the accept loops: a socket no successor holds closes now.
+        drop(self.fds);
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -147,11 +162,25 @@ impl AdminHandle {
 /// Binds every `[admin] bind` address and serves the admin endpoints there until
 /// [`AdminHandle::stop`]. With an empty `bind` nothing is bound.
 pub async fn start(settings: &AdminSettings, view: AdminView) -> Result<AdminHandle, AdminError> {
+    start_inheriting(settings, view, &mut Inherited::default()).await
+}
+
+/// [`start`], serving an address from the socket a predecessor handed over (a restart)
+/// when `inherited` has one, so that `/healthz` never refuses a connection meanwhile.
+pub async fn start_inheriting(
+    settings: &AdminSettings,
+    view: AdminView,
+    inherited: &mut Inherited,
+) -> Result<AdminHandle, AdminError> {
     let mut listeners = Vec::with_capacity(settings.bind.len());
     for &addr in &settings.bind {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminError::Bind { addr, source })?;
+        let listener = match inherited.take(addr) {
+            Some(socket) => socket
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(socket)),
+            None => TcpListener::bind(addr).await,
+        }
+        .map_err(|source| AdminError::Bind { addr, source })?;
         listeners.push(listener);
     }
     let AdminView {
@@ -180,7 +209,16 @@ pub async fn start(settings: &AdminSettings, view: AdminView) -> Result<AdminHan
     let (stop, stopped) = watch::channel(false);
     let mut local_addrs = Vec::new();
     let mut tasks = Vec::new();
+    let mut fds = Vec::new();
     for listener in listeners {
+        fds.push(
+            std::os::fd::AsFd::as_fd(&listener)
+                .try_clone_to_owned()
+                .map_err(|source| AdminError::Bind {
+                    addr: settings.bind[tasks.len()],
+                    source,
+                })?,
+        );
         let addr = listener.local_addr().map_err(|source| AdminError::Bind {
             addr: settings.bind[tasks.len()],
             source,
@@ -197,6 +235,7 @@ pub async fn start(settings: &AdminSettings, view: AdminView) -> Result<AdminHan
         local_addrs,
         stop,
         tasks,
+        fds,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod decision;
 pub mod ebpf;
 pub mod error_chain;
+pub mod handover;
 pub mod haproxy;
 pub mod health;
 pub mod health_state;

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +43,39 @@ pub enum Origin {
     Bound,
     /// Handed in (e.g. the sk_lookup-steered socket serving many VIP:ports).
     HandedIn,
+    /// Bound by the router this one replaced, and handed over on a restart.
+    Inherited,
+}
+
+/// Listening sockets a predecessor handed over on a restart (`crate::handover`): a
+/// configured address found here is served from the socket that already listens there,
+/// with its queue of not yet accepted connections, instead of being bound anew.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: Vec<std::net::TcpListener>,
+}
+
+impl Inherited {
+    pub fn new(sockets: Vec<std::net::TcpListener>) -> Self {
+        Self { sockets }
+    }
+
+    /// The handed-over socket listening on exactly `addr`, if any.
+    pub fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let at = self
+            .sockets
+            .iter()
+            .position(|s| s.local_addr().is_ok_and(|local| local == addr))?;
+        Some(self.sockets.swap_remove(at))
+    }
+
+    /// Addresses handed over that nothing took (the new configuration dropped them).
+    pub fn unclaimed(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
 }
 
 /// One listening socket, registered with the tokio reactor.
@@ -89,6 +123,27 @@ impl Listener {
             origin: Origin::Bound,
             addr: bound,
         })
+    }
+
+    /// The socket handed over for `addr` when `inherited` has one, else [`Listener::bind`].
+    pub fn bind_or_inherit(
+        addr: SocketAddr,
+        inherited: &mut Inherited,
+    ) -> Result<Listener, ListenerError> {
+        match inherited.take(addr) {
+            Some(socket) => {
+                let mut listener = Listener::from_std(socket)?;
+                listener.origin = Origin::Inherited;
+                Ok(listener)
+            }
+            None => Listener::bind(addr),
+        }
+    }
+
+    /// A second descriptor of the same listening socket, for a restart to hand over:
+    /// the socket lives on while either is open.
+    pub fn dup(&self) -> io::Result<OwnedFd> {
+        self.inner.as_fd().try_clone_to_owned()
     }
 
     /// Adopts a socket that is already bound and listening, such as the one the
@@ -180,6 +235,25 @@ mod tests {
         let listener = Listener::from_std(std_listener).unwrap();
         assert_eq!(listener.origin(), Origin::HandedIn);
         assert_eq!(listener.bound_addr(), addr);
+    }
+
+    #[tokio::test]
+    async fn an_inherited_socket_is_served_as_it_is_and_others_are_bound() {
+        let handed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = handed.local_addr().unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_addr = other.local_addr().unwrap();
+        // A connection queued before the handover is accepted through the new listener.
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        let mut inherited = Inherited::new(vec![handed, other]);
+        let listener = Listener::bind_or_inherit(addr, &mut inherited).unwrap();
+        assert_eq!(listener.origin(), Origin::Inherited);
+        let accepted = listener.accept().await.unwrap();
+        assert_eq!(accepted.peer, queued.local_addr().unwrap());
+        let fresh =
+            Listener::bind_or_inherit("127.0.0.1:0".parse().unwrap(), &mut inherited).unwrap();
+        assert_eq!(fresh.origin(), Origin::Bound);
+        assert_eq!(inherited.unclaimed(), vec![other_addr]);
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@ use hyper::body::Incoming;
 
 pub use error::{ErrorKind, ErrorSource, ProxyError};
 pub use server::{
-    ListenerChanges, RouterHandle, ServeError, StartOptions, start, start_with_router,
+    ListenerChanges, ListeningSocket, RouterHandle, ServeError, StartOptions, start,
+    start_with_router,
 };
 
 use crate::access_log::{AccessRecord, BodyError, LoggedBody};

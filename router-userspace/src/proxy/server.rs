@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
 use crate::balance::Balancer;
 use crate::config::{Config, PassthroughMode, Timeouts};
-use crate::listener::{Accepted, Listener, ListenerError};
+use crate::listener::{Accepted, Inherited, Listener, ListenerError};
 use crate::metrics::{ClientGauges, OpenConnection, RouterCollector};
 use crate::passthrough::{self, PassthroughRuntime};
 use crate::routing::{Router, RoutingError, SharedRouter};
@@ -67,6 +68,9 @@ pub struct StartOptions {
     pub bind_scoped: bool,
     /// Bind every `[[passthrough]]` address directly (eBPF never steers those).
     pub bind_passthrough: bool,
+    /// Sockets the router being replaced handed over: an address to bind is served
+    /// from the socket already listening there when there is one.
+    pub inherited: Inherited,
 }
 
 impl Default for StartOptions {
@@ -75,6 +79,7 @@ impl Default for StartOptions {
             handed_in: Vec::new(),
             bind_scoped: true,
             bind_passthrough: true,
+            inherited: Inherited::default(),
         }
     }
 }
@@ -87,6 +92,7 @@ impl StartOptions {
             handed_in: vec![steered],
             bind_scoped: false,
             bind_passthrough: true,
+            inherited: Inherited::default(),
         }
     }
 }
@@ -98,11 +104,9 @@ pub struct RouterHandle {
     shutdown: Shutdown,
     grace: Duration,
     opts: BindPolicy,
-    /// Listeners this router bound itself, by configured address; a reload adds and
-    /// removes these (handed-in sockets are the caller's and stay).
+    /// Every listener being served: those this router bound itself, by configured
+    /// address, which a reload adds and removes, and the handed-in ones, which stay.
     bound: Mutex<Vec<Bound>>,
-    /// Every listening socket's address as bound, handed-in ones included.
-    local_addrs: Mutex<Vec<SocketAddr>>,
     /// Stops the current generation of health checkers (a reload starts the next).
     checkers: Mutex<watch::Sender<bool>>,
 }
@@ -115,11 +119,25 @@ struct BindPolicy {
 }
 
 /// A listener being served: its configured address (`None`: handed in by the caller,
-/// never removed by a reload) and how to stop its accept loop.
+/// never removed by a reload), how to stop its accept loop, and a second descriptor of
+/// the socket for a restart to hand over. That descriptor keeps the socket open: it is
+/// dropped with this entry, when the accept loop is told to stop.
 #[derive(Debug)]
 struct Bound {
     addr: Option<SocketAddr>,
+    local: SocketAddr,
     stop: watch::Sender<bool>,
+    fd: Option<OwnedFd>,
+}
+
+/// A descriptor of one listening socket, as a restart hands it to the next router.
+#[derive(Debug)]
+pub struct ListeningSocket {
+    /// The address the configuration names (`None`: handed in, e.g. the steered socket).
+    pub configured: Option<SocketAddr>,
+    /// The address it is bound to.
+    pub local: SocketAddr,
+    pub fd: OwnedFd,
 }
 
 /// What a reload changed in the listening sockets.
@@ -134,10 +152,34 @@ pub struct ListenerChanges {
 impl RouterHandle {
     /// Addresses of every listening socket (as bound, not as steered to).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.local_addrs
+        self.bound
             .lock()
-            .map(|a| a.clone())
+            .map(|b| b.iter().map(|b| b.local).collect())
             .unwrap_or_default()
+    }
+
+    /// New descriptors of every listening socket, for a restart to hand over; the
+    /// sockets keep serving here until [`RouterHandle::shutdown`].
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<ListeningSocket>> {
+        let bound = self
+            .bound
+            .lock()
+            .map_err(|_| std::io::Error::other("listener table poisoned"))?;
+        let mut sockets = Vec::with_capacity(bound.len());
+        for b in bound.iter() {
+            let Some(fd) = &b.fd else {
+                return Err(std::io::Error::other(format!(
+                    "no spare descriptor of the listener on {} (it could not be duplicated at start)",
+                    b.local
+                )));
+            };
+            sockets.push(ListeningSocket {
+                configured: b.addr,
+                local: b.local,
+                fd: fd.try_clone()?,
+            });
+        }
+        Ok(sockets)
     }
 
     /// The routing table in use now.
@@ -187,9 +229,7 @@ impl RouterHandle {
         self.dispatch.swap(config, router.clone());
         self.restart_checkers(&router);
         let mut changes = ListenerChanges::default();
-        let mut local_addrs = self.local_addrs.lock().map_err(|_| ServeError::Poisoned)?;
         for (addr, listener) in fresh {
-            local_addrs.push(listener.bound_addr());
             bound.push(self.serve(listener, Some(addr), router.region()));
             changes.added.push(addr);
         }
@@ -207,7 +247,13 @@ impl RouterHandle {
     /// Spawns the accept loop of `listener` (configured as `addr`).
     fn serve(&self, listener: Listener, addr: Option<SocketAddr>, region: &str) -> Bound {
         let (stop, stopped) = watch::channel(false);
-        tracing::info!(addr = %listener.bound_addr(), origin = ?listener.origin(), region, "listening");
+        let local = listener.bound_addr();
+        tracing::info!(addr = %local, origin = ?listener.origin(), region, "listening");
+        // Only a restart needs it, so failing (EMFILE) costs that restart, not serving.
+        let fd = listener
+            .dup()
+            .inspect_err(|e| tracing::warn!(addr = %local, "this listener cannot be handed over on a restart: {e}"))
+            .ok();
         // `guard()` is only None after shutdown began: then nothing is served anymore.
         if let Some(guard) = self.shutdown.guard() {
             tokio::spawn(accept_loop(
@@ -218,7 +264,12 @@ impl RouterHandle {
                 guard,
             ));
         }
-        Bound { addr, stop }
+        Bound {
+            addr,
+            local,
+            stop,
+            fd,
+        }
     }
 
     /// Stops the running health checkers and starts one per server of `router`; a
@@ -249,6 +300,11 @@ impl RouterHandle {
     /// Stops accepting, lets in-flight requests finish within
     /// `proxy.shutdown_grace`, then cuts what remains.
     pub async fn shutdown(self) -> Drained {
+        // Our spare descriptors go first: a listening socket must close with its accept
+        // loop (unless a successor holds one), or it would queue connections nobody takes.
+        if let Ok(mut bound) = self.bound.lock() {
+            bound.clear();
+        }
         self.shutdown.run(self.grace).await
     }
 }
@@ -320,9 +376,14 @@ pub fn start_with_router(
     for std_listener in opts.handed_in {
         handed_in.push(Listener::from_std(std_listener)?);
     }
+    let mut inherited = opts.inherited;
     let mut own = Vec::new();
     for addr in wanted_binds(config, &router, policy) {
-        own.push((addr, Listener::bind(addr)?));
+        own.push((addr, Listener::bind_or_inherit(addr, &mut inherited)?));
+    }
+    for addr in inherited.unclaimed() {
+        // Closed here: its queued connections are reset, as a reload removing it would.
+        tracing::warn!(%addr, "a listener handed over is not in this configuration: closing it");
     }
     if handed_in.is_empty() && own.is_empty() {
         return Err(ServeError::NoListeners);
@@ -336,26 +397,19 @@ pub fn start_with_router(
         grace: config.proxy.shutdown_grace,
         opts: policy,
         bound: Mutex::new(Vec::new()),
-        local_addrs: Mutex::new(Vec::new()),
         checkers: Mutex::new(checkers),
     };
     // Health checks run beside the request path, until the router drains or reloads.
     handle.restart_checkers(&router);
-    let mut local_addrs = Vec::new();
     let mut bound = Vec::new();
     for listener in handed_in {
-        local_addrs.push(listener.bound_addr());
         bound.push(handle.serve(listener, None, router.region()));
     }
     for (addr, listener) in own {
-        local_addrs.push(listener.bound_addr());
         bound.push(handle.serve(listener, Some(addr), router.region()));
     }
     if let Ok(mut b) = handle.bound.lock() {
         *b = bound;
-    }
-    if let Ok(mut a) = handle.local_addrs.lock() {
-        *a = local_addrs;
     }
     Ok(handle)
 }
