@@ -183,6 +183,30 @@ pub async fn start_inheriting(
         .map_err(|source| AdminError::Bind { addr, source })?;
         listeners.push(listener);
     }
+    start_listening(settings, view, listeners)
+}
+
+/// Binds every `[admin] bind` address not in `inherited` (a restart's), without serving:
+/// a new router does this before it accepts a single proxied connection, so that a bind
+/// failure ends it while the running router still serves everything.
+pub fn bind(settings: &AdminSettings, mut inherited: Inherited) -> Result<Inherited, AdminError> {
+    let mut sockets = Vec::with_capacity(settings.bind.len());
+    for &addr in &settings.bind {
+        let socket = match inherited.take(addr) {
+            Some(socket) => socket,
+            None => std::net::TcpListener::bind(addr)
+                .map_err(|source| AdminError::Bind { addr, source })?,
+        };
+        sockets.push(socket);
+    }
+    Ok(Inherited::new(sockets))
+}
+
+fn start_listening(
+    settings: &AdminSettings,
+    view: AdminView,
+    listeners: Vec<TcpListener>,
+) -> Result<AdminHandle, AdminError> {
     let AdminView {
         router,
         collector,

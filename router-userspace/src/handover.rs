@@ -52,7 +52,10 @@ const MAX_FDS: usize = 250;
 /// `<state_dir>/handover-<region>.sock`: beside the health state file, which is how
 /// `reload` and `restart` find the running router of a region.
 pub fn socket_path(state_dir: &Path, region: &str) -> PathBuf {
-    state_dir.join(format!("handover-{region}.sock"))
+    state_dir.join(format!(
+        "handover-{}.sock",
+        crate::health_state::file_name_safe(region)
+    ))
 }
 
 /// Why a handover did not happen; each says what to do next.

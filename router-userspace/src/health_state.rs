@@ -196,10 +196,15 @@ pub fn state_dir(config: &Config, explicit: Option<&Path>) -> PathBuf {
     }
 }
 
-/// `<dir>/health-<Region>.json`; characters other than ASCII letters, digits, `.`, `_` and
-/// `-` in the region become `_`, so a region name cannot leave the directory.
+/// `<dir>/health-<Region>.json`; see [`file_name_safe`] for the region's characters.
 pub fn file_path(dir: &Path, region: &str) -> PathBuf {
-    let safe: String = region
+    dir.join(format!("health-{}.json", file_name_safe(region)))
+}
+
+/// `region` with every character other than ASCII letters, digits, `.`, `_` and `-` made
+/// `_`, so that a region name in a file name cannot leave its directory.
+pub fn file_name_safe(region: &str) -> String {
+    region
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -208,8 +213,7 @@ pub fn file_path(dir: &Path, region: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    dir.join(format!("health-{safe}.json"))
+        .collect()
 }
 
 /// Every server of a routing table with its placement, in table order.
@@ -492,19 +496,22 @@ fn pid_alive(pid: u32) -> bool {
 // ------------------------------------------------------------------------------- writing
 
 /// Publishes `router`'s health state to `path` until `stop` resolves, then removes the file
-/// (if it is still this process's) so that readers see no router running.
+/// (if it is still this process's) so that readers see no router running, unless `stop`
+/// says `false`: after a restart the file is the next router's.
 pub fn spawn_writer(
     router: SharedRouter,
     path: PathBuf,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: impl Future<Output = bool> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut writer = Writer::new(router, path);
-        tokio::select! {
-            () = stop => {}
-            () = writer.run() => {}
+        let remove = tokio::select! {
+            remove = stop => remove,
+            () = writer.run() => true,
+        };
+        if remove {
+            writer.remove().await;
         }
-        writer.remove().await;
     })
 }
 

@@ -56,6 +56,33 @@ impl OwnerLock {
         Err(LockError::Io(err))
     }
 
+    /// Takes over a lock a predecessor handed over on a restart (`crate::handover`):
+    /// `file` must be the locked open file of `path`, which still holds the lock. The lock
+    /// is re-taken so that `/proc/locks` names this process as its owner: shared, then
+    /// exclusive again, on the same open file, which no other router can win meanwhile
+    /// (each only tries an exclusive lock, refused while the shared one is held).
+    pub(crate) fn adopt(file: File, path: &Path) -> Result<OwnerLock, LockError> {
+        let lock = OwnerLock { file };
+        if !lock.guards(path)? {
+            return Err(LockError::Io(io::Error::other(format!(
+                "the descriptor handed over is not the lock on {}",
+                path.display()
+            ))));
+        }
+        for op in [libc::LOCK_SH, libc::LOCK_EX] {
+            // SAFETY: the fd is open for the duration of the call.
+            if unsafe { libc::flock(lock.file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let pid = fd_holder(&lock.file.metadata()?).flatten();
+                    return Err(LockError::Held { pid });
+                }
+                return Err(LockError::Io(err));
+            }
+        }
+        Ok(lock)
+    }
+
     /// The locked file, e.g. to record something in it.
     pub(crate) fn file(&self) -> &File {
         &self.file

@@ -15,7 +15,9 @@ use scope_router::listener;
 use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Request, Termination};
-use scope_router::{access_log, admin, health_state, notify, process, reload, report, status, vip};
+use scope_router::{
+    access_log, admin, handover, health_state, notify, process, reload, report, status, vip,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +42,25 @@ enum Command {
         workers: Option<usize>,
         /// Directory of the health state file `health-<Region>.json` (default: `[vip]
         /// state_dir`, else /run/scope-router); give run, status and explain the same.
+        #[arg(long, value_name = "DIR")]
+        health_state_dir: Option<PathBuf>,
+        /// Take over from the running router of this region without refusing or resetting
+        /// a connection: its listening sockets, VIP and eBPF steering pass to this process,
+        /// and it drains and exits. `restart` starts a router this way.
+        #[arg(long)]
+        takeover: bool,
+    },
+    /// Replace the running router of the config's region with a new process of this
+    /// binary (a zero-downtime restart, e.g. after an upgrade): starts `run --takeover`,
+    /// waits until it serves, and reports. A new router that fails to start changes
+    /// nothing: the running one keeps serving.
+    Restart {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads of the new router (as `run --workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// As `run --health-state-dir`: where the running router is found.
         #[arg(long, value_name = "DIR")]
         health_state_dir: Option<PathBuf>,
     },
@@ -135,6 +156,7 @@ fn main() -> Result<()> {
             config,
             workers,
             health_state_dir,
+            takeover,
         } => {
             let config = match Config::load(&config) {
                 Ok(config) => config,
@@ -147,18 +169,31 @@ fn main() -> Result<()> {
             let loaded_at = std::time::SystemTime::now();
             access_log::init_subscriber_as(config.log.format);
             let router = Arc::new(router(&config)?);
-            // First of all: a second router on a VIP another one manages must fail before
-            // it loads eBPF or binds a port, and must never adopt (then remove) the VIP.
-            let vip = config
-                .vip
-                .clone()
-                .map(vip::claim)
-                .transpose()
-                .context("cannot take the VIP")?;
-            // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the
-            // network namespace of the calling thread.
-            let (options, steering) = steer(&config, &router)?;
             let state_dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            let handover_path = handover::socket_path(&state_dir, router.region());
+            // A restart: the running router hands its sockets and locks over first.
+            let mut taken = if takeover {
+                let (successor, received) = handover::take_over(&handover_path)
+                    .context("cannot take over the running router")?;
+                tracing::info!(
+                    predecessor = received.predecessor,
+                    version = %received.version,
+                    "taking over from the running router"
+                );
+                Some((successor, received))
+            } else {
+                None
+            };
+            let setup = privileged_setup(&config, &router, taken.as_mut().map(|t| &mut t.1));
+            let (vip, options, steering, steered_local) = match setup {
+                Ok(done) => done,
+                Err(e) => {
+                    if let Some((successor, _)) = taken {
+                        successor.abandon(&format!("{e:#}"));
+                    }
+                    return Err(e);
+                }
+            };
             // Last privileged step, before any thread that serves requests exists: the
             // runtime's workers inherit the unprivileged user and the kept capabilities.
             if let Some(user) = &config.process.user {
@@ -199,14 +234,47 @@ fn main() -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             let health_file = health_state::file_path(&state_dir, router.region());
-            rt.block_on(run(
+            let (successor, admin_inherited, watchdog) = match taken {
+                Some((successor, mut received)) => (
+                    Some(successor),
+                    received.take_listeners(handover::Kind::Admin),
+                    received.watchdog,
+                ),
+                None => (None, listener::Inherited::default(), None),
+            };
+            rt.block_on(run(Start {
                 config,
                 loaded_at,
                 router,
                 options,
                 steering,
+                steered_local,
                 vip,
                 health_file,
+                handover_path,
+                successor,
+                admin_inherited,
+                watchdog,
+            }))
+        }
+        Command::Restart {
+            config: path,
+            workers,
+            health_state_dir,
+        } => {
+            let config = load(&path)?;
+            let _ = router(&config)?;
+            let dir = health_state::state_dir(&config, health_state_dir.as_deref());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(restart(
+                &config,
+                &path,
+                workers,
+                health_state_dir.as_deref(),
+                &dir,
             ))
         }
         Command::Status {
@@ -346,17 +414,67 @@ fn parse_header(text: &str) -> Result<(String, String)> {
     }
 }
 
-/// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets.
-fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steering>)> {
+/// The privileged steps before the runtime, in order: the VIP claim, then eBPF. On a
+/// restart `taken` holds what the running router handed over, used instead of new locks
+/// and sockets. Returns the VIP claim, how the proxy gets its sockets, the steering and
+/// the steered socket's address.
+#[allow(clippy::type_complexity)] // one call site, destructured at once
+fn privileged_setup(
+    config: &Config,
+    router: &Router,
+    mut taken: Option<&mut handover::Received>,
+) -> Result<(
+    Option<vip::VipClaim>,
+    StartOptions,
+    Option<Steering>,
+    Option<std::net::SocketAddr>,
+)> {
+    // First of all: a second router on a VIP another one manages must fail before it
+    // loads eBPF or binds a port, and must never adopt (then remove) the VIP.
+    let vip = match (&config.vip, taken.as_deref_mut()) {
+        (None, _) => None,
+        (Some(settings), None) => Some(vip::claim(settings.clone())),
+        (Some(settings), Some(taken)) => Some(vip::claim_handed_over(
+            settings.clone(),
+            taken.take_lock(handover::Kind::VipLock),
+        )),
+    }
+    .transpose()
+    .context("cannot take the VIP")?;
+    // Before the runtime: loading eBPF blocks, and sk_lookup attaches to the network
+    // namespace of the calling thread.
+    let (options, steering, steered_local) = steer(config, router, taken)?;
+    Ok((vip, options, steering, steered_local))
+}
+
+/// Starts eBPF steering as `ebpf.mode` says and returns how the proxy gets its sockets, the
+/// steering, and the steered socket's address. On a restart the running router's steered
+/// socket and pin lock (in `taken`) are used, so steering never points anywhere else.
+fn steer(
+    config: &Config,
+    router: &Router,
+    mut taken: Option<&mut handover::Received>,
+) -> Result<(StartOptions, Option<Steering>, Option<std::net::SocketAddr>)> {
     let plan = ebpf::plan(config, &router.listener_specs());
     for cidr in &plan.unenforced_deny {
         tracing::warn!("ebpf.deny {cidr}: IPv6 sources are not filtered by the XDP guard");
     }
     // One socket for every VIP:port; sk_lookup hands it each connection, and the
     // proxy reads the VIP:port the client dialled from `local_addr()`.
-    let steered = listener::bind_std(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .context("cannot create the steered listening socket")?;
-    match ebpf::start(&plan.steering, &steered).context("cannot start eBPF steering")? {
+    let steered = match taken
+        .as_deref_mut()
+        .and_then(handover::Received::take_steered)
+    {
+        Some(socket) => socket,
+        None => listener::bind_std(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .context("cannot create the steered listening socket")?,
+    };
+    let pin_lock = taken
+        .as_deref_mut()
+        .and_then(|t| t.take_lock(handover::Kind::PinLock));
+    match ebpf::start_handed_over(&plan.steering, &steered, pin_lock)
+        .context("cannot start eBPF steering")?
+    {
         Startup::Steering(steering) => {
             tracing::info!(
                 pin_path = %steering.pin_path().display(),
@@ -365,18 +483,37 @@ fn steer(config: &Config, router: &Router) -> Result<(StartOptions, Option<Steer
                 services = plan.steering.services.len(),
                 "eBPF steering active: no socket is bound on the VIP ports"
             );
+            let steered_local = steered.local_addr().ok();
             let mut options = StartOptions::steered(steered);
+            let mut inherited = inherited_listeners(taken);
             // IPv6 or wildcard listeners cannot be steered: bind those directly.
             for addr in &plan.bind_directly {
-                options.handed_in.push(
-                    listener::bind_std(*addr)
+                let socket = match inherited.take(*addr) {
+                    Some(socket) => socket,
+                    None => listener::bind_std(*addr)
                         .with_context(|| format!("cannot bind {addr} (not steerable by eBPF)"))?,
-                );
+                };
+                options.handed_in.push(socket);
             }
-            Ok((options, Some(steering)))
+            options.inherited = inherited;
+            Ok((options, Some(steering), steered_local))
         }
-        Startup::Fallback(_) | Startup::Off => Ok((StartOptions::default(), None)),
+        // The steered socket a predecessor handed over closes here, unused.
+        Startup::Fallback(_) | Startup::Off => Ok((
+            StartOptions {
+                inherited: inherited_listeners(taken),
+                ..StartOptions::default()
+            },
+            None,
+            None,
+        )),
     }
+}
+
+fn inherited_listeners(taken: Option<&mut handover::Received>) -> listener::Inherited {
+    taken
+        .map(|t| t.take_listeners(handover::Kind::Listener))
+        .unwrap_or_default()
 }
 
 /// A notification systemd missed is logged, never fatal: without systemd nothing is sent,
@@ -387,28 +524,70 @@ fn warn_unsent(sent: Result<(), notify::NotifyError>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-async fn run(
+/// Everything `run` starts from, prepared before the runtime existed.
+struct Start {
     config: Config,
     loaded_at: std::time::SystemTime,
     router: Arc<Router>,
     options: StartOptions,
-    mut steering: Option<Steering>,
+    steering: Option<Steering>,
+    /// The steered socket's address, to tell it apart when handing sockets over.
+    steered_local: Option<std::net::SocketAddr>,
     vip: Option<vip::VipClaim>,
     health_file: std::path::PathBuf,
-) -> Result<()> {
+    handover_path: std::path::PathBuf,
+    /// On a restart: the running router, waiting for this one to serve.
+    successor: Option<handover::Successor>,
+    /// On a restart: the admin listeners handed over.
+    admin_inherited: listener::Inherited,
+    /// On a restart: systemd's watchdog interval, passed on by the running router.
+    watchdog: Option<std::time::Duration>,
+}
+
+/// How the serving loop ended.
+enum Ending {
+    /// SIGTERM/SIGINT: drain, release the VIP, detach eBPF, exit.
+    Stop(&'static str),
+    /// A restart took over (this pid): drain, leave the VIP and eBPF to it, exit.
+    HandedOver(u32),
+}
+
+async fn run(start: Start) -> Result<()> {
+    let Start {
+        config,
+        loaded_at,
+        router,
+        options,
+        mut steering,
+        steered_local,
+        vip,
+        health_file,
+        handover_path,
+        successor,
+        admin_inherited,
+        watchdog,
+    } = start;
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
     // From the start of the runtime: a start that wedges (a stuck VIP probe) misses pings
     // too. Dropped at the end of `run`, after the drain, so a long drain is not a miss.
-    let _watchdog = notify::Watchdog::start();
+    // A restarted router pings only once it is the service's main process.
+    let mut _watchdog = match successor {
+        None => notify::Watchdog::start(),
+        Some(_) => None,
+    };
+    // Every socket before the first accept: a router that fails here (on a restart: while
+    // the running one still serves) has accepted nothing it would drop.
+    let mut admin_sockets =
+        admin::bind(&config.admin, admin_inherited).context("cannot start the admin listener")?;
     let handle =
         server::start_with_router(&config, router, options).context("cannot start listening")?;
-    // Published for `status` and `explain` while the router serves; removed after the drain.
-    let (stop_health, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Published for `status` and `explain` while the router serves; removed after the drain
+    // unless a restart handed the router over (then the file is the next router's).
+    let (stop_health, stopped) = tokio::sync::oneshot::channel::<bool>();
     let health_writer =
         health_state::spawn_writer(handle.shared_router(), health_file, async move {
-            let _ = stopped.await;
+            stopped.await.unwrap_or(true)
         });
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
@@ -419,35 +598,96 @@ async fn run(
     // Taken before `shutdown` consumes the handle; the admin listener outlives the drain
     // so that `/healthz` answers 503 while it lasts.
     let config_state = reload::ConfigState::shared(loaded_at);
-    let admin = admin::start(
+    let admin = admin::start_inheriting(
         &config.admin,
         admin::AdminView::with_state(&config, &handle, config_state.clone()),
+        &mut admin_sockets,
     )
     .await
     .context("cannot start the admin listener")?;
+    if let Some(successor) = successor {
+        // Serving: the running router may stop accepting now. Its answer comes once it
+        // has, and has made this process systemd's main one.
+        let predecessor = successor.predecessor();
+        match tokio::task::spawn_blocking(move || successor.ready()).await {
+            Ok(Ok(())) => tracing::info!(
+                predecessor,
+                "took over: the previous router drains and exits"
+            ),
+            // It is gone or going (it died, or stops anyway): this router has every socket
+            // and lock, so it serves on.
+            Ok(Err(e)) => tracing::warn!(
+                predecessor,
+                "the previous router did not confirm the handover, serving anyway: {}",
+                error_chain(&e)
+            ),
+            Err(e) => tracing::warn!(predecessor, "the handover task failed, serving anyway: {e}"),
+        }
+        _watchdog = watchdog.and_then(notify::Watchdog::start_with);
+    }
+    // The next restart's way in. Without it this router can only be stopped, not
+    // replaced, which is no reason to stop serving.
+    let (takeover_tx, mut takeovers) = tokio::sync::mpsc::channel(1);
+    match handover::listen(&handover_path) {
+        Ok(listener) => {
+            if let Err(e) = listener.spawn(takeover_tx) {
+                tracing::error!(
+                    "cannot start the handover thread; `scope-router restart` will not work: {e}"
+                );
+            }
+        }
+        Err(e) => tracing::error!("`scope-router restart` will not work: {}", error_chain(&e)),
+    }
     // Type=notify: `systemctl start` returns, and ordered units start, only now.
     warn_unsent(notify::ready());
     warn_unsent(notify::status("serving"));
     let mut config = config;
-    let signal = loop {
-        match termination.recv().await {
-            Request::Stop(signal) => break signal,
-            Request::Reload => {
-                // RELOADING=1 … READY=1 brackets the reload, whatever its outcome.
-                warn_unsent(notify::reloading());
-                config = reload_config(&handle, config, &config_state, steering.as_mut());
-                warn_unsent(notify::ready());
-                let serving = format!("serving {}", config.path.display());
-                warn_unsent(notify::status(&serving));
-            }
+    let ending = loop {
+        tokio::select! {
+            request = termination.recv() => match request {
+                Request::Stop(signal) => break Ending::Stop(signal),
+                Request::Reload => {
+                    // RELOADING=1 … READY=1 brackets the reload, whatever its outcome.
+                    warn_unsent(notify::reloading());
+                    config = reload_config(&handle, config, &config_state, steering.as_mut());
+                    warn_unsent(notify::ready());
+                    let serving = format!("serving {}", config.path.display());
+                    warn_unsent(notify::status(&serving));
+                }
+            },
+            Some(takeover) = takeovers.recv() => match takeover {
+                handover::Takeover::Offer { successor, reply } => {
+                    warn_unsent(notify::status(&format!("handing over to pid {successor}")));
+                    let offer = offer(&handle, &admin, vip.as_ref(), steering.as_ref(), steered_local);
+                    if let Err(e) = &offer {
+                        tracing::error!(successor, "cannot hand over: {e}");
+                    }
+                    let _ = reply.send(offer);
+                }
+                handover::Takeover::Ready { successor, reply } => {
+                    warn_unsent(notify::main_pid(successor));
+                    let _ = reply.send(());
+                    break Ending::HandedOver(successor);
+                }
+            },
         }
     };
-    warn_unsent(notify::stopping());
-    warn_unsent(notify::status("draining: finishing in-flight requests"));
-    tracing::info!(
-        grace = %humantime::format_duration(config.proxy.shutdown_grace),
-        "{signal} received: no new connections, finishing in-flight requests"
-    );
+    match ending {
+        Ending::Stop(signal) => {
+            warn_unsent(notify::stopping());
+            warn_unsent(notify::status("draining: finishing in-flight requests"));
+            tracing::info!(
+                grace = %humantime::format_duration(config.proxy.shutdown_grace),
+                "{signal} received: no new connections, finishing in-flight requests"
+            );
+        }
+        // Not the main process anymore: systemd takes no notification from it.
+        Ending::HandedOver(successor) => tracing::info!(
+            successor,
+            grace = %humantime::format_duration(config.proxy.shutdown_grace),
+            "handed over: no new connections here, finishing in-flight requests"
+        ),
+    }
     match handle.shutdown().await {
         Drained::Clean => tracing::info!("all requests finished"),
         Drained::GraceExpired => {
@@ -455,9 +695,20 @@ async fn run(
         }
     }
     admin.stop().await;
-    let _ = stop_health.send(());
+    let handed_over = matches!(ending, Ending::HandedOver(_));
+    let _ = stop_health.send(!handed_over);
     if let Err(e) = health_writer.await {
         tracing::warn!("the health state writer failed: {e}");
+    }
+    if handed_over {
+        // The VIP stays; the programs stay attached through their pins (the next router
+        // replaced them) and the maps stay theirs. Dropping ours releases nothing.
+        if let Some(vip) = vip {
+            vip.hand_over().await;
+        }
+        drop(steering);
+        tracing::info!("exiting after the handover");
+        return Ok(());
     }
     // The address goes only after the last response, so in-flight clients keep a route.
     if let Some(vip) = vip {
@@ -472,6 +723,60 @@ async fn run(
     }
     tracing::info!("exiting");
     Ok(())
+}
+
+/// What a restart receives: new descriptors of every listening socket (proxy and admin)
+/// and of the VIP and pin-directory locks. `Err` says why not; nothing is sent then.
+fn offer(
+    handle: &server::RouterHandle,
+    admin: &admin::AdminHandle,
+    vip: Option<&vip::VipHandle>,
+    steering: Option<&Steering>,
+    steered_local: Option<std::net::SocketAddr>,
+) -> Result<handover::Offer, String> {
+    use handover::{Item, Kind};
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate a lock descriptor: {e}"))
+    };
+    let mut items = Vec::new();
+    for socket in handle.listening_sockets().map_err(|e| e.to_string())? {
+        let kind = if Some(socket.local) == steered_local {
+            Kind::Steered
+        } else {
+            Kind::Listener
+        };
+        items.push(Item {
+            kind,
+            local: Some(socket.local),
+            fd: socket.fd,
+        });
+    }
+    for (local, fd) in admin.listening_sockets().map_err(|e| e.to_string())? {
+        items.push(Item {
+            kind: Kind::Admin,
+            local: Some(local),
+            fd,
+        });
+    }
+    if let Some(fd) = vip.and_then(vip::VipHandle::lock_fd) {
+        items.push(Item {
+            kind: Kind::VipLock,
+            local: None,
+            fd: dup(fd)?,
+        });
+    }
+    if let Some(steering) = steering {
+        items.push(Item {
+            kind: Kind::PinLock,
+            local: None,
+            fd: dup(steering.lock_fd())?,
+        });
+    }
+    Ok(handover::Offer {
+        items,
+        watchdog: notify::watchdog_interval(),
+    })
 }
 
 /// SIGHUP: re-reads the config file `current` came from and serves it when valid (the
@@ -584,4 +889,89 @@ async fn signal_reload(config: &Config, dir: &std::path::Path) -> Result<bool> {
     }
     println!("SIGHUP sent to pid {pid}; no outcome on its /status within 10 s: see its log");
     Ok(true)
+}
+
+/// The pid of the router serving `config`'s region now: the one answering on its admin
+/// listener, or, without one, the one named by its health state file in `dir`.
+async fn serving_pid(config: &Config, dir: &std::path::Path) -> Option<u32> {
+    if !config.admin.bind.is_empty() {
+        return last_reload(config).await.map(|(pid, _, _)| pid);
+    }
+    health_state::read(dir, &config.region).ok().map(|f| f.pid)
+}
+
+/// `scope-router restart`: starts `run --takeover` as a new process of this binary (its
+/// own session, output where this command's goes, in the same cgroup: under systemd that
+/// is the unit's, as `ExecReload=` runs it), and waits, bounded, until that process serves
+/// the region. Fails, changing nothing, when it exits first: the running router carries on.
+async fn restart(
+    config: &Config,
+    path: &std::path::Path,
+    workers: Option<usize>,
+    health_state_dir: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let socket = handover::socket_path(dir, &config.region);
+    if !socket.exists() {
+        bail!(
+            "no running {} router to restart: {} does not exist; start one with `scope-router \
+             run`, or give the same --health-state-dir as the running router",
+            config.region,
+            socket.display()
+        );
+    }
+    let before = serving_pid(config, dir).await;
+    let exe = std::env::current_exe().context("cannot find this binary to start the new router")?;
+    let config_path = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let mut command = std::process::Command::new(&exe);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null());
+    if let Some(workers) = workers {
+        command.arg("--workers").arg(workers.to_string());
+    }
+    if let Some(dir) = health_state_dir {
+        command.arg("--health-state-dir").arg(dir);
+    }
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let pid = child.id();
+    // Loading eBPF and adopting the VIP take a second or two; this bounds a wedged start.
+    for _ in 0..900 {
+        if let Some(status) = child.try_wait().context("cannot watch the new router")? {
+            bail!(
+                "the new router (pid {pid}) exited ({status}) before taking over; the running \
+                 router keeps serving. The new router's log above says why"
+            );
+        }
+        if serving_pid(config, dir).await == Some(pid) {
+            match before {
+                Some(old) => println!(
+                    "restarted: pid {old} handed over to pid {pid}, which serves now; pid {old} drains and exits"
+                ),
+                None => println!("restarted: pid {pid} serves now"),
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the new router (pid {pid}) has not taken over within 90 s; it keeps trying in the \
+         background: see its log, and stop it (kill {pid}) to abandon the restart"
+    )
 }

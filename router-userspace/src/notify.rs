@@ -63,6 +63,13 @@ pub fn reloading() -> Result<(), NotifyError> {
     send("RELOADING=1", &[NotifyState::Reloading, now])
 }
 
+/// `MAINPID=pid`: a restart handed the service over to the router `pid` (a process of the
+/// unit, started by `ExecReload=scope-router restart`); sent by the old main process,
+/// which then drains and exits without the unit stopping.
+pub fn main_pid(pid: u32) -> Result<(), NotifyError> {
+    send("MAINPID=…", &[NotifyState::MainPid(pid)])
+}
+
 /// `STOPPING=1`: the router drains and will exit; systemd shows `deactivating`.
 pub fn stopping() -> Result<(), NotifyError> {
     send("STOPPING=1", &[NotifyState::Stopping])
@@ -95,7 +102,13 @@ impl Watchdog {
     /// Starts pinging when systemd configured a watchdog; None otherwise. Call from
     /// inside the runtime.
     pub fn start() -> Option<Self> {
-        let interval = watchdog_interval()?;
+        Self::start_with(watchdog_interval()?)
+    }
+
+    /// Starts pinging every `interval / 2`: for a router that took the service over on a
+    /// restart, whose environment came from `restart`, not from systemd's start.
+    pub fn start_with(interval: Duration) -> Option<Self> {
+        std::env::var_os("NOTIFY_SOCKET")?;
         // Half the interval, systemd's own advice: one late tick is not yet a miss.
         let period = interval / 2;
         tracing::info!(

@@ -1493,3 +1493,231 @@ fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
     let exit = router.terminate();
     assert_eq!(exit.code(), Some(0), "{}", router.log());
 }
+
+/// Waits (bounded) for `pid`, a router that is not our child but an orphan re-parented
+/// to this process (a child subreaper), to exit; returns its exit status.
+fn reap(pid: libc::pid_t) -> libc::c_int {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) on a pid re-parented to us, with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(rc >= 0, "waitpid {pid}: {}", io::Error::last_os_error());
+        if rc == pid {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "router {pid} still running {PATIENCE:?} after its handover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `scope-router restart` in the router namespace; returns the new router's pid.
+fn restart(world: &World, config: &Path, log: &Path) -> libc::pid_t {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the restart log");
+    // The new router inherits these: its log lands in the same file.
+    let status = world
+        .lab
+        .router
+        .command(BIN)
+        .args(["restart", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,scope_router::proxy=debug")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .status()
+        .expect("run scope-router restart");
+    let text = fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "restart failed ({status}):\n{text}");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("restarted: "))
+        .unwrap_or_else(|| panic!("no `restarted:` line:\n{text}"));
+    line.split("handed over to pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in `{line}`"))
+}
+
+#[test]
+fn restarts_under_load_refuse_no_connection_keep_the_vip_and_drain_the_old_router() {
+    if !runnable("restarts_under_load_refuse_no_connection") {
+        return;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    // Orphaned old routers (their parent, `restart`, exits first) come back to us.
+    // SAFETY: prctl with plain integer arguments.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let world = World::new();
+    let config = world.write_config(Ebpf {
+        mode: "required",
+        interface: "eth2",
+        deny: &[],
+    });
+    let mut first = world.start(&config, "run-restarts.log");
+    world.wait_ready(&mut first);
+    let restart_log = world.dir.path().join("restarts.log");
+
+    // Every change of eth2's addresses, from before the first restart to after the last.
+    let monitor_log = world.dir.path().join("ip-monitor.log");
+    let mut monitor = world
+        .lab
+        .router
+        .command("ip")
+        .args(["-o", "monitor", "address", "dev", "eth2"])
+        .stdout(fs::File::create(&monitor_log).expect("monitor log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ip monitor");
+
+    // A request the first router is serving when the restart comes: it must finish.
+    let in_flight = {
+        let addr = world.addr(COMPUTE);
+        world.lab.client.spawn(move || -> io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, CONNECT)?;
+            s.set_read_timeout(Some(PATIENCE))?;
+            s.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while world.http.hold.arrived.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the held request never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let count = LoadCount::default();
+    let stop = AtomicBool::new(false);
+    let compute = world.addr(COMPUTE);
+    let mut pids = vec![libc::pid_t::try_from(first.child.id()).expect("pid")];
+    std::thread::scope(|scope| {
+        // Two clients, so that connections arrive while others are being accepted; the
+        // second writes its request 20 ms after connecting, so that the old router has
+        // accepted connections whose request is not there yet when it stops accepting.
+        for pause in [Duration::ZERO, Duration::from_millis(20)] {
+            let (count, stop, world) = (&count, &stop, &world);
+            scope.spawn(move || {
+                world.lab.client.run(|| {
+                    let started = Instant::now();
+                    while !stop.load(Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                        let outcome = (|| -> io::Result<String> {
+                            let mut s = TcpStream::connect_timeout(&compute, CONNECT)?;
+                            std::thread::sleep(pause);
+                            s.set_read_timeout(Some(PATIENCE))?;
+                            s.write_all(
+                            b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        )?;
+                            let mut reply = String::new();
+                            s.read_to_string(&mut reply)?;
+                            Ok(reply)
+                        })();
+                        match outcome {
+                            Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
+                                count.ok.fetch_add(1, Relaxed);
+                            }
+                            other => {
+                                count.failed.fetch_add(1, Relaxed);
+                                *count.last_failure.lock().expect("lock") = Some(format!(
+                                    "{other:?} (pause {pause:?}, at {:?})",
+                                    std::time::SystemTime::now()
+                                ));
+                            }
+                        }
+                    }
+                });
+            });
+        }
+        for round in 0..4 {
+            // Load flows through the router about to be replaced (round 3: the last one).
+            let before = count.ok.load(Relaxed);
+            let deadline = Instant::now() + PATIENCE;
+            while count.ok.load(Relaxed) < before + 300 {
+                assert!(Instant::now() < deadline, "no load before restart {round}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if round == 3 {
+                break;
+            }
+            let new = restart(&world, &config, &restart_log);
+            assert_ne!(
+                Some(&new),
+                pids.last(),
+                "restart {round} kept the same process"
+            );
+            if round == 0 {
+                // The held request still runs in the first router, which drains it.
+                world.http.hold.released.store(true, Ordering::SeqCst);
+                let exit = first.wait();
+                assert_eq!(exit.code(), Some(0), "{}", first.log());
+            } else {
+                let status = reap(*pids.last().expect("an old pid"));
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "old router {} exited with status {status}",
+                    pids.last().expect("pid")
+                );
+            }
+            pids.push(new);
+            assert!(world.vip_on_eth2(), "VIP gone after restart {round}");
+            assert!(world.xdp_on_eth2(), "XDP detached after restart {round}");
+        }
+        stop.store(true, Relaxed);
+    });
+    let reply = in_flight
+        .join()
+        .expect("in-flight thread")
+        .expect("the request in flight at the first restart completes");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let ok = count.ok.load(Relaxed);
+    let failed = count.failed.load(Relaxed);
+    let restarts = fs::read_to_string(&restart_log).unwrap_or_default();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed of {}: last {:?}\n{}\n{restarts}",
+        ok + failed,
+        count.last_failure.lock().expect("lock"),
+        first.log()
+    );
+    eprintln!("{ok} requests through 3 restarts, none failed");
+
+    // The VIP was never removed, not even for an instant.
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let changes = fs::read_to_string(&monitor_log).unwrap_or_default();
+    assert!(
+        !changes.lines().any(|l| l.starts_with("Deleted")),
+        "an address left eth2 during the restarts:\n{changes}"
+    );
+
+    // The last router owns everything: the VIP lock names it, and a stop releases all.
+    let last = *pids.last().expect("last pid");
+    let status = world.status(&config);
+    assert_eq!(status["vip"]["owner_pid"], Value::from(last), "{status:#}");
+    assert_eq!(status["pid"], Value::from(last), "{status:#}");
+    assert_eq!(attached(&status), (true, true), "{status:#}");
+    // SAFETY: kill(2) on the router re-parented to us.
+    assert_eq!(unsafe { libc::kill(last, libc::SIGTERM) }, 0);
+    let exit = reap(last);
+    assert!(
+        libc::WIFEXITED(exit) && libc::WEXITSTATUS(exit) == 0,
+        "last router exit status {exit}:\n{restarts}"
+    );
+    assert!(!world.vip_on_eth2(), "VIP left on eth2:\n{restarts}");
+    assert!(!world.xdp_on_eth2(), "XDP left on eth2:\n{restarts}");
+}

@@ -309,6 +309,7 @@ impl Lab {
                     handed_in,
                     bind_scoped: opts.bind_direct,
                     bind_passthrough: opts.bind_direct,
+                    ..StartOptions::default()
                 },
             )
             .await?;

@@ -128,6 +128,7 @@ fn healthz_is_503_while_the_vip_is_missing_and_while_draining() {
                     handed_in: vec![steered],
                     bind_scoped: false,
                     bind_passthrough: false,
+                    ..StartOptions::default()
                 },
             )
             .await

@@ -17,7 +17,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuHashMap, SockMap},
-    programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink},
+    programs::{SkLookup, Xdp, XdpMode, links::FdLink, links::PinnedLink, xdp::XdpLink},
 };
 use ipnet::Ipv4Net;
 use router_common::{
@@ -112,9 +112,12 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(
 }
 
 impl Steering {
+    /// `handed_over`: the locked pin directory a running router handed over on a restart
+    /// (`crate::handover`); its programs stay attached until this start's replace them.
     pub(crate) fn start(
         config: &SteeringConfig,
         listener: BorrowedFd<'_>,
+        handed_over: Option<fs::File>,
     ) -> Result<Self, Unavailable> {
         if !object_built() {
             return Err(Unavailable::ObjectNotBuilt);
@@ -135,13 +138,25 @@ impl Steering {
             path: config.pin_path.clone(),
             source,
         };
-        let existing = match pins::lock_existing(&config.pin_path) {
-            Ok(lock) => lock,
-            Err(LockError::Held { pid }) => return Err(in_use(pid)),
-            Err(LockError::Io(source)) => return Err(lock_failed(source)),
+        let existing = match handed_over {
+            Some(dir) => match OwnerLock::adopt(dir, &config.pin_path) {
+                Ok(lock) => Some((lock, true)),
+                Err(LockError::Held { pid }) => return Err(in_use(pid)),
+                Err(LockError::Io(source)) => return Err(lock_failed(source)),
+            },
+            None => match pins::lock_existing(&config.pin_path) {
+                Ok(lock) => lock.map(|lock| (lock, false)),
+                Err(LockError::Held { pid }) => return Err(in_use(pid)),
+                Err(LockError::Io(source)) => return Err(lock_failed(source)),
+            },
         };
         let (dir, state) = match existing {
-            Some(lock) => {
+            Some((lock, true)) => {
+                tracing::info!(pin_path = %config.pin_path.display(), "eBPF state handed over by the router this one replaces: replacing its programs in place");
+                drop_incompatible_pins(&config.pin_path);
+                (config.pin_path.clone(), State::HandedOver(lock))
+            }
+            Some((lock, false)) => {
                 tracing::info!(pin_path = %config.pin_path.display(), "reusing pinned eBPF maps; counters continue");
                 // Ours alone now: whatever is attached was left by a router that is gone.
                 detach_stale(&config.pin_path)?;
@@ -159,7 +174,8 @@ impl Steering {
             }
         };
 
-        let attached = attach_all(config, &desired, &dir, listener, ifindex);
+        let replace = matches!(state, State::HandedOver(_));
+        let attached = attach_all(config, &desired, &dir, listener, ifindex, replace);
         let (mut ebpf, xdp_mode, links) = match attached {
             Ok(done) => done,
             Err(err) => {
@@ -181,7 +197,7 @@ impl Steering {
         };
 
         let lock = match state {
-            State::Reused(lock) => lock,
+            State::Reused(lock) | State::HandedOver(lock) => lock,
             State::Staged(staging) => match staging.commit(&config.pin_path) {
                 Ok(lock) => lock,
                 // Another router started at the same moment and renamed its state into
@@ -226,6 +242,11 @@ impl Steering {
     /// The pinned state directory.
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
+    }
+
+    /// The locked pin directory, for a restart to hand over.
+    pub fn lock_fd(&self) -> BorrowedFd<'_> {
+        self._lock.file().as_fd()
     }
 
     /// The interface XDP is attached to.
@@ -313,6 +334,9 @@ enum State {
     Reused(OwnerLock),
     /// First start: a locked staging directory, renamed to the pin path at the end.
     Staged(Staging),
+    /// A restart: the running router's directory, its lock handed over; the attached
+    /// programs are replaced without a moment of detachment.
+    HandedOver(OwnerLock),
 }
 
 /// Loads, syncs and attaches; everything that can fail after the state directory is chosen.
@@ -322,6 +346,7 @@ fn attach_all(
     dir: &Path,
     listener: BorrowedFd<'_>,
     ifindex: u32,
+    replace: bool,
 ) -> Result<(Ebpf, XdpAttachMode, Vec<FdLink>), Unavailable> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(dir)
@@ -334,8 +359,15 @@ fn attach_all(
     set_listener(&mut ebpf, listener)?;
 
     let mut links = Vec::new();
-    let xdp_mode = attach_xdp(&mut ebpf, &config.interface, dir, &mut links)?;
-    let netns_inode = attach_sk_lookup(&mut ebpf, dir, &mut links)?;
+    let previous = replace.then(|| read_meta(&mut ebpf)).flatten();
+    let xdp_mode = match previous.and_then(|m| XdpAttachMode::from_meta(m.xdp_mode)) {
+        Some(mode) if dir.join(LINK_XDP).exists() => {
+            replace_xdp(&mut ebpf, dir, &mut links)?;
+            mode
+        }
+        _ => attach_xdp(&mut ebpf, &config.interface, dir, &mut links)?,
+    };
+    let netns_inode = attach_sk_lookup(&mut ebpf, dir, &mut links, replace)?;
     write_meta(
         &mut ebpf,
         Meta {
@@ -518,6 +550,12 @@ fn set_listener(ebpf: &mut Ebpf, listener: BorrowedFd<'_>) -> Result<(), Unavail
     })
 }
 
+/// What the previous router recorded, if it is readable.
+fn read_meta(ebpf: &mut Ebpf) -> Option<Meta> {
+    let array: Array<&mut MapData, Meta> = Array::try_from(map_mut(ebpf, META_MAP).ok()?).ok()?;
+    array.get(&0, 0).ok()
+}
+
 fn write_meta(ebpf: &mut Ebpf, meta: Meta) -> Result<(), Unavailable> {
     let mut array: Array<&mut MapData, Meta> =
         Array::try_from(map_mut(ebpf, META_MAP)?).map_err(|e| kernel("opening META")(boxed(e)))?;
@@ -638,10 +676,48 @@ fn attach_xdp(
     Ok(mode)
 }
 
+/// A restart: swaps this build's XDP program into the pinned link the running router
+/// attached (`BPF_LINK_UPDATE`, atomic: every packet meets one program or the other).
+fn replace_xdp(ebpf: &mut Ebpf, dir: &Path, links: &mut Vec<FdLink>) -> Result<(), Unavailable> {
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| {
+            kernel("finding the XDP program")(
+                format!("{XDP_PROGRAM} missing from the object").into(),
+            )
+        })?
+        .try_into()
+        .map_err(|e| kernel("finding the XDP program")(boxed(e)))?;
+    program
+        .load()
+        .map_err(|e| kernel("loading the XDP program (verifier)")(boxed(e)))?;
+    let path = dir.join(LINK_XDP);
+    let pinned = PinnedLink::from_pin(&path).map_err(|e| Unavailable::Pin {
+        operation: "opening the pinned XDP link",
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let link = XdpLink::try_from(FdLink::from(pinned))
+        .map_err(|e| kernel("opening the pinned XDP link")(boxed(e)))?;
+    let link_id = program
+        .attach_to_link(link)
+        .map_err(|e| kernel("replacing the XDP program in its link (Linux 5.9+)")(boxed(e)))?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|e| kernel("taking the XDP link")(boxed(e)))?;
+    links.push(FdLink::try_from(link).map_err(|e| kernel("taking the XDP link")(boxed(e)))?);
+    tracing::info!("XDP program replaced in place");
+    Ok(())
+}
+
+/// Attaches sk_lookup. On a restart (`replace`) the running router's program stays
+/// attached beside this one until it exits (both steer to the same socket through the same
+/// map), and the pin moves to the new link by rename, so the netns is never without one.
 fn attach_sk_lookup(
     ebpf: &mut Ebpf,
     dir: &Path,
     links: &mut Vec<FdLink>,
+    replace: bool,
 ) -> Result<u64, Unavailable> {
     let program: &mut SkLookup = ebpf
         .program_mut(SK_LOOKUP_PROGRAM)
@@ -670,7 +746,23 @@ fn attach_sk_lookup(
     let link = program
         .take_link(link_id)
         .map_err(|e| kernel("taking the sk_lookup link")(boxed(e)))?;
-    links.push(pin(FdLink::from(link), &dir.join(LINK_SK_LOOKUP))?);
+    let target = dir.join(LINK_SK_LOOKUP);
+    if !replace {
+        links.push(pin(FdLink::from(link), &target)?);
+        return Ok(netns_inode);
+    }
+    // bpffs takes no dots in names, hence no hidden temporary name.
+    let staged = dir.join(format!("{LINK_SK_LOOKUP}_next"));
+    let _ignored = fs::remove_file(&staged);
+    links.push(pin(FdLink::from(link), &staged)?);
+    fs::rename(&staged, &target).map_err(|source| {
+        let _ignored = fs::remove_file(&staged);
+        Unavailable::Pin {
+            operation: "moving the sk_lookup link pin into place",
+            path: target.clone(),
+            source,
+        }
+    })?;
     Ok(netns_inode)
 }
 

@@ -252,6 +252,9 @@ pub enum EbpfError {
     /// `ebpf.mode = "required"` and steering could not start.
     #[error("ebpf.mode = \"required\" but eBPF steering cannot start: {0}")]
     Required(#[source] Unavailable),
+    /// A restart could not take over the running router's steering.
+    #[error("cannot take over the running router's eBPF steering: {0}; that router keeps serving")]
+    HandOver(#[source] Unavailable),
     /// Another scope-router runs on the same pin path (any mode but `off`).
     #[error("another scope-router is already running here: {0}")]
     InUse(#[source] Unavailable),
@@ -285,12 +288,27 @@ pub enum EbpfError {
 /// from `spawn_blocking`. The sk_lookup program is attached to the calling thread's
 /// network namespace.
 pub fn start(config: &SteeringConfig, listener: &impl AsFd) -> Result<Startup, EbpfError> {
+    start_handed_over(config, listener, None)
+}
+
+/// [`start`] on a restart (`crate::handover`): `pin_lock` is the locked pin directory the
+/// running router handed over (`None` when it ran without eBPF). Its maps are reused and
+/// its attached programs replaced in place, never detached in between.
+pub fn start_handed_over(
+    config: &SteeringConfig,
+    listener: &impl AsFd,
+    pin_lock: Option<std::os::fd::OwnedFd>,
+) -> Result<Startup, EbpfError> {
     if config.mode == Mode::Off {
         tracing::info!("ebpf.mode = off: binding every VIP:port directly");
         return Ok(Startup::Off);
     }
-    match Steering::start(config, listener.as_fd()) {
+    let handed_over = pin_lock.is_some();
+    match Steering::start(config, listener.as_fd(), pin_lock.map(std::fs::File::from)) {
         Ok(steering) => Ok(Startup::Steering(steering)),
+        // The running router's programs still steer to its socket: binding directly beside
+        // them would split the traffic, so the restart fails and that router carries on.
+        Err(reason) if handed_over => Err(EbpfError::HandOver(reason)),
         // Not a missing kernel feature but a duplicate instance: falling back to direct
         // binds would start a second router beside the one that owns the steering.
         Err(reason @ Unavailable::InUse { .. }) => Err(EbpfError::InUse(reason)),

@@ -27,6 +27,9 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug)]
 pub struct InFlight {
     count: AtomicUsize,
+    /// Whether any request has begun on the connection: a drain closes only those that
+    /// served one, not a client whose first request may still be on the wire.
+    started: std::sync::atomic::AtomicBool,
     open: OpenConnection,
 }
 
@@ -38,6 +41,7 @@ impl InFlight {
     pub fn new(open: OpenConnection) -> Self {
         InFlight {
             count: AtomicUsize::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
             open,
         }
     }
@@ -49,12 +53,18 @@ impl InFlight {
     {
         let in_flight = (**owner).as_ref();
         in_flight.count.fetch_add(1, Ordering::Relaxed);
+        in_flight.started.store(true, Ordering::Relaxed);
         ClientGauges::inc(&in_flight.open.gauges().active);
         InFlightGuard(owner.clone())
     }
 
     pub fn busy(&self) -> bool {
         self.count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a request has ever begun on this connection.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// The router's client connection gauges.

@@ -41,6 +41,9 @@ const PARKED_TASK_BUDGET: usize = 400;
 /// turn the accept loop into a busy spin while connections drain.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// While draining, how often a lent connection checks whether its request has begun.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -648,7 +651,12 @@ where
                 let drain = conn.signals.draining();
                 tokio::pin!(drain);
                 std::future::poll_fn(|cx| {
-                    if drain.as_mut().poll(cx).is_ready() {
+                    // A drain closes connections idle between requests, not one just
+                    // accepted: its first request may be on the wire already (a restart
+                    // hands the listener over at any instant), and closing would reset
+                    // it. That request is served (with `Connection: close`), or the
+                    // header timeout or the grace ends the wait.
+                    if (*conn.shared).as_ref().started() && drain.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(false);
                     }
                     // Break: readiness is known; Continue: wait until then.
@@ -721,6 +729,7 @@ where
     let header_timeout = header_deadline.saturating_duration_since(Instant::now());
     Box::pin(run_hyper(
         io,
+        conn.shared.clone(),
         header_timeout,
         buf_size,
         svc,
@@ -731,6 +740,7 @@ where
 /// One hyper connection over a lent client stream, until it parks or ends.
 async fn run_hyper<S>(
     io: ParkingIo<Tcp>,
+    shared: Arc<ConnShared<Tcp>>,
     header_timeout: Duration,
     buf_size: usize,
     svc: S,
@@ -755,15 +765,28 @@ where
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => r,
-        _ = signals.draining() => {
-            conn.as_mut().graceful_shutdown();
-            let mut abort = signals.clone();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = abort.aborting() => Ok(()),
-            }
+        r = conn.as_mut() => return r,
+        // At once when lent while draining already.
+        _ = signals.draining() => {}
+    }
+    // Graceful shutdown only once a request has begun: hyper's closes a connection whose
+    // request is still unparsed in its buffer as if it were idle, resetting a request
+    // that reached us (a client that connected just before a restart). One that never
+    // begins ends the lend by parking, and the parked wait closes it. Polled: this runs
+    // only while draining.
+    let mut abort = signals.clone();
+    let mut tick = tokio::time::interval(DRAIN_POLL);
+    while !(*shared).as_ref().busy() {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = abort.aborting() => return Ok(()),
+            _ = tick.tick() => {}
         }
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = abort.aborting() => Ok(()),
     }
 }
 

@@ -60,11 +60,38 @@ impl OwnerLock {
             }
             Err(LockError::Io(e)) => return Err(fail(e)),
         };
-        // Ours now: replace the previous owner's pid (a crashed run leaves it behind).
+        Self::record(held, &path)
+    }
+
+    /// The lock a predecessor handed over on a restart (`crate::handover`), still held.
+    pub(crate) fn adopt(settings: &VipSettings, file: fs::File) -> Result<OwnerLock, VipError> {
+        let path = lock_file_path(&settings.state_dir, settings.address);
+        match lock::OwnerLock::adopt(file, &path) {
+            Ok(held) => Self::record(held, &path),
+            Err(LockError::Held { pid }) => Err(VipError::AlreadyManaged {
+                address: settings.address,
+                pid,
+                path,
+            }),
+            Err(LockError::Io(source)) => Err(VipError::LockFile { path, source }),
+        }
+    }
+
+    /// Ours now: replace the previous owner's pid (a crashed run leaves it behind).
+    fn record(held: lock::OwnerLock, path: &Path) -> Result<OwnerLock, VipError> {
+        let fail = |source: io::Error| VipError::LockFile {
+            path: path.to_owned(),
+            source,
+        };
         let pid = format!("{}\n", std::process::id());
         held.file().set_len(0).map_err(fail)?;
         held.file().write_all_at(pid.as_bytes(), 0).map_err(fail)?;
         Ok(OwnerLock { _lock: held })
+    }
+
+    /// The locked open file, for a restart to hand over.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self._lock.file())
     }
 
     /// Whether another open file holds the lock for `settings.address` right now, and its
@@ -120,6 +147,26 @@ mod tests {
         drop(first);
         assert_eq!(OwnerLock::holder(&settings), None);
         let _again = OwnerLock::acquire(&settings).expect("free again");
+    }
+
+    #[test]
+    fn a_lock_handed_over_stays_held_and_names_its_new_owner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settings(dir.path());
+        let first = OwnerLock::acquire(&settings).expect("first owner");
+        let handed = fs::File::from(first.fd().try_clone_to_owned().expect("dup"));
+        let second = OwnerLock::adopt(&settings, handed).expect("adopt");
+        // The predecessor leaves; the lock stays, so no third router can take it.
+        drop(first);
+        let err = OwnerLock::acquire(&settings).expect_err("still held");
+        assert!(matches!(err, VipError::AlreadyManaged { .. }), "{err:?}");
+        drop(second);
+        let _free = OwnerLock::acquire(&settings).expect("released with the last descriptor");
+
+        // Any other file is refused, not adopted.
+        let other = fs::File::create(dir.path().join("other")).expect("file");
+        let err = OwnerLock::adopt(&settings, other).expect_err("not the lock file");
+        assert!(matches!(err, VipError::LockFile { .. }), "{err:?}");
     }
 
     #[test]

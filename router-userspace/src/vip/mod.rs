@@ -278,6 +278,8 @@ pub struct VipHandle {
 pub struct VipClaim {
     settings: VipSettings,
     lock: Option<OwnerLock>,
+    /// Taken over from the router this one replaces, which leaves the address in place.
+    handed_over: bool,
 }
 
 /// Takes the VIP's owner lock (`<state_dir>/vip-<address>.lock`) with `manage = true`;
@@ -289,7 +291,29 @@ pub fn claim(settings: VipSettings) -> Result<VipClaim, VipError> {
     } else {
         None
     };
-    Ok(VipClaim { settings, lock })
+    Ok(VipClaim {
+        settings,
+        lock,
+        handed_over: false,
+    })
+}
+
+/// The claim of a restart (`crate::handover`): the owner lock the running router handed
+/// over (`None` when it managed no VIP: then the lock is taken as [`claim`] does). The
+/// address stays on the interface throughout; the new router adopts it.
+pub fn claim_handed_over(
+    settings: VipSettings,
+    lock: Option<std::os::fd::OwnedFd>,
+) -> Result<VipClaim, VipError> {
+    match lock {
+        Some(fd) if settings.manage => Ok(VipClaim {
+            lock: Some(OwnerLock::adopt(&settings, std::fs::File::from(fd))?),
+            settings,
+            handed_over: true,
+        }),
+        // Dropping an unneeded handed-over lock releases nothing the predecessor holds.
+        _ => claim(settings),
+    }
 }
 
 impl VipClaim {
@@ -299,9 +323,13 @@ impl VipClaim {
 
     /// Takes the claimed VIP; see [`start`].
     pub async fn start(self) -> Result<VipHandle, VipError> {
-        let VipClaim { settings, lock } = self;
+        let VipClaim {
+            settings,
+            lock,
+            handed_over,
+        } = self;
         match lock {
-            Some(lock) => start_managed(settings, lock).await,
+            Some(lock) => start_managed(settings, lock, handed_over).await,
             None => start_unmanaged(settings).await,
         }
     }
@@ -318,7 +346,11 @@ pub async fn start(settings: VipSettings) -> Result<VipHandle, VipError> {
     claim(settings)?.start().await
 }
 
-async fn start_managed(settings: VipSettings, lock: OwnerLock) -> Result<VipHandle, VipError> {
+async fn start_managed(
+    settings: VipSettings,
+    lock: OwnerLock,
+    handed_over: bool,
+) -> Result<VipHandle, VipError> {
     let state = StateFile::new(&settings);
     // Subscribe before looking so that a removal racing with the start is not missed.
     let (nl, events) = Netlink::connect(&settings, true)?;
@@ -329,6 +361,14 @@ async fn start_managed(settings: VipSettings, lock: OwnerLock) -> Result<VipHand
     let sender = PacketSocket::sender(&settings.interface)?;
 
     let adopted = match nl.find_address(link.index).await? {
+        Some(_) if handed_over => {
+            tracing::info!(
+                vip = %settings.address,
+                interface = %settings.interface,
+                "VIP kept in place from the router this one replaces"
+            );
+            false
+        }
         Some(existing) => {
             tracing::info!(
                 vip = %settings.address,
@@ -443,6 +483,21 @@ impl VipHandle {
 
     /// Clean shutdown: stops watching, then removes the address unless `keep_on_exit`
     /// (or `manage = false`). Only the VIP itself is ever removed.
+    /// The locked owner-lock file, for a restart to hand over (`None`: unmanaged).
+    pub fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self._lock.as_ref().map(OwnerLock::fd)
+    }
+
+    /// After a restart handed the VIP over: stops watching and leaves the address and the
+    /// state file to the new router (whose copy of the lock keeps it held).
+    pub async fn hand_over(mut self) {
+        if let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        tracing::info!(vip = %self.settings.address, "VIP left in place for the new router");
+    }
+
     pub async fn shutdown(mut self) -> Result<(), VipError> {
         let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) else {
             write_unmanaged_state(&self.settings, &StateFile::new(&self.settings), false);
