@@ -6,10 +6,14 @@
 //! turns adverts and timer expiries into actions, and only `socket` touches the network.
 //! That keeps every rule testable without namespaces or clocks.
 
+mod packet;
 mod settings;
 
 use std::net::Ipv4Addr;
 
+pub use packet::{
+    Advert, Auth, DecodeError, EncodeError, IPV4_HEADER_LEN, Ipv4Header, decode_ipv4, encode_ipv4,
+};
 pub use settings::{AUTH_LEN, MAX_V3_INTERVAL, Version, VrrpSettings, VrrpSettingsError};
 
 /// IANA's protocol number for VRRP.
