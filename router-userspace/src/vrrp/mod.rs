@@ -6,11 +6,16 @@
 //! turns adverts and timer expiries into actions, and only `socket` touches the network.
 //! That keeps every rule testable without namespaces or clocks.
 
+mod machine;
 mod packet;
 mod settings;
 
 use std::net::Ipv4Addr;
 
+pub use machine::{
+    Action, Deadline, Event, Machine, MachineConfig, Note, OWNER_PRIORITY, Output, RESIGN_PRIORITY,
+    State, Timer,
+};
 pub use packet::{
     Advert, Auth, DecodeError, EncodeError, IPV4_HEADER_LEN, Ipv4Header, decode_ipv4, encode_ipv4,
 };

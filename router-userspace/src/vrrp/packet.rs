@@ -65,7 +65,7 @@ impl Advert {
         match self.version {
             Version::V2 => {
                 let seconds = self.interval_cs / 100;
-                if self.interval_cs % 100 != 0 || !(1..=255).contains(&seconds) {
+                if !self.interval_cs.is_multiple_of(100) || !(1..=255).contains(&seconds) {
                     return Err(EncodeError::IntervalV2 {
                         interval_cs: self.interval_cs,
                     });

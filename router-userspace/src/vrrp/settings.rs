@@ -193,7 +193,7 @@ impl VrrpSettings {
                 }
             }
             Version::V3 => {
-                let whole_centis = got.as_nanos() % 10_000_000 == 0;
+                let whole_centis = got.as_nanos().is_multiple_of(10_000_000);
                 if !whole_centis || got < Duration::from_millis(10) || got > MAX_V3_INTERVAL {
                     return Err(VrrpSettingsError::IntervalV3 { got });
                 }
@@ -405,7 +405,8 @@ mod tests {
 
     #[test]
     fn auth_data_uses_the_first_eight_bytes_zero_padded() {
-        let cases: [(&str, Option<&str>, Option<[u8; 8]>); 4] = [
+        type Case = (&'static str, Option<&'static str>, Option<[u8; 8]>);
+        let cases: [Case; 4] = [
             ("none", None, None),
             (
                 "Kolla's long password",
