@@ -9,6 +9,7 @@
 mod machine;
 mod packet;
 mod settings;
+mod socket;
 
 use std::net::Ipv4Addr;
 
@@ -20,6 +21,7 @@ pub use packet::{
     Advert, Auth, DecodeError, EncodeError, IPV4_HEADER_LEN, Ipv4Header, decode_ipv4, encode_ipv4,
 };
 pub use settings::{AUTH_LEN, MAX_V3_INTERVAL, Version, VrrpSettings, VrrpSettingsError};
+pub use socket::{DropReason, Received, VrrpSocket, VrrpSocketError, interface_address};
 
 /// IANA's protocol number for VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
