@@ -135,6 +135,39 @@ fn adverts_cross_a_veth_between_two_sockets() {
     });
 }
 
+#[test]
+fn the_advert_source_is_the_interfaces_own_address_not_the_vip() {
+    const TEST: &str = "the_advert_source_is_the_interfaces_own_address_not_the_vip";
+    if !netns::privileged(TEST) {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    // The VIP first, so that skipping it is what finds the node's own address.
+    lab.client
+        .ip(&["addr", "flush", "dev", "eth0"])
+        .expect("flush");
+    lab.client
+        .ip(&["addr", "add", "192.0.2.100/32", "dev", "eth0"])
+        .expect("adding the VIP");
+    lab.client
+        .ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])
+        .expect("adding the node's address");
+    let found = lab.client.run(|| {
+        (
+            interface_address("eth0", &[]),
+            interface_address("eth0", &[Lab::VIP]),
+            interface_address("eth0", &[Lab::VIP, Lab::CLIENT]).map_err(|e| e.to_string()),
+            interface_address("eth9", &[]).map_err(|e| e.to_string()),
+        )
+    });
+    assert_eq!(found.0.expect("first address"), Lab::VIP);
+    assert_eq!(found.1.expect("own address"), Lab::CLIENT);
+    let none = found.2.expect_err("every address excluded");
+    assert!(none.contains("no IPv4 address of its own"), "{none}");
+    let missing = found.3.expect_err("no such interface");
+    assert!(missing.contains("\"eth9\" does not exist"), "{missing}");
+}
+
 /// Sends `advert` as the router namespace's kernel would for an ordinary raw socket: its
 /// own IPv4 header, with multicast TTL `ttl`.
 fn send_with_ttl(ns: &Netns, advert: &Advert, ttl: u32) {
