@@ -15,6 +15,7 @@ use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::health::CheckSettings;
 use crate::process::ProcessSettings;
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
+use crate::vrrp::VrrpSettings;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub health: CheckSettings,
     /// `[vip]`: the address the router owns; `None` manages no address.
     pub vip: Option<VipSettings>,
+    /// `[vrrp]`: share the VIP with other routers; `None` owns it alone.
+    pub vrrp: Option<VrrpSettings>,
     pub ebpf: EbpfSettings,
     pub passthrough: Vec<Passthrough>,
     /// `[admin]`: the metrics/status listener.
@@ -443,6 +446,7 @@ struct RawConfig {
     #[serde(default)]
     health: CheckSettings,
     vip: Option<VipSettings>,
+    vrrp: Option<VrrpSettings>,
     #[serde(default)]
     ebpf: EbpfSettings,
     #[serde(default)]
@@ -567,6 +571,31 @@ impl RawConfig {
             }
         }
 
+        if let Some(vrrp) = &self.vrrp {
+            // VRRP decides who holds the VIP, so it needs a VIP this router may move.
+            match &self.vip {
+                None => {
+                    return Err(invalid(
+                        "vrrp",
+                        "[vrrp] moves the VIP between routers but there is no [vip]: add [vip] \
+                         address, or remove [vrrp] if keepalived still owns the address"
+                            .into(),
+                    ));
+                }
+                Some(vip) if !vip.manage => {
+                    return Err(invalid(
+                        "vrrp",
+                        "[vrrp] needs to add and remove the VIP but [vip] manage = false: set \
+                         manage = true, or remove [vrrp] while keepalived owns the address"
+                            .into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            vrrp.validate()
+                .map_err(|err| invalid(err.key(), err.to_string()))?;
+        }
+
         let ebpf = self.ebpf;
         if !ebpf.pin_path.is_absolute() {
             return Err(invalid(
@@ -643,6 +672,7 @@ impl RawConfig {
             proxy,
             health: self.health,
             vip: self.vip,
+            vrrp: self.vrrp,
             ebpf,
             passthrough,
             admin: self.admin,
@@ -991,6 +1021,148 @@ mode = "http"
         ))
         .unwrap();
         assert_eq!(c.vip.unwrap().state_dir, PathBuf::from("/var/lib/sr-one"));
+    }
+
+    const VIP: &str = "[vip]\naddress = \"192.0.2.10\"\n";
+
+    /// `[vrrp]` as operators write it: named cases, each with the settings it must give.
+    #[test]
+    fn vrrp_sections_load() {
+        use crate::vrrp::Version;
+        let kolla = {
+            let mut s = VrrpSettings::new(51);
+            s.auth_pass = Some("kollapassword".into());
+            s.preempt = false;
+            s.priority = 2;
+            s
+        };
+        let cases: Vec<(&str, String, Option<VrrpSettings>)> = vec![
+            (
+                "absent: single-node ownership",
+                format!("{MINIMAL}{VIP}"),
+                None,
+            ),
+            (
+                "only vrid: keepalived's defaults",
+                format!("{MINIMAL}{VIP}[vrrp]\nvrid = 51\n"),
+                Some(VrrpSettings::new(51)),
+            ),
+            (
+                "Kolla's keepalived",
+                format!(
+                    "{MINIMAL}{VIP}[vrrp]\nvrid = 51\npriority = 2\nauth_pass = \"kollapassword\"\npreempt = false\n"
+                ),
+                Some(kolla),
+            ),
+            (
+                "v3, sub-second, unicast, own interface",
+                format!(
+                    "{MINIMAL}{VIP}[vrrp]\nvrid = 7\nversion = 3\nadvert_int = \"500ms\"\npeers = [\"192.0.2.2\", \"192.0.2.3\"]\ninterface = \"bond0\"\npriority = 255\n"
+                ),
+                Some(VrrpSettings {
+                    vrid: 7,
+                    priority: 255,
+                    advert_int: Duration::from_millis(500),
+                    version: Version::V3,
+                    auth_pass: None,
+                    preempt: true,
+                    peers: vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)],
+                    interface: Some("bond0".into()),
+                }),
+            ),
+        ];
+        for (name, text, want) in cases {
+            let c = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.vrrp, want, "{name}");
+        }
+    }
+
+    /// Every wrong `[vrrp]` is refused at load, naming the file, the key and the fix.
+    #[test]
+    fn vrrp_errors_name_key_and_fix() {
+        let vrrp = |body: &str| format!("{MINIMAL}{VIP}[vrrp]\n{body}");
+        let cases: Vec<(&str, String, &[&str])> = vec![
+            ("vrid missing", vrrp("priority = 100\n"), &["vrid"]),
+            ("vrid 0", vrrp("vrid = 0\n"), &["vrid", "1 to 255"]),
+            ("vrid 256", vrrp("vrid = 256\n"), &["vrid", "1 to 255"]),
+            (
+                "priority 0",
+                vrrp("vrid = 1\npriority = 0\n"),
+                &["priority", "1 to 255"],
+            ),
+            (
+                "version 4",
+                vrrp("vrid = 1\nversion = 4\n"),
+                &["version", "use 2"],
+            ),
+            (
+                "v3 with a password",
+                vrrp("vrid = 1\nversion = 3\nauth_pass = \"x\"\n"),
+                &[
+                    "vrrp.auth_pass",
+                    "version 3 has no authentication",
+                    "version = 2",
+                ],
+            ),
+            (
+                "v2 sub-second",
+                vrrp("vrid = 1\nadvert_int = \"200ms\"\n"),
+                &["vrrp.advert_int", "whole seconds", "version = 3"],
+            ),
+            (
+                "v3 too long",
+                vrrp("vrid = 1\nversion = 3\nadvert_int = \"1m\"\n"),
+                &["vrrp.advert_int", "40.95s"],
+            ),
+            (
+                "zero interval",
+                vrrp("vrid = 1\nadvert_int = \"0s\"\n"),
+                &["advert_int", "greater than zero"],
+            ),
+            (
+                "multicast peer",
+                vrrp("vrid = 1\npeers = [\"224.0.0.18\"]\n"),
+                &["vrrp.peers", "224.0.0.18", "not a unicast"],
+            ),
+            (
+                "peer not an address",
+                vrrp("vrid = 1\npeers = [\"x\"]\n"),
+                &["peers"],
+            ),
+            (
+                "unknown key",
+                vrrp("vrid = 1\nnopreempt = true\n"),
+                &["nopreempt"],
+            ),
+            (
+                "empty interface",
+                vrrp("vrid = 1\ninterface = \"\"\n"),
+                &["vrrp.interface"],
+            ),
+            (
+                "no [vip]",
+                format!("{MINIMAL}[vrrp]\nvrid = 1\n"),
+                &["`vrrp`", "add [vip]"],
+            ),
+            (
+                "[vip] not managed",
+                format!("{MINIMAL}{VIP}manage = false\n[vrrp]\nvrid = 1\n"),
+                &["`vrrp`", "manage = true"],
+            ),
+        ];
+        for (name, text, needles) in cases {
+            let msg = match parse(&text) {
+                Ok(_) => panic!("{name}: loaded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                msg.contains("/etc/scope-router/router.toml"),
+                "{name}: {msg}"
+            );
+            for n in needles {
+                assert!(msg.contains(n), "{name}: {n:?} missing from: {msg}");
+            }
+        }
     }
 
     #[test]

@@ -27,3 +27,4 @@ pub mod scope;
 pub mod shutdown;
 pub mod status;
 pub mod vip;
+pub mod vrrp;

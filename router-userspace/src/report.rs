@@ -88,6 +88,32 @@ pub fn check(router: &Router, config: &Config) -> String {
             );
         }
     }
+    if let (Some(vrrp), Some(vip)) = (&config.vrrp, &config.vip) {
+        let to = if vrrp.peers.is_empty() {
+            format!("multicast {}", crate::vrrp::MULTICAST_GROUP)
+        } else {
+            let peers: Vec<String> = vrrp.peers.iter().map(ToString::to_string).collect();
+            format!("unicast to {}", peers.join(", "))
+        };
+        let auth = if vrrp.auth_pass.is_some() {
+            ", auth PASS"
+        } else {
+            ""
+        };
+        let preempt = if vrrp.preempt { "preempt" } else { "nopreempt" };
+        let _ = writeln!(
+            out,
+            "vrrp:    v{} vrid {} priority {} every {} on {} ({to}{auth}, {preempt})",
+            vrrp.version,
+            vrrp.vrid,
+            vrrp.priority,
+            humantime::format_duration(vrrp.advert_int),
+            vrrp.interface(vip),
+        );
+        for note in vrrp.notes() {
+            let _ = writeln!(out, "note: {note}");
+        }
+    }
     let deny: Vec<String> = config.ebpf.deny.iter().map(ToString::to_string).collect();
     let _ = writeln!(
         out,
@@ -576,6 +602,38 @@ mod tests {
             out.contains("warning: [vip] address 192.168.142.250"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn check_shows_vrrp_and_its_notes() {
+        let (mut c, r) = example("RegionOne");
+        assert!(!check(&r, &c).contains("vrrp:"), "no [vrrp], no line");
+        let mut kolla = crate::vrrp::VrrpSettings::new(51);
+        kolla.auth_pass = Some("kollapassword".into());
+        kolla.preempt = false;
+        c.vrrp = Some(kolla.clone());
+        let out = check(&r, &c);
+        let lines = [
+            "vrrp:    v2 vrid 51 priority 100 every 1s on eth2 (multicast 224.0.0.18, auth PASS, nopreempt)\n",
+            "note: [vrrp] auth_pass is 13 bytes; only its first 8 are sent and compared",
+        ];
+        for l in lines {
+            assert!(out.contains(l), "{l:?} missing from:\n{out}");
+        }
+        assert!(!out.contains("kollapas"), "the password leaked:\n{out}");
+        kolla.version = crate::vrrp::Version::V3;
+        kolla.auth_pass = None;
+        kolla.advert_int = std::time::Duration::from_millis(500);
+        kolla.peers = vec![
+            "192.168.142.2".parse().unwrap(),
+            "192.168.142.3".parse().unwrap(),
+        ];
+        kolla.interface = Some("bond0".into());
+        c.vrrp = Some(kolla);
+        let out = check(&r, &c);
+        let line = "vrrp:    v3 vrid 51 priority 100 every 500ms on bond0 (unicast to 192.168.142.2, 192.168.142.3, nopreempt)\n";
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        assert!(!out.contains("note:"), "{out}");
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub enum Profile {
     /// the benchmark's upload sink, nftables, whose `nft` blackholes a region inside a
     /// privileged test's namespace, prometheus for `promtool check metrics` on the admin
     /// listener's exposition, chromium, which loads the status page headless, systemd for
-    /// `systemd-analyze verify` on the unit, and vagrant for `vagrant validate` on the
-    /// Vagrantfile).
+    /// `systemd-analyze verify` on the unit, vagrant for `vagrant validate` on the
+    /// Vagrantfile, keepalived, whose adverts the VRRP suite must understand, and tshark,
+    /// which dissects ours).
     Full,
 }
 
@@ -52,6 +53,8 @@ impl Profile {
             "chromium",
             "systemd",
             "vagrant",
+            "keepalived",
+            "tshark",
         ];
         match self {
             Profile::Build => &[],
