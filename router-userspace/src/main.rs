@@ -901,9 +901,8 @@ async fn serving_pid(config: &Config, dir: &std::path::Path) -> Option<u32> {
 }
 
 /// `scope-router restart`: starts `run --takeover` as a new process of this binary (its
-/// own session, output where this command's goes, in the same cgroup: under systemd that
-/// is the unit's, as `ExecReload=` runs it), and waits, bounded, until that process serves
-/// the region. Fails, changing nothing, when it exits first: the running router carries on.
+/// own session, output where this command's goes, in this command's cgroup), and waits,
+/// bounded, until that process serves the region. Fails, changing nothing, when it exits first: the running router carries on.
 async fn restart(
     config: &Config,
     path: &std::path::Path,

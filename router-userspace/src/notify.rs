@@ -64,8 +64,8 @@ pub fn reloading() -> Result<(), NotifyError> {
 }
 
 /// `MAINPID=pid`: a restart handed the service over to the router `pid` (a process of the
-/// unit, started by `ExecReload=scope-router restart`); sent by the old main process,
-/// which then drains and exits without the unit stopping.
+/// unit when `scope-router restart` ran inside it); sent by the old main process, which
+/// then drains and exits without the unit stopping.
 pub fn main_pid(pid: u32) -> Result<(), NotifyError> {
     send("MAINPID=…", &[NotifyState::MainPid(pid)])
 }
