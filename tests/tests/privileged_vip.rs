@@ -799,3 +799,66 @@ fn interface_down_is_reported() {
     assert!(err.to_string().contains("ip link set eth2 up"), "{err}");
     assert!(!lab.vip_present());
 }
+
+#[test]
+fn under_vrrp_the_vip_follows_the_role_and_a_release_resets_its_connections() {
+    use std::io::{Read, Write};
+    let Some(lab) = lab("under_vrrp_the_vip_follows_the_role") else {
+        return;
+    };
+    let capture = capture(&lab.neighbour, NEIGHBOUR_IF);
+    // A leftover VIP (a crashed run): a backup must not hold it.
+    lab.router
+        .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth2"])
+        .expect("ip addr add");
+    let (master, wanted) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let settings = lab.settings();
+    let thread = lab.router.spawn(move || {
+        runtime().block_on(async move {
+            let handle = vip::claim(settings)
+                .expect("claim")
+                .start_following(wanted)
+                .await
+                .expect("start following");
+            ready_tx.send(()).expect("ready");
+            let _ = stop_rx.await;
+            handle.shutdown().await
+        })
+    });
+    ready_rx.recv().expect("manager started");
+    assert!(!lab.vip_present(), "a backup holds the VIP");
+
+    master.send(true).expect("become master");
+    wait_until("the master takes the VIP and announces it", || {
+        lab.vip_present() && !capture.garps(&lab.router_mac).0.is_empty()
+    });
+
+    // A client connection to the VIP, accepted in the router namespace.
+    let listener = lab
+        .router
+        .run(|| std::net::TcpListener::bind((VIP, 8080)))
+        .expect("listen on the VIP");
+    let mut client = lab
+        .neighbour
+        .run(|| std::net::TcpStream::connect_timeout(&(VIP, 8080).into(), WAIT))
+        .expect("connect to the VIP");
+    let (mut accepted, _) = listener.accept().expect("accept");
+    client.write_all(b"x").expect("write");
+    let mut byte = [0u8; 1];
+    accepted.read_exact(&mut byte).expect("read");
+
+    master.send(false).expect("become backup");
+    wait_until("the backup releases the VIP", || !lab.vip_present());
+    // Reset by the release: the client learns at once, not when TCP gives up.
+    client.set_read_timeout(Some(WAIT)).expect("timeout");
+    let err = client.read(&mut byte).expect_err("the connection is reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    // The VIP stays away: a backup does not put it back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!lab.vip_present(), "the backup re-added the VIP");
+
+    let _ = stop_tx.send(());
+    thread.join().expect("manager thread").expect("shutdown");
+}

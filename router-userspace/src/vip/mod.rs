@@ -15,6 +15,7 @@ mod arp;
 mod lock;
 mod netlink;
 mod packet;
+mod reset;
 mod state;
 mod watch;
 
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use arp::{ArpOp, ArpPacket, MacAddr};
 pub use lock::lock_file_path;
+pub use reset::reset_connections;
 pub use state::{VipStatus, state_file_path, status};
 
 use lock::OwnerLock;
@@ -329,7 +331,26 @@ impl VipClaim {
             handed_over,
         } = self;
         match lock {
-            Some(lock) => start_managed(settings, lock, handed_over).await,
+            Some(lock) => start_managed(settings, lock, handed_over, None).await,
+            None => start_unmanaged(settings).await,
+        }
+    }
+
+    /// Under VRRP: holds the claimed VIP only while `wanted` is true (this node is master),
+    /// taking it with gratuitous ARP when it becomes so and releasing it (and resetting the
+    /// connections bound to it) when it stops being so. No ARP probe: the election decides
+    /// who owns the address, and the other master answers ARP for it by design.
+    pub async fn start_following(
+        self,
+        wanted: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<VipHandle, VipError> {
+        let VipClaim {
+            settings,
+            lock,
+            handed_over,
+        } = self;
+        match lock {
+            Some(lock) => start_managed(settings, lock, handed_over, Some(wanted)).await,
             None => start_unmanaged(settings).await,
         }
     }
@@ -350,6 +371,7 @@ async fn start_managed(
     settings: VipSettings,
     lock: OwnerLock,
     handed_over: bool,
+    wanted: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<VipHandle, VipError> {
     let state = StateFile::new(&settings);
     // Subscribe before looking so that a removal racing with the start is not missed.
@@ -360,6 +382,9 @@ async fn start_managed(
     })?;
     let sender = PacketSocket::sender(&settings.interface)?;
 
+    if let Some(wanted) = wanted {
+        return start_following(settings, lock, nl, events, sender, state, link, wanted).await;
+    }
     let adopted = match nl.find_address(link.index).await? {
         Some(_) if handed_over => {
             tracing::info!(
@@ -402,6 +427,47 @@ async fn start_managed(
     watcher.announce_now();
     watcher.record_state(true);
 
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(watcher.run(stop_rx));
+    Ok(VipHandle {
+        settings,
+        stop: Some(stop_tx),
+        task: Some(task),
+        _lock: Some(lock),
+    })
+}
+
+/// The VRRP side of [`start_managed`]: the address follows `wanted` from the start.
+#[allow(clippy::too_many_arguments)] // the pieces start_managed already opened
+async fn start_following(
+    settings: VipSettings,
+    lock: OwnerLock,
+    nl: Netlink,
+    events: Option<netlink::Events>,
+    sender: PacketSocket,
+    state: StateFile,
+    link: netlink::Link,
+    wanted: tokio::sync::watch::Receiver<bool>,
+) -> Result<VipHandle, VipError> {
+    let master = *wanted.borrow();
+    let present = nl.find_address(link.index).await?.is_some();
+    let mut watcher = Watcher::new(settings.clone(), nl, events, sender, state, link, false);
+    watcher.follow(wanted);
+    if master {
+        if !present {
+            watcher.add_now().await?;
+        }
+        tracing::info!(vip = %settings.address, interface = %settings.interface, "VIP held (VRRP master)");
+        watcher.announce_now();
+    } else {
+        if present {
+            // A crashed run's leftover, or keepalived's before this node took over: a
+            // backup holds no VIP (keepalived removes it the same way at start).
+            watcher.remove().await?;
+        }
+        tracing::info!(vip = %settings.address, interface = %settings.interface, "VIP not held until this node is VRRP master");
+    }
+    watcher.record_state(true);
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(watcher.run(stop_rx));
     Ok(VipHandle {

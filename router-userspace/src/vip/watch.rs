@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::netlink::{AddOutcome, Events, Link, Netlink, VipEvent, vip_event};
@@ -34,6 +34,9 @@ pub(crate) struct Watcher {
     last_error: Option<String>,
     /// The rtnetlink connection died; it is reopened from the run loop.
     reconnect: bool,
+    /// Under VRRP, whether this node should hold the VIP now (it is master); `None`: always,
+    /// the single-node ownership.
+    wanted: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -68,7 +71,18 @@ impl Watcher {
             repeat_at: None,
             last_error: None,
             reconnect: false,
+            wanted: None,
         }
+    }
+
+    /// Holds the VIP only while `wanted` says so (VRRP: while master), taking it with an
+    /// announcement and releasing it as the value changes.
+    pub(crate) fn follow(&mut self, wanted: watch::Receiver<bool>) {
+        self.wanted = Some(wanted);
+    }
+
+    fn is_wanted(&self) -> bool {
+        self.wanted.as_ref().is_none_or(|w| *w.borrow())
     }
 
     fn address(&self) -> Ipv4Addr {
@@ -125,6 +139,7 @@ impl Watcher {
     /// caller can release the address with the same sockets.
     pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Self {
         let mut events = self.events.take();
+        let mut wanted = self.wanted.clone();
         let mut tick =
             tokio::time::interval_at(Instant::now() + RECONCILE_INTERVAL, RECONCILE_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -136,14 +151,29 @@ impl Watcher {
                     None => future::pending().await,
                 }
             };
+            let role_change = async {
+                match wanted.as_mut() {
+                    Some(w) => w.changed().await.is_ok(),
+                    None => future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut stop => break,
+                changed = role_change => {
+                    if changed {
+                        self.follow_role().await;
+                    } else {
+                        // The speaker is gone (stopping): keep what is, until `stop`.
+                        wanted = None;
+                    }
+                }
                 event = next_event(&mut events) => match event {
                     Some(msg) if matches!(msg.payload, NetlinkPayload::Overrun(_)) => {
                         tracing::warn!(vip = %self.address(), "netlink notifications overran: checking the VIP now");
                         self.reconcile().await;
                     }
                     Some(msg) => match vip_event(&msg, self.link.index, self.address()) {
+                        Some(VipEvent::Removed) if !self.is_wanted() => {}
                         Some(VipEvent::Removed) => {
                             tracing::warn!(
                                 vip = %self.address(),
@@ -186,8 +216,60 @@ impl Watcher {
         self
     }
 
-    /// Makes sure the VIP is on the interface; re-adds and re-announces it if not.
+    /// VRRP changed its mind: take the VIP (and announce it, as keepalived does on
+    /// becoming master) or release it.
+    async fn follow_role(&mut self) {
+        if self.is_wanted() {
+            match self.ensure_present().await {
+                Ok(_) => {
+                    tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP taken (VRRP master)");
+                    self.record_state(true);
+                    self.burst(false);
+                }
+                Err(e) => {
+                    tracing::error!(vip = %self.address(), error = %error_chain(&e), "cannot take the VIP as VRRP master; retrying every second")
+                }
+            }
+        } else {
+            self.repeat_at = None;
+            // Reset first: a RST needs the VIP as a local address to leave with, so its
+            // clients learn at once (and reconnect to the new master) instead of after
+            // TCP's retransmissions give up. Again after the removal, for a connection
+            // accepted in between.
+            self.reset_connections().await;
+            match self.remove().await {
+                Ok(()) => {
+                    tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP released (VRRP backup)");
+                    self.record_state(true);
+                }
+                Err(e) => {
+                    tracing::error!(vip = %self.address(), error = %error_chain(&e), "cannot release the VIP as VRRP backup")
+                }
+            }
+            self.reset_connections().await;
+        }
+    }
+
+    async fn reset_connections(&mut self) {
+        let address = self.address();
+        match tokio::task::spawn_blocking(move || super::reset::reset_connections(address)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(vip = %address, connections = n, "connections to the VIP reset")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(vip = %address, "cannot reset the connections to the VIP (they end when TCP gives up): {e}")
+            }
+            Err(e) => tracing::warn!(vip = %address, "the connection reset task failed: {e}"),
+        }
+    }
+
+    /// Makes sure the VIP is on the interface; re-adds and re-announces it if not. A VRRP
+    /// backup holds no VIP, so there is nothing to check.
     async fn reconcile(&mut self) {
+        if !self.is_wanted() {
+            return;
+        }
         match self.ensure_present().await {
             Ok(readded) => {
                 if self.last_error.take().is_some() {
@@ -227,6 +309,11 @@ impl Watcher {
         }
     }
 
+    /// Adds the VIP now (VRRP master at start), without counting a re-add.
+    pub(crate) async fn add_now(&mut self) -> Result<(), VipError> {
+        self.ensure_present().await.map(|_| ())
+    }
+
     async fn ensure_present(&mut self) -> Result<bool, VipError> {
         let link = self.nl.link(&self.settings.interface).await?;
         if link != self.link {
@@ -256,7 +343,7 @@ impl Watcher {
         result
     }
 
-    async fn remove(&self) -> Result<(), VipError> {
+    pub(crate) async fn remove(&mut self) -> Result<(), VipError> {
         let link = match self.nl.link(&self.settings.interface).await {
             Ok(link) => link,
             Err(VipError::InterfaceMissing { .. }) => {
@@ -268,10 +355,10 @@ impl Watcher {
         match self.nl.find_address(link.index).await? {
             Some(entry) => {
                 self.nl.del_address(entry).await?;
-                tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP removed (clean shutdown)");
+                tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP removed from the interface");
             }
             None => {
-                tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP already absent at shutdown");
+                tracing::info!(vip = %self.address(), interface = %self.settings.interface, "VIP already absent");
             }
         }
         Ok(())
