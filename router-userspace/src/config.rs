@@ -1057,7 +1057,7 @@ mode = "http"
             (
                 "v3, sub-second, unicast, own interface",
                 format!(
-                    "{MINIMAL}{VIP}[vrrp]\nvrid = 7\nversion = 3\nadvert_int = \"500ms\"\npeers = [\"192.0.2.2\", \"192.0.2.3\"]\ninterface = \"bond0\"\npriority = 255\n"
+                    "{MINIMAL}{VIP}[vrrp]\nvrid = 7\nversion = 3\nadvert_int = \"500ms\"\npeers = [\"192.0.2.2\", \"192.0.2.3\"]\ninterface = \"bond0\"\npriority = 255\ntrack_fall = 3\ntrack_rise = 5\n"
                 ),
                 Some(VrrpSettings {
                     vrid: 7,
@@ -1068,6 +1068,8 @@ mode = "http"
                     preempt: true,
                     peers: vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)],
                     interface: Some("bond0".into()),
+                    track_fall: 3,
+                    track_rise: 5,
                 }),
             ),
         ];
@@ -1118,6 +1120,16 @@ mode = "http"
                 "zero interval",
                 vrrp("vrid = 1\nadvert_int = \"0s\"\n"),
                 &["advert_int", "greater than zero"],
+            ),
+            (
+                "track_fall 0",
+                vrrp("vrid = 1\ntrack_fall = 0\n"),
+                &["vrrp.track_fall", "write 1 or more", "fall 2"],
+            ),
+            (
+                "track_rise 0",
+                vrrp("vrid = 1\ntrack_rise = 0\n"),
+                &["vrrp.track_rise", "write 1 or more", "rise 10"],
             ),
             (
                 "multicast peer",

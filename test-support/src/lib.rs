@@ -4,4 +4,5 @@
 //! dev-dependency.
 
 pub mod netns;
+pub mod segment;
 pub mod tool;

@@ -72,6 +72,10 @@ pub struct Deadline {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
     Startup,
+    /// Startup of a router that replaces a running master in a zero-downtime restart (the
+    /// predecessor stopped without resigning): master at once, advertising now. Waiting
+    /// Master_Down_Interval as a fresh router would let a backup take over meanwhile.
+    Resume,
     /// A decoded advert, from the source address of its IPv4 header.
     Advert {
         source: Ipv4Addr,
@@ -215,6 +219,11 @@ impl Machine {
         let before = self.state;
         match event {
             Event::Startup => self.startup(now, &mut out),
+            Event::Resume => {
+                if self.state == State::Initialize {
+                    self.become_master(now, &mut out);
+                }
+            }
             Event::Advert { source, advert } => self.advert_received(now, source, advert, &mut out),
             Event::MasterDownTimer => {
                 if self.state == State::Backup && self.due(now, Timer::MasterDown) {
@@ -435,6 +444,7 @@ mod tests {
     #[derive(Clone)]
     enum In {
         Startup,
+        Resume,
         /// A matching advert from `source` with `priority`.
         From(Ipv4Addr, u8),
         /// A matching advert changed by the closure.
@@ -500,6 +510,7 @@ mod tests {
             let advert;
             let event = match s.event {
                 In::Startup => Event::Startup,
+                In::Resume => Event::Resume,
                 In::From(source, priority) => {
                     advert = advert_like(&config, priority);
                     Event::Advert {
@@ -711,6 +722,36 @@ mod tests {
                         Master,
                         Some((MDI_100 + S, AdvertDue)),
                     ),
+                ],
+            ),
+            (
+                "a restart's successor resumes as master at once, whatever its priority",
+                config(|_| {}),
+                vec![
+                    step(
+                        0,
+                        In::Resume,
+                        &[send(100), TakeVip],
+                        Master,
+                        Some((S, AdvertDue)),
+                    ),
+                    step(S / 2, In::Resume, &[], Master, Some((S, AdvertDue))),
+                    step(S / 2, In::Startup, &[], Master, Some((S, AdvertDue))),
+                    step(
+                        S,
+                        In::AdvertTimer,
+                        &[send(100)],
+                        Master,
+                        Some((2 * S, AdvertDue)),
+                    ),
+                ],
+            ),
+            (
+                "a resume after startup changes nothing: only a new router resumes",
+                config(|_| {}),
+                vec![
+                    step(0, In::Startup, &[], Backup, Some((MDI_100, MasterDown))),
+                    step(S, In::Resume, &[], Backup, Some((MDI_100, MasterDown))),
                 ],
             ),
             (

@@ -1,6 +1,6 @@
 //! VRRP (RFCs 3768, 5798, 9568) as keepalived speaks it, so a scope-router can share a VIP
 //! with keepalived nodes and other scope-routers: settings, the wire format, the state
-//! machine, and the raw socket.
+//! machine, the raw socket, and the speaker that runs them for one VIP.
 //!
 //! The protocol logic is sans-IO: `packet` turns bytes into adverts and back, `machine`
 //! turns adverts and timer expiries into actions, and only `socket` touches the network.
@@ -10,6 +10,7 @@ mod machine;
 mod packet;
 mod settings;
 mod socket;
+pub mod speaker;
 
 use std::net::Ipv4Addr;
 
@@ -22,6 +23,10 @@ pub use packet::{
 };
 pub use settings::{AUTH_LEN, MAX_V3_INTERVAL, Version, VrrpSettings, VrrpSettingsError};
 pub use socket::{DropReason, Received, VrrpSocket, VrrpSocketError, interface_address};
+pub use speaker::{
+    HealthChange, HealthTracker, Initial, Refusals, Role, SpeakerError, SpeakerHandle,
+    SpeakerState, SpeakerStatus, Transition, start,
+};
 
 /// IANA's protocol number for VRRP.
 pub const IPPROTO_VRRP: u8 = 112;

@@ -82,6 +82,14 @@ pub struct VrrpSettings {
     /// The interface adverts go out of; `None` is the VIP's.
     #[serde(default)]
     pub interface: Option<String>,
+    /// Consecutive failed health checks before this router gives up: Fault, a priority-0
+    /// advert if it was master, no elections (Kolla's track script `fall`).
+    #[serde(default = "default_track_fall")]
+    pub track_fall: u32,
+    /// Consecutive passing health checks before a router in Fault rejoins (Kolla's
+    /// `rise`): the hysteresis that keeps a flapping check from flapping the VIP.
+    #[serde(default = "default_track_rise")]
+    pub track_rise: u32,
 }
 
 fn default_priority() -> u8 {
@@ -95,6 +103,12 @@ fn default_version() -> Version {
 }
 fn default_preempt() -> bool {
     true
+}
+fn default_track_fall() -> u32 {
+    2
+}
+fn default_track_rise() -> u32 {
+    10
 }
 
 /// A byte in 1..=255: serde's own u8 error ("expected u8") would not say what to write.
@@ -143,6 +157,16 @@ pub enum VrrpSettingsError {
          to use [vip] interface"
     )]
     EmptyInterface,
+    #[error(
+        "[vrrp] track_fall = 0 would give up the VIP before any health check failed: write 1 \
+         or more (Kolla's track script uses fall 2)"
+    )]
+    TrackFallZero,
+    #[error(
+        "[vrrp] track_rise = 0 would rejoin before any health check passed: write 1 or more \
+         (Kolla's track script uses rise 10)"
+    )]
+    TrackRiseZero,
 }
 
 impl VrrpSettingsError {
@@ -157,6 +181,8 @@ impl VrrpSettingsError {
                 "vrrp.peers"
             }
             VrrpSettingsError::EmptyInterface => "vrrp.interface",
+            VrrpSettingsError::TrackFallZero => "vrrp.track_fall",
+            VrrpSettingsError::TrackRiseZero => "vrrp.track_rise",
         }
     }
 }
@@ -173,6 +199,8 @@ impl VrrpSettings {
             preempt: default_preempt(),
             peers: Vec::new(),
             interface: None,
+            track_fall: default_track_fall(),
+            track_rise: default_track_rise(),
         }
     }
 
@@ -213,6 +241,12 @@ impl VrrpSettings {
         }
         if self.interface.as_deref() == Some("") {
             return Err(VrrpSettingsError::EmptyInterface);
+        }
+        if self.track_fall == 0 {
+            return Err(VrrpSettingsError::TrackFallZero);
+        }
+        if self.track_rise == 0 {
+            return Err(VrrpSettingsError::TrackRiseZero);
         }
         Ok(())
     }
@@ -396,6 +430,26 @@ mod tests {
                 name: "empty interface",
                 settings: settings(|s| s.interface = Some(String::new())),
                 want: Err(VrrpSettingsError::EmptyInterface),
+            },
+            Case {
+                name: "Kolla's track script: fall 2, rise 10 by default",
+                settings: settings(|s| assert_eq!((s.track_fall, s.track_rise), (2, 10))),
+                want: Ok(()),
+            },
+            Case {
+                name: "fall 1, rise 1: the least hysteresis there is",
+                settings: settings(|s| (s.track_fall, s.track_rise) = (1, 1)),
+                want: Ok(()),
+            },
+            Case {
+                name: "fall 0",
+                settings: settings(|s| s.track_fall = 0),
+                want: Err(VrrpSettingsError::TrackFallZero),
+            },
+            Case {
+                name: "rise 0",
+                settings: settings(|s| s.track_rise = 0),
+                want: Err(VrrpSettingsError::TrackRiseZero),
             },
         ];
         for case in cases {
