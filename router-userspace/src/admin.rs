@@ -42,6 +42,7 @@ use crate::routing::{Router, SharedRouter};
 use crate::shutdown::Signals;
 use crate::status::{self, HEALTHY_HEADER, HealthSource, REGION_HEADER, RouterStatus, VipReport};
 use crate::vip::{self, VipSettings};
+use crate::vrrp::{SpeakerState, SpeakerStatus};
 
 /// Where the admin listener is when `[admin] bind` is not given: loopback, the port of
 /// Kolla's HAProxy Prometheus exporter, which this listener replaces.
@@ -94,9 +95,16 @@ pub struct AdminView {
     state: SharedConfigState,
     ebpf: EbpfSettings,
     vip: Option<VipSettings>,
+    vrrp: Option<tokio::sync::watch::Receiver<SpeakerStatus>>,
 }
 
 impl AdminView {
+    /// Shows the VRRP speaker's state too (a router with `[vrrp]`).
+    pub fn with_vrrp(mut self, status: tokio::sync::watch::Receiver<SpeakerStatus>) -> AdminView {
+        self.vrrp = Some(status);
+        self
+    }
+
     /// The view of the router behind `handle`, started from `config`, which was loaded at
     /// `loaded_at`. Take it before [`RouterHandle::shutdown`] consumes the handle.
     pub fn new(config: &Config, handle: &RouterHandle, loaded_at: SystemTime) -> AdminView {
@@ -117,6 +125,7 @@ impl AdminView {
             state,
             ebpf: config.ebpf.clone(),
             vip: config.vip.clone(),
+            vrrp: None,
         }
     }
 }
@@ -215,6 +224,7 @@ fn start_listening(
         state,
         ebpf,
         vip,
+        vrrp,
     } = view;
     let scrape = Arc::new(Mutex::new(Scrape::default()));
     let mut registry = metrics::registry(collector);
@@ -227,6 +237,7 @@ fn start_listening(
         state,
         ebpf,
         vip,
+        vrrp,
         registry,
         scrape,
     });
@@ -272,8 +283,15 @@ struct Shared {
     state: SharedConfigState,
     ebpf: EbpfSettings,
     vip: Option<VipSettings>,
+    vrrp: Option<tokio::sync::watch::Receiver<SpeakerStatus>>,
     registry: Registry,
     scrape: Arc<Mutex<Scrape>>,
+}
+
+impl Shared {
+    fn vrrp(&self) -> Option<SpeakerStatus> {
+        self.vrrp.as_ref().map(|v| v.borrow().clone())
+    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -416,6 +434,7 @@ impl Shared {
         *lock(&self.scrape) = Scrape {
             kernel: kernel.ok(),
             vip: vip.and_then(Result::ok),
+            vrrp: self.vrrp(),
             draining: self.signals.is_draining(),
         };
         metrics::encode(&self.registry)
@@ -430,6 +449,13 @@ impl Shared {
                 "draining: the router is finishing in-flight requests and stops accepting\n"
                     .to_owned(),
             );
+        }
+        let vrrp = self.vrrp();
+        if let Some(v) = &vrrp
+            && v.state != SpeakerState::Master
+        {
+            // A backup holds no VIP by design; it serves as soon as it becomes master.
+            return (StatusCode::OK, format!("serving (VRRP {})\n", v.state));
         }
         if let Some(v) = &self.vip {
             match vip::status(v.address, &v.interface, &v.state_dir).await {
@@ -468,6 +494,7 @@ impl Shared {
             },
             servers: status::live_servers(&router),
             not_in_router: Vec::new(),
+            vrrp: self.vrrp(),
         };
         AdminStatus {
             healthy: report.healthy(),
@@ -642,6 +669,7 @@ fn listeners(router: &Router) -> Vec<ListenerView> {
 struct Scrape {
     kernel: Option<KernelStatus>,
     vip: Option<VipReport>,
+    vrrp: Option<SpeakerStatus>,
     draining: bool,
 }
 
@@ -677,12 +705,84 @@ impl Collector for ScrapeCollector {
                 [(labels(), v.announcements)],
             )?;
         }
+        if let Some(v) = &scrape.vrrp {
+            encode_vrrp(&mut out, v)?;
+        }
         out.gauges(
             "draining",
             "1 while the router drains for a shutdown (no new connections).",
             [(Vec::new(), i64::from(scrape.draining))],
         )
     }
+}
+
+/// The VRRP speaker's state and counters, labelled by VRID.
+fn encode_vrrp(out: &mut Families<'_, '_>, v: &SpeakerStatus) -> Result<(), fmt::Error> {
+    let vrid = v.vrid.to_string();
+    let labels = || vec![("vrid", vrid.as_str())];
+    let states = [
+        SpeakerState::Initialize,
+        SpeakerState::Backup,
+        SpeakerState::Master,
+        SpeakerState::Fault,
+    ];
+    let names: Vec<String> = states.iter().map(ToString::to_string).collect();
+    out.gauges(
+        "vrrp_state",
+        "1 for the VRRP state this router is in (initialize, backup, master, fault).",
+        states.iter().zip(&names).map(|(s, name)| {
+            (
+                vec![("vrid", vrid.as_str()), ("state", name.as_str())],
+                i64::from(*s == v.state),
+            )
+        }),
+    )?;
+    out.gauges(
+        "vrrp_priority",
+        "The priority this router competes with (0 while its own health fails).",
+        [(labels(), i64::from(v.effective_priority))],
+    )?;
+    out.gauges(
+        "vrrp_master_priority",
+        "The current master's priority as last advertised (0 when none is known).",
+        [(labels(), i64::from(v.master_priority.unwrap_or(0)))],
+    )?;
+    out.counters(
+        "vrrp_transitions",
+        "VRRP state changes of this router.",
+        [(labels(), v.transitions)],
+    )?;
+    out.counters(
+        "vrrp_adverts_sent",
+        "VRRP adverts this router sent.",
+        [(labels(), v.adverts_sent)],
+    )?;
+    out.counters(
+        "vrrp_adverts_received",
+        "VRRP adverts received for this VRID, accepted or refused.",
+        [(labels(), v.adverts_received)],
+    )?;
+    let r = &v.refused;
+    out.counters(
+        "vrrp_adverts_refused",
+        "VRRP adverts refused, by reason (as keepalived refuses them).",
+        [
+            ("password", r.password),
+            ("interval", r.interval),
+            ("version", r.version),
+            ("addresses", r.addresses),
+            ("ttl", r.ttl),
+            ("checksum", r.checksum),
+            ("not_a_peer", r.not_a_peer),
+            ("malformed", r.malformed),
+        ]
+        .map(|(reason, n)| (vec![("vrid", vrid.as_str()), ("reason", reason)], n)),
+    )?;
+    out.counters(
+        "vrrp_split_brains",
+        "Times a second master appeared for this VRID while this router was master.",
+        [(labels(), v.split_brains)],
+    )
 }
 
 /// One XDP counter family: name, help, and which counter of a row it shows.

@@ -147,6 +147,9 @@ enum Message {
         /// systemd's watchdog interval for the service, which the successor inherits
         /// with the main pid (its environment came from `restart`, not from systemd).
         watchdog_usec: Option<u64>,
+        /// The running router is the VRRP master: the successor starts as master.
+        #[serde(default)]
+        vrrp_master: bool,
     },
     Refused {
         reason: String,
@@ -176,6 +179,8 @@ impl Message {
 pub struct Offer {
     pub items: Vec<Item>,
     pub watchdog: Option<Duration>,
+    /// This router is the VRRP master (the successor then starts as one).
+    pub vrrp_master: bool,
 }
 
 /// What a successor received.
@@ -186,6 +191,8 @@ pub struct Received {
     /// Its version, for the log.
     pub version: String,
     pub watchdog: Option<Duration>,
+    /// The predecessor was the VRRP master: carry on as master, no election.
+    pub vrrp_master: bool,
     items: Vec<Item>,
 }
 
@@ -372,6 +379,7 @@ pub fn take_over(path: &Path) -> Result<(Successor, Received), HandoverError> {
             version,
             entries,
             watchdog_usec,
+            vrrp_master,
         } => {
             if entries.len() != fds.len() {
                 return Err(HandoverError::Protocol {
@@ -397,6 +405,7 @@ pub fn take_over(path: &Path) -> Result<(Successor, Received), HandoverError> {
                     predecessor: pid,
                     version,
                     watchdog: watchdog_usec.map(Duration::from_micros),
+                    vrrp_master,
                     items,
                 },
             ))
@@ -618,6 +627,7 @@ impl HandoverListener {
                 watchdog_usec: offer
                     .watchdog
                     .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                vrrp_master: offer.vrrp_master,
             },
             &fds,
         )?;
@@ -720,6 +730,7 @@ mod tests {
                     },
                 ],
                 watchdog: Some(Duration::from_secs(30)),
+                vrrp_master: true,
             })
         });
         // Queued before the handover, accepted after it, by the successor.
@@ -727,6 +738,7 @@ mod tests {
         let (successor, mut received) = take_over(&path).unwrap();
         assert_eq!(received.predecessor, std::process::id());
         assert_eq!(received.watchdog, Some(Duration::from_secs(30)));
+        assert!(received.vrrp_master);
         assert!(received.take_lock(Kind::VipLock).is_some());
         assert!(received.take_lock(Kind::PinLock).is_none());
         let mut listeners = received.take_listeners(Kind::Listener);

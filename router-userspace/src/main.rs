@@ -16,7 +16,7 @@ use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Request, Termination};
 use scope_router::{
-    access_log, admin, handover, health_state, notify, process, reload, report, status, vip,
+    access_log, admin, handover, health_state, notify, process, reload, report, status, vip, vrrp,
 };
 
 #[derive(Debug, Parser)]
@@ -234,13 +234,14 @@ fn main() -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             let health_file = health_state::file_path(&state_dir, router.region());
-            let (successor, admin_inherited, watchdog) = match taken {
+            let (successor, admin_inherited, watchdog, vrrp_master) = match taken {
                 Some((successor, mut received)) => (
                     Some(successor),
                     received.take_listeners(handover::Kind::Admin),
                     received.watchdog,
+                    received.vrrp_master,
                 ),
-                None => (None, listener::Inherited::default(), None),
+                None => (None, listener::Inherited::default(), None, false),
             };
             rt.block_on(run(Start {
                 config,
@@ -255,6 +256,7 @@ fn main() -> Result<()> {
                 successor,
                 admin_inherited,
                 watchdog,
+                vrrp_master,
             }))
         }
         Command::Restart {
@@ -542,6 +544,89 @@ struct Start {
     admin_inherited: listener::Inherited,
     /// On a restart: systemd's watchdog interval, passed on by the running router.
     watchdog: Option<std::time::Duration>,
+    /// On a restart: the running router was the VRRP master, so this one carries on as
+    /// master without an election (no failover for a planned restart).
+    vrrp_master: bool,
+}
+
+/// The VRRP speaker of a router with `[vrrp]`, and the task that makes the VIP follow its
+/// role.
+struct Vrrp {
+    speaker: vrrp::SpeakerHandle,
+    follow: tokio::task::JoinHandle<()>,
+    /// How often the router's own health is reported (Kolla's track script: 2 s).
+    interval: std::time::Duration,
+    /// `[vrrp] advert_int`: how long a resigning master waits for the new one.
+    advert_int: std::time::Duration,
+}
+
+impl Vrrp {
+    /// Starts the speaker and has the claimed VIP follow its role.
+    async fn start(
+        settings: &vrrp::VrrpSettings,
+        claim: vip::VipClaim,
+        initial: vrrp::Initial,
+    ) -> Result<(Vrrp, vip::VipHandle)> {
+        let mut speaker_settings = settings.clone();
+        speaker_settings.interface = Some(settings.interface(claim.settings()).to_owned());
+        let speaker = vrrp::start(&speaker_settings, claim.settings().address, initial)
+            .context("cannot start the VRRP speaker")?;
+        let mut role = speaker.role();
+        let (wanted_tx, wanted) =
+            tokio::sync::watch::channel(*role.borrow_and_update() == vrrp::Role::Master);
+        let follow = tokio::spawn(async move {
+            while role.changed().await.is_ok() {
+                let master = *role.borrow_and_update() == vrrp::Role::Master;
+                if wanted_tx.send(master).is_err() {
+                    break;
+                }
+            }
+        });
+        let vip = claim
+            .start_following(wanted)
+            .await
+            .context("cannot take the VIP")?;
+        Ok((
+            Vrrp {
+                speaker,
+                follow,
+                interval: std::time::Duration::from_secs(2),
+                advert_int: settings.advert_int,
+            },
+            vip,
+        ))
+    }
+
+    fn is_master(&self) -> bool {
+        *self.speaker.role().borrow() == vrrp::Role::Master
+    }
+
+    /// A clean stop: resign (priority 0, so a backup takes over after its skew time, well
+    /// under a second at the default interval) and give it one advert interval to do so
+    /// before this router stops accepting. The VIP stays here until the drain is over.
+    async fn resign(self) {
+        self.follow.abort();
+        let was_master = self.is_master();
+        self.speaker.stop().await;
+        if was_master {
+            tracing::info!("VRRP: resigned; the backup takes the VIP over");
+            tokio::time::sleep(self.advert_int).await;
+        }
+    }
+
+    /// A restart: stop advertising without resigning; the next router advertises already.
+    async fn hand_over(self) {
+        self.follow.abort();
+        let role = self.speaker.hand_over().await;
+        tracing::info!(?role, "VRRP: adverts handed over to the new router");
+    }
+}
+
+/// The router's own health for VRRP (Kolla's track script checks that its load balancer
+/// answers): the VIP interface is up and, with eBPF steering, both programs are attached.
+/// Backends are not part of it: all of them down everywhere must not flap the VIP.
+fn own_health(interface: &str, steering: Option<&Steering>) -> bool {
+    vip::interface_up(interface) && steering.is_none_or(Steering::attached)
 }
 
 /// How the serving loop ended.
@@ -566,6 +651,7 @@ async fn run(start: Start) -> Result<()> {
         successor,
         admin_inherited,
         watchdog,
+        vrrp_master,
     } = start;
     let mut termination =
         Termination::install().context("cannot install SIGTERM/SIGINT handlers")?;
@@ -591,20 +677,38 @@ async fn run(start: Start) -> Result<()> {
         });
     // Listeners first (IP_FREEBIND lets them exist before the address), so the
     // router already accepts when the gratuitous ARP moves traffic to it.
-    let vip = match vip {
-        Some(claim) => Some(claim.start().await.context("cannot take the VIP")?),
-        None => None,
+    // With [vrrp] the speaker decides whether this node holds the VIP.
+    let (mut vrrp, vip) = match (vip, &config.vrrp) {
+        (Some(claim), Some(settings)) => {
+            let initial = if vrrp_master {
+                vrrp::Initial::Master
+            } else {
+                vrrp::Initial::Fresh
+            };
+            let (vrrp, vip) = Vrrp::start(settings, claim, initial).await?;
+            (Some(vrrp), Some(vip))
+        }
+        (Some(claim), None) => (
+            None,
+            Some(claim.start().await.context("cannot take the VIP")?),
+        ),
+        (None, _) => (None, None),
     };
+    let vrrp_interface = vip.as_ref().map(|v| v.settings().interface.clone());
+    let mut health_tick = tokio::time::interval(
+        vrrp.as_ref()
+            .map_or(std::time::Duration::from_secs(3600), |v| v.interval),
+    );
     // Taken before `shutdown` consumes the handle; the admin listener outlives the drain
     // so that `/healthz` answers 503 while it lasts.
     let config_state = reload::ConfigState::shared(loaded_at);
-    let admin = admin::start_inheriting(
-        &config.admin,
-        admin::AdminView::with_state(&config, &handle, config_state.clone()),
-        &mut admin_sockets,
-    )
-    .await
-    .context("cannot start the admin listener")?;
+    let mut view = admin::AdminView::with_state(&config, &handle, config_state.clone());
+    if let Some(v) = &vrrp {
+        view = view.with_vrrp(v.speaker.status_watch());
+    }
+    let admin = admin::start_inheriting(&config.admin, view, &mut admin_sockets)
+        .await
+        .context("cannot start the admin listener")?;
     if let Some(successor) = successor {
         // Serving: the running router may stop accepting now. Its answer comes once it
         // has, and has made this process systemd's main one.
@@ -655,10 +759,19 @@ async fn run(start: Start) -> Result<()> {
                     warn_unsent(notify::status(&serving));
                 }
             },
+            _ = health_tick.tick(), if vrrp.is_some() => {
+                if let (Some(vrrp), Some(interface)) = (&vrrp, &vrrp_interface) {
+                    vrrp.speaker.report_health(own_health(interface, steering.as_ref()));
+                }
+            }
             Some(takeover) = takeovers.recv() => match takeover {
                 handover::Takeover::Offer { successor, reply } => {
                     warn_unsent(notify::status(&format!("handing over to pid {successor}")));
-                    let offer = offer(&handle, &admin, vip.as_ref(), steering.as_ref(), steered_local);
+                    let offer = offer(&handle, &admin, vip.as_ref(), steering.as_ref(), steered_local)
+                        .map(|mut o| {
+                            o.vrrp_master = vrrp.as_ref().is_some_and(Vrrp::is_master);
+                            o
+                        });
                     if let Err(e) = &offer {
                         tracing::error!(successor, "cannot hand over: {e}");
                     }
@@ -672,6 +785,12 @@ async fn run(start: Start) -> Result<()> {
             },
         }
     };
+    if let Some(vrrp) = vrrp.take() {
+        match ending {
+            Ending::Stop(_) => vrrp.resign().await,
+            Ending::HandedOver(_) => vrrp.hand_over().await,
+        }
+    }
     match ending {
         Ending::Stop(signal) => {
             warn_unsent(notify::stopping());
@@ -776,6 +895,7 @@ fn offer(
     Ok(handover::Offer {
         items,
         watchdog: notify::watchdog_interval(),
+        vrrp_master: false,
     })
 }
 

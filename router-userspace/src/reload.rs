@@ -135,7 +135,7 @@ fn try_reload(
     })
 }
 
-/// The sections a reload does not apply: the VIP, the kernel side's place, the admin
+/// The sections a reload does not apply: the VIP, VRRP, the kernel side's place, the admin
 /// listener, the log format and the proxy's connection-level limits are set up once.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -147,6 +147,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || old.ebpf.interface != new.ebpf.interface
     {
         changed.push("[ebpf] mode, pin_path, interface");
+    }
+    if old.vrrp != new.vrrp {
+        // The speaker keeps advertising through a reload; `scope-router restart` applies
+        // a new [vrrp] without a failover.
+        changed.push("[vrrp]");
     }
     if old.admin.bind != new.admin.bind {
         changed.push("[admin] bind");

@@ -51,6 +51,9 @@ pub struct RouterStatus {
     /// Servers of this configuration the running router does not have (it started from an
     /// older configuration); not counted as down.
     pub not_in_router: Vec<Placement>,
+    /// The VRRP speaker of a running router with `[vrrp]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vrrp: Option<crate::vrrp::SpeakerStatus>,
 }
 
 /// Where the server health comes from.
@@ -232,6 +235,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
         health,
         servers,
         not_in_router,
+        vrrp: None,
     }
 }
 
@@ -455,9 +459,15 @@ fn ser_opt_result<S: serde::Serializer, T: Serialize>(
 }
 
 impl RouterStatus {
-    /// True when every server is up and, where configured, the VIP is present.
+    /// True when every server is up and, where configured, the VIP is present (under
+    /// VRRP only on the master: a backup holds no VIP by design).
     pub fn healthy(&self) -> bool {
-        self.servers.iter().all(|s| s.up) && !matches!(&self.vip, Some(Ok(v)) if !v.present)
+        let vip_expected = self
+            .vrrp
+            .as_ref()
+            .is_none_or(|v| v.state == crate::vrrp::SpeakerState::Master);
+        self.servers.iter().all(|s| s.up)
+            && !(vip_expected && matches!(&self.vip, Some(Ok(v)) if !v.present))
     }
 }
 
@@ -546,6 +556,50 @@ impl RouterStatus {
     }
 }
 
+/// `vrrp: backup (priority 100), VRRPv2 vrid 51 on eth2, master 192.0.2.1 (priority 150),
+/// last advert …, 3 transitions (last: …), refused 0, split brains 0`.
+fn vrrp_line(v: &crate::vrrp::SpeakerStatus) -> String {
+    let master = match (v.master, v.master_priority) {
+        (Some(m), Some(p)) => format!("master {m} (priority {p})"),
+        (Some(m), None) => format!("master {m}"),
+        _ => "no master known".to_owned(),
+    };
+    let last = v
+        .last_advert_received
+        .map(|t| format!("last advert heard {}", humantime::format_rfc3339_seconds(t)))
+        .unwrap_or_else(|| "no advert heard".to_owned());
+    let transition = v
+        .last_transition
+        .as_ref()
+        .map(|t| format!(" (last: {} → {}, {})", t.from, t.to, t.reason))
+        .unwrap_or_default();
+    let r = &v.refused;
+    let refused = r.password
+        + r.interval
+        + r.version
+        + r.addresses
+        + r.ttl
+        + r.checksum
+        + r.not_a_peer
+        + r.malformed;
+    format!(
+        "vrrp: {} (priority {}{}), VRRPv{} vrid {} on {} from {}, {master}, {last}, {} transitions{transition}, {refused} adverts refused, {} split brains",
+        v.state,
+        v.priority,
+        if v.healthy {
+            ""
+        } else {
+            ", own health failing"
+        },
+        v.version,
+        v.vrid,
+        v.interface,
+        v.address,
+        v.transitions,
+        v.split_brains,
+    )
+}
+
 impl fmt::Display for RouterStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -563,6 +617,9 @@ impl fmt::Display for RouterStatus {
             None => writeln!(f, "VIP: none configured ([vip] absent)")?,
             Some(Ok(v)) => writeln!(f, "{}", v.summary)?,
             Some(Err(why)) => writeln!(f, "VIP: cannot read: {why}")?,
+        }
+        if let Some(v) = &self.vrrp {
+            writeln!(f, "{}", vrrp_line(v))?;
         }
         writeln!(f)?;
         match &self.health {
@@ -668,6 +725,7 @@ mod tests {
             },
             servers,
             not_in_router: Vec::new(),
+            vrrp: None,
         }
     }
 

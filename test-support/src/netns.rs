@@ -311,3 +311,43 @@ impl Drop for PinDir {
         }
     }
 }
+
+/// Namespaces on one Ethernet segment: a bridge `br0` in a namespace of its own and, per
+/// member, a veth whose inside end is `eth2` with the member's address/24. For VRRP:
+/// routers and a client that all see each other's multicast and ARP.
+#[derive(Debug)]
+pub struct Lan {
+    /// The members, in the order given.
+    pub members: Vec<Netns>,
+    /// Holds the bridge; dropped last.
+    pub bridge: Netns,
+}
+
+impl Lan {
+    /// One member per address (TEST-NET-1, inside these namespaces only).
+    pub fn new(prefix: &str, addresses: &[Ipv4Addr]) -> Result<Self, Error> {
+        let bridge = Netns::create(&format!("{prefix}-br"))?;
+        // No IGMP snooping: VRRP multicast reaches every port (and a capture on br0) as on
+        // a plain switch.
+        bridge.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        bridge.ip(&["link", "set", "br0", "up"])?;
+        let mut members = Vec::new();
+        for (n, address) in addresses.iter().enumerate() {
+            let member = Netns::create(&format!("{prefix}-{n}"))?;
+            let port = format!("p{n}");
+            veth_pair(&bridge, &port, &member, "eth2")?;
+            bridge.ip(&["link", "set", &port, "master", "br0"])?;
+            member.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth2"])?;
+            members.push(member);
+        }
+        Ok(Self { members, bridge })
+    }
+}

@@ -244,6 +244,14 @@ impl Steering {
         &self.pin_path
     }
 
+    /// Whether both programs are still attached through their pinned links (something
+    /// removing a link pin detaches that program once its last descriptor closes).
+    pub fn attached(&self) -> bool {
+        [LINK_XDP, LINK_SK_LOOKUP]
+            .iter()
+            .all(|link| self.pin_path.join(link).exists())
+    }
+
     /// The locked pin directory, for a restart to hand over.
     pub fn lock_fd(&self) -> BorrowedFd<'_> {
         self._lock.file().as_fd()

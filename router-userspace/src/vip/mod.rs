@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use arp::{ArpOp, ArpPacket, MacAddr};
 pub use lock::lock_file_path;
+pub use netlink::interface_up;
 pub use reset::reset_connections;
 pub use state::{VipStatus, state_file_path, status};
 

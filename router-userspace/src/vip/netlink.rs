@@ -248,6 +248,39 @@ pub(crate) fn vip_event(
     (entry.header.index == index && local_address(entry) == Some(address)).then_some(event)
 }
 
+/// Whether `interface` exists in the calling thread's network namespace and is up with a
+/// carrier (`IFF_UP` and `IFF_RUNNING`). An ioctl on a throwaway socket, which belongs to
+/// the namespace it is created in: `/sys/class/net` shows the namespace sysfs was mounted
+/// in, which under `nsenter --net` is not the router's.
+pub fn interface_up(interface: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(interface) else {
+        return false;
+    };
+    if name.as_bytes_with_nul().len() > libc::IFNAMSIZ {
+        return false;
+    }
+    // SAFETY: a plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `ifreq` is plain data; the name fits (checked above) and is NUL-terminated.
+    let flags = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in req.ifr_name.iter_mut().zip(name.as_bytes_with_nul()) {
+            *slot = *byte as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        libc::close(fd);
+        if rc < 0 {
+            return false;
+        }
+        req.ifr_ifru.ifru_flags
+    };
+    let want = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    flags & want == want
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

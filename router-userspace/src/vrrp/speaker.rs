@@ -398,6 +398,12 @@ impl SpeakerHandle {
         self.status.borrow().clone()
     }
 
+    /// The status as it changes, for readers that outlive a borrow of the handle (the
+    /// admin listener).
+    pub fn status_watch(&self) -> watch::Receiver<SpeakerStatus> {
+        self.status.clone()
+    }
+
     /// The router's own health, sampled by the caller (e.g. every 2 s like Kolla's track
     /// script): after `track_fall` consecutive unhealthy samples the speaker goes to
     /// Fault — if Master it sends one priority-0 advert (immediate takeover by a backup),
