@@ -260,19 +260,24 @@ auth_pass = "kolla-vrrp-secret"
             })
     }
 
-    /// `/status` of router `router` (its admin listener on its own loopback).
-    fn status(&self, router: usize) -> serde_json::Value {
-        let text = self
-            .ns(router)
-            .run(|| -> io::Result<String> {
+    /// `path` on router `router`'s admin listener (on its own loopback): the response.
+    fn get(&self, router: usize, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        self.ns(router)
+            .run(move || -> io::Result<String> {
                 let mut s = TcpStream::connect("127.0.0.1:9101")?;
                 s.set_read_timeout(Some(PATIENCE))?;
-                s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                s.write_all(request.as_bytes())?;
                 let mut reply = String::new();
                 s.read_to_string(&mut reply)?;
                 Ok(reply)
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// `/status` of router `router`.
+    fn status(&self, router: usize) -> serde_json::Value {
+        let text = self.get(router, "/status");
         let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
     }
@@ -323,6 +328,26 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
     let status = pair.status(1);
     assert_eq!(status["vrrp"]["state"], "backup", "{status:#}");
     assert_eq!(status["vrrp"]["master"], "192.0.2.1", "{status:#}");
+    // A backup is healthy without the VIP, everywhere an operator or a check looks.
+    assert_eq!(status["healthy"], true, "{status:#}");
+    assert!(pair.get(1, "/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = pair.get(0, "/metrics");
+    assert!(
+        metrics.contains("scope_router_vrrp_state{vrid=\"51\",state=\"master\"} 1"),
+        "{metrics}"
+    );
+    let text = pair
+        .ns(1)
+        .command(BIN)
+        .args(["status", "--config"])
+        .arg(&config_b)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("vrrp: backup (priority 100)") && text.contains("master 192.0.2.1"),
+        "{text}"
+    );
 
     // A dies without a word: B takes over once A's adverts stop for Master_Down_Interval.
     a.signal(libc::SIGKILL);
