@@ -51,6 +51,10 @@ pub struct Options {
     /// Use this echo-backend binary instead of building one.
     #[arg(long, value_name = "PATH")]
     pub echo_bin: Option<PathBuf>,
+    /// Two routers per region sharing its VIP over VRRP; after the routing table, kill
+    /// (SIGKILL) each region's master and show the backup serving in its place.
+    #[arg(long, conflicts_with = "unmanaged_vip")]
+    pub ha: bool,
 }
 
 /// Configs, logs and generated files; fixed so `--down` and a later run find it.
@@ -94,17 +98,37 @@ pub fn run(opts: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config_paths = Vec::new();
+    // `--ha`: each region's backup router's config (the first router's is the one above).
+    let mut backup_paths = Vec::new();
     for region in &regions {
         let path = dir.join(format!("{}.toml", region.name));
-        std::fs::write(&path, &region.config)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let text = if opts.ha {
+            let [first, backup] = region.ha_configs(&dir)?;
+            let backup_path = dir.join(format!("{}-b.toml", region.name));
+            std::fs::write(&backup_path, backup)
+                .with_context(|| format!("writing {}", backup_path.display()))?;
+            backup_paths.push(backup_path);
+            first
+        } else {
+            region.config.clone()
+        };
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         config_paths.push(path);
     }
 
     // Pins left by a crashed lab would carry old counters into this one.
+    let backup_pins = if opts.ha {
+        regions
+            .iter()
+            .map(|r| r.backup().map(|b| b.pin_path))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     for pin in regions
         .iter()
         .map(RegionPlan::pin_path)
+        .chain(backup_pins)
         .filter(|p| p.exists())
     {
         exec::exec(exec::as_root("rm").arg("-rf").arg(&pin))?;
@@ -113,6 +137,9 @@ pub fn run(opts: Options) -> Result<()> {
     let mut lab = Lab::new(&regions);
     let s = step("lab network: client, core, router and services namespaces");
     lab.build_network(&regions)?;
+    if opts.ha {
+        lab.add_backup_routers(&regions)?;
+    }
     s.done();
 
     let s = step("echo backends on the services addresses");
@@ -163,6 +190,21 @@ pub fn run(opts: Options) -> Result<()> {
             log,
         )?;
     }
+    for (region, config) in regions.iter().zip(&backup_paths) {
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.to_string_lossy().into_owned(),
+        ];
+        let log = dir.join(format!("{}-b.log", region.name));
+        lab.spawn(
+            &region.backup()?.ns,
+            &format!("scope-router {} (backup)", region.name),
+            &router,
+            &args,
+            log,
+        )?;
+    }
     lab.wait_until("routers answering on their VIPs", READY_LIMIT, || {
         regions.iter().all(|r| {
             r.ports
@@ -171,6 +213,11 @@ pub fn run(opts: Options) -> Result<()> {
         })
     })
     .map_err(|err| anyhow!("{err:#}\n{}", router_diagnosis(&regions, &dir)))?;
+    if opts.ha {
+        // No VIP answers until the election (Master_Down_Interval) is over, so each
+        // router's checks of the other region's frontend start down: wait for them.
+        wait_for_regions(&mut lab, &regions)?;
+    }
     s.done();
 
     let s = step("scoped requests from the client namespace");
@@ -182,6 +229,45 @@ pub fn run(opts: Options) -> Result<()> {
         })
         .collect();
     s.done();
+
+    // `--ha`: each region's master dies; its backup takes the VIP over and serves the
+    // same requests.
+    let mut ha_lines = Vec::new();
+    if opts.ha {
+        let s = step("VRRP failover: SIGKILL each region's master router");
+        for region in &regions {
+            lab.stop(&format!("scope-router {}", region.name))?;
+        }
+        let killed = std::time::Instant::now();
+        lab.wait_until("backup routers answering on the VIPs", READY_LIMIT, || {
+            regions.iter().all(|r| {
+                r.ports
+                    .iter()
+                    .all(|p| http_answers(&plan::client_ns(), &format!("http://{}:{p}/", r.vip)))
+            })
+        })?;
+        let took = killed.elapsed();
+        // The other region's VIP moved at the same moment: its checks recover first.
+        wait_for_regions(&mut lab, &regions)?;
+        s.done();
+        for region in &regions {
+            ha_lines.push(format!(
+                "{}: master router (priority {}) killed; the backup (priority {}, {}) serves {} {:.1} s later (Master_Down_Interval 3.6 s)",
+                region.name,
+                plan::HA_PRIORITIES[0],
+                plan::HA_PRIORITIES[1],
+                region.backup()?.addr,
+                region.vip,
+                took.as_secs_f64()
+            ));
+        }
+        for p in probes::probes(&regions) {
+            let out = probes::send(&p);
+            let mut p = p;
+            p.title = format!("{} [backup routers]", p.title);
+            results.push((p, out));
+        }
+    }
 
     // Failover: the second region's image service dies; the first region's router learns
     // it from the second's (health checks) and serves `B|A` itself, `B` gets a fast 503.
@@ -205,15 +291,25 @@ pub fn run(opts: Options) -> Result<()> {
             results.push((p, out));
         }
     }
-    let statuses: Vec<(String, String)> = regions
+    // The routers serving now: after an `--ha` failover, the backups.
+    let (serving, serving_configs) = if opts.ha {
+        let plans = regions
+            .iter()
+            .map(RegionPlan::as_backup)
+            .collect::<Result<Vec<_>>>()?;
+        (plans, backup_paths.clone())
+    } else {
+        (regions.clone(), config_paths.clone())
+    };
+    let statuses: Vec<(String, String)> = serving
         .iter()
-        .zip(&config_paths)
+        .zip(&serving_configs)
         .map(|(r, c)| (r.name.clone(), probes::status_output(r, &router, c)))
         .collect();
 
     // Each router's admin listener, from the client namespace, before any teardown.
     let s = step("admin listeners: /healthz and /metrics from the client namespace");
-    let admin: Vec<AdminCheck> = regions.iter().map(admin_check).collect();
+    let admin: Vec<AdminCheck> = serving.iter().map(admin_check).collect();
     s.done();
 
     let mismatches = results.iter().filter(|(_, o)| !o.ok).count();
@@ -227,6 +323,12 @@ pub fn run(opts: Options) -> Result<()> {
 
     banner("==> what went where");
     println!("{}", probes::table(&results));
+    if !ha_lines.is_empty() {
+        banner("==> VRRP failover (--ha)");
+        for line in &ha_lines {
+            println!("{line}");
+        }
+    }
     for (name, status) in &statuses {
         banner(&format!("==> scope-router status ({name})"));
         println!("{}", status.trim_end());
@@ -292,6 +394,14 @@ impl std::fmt::Display for AdminCheck {
             url = self.url
         )
     }
+}
+
+/// `--ha`: until every routing probe gets its expected answer (the cross-region health
+/// checks are up again).
+fn wait_for_regions(lab: &mut Lab, regions: &[RegionPlan]) -> Result<()> {
+    lab.wait_until("cross-region health checks up", READY_LIMIT, || {
+        probes::probes(regions).iter().all(|p| probes::send(p).ok)
+    })
 }
 
 fn admin_check(region: &RegionPlan) -> AdminCheck {

@@ -116,6 +116,38 @@ impl Lab {
         Ok(())
     }
 
+    /// `--ha`: each region's backup router namespace on the region's segment, addressed
+    /// and routed as the first router's.
+    pub fn add_backup_routers(&mut self, regions: &[RegionPlan]) -> Result<()> {
+        let core = plan::core_ns();
+        let mut subnets: Vec<Ipv4Addr> = regions.iter().map(RegionPlan::network).collect();
+        subnets.push(CLIENT_NET);
+        for region in regions {
+            interrupt::check()?;
+            let backup = region.backup()?;
+            let link = format!("rtrb{}", region.index);
+            self.add_namespace(&backup.ns)?;
+            self.pin_paths.push(backup.pin_path.clone());
+            netns::veth(&core, &link, &backup.ns, VIP_INTERFACE)?;
+            ip(
+                &core,
+                &[
+                    "link",
+                    "set",
+                    &link,
+                    "master",
+                    &format!("br{}", region.index),
+                ],
+            )?;
+            netns::addr(&backup.ns, &format!("{}/24", backup.addr), VIP_INTERFACE)?;
+            let via = region.gateway.to_string();
+            for subnet in subnets.iter().filter(|s| **s != region.network()) {
+                netns::route(&backup.ns, &format!("{subnet}/24"), &via)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts `program args` in `ns`, output to `log`. Its own process group keeps
     /// Ctrl-C away from it (the lab stops it in order) and lets `--keep` outlive us.
     pub fn spawn(

@@ -47,11 +47,18 @@ pub struct RegionPlan {
     pub source_config: PathBuf,
     /// The generated config's TOML text.
     pub config: String,
+    /// `--ha`: this plan describes the region's backup router (its namespace, address).
+    pub backup_role: bool,
 }
 
 impl RegionPlan {
     pub fn router_ns(&self) -> String {
-        format!("{PREFIX}-{}", sanitize(&self.name))
+        let ns = format!("{PREFIX}-{}", sanitize(&self.name));
+        if self.backup_role {
+            format!("{ns}-b")
+        } else {
+            ns
+        }
     }
 
     pub fn services_ns(&self) -> String {
@@ -280,7 +287,94 @@ fn region_plan(
         router_manages_vip,
         source_config: path.to_path_buf(),
         config,
+        backup_role: false,
     })
+}
+
+/// `--ha`: the second router of a region, next to the first on its segment.
+pub struct Backup {
+    /// Its namespace (`<router_ns>-b`).
+    pub ns: String,
+    /// Its own address on eth2.
+    pub addr: Ipv4Addr,
+    /// Its pin path (each router has its own eBPF state).
+    pub pin_path: PathBuf,
+}
+
+/// The VRRP priorities of the two routers: the first is master while it lives.
+pub const HA_PRIORITIES: [u8; 2] = [150, 100];
+
+impl RegionPlan {
+    /// `--ha`: the backup router's place.
+    pub fn backup(&self) -> Result<Backup> {
+        let net = self.network();
+        let addr = (self.router_addr.octets()[3].saturating_add(1)..=254)
+            .map(|h| host24(net, h))
+            .find(|a| *a != self.vip && *a != self.backend)
+            .context("no free address for the backup router on its /24")?;
+        Ok(Backup {
+            ns: format!("{PREFIX}-{}-b", sanitize(&self.name)),
+            addr,
+            pin_path: PathBuf::from(format!("{}-b", self.pin_path().display())),
+        })
+    }
+
+    /// `--ha`: the region as its backup router serves it (namespace, admin address).
+    pub fn as_backup(&self) -> Result<RegionPlan> {
+        let mut plan = self.clone();
+        plan.router_addr = self.backup()?.addr;
+        plan.backup_role = true;
+        Ok(plan)
+    }
+
+    /// `--ha`: the configs of the two routers sharing the VIP over VRRP (VRID 50 + the
+    /// region's index, 1 s adverts), each with its own VIP state directory under
+    /// `state_dir`, pin path and admin address.
+    pub fn ha_configs(&self, state_dir: &Path) -> Result<[String; 2]> {
+        let backup = self.backup()?;
+        let mut out = Vec::new();
+        for (n, priority) in HA_PRIORITIES.into_iter().enumerate() {
+            let mut table: Table = self.config.parse().context("re-reading the lab config")?;
+            let (addr, pins, tag) = match n {
+                0 => (self.router_addr, self.pin_path(), "a"),
+                _ => (backup.addr, backup.pin_path.clone(), "b"),
+            };
+            let run = state_dir.join(format!("{}-{tag}-run", sanitize(&self.name)));
+            if let Some(Value::Table(vip)) = table.get_mut("vip") {
+                vip.insert(
+                    "state_dir".into(),
+                    run.to_string_lossy().into_owned().into(),
+                );
+            }
+            if let Some(Value::Table(ebpf)) = table.get_mut("ebpf") {
+                ebpf.insert(
+                    "pin_path".into(),
+                    pins.to_string_lossy().into_owned().into(),
+                );
+            }
+            if let Some(Value::Table(admin)) = table.get_mut("admin") {
+                admin.insert(
+                    "bind".into(),
+                    Value::Array(vec![
+                        format!("127.0.0.1:{ADMIN_PORT}").into(),
+                        format!("{addr}:{ADMIN_PORT}").into(),
+                    ]),
+                );
+            }
+            let mut vrrp = Table::new();
+            vrrp.insert("vrid".into(), (50 + self.index as i64).into());
+            vrrp.insert("priority".into(), i64::from(priority).into());
+            vrrp.insert("advert_int".into(), "1s".into());
+            vrrp.insert("auth_pass".into(), "lab-vrrp".into());
+            table.insert("vrrp".into(), Value::Table(vrrp));
+            out.push(format!(
+                "# `cargo xtask lab --ha`: router {tag} of {}, VRRP priority {priority}\n{}",
+                self.name,
+                toml::to_string(&table).context("serialising the HA lab config")?
+            ));
+        }
+        Ok([out.remove(0), out.remove(0)])
+    }
 }
 
 /// Sets `[scope.defaults] identity = region` unless the config already sets it; returns
@@ -527,6 +621,45 @@ mode = "tcp"
         assert_eq!(host_port("http://h/x"), Some(("h".into(), 80)));
         assert_eq!(host_port("http://:99"), None);
         assert_eq!(host_port("http://h:notaport"), None);
+    }
+
+    #[test]
+    fn ha_gives_each_region_two_routers_with_their_own_state_and_one_vrid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "RegionOne.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245"),
+        );
+        let two = write(
+            dir.path(),
+            "RegionTwo.toml",
+            &region_config("RegionTwo", "192.168.144.244", "192.168.144.245"),
+        );
+        let regions = plan(&[one, two], &auto()).expect("plan");
+        let r1 = &regions[0];
+        let backup = r1.backup().expect("backup");
+        assert_eq!(backup.ns, "srlab-RegionOne-b");
+        assert_eq!(backup.addr, Ipv4Addr::new(192, 168, 142, 11));
+        assert_eq!(
+            r1.as_backup().expect("as backup").router_ns(),
+            "srlab-RegionOne-b"
+        );
+        let [a, b] = r1.ha_configs(dir.path()).expect("configs");
+        let (a, b): (Table, Table) = (a.parse().expect("TOML"), b.parse().expect("TOML"));
+        for (t, priority) in [(&a, 150), (&b, 100)] {
+            assert_eq!(t["vrrp"]["vrid"].as_integer(), Some(51));
+            assert_eq!(t["vrrp"]["priority"].as_integer(), Some(priority));
+        }
+        for key in [("vip", "state_dir"), ("ebpf", "pin_path")] {
+            assert_ne!(a[key.0][key.1], b[key.0][key.1], "{key:?} shared");
+        }
+        assert_eq!(
+            b["admin"]["bind"][1].as_str(),
+            Some("192.168.142.11:9101"),
+            "{b}"
+        );
     }
 
     #[test]
