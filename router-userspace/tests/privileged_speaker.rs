@@ -995,3 +995,124 @@ fn failing_health_gives_up_the_vip_and_recovery_takes_it_back() {
     speaker_a.stop();
     speaker_b.stop();
 }
+
+/// Sends `advert` from node 0 (10.55.0.1) to the VRRP group through a plain raw socket
+/// that lets the kernel write the IPv4 header with multicast TTL `ttl`; `corrupt` flips a
+/// bit of the checksum.
+fn send_raw(ns: &Netns, advert: &Advert, ttl: u32, corrupt: bool) {
+    let source = Ipv4Addr::new(10, 55, 0, 1);
+    let mut message = advert.encode(source, MULTICAST_GROUP).expect("encoding");
+    if corrupt {
+        message[7] ^= 1;
+    }
+    ns.run(|| -> std::io::Result<usize> {
+        let socket = Socket::new_raw(Domain::IPV4, Type::RAW, Some(Protocol::from(112)))?;
+        socket.bind_device(Some(b"eth0"))?;
+        socket.set_multicast_if_v4(&source)?;
+        socket.set_multicast_ttl_v4(ttl)?;
+        socket.send_to(
+            &message,
+            &std::net::SocketAddrV4::new(MULTICAST_GROUP, 0).into(),
+        )
+    })
+    .expect("sending with a plain raw socket");
+}
+
+#[test]
+fn every_refusal_is_counted_by_reason() {
+    const TEST: &str = "every_refusal_is_counted_by_reason";
+    if !ready(TEST, false) {
+        return;
+    }
+    let segment = Segment::new("srt-sp7", 2).expect("segment");
+    let ours = settings(71, 100, Version::V2);
+    let speaker = Speaker::start("speaker", &segment.nodes[1], &ours, Initial::Fresh);
+    let good = Advert {
+        version: Version::V2,
+        vrid: 71,
+        priority: 150,
+        interval_cs: 100,
+        auth: scope_router::vrrp::Auth::Password(*b"kollapas"),
+        addresses: vec![VIP],
+    };
+    let node = &segment.nodes[0];
+    send_raw(node, &good, 64, false);
+    send_raw(node, &good, 255, true);
+    send_raw(
+        node,
+        &Advert {
+            interval_cs: 200,
+            ..good.clone()
+        },
+        255,
+        false,
+    );
+    send_raw(
+        node,
+        &Advert {
+            auth: scope_router::vrrp::Auth::Password(*b"otherpas"),
+            ..good.clone()
+        },
+        255,
+        false,
+    );
+    send_raw(
+        node,
+        &Advert {
+            version: Version::V3,
+            auth: scope_router::vrrp::Auth::None,
+            ..good.clone()
+        },
+        255,
+        false,
+    );
+    send_raw(
+        node,
+        &Advert {
+            addresses: vec![Ipv4Addr::new(10, 55, 0, 101)],
+            ..good.clone()
+        },
+        255,
+        false,
+    );
+    send_raw(
+        node,
+        &Advert {
+            vrid: 72,
+            ..good.clone()
+        },
+        255,
+        false,
+    );
+    // Last, and accepted: once it counts, everything before it has been read.
+    send_raw(node, &good, 255, false);
+    let start = Instant::now();
+    while speaker.status().master_priority != Some(150) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the good advert was not accepted: {:#?}",
+            speaker.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = speaker.status();
+    assert_eq!(
+        status.refused,
+        scope_router::vrrp::Refusals {
+            password: 1,
+            interval: 1,
+            version: 1,
+            addresses: 1,
+            ttl: 1,
+            checksum: 1,
+            not_a_peer: 0,
+            malformed: 0,
+        },
+        "{status:#?}"
+    );
+    assert_eq!(status.other_vrid, 1, "{status:#?}");
+    // Refused or not, every advert for our VRID that could be read was seen.
+    assert_eq!(status.adverts_received, 5, "{status:#?}");
+    assert_eq!(status.master, Some(segment.address(0)), "{status:#?}");
+    speaker.stop();
+}
