@@ -1116,3 +1116,59 @@ fn every_refusal_is_counted_by_reason() {
     assert_eq!(status.master, Some(segment.address(0)), "{status:#?}");
     speaker.stop();
 }
+
+#[test]
+fn a_second_master_is_a_split_brain_counted_and_logged_once_per_episode() {
+    const TEST: &str = "a_second_master_is_a_split_brain_counted_and_logged_once_per_episode";
+    if !ready(TEST, false) {
+        return;
+    }
+    logs();
+    let segment = Segment::new("srt-sp8", 2).expect("segment");
+    let ours = settings(73, 150, Version::V2);
+    // Initial::Master: master at once, no election to wait for.
+    let speaker = Speaker::start("speaker", &segment.nodes[1], &ours, Initial::Master);
+    // A master that does not hear us: valid adverts of a lower priority, whatever we send.
+    let rogue = Advert {
+        version: Version::V2,
+        vrid: 73,
+        priority: 100,
+        interval_cs: 100,
+        auth: scope_router::vrrp::Auth::Password(*b"kollapas"),
+        addresses: vec![VIP],
+    };
+    let node = &segment.nodes[0];
+    let wait_received = |n: u64| {
+        let start = Instant::now();
+        while speaker.status().adverts_received < n {
+            assert!(start.elapsed() < PATIENCE, "{:#?}", speaker.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for n in 1..=3 {
+        send_raw(node, &rogue, 255, false);
+        wait_received(n);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = speaker.status();
+    assert_eq!(status.split_brains, 1, "one episode: {status:#?}");
+    assert_eq!(status.state, SpeakerState::Master, "{status:#?}");
+    // Quiet for longer than Master_Down_Interval: the next one is a new episode.
+    std::thread::sleep(master_down(150) + ADVERT_INT / 2);
+    send_raw(node, &rogue, 255, false);
+    wait_received(4);
+    let status = speaker.status();
+    assert_eq!(status.split_brains, 2, "a second episode: {status:#?}");
+    let warned: Vec<_> = log_lines("vrid=73")
+        .into_iter()
+        .filter(|l| l.contains("split brain"))
+        .collect();
+    assert_eq!(warned.len(), 2, "a warning per episode: {warned:#?}");
+    assert!(
+        warned
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("other=10.55.0.1")),
+        "{warned:#?}"
+    );
+    speaker.stop();
+}
