@@ -290,6 +290,15 @@ impl VrrpSettings {
         self.interface.as_deref().unwrap_or(&vip.interface)
     }
 
+    /// These settings with the interface resolved against `[vip]`: what the speaker
+    /// (`vrrp::start`) takes, since it knows the VIP's address but not its settings.
+    pub fn resolved(&self, vip: &VipSettings) -> Self {
+        Self {
+            interface: Some(self.interface(vip).to_owned()),
+            ..self.clone()
+        }
+    }
+
     /// Where adverts go: the peers, or the VRRP multicast group.
     pub fn destinations(&self) -> Vec<Ipv4Addr> {
         if self.peers.is_empty() {
@@ -498,6 +507,17 @@ mod tests {
         assert_eq!(
             settings(|s| s.interface = Some("bond0".into())).interface(&vip),
             "bond0"
+        );
+        assert_eq!(
+            settings(|_| {}).resolved(&vip).interface.as_deref(),
+            Some(vip.interface.as_str())
+        );
+        assert_eq!(
+            settings(|s| s.interface = Some("bond0".into()))
+                .resolved(&vip)
+                .interface
+                .as_deref(),
+            Some("bond0")
         );
     }
 

@@ -164,7 +164,7 @@ pub enum SpeakerError {
     Settings(#[from] VrrpSettingsError),
     #[error(
         "the VRRP speaker was given no interface: pass settings whose interface is set \
-         (VrrpSettings::interface(&vip) gives [vrrp] interface, else [vip] interface)"
+         (VrrpSettings::resolved(&vip) takes [vrrp] interface, else [vip] interface)"
     )]
     NoInterface,
     #[error(
@@ -291,7 +291,7 @@ pub struct SpeakerHandle {
 
 /// Opens the socket in the calling thread's network namespace (call from the runtime
 /// thread), spawns the task. `settings.interface` must be set (see
-/// [`VrrpSettings::interface`]); the adverts leave from its first address that is not
+/// [`VrrpSettings::resolved`]); the adverts leave from its first address that is not
 /// `vip`.
 pub fn start(
     settings: &VrrpSettings,
@@ -1063,6 +1063,43 @@ mod tests {
         assert_eq!(
             limiter.allow("password", a, t0 + Duration::from_secs(61)),
             None
+        );
+    }
+
+    #[test]
+    fn start_refuses_what_it_cannot_run_with_and_says_what_to_fix() {
+        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let mut settings = VrrpSettings::new(51);
+        let Err(e) = start(&settings, vip, Initial::Fresh) else {
+            panic!("started without an interface");
+        };
+        assert!(matches!(e, SpeakerError::NoInterface), "{e:?}");
+        assert!(e.to_string().contains("VrrpSettings::resolved"), "{e}");
+
+        settings.interface = Some("nosuch-vrrp0".into());
+        settings.track_rise = 0;
+        let Err(e) = start(&settings, vip, Initial::Fresh) else {
+            panic!("started with invalid settings");
+        };
+        assert!(e.to_string().contains("track_rise"), "{e}");
+
+        settings.track_rise = 10;
+        let Err(e) = start(&settings, vip, Initial::Fresh) else {
+            panic!("started outside a runtime");
+        };
+        assert!(matches!(e, SpeakerError::NoRuntime), "{e:?}");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _entered = rt.enter();
+        let Err(e) = start(&settings, vip, Initial::Master) else {
+            panic!("started on a missing interface");
+        };
+        assert!(
+            e.to_string().contains("\"nosuch-vrrp0\" does not exist"),
+            "{e}"
         );
     }
 
