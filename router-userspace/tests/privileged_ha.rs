@@ -1,5 +1,5 @@
 //! Two scope-routers sharing one VIP over VRRP, end to end as operators run them: the real
-//! binary in two router namespaces and a client namespace on one bridge (`Lan`), eBPF
+//! binary in two router namespaces and a client namespace on one bridge (`test_support::segment::Segment`), eBPF
 //! steering required, 1 s adverts. Election, failover on SIGKILL (timed), preemption back,
 //! resignation on a clean stop (timed), a zero-downtime restart of the master that never
 //! fails over, and keep-alive clients reset by the old master's release.
@@ -15,16 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use test_support::netns::{self, Lan, Netns, PinDir};
+use test_support::netns::{self, Netns, PinDir};
+use test_support::segment::Segment;
 
 const BIN: &str = env!("CARGO_BIN_EXE_scope-router");
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 55, 0, 100);
 const COMPUTE: u16 = 8774;
-const ADDRESSES: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(192, 0, 2, 1),
-    Ipv4Addr::new(192, 0, 2, 2),
-    Ipv4Addr::new(192, 0, 2, 50),
-];
 /// The bound on every wait.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// Master_Down_Interval of the backup (priority 100, 1 s adverts, VRRPv2):
@@ -132,20 +128,20 @@ impl Drop for Router {
     }
 }
 
-/// Two router namespaces (A: 192.0.2.1, B: .2) and a client (.50) on one bridge.
+/// Two router namespaces (A: 10.55.0.1, B: .2) and a client (.50) on one bridge.
 struct Pair {
     backends: Vec<Backend>,
     pins: Vec<PinDir>,
-    lan: Lan,
+    segment: Segment,
     dir: tempfile::TempDir,
 }
 
 impl Pair {
     fn new() -> Pair {
-        let lan = Lan::new("srt-ha", &ADDRESSES).expect("bridge and namespaces");
+        let segment = Segment::new("srt-ha", 3).expect("bridge and namespaces");
         let backends = vec![
-            Backend::start(&lan.members[0], "A"),
-            Backend::start(&lan.members[1], "B"),
+            Backend::start(&segment.nodes[0], "A"),
+            Backend::start(&segment.nodes[1], "B"),
         ];
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(
@@ -158,17 +154,17 @@ impl Pair {
         Pair {
             backends,
             pins: vec![PinDir::new("srt-ha-a"), PinDir::new("srt-ha-b")],
-            lan,
+            segment,
             dir,
         }
     }
 
     fn ns(&self, router: usize) -> &Netns {
-        &self.lan.members[router]
+        &self.segment.nodes[router]
     }
 
     fn client(&self) -> &Netns {
-        &self.lan.members[2]
+        &self.segment.nodes[2]
     }
 
     /// Router `router`'s config with `[vrrp] priority`; returns its path.
@@ -187,14 +183,14 @@ backend = "{backend}"
 
 [vip]
 address = "{VIP}"
-interface = "eth2"
+interface = "eth0"
 garp_count = 1
 state_dir = "{state}"
 
 [ebpf]
 mode = "required"
 pin_path = "{pins}"
-interface = "eth2"
+interface = "eth0"
 
 [vrrp]
 vrid = 51
@@ -233,7 +229,7 @@ auth_pass = "kolla-vrrp-secret"
 
     fn holds_vip(&self, router: usize) -> bool {
         self.ns(router)
-            .ip(&["-4", "addr", "show", "dev", "eth2"])
+            .ip(&["-4", "addr", "show", "dev", "eth0"])
             .is_ok_and(|out| out.contains(&format!("inet {VIP}/32")))
     }
 
@@ -327,7 +323,7 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
     });
     let status = pair.status(1);
     assert_eq!(status["vrrp"]["state"], "backup", "{status:#}");
-    assert_eq!(status["vrrp"]["master"], "192.0.2.1", "{status:#}");
+    assert_eq!(status["vrrp"]["master"], "10.55.0.1", "{status:#}");
     // A backup is healthy without the VIP, everywhere an operator or a check looks.
     assert_eq!(status["healthy"], true, "{status:#}");
     assert!(pair.get(1, "/healthz").starts_with("HTTP/1.1 200"));
@@ -345,7 +341,7 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
         .expect("status");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("vrrp: backup (priority 100)") && text.contains("master 192.0.2.1"),
+        text.contains("vrrp: backup (priority 100)") && text.contains("master 10.55.0.1"),
         "{text}"
     );
 
@@ -365,7 +361,7 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
     );
     assert!(pair.holds_vip(1));
 
-    // A comes back (its crash left the VIP on its eth2: a backup removes it) and, with the
+    // A comes back (its crash left the VIP on its eth0: a backup removes it) and, with the
     // higher priority and preemption, takes the VIP back; B releases it.
     let mut a = pair.start(0, &config_a);
     until("A preempts B", &[&a, &b], || {
@@ -408,12 +404,12 @@ fn reloads_and_restarts_of_the_master_never_fail_over() {
         pair.holds_vip(0) && !pair.holds_vip(1) && pair.served_by().as_deref() == Ok("A")
     });
     let before = pair.status(1)["vrrp"]["transitions"].clone();
-    // Every address change on B's eth2 while A restarts three times.
+    // Every address change on B's eth0 while A restarts three times.
     let monitor_log = pair.dir.path().join("b-monitor.log");
     let mut monitor = pair
         .ns(1)
         .command("ip")
-        .args(["-o", "monitor", "address", "dev", "eth2"])
+        .args(["-o", "monitor", "address", "dev", "eth0"])
         .stdout(fs::File::create(&monitor_log).expect("monitor log"))
         .stderr(Stdio::null())
         .spawn()
@@ -468,7 +464,7 @@ fn reloads_and_restarts_of_the_master_never_fail_over() {
     let changes = fs::read_to_string(&monitor_log).unwrap_or_default();
     assert!(
         !changes.contains(&VIP.to_string()),
-        "B's eth2 saw the VIP during the reloads and restarts:\n{changes}"
+        "B's eth0 saw the VIP during the reloads and restarts:\n{changes}"
     );
     let status = pair.status(1);
     assert_eq!(status["vrrp"]["state"], "backup", "{status:#}");
@@ -636,15 +632,15 @@ struct Wire {
 }
 
 impl Wire {
-    fn capture(lan: &Lan, dir: &Path) -> Wire {
+    fn capture(segment: &Segment, dir: &Path) -> Wire {
         let out = dir.join("vrrp.pcap.txt");
-        let child = lan
+        let child = segment
             .bridge
             .command("tcpdump")
             // The client's port: the bridge floods every advert out of it, once.
             .args([
                 "-i",
-                "p2",
+                "port2",
                 "-n",
                 "-l",
                 "--immediate-mode",
@@ -672,7 +668,7 @@ impl Wire {
         let text = fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
-                // 1795913426.123456 IP 192.0.2.1 > 224.0.0.18: VRRPv2, Advertisement, vrid 51, prio 150, …
+                // 1795913426.123456 IP 10.55.0.1 > 224.0.0.18: VRRPv2, Advertisement, vrid 51, prio 150, …
                 let mut words = line.split_whitespace();
                 let at = words.next()?.parse().ok()?;
                 let source = words.nth(1)?.to_owned();
@@ -727,9 +723,9 @@ fn kolla_keepalived(priority: u8, version: u8) -> String {
     };
     format!(
         "global_defs {{\n    router_id kolla-node-a\n    vrrp_version {version}\n}}\n\
-         vrrp_instance kolla_internal_vip_51 {{\n    state BACKUP\n    interface eth2\n    \
+         vrrp_instance kolla_internal_vip_51 {{\n    state BACKUP\n    interface eth0\n    \
          virtual_router_id 51\n    priority {priority}\n    advert_int 1\n{auth}    \
-         virtual_ipaddress {{\n        {VIP}/32 dev eth2\n    }}\n}}\n"
+         virtual_ipaddress {{\n        {VIP}/32 dev eth0\n    }}\n}}\n"
     )
 }
 
@@ -754,7 +750,7 @@ fn keepalived_interop(test: &str, version: u8) {
         fs::write(&config_b, text).expect("config");
     }
     let dir = pair.dir.path().join("keepalived");
-    let wire = Wire::capture(&pair.lan, pair.dir.path());
+    let wire = Wire::capture(&pair.segment, pair.dir.path());
 
     // keepalived (150) masters; scope-router (100) agrees and stays backup.
     let mut keepalived = Keepalived::start(pair.ns(0), &dir, &kolla_keepalived(150, version));
@@ -767,7 +763,7 @@ fn keepalived_interop(test: &str, version: u8) {
             pair.holds_vip(0)
                 && !pair.holds_vip(1)
                 && s["vrrp"]["state"] == "backup"
-                && s["vrrp"]["master"] == "192.0.2.1"
+                && s["vrrp"]["master"] == "10.55.0.1"
         },
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -794,7 +790,7 @@ fn keepalived_interop(test: &str, version: u8) {
     assert!(took < MASTER_DOWN + Duration::from_millis(1500), "{took:?}");
     // The crashed keepalived left its VIP behind, as a crash does.
     pair.ns(0)
-        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth2"])
+        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth0"])
         .expect("remove keepalived's leftover VIP");
 
     // The reverse: keepalived (50) joins as backup and agrees; scope-router dies and
@@ -828,7 +824,7 @@ fn keepalived_interop(test: &str, version: u8) {
     let adverts = wire.adverts();
     let sources: std::collections::BTreeSet<_> = adverts.iter().map(|a| a.1.as_str()).collect();
     assert!(
-        sources.contains("192.0.2.1") && sources.contains("192.0.2.2"),
+        sources.contains("10.55.0.1") && sources.contains("10.55.0.2"),
         "{adverts:?}"
     );
     let double = longest_double_master(&adverts);
