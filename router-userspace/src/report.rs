@@ -103,12 +103,14 @@ pub fn check(router: &Router, config: &Config) -> String {
         let preempt = if vrrp.preempt { "preempt" } else { "nopreempt" };
         let _ = writeln!(
             out,
-            "vrrp:    v{} vrid {} priority {} every {} on {} ({to}{auth}, {preempt})",
+            "vrrp:    v{} vrid {} priority {} every {} on {} ({to}{auth}, {preempt}, own health: out after {} failed checks, back after {} passed)",
             vrrp.version,
             vrrp.vrid,
             vrrp.priority,
             humantime::format_duration(vrrp.advert_int),
             vrrp.interface(vip),
+            vrrp.track_fall,
+            vrrp.track_rise,
         );
         for note in vrrp.notes() {
             let _ = writeln!(out, "note: {note}");
@@ -614,7 +616,7 @@ mod tests {
         c.vrrp = Some(kolla.clone());
         let out = check(&r, &c);
         let lines = [
-            "vrrp:    v2 vrid 51 priority 100 every 1s on eth2 (multicast 224.0.0.18, auth PASS, nopreempt)\n",
+            "vrrp:    v2 vrid 51 priority 100 every 1s on eth2 (multicast 224.0.0.18, auth PASS, nopreempt, own health: out after 2 failed checks, back after 10 passed)\n",
             "note: [vrrp] auth_pass is 13 bytes; only its first 8 are sent and compared",
         ];
         for l in lines {
@@ -631,7 +633,7 @@ mod tests {
         kolla.interface = Some("bond0".into());
         c.vrrp = Some(kolla);
         let out = check(&r, &c);
-        let line = "vrrp:    v3 vrid 51 priority 100 every 500ms on bond0 (unicast to 192.168.142.2, 192.168.142.3, nopreempt)\n";
+        let line = "vrrp:    v3 vrid 51 priority 100 every 500ms on bond0 (unicast to 192.168.142.2, 192.168.142.3, nopreempt, own health: out after 2 failed checks, back after 10 passed)\n";
         assert!(out.contains(line), "{line:?} missing from:\n{out}");
         assert!(!out.contains("note:"), "{out}");
     }
