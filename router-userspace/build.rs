@@ -54,7 +54,7 @@ fn main() {
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" ");
-            if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            if test_support::ci::enabled() {
                 panic!(
                     "building router-ebpf failed under CI: {why}\n\
                      run `cargo xtask setup` (nightly + rust-src + bpf-linker)"

@@ -3,6 +3,7 @@
 //! guard per test. Depends on nothing of the router, so router-userspace can use it as a
 //! dev-dependency.
 
+pub mod ci;
 pub mod netns;
 pub mod segment;
 pub mod tool;

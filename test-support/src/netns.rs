@@ -73,7 +73,7 @@ pub fn privileged(test: &str) -> bool {
 /// Skips `test` for `reason` (printed), or panics under `CI=true`. Returns `false` so it
 /// can end a guard: `if cond { return netns::skip(..) }` style helpers.
 pub fn skip(test: &str, reason: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    if crate::ci::enabled() {
         panic!("{test}: privileged test cannot run under CI: {reason}");
     }
     // Straight to the stderr handle: libtest captures eprintln!, and a skip must be seen.

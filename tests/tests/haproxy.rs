@@ -35,7 +35,7 @@ fn haproxy_available() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !test_support::ci::enabled(),
             "haproxy is not installed but CI=true: install the Debian `haproxy` and `lua-cjson` packages"
         );
         eprintln!(

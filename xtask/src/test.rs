@@ -72,7 +72,7 @@ fn privileged_plan(root: bool, sudo: bool, ci: bool) -> Privileged {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+    test_support::ci::enabled()
 }
 
 pub fn run(opts: Options) -> Result<()> {
