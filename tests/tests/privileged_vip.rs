@@ -465,7 +465,11 @@ fn gratuitous_arp_reaches_the_neighbour_and_repoints_its_entry() {
         let (requests, replies) = capture.garps(&lab.router_mac);
         requests.len() >= per_kind && replies.len() >= per_kind
     });
+    // Exactly two bursts: nothing more comes after the second (wait as long again).
+    std::thread::sleep(2 * settings.garp_repeat_delay);
     let (requests, replies) = capture.garps(&lab.router_mac);
+    assert_eq!(requests.len(), per_kind, "{requests:?}");
+    assert_eq!(replies.len(), per_kind, "{replies:?}");
     for arp in requests.iter().chain(&replies) {
         assert_eq!(arp.eth_dst, "ff:ff:ff:ff:ff:ff", "{arp:?}");
         assert_eq!(arp.sha, lab.router_mac, "{arp:?}");
@@ -489,6 +493,7 @@ fn gratuitous_arp_reaches_the_neighbour_and_repoints_its_entry() {
         lab.status().announcements >= 2
     });
     let status = lab.status();
+    assert_eq!(status.announcements, 2, "{status}");
     assert!(status.present && status.interface_present, "{status}");
     assert_eq!(status.managed, Some(true));
     assert_eq!(status.adopted, Some(false));
@@ -523,11 +528,19 @@ fn removed_vip_is_put_back_and_announced_again() {
     wait_until("the VIP is back on eth2 and announced again", || {
         lab.vip_present() && capture.garps(&lab.router_mac).0.len() >= 4
     });
+    // One burst per re-add, of exactly garp_count (the repeat is 10 min away).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(capture.garps(&lab.router_mac).0.len(), 4);
     assert!(lab.router_addrs().contains(&ROUTER_ADDR.to_owned()));
     // No wait here on purpose: the watcher records a re-add before it announces it, so
     // once the re-announcement has reached the neighbour the status must show it.
     let status = lab.status();
     assert_eq!(status.readded, 1, "{status}");
+    // The start's burst and the re-add's; recorded after each is sent.
+    wait_until("two announcements recorded", || {
+        lab.status().announcements >= 2
+    });
+    assert_eq!(lab.status().announcements, 2);
 
     // Again, to show the watcher keeps watching after a re-add.
     lab.router
@@ -536,8 +549,14 @@ fn removed_vip_is_put_back_and_announced_again() {
     wait_until("the VIP is back a second time", || {
         lab.vip_present() && capture.garps(&lab.router_mac).0.len() >= 6
     });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(capture.garps(&lab.router_mac).0.len(), 6);
     let status = lab.status();
     assert_eq!(status.readded, 2, "{status}");
+    wait_until("three announcements recorded", || {
+        lab.status().announcements >= 3
+    });
+    assert_eq!(lab.status().announcements, 3);
 
     running.shutdown().expect("shutdown");
     assert_eq!(lab.router_addrs(), vec![ROUTER_ADDR.to_owned()]);
