@@ -343,6 +343,11 @@ pub fn emit(
         path: dir.to_owned(),
         source,
     })?;
+    // As `mkdir -p`: `--out /etc/haproxy/scope` on a fresh host just works.
+    std::fs::create_dir_all(&dir).map_err(|source| HaproxyError::Write {
+        path: dir.clone(),
+        source,
+    })?;
     let lua_path = dir.join("scope-router.lua");
     opts.lua_path = lua_path.display().to_string();
     let files = generate(&router, config, &opts);

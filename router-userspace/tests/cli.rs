@@ -498,6 +498,37 @@ fn status_reads_the_running_routers_admin_status_and_says_which_source_it_used()
     assert_eq!(seen["healthy"], false, "{seen:#}");
     assert_eq!(server(&seen, &dead)["up"], false, "{seen:#}");
     assert_eq!(code, Some(1), "a down server is still exit 1: {seen:#}");
+
+    // One request, answered 5xx (its only server is down): the listener's backend counts it.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 5"), "{reply}");
+    }
+    let (seen, _) = status_json(&config, &state);
+    let listener = seen["listeners"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["address"] == format!("127.0.0.1:{port}"))
+        })
+        .unwrap_or_else(|| panic!("no listener 127.0.0.1:{port}: {seen:#}"));
+    assert_eq!(listener["kind"], "scoped", "{listener:#}");
+    let backend = listener["backends"]
+        .as_array()
+        .and_then(|b| {
+            b.iter()
+                .find(|b| b["backend"] == "RegionOne_compute_public")
+        })
+        .unwrap_or_else(|| panic!("no RegionOne_compute_public backend: {listener:#}"));
+    assert_eq!(backend["service_type"], "compute", "{backend:#}");
+    assert_eq!(backend["region"], "RegionOne", "{backend:#}");
+    assert_eq!(backend["requests"], 1, "{backend:#}");
+    assert_eq!(backend["responses"]["5xx"], 1, "{backend:#}");
     let (text, code) = cli(&["status"], &config, &state);
     assert!(
         text.starts_with(&format!(

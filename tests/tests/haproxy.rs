@@ -573,3 +573,55 @@ async fn several_servers_checks_and_backups_run_in_haproxy() {
         "(backup answered, healthy identity answers in a row) within 10 s"
     );
 }
+
+/// What `scope-router haproxy-config --out DIR` writes (the same `emit`), with both kinds
+/// of `[[passthrough]]` block, is accepted by `haproxy -c`, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_output_with_passthrough_blocks_passes_haproxy_check() {
+    if !haproxy_available() {
+        return;
+    }
+    let vip = Ipv4Addr::new(127, 66, (std::process::id() % 250) as u8, 1);
+    let (tcp, http) = (free_port(vip), free_port(vip));
+    let extra = format!(
+        "[[passthrough]]\nname = \"mariadb\"\nbind = \"{vip}:{tcp}\"\nbackend = \"127.0.0.1:3306\"\n\
+         mode = \"tcp\"\n[[passthrough]]\nname = \"horizon\"\nbind = \"{vip}:{http}\"\n\
+         backend = \"127.0.0.1:8080\"\nmode = \"http\"\n"
+    );
+    let r1 = echo_backend("r1").await;
+    let lab = lab_with(
+        &format!("backend = \"{r1}\""),
+        &format!("backend = \"{r1}\""),
+        &extra,
+    )
+    .await;
+    let check = |cfg: &Path, what: &str| {
+        let out = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "haproxy -c rejected {what}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(cfg).unwrap_or_default()
+        );
+    };
+    // Lua mode, written to a directory as `--out` does.
+    let out = lab.dir.join("out");
+    scope_router::haproxy::emit(&lab.config, HaproxyMode::Lua, Some(&out)).unwrap();
+    let cfg = out.join("haproxy.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for name in ["mariadb", "horizon"] {
+        assert!(text.contains(name), "no {name} block in:\n{text}");
+    }
+    assert!(out.join("scope-router.lua").exists());
+    check(&cfg, "the --out Lua config");
+    // Native mode, printed as the CLI prints it.
+    let native = scope_router::haproxy::emit(&lab.config, HaproxyMode::Native, None).unwrap();
+    let cfg = lab.dir.join("native.cfg");
+    std::fs::write(&cfg, &native).unwrap();
+    check(&cfg, "the printed native config");
+}
