@@ -27,6 +27,46 @@ pub struct Probe {
     /// A header the answering backend must have received with this value (a cleaned
     /// token, the identity region).
     pub seen: Option<(String, String)>,
+    /// What the answering backend must have seen: the Host and path it was sent, and the
+    /// routers the request crossed (the table's "Host seen", "path seen" and "via").
+    pub arrives: Option<Arrival>,
+}
+
+/// The request as the expected backend must receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    pub host: String,
+    pub path: String,
+    pub via: String,
+}
+
+/// For a probe sent to `url` and expected at backend `expect`: its own region's VIP:port
+/// as Host (the router rewrites it to the target's catalog URL), the path unchanged, and
+/// the entry router then, across regions, the target's.
+fn arrival(regions: &[RegionPlan], url: &str, expect: &Expect) -> Option<Arrival> {
+    let Expect::Backend(name) = expect else {
+        return None;
+    };
+    let (region, port) = name.rsplit_once(':')?;
+    let target = regions.iter().find(|r| r.name == region)?;
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let entry_vip = authority.split(':').next()?;
+    let entry = regions.iter().find(|r| r.vip.to_string() == entry_vip)?;
+    let via = if entry.name == target.name {
+        entry.name.clone()
+    } else {
+        format!("{}>{}", entry.name, target.name)
+    };
+    Some(Arrival {
+        host: format!("{}:{port}", target.vip),
+        path: if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        },
+        via,
+    })
 }
 
 impl Probe {
@@ -62,12 +102,14 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
                    headers: Vec<(String, String)>,
                    expect: Expect,
                    seen: Option<(&str, &str)>| {
+        let arrives = arrival(regions, &url, &expect);
         out.push(Probe {
             title,
             url,
             headers,
             expect,
             seen: seen.map(|(n, v)| (n.to_owned(), v.to_owned())),
+            arrives,
         });
     };
 
@@ -215,6 +257,7 @@ pub struct Failover {
     plain: String,
     served_by: String,
     either_title: String,
+    either_arrives: Option<Arrival>,
 }
 
 impl Failover {
@@ -224,10 +267,12 @@ impl Failover {
             return None;
         };
         let (a_port, b_port) = (a.port_of("image")?, b.port_of("image")?);
+        let url = format!("http://{}:{a_port}/v2/images", a.vip);
+        let either_arrives = arrival(regions, &url, &Expect::Backend(a.backend_name(a_port)));
         Some(Failover {
             dead_region: b.name.clone(),
             backend_process: format!("echo-backend {}", b.backend_name(b_port)),
-            url: format!("http://{}:{a_port}/v2/images", a.vip),
+            url,
             either: format!(r#"{{"image":"{}|{}"}}"#, b.name, a.name),
             plain: format!(r#"{{"image":"{}"}}"#, b.name),
             served_by: a.backend_name(a_port),
@@ -235,6 +280,7 @@ impl Failover {
                 "failover: image={}|{} while {} is down",
                 b.name, a.name, b.name
             ),
+            either_arrives,
         })
     }
 
@@ -249,6 +295,7 @@ impl Failover {
             headers: vec![("X-Scope".to_owned(), self.plain.clone())],
             expect: Expect::Status(503),
             seen: None,
+            arrives: None,
         }
     }
 
@@ -260,6 +307,7 @@ impl Failover {
             headers: vec![("X-Scope".to_owned(), self.either.clone())],
             expect: Expect::Backend(self.served_by.clone()),
             seen: None,
+            arrives: self.either_arrives.clone(),
         }
     }
 
@@ -335,9 +383,17 @@ fn judge(probe: &Probe, stdout: &str) -> Outcome {
         (Some((name, want)), Some(headers)) => header_values(headers, name) == *want,
         (Some(_), None) => false,
     };
+    // What the table prints is what the verdict checks.
+    let arrived_ok = probe
+        .arrives
+        .as_ref()
+        .is_none_or(|a| a.host == out.host_seen && a.path == out.path_seen && a.via == out.hops);
     out.ok = match &probe.expect {
         Expect::Backend(name) => {
-            status.is_some_and(|s| (200..300).contains(&s)) && *name == out.answered_by && seen_ok
+            status.is_some_and(|s| (200..300).contains(&s))
+                && *name == out.answered_by
+                && seen_ok
+                && arrived_ok
         }
         Expect::Status(want) => status == Some(*want) && echo.is_none(),
     };
@@ -500,6 +556,7 @@ mod tests {
             headers: vec![],
             expect,
             seen: None,
+            arrives: None,
         }
     }
 
@@ -526,6 +583,33 @@ mod tests {
             &format!("{body}\n200"),
         );
         assert!(!wrong.ok, "another backend answering is a mismatch");
+
+        // What arrived is part of the verdict: another Host, path or route is a mismatch.
+        let arrived = |host: &str, path: &str, via: &str| {
+            let mut p = probe(Expect::Backend("RegionTwo:9292".into()));
+            p.arrives = Some(Arrival {
+                host: host.into(),
+                path: path.into(),
+                via: via.into(),
+            });
+            judge(&p, &format!("{body}\n200")).ok
+        };
+        assert!(arrived(
+            "192.168.144.244:9292",
+            "/v2/images",
+            "RegionOne>RegionTwo"
+        ));
+        assert!(!arrived(
+            "192.168.142.244:9292",
+            "/v2/images",
+            "RegionOne>RegionTwo"
+        ));
+        assert!(!arrived(
+            "192.168.144.244:9292",
+            "/v2/other",
+            "RegionOne>RegionTwo"
+        ));
+        assert!(!arrived("192.168.144.244:9292", "/v2/images", "RegionTwo"));
     }
 
     #[test]
