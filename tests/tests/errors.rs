@@ -148,7 +148,14 @@ async fn silent_backend_is_504() {
     })
     .await
     .unwrap();
-    let r = get(lab.one.addr(8774), "/__hang", &[]).await.unwrap();
+    // Bounded below the default idle (60 s): only the 300 ms setting answers in time.
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        get(lab.one.addr(8774), "/__hang", &[]),
+    )
+    .await
+    .expect("the configured idle timeout answered, not the default")
+    .unwrap();
     assert_problem(&r, 504);
 }
 
