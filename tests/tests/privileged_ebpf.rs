@@ -708,3 +708,104 @@ fn privileged_second_start_is_refused_while_the_first_runs_and_a_restart_continu
     restarted.shutdown().expect("shutdown");
     assert!(!owned_after_release(pins.path()), "shutdown kept the lock");
 }
+
+/// One ICMP echo to `to` from the calling thread's namespace (a raw socket: no `ping`
+/// binary needed); whether the reply came within 2 s.
+fn icmp_echo(to: std::net::Ipv4Addr) -> bool {
+    // SAFETY: plain socket calls on a descriptor owned by this function.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        // Echo request: type 8, code 0, checksum, id 0x5352, seq 1, payload.
+        let mut packet = [8u8, 0, 0, 0, 0x53, 0x52, 0, 1, b's', b'r', b't', b'!'];
+        let sum = packet
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert!(sent > 0, "send: {}", std::io::Error::last_os_error());
+        let mut buf = [0u8; 256];
+        let mut answered = false;
+        // Raw sockets see every ICMP packet; look for our echo reply (IP header first).
+        for _ in 0..10 {
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n <= 0 {
+                break;
+            }
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            if buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == [0x53, 0x52] {
+                answered = true;
+                break;
+            }
+        }
+        libc::close(fd);
+        answered
+    }
+}
+
+/// The guard judges IPv4 TCP to the VIPs only: ICMP to a VIP and IPv6 on the same
+/// interface pass untouched and are not counted.
+#[test]
+fn privileged_icmp_and_ipv6_pass_the_guard_untouched() {
+    let Some(lab) = lab("privileged_icmp_and_ipv6_pass_the_guard_untouched") else {
+        return;
+    };
+    let pins = PinDir::new("srt-icmp");
+    let (steering, _listener) = start(&lab, &config(&pins, Mode::Required));
+    let before = ebpf::read_status(pins.path()).expect("status");
+    assert!(
+        lab.client.run(|| icmp_echo(Lab::VIP)),
+        "ICMP echo to the VIP was not answered"
+    );
+    // The probe itself can tell: an address nobody holds gets no reply.
+    assert!(
+        !lab.client
+            .run(|| icmp_echo(std::net::Ipv4Addr::new(192, 0, 2, 77)))
+    );
+
+    // IPv6 beside it (ULA addresses only inside these namespaces): a TCP round trip.
+    lab.router
+        .ip(&["-6", "addr", "add", "fd00:55::1/64", "dev", "eth2", "nodad"])
+        .expect("router v6");
+    lab.client
+        .ip(&["-6", "addr", "add", "fd00:55::2/64", "dev", "eth0", "nodad"])
+        .expect("client v6");
+    let v6 = lab
+        .router
+        .run(|| TcpListener::bind("[fd00:55::1]:0"))
+        .expect("v6 listener");
+    let addr = v6.local_addr().expect("v6 address");
+    let client = lab
+        .client
+        .run(move || TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)));
+    assert!(client.is_ok(), "IPv6 did not pass the guard: {client:?}");
+    v6.accept().expect("v6 accept");
+
+    let after = ebpf::read_status(pins.path()).expect("status");
+    let drops = |s: &ebpf::Status| s.counters.iter().map(|c| c.drops).sum::<u64>();
+    assert_eq!(drops(&after), drops(&before), "{after:?}");
+    steering.shutdown().expect("shutdown");
+}
