@@ -129,7 +129,9 @@ impl Conn {
     pub async fn send(&mut self, req: Request<ClientBody>) -> Result<Reply, BoxError> {
         let resp = self.send_head(req).await?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let body = bounded("the response body", body.collect())
+            .await??
+            .to_bytes();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
@@ -143,7 +145,7 @@ impl Conn {
         req: Request<ClientBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
         self.sender.ready().await?;
-        Ok(self.sender.send_request(req).await?)
+        Ok(bounded("the response head", self.sender.send_request(req)).await??)
     }
 
     /// Whether the server has closed this connection.
@@ -194,6 +196,18 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<String, BoxError> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(bytes).await?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
+    bounded("the end of the connection", s.read_to_end(&mut out)).await??;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// How long any wait of a test client may last: far above anything a test asks of the
+/// router, so that only a stall (a proxy that buffers a stream or never answers) reaches
+/// it, and then the test fails with what it waited for instead of hanging the suite.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `fut`, or an error naming `what` after [`STALL`].
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, BoxError> {
+    tokio::time::timeout(STALL, fut)
+        .await
+        .map_err(|_| format!("no {what} within {STALL:?}: the router stalled").into())
 }

@@ -40,6 +40,14 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Until a gated request has arrived; panics after [`crate::client::STALL`], so a
+    /// request the router never forwards fails the test instead of hanging it.
+    pub async fn wait_arrived(&self) {
+        tokio::time::timeout(crate::client::STALL, self.arrived.notified())
+            .await
+            .expect("the gated request never reached the backend");
+    }
+
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().map(|v| v.clone()).unwrap_or_default()
     }

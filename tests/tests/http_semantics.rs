@@ -167,7 +167,7 @@ async fn garbage_request_gets_400_without_disturbing_an_in_flight_one() {
         let req = request("GET", vip, "/__gate").body(empty()).unwrap();
         conn.send(req).await.unwrap()
     });
-    gate.arrived.notified().await;
+    gate.wait_arrived().await;
     let out = raw(vip, b"NOT AN HTTP REQUEST\r\n\r\n").await.unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     gate.release.notify_one();

@@ -55,7 +55,7 @@ async fn shutdown_finishes_the_in_flight_request_then_exits_clean() {
         let reply = conn.send(req).await;
         (reply, conn)
     });
-    gate.arrived.notified().await;
+    gate.wait_arrived().await;
 
     let handle = lab.one.handle.take().unwrap();
     let stopping = tokio::spawn(handle.shutdown());
@@ -86,7 +86,7 @@ async fn shutdown_cuts_requests_that_outlive_the_grace_period() {
         conn.send(request("GET", vip, "/__gate").body(empty()).unwrap())
             .await
     });
-    gate.arrived.notified().await;
+    gate.wait_arrived().await;
     // Bounded below the default grace (30 s): only the 200 ms setting ends it in time.
     let outcome = tokio::time::timeout(
         std::time::Duration::from_secs(10),

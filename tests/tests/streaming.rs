@@ -106,7 +106,7 @@ async fn upload_reaches_the_backend_before_the_client_finished_sending() {
     tx.send(bytes::Bytes::from_static(b"first half;"))
         .await
         .unwrap();
-    gate.arrived.notified().await;
+    gate.wait_arrived().await;
     tx.send(bytes::Bytes::from_static(b"second half"))
         .await
         .unwrap();
