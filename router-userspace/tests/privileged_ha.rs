@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use test_support::keepalived::Keepalived;
 use test_support::netns::{self, Netns, PinDir};
 use test_support::segment::Segment;
 
@@ -539,90 +540,6 @@ fn a_keep_alive_client_of_the_old_master_is_reset_and_reconnects_to_the_new_one(
     until("the client reconnects to A", &[&a, &b], || {
         pair.served_by().as_deref() == Ok("A")
     });
-}
-
-/// keepalived (Debian's) in a namespace; `kill` SIGKILLs its VRRP child and itself (a
-/// crash: its VIP stays on the interface), drop stops it cleanly.
-struct Keepalived {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, dir: &Path, config: &str) -> Keepalived {
-        fs::create_dir_all(dir).expect("keepalived dir");
-        let conf = dir.join("keepalived.conf");
-        fs::write(&conf, config).expect("keepalived.conf");
-        let log = fs::File::create(dir.join("keepalived.log")).expect("log");
-        let child = ns
-            .command("keepalived")
-            // --dont-respawn: a killed VRRP child stays dead, as in a crash of the node.
-            .args([
-                "--dont-fork",
-                "--dont-respawn",
-                "--log-console",
-                "--log-detail",
-                "--vrrp",
-            ])
-            .arg("--use-file")
-            .arg(&conf)
-            .arg("--pid")
-            .arg(dir.join("keepalived.pid"))
-            .arg("--vrrp_pid")
-            .arg(dir.join("vrrp.pid"))
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start keepalived");
-        Keepalived {
-            child,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let vrrp = fs::read_to_string(self.dir.join("vrrp.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
-        let parent = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // The VRRP child first: keepalived has it resign (priority 0) when its parent dies.
-        for pid in [vrrp, Some(parent)].into_iter().flatten() {
-            // SAFETY: kill(2) on keepalived's own processes.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = self.child.wait();
-        if let Some(pid) = vrrp {
-            let deadline = Instant::now() + PATIENCE;
-            // SAFETY: signal 0 only checks existence.
-            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-            // SAFETY: kill(2) on our own child; SIGTERM lets it stop its VRRP child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// Every VRRP advert on the bridge, captured by tcpdump from start to [`Wire::masters`].

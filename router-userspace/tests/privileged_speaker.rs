@@ -13,11 +13,8 @@
 //! machine.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,6 +24,7 @@ use scope_router::vrrp::{
     VrrpSettings, decode_ipv4,
 };
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+use test_support::keepalived::Keepalived;
 use test_support::netns::{self, Netns};
 use test_support::segment::Segment;
 
@@ -311,11 +309,6 @@ fn log_lines(needle: &str) -> Vec<String> {
 
 /// keepalived (VRRP only) in a namespace. [`Keepalived::kill`] SIGKILLs its VRRP child
 /// and then itself, so nothing resigns; dropping it stops it with SIGTERM.
-struct Keepalived {
-    child: Child,
-    dir: PathBuf,
-}
-
 struct KeepalivedConf {
     name: &'static str,
     version: Version,
@@ -384,104 +377,6 @@ vrrp_instance {name} {{
                 ""
             },
         )
-    }
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, dir: &Path, conf: &KeepalivedConf) -> Self {
-        let file = dir.join("keepalived.conf");
-        fs::write(&file, conf.render()).expect("writing keepalived.conf");
-        let log = fs::File::create(dir.join("keepalived.log")).expect("log file");
-        let child = ns
-            .command("keepalived")
-            // --dont-respawn: the VRRP child killed stays dead (the parent exits too).
-            .args([
-                "--dont-fork",
-                "--log-console",
-                "--log-detail",
-                "--vrrp",
-                "--dont-respawn",
-            ])
-            .arg("--use-file")
-            .arg(&file)
-            .arg("--pid")
-            .arg(dir.join("keepalived.pid"))
-            .arg("--vrrp_pid")
-            .arg(dir.join("vrrp.pid"))
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting keepalived");
-        Self {
-            child,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
-    }
-
-    /// Waits until keepalived's log holds `needle`.
-    fn wait_log(&self, needle: &str, within: Duration) -> Duration {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < within,
-                "keepalived did not log {needle:?} within {within:?}; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
-    }
-
-    /// SIGKILL, VRRP child first: its parent would otherwise stop it cleanly (priority 0).
-    fn kill(mut self) {
-        let pid_file = self.dir.join("vrrp.pid");
-        let start = Instant::now();
-        let vrrp_pid = loop {
-            if let Some(pid) = fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                break pid;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "keepalived wrote no {}",
-                pid_file.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // SAFETY: kill(2) on keepalived's VRRP child, which is alive: its parent, our
-        // child, has not been reaped and does not respawn it.
-        unsafe { libc::kill(vrrp_pid, libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -648,7 +543,7 @@ fn keepalived_master_speaker_backup(test: &str, version: Version) {
         Version::V2 => KeepalivedConf::kolla("kolla", 150),
         Version::V3 => KeepalivedConf::v3("kolla", 150),
     };
-    let keepalived = Keepalived::start(a, dir.path(), &conf);
+    let mut keepalived = Keepalived::start(a, dir.path(), &conf.render());
     wait_vip(a, true, PATIENCE, &keepalived);
     keepalived.wait_log("Entering MASTER STATE", PATIENCE);
 
@@ -693,7 +588,7 @@ fn speaker_master_keepalived_backup(test: &str, version: Version) {
         Version::V2 => KeepalivedConf::kolla("kolla", 100),
         Version::V3 => KeepalivedConf::v3("kolla", 100),
     };
-    let keepalived = Keepalived::start(b, dir.path(), &conf);
+    let keepalived = Keepalived::start(b, dir.path(), &conf.render());
     keepalived.wait_log("Entering BACKUP STATE", PATIENCE);
     // Longer than keepalived's Master_Down_Interval: it must have heard us all along.
     std::thread::sleep(master_down(100) + ADVERT_INT);
@@ -816,7 +711,7 @@ fn wrong_passwords_and_intervals_are_refused_by_both_sides() {
     for (name, vrid, conf, keepalived_says) in cases {
         let segment = Segment::new("srt-ka3", 2).expect("segment");
         let dir = tempfile::tempdir().expect("temporary directory");
-        let keepalived = Keepalived::start(&segment.nodes[0], dir.path(), &conf);
+        let keepalived = Keepalived::start(&segment.nodes[0], dir.path(), &conf.render());
         wait_vip(&segment.nodes[0], true, PATIENCE, &keepalived);
         let speaker = Speaker::start(
             "speaker",

@@ -8,8 +8,6 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use scope_router::vrrp::{
@@ -17,6 +15,7 @@ use scope_router::vrrp::{
     Version, VrrpSettings, VrrpSocket, interface_address,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use test_support::keepalived::Keepalived;
 use test_support::netns::{self, Lab, Netns};
 
 /// The bound on every wait for a packet. keepalived becomes master at once with `state
@@ -225,55 +224,6 @@ fn adverts_below_ttl_255_are_ignored() {
             .expect("receiving");
         assert_eq!((source, advert), (Lab::ROUTER, kolla_advert(10)));
     });
-}
-
-/// keepalived in a namespace, stopped with SIGTERM (then SIGKILL) when dropped: SIGTERM
-/// lets its parent stop the VRRP child it forked, which SIGKILL would orphan.
-struct Keepalived {
-    child: Child,
-}
-
-impl Keepalived {
-    fn start(ns: &Netns, dir: &Path, config: &str) -> Self {
-        let conf = dir.join("keepalived.conf");
-        fs::write(&conf, config).expect("writing keepalived.conf");
-        let log = fs::File::create(dir.join("keepalived.log")).expect("log file");
-        let child = ns
-            .command("keepalived")
-            .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
-            .arg("--use-file")
-            .arg(&conf)
-            .arg("--pid")
-            .arg(dir.join("keepalived.pid"))
-            .arg("--vrrp_pid")
-            .arg(dir.join("vrrp.pid"))
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting keepalived");
-        Self { child }
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("keepalived ignored SIGTERM for 10 s: killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! dev-dependency.
 
 pub mod ci;
+pub mod keepalived;
 pub mod netns;
 pub mod segment;
 pub mod tool;
