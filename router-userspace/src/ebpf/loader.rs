@@ -639,12 +639,8 @@ fn drop_incompatible_pins(dir: &Path) {
     }
 }
 
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    interface: &str,
-    dir: &Path,
-    links: &mut Vec<FdLink>,
-) -> Result<XdpAttachMode, Unavailable> {
+/// The object's XDP program, loaded (verified) into the kernel.
+fn load_xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, Unavailable> {
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or_else(|| {
@@ -657,6 +653,16 @@ fn attach_xdp(
     program
         .load()
         .map_err(|e| kernel("loading the XDP program (verifier)")(boxed(e)))?;
+    Ok(program)
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    dir: &Path,
+    links: &mut Vec<FdLink>,
+) -> Result<XdpAttachMode, Unavailable> {
+    let program = load_xdp(ebpf)?;
     // Native first; generic only as an explicit, logged second choice.
     let (link_id, mode) = match program.attach(interface, XdpMode::Driver) {
         Ok(id) => (id, XdpAttachMode::Native),
@@ -687,18 +693,7 @@ fn attach_xdp(
 /// A restart: swaps this build's XDP program into the pinned link the running router
 /// attached (`BPF_LINK_UPDATE`, atomic: every packet meets one program or the other).
 fn replace_xdp(ebpf: &mut Ebpf, dir: &Path, links: &mut Vec<FdLink>) -> Result<(), Unavailable> {
-    let program: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .ok_or_else(|| {
-            kernel("finding the XDP program")(
-                format!("{XDP_PROGRAM} missing from the object").into(),
-            )
-        })?
-        .try_into()
-        .map_err(|e| kernel("finding the XDP program")(boxed(e)))?;
-    program
-        .load()
-        .map_err(|e| kernel("loading the XDP program (verifier)")(boxed(e)))?;
+    let program = load_xdp(ebpf)?;
     let path = dir.join(LINK_XDP);
     let pinned = PinnedLink::from_pin(&path).map_err(|e| Unavailable::Pin {
         operation: "opening the pinned XDP link",
