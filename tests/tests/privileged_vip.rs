@@ -884,3 +884,66 @@ fn under_vrrp_the_vip_follows_the_role_and_a_release_resets_its_connections() {
     let _ = stop_tx.send(());
     thread.join().expect("manager thread").expect("shutdown");
 }
+
+/// A removal whose notification is lost (the netlink socket overran while the manager was
+/// busy) is still repaired: by the overrun's re-check or the 1 s reconcile tick.
+#[test]
+fn a_removal_lost_in_a_netlink_overrun_is_still_repaired() {
+    let Some(lab) = lab("a_removal_lost_in_a_netlink_overrun_is_still_repaired") else {
+        return;
+    };
+    let settings = lab.settings();
+    let (handle_tx, handle_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = lab.router.spawn(move || {
+        let rt = runtime();
+        let handle = rt.block_on(vip::start(settings)).expect("start");
+        handle_tx.send(rt.handle().clone()).expect("handle");
+        rt.block_on(async move {
+            let _ = stop_rx.await;
+            handle.shutdown().await
+        })
+    });
+    let runtime_handle = handle_rx.recv().expect("manager started");
+    assert!(lab.vip_present());
+
+    // Hold the manager's only thread, so notifications pile up unread.
+    let (paused_tx, paused) = mpsc::channel();
+    let (resume, resume_rx) = mpsc::channel::<()>();
+    runtime_handle.spawn(async move {
+        paused_tx.send(()).expect("paused");
+        // Blocking on purpose: nothing else on this runtime may run until resumed.
+        let _ = resume_rx.recv();
+    });
+    paused.recv().expect("paused");
+    // Far more address notifications than a netlink socket buffers (~200 KiB at about
+    // 100 bytes each), then the removal, whose own notification is lost with them.
+    let batch = lab.state_dir.path().join("flood.batch");
+    let mut lines = String::new();
+    for i in 0..4000u32 {
+        lines.push_str(&format!(
+            "addr add 198.51.{}.{}/32 dev lo\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    std::fs::write(&batch, lines).expect("batch file");
+    lab.router
+        .ip(&["-batch", &batch.display().to_string()])
+        .expect("address flood");
+    lab.router
+        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth2"])
+        .expect("ip addr del");
+    assert!(!lab.vip_present());
+
+    let resumed = Instant::now();
+    resume.send(()).expect("resume");
+    wait_until("the VIP is back after the overrun", || lab.vip_present());
+    eprintln!("VIP back {:?} after the manager resumed", resumed.elapsed());
+    wait_until("the re-add is counted", || lab.status().readded >= 1);
+    assert_eq!(lab.status().readded, 1);
+
+    let _ = stop_tx.send(());
+    thread.join().expect("thread").expect("shutdown");
+    assert!(!lab.vip_present());
+}
