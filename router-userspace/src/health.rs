@@ -953,6 +953,33 @@ mod tests {
         task.abort();
     }
 
+    /// A remote router that is stopped (SIGSTOP), not dead: its kernel still completes
+    /// TCP handshakes into the listen queue, but nothing ever answers. The check must
+    /// time out and take it down, or its clients would wait out the whole idle timeout.
+    #[tokio::test]
+    async fn a_hung_remote_router_that_accepts_but_never_answers_is_down() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        // Never accepted: the handshake completes in the backlog and nothing reads.
+        let health = Health::new(addr.clone());
+        let (_tx, stop) = stopper();
+        let probe = Probe::ScopeRouter {
+            service_type: "compute".to_owned(),
+            interface: "public".to_owned(),
+            host: "region-two.example".to_owned(),
+        };
+        let task = spawn_checker(health.clone(), probe, settings(2, 2), stop);
+        eventually("DOWN on a router that never answers", || !health.is_up()).await;
+        let snap = health.snapshot();
+        assert_eq!(
+            snap.last_result.as_deref(),
+            Some("no answer within 300ms"),
+            "{snap:?}"
+        );
+        drop(listener);
+        task.abort();
+    }
+
     #[tokio::test]
     async fn scope_router_down_answer_is_read_by_content_length() {
         // The fake server keeps the connection open after answering: the check must finish
