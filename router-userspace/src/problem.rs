@@ -170,6 +170,28 @@ impl Problem {
         )
     }
 
+    /// 501 for a request transfer coding other than `chunked` (RFC 9112 §6.1): the body is
+    /// forwarded de-chunked, so any other coding would reach the backend lost.
+    pub fn unsupported_transfer_coding(coding: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Not Implemented",
+            format!(
+                "Transfer-Encoding '{coding}' is not supported: only 'chunked' is. Send the \
+                 body with Transfer-Encoding: chunked alone, or compress it with \
+                 Content-Encoding instead."
+            ),
+        )
+    }
+
+    /// 400 for `chunked` applied more than once (RFC 9112 §6.1 forbids it).
+    pub fn chunked_twice() -> Problem {
+        Problem::bad_request(
+            "Transfer-Encoding lists 'chunked' more than once, so the body's framing is \
+             ambiguous. Send Transfer-Encoding: chunked once.",
+        )
+    }
+
     /// 405 for a method the router never forwards (CONNECT).
     pub fn method_not_allowed(method: &http::Method) -> Problem {
         Problem::new(

@@ -178,6 +178,26 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
 }
 
 #[tokio::test]
+async fn a_transfer_coding_before_chunked_is_501_not_lost() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    // RFC 9112 §6.1: a coding the router does not apply itself must not be dropped while
+    // the body is re-chunked; nothing reaches the backend.
+    let gzip = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                5\r\nhello\r\n0\r\n\r\n";
+    let out = raw(vip, gzip.as_bytes()).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert_problem_body(&out, 501, "'gzip'");
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+    // Plain chunked still goes through.
+    let plain = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n";
+    let out = raw(vip, plain.as_bytes()).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["POST /v2.1/servers"]);
+}
+
+#[tokio::test]
 async fn chunked_and_fixed_bodies_on_one_connection_keep_their_verdicts() {
     // Body bytes that look like a CL+TE head must not be taken for one.
     let lab = Lab::start(LabOptions::default()).await.unwrap();
