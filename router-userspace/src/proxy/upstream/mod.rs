@@ -23,6 +23,7 @@ pub use body::{ResponseBodyError, UpstreamBody};
 pub use legacy::{UpstreamClient, client};
 
 use super::error::{ErrorKind, ProxyError};
+use super::headers::drop_forbidden_trailers;
 use super::idle::IdleIo;
 use crate::access_log::BodyError;
 use crate::config::Timeouts;
@@ -421,7 +422,13 @@ where
                 .write_all_buf(&mut data)
                 .await
                 .map_err(BodySend::Upstream)?,
-            Err(frame) => trailers = frame.into_trailers().ok(),
+            Err(frame) => {
+                // Framing, routing and scope fields were checked on the head only.
+                trailers = frame
+                    .into_trailers()
+                    .ok()
+                    .and_then(|mut t| (!drop_forbidden_trailers(&mut t)).then_some(t));
+            }
         }
     }
     if chunked {
@@ -495,7 +502,9 @@ mod tests {
             let end = text.find("\r\n\r\n")? + 4;
             let head = text[..end].to_ascii_lowercase();
             if head.contains("transfer-encoding: chunked") {
-                return text[end..].find("0\r\n\r\n").map(|i| end + i + 5);
+                // The last chunk, then its trailer section up to the empty line.
+                let last = end - 2 + text[end - 2..].find("\r\n0\r\n")? + 3;
+                return text[last..].find("\r\n\r\n").map(|i| last + i + 4);
             }
             let len = head
                 .lines()
@@ -761,6 +770,41 @@ mod tests {
             req.ends_with(
                 "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
             ),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_trailers_that_must_not_be_trailers_are_not_forwarded() {
+        let b = backend(|_| Some(OK)).await;
+        let ups = Upstreams::start();
+        let mut trailers = HeaderMap::new();
+        for (n, v) in [
+            ("x-checksum", "42"),
+            ("host", "evil"),
+            ("content-length", "99"),
+            ("transfer-encoding", "gzip"),
+            ("x-scope", r#"{"compute": "RegionTwo"}"#),
+        ] {
+            trailers.insert(
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from("abc"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let put = http::Request::put("/v2/images/x/file")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        fetch(&ups, &b.addr, put, body).await.unwrap();
+        let req = b.requests.lock().unwrap()[0].clone();
+        assert!(
+            req.ends_with("3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n"),
             "{req}"
         );
     }
