@@ -30,6 +30,9 @@ pub struct InFlight {
     /// Whether any request has begun on the connection: a drain closes only those that
     /// served one, not a client whose first request may still be on the wire.
     started: std::sync::atomic::AtomicBool,
+    /// The shutdown cut the connection at the end of its grace period: what the access
+    /// line of a request dropped with it says.
+    cut: std::sync::atomic::AtomicBool,
     open: OpenConnection,
 }
 
@@ -42,6 +45,7 @@ impl InFlight {
         InFlight {
             count: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
+            cut: std::sync::atomic::AtomicBool::new(false),
             open,
         }
     }
@@ -67,9 +71,21 @@ impl InFlight {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// Marks the connection as cut by the shutdown, before its requests are dropped.
+    pub fn cut_by_shutdown(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
     /// The router's client connection gauges.
     pub fn gauges(&self) -> &ClientGauges {
         self.open.gauges()
+    }
+}
+
+impl InFlightGuard {
+    /// Whether the shutdown cut this request's connection.
+    pub fn cut_by_shutdown(&self) -> bool {
+        (*self.0).as_ref().cut.load(Ordering::Relaxed)
     }
 }
 

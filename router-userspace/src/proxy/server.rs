@@ -786,7 +786,11 @@ where
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => r,
-        _ = abort.aborting() => Ok(()),
+        _ = abort.aborting() => {
+            // Dropping `conn` drops the request being served: its access line says why.
+            (*shared).as_ref().cut_by_shutdown();
+            Ok(())
+        }
     }
 }
 
