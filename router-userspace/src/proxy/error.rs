@@ -32,6 +32,8 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// The client's request body failed while being forwarded.
     DownstreamBody,
+    /// The client stopped sending its body for longer than `[timeouts] request_body`.
+    RequestBodyTimeout,
     /// The outgoing request could not be built.
     BuildRequest,
 }
@@ -65,6 +67,17 @@ impl ProxyError {
         upstream: &str,
         cause: Option<Box<dyn StdError + Send + Sync>>,
     ) -> Self {
+        // A body that stalled is the client's timeout, not a malformed body.
+        let kind = match kind {
+            ErrorKind::DownstreamBody
+                if cause
+                    .as_deref()
+                    .is_some_and(|c| has_io_kind(c, io::ErrorKind::TimedOut)) =>
+            {
+                ErrorKind::RequestBodyTimeout
+            }
+            kind => kind,
+        };
         let (side, retry_safe, what) = match kind {
             ErrorKind::ConnectRefused => {
                 (ErrorSource::Upstream, true, "cannot connect to the backend")
@@ -92,6 +105,9 @@ impl ProxyError {
                 false,
                 "the request body could not be read",
             ),
+            ErrorKind::RequestBodyTimeout => {
+                (ErrorSource::Downstream, false, "the request body stalled")
+            }
             ErrorKind::BuildRequest => (
                 ErrorSource::Internal,
                 false,
@@ -106,6 +122,9 @@ impl ProxyError {
             summary: what,
             account: match kind {
                 ErrorKind::UpstreamProtocol => cause.as_deref().and_then(account),
+                ErrorKind::RequestBodyTimeout | ErrorKind::ResponseTimeout => {
+                    cause.as_deref().and_then(timeout_account)
+                }
                 _ => None,
             },
             detail: cause.as_ref().map(|c| error_chain(c.as_ref())),
@@ -149,8 +168,12 @@ impl ProxyError {
             ),
             ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Problem::gateway_timeout(
                 backend,
-                what,
-                "the service is overloaded or unreachable; retry later",
+                &match &self.account {
+                    Some(account) => format!("{what}: {account}"),
+                    None => what.to_owned(),
+                },
+                "the service is overloaded or unreachable; retry later (the operator can \
+                 raise [timeouts] response_head for a service known to be slow)",
             ),
             ErrorKind::UpstreamProtocol => {
                 let what = match &self.account {
@@ -168,6 +191,15 @@ impl ProxyError {
             ErrorKind::DownstreamBody => Problem::bad_request(format!(
                 "{what} ({backend}): the request body ended early or was malformed; send it again"
             )),
+            ErrorKind::RequestBodyTimeout => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                format!(
+                    "{what} ({backend}: {}): send the body without long pauses, and send the \
+                     request again; the operator can raise [timeouts] request_body",
+                    self.account.as_deref().unwrap_or("no bytes in time")
+                ),
+            ),
             ErrorKind::BuildRequest => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",
@@ -201,6 +233,20 @@ fn account(err: &(dyn StdError + Send + Sync + 'static)) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// The router's own words for a timeout (the `IdleIo` message, which names the setting).
+fn timeout_account(err: &(dyn StdError + Send + Sync + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return io.get_ref().map(|inner| inner.to_string());
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn suffix(detail: &Option<String>) -> String {

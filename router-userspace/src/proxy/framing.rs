@@ -157,6 +157,12 @@ impl<T> FramingWatch<T> {
         self.state == State::Head && self.pending.is_empty()
     }
 
+    /// The bytes read so far end inside a request body: the client owes the rest (the
+    /// `[timeouts] request_body` wait). `false` once the watch switched itself off.
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Fixed(_) | State::Chunked(_))
+    }
+
     fn feed(&mut self, mut bytes: &[u8], verdict: &mut impl FnMut(bool)) {
         while !bytes.is_empty() {
             let used = match self.state {

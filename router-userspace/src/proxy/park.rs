@@ -53,6 +53,8 @@ pub type ClientStream<T> = FramingWatch<IdleIo<T>>;
 pub struct ConnShared<T> {
     in_flight: InFlight,
     state: Mutex<Parked<T>>,
+    /// `[timeouts] request_body`: the silence allowed while the client owes body bytes.
+    request_body: Duration,
 }
 
 #[derive(Debug)]
@@ -63,8 +65,9 @@ struct Parked<T> {
 }
 
 impl<T> ConnShared<T> {
-    /// Shared state with `stream` parked in it.
-    pub fn new(stream: ClientStream<T>, open: OpenConnection) -> Arc<Self> {
+    /// Shared state with `stream` parked in it; `request_body` is the listener's
+    /// `[timeouts] request_body`.
+    pub fn new(stream: ClientStream<T>, open: OpenConnection, request_body: Duration) -> Arc<Self> {
         ClientGauges::inc(&open.gauges().parked);
         Arc::new(ConnShared {
             in_flight: InFlight::new(open),
@@ -72,6 +75,7 @@ impl<T> ConnShared<T> {
                 stream: Some(stream),
                 verdicts: FramingVerdicts::default(),
             }),
+            request_body,
         })
     }
 
@@ -157,6 +161,8 @@ pub struct ParkingIo<T> {
     grace_timer: Option<Pin<Box<Sleep>>>,
     /// The JSON answer written instead of hyper's empty one to a head it refused.
     refusal: Option<Refusal>,
+    /// The stream's inactivity budget (`idle`) when lent, restored outside request bodies.
+    idle: Duration,
 }
 
 /// hyper answers a head it cannot parse (400, 414, 431) itself, before the router sees
@@ -203,6 +209,7 @@ fn hyper_refusal(buf: &[u8]) -> Option<Problem> {
 impl<T> ParkingIo<T> {
     pub fn new(inner: ClientStream<T>, shared: Arc<ConnShared<T>>, grace: Duration) -> Self {
         ParkingIo {
+            idle: inner.get_ref().timeout(),
             inner: Some(inner),
             shared,
             parked: false,
@@ -322,7 +329,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         // watch has seen: at a message boundary that is nothing, so the
         // connection parks instead of waiting here.
         let may_park = !this.write_blocked && !busy && inner.at_message_boundary();
-        inner.get_mut().set_read_silence(if busy {
+        // Inside a body the client owes bytes: `request_body` between reads, not `idle`.
+        let owed = inner.in_body();
+        let timeout = if owed { shared.request_body } else { this.idle };
+        let io = inner.get_mut();
+        io.set_timeout(timeout);
+        io.set_read_silence(if owed {
+            ReadSilence::Owed
+        } else if busy {
             ReadSilence::Paused
         } else if may_park {
             // Parking takes over the wait (and its timeouts).
@@ -418,7 +432,11 @@ mod tests {
 
     fn lend(stream: tokio::io::DuplexStream) -> (ParkingIo<tokio::io::DuplexStream>, Shared) {
         let watch = FramingWatch::new(IdleIo::new(stream, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         let lent = shared.take().expect("parked at first");
         (ParkingIo::new(lent, shared.clone(), Duration::ZERO), shared)
     }
@@ -484,7 +502,11 @@ mod tests {
     async fn parks_only_after_the_grace_period_of_silence() {
         let (a, mut b) = tokio::io::duplex(1024);
         let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         let lent = shared.take().expect("parked at first");
         let grace = Duration::from_millis(50);
         let mut io = ParkingIo::new(lent, shared.clone(), grace);
@@ -550,7 +572,11 @@ mod tests {
     async fn gauges_follow_parking_requests_and_close() {
         let (a, mut b) = tokio::io::duplex(1024);
         let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         assert_eq!(gauges(&shared), [1, 0, 1], "a new connection is parked");
         let lent = shared.take().expect("parked at first");
         assert_eq!(gauges(&shared), [1, 0, 0], "lent to hyper");
@@ -573,7 +599,11 @@ mod tests {
         let (c, _d) = tokio::io::duplex(64);
         let g = std::sync::Arc::new(crate::metrics::ClientGauges::default());
         let watch = FramingWatch::new(IdleIo::new(c, Duration::from_secs(60)), 8192);
-        drop(ConnShared::new(watch, OpenConnection::new(&g)));
+        drop(ConnShared::new(
+            watch,
+            OpenConnection::new(&g),
+            Duration::from_secs(60),
+        ));
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!((g.open.load(Relaxed), g.parked.load(Relaxed)), (0, 0));
     }

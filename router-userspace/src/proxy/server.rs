@@ -600,7 +600,7 @@ impl HttpConn {
         let buf_size = hyper_buf_size(max_header_bytes);
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client, OpenConnection::new(clients)),
+            shared: ConnShared::new(client, OpenConnection::new(clients), timeouts.request_body),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,

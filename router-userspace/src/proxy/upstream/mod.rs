@@ -181,8 +181,8 @@ impl Upstreams {
                 lease,
                 upstream,
                 &head,
-                &parts.method,
-                framing,
+                (&parts.method, framing),
+                timeouts,
                 body,
                 &mut report.body_bytes,
             )
@@ -295,8 +295,8 @@ async fn exchange<B>(
     mut lease: Lease,
     upstream: &str,
     head: &[u8],
-    method: &http::Method,
-    framing: RequestFraming,
+    (method, framing): (&http::Method, RequestFraming),
+    timeouts: &Timeouts,
     body: &mut Option<B>,
     body_bytes: &mut u64,
 ) -> Result<Response<UpstreamBody>, Failure>
@@ -331,12 +331,17 @@ where
         }
     }
     let retry_on_fresh = framing == RequestFraming::Empty && method.is_idempotent();
+    // The request is sent: the backend owes its head, and `response_head` (not `idle`,
+    // 6 h on Glance) bounds its silence. Same timer as `idle`, only its budget changes.
+    lease.stream.set_timeout(timeouts.response_head);
     let mut buf = BytesMut::with_capacity(HEAD_BUF);
     let mut answered = false;
     loop {
         match wire::parse_response_head(&buf, method) {
             Ok(Parsed::Final(head, len)) => {
                 buf.advance(len);
+                // The body streams under `idle` again.
+                lease.stream.set_timeout(timeouts.idle);
                 let keep_alive = head.keep_alive && send_failed.is_none();
                 let body = UpstreamBody::new(head.framing, buf, lease, keep_alive);
                 let mut resp = Response::new(body);
@@ -380,6 +385,15 @@ where
                     },
                 )
             }),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && send_failed.is_none() => {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no response head within {} ([timeouts] response_head)",
+                        humantime::format_duration(timeouts.response_head)
+                    ),
+                )
+            }
             Err(e) => send_failed.take().unwrap_or(e),
         };
         return Err(Failure {
