@@ -50,7 +50,12 @@ pub struct AccessRecord {
     pub stats: Option<Arc<TrafficStats>>,
     /// Released with the record, i.e. when the response body is done.
     pub in_flight: Option<crate::proxy::idle::InFlightGuard>,
+    /// The line was written; a record dropped before that was cut (see `Drop`).
+    logged: bool,
 }
+
+/// The outcome of a request the end of `[proxy] shutdown_grace` cut.
+pub const CUT_BY_SHUTDOWN: &str = "cut_by_shutdown";
 
 impl AccessRecord {
     pub fn new(
@@ -82,12 +87,20 @@ impl AccessRecord {
             from_router: false,
             stats: None,
             in_flight: None,
+            logged: false,
         }
     }
 
-    fn emit(&self, bytes: u64, outcome: &'static str) {
+    /// Whether the shutdown cut this request's connection at the end of the grace period.
+    fn cut_by_shutdown(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|g| g.cut_by_shutdown())
+    }
+
+    fn emit(&mut self, bytes: u64, outcome: &'static str) {
+        self.logged = true;
         let duration = self.started.elapsed();
-        if let Some(stats) = &self.stats {
+        // Status 0: nothing was answered (cut by the shutdown); no response class to count.
+        if let Some(stats) = self.stats.as_ref().filter(|_| self.status != 0) {
             stats.observe(&Observation {
                 status: self.status,
                 from_router: self.from_router,
@@ -171,11 +184,15 @@ impl LoggedBody {
     }
 
     fn finish(&mut self) {
-        if let Some(record) = self.record.take() {
-            record.emit(
-                self.bytes,
-                if self.complete { "complete" } else { "aborted" },
-            );
+        if let Some(mut record) = self.record.take() {
+            let outcome = if self.complete {
+                "complete"
+            } else if record.cut_by_shutdown() {
+                CUT_BY_SHUTDOWN
+            } else {
+                "aborted"
+            };
+            record.emit(self.bytes, outcome);
         }
     }
 }
@@ -212,6 +229,18 @@ impl Body for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for AccessRecord {
+    /// A request still waiting for its response when the shutdown grace ends is dropped
+    /// with its connection before any body could log it: its line is written here, status
+    /// 0 (nothing was sent). Other unlogged drops are deliberate (health answers) or the
+    /// client leaving, and stay silent as before.
+    fn drop(&mut self) {
+        if !self.logged && self.cut_by_shutdown() {
+            self.emit(0, CUT_BY_SHUTDOWN);
+        }
     }
 }
 

@@ -62,6 +62,15 @@ pub struct Timeouts {
     /// Inactivity allowed on an established exchange (either direction).
     #[serde(deserialize_with = "duration")]
     pub idle: Duration,
+    /// Silence allowed from the end of the request until the backend's response head
+    /// arrives (504 when it expires), whatever `idle` is: a hung backend or remote router
+    /// costs the client this, not `idle` (6 h on Glance).
+    #[serde(deserialize_with = "duration")]
+    pub response_head: Duration,
+    /// Silence allowed between reads of a request body (408 when it expires), whatever
+    /// `idle` is: a client trickling its body cannot hold a backend connection for `idle`.
+    #[serde(deserialize_with = "duration")]
+    pub request_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -71,6 +80,13 @@ impl Default for Timeouts {
             request_header: Duration::from_secs(10),
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(60),
+            // The HAProxy this replaces gives every API a 1 min `timeout server` (Glance's
+            // raised one aside): no call that works behind it waits longer for its head.
+            // Per port (`[ports.N] response_head`) for a service known to be slower.
+            response_head: Duration::from_secs(60),
+            // Between reads, not for the whole body: a multi-GiB upload moving at any
+            // speed never pauses a minute, while a stalled one frees its backend in one.
+            request_body: Duration::from_secs(60),
         }
     }
 }
@@ -85,6 +101,10 @@ pub struct PortOverride {
     pub connect: Option<Duration>,
     #[serde(deserialize_with = "some_duration")]
     pub idle: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
+    pub response_head: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
+    pub request_body: Option<Duration>,
     /// Local backend servers for this port instead of `backend`:N.
     pub backend: Option<Servers<SocketAddr>>,
     /// How requests spread over this port's servers (`[proxy] balance` otherwise).
@@ -366,6 +386,8 @@ impl Config {
             t.request_header = o.request_header.unwrap_or(t.request_header);
             t.connect = o.connect.unwrap_or(t.connect);
             t.idle = o.idle.unwrap_or(t.idle);
+            t.response_head = o.response_head.unwrap_or(t.response_head);
+            t.request_body = o.request_body.unwrap_or(t.request_body);
         }
         t
     }
@@ -481,6 +503,10 @@ struct RawPassthrough {
     connect: Option<Duration>,
     #[serde(default, deserialize_with = "some_duration")]
     idle: Option<Duration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    response_head: Option<Duration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    request_body: Option<Duration>,
 }
 
 impl RawConfig {
@@ -643,6 +669,8 @@ impl RawConfig {
                 request_header: p.request_header.unwrap_or(timeouts.request_header),
                 connect: p.connect.unwrap_or(timeouts.connect),
                 idle: p.idle.unwrap_or(timeouts.idle),
+                response_head: p.response_head.unwrap_or(timeouts.response_head),
+                request_body: p.request_body.unwrap_or(timeouts.request_body),
             };
             let Some(first) = p.backend.0.first().map(|s| s.address) else {
                 return Err(invalid(
@@ -879,8 +907,10 @@ identity = "RegionTwo"
 [timeouts]
 request_header = "5s"
 idle = "2m"
+response_head = "90s"
 [ports.9292]
 idle = "6h"
+request_body = "5m"
 [ports.8774]
 backend = "10.1.1.1:18774"
 connect = "3s"
@@ -917,6 +947,10 @@ mode = "http"
         assert_eq!(c.timeouts.idle, Duration::from_secs(120));
         assert_eq!(c.port_timeouts(9292).idle, Duration::from_secs(6 * 3600));
         assert_eq!(c.port_timeouts(9292).request_header, Duration::from_secs(5));
+        assert_eq!(c.timeouts.response_head, Duration::from_secs(90));
+        assert_eq!(c.timeouts.request_body, Duration::from_secs(60));
+        assert_eq!(c.port_timeouts(9292).response_head, Duration::from_secs(90));
+        assert_eq!(c.port_timeouts(9292).request_body, Duration::from_secs(300));
         assert_eq!(c.port_timeouts(8774).connect, Duration::from_secs(3));
         assert_eq!(c.port_timeouts(5000), c.timeouts);
         assert_eq!(

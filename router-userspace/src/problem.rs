@@ -170,6 +170,28 @@ impl Problem {
         )
     }
 
+    /// 501 for a request transfer coding other than `chunked` (RFC 9112 §6.1): the body is
+    /// forwarded de-chunked, so any other coding would reach the backend lost.
+    pub fn unsupported_transfer_coding(coding: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Not Implemented",
+            format!(
+                "Transfer-Encoding '{coding}' is not supported: only 'chunked' is. Send the \
+                 body with Transfer-Encoding: chunked alone, or compress it with \
+                 Content-Encoding instead."
+            ),
+        )
+    }
+
+    /// 400 for `chunked` applied more than once (RFC 9112 §6.1 forbids it).
+    pub fn chunked_twice() -> Problem {
+        Problem::bad_request(
+            "Transfer-Encoding lists 'chunked' more than once, so the body's framing is \
+             ambiguous. Send Transfer-Encoding: chunked once.",
+        )
+    }
+
     /// 405 for a method the router never forwards (CONNECT).
     pub fn method_not_allowed(method: &http::Method) -> Problem {
         Problem::new(
@@ -192,6 +214,52 @@ impl Problem {
                  endpoint. Send the request to an endpoint URL from the catalog."
             ),
         )
+    }
+
+    /// The problem for a head hyper refuses before the router sees it (`status` is hyper's
+    /// automatic answer: 400, 414 or 431); `None` for any other status.
+    pub fn refused_head(status: u16) -> Option<Problem> {
+        Some(match status {
+            400 => Problem::bad_request(
+                "The request head is malformed: its request line or a header field does not \
+                 follow HTTP/1.1 (RFC 9112). Fix the client or proxy that built it; nothing \
+                 was forwarded.",
+            ),
+            414 => Problem::new(
+                StatusCode::URI_TOO_LONG,
+                "URI Too Long",
+                "The request target is too long to be read. Send a shorter URL (move long \
+                 filters into the body or page through results).",
+            ),
+            431 => Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+                "The request head has more than 100 header fields or is larger than the \
+                 router reads. Send fewer or smaller headers, or raise [proxy] \
+                 max_header_bytes if the head is legitimately large.",
+            ),
+            _ => return None,
+        })
+    }
+
+    /// A whole HTTP/1.1 response carrying this problem and closing the connection, for
+    /// the places that answer below hyper (a refused head, when hyper's own empty answer
+    /// is replaced).
+    pub fn to_http1_close(&self) -> Bytes {
+        let body = self.to_json();
+        let mut out = Vec::with_capacity(body.len() + 128);
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n",
+                self.status.as_u16(),
+                self.status.canonical_reason().unwrap_or(self.title),
+                body.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&body);
+        Bytes::from(out)
     }
 
     /// The response body, as OpenStack services format their errors.

@@ -35,10 +35,12 @@ pub enum ExplainError {
 
 fn fmt_timeouts(t: &Timeouts) -> String {
     format!(
-        "request_header {}, connect {}, idle {}",
+        "request_header {}, connect {}, idle {}, response_head {}, request_body {}",
         humantime::format_duration(t.request_header),
         humantime::format_duration(t.connect),
-        humantime::format_duration(t.idle)
+        humantime::format_duration(t.idle),
+        humantime::format_duration(t.response_head),
+        humantime::format_duration(t.request_body)
     )
 }
 
@@ -572,7 +574,7 @@ mod tests {
             "    compute/internal  path /v2.1/  (same URL as compute/public, which wins)",
             "      RegionTwo_compute_legacy_admin -> 192.168.144.244:8774/v2/\n",
             "    (no match)  RegionOne_transparent_8774 -> 192.168.142.245:8774",
-            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h)",
+            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h, response_head 1m, request_body 1m)",
             "      RegionTwo_identity_admin -> 192.168.144.244:35357\n",
             "passthrough listeners (6):",
             "  mariadb  tcp  192.168.142.244:3306 -> 192.168.142.245:3306",

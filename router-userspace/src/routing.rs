@@ -1712,6 +1712,20 @@ mod tests {
                 },
             },
             Case {
+                name: "two X-Scope headers are ambiguous, even when each is valid",
+                router: &r,
+                local: nova,
+                path: "/v2.1/servers",
+                headers: vec![
+                    ("X-Scope", r#"{"compute": "RegionOne"}"#),
+                    ("X-Scope", r#"{"compute": "RegionTwo"}"#),
+                ],
+                want: Refused {
+                    status: 400,
+                    needles: &["2 X-Scope", "ambiguous", "exactly one"],
+                },
+            },
+            Case {
                 name: "malformed token scope names the header",
                 router: &r,
                 local: nova,

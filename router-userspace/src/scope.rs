@@ -61,10 +61,19 @@ impl Scope {
     /// Reads the first header that carries a scope (`X-Scope`, then the text after
     /// `!SCOPE!` in `X-Auth-Token`, then in `X-Subject-Token`) and validates it.
     pub(crate) fn read(headers: &http::HeaderMap) -> Result<Scope, Problem> {
-        let found = if let Some(v) = headers
-            .get(&X_SCOPE)
-            .filter(|v| !v.as_bytes().trim_ascii().is_empty())
-        {
+        // One lookup serves both the value and the duplicate check.
+        let mut x_scope = headers.get_all(&X_SCOPE).iter();
+        let first = x_scope.next();
+        if x_scope.next().is_some() {
+            // Which one a backend or the next router would believe is anyone's guess, as
+            // with two Content-Lengths: never pick one.
+            return Err(Problem::bad_request(format!(
+                "The request has {} X-Scope header fields, so its scope is ambiguous. Send \
+                 exactly one X-Scope holding the whole scope as one JSON object.",
+                headers.get_all(&X_SCOPE).iter().count()
+            )));
+        }
+        let found = if let Some(v) = first.filter(|v| !v.as_bytes().trim_ascii().is_empty()) {
             Some((ScopeSource::XScope, v.as_bytes()))
         } else {
             [

@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use integration_tests::client::get;
+use integration_tests::client::{Conn, empty, get, request};
 use integration_tests::lab::{Lab, LabOptions};
+use scope_router::shutdown::Drained;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -114,4 +115,53 @@ async fn each_request_logs_one_line_with_route_fields() {
         .filter(|l| l.contains(&format!("listener={}", lab.two.addr(8774))))
         .count();
     assert_eq!(two, 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_request_cut_at_the_end_of_the_shutdown_grace_logs_its_line() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    // This test's thread only (the runtime is single-threaded): the other test installs the
+    // global subscriber.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("access=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Not `SubscriberInitExt::set_default`: that also installs the `log` bridge globally,
+    // which the other test's `init()` then cannot.
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let mut lab = Lab::start(LabOptions {
+        one_extra_toml: "[proxy]\nshutdown_grace = \"200ms\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let vip = lab.one.addr(8774);
+    let gate = lab.one.backends[&8774].gate.clone();
+    let stuck = tokio::spawn(async move {
+        let mut conn = Conn::open(vip).await.unwrap();
+        conn.send(request("GET", vip, "/__gate").body(empty()).unwrap())
+            .await
+    });
+    gate.wait_arrived().await;
+    let outcome = lab.one.handle.take().unwrap().shutdown().await;
+    assert_eq!(outcome, Drained::GraceExpired);
+    assert!(stuck.await.unwrap().is_err());
+
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("listener={vip}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for field in [
+        "path=/__gate",
+        "status=0",
+        "outcome=cut_by_shutdown",
+        "backend=RegionOne_transparent_",
+    ] {
+        assert!(lines[0].contains(field), "missing {field}: {}", lines[0]);
+    }
 }

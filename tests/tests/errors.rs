@@ -140,23 +140,50 @@ async fn remote_backend_down_is_502_through_both_routers() {
     assert_problem(&r, 502);
 }
 
+/// The wait for a response head is `[timeouts] response_head`, not `idle` (a hung remote
+/// router would otherwise cost a Glance client 6 h): a short one gives a JSON 504 naming it,
+/// even under a long `idle`.
 #[tokio::test]
-async fn silent_backend_is_504() {
+async fn silent_backend_is_504_after_response_head_not_idle() {
     let lab = Lab::start(LabOptions {
-        one_extra_toml: "[timeouts]\nidle = \"300ms\"\n".into(),
+        one_extra_toml: "[timeouts]\nresponse_head = \"300ms\"\nidle = \"1h\"\n".into(),
         ..LabOptions::default()
     })
     .await
     .unwrap();
-    // Bounded below the default idle (60 s): only the 300 ms setting answers in time.
     let r = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(20),
         get(lab.one.addr(8774), "/__hang", &[]),
     )
     .await
-    .expect("the configured idle timeout answered, not the default")
+    .expect("response_head did not end the wait")
     .unwrap();
-    assert_problem(&r, 504);
+    let message = assert_problem(&r, 504);
+    assert!(message.contains("[timeouts] response_head"), "{message}");
+}
+
+/// Negative control for the test above: with the default `response_head`, a backend that
+/// takes well longer than 300 ms (held at the gate meanwhile) still answers.
+#[tokio::test]
+async fn a_slow_answer_within_the_default_response_head_is_served() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nidle = \"1h\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let vip = lab.one.addr(8774);
+    let gate = lab.one.backends[&8774].gate.clone();
+    let slow = tokio::spawn(async move { get(vip, "/__gate", &[]).await });
+    gate.wait_arrived().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    gate.release.notify_one();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), slow)
+        .await
+        .expect("the released request did not finish")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
 #[tokio::test]

@@ -90,7 +90,48 @@ async fn too_many_header_fields_is_431() {
     req.push_str("\r\n");
     let out = raw(lab.one.addr(8774), req.as_bytes()).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // hyper refuses it before the router sees a request; the answer is still ours.
+    assert_problem_body(&out, 431, "more than 100 header fields");
     assert!(lab.one.backends[&8774].gate.seen().is_empty());
+}
+
+/// `out` (a whole raw response) carries the OpenStack JSON error body for `code`, with a
+/// `Content-Length` matching it, and its message contains `needle`.
+fn assert_problem_body(out: &str, code: u16, needle: &str) {
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out, ""));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{out}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["error"]["code"], code, "{out}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{out}");
+}
+
+#[tokio::test]
+async fn heads_hyper_refuses_get_the_json_body() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    for head in [
+        // A malformed request line, then a header field name with a space.
+        "GET /v2.1/servers HTTP/1.1 trailing\r\nHost: h\r\n\r\n",
+        "GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n",
+    ] {
+        let out = raw(vip, head.as_bytes()).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 400"), "{head:?}: {out}");
+        assert_problem_body(&out, 400, "malformed");
+    }
+    // After a served request on the same connection, too.
+    let two = "GET /v2.1/a HTTP/1.1\r\nHost: h\r\n\r\nGET /v2.1/b HTTP/1.1\r\nBad Name: v\r\n\r\n";
+    let out = raw(vip, two.as_bytes()).await.unwrap();
+    let refusal = out.find("HTTP/1.1 400").unwrap_or_else(|| panic!("{out}"));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_problem_body(&out[refusal..], 400, "malformed");
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
 }
 
 #[tokio::test]
@@ -134,6 +175,26 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
         "{out}"
     );
     assert_eq!(lab.one.backends[&8774].gate.seen(), ["GET /v2.1/a"]);
+}
+
+#[tokio::test]
+async fn a_transfer_coding_before_chunked_is_501_not_lost() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    // RFC 9112 §6.1: a coding the router does not apply itself must not be dropped while
+    // the body is re-chunked; nothing reaches the backend.
+    let gzip = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                5\r\nhello\r\n0\r\n\r\n";
+    let out = raw(vip, gzip.as_bytes()).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert_problem_body(&out, 501, "'gzip'");
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+    // Plain chunked still goes through.
+    let plain = "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n";
+    let out = raw(vip, plain.as_bytes()).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(lab.one.backends[&8774].gate.seen(), ["POST /v2.1/servers"]);
 }
 
 #[tokio::test]

@@ -172,3 +172,75 @@ async fn steady_upload_may_outlast_the_idle_timeout() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.echo().body_len(), 250);
 }
+
+/// A body that stalls longer than `[timeouts] request_body` between reads is answered 408 in
+/// JSON, even under a long `idle`: a trickling client cannot hold a backend connection.
+#[tokio::test]
+async fn a_stalled_request_body_is_408_after_request_body_not_idle() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nrequest_body = \"300ms\"\nidle = \"1h\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stalled_upload(lab.one.addr(9292), std::time::Duration::from_secs(30)),
+    )
+    .await
+    .expect("request_body did not end the wait")
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["error"]["code"], 408, "{out}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("[timeouts] request_body"), "{out}");
+}
+
+/// Negative control for the test above: with the default `request_body`, the same pause
+/// (well over 300 ms) in the middle of a body is fine.
+#[tokio::test]
+async fn a_pause_within_the_default_request_body_timeout_is_fine() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nidle = \"1h\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stalled_upload(lab.one.addr(9292), std::time::Duration::from_millis(1500)),
+    )
+    .await
+    .expect("the upload did not finish")
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+/// A 10-byte PUT whose body pauses for `pause` after 3 bytes; returns the whole answer.
+async fn stalled_upload(
+    vip: std::net::SocketAddr,
+    pause: std::time::Duration,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(vip).await?;
+    s.write_all(
+        b"PUT /v2/images/x/file HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\
+          Connection: close\r\n\r\n012",
+    )
+    .await?;
+    let mut out = Vec::new();
+    // The answer may come during the pause (the 408); then the rest is not sent.
+    tokio::select! {
+        read = s.read_to_end(&mut out) => {
+            read?;
+        }
+        () = tokio::time::sleep(pause) => {
+            s.write_all(b"3456789").await?;
+            s.read_to_end(&mut out).await?;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

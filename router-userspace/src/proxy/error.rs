@@ -32,9 +32,14 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// The client's request body failed while being forwarded.
     DownstreamBody,
+    /// The client stopped sending its body for longer than `[timeouts] request_body`.
+    RequestBodyTimeout,
     /// The outgoing request could not be built.
     BuildRequest,
 }
+
+/// The summary of a backend answer that is not HTTP/1.1 (as opposed to a broken connection).
+const INVALID_RESPONSE: &str = "the backend sent an invalid response";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{summary}{} ({side:?} side, upstream {upstream})", suffix(.detail))]
@@ -47,6 +52,9 @@ pub struct ProxyError {
     pub upstream: String,
     /// Safe to show the client: no addresses, no internals.
     summary: &'static str,
+    /// For an upstream that broke the exchange, what it did, also safe to show (the
+    /// backend's protocol error or how it closed); `None` when nothing more is known.
+    account: Option<String>,
     /// The full cause chain, for the log only.
     detail: Option<String>,
     #[source]
@@ -59,6 +67,17 @@ impl ProxyError {
         upstream: &str,
         cause: Option<Box<dyn StdError + Send + Sync>>,
     ) -> Self {
+        // A body that stalled is the client's timeout, not a malformed body.
+        let kind = match kind {
+            ErrorKind::DownstreamBody
+                if cause
+                    .as_deref()
+                    .is_some_and(|c| has_io_kind(c, io::ErrorKind::TimedOut)) =>
+            {
+                ErrorKind::RequestBodyTimeout
+            }
+            kind => kind,
+        };
         let (side, retry_safe, what) = match kind {
             ErrorKind::ConnectRefused => {
                 (ErrorSource::Upstream, true, "cannot connect to the backend")
@@ -73,6 +92,9 @@ impl ProxyError {
                 false,
                 "the backend did not answer in time",
             ),
+            ErrorKind::UpstreamProtocol if cause.as_deref().is_some_and(is_invalid_response) => {
+                (ErrorSource::Upstream, false, INVALID_RESPONSE)
+            }
             ErrorKind::UpstreamProtocol => (
                 ErrorSource::Upstream,
                 false,
@@ -83,6 +105,9 @@ impl ProxyError {
                 false,
                 "the request body could not be read",
             ),
+            ErrorKind::RequestBodyTimeout => {
+                (ErrorSource::Downstream, false, "the request body stalled")
+            }
             ErrorKind::BuildRequest => (
                 ErrorSource::Internal,
                 false,
@@ -95,6 +120,13 @@ impl ProxyError {
             retry_safe,
             upstream: upstream.to_owned(),
             summary: what,
+            account: match kind {
+                ErrorKind::UpstreamProtocol => cause.as_deref().and_then(account),
+                ErrorKind::RequestBodyTimeout | ErrorKind::ResponseTimeout => {
+                    cause.as_deref().and_then(timeout_account)
+                }
+                _ => None,
+            },
             detail: cause.as_ref().map(|c| error_chain(c.as_ref())),
             cause,
         }
@@ -136,17 +168,38 @@ impl ProxyError {
             ),
             ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Problem::gateway_timeout(
                 backend,
-                what,
-                "the service is overloaded or unreachable; retry later",
+                &match &self.account {
+                    Some(account) => format!("{what}: {account}"),
+                    None => what.to_owned(),
+                },
+                "the service is overloaded or unreachable; retry later (the operator can \
+                 raise [timeouts] response_head for a service known to be slow)",
             ),
-            ErrorKind::UpstreamProtocol => Problem::bad_gateway(
-                backend,
-                what,
-                "the service closed the connection mid-request; retry if the request is idempotent",
-            ),
+            ErrorKind::UpstreamProtocol => {
+                let what = match &self.account {
+                    Some(account) => format!("{what}: {account}"),
+                    None => what.to_owned(),
+                };
+                let advice = if self.summary == INVALID_RESPONSE {
+                    "the service answered with something that is not HTTP/1.1; retrying will \
+                     not help, report it to the operator"
+                } else {
+                    "the service failed mid-request; retry if the request is idempotent"
+                };
+                Problem::bad_gateway(backend, &what, advice)
+            }
             ErrorKind::DownstreamBody => Problem::bad_request(format!(
                 "{what} ({backend}): the request body ended early or was malformed; send it again"
             )),
+            ErrorKind::RequestBodyTimeout => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                format!(
+                    "{what} ({backend}: {}): send the body without long pauses, and send the \
+                     request again; the operator can raise [timeouts] request_body",
+                    self.account.as_deref().unwrap_or("no bytes in time")
+                ),
+            ),
             ErrorKind::BuildRequest => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",
@@ -154,6 +207,46 @@ impl ProxyError {
             ),
         }
     }
+}
+
+/// Whether the cause is the backend's answer breaking HTTP/1.1 (a garbage head).
+fn is_invalid_response(err: &(dyn StdError + Send + Sync + 'static)) -> bool {
+    err.is::<super::upstream::wire::WireError>()
+}
+
+/// What the backend did, in words for the client: the protocol error itself (its text
+/// names fields and limits, never addresses), or how the connection ended. The full
+/// chain, with OS errors and addresses, stays in the log.
+fn account(err: &(dyn StdError + Send + Sync + 'static)) -> Option<String> {
+    if let Some(wire) = err.downcast_ref::<super::upstream::wire::WireError>() {
+        return Some(wire.to_string());
+    }
+    let io = err.downcast_ref::<io::Error>()?;
+    Some(match io.kind() {
+        // The router's own words for an early close (see `upstream::exchange`).
+        io::ErrorKind::UnexpectedEof => io
+            .get_ref()
+            .map_or_else(|| "it closed the connection".to_owned(), |e| e.to_string()),
+        io::ErrorKind::ConnectionReset => "it reset the connection".to_owned(),
+        io::ErrorKind::BrokenPipe => {
+            "it closed the connection while the request was being sent".to_owned()
+        }
+        _ => return None,
+    })
+}
+
+/// The router's own words for a timeout (the `IdleIo` message, which names the setting).
+fn timeout_account(err: &(dyn StdError + Send + Sync + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return io.get_ref().map(|inner| inner.to_string());
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn suffix(detail: &Option<String>) -> String {
@@ -220,6 +313,64 @@ mod tests {
         let timeout = ProxyError::new(ErrorKind::ResponseTimeout, "10.0.0.1:80", None);
         assert!(!timeout.retry_safe);
         assert_eq!(timeout.to_problem("b").status, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn a_garbage_response_is_named_as_such_not_as_a_close() {
+        let garbage = ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            "10.0.0.1:80",
+            Some(Box::new(
+                crate::proxy::upstream::wire::WireError::Malformed(httparse::Error::Version),
+            )),
+        );
+        let p = garbage.to_problem("RegionOne_compute_public");
+        assert_eq!(p.status, StatusCode::BAD_GATEWAY);
+        for needle in [
+            "invalid response",
+            "malformed response head",
+            "not HTTP/1.1",
+        ] {
+            assert!(p.message.contains(needle), "{needle}: {}", p.message);
+        }
+        assert!(
+            !p.message.contains("closed the connection"),
+            "{}",
+            p.message
+        );
+        assert!(!p.message.contains("10.0.0.1"), "{}", p.message);
+
+        let silent = ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            "10.0.0.1:80",
+            Some(Box::new(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the backend closed the connection without answering",
+            ))),
+        );
+        let p = silent.to_problem("b");
+        assert!(
+            p.message
+                .contains("closed the connection without answering"),
+            "{}",
+            p.message
+        );
+        assert!(
+            p.message.contains("retry if the request is idempotent"),
+            "{}",
+            p.message
+        );
+        let reset = ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            "10.0.0.1:80",
+            Some(Box::new(io::Error::from(io::ErrorKind::ConnectionReset))),
+        );
+        assert!(
+            reset
+                .to_problem("b")
+                .message
+                .contains("reset the connection")
+        );
     }
 
     #[test]

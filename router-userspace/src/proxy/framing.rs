@@ -30,6 +30,35 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::h1;
+use crate::problem::Problem;
+
+/// Checks a request's transfer codings before it is forwarded (RFC 9112 §6.1): only
+/// `chunked`, once, is understood. The body goes upstream de-chunked and re-framed, so a
+/// coding before `chunked` (`gzip, chunked`) would be silently lost: 501. hyper already
+/// refuses a coding list that does not end in `chunked`. Costs one header lookup; a
+/// request with Transfer-Encoding scans its value in place, without allocating.
+pub(crate) fn check_transfer_codings(headers: &http::HeaderMap) -> Result<(), Problem> {
+    let mut chunked = 0;
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|b| *b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                // RFC 9110 §5.6.1: empty list elements are ignored.
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(Problem::unsupported_transfer_coding(
+                    &String::from_utf8_lossy(coding),
+                ));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(Problem::chunked_twice());
+    }
+    Ok(())
+}
 
 /// Headers parsed per head; more than this and the tracker gives up (hyper
 /// itself refuses beyond its own limit of 100).
@@ -126,6 +155,12 @@ impl<T> FramingWatch<T> {
     /// head or body has arrived. `false` once the watch switched itself off.
     pub fn at_message_boundary(&self) -> bool {
         self.state == State::Head && self.pending.is_empty()
+    }
+
+    /// The bytes read so far end inside a request body: the client owes the rest (the
+    /// `[timeouts] request_body` wait). `false` once the watch switched itself off.
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Fixed(_) | State::Chunked(_))
     }
 
     fn feed(&mut self, mut bytes: &[u8], verdict: &mut impl FnMut(bool)) {
@@ -368,6 +403,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingWatch<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_chunked_once_is_an_understood_transfer_coding() {
+        let cases: [(&[&str], Option<u16>); 7] = [
+            (&[], None),
+            (&["chunked"], None),
+            (&["Chunked , "], None),
+            (&["gzip, chunked"], Some(501)),
+            (&["gzip", "chunked"], Some(501)),
+            (&["chunked, chunked"], Some(400)),
+            (&["chunked", "chunked"], Some(400)),
+        ];
+        for (values, want) in cases {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_static(v),
+                );
+            }
+            let got = check_transfer_codings(&headers)
+                .err()
+                .map(|p| p.status.as_u16());
+            assert_eq!(got, want, "{values:?}");
+        }
+        let p = check_transfer_codings(&{
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("gzip, chunked"),
+            );
+            h
+        })
+        .unwrap_err();
+        assert!(p.message.contains("'gzip'"), "{}", p.message);
+    }
 
     fn verdicts_for(stream: &[u8], split_every: usize) -> (Vec<bool>, State) {
         let mut out = Vec::new();

@@ -26,6 +26,50 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
+/// Whether `name` must not be taken from a trailer section: RFC 9110 §6.5.1's fields that
+/// frame, route, modify, authenticate or describe the message (a recipient "MUST NOT merge"
+/// them from trailers), the hop-by-hop ones, and those this router reads or sets on the
+/// head (the scope carriers, `X-Identity-*`, `X-Forwarded-For`, `Via`): a trailer would
+/// otherwise smuggle past every check made on the head. Lowercase, as `HeaderName` is.
+fn forbidden_in_trailers(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            // Framing and routing.
+            "content-length" | "host"
+            // Request modifiers: controls and conditionals.
+            | "cache-control" | "expect" | "max-forwards" | "pragma" | "range"
+            | "if-match" | "if-none-match" | "if-modified-since" | "if-unmodified-since"
+            | "if-range"
+            // Authentication.
+            | "authorization" | "proxy-authorization" | "www-authenticate"
+            | "proxy-authenticate" | "authentication-info" | "proxy-authentication-info"
+            | "cookie" | "set-cookie"
+            // Response control data.
+            | "age" | "expires" | "date" | "location" | "retry-after" | "vary" | "warning"
+            // How to process the content.
+            | "content-encoding" | "content-type" | "content-range"
+            // This router's own, and what it adds per hop.
+            | "x-scope" | "x-auth-token" | "x-subject-token" | "x-identity-region"
+            | "x-identity-url" | "x-forwarded-for" | "forwarded" | "via"
+        )
+}
+
+/// Removes the fields that must not be trailers ([`forbidden_in_trailers`]) from a trailer
+/// section, in either direction; `true` when nothing is left. Runs only for a message
+/// that has trailers, and allocates only when one must go.
+pub fn drop_forbidden_trailers(trailers: &mut HeaderMap) -> bool {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| forbidden_in_trailers(n))
+        .cloned()
+        .collect();
+    for name in &doomed {
+        trailers.remove(name);
+    }
+    trailers.is_empty()
+}
+
 /// Whether a request (or a 101 response) asks to switch protocols.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -144,6 +188,30 @@ pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_that_must_not_be_trailers_are_dropped() {
+        let mut t = HeaderMap::new();
+        for (n, v) in [
+            ("host", "evil"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-scope", r#"{"compute": "RegionTwo"}"#),
+            ("x-auth-token", "t"),
+            ("authorization", "Basic x"),
+            ("content-type", "text/plain"),
+            ("via", "1.1 spoof"),
+            ("x-checksum", "42"),
+        ] {
+            t.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        assert!(!drop_forbidden_trailers(&mut t));
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t["x-checksum"], "42");
+        let mut only_bad = HeaderMap::new();
+        only_bad.insert(header::HOST, HeaderValue::from_static("h"));
+        assert!(drop_forbidden_trailers(&mut only_bad));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

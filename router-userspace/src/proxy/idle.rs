@@ -30,6 +30,9 @@ pub struct InFlight {
     /// Whether any request has begun on the connection: a drain closes only those that
     /// served one, not a client whose first request may still be on the wire.
     started: std::sync::atomic::AtomicBool,
+    /// The shutdown cut the connection at the end of its grace period: what the access
+    /// line of a request dropped with it says.
+    cut: std::sync::atomic::AtomicBool,
     open: OpenConnection,
 }
 
@@ -42,6 +45,7 @@ impl InFlight {
         InFlight {
             count: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
+            cut: std::sync::atomic::AtomicBool::new(false),
             open,
         }
     }
@@ -67,9 +71,21 @@ impl InFlight {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// Marks the connection as cut by the shutdown, before its requests are dropped.
+    pub fn cut_by_shutdown(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
     /// The router's client connection gauges.
     pub fn gauges(&self) -> &ClientGauges {
         self.open.gauges()
+    }
+}
+
+impl InFlightGuard {
+    /// Whether the shutdown cut this request's connection.
+    pub fn cut_by_shutdown(&self) -> bool {
+        (*self.0).as_ref().cut.load(Ordering::Relaxed)
     }
 }
 
@@ -99,6 +115,10 @@ pub enum ReadSilence {
     /// Not watched here: the caller deals with a pending read itself (parks
     /// the connection), so no timer is armed for it.
     Unwatched,
+    /// The peer owes the bytes (a request body being read): silence counts from when
+    /// this read began waiting, not from the last byte, so time the router itself spent
+    /// elsewhere (a backend slow to take the body) is never held against the peer.
+    Owed,
 }
 
 /// A stream that fails with `TimedOut` after `timeout` without any progress
@@ -112,6 +132,8 @@ pub struct IdleIo<T> {
     /// boxed because `Sleep` must not move once polled, while the stream does.
     sleep: Option<Pin<Box<Sleep>>>,
     read_silence: ReadSilence,
+    /// A read is waiting (pending) since `last_progress` was last set for it (`Owed`).
+    waiting: bool,
 }
 
 impl<T> IdleIo<T> {
@@ -122,12 +144,27 @@ impl<T> IdleIo<T> {
             last_progress: Instant::now(),
             sleep: None,
             read_silence: ReadSilence::Timed,
+            waiting: false,
         }
     }
 
     /// How read-side silence counts from the next read on, until changed.
     pub fn set_read_silence(&mut self, silence: ReadSilence) {
+        if silence != ReadSilence::Owed {
+            self.waiting = false;
+        }
         self.read_silence = silence;
+    }
+
+    /// The inactivity budget from now on (e.g. `response_head` while a response head is
+    /// awaited, `idle` again once it arrived). Same timer: nothing is allocated.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The current inactivity budget.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Frees the timer (e.g. while the stream sits parked and a timer of the
@@ -188,11 +225,27 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
+                this.waiting = false;
                 this.progressed();
                 Poll::Ready(r)
             }
             Poll::Pending => match this.read_silence {
                 ReadSilence::Timed => this.poll_expired(cx).map(Err),
+                ReadSilence::Owed => {
+                    if !std::mem::replace(&mut this.waiting, true) {
+                        this.progressed();
+                    }
+                    let timeout = this.timeout;
+                    this.poll_expired(cx).map(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "no request body bytes for {} ([timeouts] request_body)",
+                                humantime::format_duration(timeout)
+                            ),
+                        ))
+                    })
+                }
                 ReadSilence::Paused => {
                     this.progressed();
                     Poll::Pending

@@ -64,7 +64,7 @@ pub(crate) fn hyper_buf_size(max_header_bytes: usize) -> usize {
 }
 
 /// The checks every HTTP listener makes on a request head before routing it: its size
-/// (`[proxy] max_header_bytes`), its method, and its `Host`. Fills in `Host` for an
+/// (`[proxy] max_header_bytes`), its method, its transfer codings, and its `Host`. Fills in `Host` for an
 /// HTTP/1.0 request that has none with the address the client dialled (`local`), so
 /// backends never see an internal address in version-discovery links. An error leaves
 /// the body unread: answer it with the connection closed.
@@ -81,6 +81,7 @@ pub(crate) fn check_head(
     if parts.method == http::Method::CONNECT {
         return Err(Problem::method_not_allowed(&parts.method));
     }
+    framing::check_transfer_codings(&parts.headers)?;
     match parts.headers.get_all(header::HOST).iter().count() {
         1 => Ok(()),
         0 if parts.version == http::Version::HTTP_11 => Err(Problem::missing_host()),

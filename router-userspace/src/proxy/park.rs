@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -31,6 +32,7 @@ use super::RequestStart;
 use super::framing::{FramingVerdicts, FramingWatch};
 use super::idle::{IdleIo, InFlight, ReadSilence};
 use crate::metrics::{ClientGauges, OpenConnection};
+use crate::problem::Problem;
 
 /// Silence after which an idle client is parked: far above the gap between a
 /// response and the next request of a busy client (a round trip), far below
@@ -51,6 +53,8 @@ pub type ClientStream<T> = FramingWatch<IdleIo<T>>;
 pub struct ConnShared<T> {
     in_flight: InFlight,
     state: Mutex<Parked<T>>,
+    /// `[timeouts] request_body`: the silence allowed while the client owes body bytes.
+    request_body: Duration,
 }
 
 #[derive(Debug)]
@@ -61,8 +65,9 @@ struct Parked<T> {
 }
 
 impl<T> ConnShared<T> {
-    /// Shared state with `stream` parked in it.
-    pub fn new(stream: ClientStream<T>, open: OpenConnection) -> Arc<Self> {
+    /// Shared state with `stream` parked in it; `request_body` is the listener's
+    /// `[timeouts] request_body`.
+    pub fn new(stream: ClientStream<T>, open: OpenConnection, request_body: Duration) -> Arc<Self> {
         ClientGauges::inc(&open.gauges().parked);
         Arc::new(ConnShared {
             in_flight: InFlight::new(open),
@@ -70,6 +75,7 @@ impl<T> ConnShared<T> {
                 stream: Some(stream),
                 verdicts: FramingVerdicts::default(),
             }),
+            request_body,
         })
     }
 
@@ -153,11 +159,57 @@ pub struct ParkingIo<T> {
     /// Wakes hyper when the grace period ends. Created on the first idle spell,
     /// re-armed only when it fires early, dropped with the hyper connection.
     grace_timer: Option<Pin<Box<Sleep>>>,
+    /// The JSON answer written instead of hyper's empty one to a head it refused.
+    refusal: Option<Refusal>,
+    /// The stream's inactivity budget (`idle`) when lent, restored outside request bodies.
+    idle: Duration,
+}
+
+/// hyper answers a head it cannot parse (400, 414, 431) itself, before the router sees
+/// a request, with an empty body; the client gets this instead (docs/ARCHITECTURE.md §3.6).
+#[derive(Debug)]
+struct Refusal {
+    response: Bytes,
+    written: usize,
+    /// What hyper asked to write, reported written once `response` is; zero after.
+    hyper_len: usize,
+}
+
+/// The problem for `buf` if it is hyper's automatic answer to a refused head: exactly
+/// `HTTP/1.1 400|414|431 …`, `connection: close`, `content-length: 0` and `date`, nothing
+/// else (a backend's response passes hyper with its own headers). The caller checks that
+/// no request is in flight and that the client's bytes stopped mid-head.
+fn hyper_refusal(buf: &[u8]) -> Option<Problem> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 4")?;
+    let head = rest.strip_suffix(b"\r\n\r\n")?;
+    let mut lines = head.split(|b| *b == b'\n');
+    let status = lines.next()?;
+    let code = match status.get(..3)? {
+        b"00 " => 400,
+        b"14 " => 414,
+        b"31 " => 431,
+        _ => return None,
+    };
+    let mut length = false;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"content-length: 0" {
+            length = true;
+        } else if line != b"connection: close" && !line.starts_with(b"date: ") {
+            return None;
+        }
+    }
+    if length {
+        Problem::refused_head(code)
+    } else {
+        None
+    }
 }
 
 impl<T> ParkingIo<T> {
     pub fn new(inner: ClientStream<T>, shared: Arc<ConnShared<T>>, grace: Duration) -> Self {
         ParkingIo {
+            idle: inner.get_ref().timeout(),
             inner: Some(inner),
             shared,
             parked: false,
@@ -165,6 +217,7 @@ impl<T> ParkingIo<T> {
             grace,
             idle_since: None,
             grace_timer: None,
+            refusal: None,
         }
     }
 
@@ -195,6 +248,54 @@ impl<T> ParkingIo<T> {
     fn track_write<R>(&mut self, poll: Poll<R>) -> Poll<R> {
         self.write_blocked = poll.is_pending();
         poll
+    }
+
+    /// Whether `buf`, about to be written, is hyper refusing a head; if so, the JSON
+    /// answer replaces it from now on. Costs a prefix compare per write on the request
+    /// path; the rest runs only for a `HTTP/1.1 4xx` written while no request is in flight.
+    fn spot_refusal(&mut self, buf: &[u8]) {
+        if self.refusal.is_some() || !buf.starts_with(b"HTTP/1.1 4") {
+            return;
+        }
+        // A refused head never reaches the service, and hyper read some of it: the watch
+        // is not at a message boundary (it also is not once it switched itself off).
+        let mid_head = self
+            .inner
+            .as_ref()
+            .is_some_and(|inner| !inner.at_message_boundary());
+        if self.shared.in_flight.busy() || !mid_head {
+            return;
+        }
+        if let Some(problem) = hyper_refusal(buf) {
+            self.refusal = Some(Refusal {
+                response: problem.to_http1_close(),
+                written: 0,
+                hyper_len: buf.len(),
+            });
+        }
+    }
+
+    /// Writes the replacement answer; `None` when there is none (left) to write.
+    fn poll_write_refusal(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<usize>>>
+    where
+        T: AsyncWrite + Unpin,
+    {
+        let refusal = self.refusal.as_mut().filter(|r| r.hyper_len != 0)?;
+        let Some(inner) = self.inner.as_mut() else {
+            return Some(Poll::Ready(Err(io::ErrorKind::NotConnected.into())));
+        };
+        while refusal.written < refusal.response.len() {
+            let poll = Pin::new(&mut *inner).poll_write(cx, &refusal.response[refusal.written..]);
+            self.write_blocked = poll.is_pending();
+            match poll {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => refusal.written += n,
+                other => return Some(other),
+            }
+        }
+        Some(Poll::Ready(Ok(std::mem::take(&mut refusal.hyper_len))))
     }
 }
 
@@ -228,7 +329,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         // watch has seen: at a message boundary that is nothing, so the
         // connection parks instead of waiting here.
         let may_park = !this.write_blocked && !busy && inner.at_message_boundary();
-        inner.get_mut().set_read_silence(if busy {
+        // Inside a body the client owes bytes: `request_body` between reads, not `idle`.
+        let owed = inner.in_body();
+        let timeout = if owed { shared.request_body } else { this.idle };
+        let io = inner.get_mut();
+        io.set_timeout(timeout);
+        io.set_read_silence(if owed {
+            ReadSilence::Owed
+        } else if busy {
             ReadSilence::Paused
         } else if may_park {
             // Parking takes over the wait (and its timeouts).
@@ -258,6 +366,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ParkingIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.spot_refusal(buf);
+        if let Some(poll) = this.poll_write_refusal(cx) {
+            return poll;
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
@@ -271,6 +383,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ParkingIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // hyper writes its refusal as one buffer: a head without a body.
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.spot_refusal(first);
+            if let Some(poll) = this.poll_write_refusal(cx) {
+                // Only the first buffer was replaced; hyper writes the rest again.
+                return poll.map_ok(|n| n.min(first.len()));
+            }
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
@@ -312,7 +432,11 @@ mod tests {
 
     fn lend(stream: tokio::io::DuplexStream) -> (ParkingIo<tokio::io::DuplexStream>, Shared) {
         let watch = FramingWatch::new(IdleIo::new(stream, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         let lent = shared.take().expect("parked at first");
         (ParkingIo::new(lent, shared.clone(), Duration::ZERO), shared)
     }
@@ -323,6 +447,33 @@ mod tests {
         let mut read = ReadBuf::new(&mut buf);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         Pin::new(io).poll_read(&mut cx, &mut read).is_pending()
+    }
+
+    #[test]
+    fn only_hyper_s_own_refusal_is_replaced() {
+        let date = "date: Sun, 29 Nov 2026 02:34:07 GMT\r\n";
+        let refusal = |status: &str| {
+            format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n")
+        };
+        for (status, code) in [
+            ("400 Bad Request", 400),
+            ("431 Request Header Fields Too Large", 431),
+            ("414 URI Too Long", 414),
+        ] {
+            let p = hyper_refusal(refusal(status).as_bytes()).expect(status);
+            assert_eq!(p.status.as_u16(), code);
+        }
+        for other in [
+            refusal("404 Not Found"),
+            // A backend's empty 400 carries its own fields.
+            format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-openstack-request-id: r\r\n{date}\r\n"
+            ),
+            // A head with a body after it.
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n{date}\r\n{{}}"),
+        ] {
+            assert!(hyper_refusal(other.as_bytes()).is_none(), "{other}");
+        }
     }
 
     #[tokio::test]
@@ -351,7 +502,11 @@ mod tests {
     async fn parks_only_after_the_grace_period_of_silence() {
         let (a, mut b) = tokio::io::duplex(1024);
         let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         let lent = shared.take().expect("parked at first");
         let grace = Duration::from_millis(50);
         let mut io = ParkingIo::new(lent, shared.clone(), grace);
@@ -417,7 +572,11 @@ mod tests {
     async fn gauges_follow_parking_requests_and_close() {
         let (a, mut b) = tokio::io::duplex(1024);
         let watch = FramingWatch::new(IdleIo::new(a, Duration::from_secs(60)), 8192);
-        let shared = ConnShared::new(watch, OpenConnection::new(&Default::default()));
+        let shared = ConnShared::new(
+            watch,
+            OpenConnection::new(&Default::default()),
+            Duration::from_secs(60),
+        );
         assert_eq!(gauges(&shared), [1, 0, 1], "a new connection is parked");
         let lent = shared.take().expect("parked at first");
         assert_eq!(gauges(&shared), [1, 0, 0], "lent to hyper");
@@ -440,7 +599,11 @@ mod tests {
         let (c, _d) = tokio::io::duplex(64);
         let g = std::sync::Arc::new(crate::metrics::ClientGauges::default());
         let watch = FramingWatch::new(IdleIo::new(c, Duration::from_secs(60)), 8192);
-        drop(ConnShared::new(watch, OpenConnection::new(&g)));
+        drop(ConnShared::new(
+            watch,
+            OpenConnection::new(&g),
+            Duration::from_secs(60),
+        ));
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!((g.open.load(Relaxed), g.parked.load(Relaxed)), (0, 0));
     }

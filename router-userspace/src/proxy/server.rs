@@ -600,7 +600,7 @@ impl HttpConn {
         let buf_size = hyper_buf_size(max_header_bytes);
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client, OpenConnection::new(clients)),
+            shared: ConnShared::new(client, OpenConnection::new(clients), timeouts.request_body),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,
@@ -786,7 +786,11 @@ where
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => r,
-        _ = abort.aborting() => Ok(()),
+        _ = abort.aborting() => {
+            // Dropping `conn` drops the request being served: its access line says why.
+            (*shared).as_ref().cut_by_shutdown();
+            Ok(())
+        }
     }
 }
 

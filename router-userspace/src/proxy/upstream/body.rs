@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use super::pool::Lease;
 use super::wire::{MAX_RESPONSE_HEADERS, ResponseFraming, header_map};
 use crate::proxy::h1::{self, ChunkError, TrailerScan};
+use crate::proxy::headers::drop_forbidden_trailers;
 
 /// Bytes asked of the socket per read while relaying a body.
 const READ_CHUNK: usize = 64 * 1024;
@@ -219,9 +220,11 @@ fn trailer_fields(section: &[u8]) -> Result<Option<HeaderMap>, ResponseBodyError
     }
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, fields))) => header_map(fields)
-            .map(Some)
-            .map_err(|_| ResponseBodyError::BadTrailers),
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut trailers = header_map(fields).map_err(|_| ResponseBodyError::BadTrailers)?;
+            // A backend's trailers never reframe or redescribe the response already sent.
+            Ok((!drop_forbidden_trailers(&mut trailers)).then_some(trailers))
+        }
         // A section ending in an empty line is never partial.
         Ok(httparse::Status::Partial) | Err(_) => Err(ResponseBodyError::BadTrailers),
     }
@@ -350,6 +353,19 @@ mod tests {
             assert_eq!(t["x-checksum"], "42");
             assert_eq!(t["x-more"], "1");
         }
+    }
+
+    #[test]
+    fn fields_that_must_not_be_trailers_never_reach_the_client() {
+        let wire = b"3\r\nabc\r\n0\r\ncontent-length: 99\r\nx-checksum: 42\r\n\
+                     transfer-encoding: gzip\r\nhost: evil\r\n\r\n";
+        let (_, trailers) = decode_all(wire, wire.len()).unwrap();
+        let t = trailers.expect("trailers");
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t["x-checksum"], "42");
+        // Nothing allowed left: no trailers frame at all.
+        let (_, trailers) = decode_all(b"0\r\nhost: evil\r\n\r\n", 1).unwrap();
+        assert!(trailers.is_none());
     }
 
     #[test]

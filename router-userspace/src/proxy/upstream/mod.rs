@@ -23,6 +23,7 @@ pub use body::{ResponseBodyError, UpstreamBody};
 pub use legacy::{UpstreamClient, client};
 
 use super::error::{ErrorKind, ProxyError};
+use super::headers::drop_forbidden_trailers;
 use super::idle::IdleIo;
 use crate::access_log::BodyError;
 use crate::config::Timeouts;
@@ -180,8 +181,8 @@ impl Upstreams {
                 lease,
                 upstream,
                 &head,
-                &parts.method,
-                framing,
+                (&parts.method, framing),
+                timeouts,
                 body,
                 &mut report.body_bytes,
             )
@@ -294,8 +295,8 @@ async fn exchange<B>(
     mut lease: Lease,
     upstream: &str,
     head: &[u8],
-    method: &http::Method,
-    framing: RequestFraming,
+    (method, framing): (&http::Method, RequestFraming),
+    timeouts: &Timeouts,
     body: &mut Option<B>,
     body_bytes: &mut u64,
 ) -> Result<Response<UpstreamBody>, Failure>
@@ -330,12 +331,17 @@ where
         }
     }
     let retry_on_fresh = framing == RequestFraming::Empty && method.is_idempotent();
+    // The request is sent: the backend owes its head, and `response_head` (not `idle`,
+    // 6 h on Glance) bounds its silence. Same timer as `idle`, only its budget changes.
+    lease.stream.set_timeout(timeouts.response_head);
     let mut buf = BytesMut::with_capacity(HEAD_BUF);
     let mut answered = false;
     loop {
         match wire::parse_response_head(&buf, method) {
             Ok(Parsed::Final(head, len)) => {
                 buf.advance(len);
+                // The body streams under `idle` again.
+                lease.stream.set_timeout(timeouts.idle);
                 let keep_alive = head.keep_alive && send_failed.is_none();
                 let body = UpstreamBody::new(head.framing, buf, lease, keep_alive);
                 let mut resp = Response::new(body);
@@ -379,6 +385,15 @@ where
                     },
                 )
             }),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && send_failed.is_none() => {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no response head within {} ([timeouts] response_head)",
+                        humantime::format_duration(timeouts.response_head)
+                    ),
+                )
+            }
             Err(e) => send_failed.take().unwrap_or(e),
         };
         return Err(Failure {
@@ -421,7 +436,13 @@ where
                 .write_all_buf(&mut data)
                 .await
                 .map_err(BodySend::Upstream)?,
-            Err(frame) => trailers = frame.into_trailers().ok(),
+            Err(frame) => {
+                // Framing, routing and scope fields were checked on the head only.
+                trailers = frame
+                    .into_trailers()
+                    .ok()
+                    .and_then(|mut t| (!drop_forbidden_trailers(&mut t)).then_some(t));
+            }
         }
     }
     if chunked {
@@ -495,7 +516,9 @@ mod tests {
             let end = text.find("\r\n\r\n")? + 4;
             let head = text[..end].to_ascii_lowercase();
             if head.contains("transfer-encoding: chunked") {
-                return text[end..].find("0\r\n\r\n").map(|i| end + i + 5);
+                // The last chunk, then its trailer section up to the empty line.
+                let last = end - 2 + text[end - 2..].find("\r\n0\r\n")? + 3;
+                return text[last..].find("\r\n\r\n").map(|i| last + i + 4);
             }
             let len = head
                 .lines()
@@ -761,6 +784,41 @@ mod tests {
             req.ends_with(
                 "transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
             ),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_trailers_that_must_not_be_trailers_are_not_forwarded() {
+        let b = backend(|_| Some(OK)).await;
+        let ups = Upstreams::start();
+        let mut trailers = HeaderMap::new();
+        for (n, v) in [
+            ("x-checksum", "42"),
+            ("host", "evil"),
+            ("content-length", "99"),
+            ("transfer-encoding", "gzip"),
+            ("x-scope", r#"{"compute": "RegionTwo"}"#),
+        ] {
+            trailers.insert(
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from("abc"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let put = http::Request::put("/v2/images/x/file")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        fetch(&ups, &b.addr, put, body).await.unwrap();
+        let req = b.requests.lock().unwrap()[0].clone();
+        assert!(
+            req.ends_with("3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n"),
             "{req}"
         );
     }
