@@ -32,6 +32,10 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    // An empty service type (`{"": "RegionTwo"}`) is valid JSON and found anywhere.
+    if needle.is_empty() {
+        return Some(0);
+    }
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -92,8 +96,7 @@ fn header_block(data: &[u8]) {
                     for s in [key.as_str(), region] {
                         assert!(
                             find(text, s.as_bytes()).is_some()
-                                || find(&decoded, s.as_bytes()).is_some()
-                                || s.is_empty(),
+                                || find(&decoded, s.as_bytes()).is_some(),
                             "{s:?} is not in the header it was read from"
                         );
                     }
