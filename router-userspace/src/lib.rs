@@ -8,6 +8,9 @@ pub mod config;
 pub mod decision;
 pub mod ebpf;
 pub mod error_chain;
+// Entry points for the cargo-fuzz targets in `fuzz/` only (see the module).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handover;
 pub mod haproxy;
 pub mod health;

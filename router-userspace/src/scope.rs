@@ -142,6 +142,17 @@ impl Scope {
         Ok(Scope { source, map })
     }
 
+    /// Every service type the scope names, with its value as read (a string once
+    /// [`Scope::read`] accepted it); for the fuzz targets' invariants (`crate::fuzzing`).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The header the scope was read from (for the fuzz targets, as [`Scope::entries`]).
+    pub(crate) fn source(&self) -> ScopeSource {
+        self.source
+    }
+
     /// The region the client named for `service_type`, if it named one.
     pub(crate) fn region_for(&self, service_type: &str) -> Option<&str> {
         self.map.get(service_type).and_then(Value::as_str)

@@ -1,7 +1,8 @@
-//! Project automation: `cargo xtask setup|test|run|install|lab|bench` (see README.md).
+//! Project automation: `cargo xtask setup|test|run|install|lab|bench|fuzz` (see README.md).
 
 mod bench;
 mod exec;
+mod fuzz;
 mod install;
 mod interrupt;
 mod lab;
@@ -44,6 +45,9 @@ enum Cmd {
     Lab(lab::Options),
     /// Benchmarks.
     Bench(bench::Options),
+    /// The cargo-fuzz targets (fuzz/), one after the other, each bounded by time: prints
+    /// executions and crashes per target, fails on a crash naming the input.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Install(opts) => install::run(opts),
         Cmd::Lab(opts) => lab::run(opts),
         Cmd::Bench(opts) => bench::run(opts),
+        Cmd::Fuzz(opts) => fuzz::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,7 @@ pub enum Profile {
     /// listener's exposition, chromium, which loads the status page headless, systemd for
     /// `systemd-analyze verify` on the unit, vagrant for `vagrant validate` on the
     /// Vagrantfile, keepalived, whose adverts the VRRP suite must understand, and tshark,
-    /// which dissects ours).
+    /// which dissects ours), and cargo-fuzz for the fuzz targets and CI's fuzz smoke.
     Full,
 }
 
@@ -77,6 +77,9 @@ pub fn run(profile: Profile) -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    if profile == Profile::Full {
+        cargo_fuzz()?;
+    }
     Ok(())
 }
 
@@ -239,6 +242,31 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// `cargo fuzz`, which builds and runs the fuzz targets (`cargo xtask fuzz`, and the fuzz
+/// smoke of `cargo xtask test`). Installed only when missing: it changes rarely and
+/// `--locked` builds it with the dependencies it was released with.
+fn cargo_fuzz() -> Result<()> {
+    let step = step("cargo-fuzz (the fuzz targets of fuzz/)");
+    if cargo_fuzz_installed() {
+        step.skip("cargo-fuzz installed");
+        return Ok(());
+    }
+    eprintln!("    compiling cargo-fuzz takes a few minutes; cargo shows its progress");
+    exec::exec(crate::workspace::cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    if !cargo_fuzz_installed() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` does not find it: add \
+             cargo's bin directory (usually ~/.cargo/bin) to PATH"
+        );
+    }
+    step.done();
+    Ok(())
+}
+
+fn cargo_fuzz_installed() -> bool {
+    exec::probe(crate::workspace::cargo().args(["fuzz", "--version"])).is_some()
+}
+
 fn bpffs() -> Result<()> {
     let step = step(format!("bpffs mounted at {BPFFS} (pinned maps)"));
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
@@ -269,7 +297,8 @@ pub fn satisfied(profile: Profile) -> bool {
     let linker_ok = exec::probe(Command::new("bpf-linker").arg("--version"))
         .is_some_and(|v| is_wanted_bpf_linker(&v));
     let bpffs_ok = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| bpffs_mounted(&m));
-    packages_ok && nightly_ok && src_ok && stable_ok && linker_ok && bpffs_ok
+    let fuzz_ok = profile != Profile::Full || cargo_fuzz_installed();
+    packages_ok && nightly_ok && src_ok && stable_ok && linker_ok && bpffs_ok && fuzz_ok
 }
 
 /// Runs setup only when something is missing, so a ready machine prints nothing.

@@ -1,13 +1,14 @@
 //! `cargo xtask test`: THE test command (README, .ci/run). Sets up what is missing, then
-//! formatting, clippy, the unprivileged tests, and the privileged suites (test files
-//! `privileged_*.rs` of the tests crate and of router-userspace) as root. Output ends
-//! with cargo's own test summary lines.
+//! formatting, clippy, a short fuzz smoke (every fuzz target, bounded), the unprivileged
+//! tests, and the privileged suites (test files `privileged_*.rs` of the tests crate and
+//! of router-userspace) as root. Output ends with cargo's own test summary lines.
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
 use crate::exec;
+use crate::fuzz;
 use crate::progress::{banner, elapsed, loud, step};
 use crate::setup::{self, Profile};
 use crate::workspace;
@@ -108,6 +109,15 @@ pub fn run(opts: Options) -> Result<()> {
         ]))?;
         clippy.done();
     }
+
+    // Before the test runs, so that cargo's summary stays the last output. Bounded: every
+    // target for fuzz::SMOKE_SECONDS, failing on a crash with the input that caused it.
+    banner(&format!(
+        "==> fuzz smoke: each target for {}s ({} so far)",
+        fuzz::SMOKE_SECONDS,
+        elapsed(started.elapsed())
+    ));
+    fuzz::smoke()?;
 
     let mut privileged: Vec<(&str, String)> = Vec::new();
     let mut unprivileged: Vec<(Split, Vec<String>)> = Vec::new();

@@ -214,7 +214,7 @@ impl UpstreamBody {
 
 /// The fields of a complete trailer section (its final empty line included),
 /// `None` if it has none.
-fn trailer_fields(section: &[u8]) -> Result<Option<HeaderMap>, ResponseBodyError> {
+pub(crate) fn trailer_fields(section: &[u8]) -> Result<Option<HeaderMap>, ResponseBodyError> {
     if section == b"\r\n" {
         return Ok(None);
     }
