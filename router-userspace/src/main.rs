@@ -549,13 +549,15 @@ struct Start {
     vrrp_master: bool,
 }
 
+/// How often a VRRP router reports its own health to its speaker (Kolla's track script
+/// runs every 2 s).
+const OWN_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The VRRP speaker of a router with `[vrrp]`, and the task that makes the VIP follow its
 /// role.
 struct Vrrp {
     speaker: vrrp::SpeakerHandle,
     follow: tokio::task::JoinHandle<()>,
-    /// How often the router's own health is reported (Kolla's track script: 2 s).
-    interval: std::time::Duration,
     /// `[vrrp] advert_int`: how long a resigning master waits for the new one.
     advert_int: std::time::Duration,
 }
@@ -590,7 +592,6 @@ impl Vrrp {
             Vrrp {
                 speaker,
                 follow,
-                interval: std::time::Duration::from_secs(2),
                 advert_int: settings.advert_int,
             },
             vip,
@@ -695,10 +696,8 @@ async fn run(start: Start) -> Result<()> {
         (None, _) => (None, None),
     };
     let vrrp_interface = vip.as_ref().map(|v| v.settings().interface.clone());
-    let mut health_tick = tokio::time::interval(
-        vrrp.as_ref()
-            .map_or(std::time::Duration::from_secs(3600), |v| v.interval),
-    );
+    // Only polled with `[vrrp]` (the select below guards it).
+    let mut health_tick = tokio::time::interval(OWN_HEALTH_INTERVAL);
     // Taken before `shutdown` consumes the handle; the admin listener outlives the drain
     // so that `/healthz` answers 503 while it lasts.
     let config_state = reload::ConfigState::shared(loaded_at);

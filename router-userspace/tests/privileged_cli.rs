@@ -1375,6 +1375,43 @@ struct LoadCount {
     last_failure: std::sync::Mutex<Option<String>>,
 }
 
+impl LoadCount {
+    /// One client in the client namespace: `GET /v2.1/servers` on a new connection each
+    /// time, written `pause` after connecting, until `stop` (or two minutes: bounded).
+    fn drive(&self, world: &World, stop: &AtomicBool, pause: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let compute = world.addr(COMPUTE);
+        world.lab.client.run(|| {
+            let started = Instant::now();
+            while !stop.load(Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                let outcome = (|| -> io::Result<String> {
+                    let mut s = TcpStream::connect_timeout(&compute, CONNECT)?;
+                    std::thread::sleep(pause);
+                    s.set_read_timeout(Some(PATIENCE))?;
+                    s.write_all(
+                        b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    )?;
+                    let mut reply = String::new();
+                    s.read_to_string(&mut reply)?;
+                    Ok(reply)
+                })();
+                match outcome {
+                    Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
+                        self.ok.fetch_add(1, Relaxed);
+                    }
+                    other => {
+                        self.failed.fetch_add(1, Relaxed);
+                        *self.last_failure.lock().expect("lock") = Some(format!(
+                            "{other:?} (pause {pause:?}, at {:?})",
+                            std::time::SystemTime::now()
+                        ));
+                    }
+                }
+            }
+        });
+    }
+}
+
 #[test]
 fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
     if !runnable("reloads_under_load_fail_no_request") {
@@ -1402,7 +1439,6 @@ fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
 
     let count = LoadCount::default();
     let stop = AtomicBool::new(false);
-    let compute = world.addr(COMPUTE);
     let log_path = router.log.clone();
     let reloads_seen = || {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
@@ -1410,32 +1446,7 @@ fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
     };
     std::thread::scope(|scope| {
         // Steady load from the client namespace until told to stop (bounded anyway).
-        scope.spawn(|| {
-            world.lab.client.run(|| {
-                let started = Instant::now();
-                while !stop.load(Relaxed) && started.elapsed() < Duration::from_secs(120) {
-                    let outcome = (|| -> io::Result<String> {
-                        let mut s = TcpStream::connect_timeout(&compute, CONNECT)?;
-                        s.set_read_timeout(Some(PATIENCE))?;
-                        s.write_all(
-                            b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                        )?;
-                        let mut reply = String::new();
-                        s.read_to_string(&mut reply)?;
-                        Ok(reply)
-                    })();
-                    match outcome {
-                        Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
-                            count.ok.fetch_add(1, Relaxed);
-                        }
-                        other => {
-                            count.failed.fetch_add(1, Relaxed);
-                            *count.last_failure.lock().expect("lock") = Some(format!("{other:?}"));
-                        }
-                    }
-                }
-            });
-        });
+        scope.spawn(|| count.drive(&world, &stop, Duration::ZERO));
         let hup = |router: &mut RouterProcess, seen_before: usize| {
             let pid = libc::pid_t::try_from(router.child.id()).expect("pid");
             // SAFETY: kill(2) on our own child.
@@ -1602,7 +1613,6 @@ fn restarts_under_load_refuse_no_connection_keep_the_vip_and_drain_the_old_route
 
     let count = LoadCount::default();
     let stop = AtomicBool::new(false);
-    let compute = world.addr(COMPUTE);
     let mut pids = vec![libc::pid_t::try_from(first.child.id()).expect("pid")];
     std::thread::scope(|scope| {
         // Two clients, so that connections arrive while others are being accepted; the
@@ -1610,36 +1620,7 @@ fn restarts_under_load_refuse_no_connection_keep_the_vip_and_drain_the_old_route
         // accepted connections whose request is not there yet when it stops accepting.
         for pause in [Duration::ZERO, Duration::from_millis(20)] {
             let (count, stop, world) = (&count, &stop, &world);
-            scope.spawn(move || {
-                world.lab.client.run(|| {
-                    let started = Instant::now();
-                    while !stop.load(Relaxed) && started.elapsed() < Duration::from_secs(120) {
-                        let outcome = (|| -> io::Result<String> {
-                            let mut s = TcpStream::connect_timeout(&compute, CONNECT)?;
-                            std::thread::sleep(pause);
-                            s.set_read_timeout(Some(PATIENCE))?;
-                            s.write_all(
-                            b"GET /v2.1/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                        )?;
-                            let mut reply = String::new();
-                            s.read_to_string(&mut reply)?;
-                            Ok(reply)
-                        })();
-                        match outcome {
-                            Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
-                                count.ok.fetch_add(1, Relaxed);
-                            }
-                            other => {
-                                count.failed.fetch_add(1, Relaxed);
-                                *count.last_failure.lock().expect("lock") = Some(format!(
-                                    "{other:?} (pause {pause:?}, at {:?})",
-                                    std::time::SystemTime::now()
-                                ));
-                            }
-                        }
-                    }
-                });
-            });
+            scope.spawn(move || count.drive(world, stop, pause));
         }
         for round in 0..4 {
             // Load flows through the router about to be replaced (round 3: the last one).
