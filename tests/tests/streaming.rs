@@ -141,12 +141,14 @@ async fn download_reaches_the_client_before_the_backend_finished_sending() {
     assert_eq!(len, total);
 }
 
-/// An upload that lasts longer than the idle timeout is fine as long as bytes
-/// keep moving: the timeout measures silence, not total duration.
+/// An upload that lasts longer than the idle and request-body timeouts is fine as long
+/// as bytes keep moving: both measure silence, not total duration. (Each one's negative
+/// control: `a_download_silent_for_longer_than_idle_is_cut`,
+/// `a_stalled_request_body_is_408_after_request_body_not_idle`.)
 #[tokio::test]
 async fn steady_upload_may_outlast_the_idle_timeout() {
     let lab = Lab::start(LabOptions {
-        one_extra_toml: "[timeouts]\nidle = \"1s\"\n".into(),
+        one_extra_toml: "[timeouts]\nidle = \"1s\"\nrequest_body = \"1s\"\n".into(),
         ..LabOptions::default()
     })
     .await
@@ -171,6 +173,45 @@ async fn steady_upload_may_outlast_the_idle_timeout() {
     let r = Conn::open(vip).await.unwrap().send(req).await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.echo().body_len(), 250);
+}
+
+/// Negative control for the test above, on the side `idle` watches while a response
+/// streams: the same `idle = "1s"` ends a download whose backend goes silent after the
+/// first chunk (the client's body fails instead of hanging). With `idle` ignored, the
+/// wait below would end only at its 20 s bound.
+#[tokio::test]
+async fn a_download_silent_for_longer_than_idle_is_cut() {
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: "[timeouts]\nidle = \"1s\"\n".into(),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let vip = lab.one.addr(9292);
+    let total = 3 * pattern::CHUNK as u64;
+    let mut conn = Conn::open(vip).await.unwrap();
+    // The gate is never released: the backend stays silent after its first chunk.
+    let req = request("GET", vip, &format!("/__download_gated?bytes={total}"))
+        .body(empty())
+        .unwrap();
+    let mut body = conn.send_head(req).await.unwrap().into_body();
+    let rest = async {
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => len += frame.data_ref().map_or(0, |d| d.len() as u64),
+                Err(e) => return Err((len, e)),
+            }
+        }
+        Ok(len)
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), rest)
+        .await
+        .expect("idle did not end the silent download");
+    assert!(
+        outcome.is_err(),
+        "a download cut by idle ended as if complete: {outcome:?}"
+    );
 }
 
 /// A body that stalls longer than `[timeouts] request_body` between reads is answered 408 in
