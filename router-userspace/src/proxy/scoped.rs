@@ -9,16 +9,18 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use super::error::ErrorKind;
 use super::upstream::{SendReport, Upstreams};
 use super::{
     RequestStart, ambiguous_framing_problem, check_head, headers, health_response,
     problem_response, relay_response,
 };
-use crate::access_log::{AccessRecord, LoggedBody};
-use crate::balance::Server;
+use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
+use crate::balance::{Balance, Server};
 use crate::decision::{Plan, RequestHead};
 use crate::health::{HEALTH_HEADER, HEALTH_PATH};
-use crate::problem::Problem;
+use crate::limit::Picker;
+use crate::problem::{ConfigAt, Problem};
 use crate::routing::{Router, SharedRouter};
 
 /// State shared by every scoped connection of one router.
@@ -176,11 +178,11 @@ pub async fn handle(
             stats: plan.stats.as_deref(),
             ..SendReport::default()
         };
+        let keep_client = plan.balancer.balance() == Balance::Source;
         let sent = shared
             .upstreams
             .send_to_any(
-                servers,
-                |s: &Server| s.health.upstream(),
+                Picker::new(servers, keep_client, plan.timeouts.queue),
                 shared.retries,
                 &plan.timeouts,
                 &outgoing,
@@ -210,7 +212,10 @@ pub async fn handle(
             // No server of this alternative accepted a connection: nothing was sent,
             // so the next alternative may have it.
             Err(err) if err.retry_safe && plan.fallback.is_some() => {
-                let reason = format!("connect failed: {}", err.kind_text());
+                let reason = match err.kind {
+                    ErrorKind::QueueTimeout => format!("queue timeout: {}", err.kind_text()),
+                    _ => format!("connect failed: {}", err.kind_text()),
+                };
                 ctx.skipped(&plan, &reason, None);
                 if let Some(next) = plan.fallback.take() {
                     plan = *next;
@@ -224,8 +229,11 @@ pub async fn handle(
                     retry_safe = err.retry_safe,
                     "upstream request failed: {err}"
                 );
+                if err.kind == ErrorKind::QueueTimeout {
+                    ctx.record.outcome = Some(QUEUE_TIMEOUT);
+                }
                 return Ok(problem_response(
-                    &err.to_problem(&plan.backend_name),
+                    &err.to_problem(&plan.backend_name, ConfigAt::Port(plan.port)),
                     ctx.record,
                     false,
                 ));
