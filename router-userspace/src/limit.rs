@@ -212,11 +212,11 @@ impl<B: http_body::Body + Unpin> http_body::Body for SlotBody<B> {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "no slot freed within {} ([timeouts] queue): {servers} server(s) at their maxconn",
-    humantime::format_duration(*.waited)
+    humantime::format_duration(*.queue)
 )]
 pub struct QueueTimeout {
-    /// How long the request waited in the queue.
-    pub waited: Duration,
+    /// The `[timeouts] queue` that ran out (the wait itself is [`Picker::waited`]).
+    pub queue: Duration,
     /// How many full servers it waited for.
     pub servers: usize,
 }
@@ -312,7 +312,7 @@ impl<'a, I: Iterator<Item = &'a Server>> Picker<'a, I> {
                     slots.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(QueueTimeout {
-                    waited: self.waited,
+                    queue: self.budget,
                     servers: self.full.len(),
                 })
             }
@@ -362,6 +362,13 @@ mod tests {
     }
 
     const QUEUE: Duration = Duration::from_secs(60);
+
+    /// `f`, or a failed test after 10 s (a wait the code under test never ends).
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("stalled")
+    }
 
     /// Polls once: whether the future is still waiting.
     fn pending<F: Future>(f: Pin<&mut F>) -> bool {
@@ -431,7 +438,7 @@ mod tests {
             assert!(pending(waiting.as_mut()), "source went elsewhere");
             assert_eq!(servers[0].slots.as_ref().unwrap().queued(), 1);
             drop(held);
-            waiting.await.unwrap().unwrap()
+            within(waiting).await.unwrap().unwrap()
         };
         assert_eq!(s.health.addr(), "a");
         assert!(slot.is_some());
@@ -457,13 +464,17 @@ mod tests {
                 drop(got);
             }));
             // Each waiter is in the queue before the next arrives.
-            while slots.queued() < i + 1 {
+            for _ in 0..1000 {
+                if slots.queued() > i {
+                    break;
+                }
                 tokio::task::yield_now().await;
             }
+            assert_eq!(slots.queued(), i + 1, "waiter {i} not queued");
         }
         drop(held);
         for t in tasks {
-            t.await.unwrap();
+            within(t).await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
         assert_eq!(a.slots.as_ref().unwrap().in_use(), 0);
@@ -498,7 +509,8 @@ mod tests {
         // Nothing frees: the queue time runs out, counted on the pick.
         let mut picker = Picker::new(servers.iter(), false, QUEUE);
         let err = picker.next().await.unwrap_err();
-        assert_eq!((err.waited, err.servers), (QUEUE, 2));
+        assert_eq!((err.queue, err.servers), (QUEUE, 2));
+        assert_eq!(picker.waited(), QUEUE);
         assert!(err.to_string().contains("1m ([timeouts] queue)"), "{err}");
         let a = servers[0].slots.as_ref().unwrap();
         assert_eq!((a.queue_timeouts(), a.queued()), (1, 0));
@@ -549,7 +561,7 @@ mod tests {
         tokio::pin!(waiting);
         assert!(pending(waiting.as_mut()));
         a.slots.as_ref().unwrap().lift();
-        let (s, slot) = waiting.await.unwrap().unwrap();
+        let (s, slot) = within(waiting).await.unwrap().unwrap();
         assert_eq!(s.health.addr(), "a");
         assert!(slot.is_none());
     }

@@ -211,7 +211,7 @@ pub async fn handle_http(
             tracing::warn!(passthrough = %rt.spec.name, "request not sent: {timeout}");
             record.outcome = Some(QUEUE_TIMEOUT);
             let at = ConfigAt::Passthrough(&rt.spec.name);
-            let problem = Problem::queue_timeout(&rt.spec.name, at, timeout.waited);
+            let problem = Problem::queue_timeout(&rt.spec.name, at, timeout.queue);
             return Ok(problem_response(&problem, record, false));
         }
     };

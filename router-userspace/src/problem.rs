@@ -151,10 +151,10 @@ impl Problem {
     }
 
     /// 503 when every server the request could go to stayed at its `maxconn` for the whole
-    /// `[timeouts] queue` (`waited`): names the backend, says nothing was sent, and which
+    /// `[timeouts] queue` (`queue`): names the backend, says nothing was sent, and which
     /// settings of the listener (`at`) let more in at once or wait longer.
-    pub fn queue_timeout(backend: &str, at: ConfigAt<'_>, waited: std::time::Duration) -> Problem {
-        let (limits, queue) = match at {
+    pub fn queue_timeout(backend: &str, at: ConfigAt<'_>, queue: std::time::Duration) -> Problem {
+        let (limits, longer) = match at {
             ConfigAt::Port(port) => (
                 format!(
                     "`maxconn` on the server, or `maxconn_per_server` in [ports.{port}] or \
@@ -181,8 +181,8 @@ impl Problem {
                 "Every server of {backend}{listener} stayed busy at its maxconn limit for {} \
                  (queue timeout, [timeouts] queue): the request waited in the router's queue \
                  and was never sent. Retry later. The operator can let more requests in at \
-                 once ({limits}) or let them wait longer ({queue}).",
-                humantime::format_duration(waited)
+                 once ({limits}) or let them wait longer ({longer}).",
+                humantime::format_duration(queue)
             ),
         )
     }

@@ -216,13 +216,13 @@ impl ProxyError {
                 format!("{what} ({backend}): report this to the operator with the request details"),
             ),
             ErrorKind::QueueTimeout => {
-                let waited = self
+                let queue = self
                     .cause
                     .as_deref()
                     .and_then(|c| c.downcast_ref::<QueueTimeout>())
-                    .map(|q| q.waited)
+                    .map(|q| q.queue)
                     .unwrap_or_default();
-                Problem::queue_timeout(backend, at, waited)
+                Problem::queue_timeout(backend, at, queue)
             }
         }
     }
