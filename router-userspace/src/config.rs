@@ -961,7 +961,10 @@ queue = "5s"
         assert_eq!(c.port_timeouts(9292).queue, Duration::from_secs(10));
         // [proxy] maxconn_per_server does not reach a passthrough's long-lived connections.
         assert_eq!(maxconns(c.passthrough[0].servers.clone()), [Some(0)]);
-        assert_eq!(maxconns(c.passthrough[1].servers.clone()), [Some(1), Some(3)]);
+        assert_eq!(
+            maxconns(c.passthrough[1].servers.clone()),
+            [Some(1), Some(3)]
+        );
         assert_eq!(c.passthrough[0].timeouts.queue, Duration::from_secs(30));
         assert_eq!(c.passthrough[1].timeouts.queue, Duration::from_secs(5));
         // Nothing set: no limit anywhere, Kolla's one-minute queue.
@@ -1040,7 +1043,10 @@ queue = "5s"
                 pt("maxconn = 4\n"),
                 &["unknown field `maxconn`", "maxconn_per_server"],
             ),
-            (pt("maxconn_per_server = -1\n"), &["maxconn_per_server", RANGE]),
+            (
+                pt("maxconn_per_server = -1\n"),
+                &["maxconn_per_server", RANGE],
+            ),
         ];
         for (text, needles) in cases {
             let msg = match parse(&text) {
