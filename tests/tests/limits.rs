@@ -304,6 +304,39 @@ async fn round_robin_sends_to_the_server_with_room() {
     assert_eq!(held.await.unwrap().unwrap().status, 200);
 }
 
+/// `A|B`: an alternative whose servers stayed full for its queue time did not serve and
+/// sent nothing, here or at the next region's router, so the next alternative serves.
+#[tokio::test]
+async fn a_full_alternative_hands_the_request_to_the_next() {
+    let limited = "maxconn_per_server = 1\nqueue = \"200ms\"\n";
+    let lab = Lab::start(LabOptions {
+        one_port_toml: BTreeMap::from([(8774, limited.to_owned())]),
+        two_port_toml: BTreeMap::from([(8774, limited.to_owned())]),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let vip = lab.one.addr(8774);
+    for (full, other, scope) in [
+        (&lab.one, &lab.two, r#"{"compute": "RegionOne|RegionTwo"}"#),
+        (&lab.two, &lab.one, r#"{"compute": "RegionTwo|RegionOne"}"#),
+    ] {
+        let backend = &full.backends[&8774];
+        backend.gate.seen.lock().unwrap().clear();
+        // Held on the full region's own listener: its one slot is taken.
+        let held = tokio::spawn(get(full.addr(8774), "/__gate", &[]));
+        backend.gate.wait_arrived().await;
+        let r = get(vip, "/v2.1/servers", &[("X-Scope", scope)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{scope}: {:?}", r.body);
+        assert_eq!(r.echo().backend(), other.backend_name(8774), "{scope}");
+        assert_eq!(backend.gate.seen(), ["GET /__gate"], "{scope}");
+        backend.gate.release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap().status, 200);
+    }
+}
+
 /// A body the test hands over chunk by chunk; it ends when the sender is dropped.
 fn fed_body() -> (tokio::sync::mpsc::Sender<Bytes>, ClientBody) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);

@@ -396,6 +396,40 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_timeout_is_a_retry_safe_503_naming_what_to_change() {
+        let timeout = ProxyError::new(
+            ErrorKind::QueueTimeout,
+            "10.0.0.1:9292",
+            Some(Box::new(QueueTimeout {
+                queue: std::time::Duration::from_secs(60),
+                servers: 2,
+            })),
+        );
+        assert!(timeout.retry_safe, "nothing was sent");
+        assert_eq!(timeout.side, ErrorSource::Upstream);
+        let p = timeout.to_problem("RegionOne_image_public", ConfigAt::Port(9292));
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        for needle in [
+            "RegionOne_image_public on port 9292",
+            "for 1m (queue timeout, [timeouts] queue)",
+            "never sent",
+            "`maxconn_per_server` in [ports.9292] or [proxy]",
+            "`queue` in [ports.9292] or [timeouts]",
+        ] {
+            assert!(p.message.contains(needle), "{needle}: {}", p.message);
+        }
+        assert!(!p.message.contains("10.0.0.1"), "{}", p.message);
+        let p = timeout.to_problem("horizon", ConfigAt::Passthrough("horizon"));
+        assert!(
+            p.message
+                .contains("`maxconn_per_server` in the [[passthrough]] named \"horizon\""),
+            "{}",
+            p.message
+        );
+        assert!(!p.message.contains("[proxy]"), "{}", p.message);
+    }
+
+    #[test]
     fn io_kind_is_found_through_the_chain() {
         #[derive(Debug, thiserror::Error)]
         #[error("outer")]
