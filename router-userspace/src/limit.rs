@@ -292,7 +292,9 @@ impl<'a, I: Iterator<Item = &'a Server>> Picker<'a, I> {
         if self.full.is_empty() {
             return Ok(None);
         }
-        self.wait().await.map(Some)
+        // Boxed: the waiting's state costs an allocation when a request waits, instead of
+        // growing every request's future.
+        Box::pin(self.wait()).await.map(Some)
     }
 
     /// Waits for the first of the full candidates to free a slot.
@@ -373,6 +375,16 @@ mod tests {
     /// Polls once: whether the future is still waiting.
     fn pending<F: Future>(f: Pin<&mut F>) -> bool {
         futures_util::FutureExt::now_or_never(f).is_none()
+    }
+
+    #[test]
+    fn picking_carries_no_waiting_state_unless_it_waits() {
+        // The queue's state (hundreds of bytes) is boxed when a request waits: every
+        // request's future grows by a few words only.
+        let servers = [server("a", 0)];
+        let mut picker = Picker::new(servers.iter(), false, QUEUE);
+        let next = picker.next();
+        assert!(std::mem::size_of_val(&next) <= 4 * std::mem::size_of::<usize>());
     }
 
     #[tokio::test]
