@@ -213,8 +213,8 @@ pub async fn handle(
                 }
             }
             Ok((resp, _)) => return Ok(relay_response(resp, ctx.record, false)),
-            // No server of this alternative accepted a connection: nothing was sent,
-            // so the next alternative may have it.
+            // No server of this alternative accepted a connection, or none freed a slot
+            // within the queue time: nothing was sent, so the next alternative may have it.
             Err(err) if err.retry_safe && plan.fallback.is_some() => {
                 let reason = match err.kind {
                     ErrorKind::QueueTimeout => format!("queue timeout: {}", err.kind_text()),

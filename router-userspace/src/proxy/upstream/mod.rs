@@ -707,6 +707,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_response_body_holds_the_slot_and_a_refused_server_gets_its_back() {
+        let live = backend(|_| Some(OK)).await;
+        let dead = dead_addr().await;
+        let limited = |addr: &Arc<str>| Server {
+            slots: Some(crate::limit::Slots::new(1)),
+            ..Server::new(Health::new(addr.to_string()))
+        };
+        let servers = [limited(&dead), limited(&live.addr)];
+        let in_use = |i: usize| servers[i].slots.as_ref().unwrap().in_use();
+        let ups = Upstreams::start();
+        let mut body = Some(Empty::<Bytes>::new());
+        let mut report = SendReport::default();
+        let (resp, server) = ups
+            .send_to_any(
+                Picker::new(servers.iter(), false, timeouts().queue),
+                3,
+                &timeouts(),
+                &get("/"),
+                &mut body,
+                |_, _| {},
+                &mut report,
+            )
+            .await
+            .unwrap();
+        assert_eq!(server.health.addr(), &*live.addr);
+        assert_eq!(report.redispatches, 1);
+        assert_eq!(
+            (in_use(0), in_use(1)),
+            (0, 1),
+            "slots while the body is unread"
+        );
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"ok");
+        assert_eq!(in_use(1), 0, "the ended body gave its slot back");
+        assert_eq!(ups.pool.idle_count(&live.addr), 1);
+    }
+
+    #[tokio::test]
     async fn a_request_that_reached_a_server_is_never_sent_to_another() {
         // The first server reads the POST and closes without answering.
         let swallow = backend(|_| None).await;
