@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -42,6 +42,11 @@ pub struct AccessRecord {
     pub retries: u32,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
+    /// Time spent waiting for a server's `maxconn` slot (HAProxy's `Tw`).
+    pub queued: Duration,
+    /// What the router's own answer ended (instead of `complete` once it is sent), e.g.
+    /// [`QUEUE_TIMEOUT`].
+    pub outcome: Option<&'static str>,
     /// The backend's `X-Openstack-Request-Id`, to find the request in its logs.
     pub request_id: Option<http::HeaderValue>,
     /// The router answered itself (an error of its own): nothing came from a backend.
@@ -56,6 +61,10 @@ pub struct AccessRecord {
 
 /// The outcome of a request the end of `[proxy] shutdown_grace` cut.
 pub const CUT_BY_SHUTDOWN: &str = "cut_by_shutdown";
+
+/// The outcome of a request answered 503 because it waited `[timeouts] queue` for a
+/// server's `maxconn` slot in vain.
+pub const QUEUE_TIMEOUT: &str = "queue_timeout";
 
 impl AccessRecord {
     pub fn new(
@@ -83,6 +92,8 @@ impl AccessRecord {
             redispatches: 0,
             retries: 0,
             bytes_in: 0,
+            queued: Duration::ZERO,
+            outcome: None,
             request_id: None,
             from_router: false,
             stats: None,
@@ -134,6 +145,7 @@ impl AccessRecord {
             server = %self.server.as_deref().unwrap_or(dash),
             redispatches = self.redispatches,
             retries = self.retries,
+            queue_ms = %format_args!("{:.3}", self.queued.as_secs_f64() * 1000.0),
             request_id = %request_id,
             peer = %self.peer,
             listener = %self.listener,
@@ -148,6 +160,7 @@ impl AccessRecord {
         self.redispatches += report.redispatches;
         self.retries += report.retries;
         self.bytes_in += report.body_bytes;
+        self.queued += report.queued;
     }
 }
 
@@ -186,7 +199,7 @@ impl LoggedBody {
     fn finish(&mut self) {
         if let Some(mut record) = self.record.take() {
             let outcome = if self.complete {
-                "complete"
+                record.outcome.unwrap_or("complete")
             } else if record.cut_by_shutdown() {
                 CUT_BY_SHUTDOWN
             } else {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Deserialize;
 
 use crate::health::Health;
+use crate::limit::Slots;
 
 /// Largest weight honoured (HAProxy's maximum); larger weights are clamped to it. Bounds the
 /// precomputed schedule at `MAX_WEIGHT` slots per server.
@@ -46,15 +47,18 @@ pub struct Server {
     pub weight: u32,
     /// Only used when every non-backup server is down.
     pub backup: bool,
+    /// Its `maxconn` slots; `None` when unlimited, which costs a request nothing.
+    pub slots: Option<Arc<Slots>>,
 }
 
 impl Server {
-    /// A non-backup server of weight 1.
+    /// A non-backup server of weight 1, unlimited.
     pub fn new(health: Arc<Health>) -> Server {
         Server {
             health,
             weight: 1,
             backup: false,
+            slots: None,
         }
     }
 }
@@ -319,6 +323,7 @@ mod tests {
                     health: Health::new(name.to_owned()),
                     weight,
                     backup,
+                    slots: None,
                 })
                 .collect(),
             balance,

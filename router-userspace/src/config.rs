@@ -13,6 +13,7 @@ use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::health::CheckSettings;
+use crate::limit::MAXCONN_MAX;
 use crate::process::ProcessSettings;
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 use crate::vrrp::VrrpSettings;
@@ -71,6 +72,10 @@ pub struct Timeouts {
     /// `idle` is: a client trickling its body cannot hold a backend connection for `idle`.
     #[serde(deserialize_with = "duration")]
     pub request_body: Duration,
+    /// Longest a request waits for a slot when every server it may go to is at its
+    /// `maxconn` (HAProxy's `timeout queue`; 503 when it expires). Unused without limits.
+    #[serde(deserialize_with = "duration")]
+    pub queue: Duration,
 }
 
 impl Default for Timeouts {
@@ -87,6 +92,8 @@ impl Default for Timeouts {
             // Between reads, not for the whole body: a multi-GiB upload moving at any
             // speed never pauses a minute, while a stalled one frees its backend in one.
             request_body: Duration::from_secs(60),
+            // Kolla's HAProxy `timeout queue 1m`.
+            queue: Duration::from_secs(60),
         }
     }
 }
@@ -105,6 +112,12 @@ pub struct PortOverride {
     pub response_head: Option<Duration>,
     #[serde(deserialize_with = "some_duration")]
     pub request_body: Option<Duration>,
+    #[serde(deserialize_with = "some_duration")]
+    pub queue: Option<Duration>,
+    /// `maxconn` of this port's servers that set none (`[proxy] maxconn_per_server`
+    /// otherwise); 0: no limit.
+    #[serde(deserialize_with = "some_maxconn")]
+    pub maxconn_per_server: Option<u32>,
     /// Local backend servers for this port instead of `backend`:N.
     pub backend: Option<Servers<SocketAddr>>,
     /// How requests spread over this port's servers (`[proxy] balance` otherwise).
@@ -114,17 +127,22 @@ pub struct PortOverride {
     pub health_path: Option<String>,
 }
 
-/// One server of a backend: its address, its share of the traffic, and whether it only
-/// serves when every other server is down (HAProxy's `weight` and `backup`).
+/// One server of a backend: its address, its share of the traffic, whether it only
+/// serves when every other server is down, and how many requests it takes at once
+/// (HAProxy's `weight`, `backup` and `maxconn`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec<A> {
     pub address: A,
     pub weight: u32,
     pub backup: bool,
+    /// Exchanges in progress at once, 0 for no limit; `None` as written when the table
+    /// names none, so the section's `maxconn_per_server` applies ([`Config::port_backend`]
+    /// and [`Passthrough::servers`] come with it resolved).
+    pub maxconn: Option<u32>,
 }
 
 /// `backend` as written: one server (`"10.0.0.5"`, or a table `{ address = "10.0.0.5",
-/// weight = 2, backup = true }`) or a list of them.
+/// weight = 2, backup = true, maxconn = 64 }`) or a list of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Servers<A>(pub Vec<ServerSpec<A>>);
 
@@ -167,14 +185,16 @@ where
             address: address(text)?,
             weight: 1,
             backup: false,
+            maxconn: None,
         }),
         toml::Value::Table(table) => {
             if let Some(key) = table
                 .keys()
-                .find(|k| !["address", "weight", "backup"].contains(&k.as_str()))
+                .find(|k| !["address", "weight", "backup", "maxconn"].contains(&k.as_str()))
             {
                 return Err(format!(
-                    "unknown server key `{key}`; a server has `address`, `weight` and `backup`"
+                    "unknown server key `{key}`; a server has `address`, `weight`, `backup` \
+                     and `maxconn`"
                 ));
             }
             let Some(toml::Value::String(text)) = table.get("address") else {
@@ -195,17 +215,52 @@ where
                 Some(toml::Value::Boolean(b)) => *b,
                 Some(other) => return Err(format!("backup {other} must be true or false")),
             };
+            let maxconn = match table.get("maxconn") {
+                None => None,
+                Some(toml::Value::Integer(n)) => Some(maxconn_value(*n)?),
+                Some(other) => return Err(maxconn_message(other)),
+            };
             Ok(ServerSpec {
                 address: address(text)?,
                 weight,
                 backup,
+                maxconn,
             })
         }
         other => Err(format!(
             "{other} is not a server; write \"address\", {{ address = \"…\", weight = 2, \
-             backup = true }}, or a list of them"
+             backup = true, maxconn = 64 }}, or a list of them"
         )),
     }
+}
+
+/// A `maxconn` as written: 0 (no limit) or 1 to [`MAXCONN_MAX`].
+fn maxconn_value(n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(n) if n <= MAXCONN_MAX => Ok(n),
+        _ => Err(maxconn_message(n)),
+    }
+}
+
+fn maxconn_message(value: impl std::fmt::Display) -> String {
+    format!(
+        "maxconn {value} must be a whole number from 1 to {MAXCONN_MAX} (requests the server \
+         handles at once; more wait in the queue up to [timeouts] queue), or 0 for no limit"
+    )
+}
+
+/// Deserializes a `maxconn` ([`maxconn_value`]).
+fn maxconn<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(n) => maxconn_value(n),
+        other => Err(maxconn_message(other)),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+/// [`maxconn`] for an optional key.
+fn some_maxconn<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    maxconn(d).map(Some)
 }
 
 /// `[proxy]`: HTTP handling limits.
@@ -223,6 +278,12 @@ pub struct ProxySettings {
     /// How requests spread over a backend's servers, unless `[ports.N] balance` says
     /// otherwise.
     pub balance: Balance,
+    /// `maxconn` of every scoped listener's local server that sets none (HAProxy's
+    /// `default-server maxconn`), unless `[ports.N] maxconn_per_server` says otherwise;
+    /// 0: no limit. Not for passthrough listeners, whose long-lived connections (database
+    /// pools, consoles) only their own `maxconn` may limit.
+    #[serde(deserialize_with = "maxconn")]
+    pub maxconn_per_server: u32,
 }
 
 impl Default for ProxySettings {
@@ -233,6 +294,9 @@ impl Default for ProxySettings {
             // Kolla's HAProxy defaults: `retries 3`, `balance roundrobin`.
             retries: 3,
             balance: Balance::Roundrobin,
+            // Kolla sets no server maxconn: the right number is the service's worker
+            // count, and a guess too low turns long uploads into everyone's 503s.
+            maxconn_per_server: 0,
         }
     }
 }
@@ -254,7 +318,9 @@ pub struct Passthrough {
     pub bind: SocketAddr,
     /// The first server, for display; `servers` holds them all.
     pub backend: SocketAddr,
-    /// Every server of `backend`, checked and balanced like a scoped port's.
+    /// Every server of `backend`, checked and balanced like a scoped port's, with its
+    /// `maxconn` resolved (the server's own, else the passthrough's `maxconn_per_server`,
+    /// else no limit).
     pub servers: Vec<ServerSpec<SocketAddr>>,
     pub balance: Balance,
     pub mode: PassthroughMode,
@@ -388,13 +454,20 @@ impl Config {
             t.idle = o.idle.unwrap_or(t.idle);
             t.response_head = o.response_head.unwrap_or(t.response_head);
             t.request_body = o.request_body.unwrap_or(t.request_body);
+            t.queue = o.queue.unwrap_or(t.queue);
         }
         t
     }
 
-    /// The local backend servers of the scoped listener on `port`.
+    /// The local backend servers of the scoped listener on `port`, each with its
+    /// `maxconn` resolved: its own, else `[ports.N]`'s `maxconn_per_server`, else
+    /// `[proxy]`'s.
     pub fn port_backend(&self, port: u16) -> Vec<ServerSpec<SocketAddr>> {
-        match self.ports.get(&port).and_then(|o| o.backend.as_ref()) {
+        let o = self.ports.get(&port);
+        let default = o
+            .and_then(|o| o.maxconn_per_server)
+            .unwrap_or(self.proxy.maxconn_per_server);
+        let servers = match o.and_then(|o| o.backend.as_ref()) {
             Some(servers) => servers.0.clone(),
             None => self
                 .backend
@@ -403,9 +476,17 @@ impl Config {
                     address: SocketAddr::new(s.address, port),
                     weight: s.weight,
                     backup: s.backup,
+                    maxconn: s.maxconn,
                 })
                 .collect(),
-        }
+        };
+        servers
+            .into_iter()
+            .map(|s| ServerSpec {
+                maxconn: Some(s.maxconn.unwrap_or(default)),
+                ..s
+            })
+            .collect()
     }
 
     /// How requests spread over the servers of the scoped listener on `port`.
@@ -507,6 +588,12 @@ struct RawPassthrough {
     response_head: Option<Duration>,
     #[serde(default, deserialize_with = "some_duration")]
     request_body: Option<Duration>,
+    #[serde(default, deserialize_with = "some_duration")]
+    queue: Option<Duration>,
+    /// `maxconn` of its servers that set none; no limit when absent (`[proxy]`'s does not
+    /// apply here).
+    #[serde(default, deserialize_with = "some_maxconn")]
+    maxconn_per_server: Option<u32>,
 }
 
 impl RawConfig {
@@ -671,6 +758,7 @@ impl RawConfig {
                 idle: p.idle.unwrap_or(timeouts.idle),
                 response_head: p.response_head.unwrap_or(timeouts.response_head),
                 request_body: p.request_body.unwrap_or(timeouts.request_body),
+                queue: p.queue.unwrap_or(timeouts.queue),
             };
             let Some(first) = p.backend.0.first().map(|s| s.address) else {
                 return Err(invalid(
@@ -678,11 +766,21 @@ impl RawConfig {
                     "names no server".into(),
                 ));
             };
+            let default = p.maxconn_per_server.unwrap_or(0);
+            let servers = p
+                .backend
+                .0
+                .into_iter()
+                .map(|s| ServerSpec {
+                    maxconn: Some(s.maxconn.unwrap_or(default)),
+                    ..s
+                })
+                .collect();
             passthrough.push(Passthrough {
                 name: p.name,
                 bind: p.bind,
                 backend: first,
-                servers: p.backend.0,
+                servers,
                 balance: p.balance.unwrap_or(proxy.balance),
                 mode: p.mode,
                 timeouts,
@@ -761,6 +859,7 @@ backend = "192.168.142.245"
                 shutdown_grace: Duration::from_secs(30),
                 retries: 3,
                 balance: Balance::Roundrobin,
+                maxconn_per_server: 0,
             }
         );
         assert_eq!(c.vip, None);
@@ -800,11 +899,164 @@ backend = "192.168.142.245"
         assert!(err.contains("bind"), "{err}");
     }
 
+    /// A default server as written (no `maxconn` of its own).
     fn server<A>(address: A) -> ServerSpec<A> {
         ServerSpec {
             address,
             weight: 1,
             backup: false,
+            maxconn: None,
+        }
+    }
+
+    /// A default server as a listener resolves it: no limit.
+    fn unlimited<A>(address: A) -> ServerSpec<A> {
+        ServerSpec {
+            maxconn: Some(0),
+            ..server(address)
+        }
+    }
+
+    /// `maxconn` on servers, `maxconn_per_server` for a port or every port, `queue` like
+    /// the other timeouts; passthroughs only by their own settings.
+    #[test]
+    fn maxconn_and_queue_resolve_per_server_port_and_passthrough() {
+        let c = parse(
+            r#"
+region = "RegionOne"
+catalog = ["c.json"]
+backend = [{ address = "10.0.0.1", maxconn = 8 }, { address = "10.0.0.2", maxconn = 0 }, "10.0.0.3"]
+[timeouts]
+queue = "30s"
+[proxy]
+maxconn_per_server = 64
+[ports.9292]
+maxconn_per_server = 4
+queue = "10s"
+[ports.8774]
+backend = [{ address = "10.1.1.1:1", maxconn = 2 }, "10.1.1.2:1"]
+[[passthrough]]
+name = "mariadb"
+bind = "10.0.0.9:3306"
+backend = "10.0.0.1:3306"
+mode = "tcp"
+[[passthrough]]
+name = "horizon"
+bind = "10.0.0.9:80"
+backend = [{ address = "10.0.0.1:80", maxconn = 1 }, "10.0.0.2:80"]
+mode = "http"
+maxconn_per_server = 3
+queue = "5s"
+"#,
+        )
+        .unwrap();
+        let maxconns = |servers: Vec<ServerSpec<SocketAddr>>| {
+            servers.iter().map(|s| s.maxconn).collect::<Vec<_>>()
+        };
+        // Own maxconn first (0 included: no limit), then the port's, then [proxy]'s.
+        assert_eq!(maxconns(c.port_backend(5000)), [Some(8), Some(0), Some(64)]);
+        assert_eq!(maxconns(c.port_backend(9292)), [Some(8), Some(0), Some(4)]);
+        assert_eq!(maxconns(c.port_backend(8774)), [Some(2), Some(64)]);
+        assert_eq!(c.port_timeouts(5000).queue, Duration::from_secs(30));
+        assert_eq!(c.port_timeouts(9292).queue, Duration::from_secs(10));
+        // [proxy] maxconn_per_server does not reach a passthrough's long-lived connections.
+        assert_eq!(maxconns(c.passthrough[0].servers.clone()), [Some(0)]);
+        assert_eq!(
+            maxconns(c.passthrough[1].servers.clone()),
+            [Some(1), Some(3)]
+        );
+        assert_eq!(c.passthrough[0].timeouts.queue, Duration::from_secs(30));
+        assert_eq!(c.passthrough[1].timeouts.queue, Duration::from_secs(5));
+        // Nothing set: no limit anywhere, Kolla's one-minute queue.
+        let d = parse(MINIMAL).unwrap();
+        assert_eq!(maxconns(d.port_backend(5000)), [Some(0)]);
+        assert_eq!(d.timeouts.queue, Duration::from_secs(60));
+    }
+
+    /// Every wrong limit is refused naming the key and saying what to write.
+    #[test]
+    fn wrong_limits_say_what_to_write() {
+        let pt = |extra: &str| {
+            format!(
+                "{MINIMAL}[[passthrough]]\nname = \"a\"\nbind = \"10.0.0.1:1\"\nbackend = \"10.0.0.2:1\"\nmode = \"tcp\"\n{extra}"
+            )
+        };
+        const RANGE: &str = "from 1 to 1000000";
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                MINIMAL.replace(
+                    "\"192.168.142.245\"",
+                    "{ address = \"192.168.142.245\", maxconn = -1 }",
+                ),
+                &["backend", "maxconn -1", RANGE, "0 for no limit"],
+            ),
+            (
+                MINIMAL.replace(
+                    "\"192.168.142.245\"",
+                    "{ address = \"192.168.142.245\", maxconn = 1000001 }",
+                ),
+                &["maxconn 1000001", RANGE],
+            ),
+            (
+                MINIMAL.replace(
+                    "\"192.168.142.245\"",
+                    "{ address = \"192.168.142.245\", maxconn = \"64\" }",
+                ),
+                &["maxconn \"64\"", RANGE],
+            ),
+            (
+                MINIMAL.replace(
+                    "\"192.168.142.245\"",
+                    "{ address = \"192.168.142.245\", max_conn = 6 }",
+                ),
+                &["unknown server key `max_conn`", "`maxconn`"],
+            ),
+            (
+                format!("{MINIMAL}[proxy]\nmaxconn_per_server = -5\n"),
+                &["maxconn_per_server", "maxconn -5", RANGE],
+            ),
+            (
+                format!("{MINIMAL}[proxy]\nmaxconn_per_server = 2.5\n"),
+                &["maxconn_per_server", "maxconn 2.5", RANGE],
+            ),
+            (
+                format!("{MINIMAL}[proxy]\nmaxconn = 64\n"),
+                &["unknown field `maxconn`", "maxconn_per_server"],
+            ),
+            (
+                format!("{MINIMAL}[ports.9292]\nmaxconn = 3\n"),
+                &["unknown field `maxconn`", "maxconn_per_server"],
+            ),
+            (
+                format!("{MINIMAL}[ports.9292]\nmaxconn_per_server = 2000000\n"),
+                &["maxconn_per_server", RANGE],
+            ),
+            (
+                format!("{MINIMAL}[timeouts]\nqueue = \"0s\"\n"),
+                &["queue", "greater than zero"],
+            ),
+            (
+                format!("{MINIMAL}[ports.9292]\nqueue = \"1 minute-ish\"\n"),
+                &["queue", "write e.g."],
+            ),
+            (
+                pt("maxconn = 4\n"),
+                &["unknown field `maxconn`", "maxconn_per_server"],
+            ),
+            (
+                pt("maxconn_per_server = -1\n"),
+                &["maxconn_per_server", RANGE],
+            ),
+        ];
+        for (text, needles) in cases {
+            let msg = match parse(&text) {
+                Ok(_) => panic!("loaded: {text}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(msg.contains("/etc/scope-router/router.toml"), "{msg}");
+            for n in needles {
+                assert!(msg.contains(n), "{n:?} missing from: {msg}");
+            }
         }
     }
 
@@ -830,12 +1082,14 @@ backend = "192.168.142.245"
                 ServerSpec {
                     address: ip("10.0.0.2"),
                     weight: 3,
-                    backup: false
+                    backup: false,
+                    maxconn: None,
                 },
                 ServerSpec {
                     address: ip("10.0.0.3"),
                     weight: 1,
-                    backup: true
+                    backup: true,
+                    maxconn: None,
                 },
             ]
         );
@@ -955,11 +1209,11 @@ mode = "http"
         assert_eq!(c.port_timeouts(5000), c.timeouts);
         assert_eq!(
             c.port_backend(8774),
-            [server("10.1.1.1:18774".parse::<SocketAddr>().unwrap())]
+            [unlimited("10.1.1.1:18774".parse::<SocketAddr>().unwrap())]
         );
         assert_eq!(
             c.port_backend(5000),
-            [server(
+            [unlimited(
                 "192.168.142.245:5000".parse::<SocketAddr>().unwrap()
             )]
         );

@@ -64,6 +64,8 @@ pub struct Plan {
     pub backend_name: Arc<str>,
     pub region: Arc<str>,
     pub timeouts: Timeouts,
+    /// Port of the listener whose settings apply (`[ports.N]`), for error advice.
+    pub port: u16,
     /// Our `Via` entry (with the decision as a comment on remote hops).
     pub(crate) via: HeaderValue,
     pub kind: PlanKind,

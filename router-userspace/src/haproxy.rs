@@ -33,9 +33,9 @@
 //!
 //! Every backend, and each `listen` block's transparent fallback, lists all the servers
 //! of its backend (`<name>_1`, `_2`… in configuration order) with `check inter rise fall`
-//! (`[health]`), `weight` and `backup`, and carries `balance roundrobin|source`,
-//! `retries`, `option redispatch 1` (`option allbackups` with several backups), `timeout
-//! check` and, on a port with an HTTP check, `option httpchk GET <path>` expecting
+//! (`[health]`), `weight`, `backup` and `maxconn`, and carries `balance
+//! roundrobin|source`, `retries`, `option redispatch 1` (`option allbackups` with several
+//! backups), `timeout queue`, `timeout check` and, on a port with an HTTP check, `option httpchk GET <path>` expecting
 //! 2xx/3xx. Where HAProxy then still behaves differently from scope-router
 //! (docs/ARCHITECTURE.md §3.8):
 //!
@@ -53,6 +53,12 @@
 //!   connect has `min(inter, timeout connect)`); scope-router's bounds the whole check.
 //! - `retries` is capped at the servers one request can reach, since scope-router never
 //!   tries a server twice for one request.
+//! - A server's `maxconn` is HAProxy's per section listing the server, so a local server
+//!   listed by several backends of a port (and its transparent fallback) may take
+//!   `maxconn` in each; scope-router counts one set of slots per server and listener,
+//!   shared by every service of the port. `timeout queue` is the same setting.
+//! - A passthrough `listen` block lists only its first server (`maxconn` included), as
+//!   before limits existed.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -137,6 +143,7 @@ struct PoolServer {
     addr: String,
     weight: u32,
     backup: bool,
+    maxconn: Option<u32>,
 }
 
 impl Pool {
@@ -158,6 +165,7 @@ impl Pool {
                 addr: s.health.addr().to_owned(),
                 weight: s.weight,
                 backup: s.backup,
+                maxconn: s.slots.as_ref().map(|s| s.max()),
             })
             .collect();
         // scope-router tries each server at most once per request, and sees the backups only
@@ -206,12 +214,13 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
         cfg,
         "\ndefaults\n    mode http\n    timeout http-request {}\n    \
          timeout connect {}\n    timeout client {}\n    timeout server {}\n    \
-         timeout tunnel {}",
+         timeout tunnel {}\n    timeout queue {}",
         ms(t.request_header),
         ms(t.connect),
         ms(t.idle),
         ms(t.idle),
-        ms(t.idle)
+        ms(t.idle),
+        ms(t.queue)
     );
 
     let mut backends: Vec<Backend> = Vec::new();
@@ -294,7 +303,11 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
         write_timeouts(&mut cfg, &p.timeouts, p.mode == PassthroughMode::Http);
         let _ = writeln!(cfg, "    timeout connect {}", ms(p.timeouts.connect));
         let _ = writeln!(cfg, "    timeout server {}", ms(p.timeouts.idle));
-        let _ = writeln!(cfg, "    server {} {}", ident(&p.name), p.backend);
+        let _ = write!(cfg, "    server {} {}", ident(&p.name), p.backend);
+        if let Some(max) = p.servers.first().and_then(|s| s.maxconn).filter(|m| *m > 0) {
+            let _ = write!(cfg, " maxconn {max}");
+        }
+        cfg.push('\n');
     }
 
     let lua = (opts.mode == HaproxyMode::Lua).then(|| {
@@ -371,11 +384,14 @@ pub fn emit(
     Ok(summary)
 }
 
+/// A `listen` block's timeouts: the client side, and `timeout queue` for the servers it
+/// lists itself (the transparent fallback, or a passthrough's server).
 fn write_timeouts(cfg: &mut String, t: &Timeouts, http: bool) {
     if http {
         let _ = writeln!(cfg, "    timeout http-request {}", ms(t.request_header));
     }
     let _ = writeln!(cfg, "    timeout client {}", ms(t.idle));
+    let _ = writeln!(cfg, "    timeout queue {}", ms(t.queue));
 }
 
 fn write_lua_rules(cfg: &mut String) {
@@ -549,6 +565,7 @@ fn write_backend(cfg: &mut String, b: &Backend, mode: HaproxyMode) {
     let _ = writeln!(cfg, "\nbackend {}", b.name);
     let _ = writeln!(cfg, "    timeout connect {}", ms(b.timeouts.connect));
     let _ = writeln!(cfg, "    timeout server {}", ms(b.timeouts.idle));
+    let _ = writeln!(cfg, "    timeout queue {}", ms(b.timeouts.queue));
     // The Lua action already stripped the tokens; the native variant does it here. Only
     // on the hop to the local backend: a remote region's router must read the same scope.
     if mode == HaproxyMode::Native && b.scoped && b.remote.is_none() {
@@ -615,6 +632,9 @@ fn write_pool(cfg: &mut String, pool: &Pool) {
         }
         if s.backup {
             cfg.push_str(" backup");
+        }
+        if let Some(max) = s.maxconn {
+            let _ = write!(cfg, " maxconn {max}");
         }
         cfg.push('\n');
     }
@@ -841,13 +861,15 @@ mod tests {
     }
 
     fn with_mariadb() -> (Router, Config) {
-        seed(
-            "RegionOne",
-            "[[passthrough]]\nname = \"mariadb\"\nbind = \"192.168.142.244:3306\"\n\
+        seed("RegionOne", mariadb_toml())
+    }
+
+    fn mariadb_toml() -> &'static str {
+        "[[passthrough]]\nname = \"mariadb\"\nbind = \"192.168.142.244:3306\"\n\
              backend = \"192.168.142.245:3306\"\nmode = \"tcp\"\n\
              [[passthrough]]\nname = \"horizon\"\nbind = \"192.168.142.244:80\"\n\
-             backend = \"192.168.142.245:80\"\nmode = \"http\"\n",
-        )
+             backend = \"192.168.142.245:80\"\nmode = \"http\"\nmaxconn_per_server = 32\n\
+             queue = \"30s\"\n"
     }
 
     /// The lines of the section that starts with `header`.
@@ -922,17 +944,17 @@ mod tests {
         assert!(!out.cfg.contains("replace-header"));
     }
 
-    /// Several servers with weights and backups, `balance = "source"` on the image port and
-    /// an HTTP check on the identity port, as the router would run them.
+    /// Several servers with weights, backups and limits, `balance = "source"` on the image
+    /// port and an HTTP check on the identity port, as the router would run them.
     fn with_servers() -> (Router, Config) {
         seed_backend(
             "RegionOne",
-            "[\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3 }, \
+            "[\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3, maxconn = 16 }, \
              { address = \"10.0.0.3\", weight = 0 }, { address = \"10.0.0.4\", backup = true }, \
              { address = \"10.0.0.5\", backup = true, weight = 2 }]",
-            "[proxy]\nretries = 2\nbalance = \"roundrobin\"\n\
+            "[proxy]\nretries = 2\nbalance = \"roundrobin\"\nmaxconn_per_server = 64\n\
              [health]\ninter = \"3s\"\nrise = 3\nfall = 0\ntimeout = \"1500ms\"\n\
-             [ports.9292]\nbalance = \"source\"\n\
+             [ports.9292]\nbalance = \"source\"\nmaxconn_per_server = 8\nqueue = \"2m\"\n\
              [ports.5000]\nhealth_path = \"/v3\"\n\
              [ports.8774]\nbackend = \"10.0.1.1:18774\"\n",
         )
@@ -944,26 +966,30 @@ mod tests {
         for mode in [HaproxyMode::Lua, HaproxyMode::Native] {
             let out = generate(&router, &config, &HaproxyOptions::new(mode));
             // `fall = 0` counts as 1 (HAProxy refuses 0); 3 non-backup servers: 2 retries.
+            // Port 9292's servers take its `maxconn_per_server`, but for the one with its own.
             let servers = |name: &str, port: u16| {
                 vec![
-                    format!("server {name}_1 10.0.0.1:{port} check inter 3000ms rise 3 fall 1"),
                     format!(
-                        "server {name}_2 10.0.0.2:{port} check inter 3000ms rise 3 fall 1 weight 3"
+                        "server {name}_1 10.0.0.1:{port} check inter 3000ms rise 3 fall 1 maxconn 8"
                     ),
                     format!(
-                        "server {name}_3 10.0.0.3:{port} check inter 3000ms rise 3 fall 1 weight 0"
+                        "server {name}_2 10.0.0.2:{port} check inter 3000ms rise 3 fall 1 weight 3 maxconn 16"
                     ),
                     format!(
-                        "server {name}_4 10.0.0.4:{port} check inter 3000ms rise 3 fall 1 backup"
+                        "server {name}_3 10.0.0.3:{port} check inter 3000ms rise 3 fall 1 weight 0 maxconn 8"
                     ),
                     format!(
-                        "server {name}_5 10.0.0.5:{port} check inter 3000ms rise 3 fall 1 weight 2 backup"
+                        "server {name}_4 10.0.0.4:{port} check inter 3000ms rise 3 fall 1 backup maxconn 8"
+                    ),
+                    format!(
+                        "server {name}_5 10.0.0.5:{port} check inter 3000ms rise 3 fall 1 weight 2 backup maxconn 8"
                     ),
                 ]
             };
             let mut want = vec![
                 "timeout connect 10000ms".to_owned(),
                 "timeout server 60000ms".to_owned(),
+                "timeout queue 120000ms".to_owned(),
                 "balance source".to_owned(),
                 "retries 2".to_owned(),
                 "option redispatch 1".to_owned(),
@@ -973,7 +999,7 @@ mod tests {
             want.extend(servers("RegionOne_image_public", 9292));
             if mode == HaproxyMode::Native {
                 want.insert(
-                    2,
+                    3,
                     "http-request replace-header X-Subject-Token '^(.*?)!SCOPE!.*$' '\\1'"
                         .to_owned(),
                 );
@@ -997,6 +1023,7 @@ mod tests {
             .to_vec();
             want.extend(servers("RegionOne_transparent_9292", 9292));
             assert_eq!(&listen[listen.len() - want.len()..], want, "{mode:?}");
+            assert!(listen.contains(&"timeout queue 120000ms"), "{listen:?}");
             assert!(!listen.iter().any(|l| l.contains("httpchk")), "{listen:?}");
 
             // The HTTP check of port 5000 is the request scope-router's checker sends.
@@ -1006,7 +1033,9 @@ mod tests {
                 "option httpchk GET /v3 HTTP/1.1",
                 "http-check send hdr Host 192.168.142.244:5000",
                 "http-check expect status 200-399",
-                "server RegionOne_identity_public_2 10.0.0.2:5000 check inter 3000ms rise 3 fall 1 weight 3",
+                "server RegionOne_identity_public_1 10.0.0.1:5000 check inter 3000ms rise 3 fall 1 maxconn 64",
+                "server RegionOne_identity_public_2 10.0.0.2:5000 check inter 3000ms rise 3 fall 1 weight 3 maxconn 16",
+                "timeout queue 60000ms",
             ] {
                 assert!(keystone.contains(&line), "{mode:?}: {line} in {keystone:?}");
             }
@@ -1018,7 +1047,7 @@ mod tests {
             assert_eq!(
                 nova.last(),
                 Some(
-                    &"server RegionOne_compute_public_1 10.0.1.1:18774 check inter 3000ms rise 3 fall 1"
+                    &"server RegionOne_compute_public_1 10.0.1.1:18774 check inter 3000ms rise 3 fall 1 maxconn 64"
                 )
             );
         }
@@ -1029,10 +1058,10 @@ mod tests {
         let (router, config) = with_servers();
         let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
         // Port 5000's HTTP check is for the local servers; another region's frontend gets
-        // the `[health]` timing over TCP.
+        // the `[health]` timing over TCP, and no `maxconn`: its router limits its own servers.
         let remote = section(&out.cfg, "backend RegionTwo_identity_public");
         assert_eq!(
-            remote[2..],
+            remote[3..],
             [
                 "http-request set-header Host \"192.168.144.244:5000\"",
                 "balance roundrobin",
@@ -1059,6 +1088,11 @@ mod tests {
     #[test]
     fn passthrough_listeners_are_plain_listen_blocks() {
         let (router, config) = with_mariadb();
+        let (_, with_default) = seed(
+            "RegionOne",
+            &format!("{}[proxy]\nmaxconn_per_server = 100\n", mariadb_toml()),
+        );
+        assert_eq!(config.passthrough, with_default.passthrough);
         let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
         let db = section(&out.cfg, "listen mariadb");
         assert!(db.contains(&"mode tcp"));
@@ -1066,10 +1100,17 @@ mod tests {
             !db.iter()
                 .any(|l| l.contains("forwardfor") || l.contains("http-request"))
         );
+        // `[proxy] maxconn_per_server` is for scoped listeners: the database pool is not
+        // limited unless its passthrough says so.
         assert_eq!(db.last(), Some(&"server mariadb 192.168.142.245:3306"));
         let web = section(&out.cfg, "listen horizon");
         assert!(web.contains(&"mode http"));
         assert!(web.contains(&"option forwardfor"));
+        assert!(web.contains(&"timeout queue 30000ms"), "{web:?}");
+        assert_eq!(
+            web.last(),
+            Some(&"server horizon 192.168.142.245:80 maxconn 32")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::balance::Balance;
 use crate::config::Config;
 use crate::health::{CheckSettings, Health, HealthSnapshot};
+use crate::limit::Slots;
 use crate::routing::{Router, SharedRouter};
 
 /// The format written by this version; readers refuse any other (see [`HealthStateError`]).
@@ -111,6 +112,9 @@ pub struct Placement {
     pub addr: String,
     pub weight: u32,
     pub backup: bool,
+    /// Its `maxconn`: exchanges in progress at once; `None` without a limit.
+    #[serde(default)]
+    pub maxconn: Option<u32>,
     /// `roundrobin` or `source`: how the server's backend picks among its servers.
     pub balance: String,
 }
@@ -221,6 +225,8 @@ pub fn file_name_safe(region: &str) -> String {
 pub struct ServerIndex {
     region: String,
     entries: Vec<(Placement, Arc<Health>)>,
+    /// Each entry's `maxconn` slots (`None`: unlimited), in the same order.
+    slots: Vec<Option<Arc<Slots>>>,
 }
 
 impl ServerIndex {
@@ -228,6 +234,7 @@ impl ServerIndex {
     /// each, collecting the backends and services they serve), each remote target has its own.
     pub fn new(router: &Router) -> ServerIndex {
         let mut entries: Vec<(Placement, Arc<Health>)> = Vec::new();
+        let mut slots = Vec::new();
         for listener in router.listeners() {
             for route in listener.routes() {
                 for target in &route.targets {
@@ -261,10 +268,12 @@ impl ServerIndex {
                                 addr: server.health.addr().to_owned(),
                                 weight: server.weight,
                                 backup: server.backup,
+                                maxconn: server.slots.as_ref().map(|s| s.max()),
                                 balance: balance.to_owned(),
                             },
                             Arc::clone(&server.health),
                         ));
+                        slots.push(server.slots.clone());
                     }
                 }
             }
@@ -282,21 +291,30 @@ impl ServerIndex {
                         addr: server.health.addr().to_owned(),
                         weight: server.weight,
                         backup: server.backup,
+                        maxconn: server.slots.as_ref().map(|s| s.max()),
                         balance: balance.to_owned(),
                     },
                     Arc::clone(&server.health),
                 ));
+                slots.push(server.slots.clone());
             }
         }
         ServerIndex {
             region: router.region().to_owned(),
             entries,
+            slots,
         }
     }
 
     /// Every server with its placement.
     pub fn entries(&self) -> &[(Placement, Arc<Health>)] {
         &self.entries
+    }
+
+    /// The `maxconn` slots of each of [`ServerIndex::entries`], in the same order
+    /// (`None`: unlimited).
+    pub fn slots(&self) -> &[Option<Arc<Slots>>] {
+        &self.slots
     }
 
     /// The placement of one of this table's servers.

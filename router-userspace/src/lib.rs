@@ -15,6 +15,7 @@ pub mod handover;
 pub mod haproxy;
 pub mod health;
 pub mod health_state;
+pub mod limit;
 pub mod listener;
 mod lock;
 pub mod metrics;

@@ -27,6 +27,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::health_state::{Placement, Role, ServerIndex};
+use crate::limit::Slots;
 use crate::proxy::upstream::pool::Pool;
 use crate::routing::SharedRouter;
 use crate::scope::ScopeSource;
@@ -567,6 +568,41 @@ fn encode_servers(out: &mut Families<'_, '_>, index: &ServerIndex) -> Result<(),
         "server_requests",
         "Requests the server answered",
         (0..entries.len()).map(|i| (server(i), entries[i].1.requests())),
+    )?;
+    // Only servers with a `maxconn`: an unlimited one counts nothing.
+    let limited: Vec<(usize, &Slots)> = index
+        .slots()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_deref()?)))
+        .collect();
+    let gauge = |read: fn(&Slots) -> u32| {
+        limited
+            .iter()
+            .map(move |&(i, s)| (server(i), i64::from(read(s))))
+    };
+    out.gauges(
+        "server_slots_limit",
+        "The server's maxconn: exchanges it may have in progress at once",
+        gauge(Slots::max),
+    )?;
+    out.gauges(
+        "server_slots_in_use",
+        "Exchanges in progress on the server (each holds one of its maxconn slots)",
+        gauge(Slots::in_use),
+    )?;
+    out.gauges(
+        "server_queued_requests",
+        "Requests waiting for a slot now, counted on the server the balancer picked for them",
+        gauge(Slots::queued),
+    )?;
+    out.counters(
+        "server_queue_timeouts",
+        "Requests answered 503 after waiting [timeouts] queue for a slot, counted on the \
+         server the balancer picked for them",
+        limited
+            .iter()
+            .map(|&(i, s)| (server(i), s.queue_timeouts())),
     )
 }
 

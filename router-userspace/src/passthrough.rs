@@ -12,12 +12,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::access_log::{AccessRecord, LoggedBody};
-use crate::balance::Balancer;
+use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
+use crate::balance::{Balance, Balancer};
 use crate::config::{Passthrough, ProxySettings};
 use crate::decision::X_FORWARDED_FOR;
+use crate::limit::{Picker, Slot, SlotBody};
 use crate::metrics::TrafficStats;
-use crate::problem::Problem;
+use crate::problem::{ConfigAt, Problem};
 use crate::proxy::headers::{append_list, peer_value};
 use crate::proxy::idle::IdleIo;
 use crate::proxy::upstream::{self, UpstreamClient};
@@ -69,6 +70,19 @@ impl PassthroughRuntime {
         }
     }
 
+    /// The servers a connection from `peer` may go to, with their `maxconn` slots.
+    fn picker(
+        &self,
+        peer: SocketAddr,
+        queue: std::time::Duration,
+    ) -> Picker<'_, crate::balance::Candidates<'_>> {
+        Picker::new(
+            self.balancer.candidates(peer.ip()),
+            self.balancer.balance() == Balance::Source,
+            queue,
+        )
+    }
+
     /// Whether a connection accepted with local address `local` belongs here
     /// (a `0.0.0.0:port` bind serves every address on that port).
     pub fn serves(&self, local: SocketAddr) -> bool {
@@ -82,18 +96,27 @@ impl PassthroughRuntime {
 pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let t = rt.spec.timeouts;
-    // The first up server that accepts a connection; nothing was sent to the others.
+    // The first up server (with a free `maxconn` slot, waiting for one when every server
+    // is full) that accepts a connection; nothing was sent to the others. The slot is held
+    // for the connection's life.
+    let mut servers = rt.picker(peer, t.queue);
     let mut connected = None;
     let mut last_error = String::from("every server is down");
-    for server in rt
-        .balancer
-        .candidates(peer.ip())
-        .take(1 + rt.retries as usize)
-    {
+    let mut attempts = 0;
+    while attempts <= rt.retries {
+        let (server, slot) = match servers.next().await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(timeout) => {
+                last_error = format!("{QUEUE_TIMEOUT}: {timeout}");
+                break;
+            }
+        };
+        attempts += 1;
         let addr = server.health.addr();
         match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
-                connected = Some((s, server));
+                connected = Some((s, server, slot));
                 break;
             }
             Ok(Err(e)) => last_error = format!("cannot connect to {addr}: {e}"),
@@ -101,7 +124,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         }
         server.health.note_connect_failure(&last_error);
     }
-    let Some((backend, server)) = connected else {
+    let Some((backend, server, _slot)) = connected else {
         tracing::warn!(passthrough = %rt.spec.name, %peer, "connection closed: {last_error}");
         return;
     };
@@ -124,6 +147,7 @@ pub async fn serve_tcp(rt: &PassthroughRuntime, client: TcpStream, peer: SocketA
         %peer,
         backend = %server.health.addr(),
         duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        queue_ms = %format_args!("{:.3}", servers.waited().as_secs_f64() * 1000.0),
         bytes_up = sent,
         bytes_down = received,
         error = %error,
@@ -171,11 +195,25 @@ pub async fn handle_http(
     append_list(&mut parts.headers, &VIA, &rt.via);
 
     // HTTP passthrough sends through hyper's client, which consumes the body: the
-    // server is chosen by health, and a refused connection is answered, not redispatched.
-    let Some(server) = rt.balancer.candidates(peer.ip()).next() else {
-        let last = rt.balancer.last_failure();
-        let problem = Problem::service_unavailable(&rt.spec.name, last.as_deref());
-        return Ok(problem_response(&problem, record, false));
+    // server is chosen by health (and a free `maxconn` slot, waiting for one when every
+    // server is full), and a refused connection is answered, not redispatched.
+    let mut servers = rt.picker(peer, rt.spec.timeouts.queue);
+    let picked = servers.next().await;
+    record.queued = servers.waited();
+    let (server, slot) = match picked {
+        Ok(Some(picked)) => picked,
+        Ok(None) => {
+            let last = rt.balancer.last_failure();
+            let problem = Problem::service_unavailable(&rt.spec.name, last.as_deref());
+            return Ok(problem_response(&problem, record, false));
+        }
+        Err(timeout) => {
+            tracing::warn!(passthrough = %rt.spec.name, "request not sent: {timeout}");
+            record.outcome = Some(QUEUE_TIMEOUT);
+            let at = ConfigAt::Passthrough(&rt.spec.name);
+            let problem = Problem::queue_timeout(&rt.spec.name, at, timeout.queue);
+            return Ok(problem_response(&problem, record, false));
+        }
     };
     record.server = Some(server.health.upstream().clone());
     let mut resp = match forward(&rt.client, server.health.addr(), parts, body).await {
@@ -186,7 +224,7 @@ pub async fn handle_http(
         Err(err) => {
             tracing::warn!(passthrough = %rt.spec.name, side = ?err.side, "upstream request failed: {err}");
             return Ok(problem_response(
-                &err.to_problem(&rt.spec.name),
+                &err.to_problem(&rt.spec.name, ConfigAt::Passthrough(&rt.spec.name)),
                 record,
                 false,
             ));
@@ -197,8 +235,14 @@ pub async fn handle_http(
     {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = rt.spec.name.clone();
-        tokio::spawn(splice_upgraded(name, downstream, upstream, guard, signals));
+        // The upgraded connection is the exchange now: it holds the slot.
+        tokio::spawn(splice_upgraded(
+            name, downstream, upstream, guard, signals, slot,
+        ));
+        return Ok(relay_response(resp, record, true));
     }
+    // Held until the response body is relayed.
+    let resp = resp.map(|body| SlotBody::new(body, slot));
     Ok(relay_response(resp, record, true))
 }
 
@@ -210,8 +254,9 @@ async fn splice_upgraded(
     upstream: hyper::upgrade::OnUpgrade,
     guard: Guard,
     mut signals: Signals,
+    slot: Option<Slot>,
 ) {
-    let _guard = guard;
+    let _held = (guard, slot);
     let work = async {
         let (down, up) = tokio::try_join!(downstream, upstream)?;
         let mut down = TokioIo::new(down);

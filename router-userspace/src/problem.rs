@@ -8,6 +8,15 @@ use http::StatusCode;
 /// The methods a 405 names in `Allow`: every method OpenStack APIs use.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
+/// Where the operator changes a listener's settings, for the advice of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigAt<'a> {
+    /// A scoped listener: `[ports.N]`.
+    Port(u16),
+    /// A `[[passthrough]]`, by name.
+    Passthrough(&'a str),
+}
+
 /// An error answered to the client instead of forwarding the request.
 ///
 /// `message` always says what the client (or operator) should change.
@@ -137,6 +146,43 @@ impl Problem {
             format!(
                 "Every server of {backend} is down{last}. Retry later, or scope this service to \
                  another region that offers it."
+            ),
+        )
+    }
+
+    /// 503 when every server the request could go to stayed at its `maxconn` for the whole
+    /// `[timeouts] queue` (`queue`): names the backend, says nothing was sent, and which
+    /// settings of the listener (`at`) let more in at once or wait longer.
+    pub fn queue_timeout(backend: &str, at: ConfigAt<'_>, queue: std::time::Duration) -> Problem {
+        let (limits, longer) = match at {
+            ConfigAt::Port(port) => (
+                format!(
+                    "`maxconn` on the server, or `maxconn_per_server` in [ports.{port}] or \
+                     [proxy]"
+                ),
+                format!("`queue` in [ports.{port}] or [timeouts]"),
+            ),
+            ConfigAt::Passthrough(name) => (
+                format!(
+                    "`maxconn` on the server, or `maxconn_per_server` in the [[passthrough]] \
+                     named \"{name}\""
+                ),
+                "`queue` in that [[passthrough]] or [timeouts]".to_owned(),
+            ),
+        };
+        let listener = match at {
+            ConfigAt::Port(port) => format!(" on port {port}"),
+            ConfigAt::Passthrough(_) => String::new(),
+        };
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!(
+                "Every server of {backend}{listener} stayed busy at its maxconn limit for {} \
+                 (queue timeout, [timeouts] queue): the request waited in the router's queue \
+                 and was never sent. Retry later. The operator can let more requests in at \
+                 once ({limits}) or let them wait longer ({longer}).",
+                humantime::format_duration(queue)
             ),
         )
     }

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{HOST, HeaderName, HeaderValue};
 
 use crate::catalog::split_host_port;
-use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::config::{Config, PassthroughMode, ServerSpec, Timeouts};
 use crate::decision::{PlanKind, RequestHead};
 use crate::health_state::{self, HealthFile, ServerIndex, Unavailable};
 use crate::routing::Router;
@@ -35,13 +35,34 @@ pub enum ExplainError {
 
 fn fmt_timeouts(t: &Timeouts) -> String {
     format!(
-        "request_header {}, connect {}, idle {}, response_head {}, request_body {}",
+        "request_header {}, connect {}, idle {}, response_head {}, request_body {}, queue {}",
         humantime::format_duration(t.request_header),
         humantime::format_duration(t.connect),
         humantime::format_duration(t.idle),
         humantime::format_duration(t.response_head),
-        humantime::format_duration(t.request_body)
+        humantime::format_duration(t.request_body),
+        humantime::format_duration(t.queue)
     )
+}
+
+/// `10.0.0.1:8774 (backup, weight 2, maxconn 64)`: a server as `check` lists it, its
+/// notes only where they differ from the defaults.
+fn fmt_server(s: &ServerSpec<SocketAddr>) -> String {
+    let mut notes = Vec::new();
+    if s.backup {
+        notes.push("backup".to_owned());
+    }
+    if s.weight != 1 {
+        notes.push(format!("weight {}", s.weight));
+    }
+    if let Some(max) = s.maxconn.filter(|m| *m > 0) {
+        notes.push(format!("maxconn {max}"));
+    }
+    if notes.is_empty() {
+        s.address.to_string()
+    } else {
+        format!("{} ({})", s.address, notes.join(", "))
+    }
 }
 
 /// The routing table: every listener → service type/interface → backend per region → address,
@@ -172,16 +193,7 @@ pub fn check(router: &Router, config: &Config) -> String {
         let servers: Vec<String> = config
             .port_backend(l.addr.port())
             .iter()
-            .map(|s| {
-                let mut text = s.address.to_string();
-                match (s.backup, s.weight) {
-                    (false, 1) => {}
-                    (true, 1) => text.push_str(" (backup)"),
-                    (false, w) => text.push_str(&format!(" (weight {w})")),
-                    (true, w) => text.push_str(&format!(" (backup, weight {w})")),
-                }
-                text
-            })
+            .map(fmt_server)
             .collect();
         let _ = writeln!(
             out,
@@ -244,6 +256,13 @@ pub fn check(router: &Router, config: &Config) -> String {
             p.bind,
             p.backend,
             fmt_timeouts(&p.timeouts)
+        );
+        let servers: Vec<String> = p.servers.iter().map(fmt_server).collect();
+        let _ = writeln!(
+            out,
+            "    servers ({}): {}",
+            health_state::balance_name(p.balance),
+            servers.join(", ")
         );
     }
     out
@@ -473,6 +492,9 @@ fn explain_servers(
         if server.weight != 1 {
             let _ = write!(line, " (weight {})", server.weight);
         }
+        if let Some(slots) = &server.slots {
+            let _ = write!(line, " (maxconn {})", slots.max());
+        }
         let placement = index.placement(&server.health);
         if let (Some(file), Some(p)) = (state, placement) {
             match file.find(p) {
@@ -574,7 +596,7 @@ mod tests {
             "    compute/internal  path /v2.1/  (same URL as compute/public, which wins)",
             "      RegionTwo_compute_legacy_admin -> 192.168.144.244:8774/v2/\n",
             "    (no match)  RegionOne_transparent_8774 -> 192.168.142.245:8774",
-            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h, response_head 1m, request_body 1m)",
+            "  192.168.142.244:9292  (local backend 192.168.142.245:9292; request_header 10s, connect 10s, idle 6h, response_head 1m, request_body 1m, queue 1m)",
             "      RegionTwo_identity_admin -> 192.168.144.244:35357\n",
             "passthrough listeners (6):",
             "  mariadb  tcp  192.168.142.244:3306 -> 192.168.142.245:3306",

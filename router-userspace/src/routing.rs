@@ -12,6 +12,7 @@
 //! A request that matches no entry on its listener nor via `Host` is forwarded unchanged
 //! to the listener's local backend; on an address that is no listener it gets 421.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, ServerSpec, Timeouts};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::health::{CheckSettings, Health, Probe};
+use crate::limit::Slots;
 use crate::metrics::{BackendLabels, TrafficStats};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
@@ -73,12 +75,27 @@ pub type SharedRouter = Arc<arc_swap::ArcSwap<Router>>;
 
 /// What a routing table built on reload keeps from the one it replaces: each server's
 /// health, found by address and probe (so a down server stays down, and a check result is
-/// not thrown away), and each backend's counters, found by listener and backend name (so
-/// `/metrics` counters do not restart from zero).
+/// not thrown away), each backend's counters, found by listener and backend name (so
+/// `/metrics` counters do not restart from zero), and each limited server's slots, found
+/// by listener and address (so the exchanges in flight across the reload stay counted,
+/// once).
 struct Carry {
     metrics: bool,
     health: HashMap<(String, Probe), Arc<Health>>,
     stats: HashMap<(String, String), Arc<TrafficStats>>,
+    slots: HashMap<(SocketAddr, String), Arc<Slots>>,
+    /// What the new table changes in carried slots, applied when it is swapped in.
+    changes: RefCell<LimitChanges>,
+}
+
+/// Limits a new table sets on slots it shares with the table in use: applied at the swap
+/// ([`Router::apply_limits`]), never while building a table that may yet be refused.
+#[derive(Debug, Default)]
+struct LimitChanges {
+    /// Carried slots and their new `maxconn`.
+    set: Vec<(Arc<Slots>, u32)>,
+    /// Carried slots of servers that are now unlimited.
+    lifted: Vec<Arc<Slots>>,
 }
 
 impl Carry {
@@ -87,10 +104,26 @@ impl Carry {
             metrics,
             health: HashMap::new(),
             stats: HashMap::new(),
+            slots: HashMap::new(),
+            changes: RefCell::default(),
         };
         let Some(previous) = previous else {
             return carry;
         };
+        let limited = previous
+            .listeners
+            .iter()
+            .map(|l| (l.spec.addr, &*l.local))
+            .chain(previous.passthrough.iter().map(|p| (p.bind, &*p.balancer)));
+        for (at, balancer) in limited {
+            for server in balancer.servers() {
+                if let Some(slots) = server.slots.as_ref().filter(|s| !s.lifted()) {
+                    carry
+                        .slots
+                        .insert((at, server.health.addr().to_owned()), Arc::clone(slots));
+                }
+            }
+        }
         for check in &previous.checks {
             carry.health.insert(
                 (check.health.addr().to_owned(), check.probe.clone()),
@@ -110,15 +143,18 @@ impl Carry {
 
     /// The server at `addr` of `spec`'s weight and kind, checked by `probe` with
     /// `settings` (its check is added to `checks`); its health is the previous table's
-    /// when that had the same server and probe.
+    /// when that had the same server and probe. `limited_at` is the listener (or
+    /// passthrough bind) whose `maxconn` applies, `None` for a server that is never
+    /// limited; its slots are the previous table's when that limited the same server there.
     fn server<A>(
         &self,
         checks: &mut Vec<HealthCheck>,
-        addr: String,
-        probe: Probe,
+        (addr, probe): (String, Probe),
         settings: &CheckSettings,
         spec: &ServerSpec<A>,
+        limited_at: Option<SocketAddr>,
     ) -> Server {
+        let slots = limited_at.and_then(|at| self.slots(at, &addr, spec.maxconn.unwrap_or(0)));
         let key = (addr, probe);
         let health = match self.health.get(&key) {
             Some(health) => Arc::clone(health),
@@ -133,6 +169,25 @@ impl Carry {
             health,
             weight: spec.weight,
             backup: spec.backup,
+            slots,
+        }
+    }
+
+    /// The slots of the server at `addr` limited to `maxconn` (0: none) at `at`.
+    fn slots(&self, at: SocketAddr, addr: &str, maxconn: u32) -> Option<Arc<Slots>> {
+        let carried = self.slots.get(&(at, addr.to_owned()));
+        let mut changes = self.changes.borrow_mut();
+        match (carried, maxconn) {
+            (None, 0) => None,
+            (None, max) => Some(Slots::new(max)),
+            (Some(slots), 0) => {
+                changes.lifted.push(Arc::clone(slots));
+                None
+            }
+            (Some(slots), max) => {
+                changes.set.push((Arc::clone(slots), max));
+                Some(Arc::clone(slots))
+            }
         }
     }
 
@@ -244,6 +299,8 @@ pub struct Router {
     checks: Vec<HealthCheck>,
     /// The servers of each `[[passthrough]]`, in config order.
     passthrough: Vec<PassthroughServers>,
+    /// `maxconn` changes to the previous table's slots, for [`Router::apply_limits`].
+    limit_changes: LimitChanges,
 }
 
 /// The servers of one passthrough listener: checked and balanced like a scoped port's,
@@ -322,7 +379,13 @@ impl Router {
                                 },
                                 None => Probe::Tcp,
                             };
-                            carry.server(&mut checks, s.address.to_string(), probe, &settings, s)
+                            carry.server(
+                                &mut checks,
+                                (s.address.to_string(), probe),
+                                &settings,
+                                s,
+                                Some(addr),
+                            )
                         })
                         .collect();
                     listeners.push(Listener {
@@ -405,7 +468,15 @@ impl Router {
             let servers = p
                 .servers
                 .iter()
-                .map(|s| carry.server(&mut checks, s.address.to_string(), Probe::Tcp, &settings, s))
+                .map(|s| {
+                    carry.server(
+                        &mut checks,
+                        (s.address.to_string(), Probe::Tcp),
+                        &settings,
+                        s,
+                        Some(p.bind),
+                    )
+                })
                 .collect();
             passthrough.push(PassthroughServers {
                 name: p.name.clone(),
@@ -427,7 +498,21 @@ impl Router {
             identity,
             checks,
             passthrough,
+            limit_changes: carry.changes.take(),
         })
+    }
+
+    /// Puts this table's `maxconn` on the slots it shares with the table it replaces
+    /// (docs/ARCHITECTURE.md §14.4): called once it is certain to be served, just before
+    /// the swap. Slots are shared, so requests still on the old table see the new limit
+    /// too; a server that lost its limit lets its waiting requests go.
+    pub fn apply_limits(&self) {
+        for (slots, max) in &self.limit_changes.set {
+            slots.set_max(*max);
+        }
+        for slots in &self.limit_changes.lifted {
+            slots.lift();
+        }
     }
 
     /// The servers of each passthrough listener, in config order.
@@ -729,6 +814,7 @@ impl Router {
             backend_name: Arc::clone(&target.backend_name),
             region: Arc::clone(&target.region),
             timeouts: d.listener.spec.timeouts,
+            port: d.listener.spec.addr.port(),
             via,
             kind: PlanKind::Scoped(Scoped {
                 service_type: Arc::clone(&d.route.service_type),
@@ -755,6 +841,7 @@ impl Router {
             backend_name: Arc::clone(&l.transparent_name),
             region: Arc::clone(&self.region),
             timeouts: l.spec.timeouts,
+            port: l.spec.addr.port(),
             via: self.via.clone(),
             kind: PlanKind::Transparent,
             fallback: None,
@@ -922,13 +1009,16 @@ fn build_targets(
             address: (),
             weight: 1,
             backup: false,
+            maxconn: None,
         };
+        // Another region's router is never limited here: it queues in front of its own
+        // servers, and a cap on the hop would hold back every cross-region upload.
         let server = carry.server(
             checks,
-            t.url.authority.to_string(),
-            probe,
+            (t.url.authority.to_string(), probe),
             &remote_settings,
             &frontend,
+            None,
         );
         let balancer = Arc::new(Balancer::new(
             vec![server],

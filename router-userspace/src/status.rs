@@ -26,6 +26,7 @@ use crate::admin::AdminSettings;
 use crate::config::Config;
 use crate::ebpf::{self, EbpfSettings, Status as KernelStatus};
 use crate::health_state::{self, Placement, Role, ServerIndex};
+use crate::limit::Slots;
 use crate::routing::Router;
 use crate::vip::{self, VipSettings};
 
@@ -94,6 +95,33 @@ pub struct ServerStatus {
     /// Requests the server answered; only the live view (`health.source = live`) has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
+    /// Its `maxconn` slots now; only the live view has them, for a limited server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotsStatus>,
+}
+
+/// A limited server's slots as the running router counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SlotsStatus {
+    /// The `maxconn` in force.
+    pub maxconn: u32,
+    /// Exchanges in progress.
+    pub in_use: u32,
+    /// Requests waiting for a slot now whose balanced pick this server was.
+    pub queued: u32,
+    /// Requests that waited `[timeouts] queue` in vain (503), counted on their pick.
+    pub queue_timeouts: u64,
+}
+
+impl SlotsStatus {
+    pub fn of(slots: &Slots) -> SlotsStatus {
+        SlotsStatus {
+            maxconn: slots.max(),
+            in_use: slots.in_use(),
+            queued: slots.queued(),
+            queue_timeouts: slots.queue_timeouts(),
+        }
+    }
 }
 
 /// The VIP as seen right now.
@@ -137,10 +165,12 @@ pub async fn vip_status(vip: Option<&VipSettings>) -> Option<Result<VipReport, S
 /// Every server of `router` as its checkers see it right now, with the requests each
 /// answered (the running router's own view, for `/status`).
 pub fn live_servers(router: &Router) -> Vec<ServerStatus> {
-    ServerIndex::new(router)
+    let index = ServerIndex::new(router);
+    index
         .entries()
         .iter()
-        .map(|(placement, health)| {
+        .zip(index.slots())
+        .map(|((placement, health), slots)| {
             let snap = health.snapshot();
             ServerStatus {
                 placement: placement.clone(),
@@ -152,6 +182,7 @@ pub fn live_servers(router: &Router) -> Vec<ServerStatus> {
                 failures: Some(snap.failures),
                 degraded: snap.degraded,
                 requests: Some(health.requests()),
+                slots: slots.as_deref().map(SlotsStatus::of),
             }
         })
         .collect()
@@ -188,6 +219,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
                     failures: Some(r.failures),
                     degraded: r.degraded.clone(),
                     requests: None,
+                    slots: None,
                 })
                 .collect();
             let source = HealthSource::Router {
@@ -217,6 +249,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
                         failures: None,
                         degraded: None,
                         requests: None,
+                        slots: None,
                     }
                 });
             let servers = futures_util::future::join_all(probes).await;
@@ -486,6 +519,9 @@ fn role_text(p: &Placement) -> String {
             if p.weight != 1 {
                 text.push_str(&format!(", weight {}", p.weight));
             }
+            if let Some(max) = p.maxconn {
+                text.push_str(&format!(", maxconn {max}"));
+            }
             text
         }
     }
@@ -540,6 +576,13 @@ impl RouterStatus {
             }
             if let Some(why) = &s.last_connect_failure {
                 writeln!(f, "    last failed request connect: {why}")?;
+            }
+            if let Some(slots) = &s.slots {
+                writeln!(
+                    f,
+                    "    slots: {} of {} in use, {} queued, {} queue timeouts",
+                    slots.in_use, slots.maxconn, slots.queued, slots.queue_timeouts
+                )?;
             }
         }
         for p in &self.not_in_router {
@@ -691,6 +734,7 @@ mod tests {
                 addr: addr.to_owned(),
                 weight: 1,
                 backup: false,
+                maxconn: None,
                 balance: "roundrobin".to_owned(),
             },
             up,
@@ -708,6 +752,7 @@ mod tests {
             failures: Some(if up { 0 } else { 7 }),
             degraded: degraded.map(str::to_owned),
             requests: None,
+            slots: None,
         }
     }
 

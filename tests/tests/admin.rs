@@ -122,7 +122,12 @@ async fn metrics_count_known_traffic_per_backend_and_server() {
 async fn promtool_accepts_the_exposition() {
     const TEST: &str = "promtool_accepts_the_exposition";
     let state = tempfile::tempdir().unwrap();
-    let (lab, admin) = lab_with_admin(unmanaged_vip(state.path())).await;
+    // Limited servers, so the slot families are there too.
+    let (lab, admin) = lab_with_admin(format!(
+        "[proxy]\nmaxconn_per_server = 100\n{}",
+        unmanaged_vip(state.path())
+    ))
+    .await;
     // Traffic first, so every family has samples (histograms included).
     let r = get(lab.one.addr(9292), "/v2/images", &[]).await.unwrap();
     assert_eq!(r.status, 200);
@@ -130,6 +135,15 @@ async fn promtool_accepts_the_exposition() {
     assert_eq!(
         sample(&text, "scope_router_vip_present", &[("vip", "127.0.0.1")]),
         1.0
+    );
+    let server = lab.one.backends[&9292].addr.to_string();
+    assert_eq!(
+        sample(
+            &text,
+            "scope_router_server_slots_limit",
+            &[("server", &server)]
+        ),
+        100.0
     );
     let Some(mut promtool) = tool(TEST, "promtool") else {
         return;
@@ -306,7 +320,11 @@ async fn a_taken_admin_address_is_an_error_naming_it_and_the_fix() {
 async fn the_status_page_renders_in_headless_chromium_without_console_errors() {
     const TEST: &str = "the_status_page_renders_in_headless_chromium_without_console_errors";
     let state = tempfile::tempdir().unwrap();
-    let (lab, admin) = lab_with_admin(unmanaged_vip(state.path())).await;
+    let (lab, admin) = lab_with_admin(format!(
+        "[proxy]\nmaxconn_per_server = 100\n{}",
+        unmanaged_vip(state.path())
+    ))
+    .await;
     for _ in 0..2 {
         let r = get(lab.one.addr(9292), "/v2/images", &[]).await.unwrap();
         assert_eq!(r.status, 200);
@@ -354,6 +372,9 @@ async fn the_status_page_renders_in_headless_chromium_without_console_errors() {
         &format!("<td>{}</td>", lab.one.backends[&9292].addr),
         "<td class=\"up\">UP</td>",
         "<td>RegionOne_image_public</td>",
+        "<th>slots (maxconn)</th>",
+        "<td class=\"slots\">0 of 100 in use, 0 queued, 0 queue timeouts</td>",
+        "<td class=\"slots\">no limit</td>",
     ] {
         assert!(dom.contains(want), "{want:?} missing from the page:\n{dom}");
     }

@@ -504,9 +504,9 @@ async fn native_config_routes_like_scope_router() {
     common_cases(&lab).await;
 }
 
-/// Several servers per backend, weights, a backup, `balance source` and an HTTP check:
-/// `haproxy -c` accepts both variants, and in a running HAProxy the checks take the
-/// failing servers out as scope-router's would.
+/// Several servers per backend, weights, a backup, `balance source`, an HTTP check and
+/// `maxconn` limits with their queue timeouts: `haproxy -c` accepts both variants, and in
+/// a running HAProxy the checks take the failing servers out as scope-router's would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_servers_checks_and_backups_run_in_haproxy() {
     if !haproxy_available() {
@@ -519,26 +519,31 @@ async fn several_servers_checks_and_backups_run_in_haproxy() {
     let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
     let lab = lab_with(
         &format!(
-            "backend = [\"{sick}\", {{ address = \"{healthy}\", weight = 2 }}]\n\
+            "backend = [\"{sick}\", {{ address = \"{healthy}\", weight = 2, maxconn = 8 }}]\n\
              health_path = \"/healthcheck\""
         ),
         &format!(
             "backend = [\"{dead}\", {{ address = \"{spare}\", backup = true }}]\n\
-             balance = \"source\""
+             balance = \"source\"\nmaxconn_per_server = 4\nqueue = \"15s\""
         ),
-        "[health]\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"500ms\"\n",
+        "[health]\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"500ms\"\n\
+         [timeouts]\nqueue = \"20s\"\n",
     )
     .await;
     write_checked(&lab, HaproxyMode::Lua);
     let cfg = write_checked(&lab, HaproxyMode::Native);
     let text = std::fs::read_to_string(&cfg).unwrap();
     for line in [
-        format!("server RegionOne_compute_public_2 {spare} check inter 100ms rise 1 fall 1 backup"),
         format!(
-            "server RegionOne_identity_public_2 {healthy} check inter 100ms rise 1 fall 1 weight 2"
+            "server RegionOne_compute_public_2 {spare} check inter 100ms rise 1 fall 1 backup maxconn 4"
+        ),
+        format!(
+            "server RegionOne_identity_public_2 {healthy} check inter 100ms rise 1 fall 1 weight 2 maxconn 8"
         ),
         "option httpchk GET /healthcheck HTTP/1.1".to_owned(),
         "balance source".to_owned(),
+        "    timeout queue 20000ms\n".to_owned(),
+        "    timeout queue 15000ms\n".to_owned(),
     ] {
         assert!(text.contains(&line), "no `{line}` in\n{text}");
     }
@@ -586,7 +591,7 @@ async fn the_cli_output_with_passthrough_blocks_passes_haproxy_check() {
     let extra = format!(
         "[[passthrough]]\nname = \"mariadb\"\nbind = \"{vip}:{tcp}\"\nbackend = \"127.0.0.1:3306\"\n\
          mode = \"tcp\"\n[[passthrough]]\nname = \"horizon\"\nbind = \"{vip}:{http}\"\n\
-         backend = \"127.0.0.1:8080\"\nmode = \"http\"\n"
+         backend = \"127.0.0.1:8080\"\nmode = \"http\"\nmaxconn_per_server = 16\nqueue = \"5s\"\n"
     );
     let r1 = echo_backend("r1").await;
     let lab = lab_with(
@@ -616,6 +621,12 @@ async fn the_cli_output_with_passthrough_blocks_passes_haproxy_check() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     for name in ["mariadb", "horizon"] {
         assert!(text.contains(name), "no {name} block in:\n{text}");
+    }
+    for line in [
+        "server horizon 127.0.0.1:8080 maxconn 16\n",
+        "timeout queue 5000ms\n",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
     assert!(out.join("scope-router.lua").exists());
     check(&cfg, "the --out Lua config");

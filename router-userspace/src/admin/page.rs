@@ -224,6 +224,17 @@ fn role(server: &ServerStatus) -> String {
     text
 }
 
+/// `3 of 8 in use, 2 queued, 0 queue timeouts`, or `no limit`.
+fn slots(server: &ServerStatus) -> String {
+    match &server.slots {
+        Some(s) => format!(
+            "{} of {} in use, {} queued, {} queue timeouts",
+            s.in_use, s.maxconn, s.queued, s.queue_timeouts
+        ),
+        None => "no limit".to_owned(),
+    }
+}
+
 fn listeners(h: &mut String, s: &AdminStatus) {
     h.push_str("<h2>Listeners</h2>\n");
     for l in &s.listeners {
@@ -286,7 +297,7 @@ fn listeners(h: &mut String, s: &AdminStatus) {
         h.push_str(
             "<table class=\"servers\"><tr><th>server</th><th>for</th><th>backends</th>\
              <th>state</th><th>since</th><th>last check</th><th>checks</th><th>failed</th>\
-             <th>requests</th></tr>\n",
+             <th>requests</th><th>slots (maxconn)</th></tr>\n",
         );
         for srv in servers {
             let (class, state) = if srv.up {
@@ -306,7 +317,7 @@ fn listeners(h: &mut String, s: &AdminStatus) {
                 "<tr class=\"server\"><td>{addr}</td><td>{role}</td><td>{backends}</td>\
                  <td class=\"{class}\">{state}</td><td class=\"t\">{since}</td><td>{last}</td>\
                  <td class=\"n\">{checks}</td><td class=\"n\">{failures}</td>\
-                 <td class=\"n\">{requests}</td></tr>",
+                 <td class=\"n\">{requests}</td><td class=\"slots\">{slots}</td></tr>",
                 addr = esc(&srv.placement.addr),
                 role = esc(&role(srv)),
                 backends = esc(&srv.placement.backends.join(", ")),
@@ -315,6 +326,7 @@ fn listeners(h: &mut String, s: &AdminStatus) {
                 checks = srv.checks.unwrap_or(0),
                 failures = srv.failures.unwrap_or(0),
                 requests = srv.requests.unwrap_or(0),
+                slots = esc(&slots(srv)),
             );
         }
         h.push_str("</table>\n");

@@ -6,7 +6,8 @@ use std::io;
 use http::StatusCode;
 
 use crate::error_chain::error_chain;
-use crate::problem::Problem;
+use crate::limit::QueueTimeout;
+use crate::problem::{ConfigAt, Problem};
 
 /// Which party a failure is attributed to (logs, and whether the client is to blame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,9 @@ pub enum ErrorKind {
     RequestBodyTimeout,
     /// The outgoing request could not be built.
     BuildRequest,
+    /// Every server the request could go to stayed at its `maxconn` for `[timeouts]
+    /// queue`: it waited in the router's queue and was never sent.
+    QueueTimeout,
 }
 
 /// The summary of a backend answer that is not HTTP/1.1 (as opposed to a broken connection).
@@ -113,6 +117,11 @@ impl ProxyError {
                 false,
                 "cannot build the upstream request",
             ),
+            ErrorKind::QueueTimeout => (
+                ErrorSource::Upstream,
+                true,
+                "every server was busy at its maxconn",
+            ),
         };
         ProxyError {
             side,
@@ -157,8 +166,9 @@ impl ProxyError {
     }
 
     /// The response the client gets; names the backend by its catalog name,
-    /// never by address, and leaves the cause chain to the log.
-    pub fn to_problem(&self, backend: &str) -> Problem {
+    /// never by address, and leaves the cause chain to the log. `at` is where the
+    /// operator changes the listener's settings, for the advice.
+    pub fn to_problem(&self, backend: &str, at: ConfigAt<'_>) -> Problem {
         let what = self.summary;
         match self.kind {
             ErrorKind::ConnectRefused => Problem::bad_gateway(
@@ -205,6 +215,15 @@ impl ProxyError {
                 "Internal Server Error",
                 format!("{what} ({backend}): report this to the operator with the request details"),
             ),
+            ErrorKind::QueueTimeout => {
+                let queue = self
+                    .cause
+                    .as_deref()
+                    .and_then(|c| c.downcast_ref::<QueueTimeout>())
+                    .map(|q| q.queue)
+                    .unwrap_or_default();
+                Problem::queue_timeout(backend, at, queue)
+            }
         }
     }
 }
@@ -299,7 +318,7 @@ mod tests {
         );
         assert!(refused.retry_safe);
         assert_eq!(refused.side, ErrorSource::Upstream);
-        let p = refused.to_problem("RegionOne_compute_public");
+        let p = refused.to_problem("RegionOne_compute_public", ConfigAt::Port(8774));
         assert_eq!(p.status, StatusCode::BAD_GATEWAY);
         assert!(
             p.message.contains("RegionOne_compute_public"),
@@ -312,7 +331,10 @@ mod tests {
 
         let timeout = ProxyError::new(ErrorKind::ResponseTimeout, "10.0.0.1:80", None);
         assert!(!timeout.retry_safe);
-        assert_eq!(timeout.to_problem("b").status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            timeout.to_problem("b", ConfigAt::Port(8774)).status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 
     #[test]
@@ -324,7 +346,7 @@ mod tests {
                 crate::proxy::upstream::wire::WireError::Malformed(httparse::Error::Version),
             )),
         );
-        let p = garbage.to_problem("RegionOne_compute_public");
+        let p = garbage.to_problem("RegionOne_compute_public", ConfigAt::Port(8774));
         assert_eq!(p.status, StatusCode::BAD_GATEWAY);
         for needle in [
             "invalid response",
@@ -348,7 +370,7 @@ mod tests {
                 "the backend closed the connection without answering",
             ))),
         );
-        let p = silent.to_problem("b");
+        let p = silent.to_problem("b", ConfigAt::Port(8774));
         assert!(
             p.message
                 .contains("closed the connection without answering"),
@@ -367,10 +389,44 @@ mod tests {
         );
         assert!(
             reset
-                .to_problem("b")
+                .to_problem("b", ConfigAt::Port(8774))
                 .message
                 .contains("reset the connection")
         );
+    }
+
+    #[test]
+    fn a_queue_timeout_is_a_retry_safe_503_naming_what_to_change() {
+        let timeout = ProxyError::new(
+            ErrorKind::QueueTimeout,
+            "10.0.0.1:9292",
+            Some(Box::new(QueueTimeout {
+                queue: std::time::Duration::from_secs(60),
+                servers: 2,
+            })),
+        );
+        assert!(timeout.retry_safe, "nothing was sent");
+        assert_eq!(timeout.side, ErrorSource::Upstream);
+        let p = timeout.to_problem("RegionOne_image_public", ConfigAt::Port(9292));
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        for needle in [
+            "RegionOne_image_public on port 9292",
+            "for 1m (queue timeout, [timeouts] queue)",
+            "never sent",
+            "`maxconn_per_server` in [ports.9292] or [proxy]",
+            "`queue` in [ports.9292] or [timeouts]",
+        ] {
+            assert!(p.message.contains(needle), "{needle}: {}", p.message);
+        }
+        assert!(!p.message.contains("10.0.0.1"), "{}", p.message);
+        let p = timeout.to_problem("horizon", ConfigAt::Passthrough("horizon"));
+        assert!(
+            p.message
+                .contains("`maxconn_per_server` in the [[passthrough]] named \"horizon\""),
+            "{}",
+            p.message
+        );
+        assert!(!p.message.contains("[proxy]"), "{}", p.message);
     }
 
     #[test]

@@ -9,16 +9,18 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use super::error::ErrorKind;
 use super::upstream::{SendReport, Upstreams};
 use super::{
     RequestStart, ambiguous_framing_problem, check_head, headers, health_response,
     problem_response, relay_response,
 };
-use crate::access_log::{AccessRecord, LoggedBody};
-use crate::balance::Server;
+use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
+use crate::balance::{Balance, Server};
 use crate::decision::{Plan, RequestHead};
 use crate::health::{HEALTH_HEADER, HEALTH_PATH};
-use crate::problem::Problem;
+use crate::limit::Picker;
+use crate::problem::{ConfigAt, Problem};
 use crate::routing::{Router, SharedRouter};
 
 /// State shared by every scoped connection of one router.
@@ -176,11 +178,11 @@ pub async fn handle(
             stats: plan.stats.as_deref(),
             ..SendReport::default()
         };
+        let keep_client = plan.balancer.balance() == Balance::Source;
         let sent = shared
             .upstreams
             .send_to_any(
-                servers,
-                |s: &Server| s.health.upstream(),
+                Picker::new(servers, keep_client, plan.timeouts.queue),
                 shared.retries,
                 &plan.timeouts,
                 &outgoing,
@@ -195,22 +197,29 @@ pub async fn handle(
             ctx.record.server = Some(server.health.upstream().clone());
         }
         match sent {
-            // The next region's router had no up server either and said so before
-            // anything reached a service; with no request body sent, the next
-            // alternative may still serve (our own check of it may lag behind).
-            Ok((resp, _)) if plan.fallback.is_some() && body.is_some() && declined(&resp) => {
+            // The next region's router had no up server either (or none with a free slot
+            // in its queue time) and said so before anything reached a service; with no
+            // request body sent, the next alternative may still serve (our own check of
+            // it may lag behind).
+            Ok((resp, _))
+                if plan.fallback.is_some() && body.is_some() && declined(&resp).is_some() =>
+            {
+                let why = declined(&resp).unwrap_or_default();
                 drop(resp);
-                ctx.skipped(&plan, "its router answered 503, every server down", None);
+                ctx.skipped(&plan, why, None);
                 if let Some(next) = plan.fallback.take() {
                     plan = *next;
                     ctx.note_plan(&plan);
                 }
             }
             Ok((resp, _)) => return Ok(relay_response(resp, ctx.record, false)),
-            // No server of this alternative accepted a connection: nothing was sent,
-            // so the next alternative may have it.
+            // No server of this alternative accepted a connection, or none freed a slot
+            // within the queue time: nothing was sent, so the next alternative may have it.
             Err(err) if err.retry_safe && plan.fallback.is_some() => {
-                let reason = format!("connect failed: {}", err.kind_text());
+                let reason = match err.kind {
+                    ErrorKind::QueueTimeout => format!("queue timeout: {}", err.kind_text()),
+                    _ => format!("connect failed: {}", err.kind_text()),
+                };
                 ctx.skipped(&plan, &reason, None);
                 if let Some(next) = plan.fallback.take() {
                     plan = *next;
@@ -224,23 +233,38 @@ pub async fn handle(
                     retry_safe = err.retry_safe,
                     "upstream request failed: {err}"
                 );
-                return Ok(problem_response(
-                    &err.to_problem(&plan.backend_name),
+                let queue_timeout = err.kind == ErrorKind::QueueTimeout;
+                if queue_timeout {
+                    ctx.record.outcome = Some(QUEUE_TIMEOUT);
+                }
+                let mut resp = problem_response(
+                    &err.to_problem(&plan.backend_name, ConfigAt::Port(plan.port)),
                     ctx.record,
                     false,
-                ));
+                );
+                if queue_timeout {
+                    // Nothing reached a service: a router that sent us this request may
+                    // still serve it from its next alternative.
+                    resp.headers_mut()
+                        .insert(HEALTH_HEADER, HeaderValue::from_static("full"));
+                }
+                return Ok(resp);
             }
         }
     }
 }
 
-/// A remote router's fast 503: every server of the target down, nothing sent anywhere.
-fn declined<B>(resp: &http::Response<B>) -> bool {
-    resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
-        && resp
-            .headers()
-            .get(HEALTH_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"down")
+/// A remote router's fast 503, nothing sent anywhere: why its alternative did not serve
+/// (every server down, or every one full for its queue time); `None` for any other answer.
+fn declined<B>(resp: &http::Response<B>) -> Option<&'static str> {
+    if resp.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    match resp.headers().get(HEALTH_HEADER)?.as_bytes() {
+        b"down" => Some("its router answered 503, every server down"),
+        b"full" => Some("its router answered 503, every server full (queue timeout)"),
+        _ => None,
+    }
 }
 
 /// A copy of a request head (method, target, version, fields) for an alternative that

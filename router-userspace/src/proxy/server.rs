@@ -229,6 +229,8 @@ impl RouterHandle {
                 fresh.push((*addr, Listener::bind(*addr)?));
             }
         }
+        // Nothing can fail from here on: the new limits go onto the slots both tables share.
+        router.apply_limits();
         self.dispatch.swap(config, router.clone());
         self.restart_checkers(&router);
         let mut changes = ListenerChanges::default();

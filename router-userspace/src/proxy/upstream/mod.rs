@@ -26,7 +26,10 @@ use super::error::{ErrorKind, ProxyError};
 use super::headers::drop_forbidden_trailers;
 use super::idle::IdleIo;
 use crate::access_log::BodyError;
+use crate::balance::Server;
 use crate::config::Timeouts;
+use crate::health::Health;
+use crate::limit::{Picker, Slot};
 use crate::metrics::TrafficStats;
 use pool::{Lease, Pool};
 use wire::{Parsed, RequestFraming};
@@ -51,6 +54,8 @@ pub struct SendReport<'a> {
     pub retries: u32,
     /// Request body bytes read from the client.
     pub body_bytes: u64,
+    /// Time spent waiting for a `maxconn` slot.
+    pub queued: Duration,
 }
 
 /// A failed attempt, and whether it may be repeated on a fresh connection.
@@ -82,8 +87,8 @@ impl Upstreams {
         &self.pool
     }
 
-    /// Sends the rewritten request to `upstream` ("host:port"). The request
-    /// body streams as the client sends it; no deadline covers the whole
+    /// Sends the rewritten request to `upstream` ("host:port"), an unlimited server. The
+    /// request body streams as the client sends it; no deadline covers the whole
     /// exchange (a 6 h image upload is fine while bytes move), the
     /// connection's inactivity timeout (`timeouts.idle`) ends a silent backend.
     ///
@@ -101,12 +106,11 @@ impl Upstreams {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
-        let only = [upstream];
+        let only = [Server::new(Health::new(upstream.to_string()))];
         let mut body = Some(body);
         let (resp, _) = self
             .send_to_any(
-                only.iter(),
-                |u| u,
+                Picker::new(only.iter(), false, timeouts.queue),
                 0,
                 timeouts,
                 &parts,
@@ -119,27 +123,28 @@ impl Upstreams {
     }
 
     /// Like [`Upstreams::send`] over several servers (HAProxy's `retries` with `option
-    /// redispatch`): the first of `servers` that accepts a connection gets the request;
+    /// redispatch`): the first server `servers` gives (with a `maxconn` slot, waiting in
+    /// the queue when every one is full) that accepts a connection gets the request;
     /// when connecting fails, nothing was sent, so the next one is tried, for any
     /// method, up to `retries` more servers. `refused` hears each failed server. A
     /// request that reached a server is never sent to another. Returns the response
-    /// and the server that answered. `body` stays in place when no server accepted a
-    /// connection, so the caller may still send the request elsewhere. `report` says what
+    /// and the server that answered; the response body holds the server's slot until
+    /// it ends. `body` stays in place when no server accepted a connection (or the queue
+    /// timed out), so the caller may still send the request elsewhere. `report` says what
     /// it took (for the access log and `/metrics`), whatever the outcome.
     #[allow(clippy::too_many_arguments)] // the request, where it goes, and who hears failures
-    pub async fn send_to_any<'s, S, B>(
+    pub async fn send_to_any<'s, I, B>(
         &self,
-        servers: impl Iterator<Item = &'s S>,
-        upstream_of: impl Fn(&'s S) -> &'s Arc<str>,
+        mut servers: Picker<'s, I>,
         retries: u32,
         timeouts: &Timeouts,
         parts: &http::request::Parts,
         body: &mut Option<B>,
-        mut refused: impl FnMut(&'s S, &ProxyError),
+        mut refused: impl FnMut(&'s Server, &ProxyError),
         report: &mut SendReport<'_>,
-    ) -> Result<(Response<UpstreamBody>, &'s S), ProxyError>
+    ) -> Result<(Response<UpstreamBody>, &'s Server), ProxyError>
     where
-        S: ?Sized + 's,
+        I: Iterator<Item = &'s Server>,
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
@@ -155,26 +160,48 @@ impl Upstreams {
         let mut head = Vec::new();
         wire::encode_request_head(&mut head, &parts.method, target, &parts.headers, framing);
         // Connect to the first server that accepts; nothing is sent before that.
-        let mut servers = servers.take(1 + retries as usize);
-        let Some(mut server) = servers.next() else {
-            return Err(ProxyError::new(ErrorKind::ConnectRefused, "-", None));
-        };
-        let mut upstream = upstream_of(server);
-        let mut lease = loop {
+        let mut failed: Option<(&Arc<str>, ProxyError)> = None;
+        let mut attempts = 0;
+        let (server, mut slot, mut lease) = loop {
+            let next = servers.next().await;
+            report.queued = servers.waited();
+            let (server, slot) = match next {
+                Ok(Some(next)) => next,
+                Ok(None) => {
+                    return Err(failed.map_or_else(
+                        || ProxyError::new(ErrorKind::ConnectRefused, "-", None),
+                        |(_, e)| e,
+                    ));
+                }
+                Err(timeout) => {
+                    let upstream = failed.as_ref().map_or("-", |(u, _)| &**u);
+                    return Err(ProxyError::new(
+                        ErrorKind::QueueTimeout,
+                        upstream,
+                        Some(Box::new(timeout)),
+                    ));
+                }
+            };
+            let upstream = server.health.upstream();
+            if let Some((previous, e)) = &failed {
+                report.redispatches += 1;
+                tracing::debug!(upstream = %previous, next = %upstream, "connect failed ({e}); redispatching");
+            }
+            attempts += 1;
             match self.lease(upstream, timeouts, false, report).await {
-                Ok(lease) => break lease,
+                Ok(lease) => break (server, slot, lease),
                 Err(e) => {
+                    // The slot goes back before waiting for the next server's.
+                    drop(slot);
                     refused(server, &e);
-                    let Some(next) = servers.next() else {
+                    if attempts > retries {
                         return Err(e);
-                    };
-                    report.redispatches += 1;
-                    let next_upstream = upstream_of(next);
-                    tracing::debug!(%upstream, next = %next_upstream, "connect failed ({e}); redispatching");
-                    (server, upstream) = (next, next_upstream);
+                    }
+                    failed = Some((upstream, e));
                 }
             }
         };
+        let upstream = server.health.upstream();
         loop {
             let reused = lease.reused;
             let sent = exchange(
@@ -183,7 +210,7 @@ impl Upstreams {
                 &head,
                 (&parts.method, framing),
                 timeouts,
-                body,
+                (body, &mut slot),
                 &mut report.body_bytes,
             )
             .await;
@@ -195,6 +222,7 @@ impl Upstreams {
                 }
                 Err(f) => return Err(f.error),
             }
+            // Same server, same slot.
             lease = self.lease(upstream, timeouts, true, report).await?;
         }
     }
@@ -290,14 +318,15 @@ enum BodySend {
     Upstream(io::Error),
 }
 
-/// One attempt on one connection.
+/// One attempt on one connection. `slot` moves into the response body when there is one
+/// to relay, and stays with the caller otherwise (for a retry on the same server).
 async fn exchange<B>(
     mut lease: Lease,
     upstream: &str,
     head: &[u8],
     (method, framing): (&http::Method, RequestFraming),
     timeouts: &Timeouts,
-    body: &mut Option<B>,
+    (body, slot): (&mut Option<B>, &mut Option<Slot>),
     body_bytes: &mut u64,
 ) -> Result<Response<UpstreamBody>, Failure>
 where
@@ -342,6 +371,7 @@ where
                 buf.advance(len);
                 // The body streams under `idle` again.
                 lease.stream.set_timeout(timeouts.idle);
+                lease.slot = slot.take();
                 let keep_alive = head.keep_alive && send_failed.is_none();
                 let body = UpstreamBody::new(head.framing, buf, lease, keep_alive);
                 let mut resp = Response::new(body);
@@ -625,21 +655,24 @@ mod tests {
         B::Error: Into<BodyError>,
     {
         let ups = Upstreams::start();
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|a| Server::new(Health::new(a.to_string())))
+            .collect();
         let mut refused = Vec::new();
         let mut body = Some(body);
         let sent = ups
             .send_to_any(
-                servers.iter(),
-                |s| s,
+                Picker::new(servers.iter(), false, timeouts().queue),
                 retries,
                 &timeouts(),
                 &parts,
                 &mut body,
-                |s, _| refused.push(s.clone()),
+                |s, _| refused.push(s.health.upstream().clone()),
                 &mut SendReport::default(),
             )
             .await
-            .map(|(resp, s)| (resp.status().as_u16(), s.clone()));
+            .map(|(resp, s)| (resp.status().as_u16(), s.health.upstream().clone()));
         (sent, refused)
     }
 
@@ -671,6 +704,44 @@ mod tests {
         assert_eq!(sent.unwrap_err().kind, ErrorKind::ConnectRefused);
         assert_eq!(refused, [dead]);
         assert_eq!(live.requests.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_response_body_holds_the_slot_and_a_refused_server_gets_its_back() {
+        let live = backend(|_| Some(OK)).await;
+        let dead = dead_addr().await;
+        let limited = |addr: &Arc<str>| Server {
+            slots: Some(crate::limit::Slots::new(1)),
+            ..Server::new(Health::new(addr.to_string()))
+        };
+        let servers = [limited(&dead), limited(&live.addr)];
+        let in_use = |i: usize| servers[i].slots.as_ref().unwrap().in_use();
+        let ups = Upstreams::start();
+        let mut body = Some(Empty::<Bytes>::new());
+        let mut report = SendReport::default();
+        let (resp, server) = ups
+            .send_to_any(
+                Picker::new(servers.iter(), false, timeouts().queue),
+                3,
+                &timeouts(),
+                &get("/"),
+                &mut body,
+                |_, _| {},
+                &mut report,
+            )
+            .await
+            .unwrap();
+        assert_eq!(server.health.addr(), &*live.addr);
+        assert_eq!(report.redispatches, 1);
+        assert_eq!(
+            (in_use(0), in_use(1)),
+            (0, 1),
+            "slots while the body is unread"
+        );
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"ok");
+        assert_eq!(in_use(1), 0, "the ended body gave its slot back");
+        assert_eq!(ups.pool.idle_count(&live.addr), 1);
     }
 
     #[tokio::test]

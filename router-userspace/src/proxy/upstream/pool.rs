@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::limit::Slot;
 use crate::proxy::idle::IdleIo;
 
 /// Idle connections kept per upstream; beyond that they are closed rather than
@@ -51,6 +52,9 @@ pub struct Lease {
     pub stream: IdleIo<TcpStream>,
     /// Taken from the pool (so it may have been closed by the backend meanwhile).
     pub reused: bool,
+    /// The server's `maxconn` slot, once the exchange has a response to relay: given back
+    /// with the connection, whether to the pool or closed (`None` when unlimited).
+    pub slot: Option<Slot>,
     pool: Arc<Pool>,
     upstream: Arc<str>,
 }
@@ -65,20 +69,24 @@ impl Lease {
         Lease {
             stream,
             reused,
+            slot: None,
             pool,
             upstream,
         }
     }
 
-    /// The exchange ended cleanly and the backend keeps the connection open.
+    /// The exchange ended cleanly and the backend keeps the connection open. The slot
+    /// goes back after the connection, so the request it wakes finds it pooled.
     pub fn release(self) {
         let Lease {
             stream,
             pool,
             upstream,
+            slot,
             ..
         } = self;
         pool.put(upstream, stream.into_inner());
+        drop(slot);
     }
 }
 
