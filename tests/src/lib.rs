@@ -1,5 +1,6 @@
 //! Shared harness for the integration suites: in-process backends, routers on loopback.
 
+pub mod capture;
 pub mod client;
 pub mod echo;
 pub mod lab;

@@ -1,26 +1,9 @@
 //! One access line per request (target `access`) with the fields of docs/ARCHITECTURE.md §8.
 
-use std::sync::{Arc, Mutex};
-
+use integration_tests::capture::Capture;
 use integration_tests::client::{Conn, empty, get, request};
 use integration_tests::lab::{Lab, LabOptions};
 use scope_router::shutdown::Drained;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn each_request_logs_one_line_with_route_fields() {
@@ -59,7 +42,7 @@ async fn each_request_logs_one_line_with_route_fields() {
     // Draining the router guarantees every response body was finished and logged.
     lab.one.stop().await;
 
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&format!("listener={vip}")))
@@ -150,7 +133,7 @@ async fn a_request_cut_at_the_end_of_the_shutdown_grace_logs_its_line() {
     assert_eq!(outcome, Drained::GraceExpired);
     assert!(stuck.await.unwrap().is_err());
 
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&format!("listener={vip}")))

@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use integration_tests::capture::Capture;
 use integration_tests::client::{ClientBody, Conn, STALL, bounded, get, request};
 use integration_tests::echo::EchoBackend;
 use integration_tests::lab::{Lab, LabOptions, Region};
@@ -159,29 +159,6 @@ async fn a_streaming_response_holds_its_slot_until_its_body_ends() {
     }
     assert_eq!(len, SIZE);
     assert_eq!(next.await.unwrap().unwrap().status, 200);
-}
-
-/// A writer the test reads back (the access lines).
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@ use std::{
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::unix::fs::MetadataExt as _,
     path::Path,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use integration_tests::capture::Capture;
 use ipnet::Ipv4Net;
 use router_common::{DROP_LOG_BURST, DROP_LOG_INTERVAL_NS};
 use scope_router::ebpf::{
@@ -80,39 +80,17 @@ fn start(lab: &Lab, config: &SteeringConfig) -> (Steering, TcpListener) {
 
 /// What a test's steering forwards into `tracing` (the XDP drop lines) and what aya logs
 /// while loading it, formatted as the router's log lines.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("capture lock"))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The XDP drop lines, each as the text after `drop `.
-    fn drops(&self) -> Vec<String> {
-        self.lines()
-            .iter()
-            .filter(|line| line.contains("scope_router::xdp"))
-            .filter_map(|line| {
-                line.split_once("drop reason=")
-                    .map(|(_, rest)| rest.to_owned())
-            })
-            .collect()
-    }
+/// The XDP drop lines of `capture`, each as the text after `drop reason=`.
+fn drops(capture: &Capture) -> Vec<String> {
+    capture
+        .lines()
+        .iter()
+        .filter(|line| line.contains("scope_router::xdp"))
+        .filter_map(|line| {
+            line.split_once("drop reason=")
+                .map(|(_, rest)| rest.to_owned())
+        })
+        .collect()
 }
 
 /// [`start`] with `capture` as the subscriber current while steering starts: the kernel
@@ -299,7 +277,7 @@ fn privileged_unserved_port_is_dropped_and_counted() {
     assert!(other.drops >= 1 && other.syns >= 1, "{other:?}");
     // Shutdown forwards what is left in the ring buffer before it returns.
     steering.shutdown().expect("shutdown");
-    let drops = capture.drops();
+    let drops = drops(&capture);
     let expected = format!(
         "unserved_port src={} dst={}:{UNSERVED_PORT} proto=6 suppressed=0",
         Lab::CLIENT,
@@ -387,7 +365,7 @@ fn privileged_denied_flood_logs_a_bounded_number_of_lines() {
         "every packet from a denied source drops: {other:?}"
     );
     let log = status.drop_log.expect("drop log totals");
-    let drops = capture.drops();
+    let drops = drops(&capture);
     let lines = drops.len() as u64;
     let from_client = format!(
         "denied_source src={} dst={}:0 proto=17 ",
