@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::framing::FramingWatch;
+use super::framing::{FramingVerdicts, FramingWatch};
 use super::hyper_buf_size;
 use super::idle::IdleIo;
 use super::park::{ConnShared, PARK_GRACE, ParkingIo};
@@ -641,10 +641,16 @@ where
         // its next idle spell waits PARK_GRACE before parking, so back-to-back
         // requests keep one hyper connection. New or slow clients park at once.
         let mut returning = false;
+        // hyper starts its request-header timer as soon as it waits for a
+        // head, idle or not; waiting here counts against the same budget.
+        let mut header_deadline = Instant::now() + conn.request_header;
         loop {
-            // hyper starts its request-header timer as soon as it waits for a
-            // head, idle or not; waiting here counts against the same budget.
-            let header_deadline = Instant::now() + conn.request_header;
+            // A held head keeps the deadline it began with: sending it a byte at a
+            // time cannot renew it.
+            let holding = conn.shared.with_parked(|client, _| client.holds_head());
+            if holding != Some(true) {
+                header_deadline = Instant::now() + conn.request_header;
+            }
             // Polled by hand with the socket and the timer, so the parked task
             // holds no other future.
             let readable = {
@@ -655,18 +661,17 @@ where
                     // accepted: its first request may be on the wire already (a restart
                     // hands the listener over at any instant), and closing would reset
                     // it. That request is served (with `Connection: close`), or the
-                    // header timeout or the grace ends the wait.
-                    if (*conn.shared).as_ref().started() && drain.as_mut().poll(cx).is_ready() {
+                    // header timeout or the grace ends the wait. Nor one whose head is
+                    // on its way.
+                    if holding != Some(true)
+                        && (*conn.shared).as_ref().started()
+                        && drain.as_mut().poll(cx).is_ready()
+                    {
                         return Poll::Ready(false);
                     }
-                    // Break: readiness is known; Continue: wait until then.
-                    let parked = conn.shared.with_parked(|client| {
-                        match client.get_ref().get_ref().poll_read_ready(cx) {
-                            Poll::Ready(r) => ControlFlow::Break(r.is_ok()),
-                            Poll::Pending => ControlFlow::Continue(
-                                header_deadline.min(client.get_ref().deadline()),
-                            ),
-                        }
+                    let parked = conn.shared.with_parked(|client, verdicts| {
+                        poll_parked(client, verdicts, cx)
+                            .map_continue(|()| header_deadline.min(client.get_ref().deadline()))
                     });
                     let deadline = match parked {
                         Some(ControlFlow::Continue(deadline)) => deadline,
@@ -680,8 +685,9 @@ where
                 })
                 .await
             };
-            // Not readable: drain, idle or header timeout, or a socket error;
-            // close quietly, as hyper does for an idle connection.
+            // Not readable: drain, idle or header timeout, a socket error, or a client
+            // that gave up inside its head; close quietly, as hyper does for an idle
+            // connection (and for a head that ends with the connection, or times out).
             let client = match conn.shared.take() {
                 Some(client) if readable => client,
                 _ => return,
@@ -696,12 +702,53 @@ where
             };
             returning = true;
             if let Err(e) = lend(&conn, client, header_deadline, grace, svc.clone()).await {
+                // Parked holding a stalled head: hyper saw its end-of-stream.
+                if conn.shared.with_parked(|client, _| client.holds_head()) == Some(true) {
+                    continue;
+                }
                 // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
                 tracing::debug!("connection ended: {e}");
                 (*conn.shared).as_ref().gauges().connection_error(&e);
             }
         }
     }
+}
+
+/// Reads of a held head per poll of the parked wait before it lets other tasks run.
+const HELD_READS_PER_POLL: usize = 16;
+
+/// The parked wait's step: `Break(true)` when the client has a request for hyper (bytes
+/// at a message boundary, or a held head now complete, or refused), `Break(false)` when
+/// the connection is done (error, or end-of-stream inside a held head), `Continue` until
+/// one of those. A held head is read here, into a buffer that grows with it, not hyper's.
+fn poll_parked(
+    client: &mut FramingWatch<IdleIo<Tcp>>,
+    verdicts: &mut FramingVerdicts,
+    cx: &mut std::task::Context<'_>,
+) -> ControlFlow<bool> {
+    for _ in 0..HELD_READS_PER_POLL {
+        match client.get_ref().get_ref().poll_read_ready(cx) {
+            Poll::Pending => return ControlFlow::Continue(()),
+            Poll::Ready(Err(_)) => return ControlFlow::Break(false),
+            Poll::Ready(Ok(())) if !client.holds_head() => return ControlFlow::Break(true),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match client.get_mut().try_read(&mut chunk) {
+            Ok(0) => return ControlFlow::Break(false),
+            Ok(n) => {
+                if !client.feed_held(&chunk[..n], |ambiguous| verdicts.push(ambiguous)) {
+                    return ControlFlow::Break(true);
+                }
+            }
+            // Readiness was stale: the next `poll_read_ready` registers the wakeup.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return ControlFlow::Break(false),
+        }
+    }
+    // Still more to read: come back once other tasks have had their turn.
+    cx.waker().wake_by_ref();
+    ControlFlow::Continue(())
 }
 
 /// One hyper connection over the lent client stream, until it parks or ends.
