@@ -1,7 +1,7 @@
 //! `cargo xtask bench --scenario heads`: what clients that stall inside a request head
 //! cost the router in memory. Starts scope-router on loopback, opens N connections that
 //! each send part of a request line and stop, and reads the router's `VmRSS` before,
-//! while all N are held, and after they are all closed (docs/ARCHITECTURE.md §9).
+//! while all N are held, and after they are all closed (docs/ARCHITECTURE.md §9, §12).
 //!
 //! Memory is not skewed by other CPU load, so this runs on a busy machine too; it needs
 //! no root and no namespaces (only loopback).
@@ -39,12 +39,10 @@ pub struct Options {
 /// What every held connection sends before it stalls: half a request line.
 const PARTIAL_LINE: &[u8] = b"GET /v2.1/servers/detail?limit=1";
 
-/// Time for the router to take in what the clients sent (and to shed what it sheds
-/// for a stalled head), before the held reading.
-const SETTLE: Duration = Duration::from_millis(500);
-
-/// Time after the last close before the "after close" reading.
-const AFTER_CLOSE: Duration = Duration::from_secs(2);
+/// Time before each reading: for the router to take in what the clients sent (or their
+/// closes), and for its idle workers to hand freed memory back, which they do at most
+/// once a second as they park (and health checks wake them every `inter`, 2 s).
+const SETTLE: Duration = Duration::from_secs(3);
 
 const LAYOUT: Layout = Layout {
     scenario: "heads",
@@ -92,12 +90,14 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     }
     let mut md = String::from("# scope-router benchmark report: stalled request heads\n\n");
     md.push_str(&format!(
-        "{} connections, each sending `{}` and nothing more; RSS read {} ms after the last \
-         one was sent and {} s after the last one closed; {} rounds (medians), router workers: {}.\n\n",
+        "{} connections, each sending `{}` and nothing more; RSS read {} s after a warm-up \
+         request, {} s after the last connection sent its line and {} s after the last one \
+         closed; {} rounds (medians), router workers: {}.\n\n",
         opts.connections,
         String::from_utf8_lossy(PARTIAL_LINE),
-        SETTLE.as_millis(),
-        AFTER_CLOSE.as_secs(),
+        SETTLE.as_secs(),
+        SETTLE.as_secs(),
+        SETTLE.as_secs(),
         opts.rounds,
         opts.workers
             .map_or_else(|| "one per CPU".to_owned(), |w| w.to_string()),
@@ -109,7 +109,6 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         "workers": opts.workers,
         "partial_line": String::from_utf8_lossy(PARTIAL_LINE),
         "settle_ms": SETTLE.as_millis() as u64,
-        "after_close_ms": AFTER_CLOSE.as_millis() as u64,
     });
     let machine =
         json!({ "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim() });
@@ -170,7 +169,7 @@ fn one_round(scope_router: &Path, work: &Path, opts: &Options, round: u32) -> Re
     router.0.check_alive()?;
     let during = rss_kib(pid)?;
     drop(held);
-    std::thread::sleep(AFTER_CLOSE);
+    std::thread::sleep(SETTLE);
     router.0.check_alive()?;
     let after = rss_kib(pid)?;
     let mib = |kib: u64| kib as f64 / 1024.0;
