@@ -223,6 +223,10 @@ pub struct ProxySettings {
     /// How requests spread over a backend's servers, unless `[ports.N] balance` says
     /// otherwise.
     pub balance: Balance,
+    /// The most client connections held at once across every listener (HAProxy's global
+    /// `maxconn`); beyond, new ones wait in the listen backlog. `None`: what the open-file
+    /// limit allows, two descriptors per connection (see `proxy::limit`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ProxySettings {
@@ -233,6 +237,7 @@ impl Default for ProxySettings {
             // Kolla's HAProxy defaults: `retries 3`, `balance roundrobin`.
             retries: 3,
             balance: Balance::Roundrobin,
+            max_connections: None,
         }
     }
 }
@@ -576,6 +581,14 @@ impl RawConfig {
                 ),
             ));
         }
+        if proxy.max_connections == Some(0) {
+            return Err(invalid(
+                "proxy.max_connections",
+                "0 would serve nobody; use at least 1, or remove the key to derive the limit \
+                 from the open-file limit"
+                    .into(),
+            ));
+        }
 
         if let Some(vip) = &self.vip {
             if vip.interface.is_empty() {
@@ -761,6 +774,7 @@ backend = "192.168.142.245"
                 shutdown_grace: Duration::from_secs(30),
                 retries: 3,
                 balance: Balance::Roundrobin,
+                max_connections: None,
             }
         );
         assert_eq!(c.vip, None);
@@ -917,6 +931,7 @@ connect = "3s"
 [proxy]
 max_header_bytes = 32768
 shutdown_grace = "1m"
+max_connections = 40000
 [vip]
 address = "192.168.142.244"
 interface = "ens3"
@@ -965,6 +980,7 @@ mode = "http"
         );
         assert_eq!(c.proxy.max_header_bytes, 32768);
         assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(c.proxy.max_connections, Some(40000));
         let vip = c.vip.as_ref().unwrap();
         assert_eq!(vip.address, "192.168.142.244".parse::<Ipv4Addr>().unwrap());
         assert_eq!(
@@ -1016,6 +1032,9 @@ mode = "http"
             (format!("{MINIMAL}[ports.9292]\nbackend = \"10.0.0.1\"\n"), "backend"),
             (format!("{MINIMAL}[proxy]\nmax_header_bytes = 10\n"), "proxy.max_header_bytes"),
             (format!("{MINIMAL}[proxy]\nmax_headers = 10\n"), "max_headers"),
+            (format!("{MINIMAL}[proxy]\nmax_connections = 0\n"), "proxy.max_connections"),
+            (format!("{MINIMAL}[proxy]\nmax_connections = -1\n"), "max_connections"),
+            (format!("{MINIMAL}[proxy]\nmaxconn = 100\n"), "maxconn"),
             (format!("{MINIMAL}[vip]\ninterface = \"eth2\"\n"), "address"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nadress = \"x\"\n"), "adress"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\ninterface = \"\"\n"), "vip.interface"),

@@ -197,6 +197,17 @@ fn main() -> Result<()> {
             };
             let loaded_at = std::time::SystemTime::now();
             access_log::init_subscriber_as(config.log.format);
+            // Before the connection limit is derived from it (and before the privilege drop,
+            // though raising the soft limit up to the hard one needs none).
+            match scope_router::proxy::limit::raise_open_file_limit() {
+                Ok((before, after)) if after > before => {
+                    tracing::info!(
+                        "open-file limit raised from {before} to {after} (the hard limit)"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+            }
             let router = Arc::new(router(&config)?);
             let state_dir = health_state::state_dir(&config, health_state_dir.as_deref());
             let handover_path = handover::socket_path(&state_dir, router.region());

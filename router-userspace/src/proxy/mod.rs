@@ -6,6 +6,7 @@ pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod idle;
+pub mod limit;
 pub mod park;
 pub mod scoped;
 pub mod server;

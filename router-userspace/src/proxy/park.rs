@@ -635,7 +635,7 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         let g = (**shared).as_ref().gauges();
         [
-            g.open.load(Relaxed),
+            g.limit.open(),
             g.active.load(Relaxed),
             g.parked.load(Relaxed),
         ]
@@ -678,7 +678,7 @@ mod tests {
             Duration::from_secs(60),
         ));
         use std::sync::atomic::Ordering::Relaxed;
-        assert_eq!((g.open.load(Relaxed), g.parked.load(Relaxed)), (0, 0));
+        assert_eq!((g.limit.open(), g.parked.load(Relaxed)), (0, 0));
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::framing::{FramingVerdicts, FramingWatch};
 use super::hyper_buf_size;
 use super::idle::IdleIo;
+use super::limit::MaxConnections;
 use super::park::{ConnShared, PARK_GRACE, ParkingIo};
 use super::scoped::{self, ScopedShared};
 use super::upstream::Upstreams;
@@ -424,16 +425,27 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     guard: Guard,
 ) {
+    let clients = &dispatch.clients;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = signals.draining() => break,
             // A reload removed this listener (or its stop sender is gone: same).
             _ = stopped.wait_for(|stop| *stop) => break,
-            a = listener.accept() => a,
+            // At `[proxy] max_connections`, connections wait in the listen backlog.
+            a = async {
+                clients.limit.room().await;
+                listener.accept().await
+            } => a,
         };
         match accepted {
-            Ok(acc) => dispatch.spawn_serve(acc, signals.clone(), guard.clone()),
+            Ok(acc) => {
+                // Another listener may have taken the last place since this one found
+                // room: the connection waits here, accepted (one per listener at most),
+                // and is served, even if a drain begins meanwhile.
+                let open = OpenConnection::admitted(clients).await;
+                dispatch.spawn_serve(acc, open, signals.clone(), guard.clone());
+            }
             // The client gave up between SYN and accept: nothing to do.
             Err(e)
                 if matches!(
@@ -456,7 +468,7 @@ async fn accept_loop(
 impl Dispatch {
     fn new(config: &Config, router: &Arc<Router>) -> Dispatch {
         let max_header_bytes = config.proxy.max_header_bytes;
-        Dispatch {
+        let dispatch = Dispatch {
             scoped: Arc::new(ScopedShared {
                 router: Arc::new(ArcSwap::new(router.clone())),
                 upstreams: Upstreams::start(),
@@ -466,19 +478,50 @@ impl Dispatch {
             passthrough: ArcSwap::from_pointee(passthrough_runtimes(config, router)),
             max_header_bytes,
             clients: Arc::new(ClientGauges::default()),
-        }
+        };
+        dispatch.limit_connections(config);
+        dispatch
     }
 
     /// Serves `router` (and `config`'s passthrough listeners) from the next request on;
-    /// the upstream pool and the connection gauges carry on.
+    /// the upstream pool, the connection gauges and their count carry on.
     fn swap(&self, config: &Config, router: Arc<Router>) {
         self.passthrough
             .store(Arc::new(passthrough_runtimes(config, &router)));
         self.scoped.router.store(router);
+        self.limit_connections(config);
     }
 
-    /// Spawns the task serving one accepted connection.
-    fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
+    /// Enforces `config`'s `[proxy] max_connections` on every listener from now on.
+    fn limit_connections(&self, config: &Config) {
+        let max = MaxConnections::resolve(config.proxy.max_connections);
+        let from = if max.configured {
+            "[proxy] max_connections".to_owned()
+        } else {
+            format!(
+                "derived from the open-file limit {}",
+                max.open_files.unwrap_or_default()
+            )
+        };
+        tracing::info!(
+            max_connections = max.max,
+            "client connection limit: {} ({from})",
+            max.max
+        );
+        if let Some(warning) = max.unreachable() {
+            tracing::warn!("{warning}");
+        }
+        self.clients.limit.set(max);
+    }
+
+    /// Spawns the task serving one accepted connection, counted by `open`.
+    fn spawn_serve(
+        self: &Arc<Self>,
+        acc: Accepted,
+        open: OpenConnection,
+        signals: Signals,
+        guard: Guard,
+    ) {
         let timeouts = self
             .scoped
             .router
@@ -487,10 +530,10 @@ impl Dispatch {
             .map(|spec| spec.timeouts);
         let Some(timeouts) = timeouts else {
             let d = self.clone();
-            tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
+            tokio::spawn(async move { d.serve_other(acc, open, signals, guard).await });
             return;
         };
-        tokio::spawn(self.scoped_task(acc, timeouts, signals, guard));
+        tokio::spawn(self.scoped_task(acc, open, timeouts, signals, guard));
     }
 
     /// The whole task of a scoped connection: exactly [`serve_http`], whose
@@ -499,6 +542,7 @@ impl Dispatch {
     fn scoped_task(
         &self,
         acc: Accepted,
+        open: OpenConnection,
         timeouts: Timeouts,
         signals: Signals,
         guard: Guard,
@@ -513,7 +557,7 @@ impl Dispatch {
             stream,
             timeouts,
             self.max_header_bytes,
-            &self.clients,
+            open,
             signals,
             guard,
         );
@@ -524,7 +568,13 @@ impl Dispatch {
     }
 
     /// Passthrough listeners (and addresses nobody serves).
-    async fn serve_other(&self, acc: Accepted, signals: Signals, guard: Guard) {
+    async fn serve_other(
+        &self,
+        acc: Accepted,
+        open: OpenConnection,
+        signals: Signals,
+        guard: Guard,
+    ) {
         let Accepted {
             stream,
             local,
@@ -534,7 +584,7 @@ impl Dispatch {
         if let Some(rt) = passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
-                    let _open = OpenConnection::new(&self.clients);
+                    let _open = open;
                     let mut abort = signals.clone();
                     // Boxed (like the HTTP branch below) so that scoped
                     // connections' tasks are not sized for passthrough state.
@@ -551,7 +601,7 @@ impl Dispatch {
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
-                        &self.clients,
+                        open,
                         signals,
                         guard.clone(),
                     );
@@ -593,14 +643,14 @@ impl HttpConn {
         stream: Tcp,
         timeouts: Timeouts,
         max_header_bytes: usize,
-        clients: &Arc<ClientGauges>,
+        open: OpenConnection,
         signals: Signals,
         guard: Guard,
     ) -> Self {
         let buf_size = hyper_buf_size(max_header_bytes);
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client, OpenConnection::new(clients), timeouts.request_body),
+            shared: ConnShared::new(client, open, timeouts.request_body),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,
@@ -866,8 +916,10 @@ mod tests {
             local,
             peer,
         };
+        let open = OpenConnection::admit(&dispatch.clients).unwrap();
         let task = dispatch.scoped_task(
             acc,
+            open,
             config.timeouts,
             shutdown.signals(),
             shutdown.guard().unwrap(),
