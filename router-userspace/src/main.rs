@@ -139,7 +139,7 @@ const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// moment after they empty (`purge_delay`), and only when the allocator is next entered
 /// on the thread that owns them, which also takes in what other workers freed into its
 /// pages; a router that goes idle after a burst never does, and kept the burst's memory:
-/// 57.8 MiB over its baseline after 3000 stalled connections had closed, 0.6 MiB with
+/// 57.8 MiB over its baseline after 3000 stalled connections had closed, 0.4 MiB with
 /// this (`cargo xtask bench --scenario heads`). A forced collection once a second costs
 /// an idle worker microseconds, and a busy one, which does not park, nothing.
 fn release_freed_memory() {
