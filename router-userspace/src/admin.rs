@@ -37,6 +37,7 @@ use crate::ebpf::{CounterRow, EbpfSettings, ProgramKind, ServiceKind, Status as 
 use crate::listener::Inherited;
 use crate::metrics::{self, Families, RouterCollector};
 use crate::proxy::RouterHandle;
+use crate::proxy::connection_limit::LimitView;
 use crate::reload::{ConfigCollector, ConfigState, ReloadOutcome, SharedConfigState};
 use crate::routing::{Router, SharedRouter};
 use crate::shutdown::Signals;
@@ -227,11 +228,13 @@ fn start_listening(
         vrrp,
     } = view;
     let scrape = Arc::new(Mutex::new(Scrape::default()));
+    let clients = collector.clients.clone();
     let mut registry = metrics::registry(collector);
     registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
     registry.register_collector(Box::new(ConfigCollector(state.clone())));
     let shared = Arc::new(Shared {
         router,
+        clients,
         signals,
         config_path,
         state,
@@ -278,6 +281,8 @@ fn start_listening(
 #[derive(Debug)]
 struct Shared {
     router: SharedRouter,
+    /// Client connections and their limit.
+    clients: Arc<metrics::ClientGauges>,
     signals: Signals,
     config_path: PathBuf,
     state: SharedConfigState,
@@ -503,6 +508,7 @@ impl Shared {
             config: self.config_path.clone(),
             loaded_at: humantime::format_rfc3339_seconds(config_state.loaded_at).to_string(),
             draining: self.signals.is_draining(),
+            connections: self.clients.limit.view(),
             regions: router.regions().iter().map(|r| r.to_string()).collect(),
             listeners: listeners(&router),
             last_reload: config_state.last_reload,
@@ -534,6 +540,8 @@ pub struct AdminStatus {
     pub loaded_at: String,
     /// Shutting down: no new connections, in-flight requests finishing.
     pub draining: bool,
+    /// Client connections open and `[proxy] max_connections`.
+    pub connections: LimitView,
     /// Every region of the catalog.
     pub regions: Vec<String>,
     pub listeners: Vec<ListenerView>,
@@ -561,6 +569,28 @@ impl fmt::Display for AdminStatus {
             };
             writeln!(f, "last reload at {}: {result}: {}", r.at, r.message)?;
         }
+        let c = &self.connections;
+        writeln!(
+            f,
+            "client connections: {} open, limit {} ({}); reached {} times{}",
+            c.open,
+            c.max,
+            if c.max_from == "config" {
+                "[proxy] max_connections".to_owned()
+            } else {
+                format!(
+                    "from the open-file limit {}",
+                    c.open_files
+                        .map_or_else(|| "?".to_owned(), |n| n.to_string())
+                )
+            },
+            c.reached,
+            if c.at_limit {
+                ", AT THE LIMIT: new connections wait in the listen backlog"
+            } else {
+                ""
+            }
+        )?;
         write!(f, "{}", self.report)?;
         writeln!(f)?;
         writeln!(

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Deserialize;
 
 use crate::health::Health;
-use crate::limit::Slots;
+use crate::server_slots::Slots;
 
 /// Largest weight honoured (HAProxy's maximum); larger weights are clamped to it. Bounds the
 /// precomputed schedule at `MAX_WEIGHT` slots per server.

@@ -13,8 +13,8 @@ use crate::balance::Balance;
 use crate::catalog::{Catalog, CatalogError};
 use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::health::CheckSettings;
-use crate::limit::MAXCONN_MAX;
 use crate::process::ProcessSettings;
+use crate::server_slots::MAXCONN_MAX;
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 use crate::vrrp::VrrpSettings;
 
@@ -284,6 +284,10 @@ pub struct ProxySettings {
     /// pools, consoles) only their own `maxconn` may limit.
     #[serde(deserialize_with = "maxconn")]
     pub maxconn_per_server: u32,
+    /// The most client connections held at once across every listener (HAProxy's global
+    /// `maxconn`); beyond, new ones wait in the listen backlog. `None`: what the open-file
+    /// limit allows, two descriptors per connection (see `proxy::connection_limit`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ProxySettings {
@@ -297,6 +301,7 @@ impl Default for ProxySettings {
             // Kolla sets no server maxconn: the right number is the service's worker
             // count, and a guess too low turns long uploads into everyone's 503s.
             maxconn_per_server: 0,
+            max_connections: None,
         }
     }
 }
@@ -663,6 +668,14 @@ impl RawConfig {
                 ),
             ));
         }
+        if proxy.max_connections == Some(0) {
+            return Err(invalid(
+                "proxy.max_connections",
+                "0 would serve nobody; use at least 1, or remove the key to derive the limit \
+                 from the open-file limit"
+                    .into(),
+            ));
+        }
 
         if let Some(vip) = &self.vip {
             if vip.interface.is_empty() {
@@ -860,6 +873,7 @@ backend = "192.168.142.245"
                 retries: 3,
                 balance: Balance::Roundrobin,
                 maxconn_per_server: 0,
+                max_connections: None,
             }
         );
         assert_eq!(c.vip, None);
@@ -1171,6 +1185,7 @@ connect = "3s"
 [proxy]
 max_header_bytes = 32768
 shutdown_grace = "1m"
+max_connections = 40000
 [vip]
 address = "192.168.142.244"
 interface = "ens3"
@@ -1219,6 +1234,7 @@ mode = "http"
         );
         assert_eq!(c.proxy.max_header_bytes, 32768);
         assert_eq!(c.proxy.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(c.proxy.max_connections, Some(40000));
         let vip = c.vip.as_ref().unwrap();
         assert_eq!(vip.address, "192.168.142.244".parse::<Ipv4Addr>().unwrap());
         assert_eq!(
@@ -1270,6 +1286,9 @@ mode = "http"
             (format!("{MINIMAL}[ports.9292]\nbackend = \"10.0.0.1\"\n"), "backend"),
             (format!("{MINIMAL}[proxy]\nmax_header_bytes = 10\n"), "proxy.max_header_bytes"),
             (format!("{MINIMAL}[proxy]\nmax_headers = 10\n"), "max_headers"),
+            (format!("{MINIMAL}[proxy]\nmax_connections = 0\n"), "proxy.max_connections"),
+            (format!("{MINIMAL}[proxy]\nmax_connections = -1\n"), "max_connections"),
+            (format!("{MINIMAL}[proxy]\nmaxconn = 100\n"), "maxconn"),
             (format!("{MINIMAL}[vip]\ninterface = \"eth2\"\n"), "address"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\nadress = \"x\"\n"), "adress"),
             (format!("{MINIMAL}[vip]\naddress = \"192.168.142.244\"\ninterface = \"\"\n"), "vip.interface"),

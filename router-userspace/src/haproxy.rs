@@ -206,7 +206,15 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
     if let Some(n) = opts.nbthread {
         let _ = writeln!(cfg, "    nbthread {n}");
     }
-    if let Some(n) = opts.maxconn {
+    // HAProxy's global `maxconn` is what `[proxy] max_connections` mirrors; unset in
+    // both, each derives it from its open-file limit.
+    let maxconn = opts.maxconn.or_else(|| {
+        config
+            .proxy
+            .max_connections
+            .and_then(|n| u32::try_from(n).ok())
+    });
+    if let Some(n) = maxconn {
         let _ = writeln!(cfg, "    maxconn {n}");
     }
     let t = config.timeouts;
@@ -883,6 +891,20 @@ mod tests {
             .take_while(|l| l.starts_with("    "))
             .map(str::trim)
             .collect()
+    }
+
+    #[test]
+    fn max_connections_becomes_the_global_maxconn() {
+        let (router, mut config) = with_mariadb();
+        let opts = HaproxyOptions::new(HaproxyMode::Native);
+        assert!(
+            !section(&generate(&router, &config, &opts).cfg, "global")
+                .iter()
+                .any(|l| l.starts_with("maxconn"))
+        );
+        config.proxy.max_connections = Some(40000);
+        let global = section(&generate(&router, &config, &opts).cfg, "global").join("\n");
+        assert_eq!(global, "maxconn 40000");
     }
 
     #[test]

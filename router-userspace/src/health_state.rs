@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::balance::Balance;
 use crate::config::Config;
 use crate::health::{CheckSettings, Health, HealthSnapshot};
-use crate::limit::Slots;
 use crate::routing::{Router, SharedRouter};
+use crate::server_slots::Slots;
 
 /// The format written by this version; readers refuse any other (see [`HealthStateError`]).
 pub const FORMAT_VERSION: u32 = 1;

@@ -27,10 +27,11 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::health_state::{Placement, Role, ServerIndex};
-use crate::limit::Slots;
+use crate::proxy::connection_limit::ConnectionLimit;
 use crate::proxy::upstream::pool::Pool;
 use crate::routing::SharedRouter;
 use crate::scope::ScopeSource;
+use crate::server_slots::Slots;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "scope_router";
@@ -212,16 +213,17 @@ impl TrafficStats {
 /// Client connection gauges shared by every connection of one router.
 #[derive(Debug, Default)]
 pub struct ClientGauges {
-    /// Accepted and not yet closed.
-    pub open: AtomicI64,
     /// Serving a request (head read, response body not yet finished).
     pub active: AtomicI64,
-    /// Idle between requests, held outside hyper (see `proxy::park`).
+    /// Held outside hyper (see `proxy::park`): idle between requests, or stalled inside
+    /// a request head.
     pub parked: AtomicI64,
     /// Heads hyper refused itself before the router saw a request: malformed (answered
     /// 400) and larger than its buffer (answered 431). Counted in `errors_total`.
     pub malformed_heads: AtomicU64,
     pub oversized_heads: AtomicU64,
+    /// Accepted and not yet closed (`open()`), and `[proxy] max_connections` on them.
+    pub limit: ConnectionLimit,
 }
 
 impl ClientGauges {
@@ -252,9 +254,29 @@ impl ClientGauges {
 pub struct OpenConnection(Arc<ClientGauges>);
 
 impl OpenConnection {
+    /// Counts a connection whatever the limit (tests).
+    #[cfg(test)]
     pub fn new(gauges: &Arc<ClientGauges>) -> Self {
-        ClientGauges::inc(&gauges.open);
+        gauges.limit.take();
         OpenConnection(gauges.clone())
+    }
+
+    /// Counts a new client connection if `[proxy] max_connections` has room for it.
+    pub fn admit(gauges: &Arc<ClientGauges>) -> Option<Self> {
+        gauges
+            .limit
+            .try_take()
+            .then(|| OpenConnection(gauges.clone()))
+    }
+
+    /// Counts a new client connection once the limit has room for it.
+    pub async fn admitted(gauges: &Arc<ClientGauges>) -> Self {
+        loop {
+            if let Some(open) = Self::admit(gauges) {
+                return open;
+            }
+            gauges.limit.room().await;
+        }
     }
 
     pub fn gauges(&self) -> &ClientGauges {
@@ -264,7 +286,7 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        ClientGauges::dec(&self.0.open);
+        self.0.limit.release();
     }
 }
 
@@ -484,11 +506,25 @@ pub fn encode_clients(
         "Client connections by state: open (all), active (serving a request), parked (idle \
          between requests)",
         [
-            ("open", ClientGauges::get(&gauges.open)),
+            ("open", gauges.limit.open()),
             ("active", ClientGauges::get(&gauges.active)),
             ("parked", ClientGauges::get(&gauges.parked)),
         ]
         .map(|(state, n)| (vec![("state", state)], n)),
+    )?;
+    out.gauges(
+        "client_connections_max",
+        "The most client connections held at once ([proxy] max_connections, or derived \
+         from the open-file limit); at it, new ones wait in the listen backlog",
+        [(
+            vec![],
+            i64::try_from(gauges.limit.max()).unwrap_or(i64::MAX),
+        )],
+    )?;
+    out.counters(
+        "client_connection_limit_reached",
+        "Times the client connection limit was reached",
+        [(vec![], gauges.limit.reached())],
     )
 }
 
@@ -690,8 +726,8 @@ mod tests {
         let gauges = Arc::new(ClientGauges::default());
         let a = OpenConnection::new(&gauges);
         let b = OpenConnection::new(&gauges);
-        assert_eq!(ClientGauges::get(&gauges.open), 2);
+        assert_eq!(gauges.limit.open(), 2);
         drop(a);
-        assert_eq!(ClientGauges::get(&b.gauges().open), 1);
+        assert_eq!(b.gauges().limit.open(), 1);
     }
 }

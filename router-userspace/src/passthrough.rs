@@ -16,7 +16,6 @@ use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
 use crate::balance::{Balance, Balancer};
 use crate::config::{Passthrough, ProxySettings};
 use crate::decision::X_FORWARDED_FOR;
-use crate::limit::{Picker, Slot, SlotBody};
 use crate::metrics::TrafficStats;
 use crate::problem::{ConfigAt, Problem};
 use crate::proxy::headers::{append_list, peer_value};
@@ -26,6 +25,7 @@ use crate::proxy::{
     RequestStart, ambiguous_framing_problem, check_head, forward, headers, problem_response,
     relay_response,
 };
+use crate::server_slots::{Picker, Slot, SlotBody};
 use crate::shutdown::{Guard, Signals};
 
 /// One configured passthrough listener with its upstream pool.

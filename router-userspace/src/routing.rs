@@ -25,10 +25,10 @@ use crate::catalog::{Catalog, Endpoint, split_host_port};
 use crate::config::{Config, ConfigError, ServerSpec, Timeouts};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::health::{CheckSettings, Health, Probe};
-use crate::limit::Slots;
 use crate::metrics::{BackendLabels, TrafficStats};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
+use crate::server_slots::Slots;
 
 /// A scoped listener derived from the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]

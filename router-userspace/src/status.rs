@@ -26,8 +26,8 @@ use crate::admin::AdminSettings;
 use crate::config::Config;
 use crate::ebpf::{self, EbpfSettings, Status as KernelStatus};
 use crate::health_state::{self, Placement, Role, ServerIndex};
-use crate::limit::Slots;
 use crate::routing::Router;
+use crate::server_slots::Slots;
 use crate::vip::{self, VipSettings};
 
 /// How long a backend may take to accept a TCP connection before it counts as down.

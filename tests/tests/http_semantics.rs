@@ -379,3 +379,142 @@ async fn http10_without_host_gets_the_dialled_address() {
     let echo: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
     assert_eq!(echo["headers"]["host"][0], vip.to_string(), "{echo}");
 }
+
+/// Sends `pieces` on one connection with a pause after each but the last, far longer than
+/// the 50 ms after which a client stalled inside a head is parked holding it (a wait, not
+/// a measurement), then reads until the router closes.
+async fn raw_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the router");
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        s.write_all(piece)
+            .await
+            .expect("send a piece of the request");
+    }
+    let mut out = Vec::new();
+    integration_tests::client::bounded("the end of the connection", s.read_to_end(&mut out))
+        .await
+        .expect("the router closes")
+        .expect("read the answer");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that stalls inside its head is parked holding it (docs/ARCHITECTURE.md §10);
+/// once the rest comes, the head is served exactly as if it had arrived whole, and so is
+/// what followed it.
+#[tokio::test]
+async fn a_head_that_stalls_then_completes_is_served_as_sent() {
+    let lab = Lab::start(LabOptions {
+        passthrough: true,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let pt = lab.passthrough.as_ref().unwrap();
+    for (vip, seen) in [
+        (lab.one.addr(8774), lab.one.backends[&8774].gate.clone()),
+        (pt.http_addr, pt.http_backend.gate.clone()),
+    ] {
+        let out = raw_in_pieces(
+            vip,
+            &[
+                b"GET /v2.1/servers/1 HTTP/1.1\r\nHo",
+                b"st: h\r\nX-Trick",
+                b"led: yes\r\n\r\nGET /v2.1/servers/2 HTTP/1.1\r\nHost: h\r\nConn",
+                b"ection: close\r\n\r\n",
+            ],
+        )
+        .await;
+        assert_eq!(out.matches("HTTP/1.1 200 ").count(), 2, "{vip}: {out}");
+        assert!(out.contains("x-trickled"), "{vip}: {out}");
+        assert_eq!(
+            seen.seen(),
+            ["GET /v2.1/servers/1", "GET /v2.1/servers/2"],
+            "{vip}"
+        );
+    }
+}
+
+/// Heads refused at the edge keep their JSON answers when they arrive in stalled pieces:
+/// hyper refuses the replayed head as it would the whole one.
+#[tokio::test]
+async fn a_stalled_head_gets_the_same_refusals() {
+    let lab = Lab::start(LabOptions::default()).await.unwrap();
+    let vip = lab.one.addr(8774);
+    let many_fields: String = (0..150).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let (many_a, many_b) = many_fields.split_at(many_fields.len() / 2);
+    let big = "x".repeat(20 * 1024);
+    let huge = "x".repeat(70 * 1024);
+    let cases: Vec<(Vec<String>, u16, &str)> = vec![
+        (
+            vec![
+                "GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nBad Na".into(),
+                "me: v\r\n\r\n".into(),
+            ],
+            400,
+            "malformed",
+        ),
+        (
+            vec![
+                "POST /v2.1/servers HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Enc"
+                    .into(),
+                "oding: chunked\r\n\r\n0\r\n\r\n".into(),
+            ],
+            400,
+            "Content-Length and Transfer-Encoding",
+        ),
+        (
+            vec![
+                format!("GET /v2.1/servers HTTP/1.1\r\nHost: h\r\n{many_a}"),
+                format!("{many_b}\r\n"),
+            ],
+            431,
+            "more than 100 header fields",
+        ),
+        (
+            vec![
+                format!(
+                    "GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nX-Big: {}",
+                    &big[..10_000]
+                ),
+                format!("{}\r\n\r\n", &big[10_000..]),
+            ],
+            431,
+            "max_header_bytes",
+        ),
+        // Past the watch's cap (4 × max_header_bytes): hyper's own 431, in JSON.
+        (
+            vec![
+                format!(
+                    "GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nX-Huge: {}",
+                    &huge[..30_000]
+                ),
+                format!("{}\r\n\r\n", &huge[30_000..]),
+            ],
+            431,
+            "max_header_bytes",
+        ),
+        (
+            vec![
+                "GET /v2.1/servers HTTP/1.1\r\nHost: h\r\nHo".into(),
+                "st: evil.example\r\n\r\n".into(),
+            ],
+            400,
+            "2 Host header fields",
+        ),
+    ];
+    for (pieces, code, needle) in cases {
+        let bytes: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        let out = raw_in_pieces(vip, &bytes).await;
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {code} ")),
+            "{needle}: {out}"
+        );
+        assert_problem_body(&out, code, needle);
+    }
+    assert!(lab.one.backends[&8774].gate.seen().is_empty());
+}

@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: benchmark scenarios, each a named step: `micro` (criterion
-//! micro-benchmarks of router-userspace) and `e2e` (scope-router against HAProxy+Lua,
-//! HAProxy json_query and the bare backend in network namespaces; see bench/e2e.rs).
+//! micro-benchmarks of router-userspace), `e2e` (scope-router against HAProxy+Lua,
+//! HAProxy json_query and the bare backend in network namespaces; see bench/e2e.rs) and
+//! `heads` (memory held by clients stalled inside a request head; see bench/heads.rs).
 
 use std::ffi::OsString;
 
 use anyhow::{Result, bail};
 
 mod e2e;
+mod heads;
 mod netlab;
 mod report;
 
@@ -32,6 +34,8 @@ struct Scenario {
     name: &'static str,
     about: &'static str,
     run: fn(&[OsString]) -> Result<()>,
+    /// What it needs installed.
+    profile: Profile,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -39,11 +43,19 @@ const SCENARIOS: &[Scenario] = &[
         name: "micro",
         about: "criterion benchmarks of router-userspace (`cargo bench -p router-userspace`)",
         run: micro,
+        profile: Profile::Build,
     },
     Scenario {
         name: "e2e",
         about: "scope-router vs HAProxy+Lua vs HAProxy json_query vs direct, in network namespaces (root)",
         run: end_to_end,
+        profile: Profile::Full,
+    },
+    Scenario {
+        name: "heads",
+        about: "memory held by clients stalled inside a request line, and kept after they close (loopback)",
+        run: stalled_heads,
+        profile: Profile::Build,
     },
 ];
 
@@ -55,7 +67,12 @@ pub fn run(opts: Options) -> Result<()> {
         return Ok(());
     }
     let selected = select(&opts.scenarios)?;
-    setup::ensure(Profile::Full)?;
+    let profile = selected
+        .iter()
+        .map(|s| s.profile)
+        .max()
+        .unwrap_or(Profile::Build);
+    setup::ensure(profile)?;
     for scenario in selected {
         let step = step(format!("bench {}: {}", scenario.name, scenario.about));
         (scenario.run)(&opts.args)?;
@@ -110,6 +127,31 @@ fn end_to_end(args: &[OsString]) -> Result<()> {
         bail!("cargo built no scope-router binary");
     };
     e2e::run(bin, &workspace::root().join("target/bench"), &cli.opts)
+}
+
+/// Arguments after `--` are the scenario's options, e.g. `-- --connections 1000`
+/// (`cargo xtask bench --scenario heads -- --help` lists them).
+fn stalled_heads(args: &[OsString]) -> Result<()> {
+    #[derive(clap::Parser)]
+    #[command(name = "cargo xtask bench --scenario heads --")]
+    struct Cli {
+        #[command(flatten)]
+        opts: heads::Options,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once(OsString::from("heads")).chain(args.iter().cloned()),
+    )?;
+    let bin = match &cli.opts.router {
+        Some(path) => path.clone(),
+        None => {
+            let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
+            let Some(bin) = bins.get("scope-router") else {
+                bail!("cargo built no scope-router binary");
+            };
+            bin.clone()
+        }
+    };
+    heads::run(&bin, &heads::out_dir(&workspace::root()), &cli.opts)
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a subcommand needs installed; the operator's VM only needs the build toolchain,
 /// not the benchmark's HAProxy/nginx (whose packages would start services there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Ordered: each profile includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Profile {
     /// Toolchain and bpffs: enough to build and run the router.
     Build,

@@ -81,7 +81,9 @@ fn header(h: &mut String, s: &AdminStatus) {
          <table id=\"router\"><tr><th>version</th><td>{version}</td><th>pid</th><td>{pid}</td>\
          <th>ebpf.mode</th><td>{mode}</td></tr>\
          <tr><th>config</th><td colspan=\"3\">{config}</td><th>loaded</th><td>{loaded}</td></tr>\
-         <tr><th>regions</th><td colspan=\"5\">{regions}</td></tr></table>\n",
+         <tr><th>regions</th><td colspan=\"5\">{regions}</td></tr>\
+         <tr><th>connections</th><td id=\"connections\" class=\"{conn_class}\" colspan=\"5\">\
+         {open} open of {max}{at_limit}; limit reached {reached} times</td></tr></table>\n",
         region = esc(&r.region),
         version = esc(s.version),
         pid = s.pid,
@@ -89,6 +91,15 @@ fn header(h: &mut String, s: &AdminStatus) {
         config = esc(&s.config.display().to_string()),
         loaded = esc(&s.loaded_at),
         regions = esc(&s.regions.join(", ")),
+        conn_class = if s.connections.at_limit { "warn" } else { "" },
+        open = s.connections.open,
+        max = s.connections.max,
+        at_limit = if s.connections.at_limit {
+            ", AT THE LIMIT"
+        } else {
+            ""
+        },
+        reached = s.connections.reached,
     );
 }
 

@@ -6,8 +6,8 @@ use std::io;
 use http::StatusCode;
 
 use crate::error_chain::error_chain;
-use crate::limit::QueueTimeout;
 use crate::problem::{ConfigAt, Problem};
+use crate::server_slots::QueueTimeout;
 
 /// Which party a failure is attributed to (logs, and whether the client is to blame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

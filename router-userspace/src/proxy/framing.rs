@@ -13,6 +13,15 @@
 //!   and keep just the socket: parking reports end-of-stream to hyper, which
 //!   would cut off a request it is still reading.
 //!
+//! - **Holding a stalled head.** A client that stops inside a request head
+//!   would keep hyper's buffers (≈ 16 KiB) until `request_header` expires. Once
+//!   it has been silent for a moment, [`super::park::ParkingIo`] ends the hyper
+//!   connection and the watch keeps the head's bytes ([`FramingWatch::hold`]),
+//!   in the buffer it gathers split heads in anyway, so the connection costs
+//!   what the client sent. The parked connection then follows the rest of the
+//!   head ([`FramingWatch::feed_held`]); once complete (or refused), the next
+//!   hyper connection reads it all again first ([`FramingWatch::poll_read_framed`]).
+//!
 //! Both roles need the request boundaries hyper itself finds: a boundary
 //! hyper does not see would shift verdicts onto the wrong requests, or park a
 //! connection under a half-read request. So chunked bodies are followed with
@@ -126,6 +135,20 @@ pub struct FramingWatch<T> {
     /// (empty otherwise, and then unallocated).
     pending: Vec<u8>,
     max_head: usize,
+    /// `pending` is a held head ([`FramingWatch::hold`]): no reader has its bytes.
+    held: bool,
+    /// Bytes read from the stream and followed, not yet given to the reader: a held
+    /// head once complete, and whatever arrived after it. Boxed: every parked connection
+    /// carries the field, and it keeps the per-connection allocation in its size class.
+    replay: Option<Box<Replay>>,
+}
+
+/// What [`FramingWatch::poll_read_framed`] gives the reader before reading the stream.
+#[derive(Debug)]
+struct Replay {
+    bytes: Vec<u8>,
+    /// How many of them the reader has had.
+    given: usize,
 }
 
 impl<T> FramingWatch<T> {
@@ -135,7 +158,40 @@ impl<T> FramingWatch<T> {
             state: State::Head,
             pending: Vec::new(),
             max_head,
+            held: false,
+            replay: None,
         }
+    }
+
+    /// The bytes read so far end inside a request head the watch follows: the client
+    /// began a head and has not finished it. `false` once the watch switched itself off.
+    pub fn mid_head(&self) -> bool {
+        self.state == State::Head && !self.pending.is_empty() && self.replay.is_none()
+    }
+
+    /// Takes over the head in progress ([`FramingWatch::mid_head`]) from a reader that
+    /// is about to drop what it read of it: its bytes, already in `pending`, are owed to
+    /// the next reader. Returns whether a head is held.
+    pub fn hold(&mut self) -> bool {
+        if self.mid_head() {
+            self.held = true;
+        }
+        self.held
+    }
+
+    /// A head is held: more of it is awaited ([`FramingWatch::feed_held`]).
+    pub fn holds_head(&self) -> bool {
+        self.held
+    }
+
+    /// Follows `bytes`, read from the stream for the held head, reporting verdicts like
+    /// [`FramingWatch::poll_read_framed`]; they are owed to the next reader too. Returns
+    /// whether the head is still held: `false` once it is complete, or past `max_head`
+    /// or unparsable (hyper then refuses it as it would have), and the next reader gets
+    /// every byte.
+    pub fn feed_held(&mut self, bytes: &[u8], mut verdict: impl FnMut(bool)) -> bool {
+        self.feed(bytes, &mut verdict);
+        self.held
     }
 
     pub fn get_ref(&self) -> &T {
@@ -154,7 +210,7 @@ impl<T> FramingWatch<T> {
     /// Every byte read so far belongs to complete requests: nothing of a next
     /// head or body has arrived. `false` once the watch switched itself off.
     pub fn at_message_boundary(&self) -> bool {
-        self.state == State::Head && self.pending.is_empty()
+        self.state == State::Head && self.pending.is_empty() && self.replay.is_none()
     }
 
     /// The bytes read so far end inside a request body: the client owes the rest (the
@@ -210,7 +266,7 @@ impl<T> FramingWatch<T> {
                 self.state = state;
                 if buffered {
                     let surplus = self.pending.len() - len;
-                    self.pending = Vec::new();
+                    self.release_pending();
                     bytes.len() - surplus
                 } else {
                     used + len
@@ -222,9 +278,24 @@ impl<T> FramingWatch<T> {
                 }
                 if self.pending.len() > self.max_head {
                     self.state = State::Off;
+                    if self.held {
+                        self.release_pending();
+                    }
                 }
                 bytes.len()
             }
+        }
+    }
+
+    /// Done with the gathered head: a held one (with every byte gathered after it) goes
+    /// to the next reader, moved rather than copied.
+    fn release_pending(&mut self) {
+        let gathered = std::mem::take(&mut self.pending);
+        if std::mem::take(&mut self.held) {
+            self.replay = Some(Box::new(Replay {
+                bytes: gathered,
+                given: 0,
+            }));
         }
     }
 
@@ -359,6 +430,17 @@ impl<T: AsyncRead + Unpin> FramingWatch<T> {
         buf: &mut ReadBuf<'_>,
         mut verdict: impl FnMut(bool),
     ) -> Poll<io::Result<()>> {
+        if let Some(replay) = &mut self.replay {
+            // Followed already (and its verdicts reported) when it was read.
+            let rest = &replay.bytes[replay.given..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            replay.given += n;
+            if replay.given == replay.bytes.len() {
+                self.replay = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled
@@ -531,6 +613,101 @@ mod tests {
             }
         }
         assert_eq!(parkable, [[1, 2].as_slice(), &ends].concat());
+    }
+
+    /// Reads once through the watch as hyper would, collecting verdicts.
+    async fn read_framed(
+        w: &mut FramingWatch<tokio::io::DuplexStream>,
+        verdicts: &mut Vec<bool>,
+    ) -> Vec<u8> {
+        let mut storage = [0u8; 256];
+        let mut buf = ReadBuf::new(&mut storage);
+        std::future::poll_fn(|cx| w.poll_read_framed(cx, &mut buf, |v| verdicts.push(v)))
+            .await
+            .unwrap();
+        buf.filled().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_held_head_is_replayed_whole_with_what_followed_it() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = FramingWatch::new(a, 1024);
+        let mut verdicts = Vec::new();
+        b.write_all(b"POST /a HTTP/1.1\r\nHo").await.unwrap();
+        assert_eq!(
+            read_framed(&mut w, &mut verdicts).await,
+            b"POST /a HTTP/1.1\r\nHo"
+        );
+        assert!(w.mid_head() && !w.holds_head());
+        // The reader drops what it read; the watch keeps it.
+        assert!(w.hold());
+        let rest: &[u8] = b"st: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            0\r\n\r\nGET /b HTT";
+        let (head_end, tail) = rest.split_at(9);
+        assert!(
+            w.feed_held(head_end, |v| verdicts.push(v)),
+            "not complete yet"
+        );
+        assert!(verdicts.is_empty());
+        assert!(!w.feed_held(tail, |v| verdicts.push(v)), "complete");
+        assert_eq!(verdicts, [true], "the held head was judged once");
+        assert!(
+            !w.at_message_boundary(),
+            "the reader has not had the bytes yet"
+        );
+        // The next reader gets every byte since the head began, without judging again.
+        let mut replayed = Vec::new();
+        while replayed.len() < b"POST /a HTTP/1.1\r\nHo".len() + rest.len() {
+            replayed.extend(read_framed(&mut w, &mut verdicts).await);
+        }
+        assert_eq!(
+            replayed,
+            [b"POST /a HTTP/1.1\r\nHo".as_slice(), rest].concat()
+        );
+        assert_eq!(verdicts, [true]);
+        // Then the stream itself, followed from where the replay left off.
+        assert!(w.mid_head());
+        b.write_all(b"P/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        read_framed(&mut w, &mut verdicts).await;
+        assert_eq!(verdicts, [true, false]);
+        assert!(w.at_message_boundary());
+    }
+
+    #[test]
+    fn a_held_head_past_the_cap_goes_to_hyper_to_refuse() {
+        let mut w = FramingWatch::new((), 32);
+        let mut verdicts = Vec::new();
+        w.feed(b"GET /a HTTP/1.1\r\n", &mut |v| verdicts.push(v));
+        assert!(w.hold());
+        assert!(w.feed_held(b"X: 1\r\n", |v| verdicts.push(v)));
+        assert!(!w.feed_held(b"Y: 0123456789abcdef\r\n", |v| verdicts.push(v)));
+        assert_eq!(w.state, State::Off);
+        assert_eq!(
+            w.replay
+                .as_ref()
+                .map(|r| r.bytes.as_slice())
+                .unwrap_or_default(),
+            b"GET /a HTTP/1.1\r\nX: 1\r\nY: 0123456789abcdef\r\n",
+            "every byte, for hyper's own 431"
+        );
+        assert!(w.pending.is_empty() && !w.holds_head());
+    }
+
+    #[test]
+    fn only_a_head_in_progress_is_held() {
+        let mut w = FramingWatch::new((), 1024);
+        assert!(!w.hold(), "nothing read");
+        w.feed(b"\r\n", &mut |_| {});
+        assert!(!w.hold(), "empty lines before a request are no head");
+        w.feed(
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab",
+            &mut |_| {},
+        );
+        assert!(!w.hold(), "inside a body");
+        w.feed(b"cd\x01\x02 garbage\r\n\r\n", &mut |_| {});
+        assert_eq!(w.state, State::Off);
+        assert!(!w.hold(), "a head the watch gave up on");
     }
 
     #[test]

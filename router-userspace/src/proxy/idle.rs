@@ -216,6 +216,16 @@ impl<T> IdleIo<T> {
     }
 }
 
+impl IdleIo<tokio::net::TcpStream> {
+    /// Reads what is there now without waiting ([`tokio::net::TcpStream::try_read`]);
+    /// bytes count as progress.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.try_read(buf)?;
+        self.progressed();
+        Ok(n)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,6 +1,7 @@
 //! The HTTP side: hyper server per accepted connection, scoped request
 //! handling in phases, and the pooled upstream client.
 
+pub mod connection_limit;
 pub mod error;
 pub mod framing;
 pub mod h1;

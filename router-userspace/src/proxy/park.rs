@@ -17,6 +17,13 @@
 //! request cost ≈ 6 % of keep-alive throughput at saturation. The server
 //! decides who is busy (a client that came back within the grace of its last
 //! parking); new and slow clients park at once and keep costing ~1 KiB.
+//!
+//! A client that stops inside a request head parks too, after [`PARK_GRACE`]
+//! counted from its first silence in that head (more bytes of the same head do
+//! not restart it, so a trickle cannot keep hyper): the framing watch holds
+//! what it sent ([`FramingWatch::hold`]), and end-of-stream makes hyper drop
+//! its copy (an incomplete message: no answer, nothing written). The parked
+//! connection then costs the socket, a few words and the head's bytes so far.
 
 use std::io;
 use std::pin::Pin;
@@ -79,9 +86,15 @@ impl<T> ConnShared<T> {
         })
     }
 
-    /// Runs `f` on the parked stream; `None` when it is not parked here.
-    pub fn with_parked<R>(&self, f: impl FnOnce(&mut ClientStream<T>) -> R) -> Option<R> {
-        self.state.lock().ok()?.stream.as_mut().map(f)
+    /// Runs `f` on the parked stream and the framing verdicts waiting for their requests
+    /// (where a held head's goes); `None` when the stream is not parked here.
+    pub fn with_parked<R>(
+        &self,
+        f: impl FnOnce(&mut ClientStream<T>, &mut FramingVerdicts) -> R,
+    ) -> Option<R> {
+        let mut state = self.state.lock().ok()?;
+        let Parked { stream, verdicts } = &mut *state;
+        stream.as_mut().map(|stream| f(stream, verdicts))
     }
 
     /// Takes the parked stream out (to lend it, or to close it).
@@ -223,12 +236,12 @@ impl<T> ParkingIo<T> {
 
     /// Ready once the current idle spell has lasted `grace`; otherwise makes
     /// sure the task is woken when it will have.
-    fn poll_grace(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.grace.is_zero() {
+    fn poll_grace(&mut self, cx: &mut Context<'_>, grace: Duration) -> Poll<()> {
+        if grace.is_zero() {
             return Poll::Ready(());
         }
         let now = Instant::now();
-        let due = *self.idle_since.get_or_insert(now) + self.grace;
+        let due = *self.idle_since.get_or_insert(now) + grace;
         if now >= due {
             return Poll::Ready(());
         }
@@ -325,10 +338,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         };
         let shared = &this.shared;
         let busy = shared.in_flight.busy();
+        let quiet = !this.write_blocked && !busy;
         // If nothing arrives, hyper's read buffer holds only what the framing
         // watch has seen: at a message boundary that is nothing, so the
         // connection parks instead of waiting here.
-        let may_park = !this.write_blocked && !busy && inner.at_message_boundary();
+        let may_park = quiet && inner.at_message_boundary();
+        // Inside a head the watch follows, hyper's buffer holds that head only, and the
+        // watch has a copy of it: the connection may park holding it.
+        let may_hold = quiet && inner.mid_head();
         // Inside a body the client owes bytes: `request_body` between reads, not `idle`.
         let owed = inner.in_body();
         let timeout = if owed { shared.request_body } else { this.idle };
@@ -346,13 +363,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for ParkingIo<T> {
         });
         match inner.poll_read_framed(cx, buf, |ambiguous| shared.push_verdict(ambiguous)) {
             Poll::Pending if may_park => {
-                ready!(this.poll_grace(cx));
+                ready!(this.poll_grace(cx, this.grace));
                 this.parked = true;
                 Poll::Ready(Ok(()))
             }
+            Poll::Pending if may_hold => {
+                ready!(this.poll_grace(cx, PARK_GRACE));
+                // End-of-stream now: hyper drops its copy of the head unanswered.
+                this.parked = this.inner.as_mut().is_some_and(|inner| inner.hold());
+                Poll::Ready(Ok(()))
+            }
             other => {
-                // Bytes, a request being served or half a head: not idle.
-                this.idle_since = None;
+                // Bytes or a request being served: not idle. More of a head that
+                // already stalled keeps that stall's clock running.
+                let same_head = may_hold && this.inner.as_ref().is_some_and(|i| i.mid_head());
+                if !same_head {
+                    this.idle_since = None;
+                }
                 other
             }
         }
@@ -557,12 +584,58 @@ mod tests {
         assert!(shared.take().is_some());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_head_parks_held_after_the_grace_however_it_trickles() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (mut io, shared) = lend(a);
+        let mut buf = [0u8; 64];
+        b.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 17);
+        let stalled = Instant::now();
+        // More of the same head, each byte within the grace of the last: the stall's
+        // clock keeps running, so the trickle cannot keep hyper.
+        for byte in b"Hos" {
+            assert!(read_is_pending(&mut io), "mid-head, within the grace");
+            tokio::time::advance(PARK_GRACE / 4).await;
+            b.write_all(&[*byte]).await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        }
+        assert!(read_is_pending(&mut io), "a quarter of the grace is left");
+        tokio::time::advance(PARK_GRACE / 4).await;
+        // End-of-stream: the grace has passed since the first stall, not since the
+        // last byte.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(stalled.elapsed(), PARK_GRACE);
+        drop(io);
+        let held = shared.with_parked(|client, _| client.holds_head());
+        assert_eq!(held, Some(true), "parked, holding the head");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_completed_within_the_grace_stays_with_hyper() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (mut io, shared) = lend(a);
+        let mut buf = [0u8; 64];
+        b.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 17);
+        assert!(read_is_pending(&mut io));
+        tokio::time::advance(PARK_GRACE / 2).await;
+        b.write_all(b"\r\n").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 2);
+        let start = shared.begin();
+        assert!(read_is_pending(&mut io), "served, not parked");
+        drop(start);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        drop(io);
+        assert_eq!(shared.with_parked(|c, _| c.holds_head()), Some(false));
+    }
+
     /// `[open, active, parked]` as `/metrics` reads them.
     fn gauges(shared: &Shared) -> [i64; 3] {
         use std::sync::atomic::Ordering::Relaxed;
         let g = (**shared).as_ref().gauges();
         [
-            g.open.load(Relaxed),
+            g.limit.open(),
             g.active.load(Relaxed),
             g.parked.load(Relaxed),
         ]
@@ -605,7 +678,7 @@ mod tests {
             Duration::from_secs(60),
         ));
         use std::sync::atomic::Ordering::Relaxed;
-        assert_eq!((g.open.load(Relaxed), g.parked.load(Relaxed)), (0, 0));
+        assert_eq!((g.limit.open(), g.parked.load(Relaxed)), (0, 0));
     }
 
     #[tokio::test]

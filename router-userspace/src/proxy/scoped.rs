@@ -19,9 +19,9 @@ use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
 use crate::balance::{Balance, Server};
 use crate::decision::{Plan, RequestHead};
 use crate::health::{HEALTH_HEADER, HEALTH_PATH};
-use crate::limit::Picker;
 use crate::problem::{ConfigAt, Problem};
 use crate::routing::{Router, SharedRouter};
+use crate::server_slots::Picker;
 
 /// State shared by every scoped connection of one router.
 #[derive(Debug)]

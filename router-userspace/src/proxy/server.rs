@@ -15,7 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::framing::FramingWatch;
+use super::connection_limit::MaxConnections;
+use super::framing::{FramingVerdicts, FramingWatch};
 use super::hyper_buf_size;
 use super::idle::IdleIo;
 use super::park::{ConnShared, PARK_GRACE, ParkingIo};
@@ -426,16 +427,27 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     guard: Guard,
 ) {
+    let clients = &dispatch.clients;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = signals.draining() => break,
             // A reload removed this listener (or its stop sender is gone: same).
             _ = stopped.wait_for(|stop| *stop) => break,
-            a = listener.accept() => a,
+            // At `[proxy] max_connections`, connections wait in the listen backlog.
+            a = async {
+                clients.limit.room().await;
+                listener.accept().await
+            } => a,
         };
         match accepted {
-            Ok(acc) => dispatch.spawn_serve(acc, signals.clone(), guard.clone()),
+            Ok(acc) => {
+                // Another listener may have taken the last place since this one found
+                // room: the connection waits here, accepted (one per listener at most),
+                // and is served, even if a drain begins meanwhile.
+                let open = OpenConnection::admitted(clients).await;
+                dispatch.spawn_serve(acc, open, signals.clone(), guard.clone());
+            }
             // The client gave up between SYN and accept: nothing to do.
             Err(e)
                 if matches!(
@@ -458,7 +470,7 @@ async fn accept_loop(
 impl Dispatch {
     fn new(config: &Config, router: &Arc<Router>) -> Dispatch {
         let max_header_bytes = config.proxy.max_header_bytes;
-        Dispatch {
+        let dispatch = Dispatch {
             scoped: Arc::new(ScopedShared {
                 router: Arc::new(ArcSwap::new(router.clone())),
                 upstreams: Upstreams::start(),
@@ -468,19 +480,50 @@ impl Dispatch {
             passthrough: ArcSwap::from_pointee(passthrough_runtimes(config, router)),
             max_header_bytes,
             clients: Arc::new(ClientGauges::default()),
-        }
+        };
+        dispatch.limit_connections(config);
+        dispatch
     }
 
     /// Serves `router` (and `config`'s passthrough listeners) from the next request on;
-    /// the upstream pool and the connection gauges carry on.
+    /// the upstream pool, the connection gauges and their count carry on.
     fn swap(&self, config: &Config, router: Arc<Router>) {
         self.passthrough
             .store(Arc::new(passthrough_runtimes(config, &router)));
         self.scoped.router.store(router);
+        self.limit_connections(config);
     }
 
-    /// Spawns the task serving one accepted connection.
-    fn spawn_serve(self: &Arc<Self>, acc: Accepted, signals: Signals, guard: Guard) {
+    /// Enforces `config`'s `[proxy] max_connections` on every listener from now on.
+    fn limit_connections(&self, config: &Config) {
+        let max = MaxConnections::resolve(config.proxy.max_connections);
+        let from = if max.configured {
+            "[proxy] max_connections".to_owned()
+        } else {
+            format!(
+                "derived from the open-file limit {}",
+                max.open_files.unwrap_or_default()
+            )
+        };
+        tracing::info!(
+            max_connections = max.max,
+            "client connection limit: {} ({from})",
+            max.max
+        );
+        if let Some(warning) = max.unreachable() {
+            tracing::warn!("{warning}");
+        }
+        self.clients.limit.set(max);
+    }
+
+    /// Spawns the task serving one accepted connection, counted by `open`.
+    fn spawn_serve(
+        self: &Arc<Self>,
+        acc: Accepted,
+        open: OpenConnection,
+        signals: Signals,
+        guard: Guard,
+    ) {
         let timeouts = self
             .scoped
             .router
@@ -489,10 +532,10 @@ impl Dispatch {
             .map(|spec| spec.timeouts);
         let Some(timeouts) = timeouts else {
             let d = self.clone();
-            tokio::spawn(async move { d.serve_other(acc, signals, guard).await });
+            tokio::spawn(async move { d.serve_other(acc, open, signals, guard).await });
             return;
         };
-        tokio::spawn(self.scoped_task(acc, timeouts, signals, guard));
+        tokio::spawn(self.scoped_task(acc, open, timeouts, signals, guard));
     }
 
     /// The whole task of a scoped connection: exactly [`serve_http`], whose
@@ -501,6 +544,7 @@ impl Dispatch {
     fn scoped_task(
         &self,
         acc: Accepted,
+        open: OpenConnection,
         timeouts: Timeouts,
         signals: Signals,
         guard: Guard,
@@ -515,7 +559,7 @@ impl Dispatch {
             stream,
             timeouts,
             self.max_header_bytes,
-            &self.clients,
+            open,
             signals,
             guard,
         );
@@ -526,7 +570,13 @@ impl Dispatch {
     }
 
     /// Passthrough listeners (and addresses nobody serves).
-    async fn serve_other(&self, acc: Accepted, signals: Signals, guard: Guard) {
+    async fn serve_other(
+        &self,
+        acc: Accepted,
+        open: OpenConnection,
+        signals: Signals,
+        guard: Guard,
+    ) {
         let Accepted {
             stream,
             local,
@@ -536,7 +586,7 @@ impl Dispatch {
         if let Some(rt) = passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
-                    let _open = OpenConnection::new(&self.clients);
+                    let _open = open;
                     let mut abort = signals.clone();
                     // Boxed (like the HTTP branch below) so that scoped
                     // connections' tasks are not sized for passthrough state.
@@ -553,7 +603,7 @@ impl Dispatch {
                         stream,
                         rt.spec.timeouts,
                         self.max_header_bytes,
-                        &self.clients,
+                        open,
                         signals,
                         guard.clone(),
                     );
@@ -595,14 +645,14 @@ impl HttpConn {
         stream: Tcp,
         timeouts: Timeouts,
         max_header_bytes: usize,
-        clients: &Arc<ClientGauges>,
+        open: OpenConnection,
         signals: Signals,
         guard: Guard,
     ) -> Self {
         let buf_size = hyper_buf_size(max_header_bytes);
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client, OpenConnection::new(clients), timeouts.request_body),
+            shared: ConnShared::new(client, open, timeouts.request_body),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,
@@ -643,10 +693,16 @@ where
         // its next idle spell waits PARK_GRACE before parking, so back-to-back
         // requests keep one hyper connection. New or slow clients park at once.
         let mut returning = false;
+        // hyper starts its request-header timer as soon as it waits for a
+        // head, idle or not; waiting here counts against the same budget.
+        let mut header_deadline = Instant::now() + conn.request_header;
         loop {
-            // hyper starts its request-header timer as soon as it waits for a
-            // head, idle or not; waiting here counts against the same budget.
-            let header_deadline = Instant::now() + conn.request_header;
+            // A held head keeps the deadline it began with: sending it a byte at a
+            // time cannot renew it.
+            let holding = conn.shared.with_parked(|client, _| client.holds_head());
+            if holding != Some(true) {
+                header_deadline = Instant::now() + conn.request_header;
+            }
             // Polled by hand with the socket and the timer, so the parked task
             // holds no other future.
             let readable = {
@@ -657,18 +713,17 @@ where
                     // accepted: its first request may be on the wire already (a restart
                     // hands the listener over at any instant), and closing would reset
                     // it. That request is served (with `Connection: close`), or the
-                    // header timeout or the grace ends the wait.
-                    if (*conn.shared).as_ref().started() && drain.as_mut().poll(cx).is_ready() {
+                    // header timeout or the grace ends the wait. Nor one whose head is
+                    // on its way.
+                    if holding != Some(true)
+                        && (*conn.shared).as_ref().started()
+                        && drain.as_mut().poll(cx).is_ready()
+                    {
                         return Poll::Ready(false);
                     }
-                    // Break: readiness is known; Continue: wait until then.
-                    let parked = conn.shared.with_parked(|client| {
-                        match client.get_ref().get_ref().poll_read_ready(cx) {
-                            Poll::Ready(r) => ControlFlow::Break(r.is_ok()),
-                            Poll::Pending => ControlFlow::Continue(
-                                header_deadline.min(client.get_ref().deadline()),
-                            ),
-                        }
+                    let parked = conn.shared.with_parked(|client, verdicts| {
+                        poll_parked(client, verdicts, cx)
+                            .map_continue(|()| header_deadline.min(client.get_ref().deadline()))
                     });
                     let deadline = match parked {
                         Some(ControlFlow::Continue(deadline)) => deadline,
@@ -682,8 +737,9 @@ where
                 })
                 .await
             };
-            // Not readable: drain, idle or header timeout, or a socket error;
-            // close quietly, as hyper does for an idle connection.
+            // Not readable: drain, idle or header timeout, a socket error, or a client
+            // that gave up inside its head; close quietly, as hyper does for an idle
+            // connection (and for a head that ends with the connection, or times out).
             let client = match conn.shared.take() {
                 Some(client) if readable => client,
                 _ => return,
@@ -698,12 +754,53 @@ where
             };
             returning = true;
             if let Err(e) = lend(&conn, client, header_deadline, grace, svc.clone()).await {
+                // Parked holding a stalled head: hyper saw its end-of-stream.
+                if conn.shared.with_parked(|client, _| client.holds_head()) == Some(true) {
+                    continue;
+                }
                 // Client-side trouble (timeouts, garbage, resets) is routine at an edge.
                 tracing::debug!("connection ended: {e}");
                 (*conn.shared).as_ref().gauges().connection_error(&e);
             }
         }
     }
+}
+
+/// Reads of a held head per poll of the parked wait before it lets other tasks run.
+const HELD_READS_PER_POLL: usize = 16;
+
+/// The parked wait's step: `Break(true)` when the client has a request for hyper (bytes
+/// at a message boundary, or a held head now complete, or refused), `Break(false)` when
+/// the connection is done (error, or end-of-stream inside a held head), `Continue` until
+/// one of those. A held head is read here, into a buffer that grows with it, not hyper's.
+fn poll_parked(
+    client: &mut FramingWatch<IdleIo<Tcp>>,
+    verdicts: &mut FramingVerdicts,
+    cx: &mut std::task::Context<'_>,
+) -> ControlFlow<bool> {
+    for _ in 0..HELD_READS_PER_POLL {
+        match client.get_ref().get_ref().poll_read_ready(cx) {
+            Poll::Pending => return ControlFlow::Continue(()),
+            Poll::Ready(Err(_)) => return ControlFlow::Break(false),
+            Poll::Ready(Ok(())) if !client.holds_head() => return ControlFlow::Break(true),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match client.get_mut().try_read(&mut chunk) {
+            Ok(0) => return ControlFlow::Break(false),
+            Ok(n) => {
+                if !client.feed_held(&chunk[..n], |ambiguous| verdicts.push(ambiguous)) {
+                    return ControlFlow::Break(true);
+                }
+            }
+            // Readiness was stale: the next `poll_read_ready` registers the wakeup.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return ControlFlow::Break(false),
+        }
+    }
+    // Still more to read: come back once other tasks have had their turn.
+    cx.waker().wake_by_ref();
+    ControlFlow::Continue(())
 }
 
 /// One hyper connection over the lent client stream, until it parks or ends.
@@ -821,8 +918,10 @@ mod tests {
             local,
             peer,
         };
+        let open = OpenConnection::admit(&dispatch.clients).unwrap();
         let task = dispatch.scoped_task(
             acc,
+            open,
             config.timeouts,
             shutdown.signals(),
             shutdown.guard().unwrap(),

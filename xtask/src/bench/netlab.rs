@@ -153,17 +153,23 @@ impl Proc {
 
     /// `VmRSS` and `VmHWM` (peak) in KiB.
     pub fn memory_kib(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmRSS:"), field("VmHWM:")))
+        memory_kib(self.pid())
     }
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
 impl Drop for Proc {

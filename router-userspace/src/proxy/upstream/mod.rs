@@ -29,8 +29,8 @@ use crate::access_log::BodyError;
 use crate::balance::Server;
 use crate::config::Timeouts;
 use crate::health::Health;
-use crate::limit::{Picker, Slot};
 use crate::metrics::TrafficStats;
+use crate::server_slots::{Picker, Slot};
 use pool::{Lease, Pool};
 use wire::{Parsed, RequestFraming};
 
@@ -711,7 +711,7 @@ mod tests {
         let live = backend(|_| Some(OK)).await;
         let dead = dead_addr().await;
         let limited = |addr: &Arc<str>| Server {
-            slots: Some(crate::limit::Slots::new(1)),
+            slots: Some(crate::server_slots::Slots::new(1)),
             ..Server::new(Health::new(addr.to_string()))
         };
         let servers = [limited(&dead), limited(&live.addr)];

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::limit::Slot;
 use crate::proxy::idle::IdleIo;
+use crate::server_slots::Slot;
 
 /// Idle connections kept per upstream; beyond that they are closed rather than
 /// left to pile up after a burst.
