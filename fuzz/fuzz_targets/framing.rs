@@ -106,7 +106,8 @@ fn first_head(stream: &[u8], verdict: Option<bool>) {
         .iter()
         .take_while(|b| **b == b'\r' || **b == b'\n')
         .count();
-    let mut fields = [httparse::EMPTY_HEADER; 128];
+    // The watch's capacity (hyper's limit): a head with more fields is not judged.
+    let mut fields = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut fields);
     let Ok(httparse::Status::Complete(_)) = req.parse(&stream[start..]) else {
         return;

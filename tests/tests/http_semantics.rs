@@ -83,15 +83,20 @@ async fn oversized_request_head_is_431_json() {
 #[tokio::test]
 async fn too_many_header_fields_is_431() {
     let lab = Lab::start(LabOptions::default()).await.unwrap();
-    let mut req = String::from("GET /v2.1/servers HTTP/1.1\r\nHost: h\r\n");
-    for i in 0..150 {
-        req.push_str(&format!("X-F{i}: v\r\n"));
+    // 101: one over hyper's limit, within what an HTTP parser with more room accepts;
+    // 150: far over.
+    for fields in [101, 150] {
+        let mut req = String::from("GET /v2.1/servers HTTP/1.1\r\nHost: h\r\n");
+        // Host is one of the fields.
+        for i in 1..fields {
+            req.push_str(&format!("X-F{i}: v\r\n"));
+        }
+        req.push_str("\r\n");
+        let out = raw(lab.one.addr(8774), req.as_bytes()).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 431"), "{fields}: {out}");
+        // hyper refuses it before the router sees a request; the answer is still ours.
+        assert_problem_body(&out, 431, "more than 100 header fields");
     }
-    req.push_str("\r\n");
-    let out = raw(lab.one.addr(8774), req.as_bytes()).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
-    // hyper refuses it before the router sees a request; the answer is still ours.
-    assert_problem_body(&out, 431, "more than 100 header fields");
     assert!(lab.one.backends[&8774].gate.seen().is_empty());
 }
 

@@ -69,9 +69,11 @@ pub(crate) fn check_transfer_codings(headers: &http::HeaderMap) -> Result<(), Pr
     Ok(())
 }
 
-/// Headers parsed per head; more than this and the tracker gives up (hyper
-/// itself refuses beyond its own limit of 100).
-const MAX_HEADERS: usize = 128;
+/// Headers parsed per head; more than this and the tracker gives up. Exactly hyper's
+/// own limit (100, which the router does not change): a head hyper refuses must never
+/// look complete to the watch, or the refusal passes as hyper's bare 431 instead of the
+/// JSON one (`park.rs` replaces hyper's answer only mid-head).
+const MAX_HEADERS: usize = 100;
 
 /// Verdicts waiting for their requests' handlers, in arrival order.
 ///
@@ -370,7 +372,7 @@ impl<T> FramingWatch<T> {
 /// The head at the start of `buf`: its length and the body state that follows
 /// (`State::Off` for what the watch does not understand), or `None` while incomplete.
 fn judge(buf: &[u8], verdict: &mut impl FnMut(bool)) -> Option<(usize, State)> {
-    // Uninitialised: zeroing 128 slots per request was measurable.
+    // Uninitialised: zeroing 100 slots per request was measurable.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
