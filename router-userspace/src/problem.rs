@@ -187,6 +187,21 @@ impl Problem {
         )
     }
 
+    /// 503 when every server the router tried refused the connection: the target is down
+    /// as surely as when its health checks say so (they have not caught up yet), and
+    /// nothing was sent, so the client may retry or go elsewhere.
+    pub fn refused(backend: &str) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!(
+                "Every server of {backend} refused the connection: the service is down or not \
+                 listening, nothing was sent. Retry later, or scope this service to another \
+                 region that offers it."
+            ),
+        )
+    }
+
     /// 431 when the request head exceeds `[proxy] max_header_bytes`.
     pub fn header_too_large(limit: usize) -> Problem {
         Problem::new(

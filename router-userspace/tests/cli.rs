@@ -148,8 +148,8 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     // The backend is down: the router itself answers, in OpenStack JSON.
-    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
-    assert!(reply.contains(r#""code":502"#), "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains(r#""code":503"#), "{reply}");
 
     // SIGHUP reloads: the local backend moves to a live server, which answers 200 once
     // the reload is done.
@@ -224,7 +224,7 @@ fn serves_and_exits_zero_on_sigterm(workers: &str) {
     );
     // The access line for the request above.
     assert!(
-        log.contains("status=502") && log.contains("backend=RegionOne_compute_public"),
+        log.contains("status=503") && log.contains("backend=RegionOne_compute_public"),
         "{log}"
     );
 }

@@ -1473,12 +1473,12 @@ fn reloads_under_load_fail_no_request_and_steer_added_and_removed_listeners() {
                 "the VIP left eth2 during reload {round}"
             );
             if add {
-                // The new listener is steered: the router answers (502: nothing serves
+                // The new listener is steered: the router answers (503: nothing serves
                 // image behind it here), no timeout.
                 let reply = world
                     .request(IMAGE, "/v2/images", &[])
                     .expect("image steered");
-                assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+                assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
             } else {
                 let err = world
                     .probe(IMAGE)

@@ -100,8 +100,10 @@ async fn loop_message_names_the_via_chain_and_each_hops_reading() {
     }
 }
 
+/// A backend that refuses the connection (before any check noticed it is down) is as
+/// unavailable as one the checks marked down: 503, naming the backend, nothing sent.
 #[tokio::test]
-async fn backend_down_is_502() {
+async fn backend_refusing_is_503() {
     let lab = Lab::start(LabOptions {
         one_compute_down: true,
         ..LabOptions::default()
@@ -109,8 +111,14 @@ async fn backend_down_is_502() {
     .await
     .unwrap();
     let r = get(lab.one.addr(8774), "/v2.1/servers", &[]).await.unwrap();
-    let msg = assert_problem(&r, 502);
+    let msg = assert_problem(&r, 503);
     assert!(msg.contains("RegionOne_compute_public"), "{msg}");
+    assert_eq!(
+        r.headers
+            .get("x-scope-router-health")
+            .and_then(|v| v.to_str().ok()),
+        Some("down")
+    );
     assert!(
         !msg.contains("127.0.0.1"),
         "addresses stay in the log: {msg}"
@@ -126,7 +134,7 @@ async fn backend_down_is_502() {
 }
 
 #[tokio::test]
-async fn remote_backend_down_is_502_through_both_routers() {
+async fn remote_router_down_is_503_through_both_routers() {
     let mut lab = Lab::start(LabOptions::default()).await.unwrap();
     // Stop RegionTwo's router: RegionOne cannot reach RegionTwo's frontend.
     lab.two.stop().await;
@@ -137,7 +145,8 @@ async fn remote_backend_down_is_502_through_both_routers() {
     )
     .await
     .unwrap();
-    assert_problem(&r, 502);
+    let msg = assert_problem(&r, 503);
+    assert!(msg.contains("RegionTwo_compute_public"), "{msg}");
 }
 
 /// The wait for a response head is `[timeouts] response_head`, not `idle` (a hung remote

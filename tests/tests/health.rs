@@ -88,7 +88,7 @@ async fn a_dead_server_goes_down_after_fall_checks_gets_a_fast_503_and_comes_bac
 
     drop(image);
     // Marked down by its checks: the router answers 503 itself, naming the backend and
-    // the last check, instead of trying to connect (which would be a 502).
+    // the last check, without trying to connect.
     eventually("image marked down", || async {
         get(lab.one.addr(9292), "/v2/images", &[])
             .await
@@ -377,6 +377,46 @@ async fn a_remote_routers_fast_503_moves_a_bodiless_request_to_the_next_region()
             .is_ok_and(|r| r.status == 503)
     })
     .await;
+    let either = [("X-Scope", r#"{"image": "RegionTwo|RegionOne"}"#)];
+    let r = get(lab.one.addr(9292), "/v2/images", &either)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.echo().backend(), lab.one.backend_name(9292));
+}
+
+/// Neither router's checks have noticed (they never run here) that RegionTwo's image
+/// backend died: RegionTwo's router finds out by connecting, and, since nothing reached a
+/// service, answers 503 marked `x-scope-router-health: down` like its fast one, so
+/// RegionOne still serves the bodiless `RegionTwo|RegionOne` request itself (a 502 there
+/// would reach the client although RegionOne could serve it).
+#[tokio::test]
+async fn a_remote_backend_refusing_before_any_check_noticed_moves_the_request_on() {
+    let two_image = echo("two-image").await;
+    let lab = Lab::start(LabOptions {
+        one_extra_toml: SLOW_CHECKS.into(),
+        two_extra_toml: SLOW_CHECKS.into(),
+        two_port_toml: BTreeMap::from([(9292, backends(&[plain(&two_image)]))]),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    drop(two_image);
+    let two_only = [("X-Scope", r#"{"image": "RegionTwo"}"#)];
+    let r = get(lab.one.addr(9292), "/v2/images", &two_only)
+        .await
+        .unwrap();
+    let msg = r.problem(503);
+    assert!(
+        msg.contains("RegionTwo_image_public refused the connection"),
+        "{msg}"
+    );
+    assert_eq!(
+        r.headers
+            .get("x-scope-router-health")
+            .and_then(|v| v.to_str().ok()),
+        Some("down")
+    );
     let either = [("X-Scope", r#"{"image": "RegionTwo|RegionOne"}"#)];
     let r = get(lab.one.addr(9292), "/v2/images", &either)
         .await

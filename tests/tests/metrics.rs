@@ -206,7 +206,7 @@ async fn failovers_and_down_backends_are_counted() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.status, 503, "{:?}", r.body);
     let text = scrape(lab.one.handle.as_ref().unwrap());
     let two = [
         ("listener", listener.as_str()),
@@ -221,7 +221,7 @@ async fn failovers_and_down_backends_are_counted() {
     failed.push(("status_class", "5xx"));
     assert_eq!(counter(&text, "scope_router_requests_total", &failed), 1);
     assert_eq!(
-        counter(&text, "scope_router_errors_total", &[("kind", "502")]),
+        counter(&text, "scope_router_errors_total", &[("kind", "503")]),
         1
     );
     lab.one.stop().await;

@@ -171,11 +171,9 @@ impl ProxyError {
     pub fn to_problem(&self, backend: &str, at: ConfigAt<'_>) -> Problem {
         let what = self.summary;
         match self.kind {
-            ErrorKind::ConnectRefused => Problem::bad_gateway(
-                backend,
-                what,
-                "the service is down or not listening; retry later or ask the operator to check it",
-            ),
+            // Nothing was sent and no server would take it: unavailable, as when the
+            // checks say so, not a gateway error (HAProxy answers 503 here too).
+            ErrorKind::ConnectRefused => Problem::refused(backend),
             ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Problem::gateway_timeout(
                 backend,
                 &match &self.account {
@@ -310,7 +308,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_failures_are_retry_safe_and_map_to_502_or_504() {
+    fn connect_failures_are_retry_safe_and_map_to_503_or_504() {
         let refused = ProxyError::new(
             ErrorKind::ConnectRefused,
             "127.0.0.1:1",
@@ -319,7 +317,12 @@ mod tests {
         assert!(refused.retry_safe);
         assert_eq!(refused.side, ErrorSource::Upstream);
         let p = refused.to_problem("RegionOne_compute_public", ConfigAt::Port(8774));
-        assert_eq!(p.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            p.message.contains("refused the connection"),
+            "{}",
+            p.message
+        );
         assert!(
             p.message.contains("RegionOne_compute_public"),
             "{}",

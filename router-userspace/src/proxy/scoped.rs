@@ -242,11 +242,18 @@ pub async fn handle(
                     ctx.record,
                     false,
                 );
-                if queue_timeout {
-                    // Nothing reached a service: a router that sent us this request may
-                    // still serve it from its next alternative.
+                // Nothing reached a service: a router that sent us this request may still
+                // serve it from its next alternative. Every server refused: down, as with
+                // the fast 503 (our checks, and so our health answers, lag behind a
+                // backend's death).
+                let marker = match err.kind {
+                    ErrorKind::QueueTimeout => Some("full"),
+                    ErrorKind::ConnectRefused => Some("down"),
+                    _ => None,
+                };
+                if let Some(marker) = marker {
                     resp.headers_mut()
-                        .insert(HEALTH_HEADER, HeaderValue::from_static("full"));
+                        .insert(HEALTH_HEADER, HeaderValue::from_static(marker));
                 }
                 return Ok(resp);
             }
