@@ -102,6 +102,17 @@ pub fn run_in<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    spawn_in(ns, f)
+        .join()
+        .map_err(|_| anyhow!("a thread inside namespace {ns} panicked"))?
+}
+
+/// Starts `f` on a thread that joins `ns` first (for threads that outlive one call:
+/// the soak's clients); the join handle carries `f`'s result.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
     let path = path(ns);
     std::thread::spawn(move || -> Result<T> {
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -114,8 +125,6 @@ pub fn run_in<T: Send + 'static>(
         }
         f()
     })
-    .join()
-    .map_err(|_| anyhow!("a thread inside namespace {ns} panicked"))?
 }
 
 /// A process started with [`nsenter`], its stdout and stderr in a log file. Dropping it

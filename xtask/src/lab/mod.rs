@@ -2,8 +2,8 @@
 //! scope-router on `eth2` owning the seed VIP and echo backends on the services address;
 //! sends scoped requests from a client namespace and prints what went where.
 
-mod network;
-mod plan;
+pub mod network;
+pub mod plan;
 mod probes;
 
 use std::path::{Path, PathBuf};
@@ -62,10 +62,105 @@ fn state_dir() -> PathBuf {
     std::env::temp_dir().join("scope-router-lab")
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    if opts.down {
-        return down();
+impl Options {
+    /// The lab these options describe.
+    fn setup(&self) -> Setup {
+        Setup {
+            configs: self.configs.clone(),
+            ebpf: self.ebpf.clone(),
+            unmanaged_vip: self.unmanaged_vip,
+            release: self.release,
+            router_bin: self.router_bin.clone(),
+            echo_bin: self.echo_bin.clone(),
+            ha: self.ha,
+            settings: toml::Table::new(),
+            profile: Profile::Lab,
+        }
     }
+}
+
+/// What [`start`] builds: the parts of `lab`'s options that shape the lab itself, and
+/// what another command built on the lab (`soak`) changes.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Region configs; empty: config/RegionOne.toml and config/RegionTwo.toml.
+    pub configs: Vec<PathBuf>,
+    pub ebpf: String,
+    pub unmanaged_vip: bool,
+    pub release: bool,
+    pub router_bin: Option<PathBuf>,
+    pub echo_bin: Option<PathBuf>,
+    /// Two routers per region sharing its VIP over VRRP.
+    pub ha: bool,
+    /// Config settings merged over the lab's own overrides in every region's config.
+    pub settings: toml::Table,
+    /// What `setup` installs first.
+    pub profile: Profile,
+}
+
+/// A lab whose routers answer on their VIPs (and, with `ha`, whose cross-region health
+/// checks are up). Dropping it tears everything down, as [`Lab`] does.
+pub struct Running {
+    pub lab: Lab,
+    pub regions: Vec<RegionPlan>,
+    /// Each region's (first) router config, in region order.
+    pub config_paths: Vec<PathBuf>,
+    /// `ha`: each region's backup router config, in region order.
+    pub backup_paths: Vec<PathBuf>,
+    pub router: PathBuf,
+    pub echo: PathBuf,
+    /// Configs and logs ([`state_dir`]).
+    pub dir: PathBuf,
+}
+
+impl Running {
+    /// The lab's name for a region's router process (the one `ha` adds: `backup`).
+    pub fn router_name(region: &RegionPlan, backup: bool) -> String {
+        if backup {
+            format!("scope-router {} (backup)", region.name)
+        } else {
+            format!("scope-router {}", region.name)
+        }
+    }
+
+    /// The lab's name for the echo backend serving `port` in `region`.
+    pub fn backend_name(region: &RegionPlan, port: u16) -> String {
+        format!("echo-backend {}", region.backend_name(port))
+    }
+
+    /// Starts the echo backend of `region` for `port` (again, after a stop).
+    pub fn spawn_backend(&mut self, region: &RegionPlan, port: u16) -> Result<()> {
+        spawn_backend(&mut self.lab, &self.echo, &self.dir, region, port)
+    }
+}
+
+fn spawn_backend(
+    lab: &mut Lab,
+    echo: &Path,
+    dir: &Path,
+    region: &RegionPlan,
+    port: u16,
+) -> Result<()> {
+    let args = vec![
+        "--listen".to_owned(),
+        format!("{}:{port}", region.backend),
+        "--name".to_owned(),
+        region.backend_name(port),
+    ];
+    let log = dir.join(format!("echo-{}-{port}.log", region.name));
+    lab.spawn(
+        &region.services_ns(),
+        &Running::backend_name(region, port),
+        echo,
+        &args,
+        log,
+    )
+}
+
+/// Builds the lab: refuses when one is up, installs what is missing, builds the
+/// binaries, writes the configs, creates the namespaces, starts the echo backends and
+/// the routers, and waits until every router answers on its VIP.
+pub fn start(setup: &Setup) -> Result<Running> {
     let existing = network::existing_namespaces()?;
     if !existing.is_empty() {
         bail!(
@@ -78,19 +173,20 @@ pub fn run(opts: Options) -> Result<()> {
             "note: not root: every namespace command runs through sudo (run `sudo -v` first)"
         );
     }
-    let configs = if opts.configs.is_empty() {
+    let configs = if setup.configs.is_empty() {
         let dir = workspace::root().join("config");
         vec![dir.join("RegionOne.toml"), dir.join("RegionTwo.toml")]
     } else {
-        opts.configs.clone()
+        setup.configs.clone()
     };
     let overrides = plan::Overrides {
-        ebpf_mode: opts.ebpf.clone(),
-        unmanaged_vip: opts.unmanaged_vip,
+        ebpf_mode: setup.ebpf.clone(),
+        unmanaged_vip: setup.unmanaged_vip,
+        settings: setup.settings.clone(),
     };
     let regions = plan::plan(&configs, &overrides)?;
-    setup::ensure(Profile::Lab)?;
-    let (router, echo) = binaries(&opts)?;
+    setup::ensure(setup.profile)?;
+    let (router, echo) = binaries(setup)?;
 
     let dir = state_dir();
     if dir.exists() {
@@ -102,7 +198,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut backup_paths = Vec::new();
     for region in &regions {
         let path = dir.join(format!("{}.toml", region.name));
-        let text = if opts.ha {
+        let text = if setup.ha {
             let [first, backup] = region.ha_configs(&dir)?;
             let backup_path = dir.join(format!("{}-b.toml", region.name));
             std::fs::write(&backup_path, backup)
@@ -117,7 +213,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
 
     // Pins left by a crashed lab would carry old counters into this one.
-    let backup_pins = if opts.ha {
+    let backup_pins = if setup.ha {
         regions
             .iter()
             .map(|r| r.backup().map(|b| b.pin_path))
@@ -137,7 +233,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut lab = Lab::new(&regions);
     let s = step("lab network: client, core, router and services namespaces");
     lab.build_network(&regions)?;
-    if opts.ha {
+    if setup.ha {
         lab.add_backup_routers(&regions)?;
     }
     s.done();
@@ -145,21 +241,7 @@ pub fn run(opts: Options) -> Result<()> {
     let s = step("echo backends on the services addresses");
     for region in &regions {
         for port in &region.ports {
-            let name = region.backend_name(*port);
-            let args = vec![
-                "--listen".to_owned(),
-                format!("{}:{port}", region.backend),
-                "--name".to_owned(),
-                name.clone(),
-            ];
-            let log = dir.join(format!("echo-{}-{port}.log", region.name));
-            lab.spawn(
-                &region.services_ns(),
-                &format!("echo-backend {name}"),
-                &echo,
-                &args,
-                log,
-            )?;
+            spawn_backend(&mut lab, &echo, &dir, region, *port)?;
         }
     }
     lab.wait_until("echo backends", READY_LIMIT, || {
@@ -173,7 +255,7 @@ pub fn run(opts: Options) -> Result<()> {
 
     let s = step(format!(
         "scope-router in each region (ebpf mode {})",
-        opts.ebpf
+        setup.ebpf
     ));
     for (region, config) in regions.iter().zip(&config_paths) {
         let args = vec![
@@ -184,7 +266,7 @@ pub fn run(opts: Options) -> Result<()> {
         let log = dir.join(format!("{}.log", region.name));
         lab.spawn(
             &region.router_ns(),
-            &format!("scope-router {}", region.name),
+            &Running::router_name(region, false),
             &router,
             &args,
             log,
@@ -199,7 +281,7 @@ pub fn run(opts: Options) -> Result<()> {
         let log = dir.join(format!("{}-b.log", region.name));
         lab.spawn(
             &region.backup()?.ns,
-            &format!("scope-router {} (backup)", region.name),
+            &Running::router_name(region, true),
             &router,
             &args,
             log,
@@ -213,12 +295,36 @@ pub fn run(opts: Options) -> Result<()> {
         })
     })
     .map_err(|err| anyhow!("{err:#}\n{}", router_diagnosis(&regions, &dir)))?;
-    if opts.ha {
+    if setup.ha {
         // No VIP answers until the election (Master_Down_Interval) is over, so each
         // router's checks of the other region's frontend start down: wait for them.
         wait_for_regions(&mut lab, &regions)?;
     }
     s.done();
+    Ok(Running {
+        lab,
+        regions,
+        config_paths,
+        backup_paths,
+        router,
+        echo,
+        dir,
+    })
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if opts.down {
+        return down();
+    }
+    let Running {
+        mut lab,
+        regions,
+        config_paths,
+        backup_paths,
+        router,
+        dir,
+        ..
+    } = start(&opts.setup())?;
 
     let s = step("scoped requests from the client namespace");
     let mut results: Vec<(probes::Probe, probes::Outcome)> = probes::probes(&regions)
@@ -236,7 +342,7 @@ pub fn run(opts: Options) -> Result<()> {
     if opts.ha {
         let s = step("VRRP failover: SIGKILL each region's master router");
         for region in &regions {
-            lab.stop(&format!("scope-router {}", region.name))?;
+            lab.stop(&Running::router_name(region, false))?;
         }
         let killed = std::time::Instant::now();
         lab.wait_until("backup routers answering on the VIPs", READY_LIMIT, || {
@@ -462,7 +568,7 @@ fn router_diagnosis(regions: &[RegionPlan], dir: &Path) -> String {
     out.join("\n")
 }
 
-fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {
+fn binaries(opts: &Setup) -> Result<(PathBuf, PathBuf)> {
     let mut wanted = Vec::new();
     if opts.router_bin.is_none() {
         wanted.push(("router-userspace", "scope-router"));

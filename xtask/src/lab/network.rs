@@ -185,6 +185,48 @@ impl Lab {
         Ok(())
     }
 
+    /// The pid of the started process named `name`.
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        self.children
+            .iter()
+            .find(|c| c.name == name)
+            .map(Process::pid)
+            .with_context(|| format!("the lab runs no process named {name}"))
+    }
+
+    /// Hands the started process named `name` to the caller, which expects it to exit
+    /// (a router replaced by a zero-downtime restart): [`Lab::check_alive`] no longer
+    /// counts it, and teardown still stops it if it lingers in its namespace.
+    pub fn release(&mut self, name: &str) -> Result<Process> {
+        let Some(i) = self.children.iter().position(|c| c.name == name) else {
+            bail!("the lab started no process named {name}");
+        };
+        Ok(self.children.remove(i))
+    }
+
+    /// The started processes that have exited since the last call, with their exit
+    /// status and the end of their log; they are forgotten (each is reported once).
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.children.len() {
+            let child = &mut self.children[i];
+            match child.child.try_wait() {
+                Ok(Some(status)) => {
+                    let child = self.children.remove(i);
+                    out.push(format!(
+                        "{} exited ({status}); last lines of {}:\n{}",
+                        child.name,
+                        child.log.display(),
+                        netns::tail(&child.log, 20)
+                    ));
+                }
+                _ => i += 1,
+            }
+        }
+        out
+    }
+
     /// Err with the log's tail if a started process has already exited.
     pub fn check_alive(&mut self) -> Result<()> {
         self.children.iter_mut().try_for_each(Process::check_alive)
@@ -317,7 +359,7 @@ fn stop(pids: &[u32]) -> Result<()> {
 }
 
 /// Alive and not a zombie (an exited child we have not reaped yet counts as gone).
-fn running(pid: u32) -> bool {
+pub fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {

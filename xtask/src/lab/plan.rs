@@ -25,6 +25,9 @@ pub struct Service {
     pub interface: String,
     pub host: String,
     pub port: u16,
+    /// The URL's path, cut at the first `%(…)s`/`$(…)s` placeholder as the router
+    /// cleans it (`/v2.1/`); `/` when the URL has none.
+    pub path: String,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +140,9 @@ pub struct Overrides {
     pub ebpf_mode: String,
     /// Set `vip.manage = false` and let the lab add the VIP instead of the router.
     pub unmanaged_vip: bool,
+    /// Settings merged over everything else, table by table (`soak`'s timeouts and
+    /// checks); empty for `lab`.
+    pub settings: Table,
 }
 
 /// Builds the plan for the given example configs (one region each).
@@ -478,6 +484,19 @@ fn rewrite_config(
             pin_path(region).to_string_lossy().into_owned().into(),
         );
     }
+    merge(table, &overrides.settings);
+}
+
+/// Copies `over` into `base`: tables merge key by key, any other value replaces.
+fn merge(base: &mut Table, over: &Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(Value::Table(inner)), Value::Table(more)) => merge(inner, more),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// The entries of `region` in an `openstack endpoint list -f json` catalog file.
@@ -505,9 +524,26 @@ pub fn region_services(catalog: &Path, region: &str) -> Result<Vec<Service>> {
             interface: field("Interface")?,
             host,
             port,
+            path: url_path(&url),
         });
     }
     Ok(services)
+}
+
+/// `http://h:8774/v2.1/%(tenant_id)s` -> `/v2.1/`: the path the router matches prefixes
+/// on, cut at the first placeholder (docs/ARCHITECTURE.md §2).
+fn url_path(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let cut = ["%(", "$("]
+        .iter()
+        .filter_map(|p| path.find(p))
+        .min()
+        .unwrap_or(path.len());
+    match &path[..cut] {
+        "" => "/".to_owned(),
+        p => p.to_owned(),
+    }
 }
 
 /// `http://h:8774/v2/%(tenant_id)s` -> (`h`, 8774); scheme default ports as in docs/ARCHITECTURE.md §2.
@@ -545,6 +581,7 @@ mod tests {
         Overrides {
             ebpf_mode: "auto".into(),
             unmanaged_vip: false,
+            settings: Table::new(),
         }
     }
 
@@ -560,6 +597,7 @@ mod tests {
         let overrides = Overrides {
             ebpf_mode: "off".into(),
             unmanaged_vip: true,
+            settings: Table::new(),
         };
         let region = region_plan(&one, 1, &overrides, None).expect("plan");
         assert!(!region.router_manages_vip);
@@ -609,6 +647,42 @@ mode = "tcp"
     }
 
     #[test]
+    fn settings_merge_over_the_lab_overrides_table_by_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "catalog.json", CATALOG);
+        let one = write(
+            dir.path(),
+            "a.toml",
+            &region_config("RegionOne", "192.168.142.244", "192.168.142.245"),
+        );
+        let mut overrides = auto();
+        overrides.settings = r#"
+            health.http_path = "/healthcheck"
+            timeouts.response_head = "5s"
+            ports.9292.request_body = "5s"
+        "#
+        .parse()
+        .expect("TOML");
+        let region = region_plan(&one, 1, &overrides, None).expect("plan");
+        let generated: Table = region.config.parse().expect("TOML");
+        assert_eq!(
+            generated["health"]["http_path"].as_str(),
+            Some("/healthcheck")
+        );
+        // The lab's own health settings and the config's port settings stay.
+        assert_eq!(generated["health"]["inter"].as_str(), Some("500ms"));
+        assert_eq!(generated["ports"]["9292"]["idle"].as_str(), Some("6h"));
+        assert_eq!(
+            generated["ports"]["9292"]["request_body"].as_str(),
+            Some("5s")
+        );
+        assert_eq!(generated["timeouts"]["response_head"].as_str(), Some("5s"));
+        let [a, _] = region.ha_configs(dir.path()).expect("HA configs");
+        let a: Table = a.parse().expect("TOML");
+        assert_eq!(a["timeouts"]["response_head"].as_str(), Some("5s"));
+    }
+
+    #[test]
     fn urls_reduce_to_host_and_port() {
         assert_eq!(
             host_port("http://192.168.142.244:8774/v2.1/%(tenant_id)s"),
@@ -621,6 +695,13 @@ mode = "tcp"
         assert_eq!(host_port("http://h/x"), Some(("h".into(), 80)));
         assert_eq!(host_port("http://:99"), None);
         assert_eq!(host_port("http://h:notaport"), None);
+        assert_eq!(
+            url_path("http://192.168.142.244:8774/v2.1/%(tenant_id)s"),
+            "/v2.1/"
+        );
+        assert_eq!(url_path("http://192.168.142.244:5000"), "/");
+        assert_eq!(url_path("http://h:9696/networking"), "/networking");
+        assert_eq!(url_path("h:1/x/$(project_id)s/y"), "/x/");
     }
 
     #[test]
