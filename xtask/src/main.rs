@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask setup|test|run|install|lab|bench|fuzz` (see README.md).
+//! Project automation: `cargo xtask setup|test|run|install|lab|soak|bench|fuzz` (see README.md).
 
 mod bench;
 mod exec;
@@ -10,6 +10,7 @@ mod netns;
 mod progress;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod workspace;
 
@@ -43,6 +44,11 @@ enum Cmd {
     Install(install::Options),
     /// A two-region lab in network namespaces: routers, echo backends, scoped requests.
     Lab(lab::Options),
+    /// The lab with two routers per region under good and hostile traffic, backend faults,
+    /// reloads, a zero-downtime restart and a VRRP failover at once: fails unless every
+    /// good request succeeded or failed as allowed, memory and fds came back to baseline
+    /// and no router crashed; writes target/soak/report.md.
+    Soak(soak::Options),
     /// Benchmarks.
     Bench(bench::Options),
     /// The cargo-fuzz targets (fuzz/), one after the other, each bounded by time: prints
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Run(opts) => run::run(opts),
         Cmd::Install(opts) => install::run(opts),
         Cmd::Lab(opts) => lab::run(opts),
+        Cmd::Soak(opts) => soak::run(opts),
         Cmd::Bench(opts) => bench::run(opts),
         Cmd::Fuzz(opts) => fuzz::run(opts),
     };

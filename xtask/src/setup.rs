@@ -25,6 +25,8 @@ pub enum Profile {
     Build,
     /// Build plus what the namespace lab drives (iproute2, curl, nsenter).
     Lab,
+    /// The lab plus nftables, whose `nft` blackholes a region during `soak`.
+    Soak,
     /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, python3 for
     /// the benchmark's upload sink, nftables, whose `nft` blackholes a region inside a
     /// privileged test's namespace, prometheus for `promtool check metrics` on the admin
@@ -39,6 +41,7 @@ impl Profile {
     /// Debian packages for this profile.
     pub fn packages(self) -> &'static [&'static str] {
         const LAB: &[&str] = &["iproute2", "util-linux", "curl"];
+        const SOAK: &[&str] = &["iproute2", "util-linux", "curl", "nftables"];
         const FULL: &[&str] = &[
             "iproute2",
             "util-linux",
@@ -60,6 +63,7 @@ impl Profile {
         match self {
             Profile::Build => &[],
             Profile::Lab => LAB,
+            Profile::Soak => SOAK,
             Profile::Full => FULL,
         }
     }

@@ -1,16 +1,18 @@
 //! `cargo xtask test`: THE test command (README, .ci/run). Sets up what is missing, then
 //! formatting, clippy, a short fuzz smoke (every fuzz target, bounded), the unprivileged
-//! tests, and the privileged suites (test files `privileged_*.rs` of the tests crate and
-//! of router-userspace) as root. Output ends with cargo's own test summary lines.
+//! tests, the privileged suites (test files `privileged_*.rs` of the tests crate and of
+//! router-userspace) as root, and last a short soak (`cargo xtask soak` for
+//! `soak::CI_DURATION`) as root. Output ends with the soak's summary and verdict.
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::exec;
 use crate::fuzz;
 use crate::progress::{banner, elapsed, loud, step};
 use crate::setup::{self, Profile};
+use crate::soak;
 use crate::workspace;
 
 /// Test targets whose name starts with this need root (netns, veth, XDP, sk_lookup,
@@ -126,10 +128,10 @@ pub fn run(opts: Options) -> Result<()> {
         privileged.extend(root.into_iter().map(|t| (split.name, t)));
         unprivileged.push((*split, user));
     }
-    // Warnings come before the test runs, so that cargo's summary stays the last output.
+    // Warnings come before the test runs, so that they do not scroll by unseen.
     if plan == Privileged::Skip {
         loud(&[
-            "SKIPPING the privileged suites (netns, XDP, sk_lookup, VIP):",
+            "SKIPPING the privileged suites (netns, XDP, sk_lookup, VIP) and the soak:",
             "not root and no sudo. Run `cargo xtask test` as root to include them.",
         ]);
     } else if privileged.is_empty() {
@@ -139,8 +141,8 @@ pub fn run(opts: Options) -> Result<()> {
         )]);
     }
 
-    // Test runs get a banner with the time so far but no trailer: the output must end
-    // with cargo's own summary lines.
+    // Test runs get a banner with the time so far but no trailer: cargo's own summary
+    // lines stay the last of each run.
     let so_far = || elapsed(started.elapsed());
     banner(&format!(
         "==> cargo test: every package but {} ({} so far)",
@@ -173,7 +175,58 @@ pub fn run(opts: Options) -> Result<()> {
         ));
         exec::exec(&mut privileged_command(&plan, &privileged)?)?;
     }
+
+    // Last: it needs the routers and backends the suites above test, and it is the
+    // longest step that can fail for the router's sake. Bounded by its duration.
+    match plan {
+        Privileged::Direct => {
+            banner(&format!(
+                "==> soak: {} of faults and hostile clients in the lab ({} so far)",
+                elapsed(soak::CI_DURATION),
+                so_far()
+            ));
+            soak::ci()?;
+        }
+        Privileged::Sudo => {
+            banner(&format!(
+                "==> soak as root: {} of faults and hostile clients in the lab ({} so far)",
+                elapsed(soak::CI_DURATION),
+                so_far()
+            ));
+            // Built as the user, run as root: cargo never writes root-owned files.
+            let built = workspace::build_bins(
+                false,
+                &[
+                    ("router-userspace", "scope-router"),
+                    ("integration-tests", "echo-backend"),
+                ],
+            )?;
+            exec::exec(&mut soak_command(&built)?)?;
+        }
+        Privileged::Skip | Privileged::Fail => {}
+    }
     Ok(())
+}
+
+/// `sudo -E <this xtask> soak` for the CI duration, with the binaries built as the user.
+fn soak_command(built: &std::collections::BTreeMap<String, std::path::PathBuf>) -> Result<Command> {
+    let bin = |name: &str| {
+        built
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("cargo did not build {name}"))
+    };
+    let mut cmd = Command::new("sudo");
+    cmd.arg("-E")
+        .arg(std::env::current_exe().context("locating the running xtask")?)
+        .arg("soak")
+        .arg("--duration")
+        .arg(format!("{}s", soak::CI_DURATION.as_secs()))
+        .arg("--router-bin")
+        .arg(bin("scope-router")?)
+        .arg("--echo-bin")
+        .arg(bin("echo-backend")?);
+    Ok(cmd)
 }
 
 /// Every package whose tests are not split, in one invocation.
@@ -282,6 +335,32 @@ mod tests {
             );
         }
         assert!(SPLIT.iter().any(|s| s.name == "router-userspace"));
+    }
+
+    #[test]
+    fn the_soak_runs_as_root_on_binaries_built_as_the_user() {
+        let built = [
+            (
+                "scope-router".to_owned(),
+                std::path::PathBuf::from("/t/scope-router"),
+            ),
+            (
+                "echo-backend".to_owned(),
+                std::path::PathBuf::from("/t/echo-backend"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let shown = exec::display(&soak_command(&built).expect("command"));
+        assert!(shown.starts_with("sudo -E /"), "{shown}");
+        assert!(
+            shown.ends_with(&format!(
+                " soak --duration {}s --router-bin /t/scope-router --echo-bin /t/echo-backend",
+                soak::CI_DURATION.as_secs()
+            )),
+            "{shown}"
+        );
+        assert!(soak_command(&Default::default()).is_err());
     }
 
     #[test]
