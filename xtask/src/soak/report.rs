@@ -405,6 +405,32 @@ impl Report {
             s.soak_settings
         );
 
+        let _ = writeln!(md, "## How a good request is judged\n");
+        let b = &s.bounds;
+        let _ = writeln!(
+            md,
+            "- Served by a region its scope names, at the first try (a later `A|B` alternative \
+             counts).\n\
+             - Allowed: the router's fast JSON 503 (`x-scope-router-health: down`) while every \
+             region of the scope was dead for it: from {in_flight} s before a fault until \
+             {recover} s after it ended.\n\
+             - Allowed: a router's JSON 504, or its 502 for a connection the backend broke, for a \
+             request sent from {in_flight} s before a fault to {detect} s after it began (sent into \
+             a backend that would never answer). A 502 for a refused connection never is.\n\
+             - VRRP failover: connections to the killed master are lost; the client retries on \
+             new connections (any method while connecting fails, a GET also when its connection \
+             died unanswered; up to 12 s) and such a request counts as *retried across \
+             failover*; a POST whose connection died with the master is *lost with the killed \
+             master*. Both only for requests entering that region from {in_flight} s before the \
+             kill to {recover} s after the backup served.\n\
+             - A reused keep-alive connection closed before any byte of the answer is retried \
+             once (GET), allowed only around the restart or the failover.\n\
+             - Anything else fails the soak.\n",
+            in_flight = b.in_flight.as_secs(),
+            detect = b.detect.as_secs_f64(),
+            recover = b.recover.as_secs_f64(),
+        );
+
         let _ = writeln!(md, "## Good traffic\n");
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
         for c in &classes {
@@ -1207,6 +1233,10 @@ mod tests {
         assert_eq!(r.verdict(), Vec::<String>::new());
         let md = r.markdown();
         assert!(md.contains("**PASS**"), "{md}");
+        assert!(
+            md.contains("from 2 s before a fault until 8 s after it ended"),
+            "{md}"
+        );
         assert!(
             md.contains("| fast 503, every scope region dead (allowed) | 1 |"),
             "{md}"
