@@ -608,29 +608,19 @@ impl Report {
                 })
                 .collect(),
         ));
-        let retried: Vec<(&Record, &Class)> = self
+        let retried: Vec<&Record> = self
             .records
             .iter()
             .zip(&classes)
-            .filter(|(_, c)| {
-                matches!(
-                    c,
-                    Class::RetriedAcrossFailover(_)
-                        | Class::RetriedStale(_)
-                        | Class::LostWithMaster(_)
-                )
-            })
+            .filter(|(_, c)| matches!(c, Class::RetriedAcrossFailover(_) | Class::RetriedStale(_)))
+            .map(|(r, _)| r)
             .collect();
         if !retried.is_empty() {
-            let attempts: usize = retried.iter().map(|(r, _)| r.failures.len()).sum();
-            let longest = retried
-                .iter()
-                .map(|(r, _)| r.took)
-                .max()
-                .unwrap_or_default();
+            let attempts: usize = retried.iter().map(|r| r.failures.len()).sum();
+            let longest = retried.iter().map(|r| r.took).max().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "\nRetried by the client: {} requests, {} failed attempts before the answer, the longest served {:.1} s after it was first sent.",
+                "\nRetried by the client and then served: {} requests, after {} failed attempts in all; the longest was served {:.1} s after it was first sent.",
                 retried.len(),
                 attempts,
                 longest.as_secs_f64()
