@@ -119,8 +119,8 @@ pub fn ci() -> Result<()> {
 fn soak(opts: &Options) -> Result<()> {
     if !exec::is_root() {
         bail!(
-            "the soak signals the routers and reads their /proc entries: run it as root \
-             (`sudo -E cargo xtask soak`)"
+            "the soak signals the routers and reads their /proc entries: run it as root (in a \
+             root shell; `cargo xtask test` runs it through `sudo -E` on binaries built as you)"
         );
     }
     if opts.duration < schedule::MIN_DURATION {
