@@ -30,5 +30,6 @@ pub mod scope;
 pub mod server_slots;
 pub mod shutdown;
 pub mod status;
+pub mod tls;
 pub mod vip;
 pub mod vrrp;

@@ -6,5 +6,7 @@
 pub mod ci;
 pub mod keepalived;
 pub mod netns;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod segment;
 pub mod tool;
