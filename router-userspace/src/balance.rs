@@ -49,6 +49,8 @@ pub struct Server {
     pub backup: bool,
     /// Its `maxconn` slots; `None` when unlimited, which costs a request nothing.
     pub slots: Option<Arc<Slots>>,
+    /// How it is reached over TLS; `None`: cleartext.
+    pub tls: Option<Arc<crate::tls::TlsHop>>,
 }
 
 impl Server {
@@ -59,6 +61,7 @@ impl Server {
             weight: 1,
             backup: false,
             slots: None,
+            tls: None,
         }
     }
 }
@@ -324,6 +327,7 @@ mod tests {
                     weight,
                     backup,
                     slots: None,
+                    tls: None,
                 })
                 .collect(),
             balance,

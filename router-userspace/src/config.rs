@@ -15,6 +15,7 @@ use crate::ebpf::{DEFAULT_PIN_PATH, EbpfSettings};
 use crate::health::CheckSettings;
 use crate::process::ProcessSettings;
 use crate::server_slots::MAXCONN_MAX;
+use crate::tls::{CertificateFiles, TlsSettings};
 use crate::vip::{DEFAULT_STATE_DIR, VipSettings};
 use crate::vrrp::VrrpSettings;
 
@@ -46,6 +47,10 @@ pub struct Config {
     pub admin: AdminSettings,
     /// `[log]`: how log lines are written.
     pub log: LogSettings,
+    /// `[tls]`, paths resolved: what `https://` listeners serve and what TLS hops trust.
+    pub tls: TlsSettings,
+    /// `[[redirect]]`: cleartext listeners answering 301 to their `https://` URL.
+    pub redirect: Vec<Redirect>,
     /// `[process]`: the user the router runs as after its privileged setup.
     pub process: ProcessSettings,
 }
@@ -125,6 +130,56 @@ pub struct PortOverride {
     /// HTTP check path for this port's local servers (`GET path`, healthy on 2xx/3xx),
     /// e.g. Kolla's `/healthcheck`, keystone's `/v3`; `[health] http_path` otherwise.
     pub health_path: Option<String>,
+    /// The certificate this port serves when its catalog URL is `https://` (`[tls]
+    /// certificate` otherwise); give `key` with it.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Speak TLS to this port's local servers, verifying them (HAProxy's `ssl verify
+    /// required`); the certificate must name the server's address.
+    pub backend_tls: bool,
+    /// CA certificates trusted for this port's local servers (`[tls] ca_file`, else the
+    /// system store, otherwise); only with `backend_tls`.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PortOverride {
+    /// The port's own certificate, paths as given; an error names the missing half.
+    fn certificate_files(&self) -> Result<Option<CertificateFiles>, String> {
+        match (&self.certificate, &self.key) {
+            (Some(certificate), Some(key)) => Ok(Some(CertificateFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("`certificate` is set without `key`: give both".into()),
+            (None, Some(_)) => Err("`key` is set without `certificate`: give both".into()),
+        }
+    }
+}
+
+/// `[[redirect]]`: a cleartext listener answering every request with a `301` to the same
+/// host and path over `https://` (Kolla's redirect mode), except paths under `exempt`,
+/// which are relayed to `exempt_backend` (an ACME client answering HTTP-01 challenges).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// Where to listen, e.g. the VIP on port 80.
+    pub bind: SocketAddr,
+    /// The port of the `https://` URL (443 is left out of it).
+    #[serde(default = "Redirect::default_https_port")]
+    pub https_port: u16,
+    /// Path prefixes not redirected, e.g. `"/.well-known/acme-challenge/"`.
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// Where exempt paths are relayed; required with `exempt`.
+    #[serde(default)]
+    pub exempt_backend: Option<SocketAddr>,
+}
+
+impl Redirect {
+    fn default_https_port() -> u16 {
+        443
+    }
 }
 
 /// One server of a backend: its address, its share of the traffic, whether it only
@@ -435,6 +490,40 @@ impl Config {
                 ));
             }
         }
+        for e in catalog.entries() {
+            if *e.region != *self.region || e.scheme != "https" || e.url.ip().is_none() {
+                continue;
+            }
+            let port = e.url.port();
+            if self.port_certificate(port).is_none() {
+                return Err(self.invalid(
+                    "tls.certificate",
+                    format!(
+                        "the catalog URL {} is https://, so port {port} terminates TLS, but no \
+                         certificate is set: set [tls] certificate and key, or [ports.{port}] \
+                         certificate and key",
+                        e.absolute_url()
+                    ),
+                ));
+            }
+        }
+        for (i, r) in self.redirect.iter().enumerate() {
+            let clash = scoped
+                .iter()
+                .copied()
+                .chain(self.passthrough.iter().map(|p| p.bind))
+                .find(|a| binds_collide(*a, r.bind));
+            if let Some(clash) = clash {
+                return Err(self.invalid(
+                    format!("redirect[{i}].bind"),
+                    format!(
+                        "{} collides with the listener {clash}; redirect from another port \
+                         (usually 80)",
+                        r.bind
+                    ),
+                ));
+            }
+        }
         for (i, p) in self.passthrough.iter().enumerate() {
             if let Some(clash) = scoped.iter().find(|a| binds_collide(**a, p.bind)) {
                 return Err(self.invalid(
@@ -448,6 +537,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The certificate a TLS listener on `port` serves by default: `[ports.N]`'s, else
+    /// `[tls]`'s; `None` when neither is set.
+    pub fn port_certificate(&self, port: u16) -> Option<CertificateFiles> {
+        let own = self.ports.get(&port).and_then(|o| {
+            Some(CertificateFiles {
+                certificate: o.certificate.clone()?,
+                key: o.key.clone()?,
+            })
+        });
+        own.or_else(|| self.tls.default_files())
+    }
+
+    /// Whether `port`'s local servers are reached over TLS, and then the CA file trusted
+    /// for them (`None` inside: the system store).
+    pub fn port_backend_tls(&self, port: u16) -> Option<Option<&Path>> {
+        let o = self.ports.get(&port).filter(|o| o.backend_tls)?;
+        Some(o.ca_file.as_deref().or(self.tls.ca_file.as_deref()))
     }
 
     /// Timeouts of the scoped listener on `port` (global values with `[ports.N]` applied).
@@ -565,6 +673,10 @@ struct RawConfig {
     log: LogSettings,
     #[serde(default)]
     process: ProcessSettings,
+    #[serde(default)]
+    tls: TlsSettings,
+    #[serde(default)]
+    redirect: Vec<Redirect>,
 }
 
 #[derive(Deserialize, Default)]
@@ -653,7 +765,64 @@ impl RawConfig {
                     format!("\"{path}\" must be an absolute path, e.g. \"/healthcheck\""),
                 ));
             }
+            let mut port_override = port_override;
+            let files = port_override
+                .certificate_files()
+                .map_err(|message| invalid(&format!("ports.{key}"), message))?
+                .map(|f| f.resolved(dir));
+            port_override.certificate = files.as_ref().map(|f| f.certificate.clone());
+            port_override.key = files.map(|f| f.key);
+            if port_override.ca_file.is_some() && !port_override.backend_tls {
+                return Err(invalid(
+                    &format!("ports.{key}.ca_file"),
+                    "trusts the port's local servers over TLS, which needs backend_tls = true; \
+                     set it, or remove ca_file"
+                        .into(),
+                ));
+            }
+            port_override.ca_file = port_override.ca_file.map(|p| dir.join(p));
             ports.insert(port, port_override);
+        }
+
+        let tls = self
+            .tls
+            .resolved(dir)
+            .map_err(|message| invalid("tls", message))?;
+        let mut redirect: Vec<Redirect> = Vec::with_capacity(self.redirect.len());
+        for (i, r) in self.redirect.into_iter().enumerate() {
+            if let Some(prefix) = r.exempt.iter().find(|p| !p.starts_with('/')) {
+                return Err(invalid(
+                    &format!("redirect[{i}].exempt"),
+                    format!(
+                        "\"{prefix}\" must be an absolute path prefix, e.g. \
+                         \"/.well-known/acme-challenge/\""
+                    ),
+                ));
+            }
+            if !r.exempt.is_empty() && r.exempt_backend.is_none() {
+                return Err(invalid(
+                    &format!("redirect[{i}].exempt_backend"),
+                    "exempt paths are relayed, not redirected: name where they go, e.g. \
+                     \"127.0.0.1:8080\" for an ACME client, or remove exempt"
+                        .into(),
+                ));
+            }
+            if r.https_port == 0 {
+                return Err(invalid(
+                    &format!("redirect[{i}].https_port"),
+                    "must be a port number 1..=65535 (443 by default)".into(),
+                ));
+            }
+            if let Some(other) = redirect.iter().find(|o| binds_collide(o.bind, r.bind)) {
+                return Err(invalid(
+                    &format!("redirect[{i}].bind"),
+                    format!(
+                        "{} collides with another redirect listener ({}); binds must be unique",
+                        r.bind, other.bind
+                    ),
+                ));
+            }
+            redirect.push(r);
         }
 
         let proxy = self.proxy;
@@ -816,6 +985,8 @@ impl RawConfig {
             passthrough,
             admin: self.admin,
             log: self.log,
+            tls,
+            redirect,
             process: self.process,
         })
     }

@@ -29,6 +29,7 @@ use crate::metrics::{BackendLabels, TrafficStats};
 use crate::problem::Problem;
 use crate::scope::{Scope, ScopeSource};
 use crate::server_slots::Slots;
+use crate::tls::{TlsError, TlsHop, TlsTable};
 
 /// A scoped listener derived from the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub enum RoutingError {
         url: String,
         source_file: std::path::PathBuf,
     },
+    #[error("{what}: {source}")]
+    Tls { what: String, source: TlsError },
     #[error(
         "catalog entry {backend} ({url}, from {}) cannot be routed: {reason}; fix the URL in the \
          catalog",
@@ -153,6 +156,7 @@ impl Carry {
         settings: &CheckSettings,
         spec: &ServerSpec<A>,
         limited_at: Option<SocketAddr>,
+        tls: Option<Arc<TlsHop>>,
     ) -> Server {
         let slots = limited_at.and_then(|at| self.slots(at, &addr, spec.maxconn.unwrap_or(0)));
         let key = (addr, probe);
@@ -164,12 +168,14 @@ impl Carry {
             health: Arc::clone(&health),
             probe: key.1,
             settings: settings.clone(),
+            tls: tls.clone(),
         });
         Server {
             health,
             weight: spec.weight,
             backup: spec.backup,
             slots,
+            tls,
         }
     }
 
@@ -254,6 +260,8 @@ pub struct Listener {
     /// was chosen; `None` with `[admin] metrics = false`.
     transparent_stats: Option<Arc<TrafficStats>>,
     refused_stats: Option<Arc<TrafficStats>>,
+    /// Set when the catalog URL is `https://`: the listener terminates TLS with this.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listener {
@@ -280,6 +288,11 @@ impl Listener {
     pub(crate) fn local(&self) -> &Balancer {
         &self.local
     }
+
+    /// What it terminates TLS with; `None` for a cleartext (`http://`) listener.
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
+    }
 }
 
 /// The immutable routing table, shared as `Arc<Router>`.
@@ -301,6 +314,8 @@ pub struct Router {
     passthrough: Vec<PassthroughServers>,
     /// `maxconn` changes to the previous table's slots, for [`Router::apply_limits`].
     limit_changes: LimitChanges,
+    /// The certificates served and the hops' TLS configurations.
+    tls: TlsTable,
 }
 
 /// The servers of one passthrough listener: checked and balanced like a scoped port's,
@@ -322,6 +337,8 @@ pub struct HealthCheck {
     pub health: Arc<Health>,
     pub probe: Probe,
     pub settings: CheckSettings,
+    /// The check speaks TLS, as requests to the server do.
+    pub tls: Option<Arc<TlsHop>>,
 }
 
 impl Router {
@@ -347,6 +364,7 @@ impl Router {
 
         let mut listeners: Vec<Listener> = Vec::new();
         let mut checks: Vec<HealthCheck> = Vec::new();
+        let mut tls = TlsTable::new(&config.tls);
         for entry in catalog.entries().iter().filter(|e| e.region == region) {
             let ip = entry.url.ip().ok_or_else(|| RoutingError::NotIpLiteral {
                 backend: entry.backend_name(),
@@ -355,9 +373,32 @@ impl Router {
             })?;
             let addr = SocketAddr::new(ip.to_canonical(), entry.url.port());
             let index = match listeners.iter().position(|l| l.spec.addr == addr) {
-                Some(i) => i,
+                Some(i) => {
+                    if listeners[i].tls.is_some() != (entry.scheme == "https") {
+                        return Err(bad_entry(
+                            entry,
+                            "another entry on the same address and port has the other scheme \
+                             (http:// and https:// cannot share a listener); make them agree",
+                        ));
+                    }
+                    i
+                }
                 None => {
                     let port = addr.port();
+                    let served = match config.port_certificate(port) {
+                        Some(files) if entry.scheme == "https" => {
+                            Some(tls.server(&files).map_err(|source| RoutingError::Tls {
+                                what: format!(
+                                    "listener {addr} (https:// in the catalog) cannot serve \
+                                     {}",
+                                    files.certificate.display()
+                                ),
+                                source,
+                            })?)
+                        }
+                        _ => None,
+                    };
+                    let backend_tls = config.port_backend_tls(port);
                     let servers = config.port_backend(port);
                     let settings = config.port_health(port);
                     let local_backend =
@@ -379,15 +420,29 @@ impl Router {
                                 },
                                 None => Probe::Tcp,
                             };
-                            carry.server(
+                            let hop = backend_tls
+                                .map(|ca_file| {
+                                    tls.hop(ca_file, &s.address.ip().to_string()).map_err(
+                                        |source| RoutingError::Tls {
+                                            what: format!(
+                                                "[ports.{port}] backend_tls to {}",
+                                                s.address
+                                            ),
+                                            source,
+                                        },
+                                    )
+                                })
+                                .transpose()?;
+                            Ok(carry.server(
                                 &mut checks,
                                 (s.address.to_string(), probe),
                                 &settings,
                                 s,
                                 Some(addr),
-                            )
+                                hop,
+                            ))
                         })
-                        .collect();
+                        .collect::<Result<Vec<_>, RoutingError>>()?;
                     listeners.push(Listener {
                         spec: ListenerSpec {
                             addr,
@@ -402,6 +457,7 @@ impl Router {
                         transparent_stats: carry
                             .stats(addr, &format!("{region}_transparent_{port}")),
                         refused_stats: carry.stats(addr, "-"),
+                        tls: served,
                     });
                     listeners.len() - 1
                 }
@@ -415,7 +471,7 @@ impl Router {
                 entry,
                 (&listener.local_upstream, &listener.local),
                 &config.health,
-                &mut checks,
+                (&mut checks, &mut tls),
                 (carry, addr),
             )?;
             listener.routes.push(Route {
@@ -475,6 +531,7 @@ impl Router {
                         &settings,
                         s,
                         Some(p.bind),
+                        None,
                     )
                 })
                 .collect();
@@ -499,6 +556,7 @@ impl Router {
             checks,
             passthrough,
             limit_changes: carry.changes.take(),
+            tls,
         })
     }
 
@@ -539,6 +597,11 @@ impl Router {
     ) -> Result<Router, RoutingError> {
         let catalog = config.load_catalog()?;
         Router::build(config, catalog, &Carry::new(config.admin.metrics, previous))
+    }
+
+    /// The certificates its listeners serve and its hops' TLS configurations.
+    pub fn tls(&self) -> &TlsTable {
+        &self.tls
     }
 
     /// The current region.
@@ -971,7 +1034,7 @@ fn build_targets(
     entry: &Endpoint,
     (local_upstream, local): (&Arc<str>, &Arc<Balancer>),
     settings: &CheckSettings,
-    checks: &mut Vec<HealthCheck>,
+    (checks, tls): (&mut Vec<HealthCheck>, &mut TlsTable),
     (carry, listener): (&Carry, SocketAddr),
 ) -> Result<Vec<Target>, RoutingError> {
     let mut targets = Vec::with_capacity(regions.len());
@@ -1011,6 +1074,16 @@ fn build_targets(
             backup: false,
             maxconn: None,
         };
+        // An `https://` frontend is reached over TLS, verified for the URL's host.
+        let hop = (t.scheme == "https")
+            .then(|| {
+                tls.hop(None, t.url.host())
+                    .map_err(|source| RoutingError::Tls {
+                        what: format!("the TLS hop to {} ({})", t.backend_name(), t.absolute_url()),
+                        source,
+                    })
+            })
+            .transpose()?;
         // Another region's router is never limited here: it queues in front of its own
         // servers, and a cap on the hop would hold back every cross-region upload.
         let server = carry.server(
@@ -1019,6 +1092,7 @@ fn build_targets(
             &remote_settings,
             &frontend,
             None,
+            hop,
         );
         let balancer = Arc::new(Balancer::new(
             vec![server],

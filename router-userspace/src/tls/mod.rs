@@ -8,6 +8,7 @@ mod client;
 mod material;
 mod server;
 mod settings;
+mod table;
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ pub use client::{Trust, client_config};
 pub use material::{Identity, KeyWarning, load_identity};
 pub use server::{CertStore, server_config};
 pub use settings::{CertificateFiles, Profile, TlsSettings};
+pub use table::{Served, TlsHop, TlsTable};
 
 /// What went wrong loading TLS material; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,11 @@ pub enum TlsError {
          ca-certificates or set `ca_file`"
     )]
     NoSystemTrust { message: String },
+    #[error(
+        "`{host}` cannot be checked against a certificate (neither a DNS name nor an IP \
+         address); fix the host in the catalog URL"
+    )]
+    ServerName { host: String },
     #[error("cannot build the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }

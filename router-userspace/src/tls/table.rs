@@ -1,0 +1,167 @@
+//! The TLS side of one routing table: what its `https://` listeners serve and how its TLS
+//! hops connect, each certificate and trust file loaded once per table (a reload builds a
+//! new table, so it re-reads them all).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{
+    CertStore, CertificateFiles, Identity, KeyWarning, Profile, TlsError, TlsSettings, Trust,
+    client_config, load_identity, server_config,
+};
+
+/// Certificates served by one or more listeners: the default one and `[tls] sni`.
+#[derive(Debug)]
+pub struct Served {
+    /// The default certificate's files (`[ports.N]`'s or `[tls]`'s).
+    pub files: CertificateFiles,
+    pub store: Arc<CertStore>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// How a TLS hop connects: the configuration (trust, versions) and the name verified
+/// and sent as SNI.
+#[derive(Debug)]
+pub struct TlsHop {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+    /// Where the trust came from (`ca_file` or "the system store"), for `check`.
+    pub trust: String,
+}
+
+impl TlsHop {
+    /// The TLS handshake over `tcp`; a certificate that fails verification is an
+    /// `InvalidData` error whose message names the reason (rustls's).
+    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+    }
+
+    /// The name a hop to `host` (a catalog URL's host, or a server's address) verifies.
+    pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(ServerName::IpAddress(ip.into()));
+        }
+        ServerName::try_from(bare.to_owned()).map_err(|_| TlsError::ServerName {
+            host: host.to_owned(),
+        })
+    }
+}
+
+/// Everything TLS one routing table uses.
+#[derive(Debug)]
+pub struct TlsTable {
+    settings: TlsSettings,
+    served: Vec<Served>,
+    /// Client configurations by trust file (`None`: the system store).
+    hops: Vec<(Option<PathBuf>, Arc<ClientConfig>, String)>,
+    /// Key files others may read, found while loading (each once).
+    warnings: Vec<KeyWarning>,
+}
+
+impl TlsTable {
+    pub fn new(settings: &TlsSettings) -> TlsTable {
+        TlsTable {
+            settings: settings.clone(),
+            served: Vec::new(),
+            hops: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The profile every listener and hop uses.
+    pub fn profile(&self) -> Profile {
+        self.settings.profile
+    }
+
+    /// The server configuration of a listener serving `files` by default (and `[tls]
+    /// sni` to clients asking for one of their names).
+    pub fn server(&mut self, files: &CertificateFiles) -> Result<Arc<ServerConfig>, TlsError> {
+        if let Some(s) = self.served.iter().find(|s| s.files == *files) {
+            return Ok(s.config.clone());
+        }
+        let (default, sni) = self.load_certificates(files)?;
+        let store = CertStore::new(default, sni);
+        let config = server_config(self.settings.profile, store.clone())?;
+        self.served.push(Served {
+            files: files.clone(),
+            store,
+            config: config.clone(),
+        });
+        Ok(config)
+    }
+
+    /// Reads `files` and `[tls] sni` again (a file changed); the caller swaps them into
+    /// the store with [`CertStore::replace`].
+    pub fn load_certificates(
+        &mut self,
+        files: &CertificateFiles,
+    ) -> Result<(Identity, Vec<Identity>), TlsError> {
+        let now = SystemTime::now();
+        let mut load = |files: &CertificateFiles| {
+            let (identity, warning) = load_identity(files, now)?;
+            if let Some(w) = warning
+                && !self.warnings.iter().any(|k| k.path == w.path)
+            {
+                self.warnings.push(w);
+            }
+            Ok::<_, TlsError>(identity)
+        };
+        let default = load(files)?;
+        let sni = self
+            .settings
+            .sni
+            .clone()
+            .iter()
+            .map(load)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((default, sni))
+    }
+
+    /// How to reach `host` over TLS trusting `ca_file` (`[tls] ca_file` when `None`,
+    /// else the system store).
+    pub fn hop(&mut self, ca_file: Option<&Path>, host: &str) -> Result<Arc<TlsHop>, TlsError> {
+        let ca_file = ca_file.or(self.settings.ca_file.as_deref());
+        let name = TlsHop::server_name(host)?;
+        let (config, trust) = match self.hops.iter().find(|(f, _, _)| f.as_deref() == ca_file) {
+            Some((_, config, trust)) => (config.clone(), trust.clone()),
+            None => {
+                let trust = Trust::load(ca_file)?;
+                let config = client_config(self.settings.profile, &trust)?;
+                self.hops.push((
+                    ca_file.map(Path::to_owned),
+                    config.clone(),
+                    trust.source.clone(),
+                ));
+                (config, trust.source)
+            }
+        };
+        Ok(Arc::new(TlsHop {
+            config,
+            name,
+            trust,
+        }))
+    }
+
+    /// The certificate stores of the table's listeners.
+    pub fn served(&self) -> &[Served] {
+        &self.served
+    }
+
+    /// Key files readable by other users, for a warning at start and reload.
+    pub fn warnings(&self) -> &[KeyWarning] {
+        &self.warnings
+    }
+}
