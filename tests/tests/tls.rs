@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use integration_tests::client::{Conn, Echo, empty, request};
 use integration_tests::lab::{Lab, LabOptions};
 use integration_tests::pattern;
+use integration_tests::scrape::{sample, scrape};
 
 /// curl's answer: its exit code, the status and the body (empty when it failed).
 struct Curl {
@@ -85,6 +86,10 @@ async fn a_client_that_does_not_trust_the_ca_fails_the_handshake() {
     assert_eq!(r.exit, 60, "{}", r.stderr);
     // The lab's own CA is trusted: the control.
     assert_eq!(curl(ca(&lab), &url, &[]).exit, 0);
+    // The refused handshake is counted where operators look.
+    let text = scrape(lab.one.handle.as_ref().unwrap());
+    let failures = sample(&text, "scope_router_tls_handshake_failures_total", &[]);
+    assert_eq!(failures, Some(1.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
