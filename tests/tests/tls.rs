@@ -198,3 +198,56 @@ async fn a_reload_reads_the_certificates_again_and_refuses_an_expired_one() {
     let (_, served) = Conn::open_tls(vip, &ca.cert_path).await.unwrap();
     assert_eq!(served, der(&renewed.certificate));
 }
+
+/// `GET url` with Python `requests` (the OpenStack CLI's HTTP library, Debian's
+/// python3-requests) trusting `ca`: the status and body.
+fn python_get(ca: &Path, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    const SCRIPT: &str = "import json, sys, requests\n\
+        r = requests.get(sys.argv[1], headers=json.loads(sys.argv[3]), verify=sys.argv[2], \
+        timeout=10)\n\
+        print(r.status_code)\n\
+        print(r.text)\n";
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+        .collect();
+    // Debian's interpreter, where `cargo xtask setup` installs python3-requests.
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT, url])
+        .arg(ca)
+        .arg(serde_json::Value::Object(headers).to_string())
+        .output()
+        .expect("run /usr/bin/python3 (cargo xtask setup installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, body) = stdout
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("python3 requests failed: {stderr}"));
+    (status.parse().unwrap(), body.trim_end().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_two_routers_over_tls_with_the_remote_hop_verified() {
+    let lab = tls_lab("").await;
+    let scope = r#"{"compute": "RegionTwo"}"#;
+    let url = format!("https://{}/v2.1/servers", lab.one.addr(8774));
+    // curl, as an operator would.
+    let r = curl(ca(&lab), &url, &["-H", &format!("X-Scope: {scope}")]);
+    assert_eq!((r.exit, r.status), (0, 200), "{}{}", r.body, r.stderr);
+    let e = r.echo();
+    assert_eq!(e.backend(), lab.two.backend_name(8774));
+    // RegionOne's hop to RegionTwo was TLS too: RegionTwo set the header afresh.
+    assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        e.header("via").as_deref(),
+        Some(
+            "1.1 scope-router-RegionOne (compute=RegionTwo from X-Scope), \
+             1.1 scope-router-RegionTwo"
+        )
+    );
+    // Python requests, as the OpenStack CLI would.
+    let (status, body) = python_get(ca(&lab), &url, &[("X-Scope", scope)]);
+    assert_eq!(status, 200, "{body}");
+    let e = Echo(serde_json::from_str(&body).unwrap());
+    assert_eq!(e.backend(), lab.two.backend_name(8774));
+}
