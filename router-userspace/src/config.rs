@@ -142,21 +142,6 @@ pub struct PortOverride {
     pub ca_file: Option<PathBuf>,
 }
 
-impl PortOverride {
-    /// The port's own certificate, paths as given; an error names the missing half.
-    fn certificate_files(&self) -> Result<Option<CertificateFiles>, String> {
-        match (&self.certificate, &self.key) {
-            (Some(certificate), Some(key)) => Ok(Some(CertificateFiles {
-                certificate: certificate.clone(),
-                key: key.clone(),
-            })),
-            (None, None) => Ok(None),
-            (Some(_), None) => Err("`certificate` is set without `key`: give both".into()),
-            (None, Some(_)) => Err("`key` is set without `certificate`: give both".into()),
-        }
-    }
-}
-
 /// `[[redirect]]`: a cleartext listener answering every request with a `301` to the same
 /// host and path over `https://` (Kolla's redirect mode), except paths under `exempt`,
 /// which are relayed to `exempt_backend` (an ACME client answering HTTP-01 challenges).
@@ -543,10 +528,9 @@ impl Config {
     /// `[tls]`'s; `None` when neither is set.
     pub fn port_certificate(&self, port: u16) -> Option<CertificateFiles> {
         let own = self.ports.get(&port).and_then(|o| {
-            Some(CertificateFiles {
-                certificate: o.certificate.clone()?,
-                key: o.key.clone()?,
-            })
+            CertificateFiles::pair(o.certificate.as_ref(), o.key.as_ref())
+                .ok()
+                .flatten()
         });
         own.or_else(|| self.tls.default_files())
     }
@@ -766,10 +750,12 @@ impl RawConfig {
                 ));
             }
             let mut port_override = port_override;
-            let files = port_override
-                .certificate_files()
-                .map_err(|message| invalid(&format!("ports.{key}"), message))?
-                .map(|f| f.resolved(dir));
+            let files = CertificateFiles::pair(
+                port_override.certificate.as_ref(),
+                port_override.key.as_ref(),
+            )
+            .map_err(|message| invalid(&format!("ports.{key}"), message))?
+            .map(|f| f.resolved(dir));
             port_override.certificate = files.as_ref().map(|f| f.certificate.clone());
             port_override.key = files.map(|f| f.key);
             if port_override.ca_file.is_some() && !port_override.backend_tls {
