@@ -2519,4 +2519,46 @@ mod tests {
             assert_eq!(prefix_matches(prefix, path), want, "{prefix:?} vs {path:?}");
         }
     }
+
+    #[test]
+    fn health_carries_over_a_reload_only_to_a_server_reached_the_same_way() {
+        let pki = crate::tls::testing::Pki::new("unit");
+        let config = |scheme: &str| {
+            let catalog = format!(
+                r#"[
+                  {{"Region": "RegionOne", "Service Type": "compute", "Interface": "public",
+                    "URL": "http://10.0.0.1:8774"}},
+                  {{"Region": "RegionTwo", "Service Type": "compute", "Interface": "public",
+                    "URL": "{scheme}://10.0.0.2:8774"}}
+                ]"#
+            );
+            pki.write("catalog.json", &catalog);
+            let text = format!(
+                "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+                 [tls]\nca_file = \"{}\"\n",
+                pki.ca.cert_path.display()
+            );
+            Config::from_str(&text, &pki.dir.path().join("router.toml")).unwrap()
+        };
+        let remote = |r: &Router| {
+            let check = r
+                .health_checks()
+                .iter()
+                .find(|c| c.health.addr() == "10.0.0.2:8774");
+            let check = check.expect("the remote frontend is checked");
+            (Arc::clone(&check.health), check.tls.is_some())
+        };
+        let tls = Router::from_config(&config("https")).unwrap();
+        let again = Router::from_config_after(&config("https"), Some(&tls)).unwrap();
+        let clear = Router::from_config_after(&config("http"), Some(&tls)).unwrap();
+        assert!(remote(&tls).1 && !remote(&clear).1);
+        assert!(
+            Arc::ptr_eq(&remote(&tls).0, &remote(&again).0),
+            "the same TLS hop keeps its health"
+        );
+        assert!(
+            !Arc::ptr_eq(&remote(&tls).0, &remote(&clear).0),
+            "a cleartext server at the same address starts afresh"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! target whose catalog URL is `https://` is reached over TLS, its certificate verified
 //! for the URL's host against `[tls] ca_file`; a certificate for another name or from an
 //! unknown CA gets a 502 naming the check that failed, and does not fail over.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -61,6 +62,8 @@ async fn setup(dir: &Path, ca_file: &Path, leaf: &Leaf) -> Setup {
         config,
         StartOptions {
             handed_in: vec![socket],
+            bind_scoped: false,
+            bind_passthrough: false,
             ..StartOptions::default()
         },
     )

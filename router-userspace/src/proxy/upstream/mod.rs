@@ -284,13 +284,6 @@ async fn connect(
     timeout: Duration,
 ) -> Result<UpstreamIo, ProxyError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = |what: &str| {
-        let e = stdio::Error::new(
-            stdio::ErrorKind::TimedOut,
-            format!("{what} within {}", humantime::format_duration(timeout)),
-        );
-        ProxyError::new(ErrorKind::ConnectTimeout, upstream, Some(Box::new(e)))
-    };
     let stream = match tokio::time::timeout_at(deadline, tcp_connect(upstream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -300,26 +293,45 @@ async fn connect(
                 Some(Box::new(e)),
             ));
         }
-        Err(_) => return Err(timed_out("no connection")),
+        Err(_) => return Err(connect_timeout(upstream, timeout, "no connection")),
     };
     // Heads and small bodies go out as written; latency beats coalescing here.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%upstream, "cannot set TCP_NODELAY: {e}");
     }
-    let Some(hop) = tls else {
-        return Ok(UpstreamIo::Plain(stream));
-    };
-    // Boxed: the handshake's state is large, and inline it would grow every request's
-    // future, cleartext ones included.
-    match tokio::time::timeout_at(deadline, Box::pin(hop.connect(stream))).await {
+    match tls {
+        None => Ok(UpstreamIo::Plain(stream)),
+        // Boxed: a handshake's state is large, and inline it would grow every request's
+        // future, cleartext ones included.
+        Some(hop) => Box::pin(handshake(upstream, hop, stream, (deadline, timeout))).await,
+    }
+}
+
+/// The TLS handshake over `stream`, by `deadline` (the rest of the connect `timeout`).
+async fn handshake(
+    upstream: &str,
+    hop: &TlsHop,
+    stream: TcpStream,
+    (deadline, timeout): (tokio::time::Instant, Duration),
+) -> Result<UpstreamIo, ProxyError> {
+    match tokio::time::timeout_at(deadline, hop.connect(stream)).await {
         Ok(Ok(tls)) => Ok(UpstreamIo::Tls(Box::new(tls))),
         Ok(Err(e)) => Err(ProxyError::new(
             ErrorKind::TlsHandshake,
             upstream,
             Some(Box::new(e)),
         )),
-        Err(_) => Err(timed_out("no TLS handshake")),
+        Err(_) => Err(connect_timeout(upstream, timeout, "no TLS handshake")),
     }
+}
+
+/// `what` ("no connection") did not happen within the connect `timeout`.
+fn connect_timeout(upstream: &str, timeout: Duration, what: &str) -> ProxyError {
+    let e = stdio::Error::new(
+        stdio::ErrorKind::TimedOut,
+        format!("{what} within {}", humantime::format_duration(timeout)),
+    );
+    ProxyError::new(ErrorKind::ConnectTimeout, upstream, Some(Box::new(e)))
 }
 
 /// A TCP connection to `upstream`, its name resolved if it is not an address.
