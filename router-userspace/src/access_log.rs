@@ -66,6 +66,10 @@ pub const CUT_BY_SHUTDOWN: &str = "cut_by_shutdown";
 /// server's `maxconn` slot in vain.
 pub const QUEUE_TIMEOUT: &str = "queue_timeout";
 
+/// The outcome of a request answered 502 because the TLS handshake with its server failed
+/// (a certificate that did not verify, no shared protocol version, no TLS at all).
+pub const TLS_HANDSHAKE_FAILED: &str = "tls_handshake_failed";
+
 impl AccessRecord {
     pub fn new(
         started: Instant,

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::TlsHop;
 
 /// The path a scope-router answers health questions about its own backends on.
 pub const HEALTH_PATH: &str = "/.scope-router/health";
@@ -339,21 +341,30 @@ impl std::fmt::Display for Millis {
 /// The first check runs at once so a server that is down when the router starts leaves the
 /// pool after `fall` checks rather than `fall` checks plus one interval. Each transition is
 /// logged once, with the reason of the check that caused it.
+///
+/// With `tls`, every probe runs over TLS, as requests to the server do: a TCP check is a
+/// connect and a full handshake (so a certificate that no longer verifies takes the
+/// server down, with the reason), an HTTP one sends its request inside the session.
 pub fn spawn_checker(
     health: Arc<Health>,
-    probe: Probe,
+    (probe, tls): (Probe, Option<Arc<TlsHop>>),
     settings: CheckSettings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::select! {
             () = stop => {}
-            () = run_checks(&health, probe, &settings) => {}
+            () = run_checks(&health, probe, tls.as_deref(), &settings) => {}
         }
     })
 }
 
-async fn run_checks(health: &Health, mut probe: Probe, settings: &CheckSettings) {
+async fn run_checks(
+    health: &Health,
+    mut probe: Probe,
+    tls: Option<&TlsHop>,
+    settings: &CheckSettings,
+) {
     let mut ticks = tokio::time::interval(settings.inter);
     // A check that overruns (a timeout longer than `inter`) must not cause a burst of catch-up
     // checks: keep the spacing instead.
@@ -361,7 +372,7 @@ async fn run_checks(health: &Health, mut probe: Probe, settings: &CheckSettings)
     loop {
         ticks.tick().await;
         let started = Instant::now();
-        let outcome = tokio::time::timeout(settings.timeout, check(health.addr(), &probe))
+        let outcome = tokio::time::timeout(settings.timeout, check(health.addr(), &probe, tls))
             .await
             .unwrap_or_else(|_| {
                 Outcome::Fail(format!(
@@ -400,11 +411,25 @@ enum Outcome {
     NotScopeRouter(String),
 }
 
-async fn check(addr: &str, probe: &Probe) -> Outcome {
-    let mut stream = match TcpStream::connect(addr).await {
+async fn check(addr: &str, probe: &Probe, tls: Option<&TlsHop>) -> Outcome {
+    let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("connect: {e}")),
     };
+    let Some(hop) = tls else {
+        return probe_over(stream, addr, probe).await;
+    };
+    match hop.connect(stream).await {
+        Ok(stream) => probe_over(stream, addr, probe).await,
+        Err(e) => Outcome::Fail(format!("TLS handshake: {e}")),
+    }
+}
+
+/// The probe itself, over a connection made (and, for TLS, verified).
+async fn probe_over<S>(mut stream: S, addr: &str, probe: &Probe) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match probe {
         Probe::Tcp => Outcome::Ok,
         Probe::Http { path, host } => match exchange(&mut stream, path, host).await {
@@ -452,15 +477,20 @@ struct Reply {
 
 /// Sends `GET target` and reads the status line and headers (and, from a scope-router, the
 /// start of the body for its message).
-async fn exchange(stream: &mut TcpStream, target: &str, host: &str) -> Result<Reply, String> {
+async fn exchange<S>(stream: &mut S, target: &str, host: &str) -> Result<Reply, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let request = format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          User-Agent: scope-router-health\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send request: {e}"))?;
+    // Flushed: TLS keeps what the socket did not take until then.
+    let sent = async {
+        stream.write_all(request.as_bytes()).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| format!("send request: {e}"))?;
 
     let mut buf = Vec::with_capacity(1024);
     let mut eof = false;
@@ -526,7 +556,10 @@ async fn exchange(stream: &mut TcpStream, target: &str, host: &str) -> Result<Re
 }
 
 /// Reads what is available into `buf`, never past [`MAX_RESPONSE`].
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, String> {
+async fn read_some<S>(stream: &mut S, buf: &mut Vec<u8>) -> Result<usize, String>
+where
+    S: AsyncRead + Unpin,
+{
     let room = MAX_RESPONSE - buf.len();
     let start = buf.len();
     buf.resize(start + room, 0);
@@ -566,6 +599,8 @@ fn body_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::testing::Pki;
+    use crate::tls::{CertStore, Profile, TlsSettings, TlsTable, load_identity, server_config};
     use tokio::net::TcpListener;
 
     fn settings(rise: u32, fall: u32) -> CheckSettings {
@@ -760,7 +795,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let health = Health::new(addr);
         let (tx, stop) = stopper();
-        let task = spawn_checker(health.clone(), Probe::Tcp, settings(2, 2), stop);
+        let task = spawn_checker(health.clone(), (Probe::Tcp, None), settings(2, 2), stop);
 
         eventually("first successful checks", || {
             health
@@ -872,7 +907,7 @@ mod tests {
                 path: "/healthcheck".to_owned(),
                 host: "keystone.example".to_owned(),
             };
-            let outcome = check(&addr, &probe).await;
+            let outcome = check(&addr, &probe, None).await;
             match case.want {
                 Ok(()) => assert_eq!(outcome, Outcome::Ok, "{}", case.name),
                 Err(want) => assert!(
@@ -904,7 +939,7 @@ mod tests {
             path: "/".to_owned(),
             host: addr,
         };
-        let task = spawn_checker(health.clone(), probe, settings(2, 2), stop);
+        let task = spawn_checker(health.clone(), (probe, None), settings(2, 2), stop);
         eventually("DOWN on 503", || !health.is_up()).await;
         assert_eq!(
             health.snapshot().last_result.as_deref(),
@@ -929,7 +964,7 @@ mod tests {
             interface: "public api".to_owned(),
             host: "region-two.example".to_owned(),
         };
-        let task = spawn_checker(health.clone(), probe, settings(2, 2), stop);
+        let task = spawn_checker(health.clone(), (probe, None), settings(2, 2), stop);
         eventually("DOWN on the authoritative 503", || !health.is_up()).await;
         let snap = health.snapshot();
         assert_eq!(
@@ -968,7 +1003,7 @@ mod tests {
             interface: "public".to_owned(),
             host: "region-two.example".to_owned(),
         };
-        let task = spawn_checker(health.clone(), probe, settings(2, 2), stop);
+        let task = spawn_checker(health.clone(), (probe, None), settings(2, 2), stop);
         eventually("DOWN on a router that never answers", || !health.is_up()).await;
         let snap = health.snapshot();
         assert_eq!(
@@ -995,7 +1030,7 @@ mod tests {
             interface: "public".to_owned(),
             host: "h".to_owned(),
         };
-        let outcome = tokio::time::timeout(Duration::from_millis(500), check(&addr, &probe))
+        let outcome = tokio::time::timeout(Duration::from_millis(500), check(&addr, &probe, None))
             .await
             .expect("no wait for EOF");
         assert_eq!(
@@ -1015,7 +1050,7 @@ mod tests {
             interface: "public".to_owned(),
             host: "h".to_owned(),
         };
-        assert_eq!(check(&addr, &probe).await, Outcome::Ok);
+        assert_eq!(check(&addr, &probe, None).await, Outcome::Ok);
     }
 
     #[tokio::test]
@@ -1030,7 +1065,7 @@ mod tests {
             interface: "public".to_owned(),
             host: "h".to_owned(),
         };
-        let task = spawn_checker(health.clone(), probe, settings(1, 1), stop);
+        let task = spawn_checker(health.clone(), (probe, None), settings(1, 1), stop);
         eventually("degraded and several TCP checks done", || {
             let snap = health.snapshot();
             snap.degraded.is_some() && snap.checks >= 3
@@ -1072,7 +1107,7 @@ mod tests {
         };
         let mut s = settings(1, 1);
         s.timeout = Duration::from_millis(50);
-        let task = spawn_checker(health.clone(), probe, s, stop);
+        let task = spawn_checker(health.clone(), (probe, None), s, stop);
         eventually("DOWN by timeout", || !health.is_up()).await;
         assert_eq!(
             health.snapshot().last_result.as_deref(),
@@ -1100,5 +1135,125 @@ mod tests {
         for (name, body, want) in cases {
             assert_eq!(body_message(body).as_deref(), want, "{name}");
         }
+    }
+
+    /// A TLS server presenting a leaf of `pki` for `names`, answering `answer` to a request
+    /// (a connection that sends none, a TCP check's, is left to close).
+    async fn tls_server(pki: &Pki, names: &[&str], answer: &'static [u8]) -> String {
+        let leaf = pki.leaf(names[0], names, 30);
+        let (identity, _) = load_identity(&leaf, SystemTime::now()).expect("identity");
+        let config = server_config(Profile::Modern, CertStore::new(identity, vec![])).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    if tls.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let _ = tls.write_all(answer).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn hop(pki: &Pki, name: &str) -> Arc<TlsHop> {
+        TlsTable::new(&TlsSettings::default())
+            .hop(Some(&pki.ca.cert_path), name)
+            .expect("hop")
+    }
+
+    #[tokio::test]
+    async fn tls_checks_run_inside_a_verified_session() {
+        let pki = Pki::new("unit");
+        let stranger = Pki::new("stranger");
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let trusted = tls_server(&pki, &["api.example"], ok).await;
+        let other_name = tls_server(&pki, &["other.example"], ok).await;
+        let unknown_ca = tls_server(&stranger, &["api.example"], ok).await;
+        // An HTTP server answers bytes that are not HTTP (a ClientHello) with a 400.
+        let cleartext = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let mut hello = [0u8; 512];
+                    let _ = conn.read(&mut hello).await;
+                    let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                }
+            });
+            addr
+        };
+        let hop = hop(&pki, "api.example");
+        let http = Probe::Http {
+            path: "/healthcheck".to_owned(),
+            host: "api.example".to_owned(),
+        };
+        for probe in [Probe::Tcp, http] {
+            let cases = [
+                (&trusted, None),
+                (
+                    &other_name,
+                    Some("TLS handshake: its certificate is not valid for the name api.example"),
+                ),
+                (
+                    &unknown_ca,
+                    Some("TLS handshake: its certificate is signed by a CA not in"),
+                ),
+                (&cleartext, Some("TLS handshake: it does not speak TLS")),
+            ];
+            for (addr, failure) in cases {
+                let got =
+                    tokio::time::timeout(Duration::from_secs(5), check(addr, &probe, Some(&hop)))
+                        .await
+                        .expect("a check ends");
+                match failure {
+                    None => assert_eq!(got, Outcome::Ok, "{probe:?}"),
+                    Some(wanted) => assert!(
+                        matches!(&got, Outcome::Fail(r) if r.starts_with(wanted)),
+                        "{probe:?} {addr}: {got:?}"
+                    ),
+                }
+            }
+        }
+        // Without TLS the same HTTP check of a TLS server fails: the session is what
+        // carried it above.
+        let http = Probe::Http {
+            path: "/healthcheck".to_owned(),
+            host: "api.example".to_owned(),
+        };
+        assert!(matches!(
+            check(&trusted, &http, None).await,
+            Outcome::Fail(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_server_whose_certificate_does_not_verify_goes_down_with_the_reason() {
+        let pki = Pki::new("unit");
+        let stranger = Pki::new("stranger");
+        let addr = tls_server(&stranger, &["api.example"], b"").await;
+        let health = Health::new(addr);
+        let (_tx, stop) = stopper();
+        let task = spawn_checker(
+            health.clone(),
+            (Probe::Tcp, Some(hop(&pki, "api.example"))),
+            settings(1, 1),
+            stop,
+        );
+        eventually("DOWN on the failed verification", || !health.is_up()).await;
+        let reason = health.snapshot().last_result.unwrap_or_default();
+        assert!(
+            reason.contains("signed by a CA not in") && reason.contains("ca_file"),
+            "{reason}"
+        );
+        task.abort();
     }
 }

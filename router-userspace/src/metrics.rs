@@ -106,6 +106,8 @@ pub struct TrafficStats {
     retries: AtomicU64,
     /// Times this backend was skipped for the next alternative of an `A|B` scope.
     failovers: AtomicU64,
+    /// Failed TLS handshakes with its servers (certificates that did not verify…).
+    tls_handshake_failures: AtomicU64,
     duration: Histogram,
     connect: Histogram,
     /// Observations in `connect` (the histogram keeps its count to itself).
@@ -123,6 +125,7 @@ impl Default for TrafficStats {
             redispatches: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             duration: Histogram::new(DURATION_BUCKETS),
             connect: Histogram::new(CONNECT_BUCKETS),
             connects: AtomicU64::new(0),
@@ -172,6 +175,11 @@ impl TrafficStats {
     pub fn observe_connect(&self, elapsed: Duration) {
         self.connect.observe(elapsed.as_secs_f64());
         self.connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake with one of its servers failed.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The backend was skipped for the next alternative of an `A|B` scope.
@@ -459,6 +467,14 @@ pub fn encode_traffic<'l>(
         backends
             .iter()
             .map(|(l, s)| (with(l, None), relaxed(&s.failovers))),
+    )?;
+    out.counters(
+        "upstream_tls_handshake_failures",
+        "TLS handshakes with a server of the backend that failed (certificate not valid for \
+         the name, unknown CA, expired, no shared protocol version, no TLS)",
+        backends
+            .iter()
+            .map(|(l, s)| (with(l, None), relaxed(&s.tls_handshake_failures))),
     )?;
     let mut sources = [0u64; 5];
     let mut errors = [0u64; ERROR_KINDS.len() + 1];

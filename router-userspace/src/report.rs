@@ -14,6 +14,7 @@ use crate::config::{Config, PassthroughMode, ServerSpec, Timeouts};
 use crate::decision::{PlanKind, RequestHead};
 use crate::health_state::{self, HealthFile, ServerIndex, Unavailable};
 use crate::routing::Router;
+use crate::tls::TlsHop;
 
 /// The client address `explain` pretends the request came from (TEST-NET-3).
 pub const EXAMPLE_PEER: SocketAddr =
@@ -63,6 +64,19 @@ fn fmt_server(s: &ServerSpec<SocketAddr>) -> String {
     } else {
         format!("{} ({})", s.address, notes.join(", "))
     }
+}
+
+/// ` over TLS (name region2.example, trusting /etc/ca.pem)`: how a hop is reached, empty
+/// for cleartext.
+fn fmt_hop(hop: Option<&TlsHop>) -> String {
+    hop.map(|h| {
+        format!(
+            " over TLS (certificate verified for {}, trusting {})",
+            h.name.to_str(),
+            h.trust
+        )
+    })
+    .unwrap_or_default()
 }
 
 /// The routing table: every listener → service type/interface → backend per region → address,
@@ -190,14 +204,38 @@ pub fn check(router: &Router, config: &Config) -> String {
             l.local_backend,
             fmt_timeouts(&l.timeouts)
         );
+        let tls = match (listener.tls(), config.port_certificate(l.addr.port())) {
+            (Some(_), Some(files)) => format!(
+                "terminated here (https:// in the catalog): certificate {}, profile {}",
+                files.certificate.display(),
+                router.tls().profile().as_str()
+            ),
+            (Some(_), None) => "terminated here (https:// in the catalog)".to_owned(),
+            (None, _) => "none (http:// in the catalog)".to_owned(),
+        };
+        let _ = writeln!(out, "    tls: {tls}");
         let servers: Vec<String> = config
             .port_backend(l.addr.port())
             .iter()
             .map(fmt_server)
             .collect();
+        // Every local server of a port shares its `backend_tls` and trust; each is
+        // verified for its own address.
+        let local_tls = listener
+            .local()
+            .servers()
+            .iter()
+            .find_map(|s| s.tls.as_deref())
+            .map(|h| {
+                format!(
+                    "; over TLS (backend_tls: each verified for its address, trusting {})",
+                    h.trust
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    servers ({}): {}",
+            "    servers ({}): {}{local_tls}",
             health_state::balance_name(config.port_balance(l.addr.port())),
             servers.join(", ")
         );
@@ -226,7 +264,10 @@ pub fn check(router: &Router, config: &Config) -> String {
             for t in &route.targets {
                 let (addr, note) = match &t.remote {
                     None => (format!("{}", t.upstream), " (local)".to_owned()),
-                    Some(remote) => (format!("{}{}", t.upstream, remote.path), String::new()),
+                    Some(remote) => {
+                        let hop = t.balancer.servers().first().and_then(|s| s.tls.as_deref());
+                        (format!("{}{}", t.upstream, remote.path), fmt_hop(hop))
+                    }
                 };
                 let _ = writeln!(out, "      {} -> {addr}{note}", t.backend_name);
             }
@@ -337,7 +378,15 @@ pub fn explain(
     let mut out = String::new();
     let _ = writeln!(out, "request:   {method} {url}");
     let _ = writeln!(out, "client:    {} (example)", EXAMPLE_PEER.ip());
+    let terminates = router
+        .listeners()
+        .iter()
+        .any(|l| l.spec.addr == local && l.tls().is_some());
     let listener = match router.listener(local) {
+        Some(l) if terminates => format!(
+            "{} (scoped, terminates TLS, local backend {})",
+            l.addr, l.local_backend
+        ),
         Some(l) => format!("{} (scoped, local backend {})", l.addr, l.local_backend),
         None => format!("{local} (no scoped listener; only the Host header can match)"),
     };
@@ -501,6 +550,7 @@ fn explain_servers(
     };
     for (n, server) in servers.iter().enumerate() {
         let mut line = server.health.addr().to_owned();
+        line.push_str(&fmt_hop(server.tls.as_deref()));
         if server.backup {
             line.push_str(" (backup)");
         }
@@ -946,6 +996,71 @@ mod tests {
             out.contains(
                 "    servers (roundrobin): 10.0.0.1:8774, 10.0.0.2:8774, 10.0.0.3:8774 (backup)\n"
             ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn check_and_explain_show_where_tls_is_spoken_and_with_what_trust() {
+        let pki = crate::tls::testing::Pki::new("unit");
+        let leaf = pki.leaf("vip", &["10.0.0.1"], 30);
+        let catalog = r#"[
+          {"Region": "RegionOne", "Service Type": "compute", "Interface": "public",
+           "URL": "https://10.0.0.1:8774/v2.1"},
+          {"Region": "RegionOne", "Service Type": "image", "Interface": "public",
+           "URL": "http://10.0.0.1:9292"},
+          {"Region": "RegionTwo", "Service Type": "compute", "Interface": "public",
+           "URL": "https://region2.example:8774/v2.1"},
+          {"Region": "RegionTwo", "Service Type": "image", "Interface": "public",
+           "URL": "http://10.0.0.2:9292"}
+        ]"#;
+        pki.write("catalog.json", catalog);
+        let ca = pki.ca.cert_path.display().to_string();
+        let text = format!(
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+             [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nca_file = \"{ca}\"\n\
+             [ports.8774]\nbackend_tls = true\n",
+            leaf.certificate.display(),
+            leaf.key.display(),
+        );
+        let config = Config::from_str(&text, &pki.dir.path().join("router.toml")).unwrap();
+        let router = Router::from_config(&config).unwrap();
+        let out = check(&router, &config);
+        for needle in [
+            format!(
+                "tls: terminated here (https:// in the catalog): certificate {}, profile modern",
+                leaf.certificate.display()
+            ),
+            "tls: none (http:// in the catalog)".to_owned(),
+            format!(
+                "127.0.0.1:8774; over TLS (backend_tls: each verified for its address, \
+                 trusting {ca})"
+            ),
+            format!(
+                "RegionTwo_compute_public -> region2.example:8774/v2.1 over TLS (certificate \
+                 verified for region2.example, trusting {ca})"
+            ),
+            "RegionTwo_image_public -> 10.0.0.2:9292\n".to_owned(),
+        ] {
+            assert!(out.contains(&needle), "{needle}:\n{out}");
+        }
+        assert_eq!(out.matches("over TLS").count(), 2, "{out}");
+
+        let scope = h("X-Scope", r#"{"compute": "RegionTwo"}"#);
+        let url = "https://10.0.0.1:8774/v2.1/servers";
+        let out = explain(&router, "GET", url, &[scope], &unknown()).unwrap();
+        for needle in [
+            "listener:  10.0.0.1:8774 (scoped, terminates TLS,".to_owned(),
+            format!(
+                "servers:   region2.example:8774 over TLS (certificate verified for \
+                 region2.example, trusting {ca})"
+            ),
+        ] {
+            assert!(out.contains(&needle), "{needle}:\n{out}");
+        }
+        let out = explain(&router, "GET", url, &[], &unknown()).unwrap();
+        assert!(
+            out.contains("servers:   127.0.0.1:8774 over TLS (certificate verified for 127.0.0.1"),
             "{out}"
         );
     }

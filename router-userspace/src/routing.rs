@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use http::header::{HOST, VIA};
+use rustls::pki_types::ServerName;
 
 use crate::balance::{Balance, Balancer, Server};
 use crate::catalog::{Catalog, Endpoint, split_host_port};
@@ -84,11 +85,21 @@ pub type SharedRouter = Arc<arc_swap::ArcSwap<Router>>;
 /// once).
 struct Carry {
     metrics: bool,
-    health: HashMap<(String, Probe), Arc<Health>>,
+    health: HashMap<HealthKey, Arc<Health>>,
     stats: HashMap<(String, String), Arc<TrafficStats>>,
     slots: HashMap<(SocketAddr, String), Arc<Slots>>,
     /// What the new table changes in carried slots, applied when it is swapped in.
     changes: RefCell<LimitChanges>,
+}
+
+/// What makes a server's health the same across tables: its address, its probe, and for
+/// a TLS server the name verified and the trust (a cleartext server at the same address,
+/// or a hop whose certificate is now checked otherwise, starts afresh).
+type HealthKey = (String, Probe, Option<(ServerName<'static>, String)>);
+
+/// The TLS part of a [`HealthKey`].
+fn tls_key(tls: Option<&Arc<TlsHop>>) -> Option<(ServerName<'static>, String)> {
+    tls.map(|hop| (hop.name.clone(), hop.trust.clone()))
 }
 
 /// Limits a new table sets on slots it shares with the table in use: applied at the swap
@@ -129,7 +140,11 @@ impl Carry {
         }
         for check in &previous.checks {
             carry.health.insert(
-                (check.health.addr().to_owned(), check.probe.clone()),
+                (
+                    check.health.addr().to_owned(),
+                    check.probe.clone(),
+                    tls_key(check.tls.as_ref()),
+                ),
                 Arc::clone(&check.health),
             );
         }
@@ -146,9 +161,10 @@ impl Carry {
 
     /// The server at `addr` of `spec`'s weight and kind, checked by `probe` with
     /// `settings` (its check is added to `checks`); its health is the previous table's
-    /// when that had the same server and probe. `limited_at` is the listener (or
-    /// passthrough bind) whose `maxconn` applies, `None` for a server that is never
-    /// limited; its slots are the previous table's when that limited the same server there.
+    /// when that had the same server, probe and TLS (see [`HealthKey`]). `limited_at` is
+    /// the listener (or passthrough bind) whose `maxconn` applies, `None` for a server
+    /// that is never limited; its slots are the previous table's when that limited the
+    /// same server there.
     fn server<A>(
         &self,
         checks: &mut Vec<HealthCheck>,
@@ -159,7 +175,7 @@ impl Carry {
         tls: Option<Arc<TlsHop>>,
     ) -> Server {
         let slots = limited_at.and_then(|at| self.slots(at, &addr, spec.maxconn.unwrap_or(0)));
-        let key = (addr, probe);
+        let key = (addr, probe, tls_key(tls.as_ref()));
         let health = match self.health.get(&key) {
             Some(health) => Arc::clone(health),
             None => Health::new(key.0.clone()),
@@ -2590,5 +2606,47 @@ mod tests {
         for (prefix, path, want) in cases {
             assert_eq!(prefix_matches(prefix, path), want, "{prefix:?} vs {path:?}");
         }
+    }
+
+    #[test]
+    fn health_carries_over_a_reload_only_to_a_server_reached_the_same_way() {
+        let pki = crate::tls::testing::Pki::new("unit");
+        let config = |scheme: &str| {
+            let catalog = format!(
+                r#"[
+                  {{"Region": "RegionOne", "Service Type": "compute", "Interface": "public",
+                    "URL": "http://10.0.0.1:8774"}},
+                  {{"Region": "RegionTwo", "Service Type": "compute", "Interface": "public",
+                    "URL": "{scheme}://10.0.0.2:8774"}}
+                ]"#
+            );
+            pki.write("catalog.json", &catalog);
+            let text = format!(
+                "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+                 [tls]\nca_file = \"{}\"\n",
+                pki.ca.cert_path.display()
+            );
+            Config::from_str(&text, &pki.dir.path().join("router.toml")).unwrap()
+        };
+        let remote = |r: &Router| {
+            let check = r
+                .health_checks()
+                .iter()
+                .find(|c| c.health.addr() == "10.0.0.2:8774");
+            let check = check.expect("the remote frontend is checked");
+            (Arc::clone(&check.health), check.tls.is_some())
+        };
+        let tls = Router::from_config(&config("https")).unwrap();
+        let again = Router::from_config_after(&config("https"), Some(&tls)).unwrap();
+        let clear = Router::from_config_after(&config("http"), Some(&tls)).unwrap();
+        assert!(remote(&tls).1 && !remote(&clear).1);
+        assert!(
+            Arc::ptr_eq(&remote(&tls).0, &remote(&again).0),
+            "the same TLS hop keeps its health"
+        );
+        assert!(
+            !Arc::ptr_eq(&remote(&tls).0, &remote(&clear).0),
+            "a cleartext server at the same address starts afresh"
+        );
     }
 }

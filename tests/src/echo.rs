@@ -8,10 +8,14 @@
 //! - `/__download_gated?bytes=N`: the first chunk, then the rest once released;
 //! - `/__progress`: signals arrival as soon as the first body bytes arrive;
 //! - any request with `Connection: upgrade`: 101, then echoes raw bytes.
+//!
+//! [`EchoBackend::start_tls`] serves the same over TLS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -21,12 +25,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use scope_router::tls::{CertStore, CertificateFiles, Profile, load_identity, server_config};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::pattern;
 
@@ -83,18 +89,74 @@ impl EchoBackend {
             task,
         })
     }
+
+    /// [`EchoBackend::start`] over TLS only, presenting `certificate` (PEM chain, leaf
+    /// first) with `key`; TLS 1.2 and 1.3 (the router's `intermediate` profile).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        name: &str,
+        certificate: &Path,
+        key: &Path,
+    ) -> std::io::Result<EchoBackend> {
+        let files = CertificateFiles {
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+        };
+        let (identity, _) =
+            load_identity(&files, SystemTime::now()).map_err(std::io::Error::other)?;
+        let config = server_config(Profile::Intermediate, CertStore::new(identity, vec![]))
+            .map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let gate = Arc::new(Gate::default());
+        let task = tokio::spawn(serve_with(
+            listener,
+            Some(TlsAcceptor::from(config)),
+            Arc::from(name),
+            gate.clone(),
+        ));
+        Ok(EchoBackend {
+            addr,
+            name: name.to_owned(),
+            gate,
+            task,
+        })
+    }
 }
 
 /// Accept loop; runs until the task is aborted or accept fails.
 pub async fn serve(listener: TcpListener, name: Arc<str>, gate: Arc<Gate>) {
+    serve_with(listener, None, name, gate).await;
+}
+
+/// [`serve`], each connection over TLS first when `tls` is set (a failed handshake
+/// closes it).
+async fn serve_with(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    name: Arc<str>,
+    gate: Arc<Gate>,
+) {
     while let Ok((stream, _)) = listener.accept().await {
-        let (name, gate) = (name.clone(), gate.clone());
+        let (name, gate, tls) = (name.clone(), gate.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| echo(req, name.clone(), gate.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+            let http = http1::Builder::new();
+            let _ = match tls {
+                None => {
+                    http.serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => {
+                        http.serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    Err(_) => return,
+                },
+            };
         });
     }
 }

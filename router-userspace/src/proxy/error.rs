@@ -8,6 +8,7 @@ use http::StatusCode;
 use crate::error_chain::error_chain;
 use crate::problem::{ConfigAt, Problem};
 use crate::server_slots::QueueTimeout;
+use crate::tls::HandshakeError;
 
 /// Which party a failure is attributed to (logs, and whether the client is to blame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,12 @@ pub enum ErrorSource {
 pub enum ErrorKind {
     /// No TCP connection to the upstream could be opened.
     ConnectRefused,
+    /// The TLS handshake with a TLS server failed: its certificate did not verify (another
+    /// name, an unknown CA, expired), or no protocol version was shared, or it does not
+    /// speak TLS. Nothing was sent, so another server of the target may take the request;
+    /// an `A|B` scope does not move to its next alternative, though: this is a
+    /// misconfiguration to fix, not a region that is down, and moving would hide it.
+    TlsHandshake,
     /// Connecting to the upstream took longer than the connect timeout.
     ConnectTimeout,
     /// The upstream did not answer within the idle timeout.
@@ -91,6 +98,11 @@ impl ProxyError {
                 true,
                 "timed out connecting to the backend",
             ),
+            ErrorKind::TlsHandshake => (
+                ErrorSource::Upstream,
+                true,
+                "the TLS handshake with the backend failed",
+            ),
             ErrorKind::ResponseTimeout => (
                 ErrorSource::Upstream,
                 false,
@@ -131,6 +143,10 @@ impl ProxyError {
             summary: what,
             account: match kind {
                 ErrorKind::UpstreamProtocol => cause.as_deref().and_then(account),
+                ErrorKind::TlsHandshake => cause
+                    .as_deref()
+                    .and_then(|c| c.downcast_ref::<HandshakeError>())
+                    .map(|h| h.reason.clone()),
                 ErrorKind::RequestBodyTimeout | ErrorKind::ResponseTimeout => {
                     cause.as_deref().and_then(timeout_account)
                 }
@@ -193,6 +209,20 @@ impl ProxyError {
                      not help, report it to the operator"
                 } else {
                     "the service failed mid-request; retry if the request is idempotent"
+                };
+                Problem::bad_gateway(backend, &what, advice)
+            }
+            // The client learns which check failed (the names are the catalog's, no
+            // address); the operator reads the advice.
+            ErrorKind::TlsHandshake => {
+                let advice = self
+                    .cause
+                    .as_deref()
+                    .and_then(|c| c.downcast_ref::<HandshakeError>())
+                    .map_or("check the TLS settings of the service", |h| &h.advice);
+                let what = match &self.account {
+                    Some(reason) => format!("{what}: {reason}"),
+                    None => what.to_owned(),
                 };
                 Problem::bad_gateway(backend, &what, advice)
             }

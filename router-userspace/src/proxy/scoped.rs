@@ -15,7 +15,7 @@ use super::{
     RequestStart, ambiguous_framing_problem, check_head, headers, health_response,
     problem_response, relay_response,
 };
-use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT};
+use crate::access_log::{AccessRecord, LoggedBody, QUEUE_TIMEOUT, TLS_HANDSHAKE_FAILED};
 use crate::balance::{Balance, Server};
 use crate::decision::{Plan, RequestHead};
 use crate::health::{HEALTH_HEADER, HEALTH_PATH};
@@ -218,7 +218,13 @@ pub async fn handle(
             Ok((resp, _)) => return Ok(relay_response(resp, ctx.record, false)),
             // No server of this alternative accepted a connection, or none freed a slot
             // within the queue time: nothing was sent, so the next alternative may have it.
-            Err(err) if err.retry_safe && plan.fallback.is_some() => {
+            // A failed TLS handshake stays this alternative's answer: a certificate or
+            // trust to fix, which serving elsewhere would hide (docs/ARCHITECTURE.md).
+            Err(err)
+                if err.retry_safe
+                    && err.kind != ErrorKind::TlsHandshake
+                    && plan.fallback.is_some() =>
+            {
                 let reason = match err.kind {
                     ErrorKind::QueueTimeout => format!("queue timeout: {}", err.kind_text()),
                     _ => format!("connect failed: {}", err.kind_text()),
@@ -236,10 +242,11 @@ pub async fn handle(
                     retry_safe = err.retry_safe,
                     "upstream request failed: {err}"
                 );
-                let queue_timeout = err.kind == ErrorKind::QueueTimeout;
-                if queue_timeout {
-                    ctx.record.outcome = Some(QUEUE_TIMEOUT);
-                }
+                ctx.record.outcome = match err.kind {
+                    ErrorKind::QueueTimeout => Some(QUEUE_TIMEOUT),
+                    ErrorKind::TlsHandshake => Some(TLS_HANDSHAKE_FAILED),
+                    _ => None,
+                };
                 let mut resp = problem_response(
                     &err.to_problem(&plan.backend_name, ConfigAt::Port(plan.port)),
                     ctx.record,

@@ -295,7 +295,7 @@ impl RouterHandle {
             let mut stopped = stopped.clone();
             crate::health::spawn_checker(
                 Arc::clone(&check.health),
-                check.probe.clone(),
+                (check.probe.clone(), check.tls.clone()),
                 check.settings.clone(),
                 async move {
                     tokio::select! {

@@ -5,6 +5,7 @@
 //! `https://` remote target is reached over it); this module only says with what.
 
 mod client;
+mod handshake;
 mod material;
 mod server;
 mod settings;
@@ -14,6 +15,7 @@ mod watch;
 use std::path::PathBuf;
 
 pub use client::{Trust, client_config};
+pub use handshake::HandshakeError;
 pub use material::{Identity, KeyWarning, load_identity};
 pub use server::{CertStore, server_config};
 pub use settings::{CertificateFiles, Profile, TlsSettings};

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::{
-    CertStore, CertificateFiles, Identity, KeyWarning, Profile, TlsError, TlsSettings, Trust,
-    client_config, load_identity, server_config,
+    CertStore, CertificateFiles, HandshakeError, Identity, KeyWarning, Profile, TlsError,
+    TlsSettings, Trust, client_config, load_identity, server_config,
 };
 
 /// Certificates served by one or more listeners: the default one and `[tls] sni`.
@@ -129,15 +129,17 @@ pub struct TlsHop {
     pub name: ServerName<'static>,
     /// Where the trust came from (`ca_file` or "the system store"), for `check`.
     pub trust: String,
+    /// The versions offered, for the error of a server that accepts none.
+    pub profile: Profile,
 }
 
 impl TlsHop {
-    /// The TLS handshake over `tcp`; a certificate that fails verification is an
-    /// `InvalidData` error whose message names the reason (rustls's).
-    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    /// The TLS handshake over `tcp`, the server's certificate verified for `name`.
+    pub async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeError> {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(self.name.clone(), tcp)
             .await
+            .map_err(|e| HandshakeError::new(self, e))
     }
 
     /// The name a hop to `host` (a catalog URL's host, or a server's address) verifies.
@@ -229,6 +231,7 @@ impl TlsTable {
             config,
             name,
             trust,
+            profile: self.settings.profile,
         }))
     }
 

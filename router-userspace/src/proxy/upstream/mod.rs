@@ -4,11 +4,12 @@
 //! socket. No connection task, channel or wake-up sits between the two sides.
 
 pub mod body;
+pub mod io;
 pub mod legacy;
 pub mod pool;
 pub mod wire;
 
-use std::io;
+use std::io as stdio;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ use crate::config::Timeouts;
 use crate::health::Health;
 use crate::metrics::TrafficStats;
 use crate::server_slots::{Picker, Slot};
+use crate::tls::TlsHop;
+use io::UpstreamIo;
 use pool::{Lease, Pool};
 use wire::{Parsed, RequestFraming};
 
@@ -188,7 +191,10 @@ impl Upstreams {
                 tracing::debug!(upstream = %previous, next = %upstream, "connect failed ({e}); redispatching");
             }
             attempts += 1;
-            match self.lease(upstream, timeouts, false, report).await {
+            match self
+                .lease(upstream, server.tls.as_ref(), timeouts, false, report)
+                .await
+            {
                 Ok(lease) => break (server, slot, lease),
                 Err(e) => {
                     // The slot goes back before waiting for the next server's.
@@ -223,22 +229,38 @@ impl Upstreams {
                 Err(f) => return Err(f.error),
             }
             // Same server, same slot.
-            lease = self.lease(upstream, timeouts, true, report).await?;
+            lease = self
+                .lease(upstream, server.tls.as_ref(), timeouts, true, report)
+                .await?;
         }
     }
 
+    /// A connection to `upstream`: a pooled one unless `fresh_only`, else a new one
+    /// (over TLS, verified, when `tls` is set).
     async fn lease(
         &self,
         upstream: &Arc<str>,
+        tls: Option<&Arc<TlsHop>>,
         timeouts: &Timeouts,
         fresh_only: bool,
         report: &SendReport<'_>,
     ) -> Result<Lease, ProxyError> {
-        let (stream, reused) = match (!fresh_only).then(|| self.pool.take(upstream)).flatten() {
+        let pooled = (!fresh_only)
+            .then(|| self.pool.take(upstream, tls))
+            .flatten();
+        let (stream, reused) = match pooled {
             Some(stream) => (stream, true),
             None => {
                 let started = std::time::Instant::now();
-                let stream = connect(upstream, timeouts.connect).await?;
+                let stream = connect(upstream, tls.map(|h| &**h), timeouts.connect)
+                    .await
+                    .inspect_err(|e| {
+                        if e.kind == ErrorKind::TlsHandshake
+                            && let Some(stats) = report.stats
+                        {
+                            stats.tls_handshake_failed();
+                        }
+                    })?;
                 if let Some(stats) = report.stats {
                     stats.observe_connect(started.elapsed());
                 }
@@ -249,27 +271,20 @@ impl Upstreams {
             IdleIo::new(stream, timeouts.idle),
             reused,
             self.pool.clone(),
-            upstream.clone(),
+            (upstream.clone(), tls.cloned()),
         ))
     }
 }
 
-/// Opens a connection within `timeout` (name resolution included).
-async fn connect(upstream: &str, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let attempt = async {
-        if let Ok(addr) = upstream.parse::<SocketAddr>() {
-            return TcpStream::connect(addr).await;
-        }
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
-        for addr in tokio::net::lookup_host(upstream).await? {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    };
-    let stream = match tokio::time::timeout(timeout, attempt).await {
+/// Opens a connection within `timeout` (name resolution included), and with `tls` its
+/// TLS session within the same time: the handshake is part of connecting.
+async fn connect(
+    upstream: &str,
+    tls: Option<&TlsHop>,
+    timeout: Duration,
+) -> Result<UpstreamIo, ProxyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = match tokio::time::timeout_at(deadline, tcp_connect(upstream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return Err(ProxyError::new(
@@ -278,31 +293,65 @@ async fn connect(upstream: &str, timeout: Duration) -> Result<TcpStream, ProxyEr
                 Some(Box::new(e)),
             ));
         }
-        Err(_) => {
-            let e = io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no connection within {}",
-                    humantime::format_duration(timeout)
-                ),
-            );
-            return Err(ProxyError::new(
-                ErrorKind::ConnectTimeout,
-                upstream,
-                Some(Box::new(e)),
-            ));
-        }
+        Err(_) => return Err(connect_timeout(upstream, timeout, "no connection")),
     };
     // Heads and small bodies go out as written; latency beats coalescing here.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%upstream, "cannot set TCP_NODELAY: {e}");
     }
-    Ok(stream)
+    match tls {
+        None => Ok(UpstreamIo::Plain(stream)),
+        // Boxed: a handshake's state is large, and inline it would grow every request's
+        // future, cleartext ones included.
+        Some(hop) => Box::pin(handshake(upstream, hop, stream, (deadline, timeout))).await,
+    }
+}
+
+/// The TLS handshake over `stream`, by `deadline` (the rest of the connect `timeout`).
+async fn handshake(
+    upstream: &str,
+    hop: &TlsHop,
+    stream: TcpStream,
+    (deadline, timeout): (tokio::time::Instant, Duration),
+) -> Result<UpstreamIo, ProxyError> {
+    match tokio::time::timeout_at(deadline, hop.connect(stream)).await {
+        Ok(Ok(tls)) => Ok(UpstreamIo::Tls(Box::new(tls))),
+        Ok(Err(e)) => Err(ProxyError::new(
+            ErrorKind::TlsHandshake,
+            upstream,
+            Some(Box::new(e)),
+        )),
+        Err(_) => Err(connect_timeout(upstream, timeout, "no TLS handshake")),
+    }
+}
+
+/// `what` ("no connection") did not happen within the connect `timeout`.
+fn connect_timeout(upstream: &str, timeout: Duration, what: &str) -> ProxyError {
+    let e = stdio::Error::new(
+        stdio::ErrorKind::TimedOut,
+        format!("{what} within {}", humantime::format_duration(timeout)),
+    );
+    ProxyError::new(ErrorKind::ConnectTimeout, upstream, Some(Box::new(e)))
+}
+
+/// A TCP connection to `upstream`, its name resolved if it is not an address.
+async fn tcp_connect(upstream: &str) -> stdio::Result<TcpStream> {
+    if let Ok(addr) = upstream.parse::<SocketAddr>() {
+        return TcpStream::connect(addr).await;
+    }
+    let mut last = stdio::Error::new(stdio::ErrorKind::NotFound, "the name has no address");
+    for addr in tokio::net::lookup_host(upstream).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// The upstream-side cause of a failed read or write.
-fn upstream_io(e: io::Error, upstream: &str) -> ProxyError {
-    let kind = if e.kind() == io::ErrorKind::TimedOut {
+fn upstream_io(e: stdio::Error, upstream: &str) -> ProxyError {
+    let kind = if e.kind() == stdio::ErrorKind::TimedOut {
         ErrorKind::ResponseTimeout
     } else {
         ErrorKind::UpstreamProtocol
@@ -315,7 +364,7 @@ enum BodySend {
     /// The client's body failed (aborted upload, bad chunking).
     Downstream(BodyError),
     /// Writing to the backend failed.
-    Upstream(io::Error),
+    Upstream(stdio::Error),
 }
 
 /// One attempt on one connection. `slot` moves into the response body when there is one
@@ -333,7 +382,13 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
-    if let Err(e) = lease.stream.write_all(head).await {
+    // A TLS stream keeps what the socket did not take in its own buffer until flushed
+    // (a cleartext one has nothing to flush): flushed before waiting on anyone.
+    let sent_head = async {
+        lease.stream.write_all(head).await?;
+        lease.stream.flush().await
+    };
+    if let Err(e) = sent_head.await {
         // At most part of the head arrived: nothing the backend can act on,
         // and the body (if any) is still unread, so it can be sent again.
         return Err(Failure {
@@ -406,8 +461,8 @@ where
                 continue;
             }
             Ok(_) => send_failed.take().unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
+                stdio::Error::new(
+                    stdio::ErrorKind::UnexpectedEof,
                     if answered {
                         "the backend closed the connection inside the response head"
                     } else {
@@ -415,9 +470,9 @@ where
                     },
                 )
             }),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && send_failed.is_none() => {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
+            Err(e) if e.kind() == stdio::ErrorKind::TimedOut && send_failed.is_none() => {
+                stdio::Error::new(
+                    stdio::ErrorKind::TimedOut,
                     format!(
                         "no response head within {} ([timeouts] response_head)",
                         humantime::format_duration(timeouts.response_head)
@@ -427,7 +482,9 @@ where
             Err(e) => send_failed.take().unwrap_or(e),
         };
         return Err(Failure {
-            retry_on_fresh: retry_on_fresh && !answered && error.kind() != io::ErrorKind::TimedOut,
+            retry_on_fresh: retry_on_fresh
+                && !answered
+                && error.kind() != stdio::ErrorKind::TimedOut,
             error: upstream_io(error, upstream),
         });
     }
@@ -435,7 +492,7 @@ where
 
 /// Streams the client's body to the backend in the chosen framing.
 async fn send_body<B>(
-    stream: &mut IdleIo<TcpStream>,
+    stream: &mut IdleIo<UpstreamIo>,
     mut body: B,
     framing: RequestFraming,
     sent: &mut u64,
@@ -461,11 +518,16 @@ where
                     .write_all_buf(&mut chunk)
                     .await
                     .map_err(BodySend::Upstream)?;
+                // Out before the next frame is awaited (see `exchange`).
+                stream.flush().await.map_err(BodySend::Upstream)?;
             }
-            Ok(mut data) => stream
-                .write_all_buf(&mut data)
-                .await
-                .map_err(BodySend::Upstream)?,
+            Ok(mut data) => {
+                stream
+                    .write_all_buf(&mut data)
+                    .await
+                    .map_err(BodySend::Upstream)?;
+                stream.flush().await.map_err(BodySend::Upstream)?;
+            }
             Err(frame) => {
                 // Framing, routing and scope fields were checked on the head only.
                 trailers = frame
@@ -482,6 +544,7 @@ where
         }
         end.extend_from_slice(b"\r\n");
         stream.write_all(&end).await.map_err(BodySend::Upstream)?;
+        stream.flush().await.map_err(BodySend::Upstream)?;
     }
     Ok(())
 }
@@ -497,6 +560,9 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::problem::ConfigAt;
+    use crate::tls::testing::Pki;
+    use crate::tls::{CertStore, Profile, TlsSettings, TlsTable, load_identity, server_config};
 
     const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
@@ -506,28 +572,44 @@ mod tests {
         addr: Arc<str>,
         connections: Arc<AtomicUsize>,
         requests: Arc<Mutex<Vec<String>>>,
+        /// Per request, whether it came over TLS.
+        over_tls: Arc<Mutex<Vec<bool>>>,
     }
 
     async fn backend(answer: fn(usize) -> Option<&'static str>) -> Backend {
+        backend_on(answer, None).await
+    }
+
+    /// [`backend`], also speaking TLS with `tls` to a client whose first byte is a TLS
+    /// handshake record (the same port serves both, so the pool's keys are what keep
+    /// them apart).
+    async fn backend_on(
+        answer: fn(usize) -> Option<&'static str>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: Arc<str> = Arc::from(listener.local_addr().unwrap().to_string());
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let over_tls = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs, kinds) = (connections.clone(), requests.clone(), over_tls.clone());
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (s, _) = listener.accept().await.unwrap();
                 conns.fetch_add(1, Ordering::SeqCst);
-                let reqs = reqs.clone();
+                let (reqs, kinds, tls) = (reqs.clone(), kinds.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    for i in 0.. {
-                        let Some(req) = read_request(&mut s, &mut buf).await else {
-                            return;
-                        };
-                        reqs.lock().unwrap().push(req);
-                        let Some(resp) = answer(i) else { return };
-                        s.write_all(resp.as_bytes()).await.unwrap();
+                    let mut first = [0u8; 1];
+                    let handshake =
+                        s.peek(&mut first).await.is_ok_and(|n| n == 1) && first[0] == 0x16;
+                    match tls.filter(|_| handshake) {
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            if let Ok(s) = acceptor.accept(s).await {
+                                serve_requests(s, answer, (&reqs, &kinds), true).await;
+                            }
+                        }
+                        None => serve_requests(s, answer, (&reqs, &kinds), false).await,
                     }
                 });
             }
@@ -536,11 +618,36 @@ mod tests {
             addr,
             connections,
             requests,
+            over_tls,
+        }
+    }
+
+    async fn serve_requests<S>(
+        mut s: S,
+        answer: fn(usize) -> Option<&'static str>,
+        (reqs, kinds): (&Mutex<Vec<String>>, &Mutex<Vec<bool>>),
+        tls: bool,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::new();
+        for i in 0.. {
+            let Some(req) = read_request(&mut s, &mut buf).await else {
+                return;
+            };
+            reqs.lock().unwrap().push(req);
+            kinds.lock().unwrap().push(tls);
+            let Some(resp) = answer(i) else { return };
+            s.write_all(resp.as_bytes()).await.unwrap();
+            s.flush().await.unwrap();
         }
     }
 
     /// One request (head plus a Content-Length or chunked body) as text.
-    async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    async fn read_request<S>(s: &mut S, buf: &mut Vec<u8>) -> Option<String>
+    where
+        S: tokio::io::AsyncRead + Unpin,
+    {
         let complete = |b: &[u8]| {
             let text = String::from_utf8_lossy(b);
             let end = text.find("\r\n\r\n")? + 4;
@@ -933,5 +1040,204 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::UpstreamProtocol);
+    }
+
+    /// A server configuration presenting a leaf of `pki` for `names`.
+    fn served(pki: &Pki, stem: &str, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let leaf = pki.leaf(stem, names, 30);
+        let (identity, _) = load_identity(&leaf, std::time::SystemTime::now()).unwrap();
+        server_config(Profile::Modern, CertStore::new(identity, vec![])).unwrap()
+    }
+
+    /// A server at `addr`, reached over TLS when `hop` is set.
+    fn server_at(addr: &Arc<str>, hop: Option<&Arc<TlsHop>>) -> Server {
+        Server {
+            tls: hop.cloned(),
+            ..Server::new(Health::new(addr.to_string()))
+        }
+    }
+
+    /// `GET /` sent to the first of `servers` that takes it (`retries` more tried).
+    async fn fetch_from(
+        ups: &Upstreams,
+        servers: &[Server],
+        retries: u32,
+    ) -> Result<(u16, String, Arc<str>), ProxyError> {
+        let mut body = Some(Empty::<Bytes>::new());
+        let (resp, server) = ups
+            .send_to_any(
+                Picker::new(servers.iter(), false, timeouts().queue),
+                retries,
+                &timeouts(),
+                &get("/"),
+                &mut body,
+                |_, _| {},
+                &mut SendReport::default(),
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok((status, text, server.health.upstream().clone()))
+    }
+
+    #[tokio::test]
+    async fn a_tls_server_is_verified_and_its_connection_kept_alive() {
+        let pki = Pki::new("unit");
+        let b = backend_on(
+            |_| Some(OK),
+            Some(served(&pki, "two", &["region2.example"])),
+        )
+        .await;
+        let mut table = TlsTable::new(&TlsSettings::default());
+        let hop = table
+            .hop(Some(&pki.ca.cert_path), "region2.example")
+            .unwrap();
+        let servers = [server_at(&b.addr, Some(&hop))];
+        let ups = Upstreams::start();
+        for _ in 0..3 {
+            let (status, body, _) = fetch_from(&ups, &servers, 0).await.unwrap();
+            assert_eq!((status, body.as_str()), (200, "ok"));
+        }
+        assert_eq!(*b.over_tls.lock().unwrap(), [true; 3]);
+        assert_eq!(
+            b.connections.load(Ordering::SeqCst),
+            1,
+            "one TLS connection, reused"
+        );
+        assert_eq!(ups.pool.idle_count(&b.addr), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pool_never_lends_a_connection_to_another_kind_or_hop() {
+        let pki = Pki::new("unit");
+        // One port speaking both cleartext and TLS, with a certificate for both names.
+        let b = backend_on(
+            |_| Some(OK),
+            Some(served(&pki, "both", &["a.example", "b.example"])),
+        )
+        .await;
+        let mut table = TlsTable::new(&TlsSettings::default());
+        let ca = Some(pki.ca.cert_path.as_path());
+        let (a, b_hop) = (
+            table.hop(ca, "a.example").unwrap(),
+            table.hop(ca, "b.example").unwrap(),
+        );
+        let kinds = [
+            server_at(&b.addr, None),
+            server_at(&b.addr, Some(&a)),
+            server_at(&b.addr, Some(&b_hop)),
+        ];
+        let ups = Upstreams::start();
+        for round in 0..2 {
+            for server in &kinds {
+                let got = fetch_from(&ups, std::slice::from_ref(server), 0).await;
+                assert_eq!(got.unwrap().0, 200, "round {round}");
+            }
+        }
+        assert_eq!(
+            *b.over_tls.lock().unwrap(),
+            [false, true, true, false, true, true],
+            "each request went the way its server is reached"
+        );
+        assert_eq!(
+            b.connections.load(Ordering::SeqCst),
+            3,
+            "one connection per kind and hop, each reused once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_verification_is_a_502_naming_it_and_redispatches_within_the_target() {
+        let pki = Pki::new("unit");
+        let stranger = Pki::new("stranger");
+        let trust = pki.ca.cert_path.display().to_string();
+        let cases = [
+            (
+                "another name",
+                served(&pki, "other", &["other.example"]),
+                vec![
+                    "TLS handshake with the backend failed",
+                    "its certificate is not valid for the name region2.example (it is valid \
+                     for other.example)",
+                    "check the host of the catalog URL",
+                ],
+            ),
+            (
+                "unknown CA",
+                served(&stranger, "two", &["region2.example"]),
+                vec![
+                    "its certificate is signed by a CA not in",
+                    trust.as_str(),
+                    "`ca_file` in [tls]",
+                ],
+            ),
+        ];
+        let mut table = TlsTable::new(&TlsSettings::default());
+        let hop = table
+            .hop(Some(&pki.ca.cert_path), "region2.example")
+            .unwrap();
+        let good = backend_on(
+            |_| Some(OK),
+            Some(served(&pki, "good", &["region2.example"])),
+        )
+        .await;
+        for (case, config, needles) in cases {
+            let bad = backend_on(|_| Some(OK), Some(config)).await;
+            let ups = Upstreams::start();
+            let err = fetch_from(&ups, &[server_at(&bad.addr, Some(&hop))], 0)
+                .await
+                .expect_err(case);
+            assert_eq!(err.kind, ErrorKind::TlsHandshake, "{case}: {err}");
+            assert!(err.retry_safe, "{case}: nothing was sent");
+            let p = err.to_problem("RegionTwo_compute_public", ConfigAt::Port(8774));
+            assert_eq!(p.status, http::StatusCode::BAD_GATEWAY, "{case}");
+            for needle in &needles {
+                assert!(
+                    p.message.contains(needle),
+                    "{case}: {needle}: {}",
+                    p.message
+                );
+            }
+            assert!(!p.message.contains(&*bad.addr), "{case}: {}", p.message);
+            assert!(bad.requests.lock().unwrap().is_empty(), "{case}");
+            // Another server of the same target may still take it: nothing was sent.
+            let servers = [
+                server_at(&bad.addr, Some(&hop)),
+                server_at(&good.addr, Some(&hop)),
+            ];
+            let (status, _, by) = fetch_from(&ups, &servers, 1).await.unwrap();
+            assert_eq!((status, &*by), (200, &*good.addr), "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_server_at_a_tls_target_fails_the_handshake_cleanly() {
+        let pki = Pki::new("unit");
+        // What an HTTP server answers to bytes that are not HTTP, then it closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = Arc::from(listener.local_addr().unwrap().to_string());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let mut table = TlsTable::new(&TlsSettings::default());
+        let hop = table
+            .hop(Some(&pki.ca.cert_path), "region2.example")
+            .unwrap();
+        let ups = Upstreams::start();
+        let err = fetch_from(&ups, &[server_at(&addr, Some(&hop))], 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::TlsHandshake, "{err}");
+        let p = err.to_problem("RegionTwo_compute_public", ConfigAt::Port(8774));
+        assert_eq!(p.status, http::StatusCode::BAD_GATEWAY);
+        for needle in ["does not speak TLS", "scheme of the catalog URL"] {
+            assert!(p.message.contains(needle), "{needle}: {}", p.message);
+        }
     }
 }

@@ -1,17 +1,22 @@
 //! Keep-alive upstream connections, per upstream address: most recently used
 //! first (the warmest, least likely to have been closed by the backend), a cap
 //! per address, and an age limit below common backend keep-alive timeouts.
+//!
+//! TLS connections are kept apart, per [`TlsHop`] (the name and trust they were
+//! verified with): a cleartext connection is never lent to a TLS server nor the reverse,
+//! and a connection verified under a table's trust is not lent to another table's hop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::io::UpstreamIo;
 use crate::proxy::idle::IdleIo;
 use crate::server_slots::Slot;
+use crate::tls::TlsHop;
 
 /// Idle connections kept per upstream; beyond that they are closed rather than
 /// left to pile up after a burst.
@@ -23,11 +28,37 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 pub const POOL_IDLE_MAX: Duration = Duration::from_secs(4);
 
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamIo,
     since: Instant,
 }
 
-type Slots = HashMap<Arc<str>, VecDeque<Idle>>;
+/// The idle connections to one address, oldest first in each queue.
+#[derive(Default)]
+struct Conns {
+    plain: VecDeque<Idle>,
+    /// By hop, compared by identity; the `Arc` held here keeps its address from being
+    /// reused by another hop while connections verified by it wait.
+    tls: Vec<(Arc<TlsHop>, VecDeque<Idle>)>,
+}
+
+impl Conns {
+    fn queue(&mut self, tls: Option<&Arc<TlsHop>>) -> Option<&mut VecDeque<Idle>> {
+        match tls {
+            None => Some(&mut self.plain),
+            Some(hop) => self
+                .tls
+                .iter_mut()
+                .find(|(h, _)| Arc::ptr_eq(h, hop))
+                .map(|(_, q)| q),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.plain.len() + self.tls.iter().map(|(_, q)| q.len()).sum::<usize>()
+    }
+}
+
+type Slots = HashMap<Arc<str>, Conns>;
 
 /// The idle connections of every upstream.
 #[derive(Default)]
@@ -40,7 +71,7 @@ impl std::fmt::Debug for Pool {
         let idle: usize = self
             .idle
             .lock()
-            .map(|m| m.values().map(VecDeque::len).sum())
+            .map(|m| m.values().map(Conns::len).sum())
             .unwrap_or(0);
         f.debug_struct("Pool").field("idle", &idle).finish()
     }
@@ -49,7 +80,7 @@ impl std::fmt::Debug for Pool {
 /// A connection lent to one exchange; [`Lease::release`] gives it back.
 #[derive(Debug)]
 pub struct Lease {
-    pub stream: IdleIo<TcpStream>,
+    pub stream: IdleIo<UpstreamIo>,
     /// Taken from the pool (so it may have been closed by the backend meanwhile).
     pub reused: bool,
     /// The server's `maxconn` slot, once the exchange has a response to relay: given back
@@ -57,14 +88,16 @@ pub struct Lease {
     pub slot: Option<Slot>,
     pool: Arc<Pool>,
     upstream: Arc<str>,
+    /// The hop a TLS connection was verified by; it goes back to that hop's queue.
+    tls: Option<Arc<TlsHop>>,
 }
 
 impl Lease {
     pub fn new(
-        stream: IdleIo<TcpStream>,
+        stream: IdleIo<UpstreamIo>,
         reused: bool,
         pool: Arc<Pool>,
-        upstream: Arc<str>,
+        (upstream, tls): (Arc<str>, Option<Arc<TlsHop>>),
     ) -> Self {
         Lease {
             stream,
@@ -72,6 +105,7 @@ impl Lease {
             slot: None,
             pool,
             upstream,
+            tls,
         }
     }
 
@@ -82,10 +116,14 @@ impl Lease {
             stream,
             pool,
             upstream,
+            tls,
             slot,
             ..
         } = self;
-        pool.put(upstream, stream.into_inner());
+        let mut stream = stream.into_inner();
+        if stream.reusable() {
+            pool.put(upstream, tls, stream);
+        }
         drop(slot);
     }
 }
@@ -100,12 +138,13 @@ impl Pool {
         pool
     }
 
-    /// The most recently used live connection to `upstream`, if any. Costs no
-    /// syscall: a connection the backend closed (or wrote to, unasked) is
-    /// readable according to the reactor and is dropped here.
-    pub fn take(&self, upstream: &str) -> Option<TcpStream> {
+    /// The most recently used live connection to `upstream`, cleartext (`tls` is
+    /// `None`) or made by the hop `tls`, if any. Costs no syscall: a connection the
+    /// backend closed (or wrote to, unasked: a TLS close_notify too) is readable
+    /// according to the reactor and is dropped here.
+    pub fn take(&self, upstream: &str, tls: Option<&Arc<TlsHop>>) -> Option<UpstreamIo> {
         let mut idle = self.idle.lock().ok()?;
-        let slot = idle.get_mut(upstream)?;
+        let slot = idle.get_mut(upstream)?.queue(tls)?;
         let mut cx = Context::from_waker(Waker::noop());
         while let Some(conn) = slot.pop_back() {
             if conn.since.elapsed() >= POOL_IDLE_MAX {
@@ -113,18 +152,28 @@ impl Pool {
                 slot.clear();
                 return None;
             }
-            if conn.stream.poll_read_ready(&mut cx).is_pending() {
+            if conn.stream.tcp().poll_read_ready(&mut cx).is_pending() {
                 return Some(conn.stream);
             }
         }
         None
     }
 
-    fn put(&self, upstream: Arc<str>, stream: TcpStream) {
+    fn put(&self, upstream: Arc<str>, tls: Option<Arc<TlsHop>>, stream: UpstreamIo) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let slot = idle.entry(upstream).or_default();
+        let conns = idle.entry(upstream).or_default();
+        let slot = match tls {
+            None => &mut conns.plain,
+            Some(hop) => match conns.tls.iter().position(|(h, _)| Arc::ptr_eq(h, &hop)) {
+                Some(i) => &mut conns.tls[i].1,
+                None => {
+                    conns.tls.push((hop, VecDeque::new()));
+                    &mut conns.tls.last_mut().expect("just pushed").1
+                }
+            },
+        };
         if slot.len() >= MAX_IDLE_PER_UPSTREAM {
             return;
         }
@@ -139,7 +188,7 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain(|_, slot| {
+        let expire = |slot: &mut VecDeque<Idle>| {
             while slot
                 .front()
                 .is_some_and(|c| c.since.elapsed() >= POOL_IDLE_MAX)
@@ -147,6 +196,12 @@ impl Pool {
                 slot.pop_front();
             }
             !slot.is_empty()
+        };
+        idle.retain(|_, conns| {
+            expire(&mut conns.plain);
+            // An emptied hop's queue goes, and its hop with it (a replaced table's).
+            conns.tls.retain_mut(|(_, slot)| expire(slot));
+            conns.len() > 0
         });
     }
 
@@ -162,7 +217,7 @@ impl Pool {
     pub fn idle_count(&self, upstream: &str) -> usize {
         self.idle
             .lock()
-            .map(|m| m.get(upstream).map_or(0, VecDeque::len))
+            .map(|m| m.get(upstream).map_or(0, Conns::len))
             .unwrap_or(0)
     }
 }
@@ -183,7 +238,7 @@ async fn sweep(pool: Weak<Pool>) {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
         let addr = listener.local_addr().unwrap();
@@ -199,12 +254,12 @@ mod tests {
         let (a, _a_srv) = pair(&listener).await;
         let (b, _b_srv) = pair(&listener).await;
         let b_port = b.local_addr().unwrap().port();
-        pool.put(key.clone(), a);
-        pool.put(key.clone(), b);
+        pool.put(key.clone(), None, UpstreamIo::Plain(a));
+        pool.put(key.clone(), None, UpstreamIo::Plain(b));
         assert_eq!(pool.idle_count("backend"), 2);
-        let got = pool.take("backend").unwrap();
-        assert_eq!(got.local_addr().unwrap().port(), b_port);
-        assert!(pool.take("other").is_none());
+        let got = pool.take("backend", None).unwrap();
+        assert_eq!(got.tcp().local_addr().unwrap().port(), b_port);
+        assert!(pool.take("other", None).is_none());
     }
 
     #[tokio::test]
@@ -219,10 +274,10 @@ mod tests {
         drop(closed_srv);
         // Once this returns, the reactor has seen the FIN.
         closed.readable().await.unwrap();
-        pool.put(key.clone(), live);
-        pool.put(key.clone(), closed);
-        let got = pool.take("backend").unwrap();
-        assert_eq!(got.local_addr().unwrap().port(), live_port);
+        pool.put(key.clone(), None, UpstreamIo::Plain(live));
+        pool.put(key.clone(), None, UpstreamIo::Plain(closed));
+        let got = pool.take("backend", None).unwrap();
+        assert_eq!(got.tcp().local_addr().unwrap().port(), live_port);
         assert_eq!(pool.idle_count("backend"), 0);
     }
 
@@ -231,11 +286,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::start();
         let (a, _a_srv) = pair(&listener).await;
-        pool.put(Arc::from("backend"), a);
+        pool.put(Arc::from("backend"), None, UpstreamIo::Plain(a));
         tokio::time::advance(POOL_IDLE_MAX + Duration::from_millis(1)).await;
-        assert!(pool.take("backend").is_none());
+        assert!(pool.take("backend", None).is_none());
         let (b, _b_srv) = pair(&listener).await;
-        pool.put(Arc::from("backend"), b);
+        pool.put(Arc::from("backend"), None, UpstreamIo::Plain(b));
         tokio::time::advance(POOL_IDLE_MAX * 2).await;
         // The sweeper ran meanwhile.
         tokio::task::yield_now().await;
@@ -250,7 +305,7 @@ mod tests {
         for _ in 0..MAX_IDLE_PER_UPSTREAM + 3 {
             let (c, s) = pair(&listener).await;
             servers.push(s);
-            pool.put(Arc::from("backend"), c);
+            pool.put(Arc::from("backend"), None, UpstreamIo::Plain(c));
         }
         assert_eq!(pool.idle_count("backend"), MAX_IDLE_PER_UPSTREAM);
     }
