@@ -222,6 +222,9 @@ pub struct ClientGauges {
     /// 400) and larger than its buffer (answered 431). Counted in `errors_total`.
     pub malformed_heads: AtomicU64,
     pub oversized_heads: AtomicU64,
+    /// TLS handshakes on `https://` listeners that failed or did not finish within
+    /// `request_header` (no request, no access line).
+    pub tls_handshake_failures: AtomicU64,
     /// Accepted and not yet closed (`open()`), and `[proxy] max_connections` on them.
     pub limit: ConnectionLimit,
 }
@@ -237,6 +240,11 @@ impl ClientGauges {
 
     fn get(gauge: &AtomicI64) -> i64 {
         gauge.load(Ordering::Relaxed)
+    }
+
+    /// A client's TLS handshake failed (or timed out).
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A client connection ended with an error from hyper: counts the heads it refused.
@@ -525,6 +533,15 @@ pub fn encode_clients(
         "client_connection_limit_reached",
         "Times the client connection limit was reached",
         [(vec![], gauges.limit.reached())],
+    )?;
+    out.counters(
+        "tls_handshake_failures",
+        "Client TLS handshakes on https:// listeners that failed or did not finish within \
+         the request_header timeout",
+        [(
+            vec![],
+            gauges.tls_handshake_failures.load(Ordering::Relaxed),
+        )],
     )
 }
 

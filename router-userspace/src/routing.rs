@@ -734,7 +734,8 @@ impl Router {
         self.listener_at(local).map(|l| &l.spec)
     }
 
-    fn listener_at(&self, local: SocketAddr) -> Option<&Listener> {
+    /// The listener serving `local`, TLS included.
+    pub fn listener_at(&self, local: SocketAddr) -> Option<&Listener> {
         // A dual-stack socket reports an IPv4 local address as ::ffff:a.b.c.d.
         let local = SocketAddr::new(local.ip().to_canonical(), local.port());
         self.listeners.iter().find(|l| l.spec.addr == local)
@@ -1235,9 +1236,16 @@ mod tests {
                 Path::new("a.json"),
             )
             .unwrap();
-        let text = "region = \"RegionA\"\ncatalog = [\"a.json\"]\nbackend = \"10.0.0.5\"\n\
-                    [ports.80]\nbackend = \"127.0.0.1:8080\"\n";
-        let config = Config::from_str(text, Path::new("/etc/router.toml")).unwrap();
+        // The https:// entry is a TLS listener: it needs a certificate to be built.
+        let pki = crate::tls::testing::Pki::new("prefixed");
+        let cert = pki.leaf("vip", &["10.0.0.1"], 30);
+        let text = format!(
+            "region = \"RegionA\"\ncatalog = [\"a.json\"]\nbackend = \"10.0.0.5\"\n\
+             [ports.80]\nbackend = \"127.0.0.1:8080\"\n\
+             [tls]\ncertificate = {:?}\nkey = {:?}\n",
+            cert.certificate, cert.key
+        );
+        let config = Config::from_str(&text, Path::new("/etc/router.toml")).unwrap();
         Router::new(&config, catalog).unwrap()
     }
 
@@ -2265,7 +2273,10 @@ mod tests {
         ] {
             assert!(p.message.contains(n), "{n} missing from {p}");
         }
-        assert!(r.listener("10.0.0.1:443".parse().unwrap()).is_some());
+        let volume = r.listener_at("10.0.0.1:443".parse().unwrap()).unwrap();
+        assert!(volume.tls().is_some(), "https:// terminates TLS");
+        let plain = r.listener_at(local.parse().unwrap()).unwrap();
+        assert!(plain.tls().is_none(), "http:// stays cleartext");
     }
 
     /// docs/ARCHITECTURE.md §3.4/§3.5 header rewrites.

@@ -18,6 +18,14 @@ pub struct Ca {
     pub cert_path: PathBuf,
 }
 
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("cert_path", &self.cert_path)
+            .finish()
+    }
+}
+
 /// A leaf's two files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaf {

@@ -62,6 +62,11 @@ pub struct LabOptions {
     pub one_port_toml: BTreeMap<u16, String>,
     /// The same for RegionTwo.
     pub two_port_toml: BTreeMap<u16, String>,
+    /// `https://` catalogs: each router terminates TLS with a certificate for its VIP
+    /// from the lab's CA ([`Lab::ca`]), and trusts that CA on the hop to the other.
+    pub tls: bool,
+    /// With `tls`: extra lines for both routers' `[tls]` section (e.g. `profile`).
+    pub tls_toml: String,
 }
 
 /// One region: its router, VIP ports and echo backends.
@@ -128,6 +133,8 @@ pub struct Lab {
     pub passthrough: Option<PassthroughLab>,
     /// The stray socket's address (see [`LabOptions::stray_listener`]).
     pub stray_addr: Option<SocketAddr>,
+    /// With [`LabOptions::tls`]: the CA every certificate of the lab chains to.
+    pub ca: Option<test_support::pki::Ca>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -183,6 +190,10 @@ impl Lab {
             }
         };
 
+        let scheme = if opts.tls { "https" } else { "http" };
+        let ca = opts
+            .tls
+            .then(|| test_support::pki::Ca::new(dir.path(), "lab"));
         for region in [&one, &two] {
             let prefix = if region.name == "RegionTwo" {
                 TWO_COMPUTE_PREFIX
@@ -201,7 +212,7 @@ impl Lab {
                         "Region": region.name,
                         "Service Type": service,
                         "Interface": iface,
-                        "URL": format!("http://{}{}", region.addr(*port), path),
+                        "URL": format!("{scheme}://{}{}", region.addr(*port), path),
                     }));
                 }
             }
@@ -256,6 +267,7 @@ impl Lab {
             two,
             passthrough,
             stray_addr,
+            ca,
         };
         for region in [&mut lab.one, &mut lab.two] {
             let is_one = region.name == "RegionOne";
@@ -271,6 +283,13 @@ impl Lab {
             });
             toml.push('\n');
             toml.push_str("[ebpf]\nmode = \"off\"\n");
+            if let Some(ca) = &lab.ca {
+                let leaf = ca.leaf(region.name, &[&region.vip.to_string()], 30);
+                toml.push_str(&format!(
+                    "[tls]\ncertificate = {:?}\nkey = {:?}\nca_file = {:?}\n{}\n",
+                    leaf.certificate, leaf.key, ca.cert_path, opts.tls_toml
+                ));
+            }
             let port_toml = if is_one {
                 &opts.one_port_toml
             } else {

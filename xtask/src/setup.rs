@@ -28,7 +28,8 @@ pub enum Profile {
     /// The lab plus nftables, whose `nft` blackholes a region during `soak`.
     Soak,
     /// Everything: tests and benchmarks (HAProxy + Lua, wrk, nginx, tcpdump, python3 for
-    /// the benchmark's upload sink, nftables, whose `nft` blackholes a region inside a
+    /// the benchmark's upload sink, python3-requests, the OpenStack CLI's HTTP library, as
+    /// a TLS client in the TLS suite, nftables, whose `nft` blackholes a region inside a
     /// privileged test's namespace, prometheus for `promtool check metrics` on the admin
     /// listener's exposition, chromium, which loads the status page headless, systemd for
     /// `systemd-analyze verify` on the unit, vagrant for `vagrant validate` on the
@@ -52,6 +53,7 @@ impl Profile {
             "nginx",
             "tcpdump",
             "python3",
+            "python3-requests",
             "nftables",
             "prometheus",
             "chromium",

@@ -130,6 +130,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Appends `item` to the comma-separated list in `name`, folding existing lines into one:
 /// backends that read only the first line still see the whole chain. Scoped and
 /// passthrough requests alike go through here, so both reach backends the same way.
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// A request that reached a TLS listener: `X-Forwarded-Proto: https`, replacing whatever
+/// the client sent (as Kolla's HAProxy does), so a backend builds `https://` links and no
+/// client can claim TLS it did not use. Cleartext listeners leave the field as it came:
+/// the router in front of them (another region's, terminating TLS) set it.
+pub fn mark_https(headers: &mut HeaderMap) {
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+}
+
 pub(crate) fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &HeaderValue) {
     // Per-request hot path: the usual request carries neither header, and cloning a
     // precomputed value costs no allocation.

@@ -216,8 +216,8 @@ impl<T> IdleIo<T> {
     }
 }
 
-impl IdleIo<tokio::net::TcpStream> {
-    /// Reads what is there now without waiting ([`tokio::net::TcpStream::try_read`]);
+impl IdleIo<super::client_io::ClientIo> {
+    /// Reads what is there now without waiting ([`super::client_io::ClientIo::try_read`]);
     /// bytes count as progress.
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.try_read(buf)?;

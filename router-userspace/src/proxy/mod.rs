@@ -1,6 +1,7 @@
 //! The HTTP side: hyper server per accepted connection, scoped request
 //! handling in phases, and the pooled upstream client.
 
+pub mod client_io;
 pub mod connection_limit;
 pub mod error;
 pub mod framing;
@@ -41,6 +42,8 @@ pub struct RequestStart {
     pub in_flight: idle::InFlightGuard,
     /// The head carried both Content-Length and Transfer-Encoding.
     pub ambiguous_framing: bool,
+    /// It came over TLS (an `https://` listener).
+    pub https: bool,
 }
 
 /// 400 for a head with both Content-Length and Transfer-Encoding (RFC 9112

@@ -62,6 +62,8 @@ pub struct ConnShared<T> {
     state: Mutex<Parked<T>>,
     /// `[timeouts] request_body`: the silence allowed while the client owes body bytes.
     request_body: Duration,
+    /// The client came over TLS (an `https://` listener).
+    https: bool,
 }
 
 #[derive(Debug)]
@@ -73,8 +75,13 @@ struct Parked<T> {
 
 impl<T> ConnShared<T> {
     /// Shared state with `stream` parked in it; `request_body` is the listener's
-    /// `[timeouts] request_body`.
-    pub fn new(stream: ClientStream<T>, open: OpenConnection, request_body: Duration) -> Arc<Self> {
+    /// `[timeouts] request_body`; `https`: the stream is TLS.
+    pub fn new(
+        stream: ClientStream<T>,
+        open: OpenConnection,
+        request_body: Duration,
+        https: bool,
+    ) -> Arc<Self> {
         ClientGauges::inc(&open.gauges().parked);
         Arc::new(ConnShared {
             in_flight: InFlight::new(open),
@@ -83,6 +90,7 @@ impl<T> ConnShared<T> {
                 verdicts: FramingVerdicts::default(),
             }),
             request_body,
+            https,
         })
     }
 
@@ -132,6 +140,7 @@ impl<T: Send + 'static> ConnShared<T> {
         RequestStart {
             in_flight: InFlight::enter(self),
             ambiguous_framing: self.next_is_ambiguous(),
+            https: self.https,
         }
     }
 }
@@ -463,6 +472,7 @@ mod tests {
             watch,
             OpenConnection::new(&Default::default()),
             Duration::from_secs(60),
+            false,
         );
         let lent = shared.take().expect("parked at first");
         (ParkingIo::new(lent, shared.clone(), Duration::ZERO), shared)
@@ -533,6 +543,7 @@ mod tests {
             watch,
             OpenConnection::new(&Default::default()),
             Duration::from_secs(60),
+            false,
         );
         let lent = shared.take().expect("parked at first");
         let grace = Duration::from_millis(50);
@@ -649,6 +660,7 @@ mod tests {
             watch,
             OpenConnection::new(&Default::default()),
             Duration::from_secs(60),
+            false,
         );
         assert_eq!(gauges(&shared), [1, 0, 1], "a new connection is parked");
         let lent = shared.take().expect("parked at first");
@@ -676,6 +688,7 @@ mod tests {
             watch,
             OpenConnection::new(&g),
             Duration::from_secs(60),
+            false,
         ));
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!((g.limit.open(), g.parked.load(Relaxed)), (0, 0));

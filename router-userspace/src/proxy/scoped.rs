@@ -134,6 +134,9 @@ pub async fn handle(
 
     // Phase: rewrite. Hop-by-hop first, so Plan's own headers survive.
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if start.https {
+        headers::mark_https(&mut parts.headers);
+    }
     let mut plan = plan;
     let mut original = Some(parts);
     let mut body = Some(body);

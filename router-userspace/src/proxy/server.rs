@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::client_io::ClientIo;
 use super::connection_limit::MaxConnections;
 use super::framing::{FramingVerdicts, FramingWatch};
 use super::hyper_buf_size;
@@ -524,18 +525,62 @@ impl Dispatch {
         signals: Signals,
         guard: Guard,
     ) {
-        let timeouts = self
+        let listener = self
             .scoped
             .router
             .load()
-            .listener(acc.local)
-            .map(|spec| spec.timeouts);
-        let Some(timeouts) = timeouts else {
-            let d = self.clone();
-            tokio::spawn(async move { d.serve_other(acc, open, signals, guard).await });
-            return;
-        };
-        tokio::spawn(self.scoped_task(acc, open, timeouts, signals, guard));
+            .listener_at(acc.local)
+            .map(|l| (l.spec.timeouts, l.tls().cloned()));
+        match listener {
+            None => {
+                let d = self.clone();
+                tokio::spawn(async move { d.serve_other(acc, open, signals, guard).await });
+            }
+            Some((timeouts, None)) => {
+                let stream = ClientIo::Plain(acc.stream);
+                tokio::spawn(self.scoped_task(
+                    (stream, acc.local, acc.peer),
+                    open,
+                    timeouts,
+                    signals,
+                    guard,
+                ));
+            }
+            Some((timeouts, Some(tls))) => {
+                let d = self.clone();
+                tokio::spawn(async move {
+                    // The handshake counts against `request_header`, as the head it carries
+                    // would: a client that stalls inside it is cut at the same deadline.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let handshake = acceptor.accept(acc.stream);
+                    let stream = match tokio::time::timeout(timeouts.request_header, handshake)
+                        .await
+                    {
+                        Ok(Ok(tls)) => ClientIo::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %acc.peer, local = %acc.local, "TLS handshake failed: {e}");
+                            open.gauges().tls_handshake_failed();
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %acc.peer, local = %acc.local, "TLS handshake not done within request_header; closing");
+                            open.gauges().tls_handshake_failed();
+                            return;
+                        }
+                    };
+                    // Boxed: a TLS client's task is this future, not the scoped one sized
+                    // for parked cleartext clients.
+                    Box::pin(d.scoped_task(
+                        (stream, acc.local, acc.peer),
+                        open,
+                        timeouts,
+                        signals,
+                        guard,
+                    ))
+                    .await;
+                });
+            }
+        }
     }
 
     /// The whole task of a scoped connection: exactly [`serve_http`], whose
@@ -543,17 +588,12 @@ impl Dispatch {
     /// carried along (its size is checked against `PARKED_TASK_BUDGET`).
     fn scoped_task(
         &self,
-        acc: Accepted,
+        (stream, local, peer): (ClientIo, SocketAddr, SocketAddr),
         open: OpenConnection,
         timeouts: Timeouts,
         signals: Signals,
         guard: Guard,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let Accepted {
-            stream,
-            local,
-            peer,
-        } = acc;
         let scoped = self.scoped.clone();
         let conn = HttpConn::new(
             stream,
@@ -600,7 +640,7 @@ impl Dispatch {
                     let rt2 = rt.clone();
                     let (g, s) = (guard.clone(), signals.clone());
                     let conn = HttpConn::new(
-                        stream,
+                        ClientIo::Plain(stream),
                         rt.spec.timeouts,
                         self.max_header_bytes,
                         open,
@@ -627,7 +667,7 @@ impl Dispatch {
     }
 }
 
-type Tcp = tokio::net::TcpStream;
+type Tcp = ClientIo;
 
 /// Everything an HTTP/1.1 client connection keeps for its whole life besides
 /// its service. Kept small, the stream in the shared park slot, because the
@@ -650,9 +690,10 @@ impl HttpConn {
         guard: Guard,
     ) -> Self {
         let buf_size = hyper_buf_size(max_header_bytes);
+        let https = matches!(stream, ClientIo::Tls(_));
         let client = FramingWatch::new(IdleIo::new(stream, timeouts.idle), buf_size);
         HttpConn {
-            shared: ConnShared::new(client, open, timeouts.request_body),
+            shared: ConnShared::new(client, open, timeouts.request_body, https),
             request_header: timeouts.request_header,
             signals,
             _guard: guard,
@@ -913,14 +954,9 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(local).await.unwrap();
         let peer = stream.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let acc = Accepted {
-            stream,
-            local,
-            peer,
-        };
         let open = OpenConnection::admit(&dispatch.clients).unwrap();
         let task = dispatch.scoped_task(
-            acc,
+            (ClientIo::Plain(stream), local, peer),
             open,
             config.timeouts,
             shutdown.signals(),
