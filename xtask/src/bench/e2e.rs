@@ -538,7 +538,10 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
         .iter()
         .map(|e| {
             let mut e = e.clone();
-            let url = e["URL"].as_str().unwrap_or_default().replace("http://", "https://");
+            let url = e["URL"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("http://", "https://");
             e["URL"] = json!(url);
             e
         })
@@ -1084,7 +1087,10 @@ fn idle_tls_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result
             .spawn()
             .context("cannot start the TLS client (python3)")?;
         let mut line = String::new();
-        let stdout = child.stdout.take().context("no stdout from the TLS client")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout from the TLS client")?;
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         if line.trim() != "held" {
             let _ = child.kill();
