@@ -1,6 +1,7 @@
 //! Config parsing (`config.rs`, `Config::from_str`): any text is refused with an error
 //! or parsed into a config that keeps its documented promises (durations > 0, server
-//! weights 0 to 256), the same every time; an accepted config is
+//! weights 0 to 256, TLS paths resolved, certificates with their keys, redirects' exempt
+//! paths absolute and routed somewhere), the same every time; an accepted config is
 //! then checked against the project's own catalogs, as `check` and `run` do.
 #![no_main]
 
@@ -73,6 +74,27 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = config.port_balance(*port);
         let _ = config.port_health(*port);
+    }
+    // Every TLS path is resolved against the config file's directory.
+    let tls_paths = [&config.tls.certificate, &config.tls.key, &config.tls.ca_file]
+        .into_iter()
+        .flatten()
+        .chain(config.tls.sni.iter().flat_map(|f| [&f.certificate, &f.key]))
+        .chain(config.ports.values().flat_map(|o| {
+            [&o.certificate, &o.key, &o.ca_file].into_iter().flatten()
+        }));
+    for p in tls_paths {
+        assert!(p.is_absolute(), "{} was left relative", p.display());
+    }
+    for (port, o) in &config.ports {
+        // A port's certificate comes with its key, and its CA file with backend_tls.
+        assert_eq!(o.certificate.is_some(), o.key.is_some(), "port {port}");
+        assert!(o.ca_file.is_none() || o.backend_tls, "port {port}");
+    }
+    for r in &config.redirect {
+        assert!(r.https_port != 0);
+        assert!(r.exempt.iter().all(|p| p.starts_with('/')), "{:?}", r.exempt);
+        assert!(r.exempt.is_empty() || r.exempt_backend.is_some());
     }
     if let Err(err) = config.check_catalog(&CATALOG) {
         let _ = err.to_string();

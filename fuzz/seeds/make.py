@@ -109,14 +109,35 @@ connect = "10s"
 idle = "1m"
 [ports.9292]
 idle = "6h"
-backend = ["192.168.142.245:9292", "192.168.142.246:9292"]
+backend = ["192.168.142.245:9292", { address = "192.168.142.246:9292", maxconn = 8 }]
 balance = "source"
 health_path = "/healthcheck"
+maxconn_per_server = 16
+queue = "2m"
+certificate = "tls/glance.pem"
+key = "tls/glance.key"
+backend_tls = true
+ca_file = "tls/backends.pem"
+[tls]
+certificate = "tls/vip.pem"
+key = "tls/vip.key"
+ca_file = "/etc/ssl/ca.pem"
+profile = "intermediate"
+[[tls.sni]]
+certificate = "tls/public.pem"
+key = "tls/public.key"
+[[redirect]]
+bind = "192.168.142.250:80"
+https_port = 8443
+exempt = ["/.well-known/acme-challenge/"]
+exempt_backend = "127.0.0.1:8402"
 [proxy]
 max_header_bytes = 16384
 shutdown_grace = "30s"
 retries = 3
 balance = "roundrobin"
+maxconn_per_server = 0
+max_connections = 40000
 [health]
 inter = "2s"
 rise = 2

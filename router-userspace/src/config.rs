@@ -142,21 +142,6 @@ pub struct PortOverride {
     pub ca_file: Option<PathBuf>,
 }
 
-impl PortOverride {
-    /// The port's own certificate, paths as given; an error names the missing half.
-    fn certificate_files(&self) -> Result<Option<CertificateFiles>, String> {
-        match (&self.certificate, &self.key) {
-            (Some(certificate), Some(key)) => Ok(Some(CertificateFiles {
-                certificate: certificate.clone(),
-                key: key.clone(),
-            })),
-            (None, None) => Ok(None),
-            (Some(_), None) => Err("`certificate` is set without `key`: give both".into()),
-            (None, Some(_)) => Err("`key` is set without `certificate`: give both".into()),
-        }
-    }
-}
-
 /// `[[redirect]]`: a cleartext listener answering every request with a `301` to the same
 /// host and path over `https://` (Kolla's redirect mode), except paths under `exempt`,
 /// which are relayed to `exempt_backend` (an ACME client answering HTTP-01 challenges).
@@ -543,10 +528,9 @@ impl Config {
     /// `[tls]`'s; `None` when neither is set.
     pub fn port_certificate(&self, port: u16) -> Option<CertificateFiles> {
         let own = self.ports.get(&port).and_then(|o| {
-            Some(CertificateFiles {
-                certificate: o.certificate.clone()?,
-                key: o.key.clone()?,
-            })
+            CertificateFiles::pair(o.certificate.as_ref(), o.key.as_ref())
+                .ok()
+                .flatten()
         });
         own.or_else(|| self.tls.default_files())
     }
@@ -766,10 +750,12 @@ impl RawConfig {
                 ));
             }
             let mut port_override = port_override;
-            let files = port_override
-                .certificate_files()
-                .map_err(|message| invalid(&format!("ports.{key}"), message))?
-                .map(|f| f.resolved(dir));
+            let files = CertificateFiles::pair(
+                port_override.certificate.as_ref(),
+                port_override.key.as_ref(),
+            )
+            .map_err(|message| invalid(&format!("ports.{key}"), message))?
+            .map(|f| f.resolved(dir));
             port_override.certificate = files.as_ref().map(|f| f.certificate.clone());
             port_override.key = files.map(|f| f.key);
             if port_override.ca_file.is_some() && !port_override.backend_tls {
@@ -1702,6 +1688,119 @@ mode = "http"
             .unwrap()
             .check_catalog(&catalog)
             .unwrap();
+    }
+
+    #[test]
+    fn tls_and_redirect_keys_resolve_and_say_what_to_fix() {
+        let c = parse(&format!(
+            "{MINIMAL}[tls]\ncertificate = \"tls/vip.pem\"\nkey = \"tls/vip.key\"\n\
+             ca_file = \"/etc/ssl/ca.pem\"\nprofile = \"intermediate\"\n\
+             [ports.9292]\ncertificate = \"glance.pem\"\nkey = \"glance.key\"\n\
+             backend_tls = true\nca_file = \"backends.pem\"\n\
+             [ports.8774]\nbackend_tls = true\n\
+             [[redirect]]\nbind = \"192.168.142.244:80\"\n\
+             exempt = [\"/.well-known/acme-challenge/\"]\nexempt_backend = \"127.0.0.1:8402\"\n"
+        ))
+        .unwrap();
+        let dir = Path::new("/etc/scope-router");
+        assert_eq!(c.tls.profile, crate::tls::Profile::Intermediate);
+        let default = c.port_certificate(5000).unwrap();
+        assert_eq!(default.certificate, dir.join("tls/vip.pem"));
+        assert_eq!(default.key, dir.join("tls/vip.key"));
+        let own = c.port_certificate(9292).unwrap();
+        assert_eq!(own.certificate, dir.join("glance.pem"));
+        assert_eq!(
+            c.port_backend_tls(9292),
+            Some(Some(dir.join("backends.pem").as_path()))
+        );
+        // Without its own: [tls] ca_file.
+        assert_eq!(
+            c.port_backend_tls(8774),
+            Some(Some(Path::new("/etc/ssl/ca.pem")))
+        );
+        assert_eq!(c.port_backend_tls(5000), None);
+        assert_eq!(c.redirect[0].https_port, 443);
+        // No certificate anywhere: none for any port.
+        assert_eq!(parse(MINIMAL).unwrap().port_certificate(5000), None);
+
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                format!("{MINIMAL}[tls]\ncertificate = \"a.pem\"\n"),
+                &["`tls`", "without `key`"],
+            ),
+            (
+                format!("{MINIMAL}[ports.5000]\nkey = \"a.key\"\n"),
+                &["ports.5000", "without `certificate`"],
+            ),
+            (
+                format!("{MINIMAL}[ports.5000]\nca_file = \"ca.pem\"\n"),
+                &["ports.5000.ca_file", "backend_tls = true"],
+            ),
+            (
+                format!("{MINIMAL}[tls]\nprofile = \"old\"\n"),
+                &["modern", "intermediate"],
+            ),
+            (
+                format!("{MINIMAL}[[redirect]]\nbind = \"10.0.0.1:80\"\nexempt = [\"/a/\"]\n"),
+                &["redirect[0].exempt_backend", "ACME"],
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[redirect]]\nbind = \"10.0.0.1:80\"\nexempt = [\"a/\"]\n\
+                     exempt_backend = \"127.0.0.1:1\"\n"
+                ),
+                &["redirect[0].exempt", "absolute path prefix"],
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[redirect]]\nbind = \"10.0.0.1:80\"\n\
+                     [[redirect]]\nbind = \"0.0.0.0:80\"\n"
+                ),
+                &["redirect[1].bind", "collides"],
+            ),
+        ];
+        for (text, needles) in cases {
+            let msg = parse(&text).unwrap_err().to_string();
+            for n in needles {
+                assert!(msg.contains(n), "{n} missing from: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn https_listeners_need_a_certificate_and_redirects_a_port_of_their_own() {
+        let catalog = {
+            let mut c = Catalog::default();
+            let json = serde_json::json!([
+                {"Region": "RegionOne", "Service Type": "identity", "Interface": "public",
+                 "URL": "https://192.168.142.244:5000"},
+            ]);
+            c.add_json(&json.to_string(), Path::new("tls.json"))
+                .unwrap();
+            c
+        };
+        let msg = parse(MINIMAL)
+            .unwrap()
+            .check_catalog(&catalog)
+            .unwrap_err()
+            .to_string();
+        for n in [
+            "https://192.168.142.244:5000",
+            "[tls] certificate",
+            "[ports.5000]",
+        ] {
+            assert!(msg.contains(n), "{n} missing from: {msg}");
+        }
+        let with_cert = format!("{MINIMAL}[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n");
+        parse(&with_cert).unwrap().check_catalog(&catalog).unwrap();
+        let msg = parse(&format!(
+            "{with_cert}[[redirect]]\nbind = \"192.168.142.244:5000\"\n"
+        ))
+        .unwrap()
+        .check_catalog(&catalog)
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("redirect[0].bind"), "{msg}");
     }
 
     /// `[vip]` and `[ebpf]` take their defaults from their own types, nowhere else.

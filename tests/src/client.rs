@@ -125,6 +125,41 @@ impl Conn {
         Ok(Conn { sender, addr })
     }
 
+    /// Over TLS, trusting the CA certificate in `ca` (PEM) and checking the certificate
+    /// is valid for `addr`'s IP address; also returns the leaf certificate served (DER).
+    pub async fn open_tls(
+        addr: SocketAddr,
+        ca: &std::path::Path,
+    ) -> Result<(Conn, Vec<u8>), BoxError> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or("the server sent no certificate")?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok((Conn { sender, addr }, leaf))
+    }
+
     /// Sends and reads the whole response.
     pub async fn send(&mut self, req: Request<ClientBody>) -> Result<Reply, BoxError> {
         let resp = self.send_head(req).await?;

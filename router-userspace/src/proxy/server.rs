@@ -235,6 +235,7 @@ impl RouterHandle {
         router.apply_limits();
         self.dispatch.swap(config, router.clone());
         self.restart_checkers(&router);
+        warn_about_keys(&router);
         let mut changes = ListenerChanges::default();
         for (addr, listener) in fresh {
             bound.push(self.serve(listener, Some(addr), router.region()));
@@ -313,6 +314,13 @@ impl RouterHandle {
             bound.clear();
         }
         self.shutdown.run(self.grace).await
+    }
+}
+
+/// Private keys other users may read: said at start and at each reload.
+fn warn_about_keys(router: &Router) {
+    for w in router.tls().warnings() {
+        tracing::warn!("{w}");
     }
 }
 
@@ -408,6 +416,14 @@ pub fn start_with_router(
     };
     // Health checks run beside the request path, until the router drains or reloads.
     handle.restart_checkers(&router);
+    warn_about_keys(&router);
+    let shared = handle.shared_router();
+    let mut signals = handle.shutdown.signals();
+    tokio::spawn(crate::tls::watch_certificates(
+        move || shared.load().tls().served().to_vec(),
+        crate::tls::WATCH_INTERVAL,
+        async move { signals.draining().await },
+    ));
     let mut bound = Vec::new();
     for listener in handed_in {
         bound.push(handle.serve(listener, None, router.region()));

@@ -9,6 +9,7 @@ mod material;
 mod server;
 mod settings;
 mod table;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -16,7 +17,8 @@ pub use client::{Trust, client_config};
 pub use material::{Identity, KeyWarning, load_identity};
 pub use server::{CertStore, server_config};
 pub use settings::{CertificateFiles, Profile, TlsSettings};
-pub use table::{Served, TlsHop, TlsTable};
+pub use table::{Refresh, Served, TlsHop, TlsTable};
+pub use watch::{WATCH_INTERVAL, watch_certificates};
 
 /// What went wrong loading TLS material; each says what to fix.
 #[derive(Debug, thiserror::Error)]

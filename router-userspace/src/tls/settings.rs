@@ -47,6 +47,23 @@ pub struct CertificateFiles {
 }
 
 impl CertificateFiles {
+    /// A certificate and its key given as two optional keys (`[tls]`, `[ports.N]`): both
+    /// or neither; one alone is an error naming the missing one.
+    pub fn pair(
+        certificate: Option<&PathBuf>,
+        key: Option<&PathBuf>,
+    ) -> Result<Option<CertificateFiles>, String> {
+        match (certificate, key) {
+            (Some(certificate), Some(key)) => Ok(Some(CertificateFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("`certificate` is set without `key`: give both".to_owned()),
+            (None, Some(_)) => Err("`key` is set without `certificate`: give both".to_owned()),
+        }
+    }
+
     /// Both paths resolved against `dir` (the config file's directory).
     pub fn resolved(&self, dir: &Path) -> CertificateFiles {
         CertificateFiles {
@@ -75,24 +92,15 @@ pub struct TlsSettings {
 impl TlsSettings {
     /// The default certificate, when both halves are given.
     pub fn default_files(&self) -> Option<CertificateFiles> {
-        Some(CertificateFiles {
-            certificate: self.certificate.clone()?,
-            key: self.key.clone()?,
-        })
+        CertificateFiles::pair(self.certificate.as_ref(), self.key.as_ref())
+            .ok()
+            .flatten()
     }
 
     /// Every path resolved against `dir`; a certificate without its key (or the reverse)
     /// is an error naming the missing key.
     pub fn resolved(&self, dir: &Path) -> Result<TlsSettings, String> {
-        match (&self.certificate, &self.key) {
-            (Some(_), None) => {
-                return Err("`certificate` is set without `key`: give both".to_owned());
-            }
-            (None, Some(_)) => {
-                return Err("`key` is set without `certificate`: give both".to_owned());
-            }
-            _ => {}
-        }
+        CertificateFiles::pair(self.certificate.as_ref(), self.key.as_ref())?;
         Ok(TlsSettings {
             certificate: self.certificate.as_ref().map(|p| dir.join(p)),
             key: self.key.as_ref().map(|p| dir.join(p)),

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustls::pki_types::ServerName;
@@ -22,8 +22,103 @@ use super::{
 pub struct Served {
     /// The default certificate's files (`[ports.N]`'s or `[tls]`'s).
     pub files: CertificateFiles,
+    /// `[tls] sni`'s.
+    pub sni: Vec<CertificateFiles>,
     pub store: Arc<CertStore>,
     pub config: Arc<ServerConfig>,
+    /// What each file was when last loaded (or last found unusable), to see it change.
+    stamps: Mutex<Vec<(PathBuf, Option<Stamp>)>>,
+}
+
+/// What identifies a version of a file: replaced in place, renamed over, or re-pointed
+/// by a symlink (certbot's `live/`), one of these changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// What [`Served::reload_if_changed`] did.
+#[derive(Debug)]
+pub enum Refresh {
+    /// No file changed since the last look.
+    Unchanged,
+    /// The new certificates are served from the next handshake on.
+    Reloaded { warnings: Vec<KeyWarning> },
+    /// A file changed but the set cannot be served (e.g. the certificate was written and
+    /// its key not yet): the previous certificates stay; reported once per change.
+    Refused(TlsError),
+}
+
+impl Served {
+    fn paths(files: &CertificateFiles, sni: &[CertificateFiles]) -> Vec<PathBuf> {
+        std::iter::once(files)
+            .chain(sni)
+            .flat_map(|f| [f.certificate.clone(), f.key.clone()])
+            .collect()
+    }
+
+    fn stamp_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, Option<Stamp>)> {
+        paths
+            .into_iter()
+            .map(|p| {
+                let stamp = Stamp::of(&p);
+                (p, stamp)
+            })
+            .collect()
+    }
+
+    /// Reads the files again when one of them changed since they were loaded, and serves
+    /// them from the next handshake on; connections already up keep theirs.
+    pub fn reload_if_changed(&self) -> Refresh {
+        let Ok(mut stamps) = self.stamps.lock() else {
+            return Refresh::Unchanged;
+        };
+        if stamps.iter().all(|(p, s)| Stamp::of(p) == *s) {
+            return Refresh::Unchanged;
+        }
+        // Stamped before reading: a write landing meanwhile shows as a change next time.
+        *stamps = Served::stamp_all(Served::paths(&self.files, &self.sni));
+        match load_set(&self.files, &self.sni, SystemTime::now()) {
+            Ok((default, sni, warnings)) => {
+                self.store.replace(default, sni);
+                Refresh::Reloaded { warnings }
+            }
+            Err(e) => Refresh::Refused(e),
+        }
+    }
+}
+
+/// Loads a default certificate and the SNI ones, with the key warnings they raise.
+fn load_set(
+    files: &CertificateFiles,
+    sni: &[CertificateFiles],
+    now: SystemTime,
+) -> Result<(Identity, Vec<Identity>, Vec<KeyWarning>), TlsError> {
+    let mut warnings = Vec::new();
+    let mut load = |files: &CertificateFiles| {
+        let (identity, warning) = load_identity(files, now)?;
+        warnings.extend(warning);
+        Ok::<_, TlsError>(identity)
+    };
+    let default = load(files)?;
+    let sni = sni.iter().map(&mut load).collect::<Result<Vec<_>, _>>()?;
+    Ok((default, sni, warnings))
 }
 
 /// How a TLS hop connects: the configuration (trust, versions) and the name verified
@@ -64,7 +159,7 @@ impl TlsHop {
 #[derive(Debug)]
 pub struct TlsTable {
     settings: TlsSettings,
-    served: Vec<Served>,
+    served: Vec<Arc<Served>>,
     /// Client configurations by trust file (`None`: the system store).
     hops: Vec<(Option<PathBuf>, Arc<ClientConfig>, String)>,
     /// Key files others may read, found while loading (each once).
@@ -92,42 +187,24 @@ impl TlsTable {
         if let Some(s) = self.served.iter().find(|s| s.files == *files) {
             return Ok(s.config.clone());
         }
-        let (default, sni) = self.load_certificates(files)?;
-        let store = CertStore::new(default, sni);
-        let config = server_config(self.settings.profile, store.clone())?;
-        self.served.push(Served {
-            files: files.clone(),
-            store,
-            config: config.clone(),
-        });
-        Ok(config)
-    }
-
-    /// Reads `files` and `[tls] sni` again (a file changed); the caller swaps them into
-    /// the store with [`CertStore::replace`].
-    pub fn load_certificates(
-        &mut self,
-        files: &CertificateFiles,
-    ) -> Result<(Identity, Vec<Identity>), TlsError> {
-        let now = SystemTime::now();
-        let mut load = |files: &CertificateFiles| {
-            let (identity, warning) = load_identity(files, now)?;
-            if let Some(w) = warning
-                && !self.warnings.iter().any(|k| k.path == w.path)
-            {
+        let sni = self.settings.sni.clone();
+        let stamps = Served::stamp_all(Served::paths(files, &sni));
+        let (default, identities, warnings) = load_set(files, &sni, SystemTime::now())?;
+        for w in warnings {
+            if !self.warnings.iter().any(|k| k.path == w.path) {
                 self.warnings.push(w);
             }
-            Ok::<_, TlsError>(identity)
-        };
-        let default = load(files)?;
-        let sni = self
-            .settings
-            .sni
-            .clone()
-            .iter()
-            .map(load)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((default, sni))
+        }
+        let store = CertStore::new(default, identities);
+        let config = server_config(self.settings.profile, store.clone())?;
+        self.served.push(Arc::new(Served {
+            files: files.clone(),
+            sni,
+            store,
+            config: config.clone(),
+            stamps: Mutex::new(stamps),
+        }));
+        Ok(config)
     }
 
     /// How to reach `host` over TLS trusting `ca_file` (`[tls] ca_file` when `None`,
@@ -156,7 +233,7 @@ impl TlsTable {
     }
 
     /// The certificate stores of the table's listeners.
-    pub fn served(&self) -> &[Served] {
+    pub fn served(&self) -> &[Arc<Served>] {
         &self.served
     }
 
