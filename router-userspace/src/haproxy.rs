@@ -82,10 +82,9 @@
 //!   answer unless the default's names overlap an SNI certificate's.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::path::{Path, PathBuf};
 
 use crate::balance::{Balance, Balancer};
 use crate::config::{Config, PassthroughMode, Redirect, Timeouts};
