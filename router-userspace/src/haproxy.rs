@@ -1508,9 +1508,9 @@ mod tests {
         // `<crt>.key`: HAProxy's own naming.
         let beside = pki.dir.path().join("api.pem.key");
         std::fs::rename(&default.key, &beside).unwrap();
-        let sni = pki.leaf("sni", &["api.one.example"], 30);
+        pki.leaf("sni", &["api.one.example"], 30);
         let port = pki.leaf("identity", &["192.0.2.10"], 30);
-        let combined = pki.write(
+        pki.write(
             "combined.pem",
             &(std::fs::read_to_string(&port.certificate).unwrap()
                 + &std::fs::read_to_string(&port.key).unwrap()),
