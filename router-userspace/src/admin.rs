@@ -500,6 +500,7 @@ impl Shared {
             servers: status::live_servers(&router),
             not_in_router: Vec::new(),
             vrrp: self.vrrp(),
+            certificates: status::certificates(&router, SystemTime::now()),
         };
         AdminStatus {
             healthy: report.healthy(),
@@ -593,6 +594,18 @@ impl fmt::Display for AdminStatus {
         )?;
         write!(f, "{}", self.report)?;
         writeln!(f)?;
+        let redirects: Vec<(&str, &RedirectView)> = self
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.address.as_str(), l.redirect.as_ref()?)))
+            .collect();
+        if !redirects.is_empty() {
+            writeln!(f, "redirect listeners:")?;
+            for (address, r) in redirects {
+                writeln!(f, "{address:<22} {}", r.summary())?;
+            }
+            writeln!(f)?;
+        }
         writeln!(
             f,
             "{:<22} {:<14} {:<10} {:<36} {:>9} {:>9} {:>9} {:>12} {:>12}",
@@ -630,15 +643,54 @@ impl fmt::Display for AdminStatus {
 /// One listener and the traffic of each backend behind it.
 #[derive(Debug, Serialize)]
 pub struct ListenerView {
-    /// `VIP:port`, or a passthrough's bind address.
+    /// `VIP:port`, or a passthrough's or redirect's bind address.
     pub address: String,
-    /// `scoped` or `passthrough`.
+    /// `scoped`, `passthrough` or `redirect`.
     pub kind: &'static str,
     /// The passthrough's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What a `redirect` listener does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectView>,
     /// Empty with `[admin] metrics = false` (nothing is counted).
     pub backends: Vec<BackendView>,
+}
+
+/// A `[[redirect]]` listener: where it sends clients and which paths it relays instead.
+#[derive(Debug, Serialize)]
+pub struct RedirectView {
+    /// The port of the `https://` URL (left out of it when 443).
+    pub https_port: u16,
+    /// Path prefixes relayed to `exempt_backend` instead of redirected.
+    pub exempt: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exempt_backend: Option<String>,
+    /// 301s answered since the router started; absent with `[admin] metrics = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<u64>,
+}
+
+impl RedirectView {
+    /// `-> https://<host>:8443, exempt /.well-known/acme-challenge/ -> 127.0.0.1:8402`.
+    fn summary(&self) -> String {
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
+        let mut text = format!("301 to https://<host>{port}");
+        if let Some(backend) = &self.exempt_backend {
+            text.push_str(&format!(
+                ", except {} relayed to {backend}",
+                self.exempt.join(" ")
+            ));
+        }
+        if let Some(n) = self.redirects {
+            text.push_str(&format!("; {n} redirected"));
+        }
+        text
+    }
 }
 
 /// One backend's traffic since the router started.
@@ -666,12 +718,26 @@ fn listeners(router: &Router) -> Vec<ListenerView> {
             address: l.spec.addr.to_string(),
             kind: "scoped",
             name: None,
+            redirect: None,
             backends: Vec::new(),
         })
         .chain(router.passthrough().iter().map(|p| ListenerView {
             address: p.bind.to_string(),
             kind: "passthrough",
             name: Some(p.name.clone()),
+            redirect: None,
+            backends: Vec::new(),
+        }))
+        .chain(router.redirect().iter().map(|r| ListenerView {
+            address: r.label().to_owned(),
+            kind: "redirect",
+            name: None,
+            redirect: Some(RedirectView {
+                https_port: r.spec.https_port,
+                exempt: r.spec.exempt.clone(),
+                exempt_backend: r.spec.exempt_backend.map(|a| a.to_string()),
+                redirects: r.redirects(),
+            }),
             backends: Vec::new(),
         }))
         .collect();

@@ -23,6 +23,7 @@ pub mod passthrough;
 pub mod problem;
 pub mod process;
 pub mod proxy;
+pub mod redirect;
 pub mod reload;
 pub mod report;
 pub mod routing;

@@ -564,6 +564,21 @@ impl Collector for RouterCollector {
             encode_traffic(&mut out, &traffic, &self.clients)?;
         }
         encode_clients(&mut out, &self.clients)?;
+        let redirects: Vec<(&str, u64)> = router
+            .redirect()
+            .iter()
+            .filter_map(|r| Some((r.label(), r.redirects()?)))
+            .collect();
+        if !redirects.is_empty() {
+            out.counters(
+                "redirects",
+                "Requests a [[redirect]] listener answered with 301 to their https:// URL",
+                redirects
+                    .into_iter()
+                    .map(|(listener, n)| (vec![("listener", listener)], n)),
+            )?;
+        }
+        encode_certificates(&mut out, &router.tls().certificates())?;
         let pool = self.pool.idle_counts();
         out.gauges(
             "upstream_pool_idle_connections",
@@ -573,6 +588,42 @@ impl Collector for RouterCollector {
         )?;
         encode_servers(&mut out, &ServerIndex::new(&router))
     }
+}
+
+/// When each certificate served expires, as a Unix time (the Prometheus convention for
+/// dates), so that alerts compute what they need, e.g. days left.
+fn encode_certificates(
+    out: &mut Families<'_, '_>,
+    certificates: &[crate::tls::Identity],
+) -> Result<(), std::fmt::Error> {
+    if certificates.is_empty() {
+        return Ok(());
+    }
+    let labels: Vec<(String, String, i64)> = certificates
+        .iter()
+        .map(|c| {
+            let not_after = match c.not_after.duration_since(std::time::UNIX_EPOCH) {
+                Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+            };
+            (
+                c.files.certificate.display().to_string(),
+                c.names.join(","),
+                not_after,
+            )
+        })
+        .collect();
+    out.gauges(
+        "tls_certificate_expiry_timestamp_seconds",
+        "When a certificate an https:// listener serves expires (its notAfter, Unix time); \
+         days left: (this - time()) / 86400",
+        labels.iter().map(|(file, names, at)| {
+            (
+                vec![("certificate", file.as_str()), ("names", names.as_str())],
+                *at,
+            )
+        }),
+    )
 }
 
 /// Per-server health, checks and traffic, labelled like `status` shows them.

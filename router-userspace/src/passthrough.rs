@@ -83,12 +83,16 @@ impl PassthroughRuntime {
         )
     }
 
-    /// Whether a connection accepted with local address `local` belongs here
-    /// (a `0.0.0.0:port` bind serves every address on that port).
+    /// Whether a connection accepted with local address `local` belongs here.
     pub fn serves(&self, local: SocketAddr) -> bool {
-        self.spec.bind == local
-            || (self.spec.bind.ip().is_unspecified() && self.spec.bind.port() == local.port())
+        bind_serves(self.spec.bind, local)
     }
+}
+
+/// Whether a connection accepted with local address `local` belongs to a listener bound
+/// on `bind` (a `0.0.0.0:port` bind serves every address on that port).
+pub fn bind_serves(bind: SocketAddr, local: SocketAddr) -> bool {
+    bind == local || (bind.ip().is_unspecified() && bind.port() == local.port())
 }
 
 /// `mode = "tcp"`: splice the client and the backend until either side closes

@@ -231,6 +231,16 @@ impl Problem {
         )
     }
 
+    /// 400 from a `[[redirect]]` listener when the request's `Host` (`what` is wrong with
+    /// it) names no host the `https://` URL could go to.
+    pub fn redirect_host(what: &str) -> Problem {
+        Problem::bad_request(format!(
+            "The request's Host header {what}, so there is no https:// URL to redirect it to. \
+             Send Host with the name you are calling (e.g. Host: api.example.com), or call \
+             the https:// URL directly."
+        ))
+    }
+
     /// 501 for a request transfer coding other than `chunked` (RFC 9112 §6.1): the body is
     /// forwarded de-chunked, so any other coding would reach the backend lost.
     pub fn unsupported_transfer_coding(coding: &str) -> Problem {

@@ -265,6 +265,21 @@ pub fn check(router: &Router, config: &Config) -> String {
             servers.join(", ")
         );
     }
+    if !config.redirect.is_empty() {
+        let _ = writeln!(out, "\nredirect listeners ({}):", config.redirect.len());
+    }
+    for r in &config.redirect {
+        let port = if r.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", r.https_port)
+        };
+        let _ = write!(out, "  {}  301 to https://<host>{port}<path>", r.bind);
+        if let Some(backend) = r.exempt_backend {
+            let _ = write!(out, ", except {} -> {backend}", r.exempt.join(" "));
+        }
+        out.push('\n');
+    }
     out
 }
 

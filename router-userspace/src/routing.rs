@@ -20,9 +20,9 @@ use std::sync::Arc;
 use http::HeaderValue;
 use http::header::{HOST, VIA};
 
-use crate::balance::{Balancer, Server};
+use crate::balance::{Balance, Balancer, Server};
 use crate::catalog::{Catalog, Endpoint, split_host_port};
-use crate::config::{Config, ConfigError, ServerSpec, Timeouts};
+use crate::config::{Config, ConfigError, Redirect, ServerSpec, Timeouts};
 use crate::decision::{Hop, Plan, PlanKind, RequestHead, Scoped};
 use crate::health::{CheckSettings, Health, Probe};
 use crate::metrics::{BackendLabels, TrafficStats};
@@ -312,6 +312,8 @@ pub struct Router {
     checks: Vec<HealthCheck>,
     /// The servers of each `[[passthrough]]`, in config order.
     passthrough: Vec<PassthroughServers>,
+    /// Each `[[redirect]]` listener's counters and exempt server, in config order.
+    redirect: Vec<RedirectServers>,
     /// `maxconn` changes to the previous table's slots, for [`Router::apply_limits`].
     limit_changes: LimitChanges,
     /// The certificates served and the hops' TLS configurations.
@@ -329,6 +331,55 @@ pub struct PassthroughServers {
     pub stats: Option<Arc<TrafficStats>>,
     /// `bind` as text, the `listener` label of its metrics.
     label: Box<str>,
+}
+
+/// What one `[[redirect]]` listener counts, and the server its exempt paths are relayed
+/// to. That server is not health-checked: an ACME client listens only while it renews, so
+/// a check would hold it down just when the challenge arrives.
+#[derive(Debug)]
+pub struct RedirectServers {
+    pub spec: Redirect,
+    /// `exempt_backend` as its one server; `None` without one.
+    pub exempt: Option<Arc<Balancer>>,
+    /// The listener's own answers (301s and refused requests); `None` with `[admin]
+    /// metrics = false`, like `exempt_stats`.
+    pub stats: Option<Arc<TrafficStats>>,
+    /// Requests relayed to `exempt_backend`.
+    pub exempt_stats: Option<Arc<TrafficStats>>,
+    /// `bind` as text, the `listener` label of its metrics.
+    label: Box<str>,
+}
+
+impl RedirectServers {
+    /// The `backend` label (and access-log backend) of a redirect listener's own answers.
+    pub const REDIRECT: &'static str = "redirect";
+    /// The `backend` label of requests relayed to `exempt_backend`, named after the key.
+    pub const EXEMPT: &'static str = "exempt_backend";
+
+    /// `r`'s exempt server, unchecked, and nothing counted.
+    pub fn new(r: &Redirect, balance: Balance) -> RedirectServers {
+        RedirectServers {
+            spec: r.clone(),
+            exempt: r.exempt_backend.map(|addr| {
+                let server = Server::new(Health::new(addr.to_string()));
+                Arc::new(Balancer::new(vec![server], balance))
+            }),
+            stats: None,
+            exempt_stats: None,
+            label: r.bind.to_string().into(),
+        }
+    }
+
+    /// 301s answered since the router started (`None` with `[admin] metrics = false`).
+    pub fn redirects(&self) -> Option<u64> {
+        // Only the 301s are 3xx among the listener's own answers.
+        self.stats.as_ref().map(|s| s.responses()[2])
+    }
+
+    /// `bind` as the `listener` label has it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
 }
 
 /// One server's health state and how its checker probes it.
@@ -544,6 +595,18 @@ impl Router {
             });
         }
 
+        let redirect = config
+            .redirect
+            .iter()
+            .map(|r| RedirectServers {
+                stats: carry.stats(r.bind, RedirectServers::REDIRECT),
+                exempt_stats: r
+                    .exempt_backend
+                    .and_then(|_| carry.stats(r.bind, RedirectServers::EXEMPT)),
+                ..RedirectServers::new(r, config.proxy.balance)
+            })
+            .collect();
+
         Ok(Router {
             region,
             via,
@@ -555,6 +618,7 @@ impl Router {
             identity,
             checks,
             passthrough,
+            redirect,
             limit_changes: carry.changes.take(),
             tls,
         })
@@ -576,6 +640,11 @@ impl Router {
     /// The servers of each passthrough listener, in config order.
     pub fn passthrough(&self) -> &[PassthroughServers] {
         &self.passthrough
+    }
+
+    /// Each `[[redirect]]` listener's counters and exempt server, in config order.
+    pub fn redirect(&self) -> &[RedirectServers] {
+        &self.redirect
     }
 
     /// Every upstream server with its health state and check, for the checker tasks
@@ -679,6 +748,25 @@ impl Router {
                     },
                     stats,
                 ));
+            }
+        }
+        for r in &self.redirect {
+            let counted = [
+                (&r.stats, RedirectServers::REDIRECT),
+                (&r.exempt_stats, RedirectServers::EXEMPT),
+            ];
+            for (stats, backend) in counted {
+                if let Some(stats) = stats {
+                    out.push((
+                        BackendLabels {
+                            listener: &r.label,
+                            service_type: "-",
+                            region: &self.region,
+                            backend,
+                        },
+                        stats,
+                    ));
+                }
             }
         }
         out

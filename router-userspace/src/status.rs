@@ -55,6 +55,38 @@ pub struct RouterStatus {
     /// The VRRP speaker of a running router with `[vrrp]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<crate::vrrp::SpeakerStatus>,
+    /// Every certificate the `https://` listeners serve, with its expiry.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate served, and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateStatus {
+    /// Its PEM file (`[tls]`, `[ports.N]` or `[[tls.sni]]` `certificate`).
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// The names it is valid for (subjectAltName).
+    pub names: Vec<String>,
+    /// Its notAfter (RFC 3339).
+    pub not_after: String,
+    /// Whole days until then (negative once expired).
+    pub days_left: i64,
+}
+
+/// The certificates `router`'s listeners serve, as of `now`.
+pub fn certificates(router: &Router, now: SystemTime) -> Vec<CertificateStatus> {
+    router
+        .tls()
+        .certificates()
+        .into_iter()
+        .map(|id| CertificateStatus {
+            days_left: id.days_left(now),
+            not_after: humantime::format_rfc3339_seconds(id.not_after).to_string(),
+            names: id.names,
+            certificate: id.files.certificate,
+            key: id.files.key,
+        })
+        .collect()
 }
 
 /// Where the server health comes from.
@@ -269,6 +301,7 @@ pub async fn collect(config: &Config, router: &Router, state_dir: &Path) -> Rout
         servers,
         not_in_router,
         vrrp: None,
+        certificates: certificates(router, SystemTime::now()),
     }
 }
 
@@ -665,6 +698,29 @@ impl fmt::Display for RouterStatus {
             writeln!(f, "{}", vrrp_line(v))?;
         }
         writeln!(f)?;
+        if !self.certificates.is_empty() {
+            writeln!(f, "certificates served:")?;
+            writeln!(
+                f,
+                "{:<9} {:<20} {:<30} CERTIFICATE",
+                "DAYS LEFT", "NOT AFTER", "NAMES"
+            )?;
+            for c in &self.certificates {
+                let days = if c.days_left < 0 {
+                    "EXPIRED".to_owned()
+                } else {
+                    c.days_left.to_string()
+                };
+                writeln!(
+                    f,
+                    "{days:<9} {:<20} {:<30} {}",
+                    c.not_after,
+                    c.names.join(","),
+                    c.certificate.display()
+                )?;
+            }
+            writeln!(f)?;
+        }
         match &self.health {
             HealthSource::Router {
                 file,
@@ -771,6 +827,7 @@ mod tests {
             servers,
             not_in_router: Vec::new(),
             vrrp: None,
+            certificates: Vec::new(),
         }
     }
 

@@ -67,6 +67,9 @@ pub struct LabOptions {
     pub tls: bool,
     /// With `tls`: extra lines for both routers' `[tls]` section (e.g. `profile`).
     pub tls_toml: String,
+    /// One `[[redirect]]` listener of RegionOne per entry, with these extra lines (e.g.
+    /// `https_port`); its socket is bound here and handed in ([`Lab::redirect`]).
+    pub redirect: Vec<String>,
 }
 
 /// One region: its router, VIP ports and echo backends.
@@ -135,6 +138,8 @@ pub struct Lab {
     pub stray_addr: Option<SocketAddr>,
     /// With [`LabOptions::tls`]: the CA every certificate of the lab chains to.
     pub ca: Option<test_support::pki::Ca>,
+    /// The addresses of [`LabOptions::redirect`]'s listeners, in its order.
+    pub redirect: Vec<SocketAddr>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -254,6 +259,15 @@ impl Lab {
             });
         }
 
+        let mut redirect = Vec::new();
+        for extra in &opts.redirect {
+            let s = bind_port0(one_ip)?;
+            let addr = s.local_addr()?;
+            pt_toml.push_str(&format!("\n[[redirect]]\nbind = \"{addr}\"\n{extra}\n"));
+            redirect.push(addr);
+            pt_socks.push(s);
+        }
+
         let mut stray_addr = None;
         if opts.stray_listener {
             let s = bind_port0(one_ip)?;
@@ -268,6 +282,7 @@ impl Lab {
             passthrough,
             stray_addr,
             ca,
+            redirect,
         };
         for region in [&mut lab.one, &mut lab.two] {
             let is_one = region.name == "RegionOne";

@@ -267,3 +267,26 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
     lab.one.stop().await;
     lab.two.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_a_redirect_listener() {
+    let mut lab = direct_lab().await;
+    let state = ConfigState::shared(SystemTime::now());
+    // A free port for the router to bind (released just before, as `bind_direct` does).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let original = edit(&lab, |t| format!("{t}\n[[redirect]]\nbind = \"{addr}\"\n"));
+    let done = reload_one(&lab, &state).expect("reload with a redirect listener");
+    assert_eq!(done.listeners.added, vec![addr]);
+    let r = get(addr, "/v3?x=1", &[]).await.unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers["location"], "https://127.0.0.1/v3?x=1");
+
+    std::fs::write(&lab.one.config_path, original).unwrap();
+    let done = reload_one(&lab, &state).expect("reload without it");
+    assert_eq!(done.listeners.removed, vec![addr]);
+    lab.one.stop().await;
+    lab.two.stop().await;
+}

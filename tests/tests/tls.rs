@@ -251,3 +251,104 @@ async fn through_two_routers_over_tls_with_the_remote_hop_verified() {
     let e = Echo(serde_json::from_str(&body).unwrap());
     assert_eq!(e.backend(), lab.two.backend_name(8774));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_follows_the_redirect_listener_to_the_https_listener() {
+    let lab = Lab::start(LabOptions {
+        tls: true,
+        redirect: vec![String::new()],
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let https = lab.one.addr(5000);
+    let url = format!("http://{}/v3/auth/tokens?nocatalog", lab.redirect[0]);
+    // The redirect names https://127.0.0.1/… (443, left out); curl is pointed from there
+    // to the lab's identity port, verifying the certificate for 127.0.0.1 as usual.
+    let connect_to = format!("127.0.0.1:443:{}:{}", https.ip(), https.port());
+    let r = curl(ca(&lab), &url, &["-L", "--connect-to", &connect_to]);
+    assert_eq!((r.exit, r.status), (0, 200), "{}{}", r.body, r.stderr);
+    let e = r.echo();
+    assert_eq!(e.backend(), lab.one.backend_name(5000));
+    assert_eq!(e.path(), "/v3/auth/tokens?nocatalog");
+    assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("https"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_and_metrics_show_each_certificate_and_its_expiry() {
+    const TEST: &str = "status_page_and_metrics_show_each_certificate_and_its_expiry";
+    let lab = tls_lab("").await;
+    let admin = lab.one.start_admin().await.unwrap();
+    let admin_addr = admin.local_addrs()[0];
+    // The lab's RegionOne certificate: for 127.0.0.1, valid 30 days from now.
+    let file = lab.dir.path().join("RegionOne.pem");
+    let file_text = file.display().to_string();
+
+    let s = integration_tests::client::get(admin_addr, "/status", &[])
+        .await
+        .unwrap()
+        .json();
+    let certs = s["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "{s:#}");
+    assert_eq!(certs[0]["certificate"], file_text, "{s:#}");
+    assert_eq!(certs[0]["names"], serde_json::json!(["127.0.0.1"]), "{s:#}");
+    let days = certs[0]["days_left"].as_i64().unwrap();
+    assert!((29..=30).contains(&days), "{s:#}");
+
+    let text = integration_tests::client::get(admin_addr, "/status?format=text", &[])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.body);
+    let line = text
+        .lines()
+        .find(|l| l.ends_with(&file_text))
+        .unwrap_or_else(|| panic!("no certificate line in:\n{text}"));
+    assert!(
+        line.starts_with(&days.to_string()) && line.contains("127.0.0.1"),
+        "{line}"
+    );
+
+    let page = integration_tests::client::get(admin_addr, "/", &[])
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.body);
+    assert!(
+        page.contains("<table id=\"certificates\">")
+            && page.contains(&format!("<td class=\"n up\">{days}</td>")),
+        "{page}"
+    );
+
+    let metrics = integration_tests::client::get(admin_addr, "/metrics", &[])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let expiry = integration_tests::scrape::sample(
+        &metrics,
+        "scope_router_tls_certificate_expiry_timestamp_seconds",
+        &[("certificate", &file_text), ("names", "127.0.0.1")],
+    )
+    .unwrap_or_else(|| panic!("no expiry sample in:\n{metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days_left = (expiry - now) / 86_400.0;
+    assert!(
+        (29.0..=30.0).contains(&days_left),
+        "{days_left} days in:\n{metrics}"
+    );
+
+    if test_support::tool::installed(TEST, "promtool", "`cargo xtask setup` installs it") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.prom");
+        std::fs::write(&path, &metrics).unwrap();
+        let (ok, printed) = test_support::tool::run_printed(
+            Command::new("sh")
+                .arg("-c")
+                .arg("promtool check metrics < \"$0\"")
+                .arg(&path),
+        );
+        assert!(ok, "promtool check metrics failed:\n{printed}\n{metrics}");
+    }
+    admin.stop().await;
+}

@@ -54,6 +54,7 @@ pub fn render(s: &AdminStatus) -> String {
     );
     header(&mut h, s);
     vip(&mut h, s);
+    certificates(&mut h, s);
     kernel(&mut h, s);
     listeners(&mut h, s);
     let _ = write!(
@@ -149,6 +150,36 @@ fn vip(h: &mut String, s: &AdminStatus) {
             );
         }
     }
+}
+
+/// The certificates served, soonest expiry first; one within 14 days is marked.
+fn certificates(h: &mut String, s: &AdminStatus) {
+    let mut certs: Vec<_> = s.report.certificates.iter().collect();
+    if certs.is_empty() {
+        return;
+    }
+    certs.sort_by_key(|c| c.days_left);
+    h.push_str(
+        "<h2>Certificates</h2>\n<table id=\"certificates\"><tr><th>certificate</th>\
+         <th>names</th><th>not after</th><th>days left</th></tr>\n",
+    );
+    for c in certs {
+        let class = match c.days_left {
+            ..0 => "down",
+            0..14 => "warn",
+            _ => "up",
+        };
+        let _ = writeln!(
+            h,
+            "<tr class=\"certificate\"><td>{file}</td><td>{names}</td><td class=\"t\">{after}</td>\
+             <td class=\"n {class}\">{days}</td></tr>",
+            file = esc(&c.certificate.display().to_string()),
+            names = esc(&c.names.join(", ")),
+            after = esc(&c.not_after),
+            days = c.days_left,
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 fn kernel(h: &mut String, s: &AdminStatus) {
@@ -259,6 +290,9 @@ fn listeners(h: &mut String, s: &AdminStatus) {
             addr = esc(&l.address),
             title = esc(&title)
         );
+        if let Some(r) = &l.redirect {
+            let _ = writeln!(h, "<p class=\"redirect\">{}</p>", esc(&r.summary()));
+        }
         if l.backends.is_empty() {
             h.push_str("<p class=\"meta\">traffic not counted (<code>[admin] metrics = false</code>)</p>\n");
         } else {

@@ -45,11 +45,14 @@ pub fn plan(config: &Config, listeners: &[ListenerSpec]) -> SteeringPlan {
             None => bind_directly.push(listener.addr),
         }
     }
-    // Passthrough listeners are always bound directly; XDP only has to let them through.
+    // Passthrough and redirect listeners are always bound directly; XDP only has to let
+    // them through.
     let passthrough = config
         .passthrough
         .iter()
-        .filter_map(|p| steerable(p.bind))
+        .map(|p| p.bind)
+        .chain(config.redirect.iter().map(|r| r.bind))
+        .filter_map(steerable)
         .collect();
     SteeringPlan {
         steering: SteeringConfig {
@@ -92,6 +95,8 @@ name = "mariadb"
 bind = "192.0.2.10:3306"
 backend = "192.0.2.11:3306"
 mode = "tcp"
+[[redirect]]
+bind = "192.0.2.10:80"
 {extra}"#
         );
         Config::from_str(&text, Path::new("/etc/scope-router/router.toml")).unwrap()
@@ -118,9 +123,13 @@ deny = ["198.51.100.0/24", "2001:db8::/32"]
             plan.steering.services,
             vec!["192.0.2.10:8774".parse().unwrap()]
         );
+        // The redirect listener too: XDP would drop its port otherwise.
         assert_eq!(
             plan.steering.passthrough,
-            vec!["192.0.2.10:3306".parse().unwrap()]
+            vec![
+                "192.0.2.10:3306".parse().unwrap(),
+                "192.0.2.10:80".parse().unwrap()
+            ]
         );
         assert_eq!(plan.steering.deny.len(), 1);
         assert_eq!(plan.steering.deny[0].to_string(), "198.51.100.0/24");

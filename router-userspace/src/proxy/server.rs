@@ -28,7 +28,8 @@ use crate::config::{Config, PassthroughMode, Timeouts};
 use crate::listener::{Accepted, Inherited, Listener, ListenerError};
 use crate::metrics::{ClientGauges, OpenConnection, RouterCollector};
 use crate::passthrough::{self, PassthroughRuntime};
-use crate::routing::{Router, RoutingError, SharedRouter};
+use crate::redirect::{self, RedirectRuntime};
+use crate::routing::{RedirectServers, Router, RoutingError, SharedRouter};
 use crate::shutdown::{Drained, Guard, Shutdown, Signals};
 
 /// Largest scoped connection task future that surely keeps tokio's task cell
@@ -71,7 +72,8 @@ pub struct StartOptions {
     /// Bind every scoped VIP:port directly (`IP_FREEBIND`): off when eBPF
     /// steers them to a handed-in socket, on as the fallback.
     pub bind_scoped: bool,
-    /// Bind every `[[passthrough]]` address directly (eBPF never steers those).
+    /// Bind every `[[passthrough]]` and `[[redirect]]` address directly (eBPF never
+    /// steers those).
     pub bind_passthrough: bool,
     /// Sockets the router being replaced handed over: an address to bind is served
     /// from the socket already listening there when there is one.
@@ -332,8 +334,30 @@ fn wanted_binds(config: &Config, router: &Router, opts: BindPolicy) -> Vec<Socke
     }
     if opts.passthrough {
         wanted.extend(config.passthrough.iter().map(|p| p.bind));
+        wanted.extend(config.redirect.iter().map(|r| r.bind));
     }
     wanted
+}
+
+/// The runtime of every `[[redirect]]` of `config`, on `router`'s counters.
+fn redirect_runtimes(config: &Config, router: &Router) -> Vec<Arc<RedirectRuntime>> {
+    config
+        .redirect
+        .iter()
+        .map(|r| {
+            let servers = router.redirect().iter().find(|s| s.spec.bind == r.bind);
+            // The table is built from the same config: every bind is there.
+            let fallback;
+            let servers = match servers {
+                Some(servers) => servers,
+                None => {
+                    fallback = RedirectServers::new(r, config.proxy.balance);
+                    &fallback
+                }
+            };
+            Arc::new(RedirectRuntime::new(r, config, router.region(), servers))
+        })
+        .collect()
 }
 
 /// The runtime of every `[[passthrough]]` of `config`, on `router`'s servers.
@@ -365,6 +389,7 @@ struct Dispatch {
     scoped: Arc<ScopedShared>,
     /// Replaced whole on reload, like the routing table.
     passthrough: ArcSwap<Vec<Arc<PassthroughRuntime>>>,
+    redirect: ArcSwap<Vec<Arc<RedirectRuntime>>>,
     max_header_bytes: usize,
     /// Open, active and parked client connections, for `/metrics`.
     clients: Arc<ClientGauges>,
@@ -495,6 +520,7 @@ impl Dispatch {
                 retries: config.proxy.retries,
             }),
             passthrough: ArcSwap::from_pointee(passthrough_runtimes(config, router)),
+            redirect: ArcSwap::from_pointee(redirect_runtimes(config, router)),
             max_header_bytes,
             clients: Arc::new(ClientGauges::default()),
         };
@@ -507,6 +533,8 @@ impl Dispatch {
     fn swap(&self, config: &Config, router: Arc<Router>) {
         self.passthrough
             .store(Arc::new(passthrough_runtimes(config, &router)));
+        self.redirect
+            .store(Arc::new(redirect_runtimes(config, &router)));
         self.scoped.router.store(router);
         self.limit_connections(config);
     }
@@ -625,7 +653,7 @@ impl Dispatch {
         serve_http(conn, svc)
     }
 
-    /// Passthrough listeners (and addresses nobody serves).
+    /// Passthrough and redirect listeners (and addresses nobody serves).
     async fn serve_other(
         &self,
         acc: Accepted,
@@ -639,6 +667,12 @@ impl Dispatch {
             peer,
         } = acc;
         let passthrough = self.passthrough.load();
+        let redirect = self
+            .redirect
+            .load()
+            .iter()
+            .find(|r| r.serves(local))
+            .cloned();
         if let Some(rt) = passthrough.iter().find(|p| p.serves(local)) {
             match rt.spec.mode {
                 PassthroughMode::Tcp => {
@@ -676,6 +710,27 @@ impl Dispatch {
                     Box::pin(serve_http(conn, svc)).await;
                 }
             }
+        } else if let Some(rt) = redirect {
+            let (g, s) = (guard.clone(), signals.clone());
+            let conn = HttpConn::new(
+                ClientIo::Plain(stream),
+                rt.timeouts,
+                self.max_header_bytes,
+                open,
+                signals,
+                guard.clone(),
+            );
+            let shared = conn.shared.clone();
+            let svc = service_fn(move |req| {
+                let ctx = passthrough::ConnCtx {
+                    local,
+                    peer,
+                    guard: g.clone(),
+                    signals: s.clone(),
+                };
+                redirect::handle(rt.clone(), ctx, shared.begin(), req)
+            });
+            Box::pin(serve_http(conn, svc)).await;
         } else {
             tracing::warn!(%local, %peer, "connection for an address no listener serves; closing it");
         }

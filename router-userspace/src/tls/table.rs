@@ -237,6 +237,18 @@ impl TlsTable {
         &self.served
     }
 
+    /// Every certificate the table's listeners serve, each once (a `[tls] sni` one is in
+    /// every store), for `status` and metrics.
+    pub fn certificates(&self) -> Vec<Identity> {
+        let mut out: Vec<Identity> = Vec::new();
+        for identity in self.served.iter().flat_map(|s| s.store.identities()) {
+            if !out.iter().any(|o| o.files == identity.files) {
+                out.push(identity);
+            }
+        }
+        out
+    }
+
     /// Key files readable by other users, for a warning at start and reload.
     pub fn warnings(&self) -> &[KeyWarning] {
         &self.warnings
