@@ -67,8 +67,8 @@
 //! ca-file <ca_file|@system-ca>` and, its checks, `check-ssl`; `[tls] profile` becomes
 //! `ssl-default-bind-options`/`ssl-default-server-options ssl-min-ver` with the cipher
 //! suites rustls offers; a `[[redirect]]` listener answers 301 with `http-request
-//! redirect location` (`redirect scheme` would keep the cleartext port) and relays its
-//! exempt paths to their backend. HAProxy 2.6 reads a certificate's key from the `crt`
+//! redirect location` (`redirect scheme` would keep the cleartext port), 400 to a request
+//! without `Host`, and relays its exempt paths to their backend. HAProxy 2.6 reads a certificate's key from the `crt`
 //! file or from `<crt>.key` beside it; any other key file needs a bundle (chain then key,
 //! mode 0600) that `emit` writes under `--out DIR/tls/` (regenerate after renewing). Two
 //! differences remain:
@@ -502,6 +502,10 @@ fn write_redirect(cfg: &mut String, r: &Redirect) {
         (Some(backend), false) => {
             let prefixes: Vec<String> = r.exempt.iter().map(|p| word(p)).collect();
             let _ = writeln!(cfg, "    acl exempt path_beg {}", prefixes.join(" "));
+            // Exempt paths are relayed whatever their Host; a redirect needs one.
+            cfg.push_str(
+                "    http-request deny deny_status 400 if !exempt !{ req.hdr(host) -m found }\n",
+            );
             let _ = writeln!(
                 cfg,
                 "    http-request redirect location {location} code 301 unless exempt"
@@ -511,6 +515,10 @@ fn write_redirect(cfg: &mut String, r: &Redirect) {
             let _ = writeln!(cfg, "    server exempt {backend}");
         }
         _ => {
+            // An HTTP/1.0 request without Host names no host to redirect to.
+            cfg.push_str(
+                "    http-request deny deny_status 400 unless { req.hdr(host) -m found }\n",
+            );
             let _ = writeln!(
                 cfg,
                 "    http-request redirect location {location} code 301"
@@ -1682,6 +1690,7 @@ mod tests {
                 "bind 192.0.2.10:80",
                 "mode http",
                 "acl exempt path_beg /.well-known/acme-challenge/",
+                "http-request deny deny_status 400 if !exempt !{ req.hdr(host) -m found }",
                 "http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]:5000%[pathq] code 301 unless exempt",
                 "use_backend redirect_192.0.2.10:80_exempt if exempt",
             ]
@@ -1692,7 +1701,7 @@ mod tests {
         );
         // 443 is the URL's default port: left out.
         assert_eq!(
-            section(&out.cfg, "frontend redirect_192.0.2.10:81")[2],
+            section(&out.cfg, "frontend redirect_192.0.2.10:81")[3],
             "http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]%[pathq] code 301"
         );
     }

@@ -663,7 +663,9 @@ fn curl_https(url: &str, ca: Option<&Path>, headers: &[&str]) -> (i32, Option<Re
 /// key apart, so `--out` bundles it) and RegionTwo's compute behind an `https://` URL
 /// naming `localhost` (a TLS HAProxy frontend answering for it): the generated configs
 /// pass `haproxy -c` in both modes, and the native one serves HTTPS to curl trusting the
-/// lab CA, sets `X-Forwarded-Proto: https` once, and reaches RegionTwo over a verified hop.
+/// lab CA, sets `X-Forwarded-Proto: https` once, and reaches RegionTwo over a verified hop;
+/// its `[[redirect]]` frontend answers 301 to the `https://` URL (the cleartext port
+/// dropped) and relays the ACME path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_configs_pass_haproxy_check_and_serve_https() {
     if !haproxy_available() {
@@ -673,6 +675,7 @@ async fn tls_configs_pass_haproxy_check_and_serve_https() {
     let identity = SocketAddr::from((vip, free_port(vip)));
     let compute = SocketAddr::from((vip, free_port(vip)));
     let r2_port = free_port(Ipv4Addr::LOCALHOST);
+    let redirect = SocketAddr::from((vip, free_port(vip)));
     let r1 = echo_backend("r1-identity").await;
     let r1_compute = echo_backend("r1-compute").await;
     let r2_identity = echo_backend("r2-identity").await;
@@ -705,10 +708,13 @@ async fn tls_configs_pass_haproxy_check_and_serve_https() {
     let toml = format!(
         "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
          [tls]\ncertificate = \"vip.pem\"\nkey = \"vip.key\"\nca_file = \"{}\"\n\
-         [ports.{}]\nbackend = \"{r1}\"\n[ports.{}]\nbackend = \"{r1_compute}\"\n",
+         [ports.{}]\nbackend = \"{r1}\"\n[ports.{}]\nbackend = \"{r1_compute}\"\n\
+         [[redirect]]\nbind = \"{redirect}\"\nhttps_port = {}\n\
+         exempt = [\"/.well-known/acme-challenge/\"]\nexempt_backend = \"{r1}\"\n",
         ca.cert_path.display(),
         identity.port(),
-        compute.port()
+        compute.port(),
+        identity.port()
     );
     let path = d.join("router.toml");
     std::fs::write(&path, &toml).unwrap();
@@ -761,6 +767,35 @@ async fn tls_configs_pass_haproxy_check_and_serve_https() {
     let (url_id, url_c) = (
         format!("https://{identity}/v3/auth/tokens"),
         format!("http://{compute}/v2.1/servers"),
+    );
+    let (redirected, exempt) = tokio::task::spawn_blocking(move || {
+        let head = |path: &str| {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w"])
+                .arg("%{http_code} %{redirect_url}")
+                .args(["-H", &format!("Host: api.example:{}", redirect.port())])
+                .arg(format!("http://{redirect}{path}"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        (
+            head("/v3/auth/tokens?nocatalog"),
+            send(redirect, "/.well-known/acme-challenge/tok", &[]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        redirected,
+        format!(
+            "301 https://api.example:{}/v3/auth/tokens?nocatalog",
+            identity.port()
+        )
+    );
+    assert_eq!(
+        (exempt.status, exempt.backend(), exempt.path()),
+        (200, "r1-identity", "/.well-known/acme-challenge/tok")
     );
     let (local, untrusted, remote) = tokio::task::spawn_blocking(move || {
         let local = curl_https(&url_id, Some(&ca_path), &[]);
