@@ -59,15 +59,38 @@
 //!   shared by every service of the port. `timeout queue` is the same setting.
 //! - A passthrough `listen` block lists only its first server (`maxconn` included), as
 //!   before limits existed.
+//!
+//! TLS follows the catalog as scope-router does: an `https://` listener becomes `bind …
+//! ssl crt <certificate> [crt <sni certificate>…] alpn http/1.1` and sets
+//! `X-Forwarded-Proto: https` (replacing any the client sent); a server reached over TLS
+//! (a remote `https://` target, a `backend_tls` local server) gets `ssl verify required
+//! ca-file <ca_file|@system-ca>` and, its checks, `check-ssl`; `[tls] profile` becomes
+//! `ssl-default-bind-options`/`ssl-default-server-options ssl-min-ver` with the cipher
+//! suites rustls offers; a `[[redirect]]` listener answers 301 with `http-request
+//! redirect location` (`redirect scheme` would keep the cleartext port), 400 to a request
+//! without `Host`, and relays its exempt paths to their backend. HAProxy 2.6 reads a certificate's key from the `crt`
+//! file or from `<crt>.key` beside it; any other key file needs a bundle (chain then key,
+//! mode 0600) that `emit` writes under `--out DIR/tls/` (regenerate after renewing). Two
+//! differences remain:
+//!
+//! - A hop whose name is an IP address is verified for its chain only: HAProxy 2.6
+//!   checks `verifyhost`/SNI names against DNS names and the CN, never IP addresses, so
+//!   naming the IP would refuse every certificate that lists it as an IP SAN.
+//!   scope-router checks the IP SAN.
+//! - HAProxy picks among all `crt` certificates by SNI; scope-router serves the `[tls]
+//!   sni` certificate valid for the name asked, else the listener's default: the same
+//!   answer unless the default's names overlap an SNI certificate's.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::{Balance, Balancer};
-use crate::config::{Config, PassthroughMode, Timeouts};
+use crate::config::{Config, PassthroughMode, Redirect, Timeouts};
 use crate::health::CheckSettings;
 use crate::routing::{Listener, Route, Router};
+use crate::tls::{CertificateFiles, Profile};
 
 /// Interpreter half of the Lua script; the generated routing table is prepended.
 const INTERPRETER: &str = include_str!("haproxy/scope.lua");
@@ -92,6 +115,8 @@ pub struct HaproxyOptions {
     pub nbthread: Option<u16>,
     /// Global `maxconn`; `None` leaves HAProxy's default (derived from `ulimit -n`).
     pub maxconn: Option<u32>,
+    /// Where `crt` bundles go (a certificate whose key HAProxy cannot find by itself).
+    pub bundle_dir: PathBuf,
 }
 
 impl HaproxyOptions {
@@ -102,6 +127,7 @@ impl HaproxyOptions {
             lua_path: "/etc/haproxy/scope-router.lua".to_owned(),
             nbthread: None,
             maxconn: None,
+            bundle_dir: PathBuf::from("/etc/haproxy/scope-router-tls"),
         }
     }
 }
@@ -113,6 +139,70 @@ pub struct HaproxyConfig {
     pub cfg: String,
     /// The Lua script to install at [`HaproxyOptions::lua_path`]; `None` in native mode.
     pub lua: Option<String>,
+    /// Certificate bundles `cfg` names, to write before HAProxy starts ([`emit`] does).
+    pub bundles: Vec<Bundle>,
+}
+
+/// A `crt` file HAProxy needs that the operator's files are not: the chain of
+/// `files.certificate` followed by the key of `files.key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub path: PathBuf,
+    pub files: CertificateFiles,
+}
+
+impl Bundle {
+    /// The bundle's text: the chain, then the key.
+    pub fn contents(&self) -> Result<String, HaproxyError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| HaproxyError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut pem = read(&self.files.certificate)?;
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(&read(&self.files.key)?);
+        Ok(pem)
+    }
+}
+
+/// The `crt` argument serving `files`: the certificate itself when HAProxy 2.6 finds the
+/// key on its own (in the same file, or in `<certificate>.key`: `ssl-load-extra-files`
+/// defaults to all), else a bundle in `bundles` (added once).
+fn crt_file(files: &CertificateFiles, dir: &Path, bundles: &mut Vec<Bundle>) -> PathBuf {
+    let beside = {
+        let mut p = files.certificate.clone().into_os_string();
+        p.push(".key");
+        PathBuf::from(p)
+    };
+    if files.key == files.certificate || files.key == beside {
+        return files.certificate.clone();
+    }
+    if let Some(b) = bundles.iter().find(|b| b.files == *files) {
+        return b.path.clone();
+    }
+    let stem = files
+        .certificate
+        .file_stem()
+        .map_or_else(|| "certificate".to_owned(), |s| ident(&s.to_string_lossy()));
+    let path = dir.join(format!("{}-{stem}.pem", bundles.len() + 1));
+    bundles.push(Bundle {
+        path: path.clone(),
+        files: files.clone(),
+    });
+    path
+}
+
+/// How HAProxy reaches a server over TLS: the name verified and sent as SNI, and the CA
+/// file trusted (`None`: the system store).
+struct ServerTls {
+    name: String,
+    /// The name is an IP address (HAProxy cannot verify those; see the module docs).
+    ip: bool,
+    ca_file: Option<PathBuf>,
 }
 
 /// One backend section.
@@ -144,17 +234,19 @@ struct PoolServer {
     weight: u32,
     backup: bool,
     maxconn: Option<u32>,
+    tls: Option<ServerTls>,
 }
 
 impl Pool {
     /// Every server of `balancer`, named `<name>_1`, `_2`… in configuration order (unique
-    /// within the section, and stable when servers are appended).
+    /// within the section, and stable when servers are appended); those reached over TLS
+    /// trust `ca_file` (the system store when `None`).
     fn new(
         name: &str,
         balancer: &Balancer,
         retries: u32,
-        check: CheckSettings,
-        check_host: String,
+        (check, check_host): (CheckSettings, String),
+        ca_file: Option<&Path>,
     ) -> Pool {
         let servers: Vec<PoolServer> = balancer
             .servers()
@@ -166,6 +258,11 @@ impl Pool {
                 weight: s.weight,
                 backup: s.backup,
                 maxconn: s.slots.as_ref().map(|s| s.max()),
+                tls: s.tls.as_ref().map(|hop| ServerTls {
+                    name: hop.name.to_str().into_owned(),
+                    ip: matches!(hop.name, rustls::pki_types::ServerName::IpAddress(_)),
+                    ca_file: ca_file.map(Path::to_owned),
+                }),
             })
             .collect();
         // scope-router tries each server at most once per request, and sees the backups only
@@ -217,6 +314,19 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
     if let Some(n) = maxconn {
         let _ = writeln!(cfg, "    maxconn {n}");
     }
+    let tls_used = router.listeners().iter().any(|l| l.tls().is_some())
+        || router.listeners().iter().any(|l| {
+            l.local().servers().iter().any(|s| s.tls.is_some())
+                || l.routes().iter().any(|r| {
+                    r.targets
+                        .iter()
+                        .any(|t| t.balancer.servers().iter().any(|s| s.tls.is_some()))
+                })
+        });
+    if tls_used {
+        write_tls_defaults(&mut cfg, config.tls.profile);
+    }
+    let mut bundles = Vec::new();
     let t = config.timeouts;
     let _ = writeln!(
         cfg,
@@ -236,25 +346,43 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
         let (listener, routes) = (&l.spec, l.routes());
         let name = format!("{region}_{}", listener.addr.port());
         let _ = writeln!(cfg, "\nlisten {}", ident(&name));
-        let _ = writeln!(cfg, "    bind {}", listener.addr);
-        cfg.push_str("    mode http\n    option forwardfor\n");
+        let _ = write!(cfg, "    bind {}", listener.addr);
+        let port = listener.addr.port();
+        let served = l
+            .tls()
+            .and(config.port_certificate(port))
+            .map(|files| (files, config.tls.sni.clone()));
+        if let Some((files, sni)) = &served {
+            // The default certificate first: HAProxy serves it when no SNI matches.
+            cfg.push_str(" ssl");
+            for f in std::iter::once(files).chain(sni) {
+                let crt = crt_file(f, &opts.bundle_dir, &mut bundles);
+                let _ = write!(cfg, " crt {}", word(&crt.to_string_lossy()));
+            }
+            cfg.push_str(" alpn http/1.1");
+        }
+        cfg.push_str("\n    mode http\n    option forwardfor\n");
+        if served.is_some() {
+            // Kolla's rule: the backend learns the client spoke TLS, whatever it claimed.
+            cfg.push_str("    http-request set-header X-Forwarded-Proto https if { ssl_fc }\n");
+        }
         write_timeouts(&mut cfg, &listener.timeouts, true);
         match opts.mode {
             HaproxyMode::Lua => write_lua_rules(&mut cfg),
             HaproxyMode::Native => write_native_rules(&mut cfg, router, l),
         }
         // No catalog entry matched: the listener's own servers are the transparent fallback.
-        let port = listener.addr.port();
         let local_check = config.port_health(port);
         let check_host = listener.addr.to_string();
+        let local_ca = config.port_backend_tls(port).flatten();
         write_pool(
             &mut cfg,
             &Pool::new(
                 l.transparent_name(),
                 l.local(),
                 config.proxy.retries,
-                local_check.clone(),
-                check_host.clone(),
+                (local_check.clone(), check_host.clone()),
+                local_ca,
             ),
         );
         for route in routes {
@@ -266,20 +394,23 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
                 // Another region's frontend is checked with a TCP connect on the `[health]`
                 // timing: HAProxy cannot ask that region's router about the service the way
                 // scope-router does (module docs).
-                let check = match target.remote {
-                    None => local_check.clone(),
-                    Some(_) => CheckSettings {
-                        http_path: None,
-                        ..config.health.clone()
-                    },
+                let (check, ca_file) = match target.remote {
+                    None => (local_check.clone(), local_ca),
+                    Some(_) => (
+                        CheckSettings {
+                            http_path: None,
+                            ..config.health.clone()
+                        },
+                        config.tls.ca_file.as_deref(),
+                    ),
                 };
                 backends.push(Backend {
                     pool: Pool::new(
                         &name,
                         &target.balancer,
                         config.proxy.retries,
-                        check,
-                        check_host.clone(),
+                        (check, check_host.clone()),
+                        ca_file,
                     ),
                     name,
                     timeouts: listener.timeouts,
@@ -318,13 +449,82 @@ pub fn generate(router: &Router, config: &Config, opts: &HaproxyOptions) -> Hapr
         cfg.push('\n');
     }
 
+    for r in &config.redirect {
+        write_redirect(&mut cfg, r);
+    }
+
     let lua = (opts.mode == HaproxyMode::Lua).then(|| {
         let mut lua = lua_table(router, config);
         lua.push('\n');
         lua.push_str(INTERPRETER);
         lua
     });
-    HaproxyConfig { cfg, lua }
+    HaproxyConfig { cfg, lua, bundles }
+}
+
+/// `[tls] profile` as HAProxy's defaults for every TLS bind and server: the versions,
+/// and the cipher suites rustls (ring) offers, so both negotiate the same.
+fn write_tls_defaults(cfg: &mut String, profile: Profile) {
+    let min = match profile {
+        Profile::Modern => "TLSv1.3",
+        Profile::Intermediate => "TLSv1.2",
+    };
+    // rustls's TLS 1.3 suites, in its order of preference.
+    let suites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256";
+    // rustls's TLS 1.2 suites: ECDHE with AES-GCM or ChaCha20 only (Mozilla's
+    // intermediate without DHE, which rustls never offers).
+    let ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:\
+                   ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES256-GCM-SHA384:\
+                   ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305";
+    for side in ["bind", "server"] {
+        let _ = writeln!(cfg, "    ssl-default-{side}-options ssl-min-ver {min}");
+        let _ = writeln!(cfg, "    ssl-default-{side}-ciphersuites {suites}");
+        if profile == Profile::Intermediate {
+            let _ = writeln!(cfg, "    ssl-default-{side}-ciphers {ciphers}");
+        }
+    }
+}
+
+/// A `[[redirect]]` listener: 301 to the same host and path over `https://` (the
+/// request's port dropped, `https_port` added unless 443), exempt paths relayed.
+fn write_redirect(cfg: &mut String, r: &Redirect) {
+    let name = ident(&format!("redirect_{}", r.bind));
+    let _ = writeln!(cfg, "\nfrontend {name}");
+    let _ = writeln!(cfg, "    bind {}", r.bind);
+    cfg.push_str("    mode http\n");
+    let port = match r.https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    // `redirect scheme https` would keep the cleartext port of `Host` in the Location.
+    let location = format!("https://%[req.hdr(host),regsub(:[0-9]+$,)]{port}%[pathq]");
+    match (&r.exempt_backend, r.exempt.is_empty()) {
+        (Some(backend), false) => {
+            let prefixes: Vec<String> = r.exempt.iter().map(|p| word(p)).collect();
+            let _ = writeln!(cfg, "    acl exempt path_beg {}", prefixes.join(" "));
+            // Exempt paths are relayed whatever their Host; a redirect needs one.
+            cfg.push_str(
+                "    http-request deny deny_status 400 if !exempt !{ req.hdr(host) -m found }\n",
+            );
+            let _ = writeln!(
+                cfg,
+                "    http-request redirect location {location} code 301 unless exempt"
+            );
+            let _ = writeln!(cfg, "    use_backend {name}_exempt if exempt");
+            let _ = writeln!(cfg, "\nbackend {name}_exempt");
+            let _ = writeln!(cfg, "    server exempt {backend}");
+        }
+        _ => {
+            // An HTTP/1.0 request without Host names no host to redirect to.
+            cfg.push_str(
+                "    http-request deny deny_status 400 unless { req.hdr(host) -m found }\n",
+            );
+            let _ = writeln!(
+                cfg,
+                "    http-request redirect location {location} code 301"
+            );
+        }
+    }
 }
 
 /// Why `haproxy-config` could not produce its files.
@@ -339,6 +539,22 @@ pub enum HaproxyError {
     LuaNeedsOut,
     #[error("cannot write {}: {source}; check that the --out directory exists and is writable", path.display())]
     Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "HAProxy 2.6 reads a certificate's key from the crt file or from `<crt>.key`, and \
+         {} is neither: pass --out DIR to have a bundle of certificate and key written there, \
+         or put the key beside the certificate as {}.key",
+        key.display(),
+        certificate.display()
+    )]
+    KeyApart {
+        certificate: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    #[error("cannot read {} for a certificate bundle: {source}; check the path in the config and that you may read it", path.display())]
+    Read {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -358,7 +574,14 @@ pub fn emit(
         if mode == HaproxyMode::Lua {
             return Err(HaproxyError::LuaNeedsOut);
         }
-        return Ok(generate(&router, config, &opts).cfg);
+        let files = generate(&router, config, &opts);
+        if let Some(b) = files.bundles.first() {
+            return Err(HaproxyError::KeyApart {
+                certificate: b.files.certificate.clone(),
+                key: b.files.key.clone(),
+            });
+        }
+        return Ok(files.cfg);
     };
     let dir = std::path::absolute(dir).map_err(|source| HaproxyError::Write {
         path: dir.to_owned(),
@@ -371,6 +594,7 @@ pub fn emit(
     })?;
     let lua_path = dir.join("scope-router.lua");
     opts.lua_path = lua_path.display().to_string();
+    opts.bundle_dir = dir.join("tls");
     let files = generate(&router, config, &opts);
     let cfg_path = dir.join("haproxy.cfg");
     let write = |path: &std::path::Path, text: &str| {
@@ -379,8 +603,16 @@ pub fn emit(
             source,
         })
     };
+    write_bundles(&files.bundles, &opts.bundle_dir)?;
     write(&cfg_path, &files.cfg)?;
     let mut summary = format!("wrote {}", cfg_path.display());
+    if !files.bundles.is_empty() {
+        summary.push_str(&format!(
+            ", {} certificate bundle(s) in {} (write them again after renewing a certificate)",
+            files.bundles.len(),
+            opts.bundle_dir.display()
+        ));
+    }
     if let Some(lua) = &files.lua {
         write(&lua_path, lua)?;
         summary.push_str(&format!(" and {}", lua_path.display()));
@@ -390,6 +622,34 @@ pub fn emit(
         cfg_path.display()
     ));
     Ok(summary)
+}
+
+/// Writes each bundle readable by its owner only: it holds a private key.
+fn write_bundles(bundles: &[Bundle], dir: &Path) -> Result<(), HaproxyError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if bundles.is_empty() {
+        return Ok(());
+    }
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| HaproxyError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(failed(dir))?;
+    for b in bundles {
+        let pem = b.contents()?;
+        // Replaced, not truncated in place: the new file is created with 0600 even when
+        // an older bundle had a wider mode.
+        let _ = std::fs::remove_file(&b.path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&b.path)
+            .and_then(|mut f| f.write_all(pem.as_bytes()))
+            .map_err(failed(&b.path))?;
+    }
+    Ok(())
 }
 
 /// A `listen` block's timeouts: the client side, and `timeout queue` for the servers it
@@ -643,6 +903,20 @@ fn write_pool(cfg: &mut String, pool: &Pool) {
         }
         if let Some(max) = s.maxconn {
             let _ = write!(cfg, " maxconn {max}");
+        }
+        if let Some(tls) = &s.tls {
+            let ca = tls
+                .ca_file
+                .as_ref()
+                .map_or_else(|| "@system-ca".to_owned(), |p| word(&p.to_string_lossy()));
+            let _ = write!(cfg, " ssl verify required ca-file {ca} alpn http/1.1");
+            if !tls.ip {
+                // The name is sent as SNI and checked against the certificate, on requests
+                // and (`check-sni`, `check-ssl`) on health checks alike.
+                let name = word(&tls.name);
+                let _ = write!(cfg, " sni str({name}) check-sni {name} verifyhost {name}");
+            }
+            cfg.push_str(" check-ssl");
         }
         cfg.push('\n');
     }
@@ -1230,6 +1504,230 @@ mod tests {
                 .unwrap()
                 .contains("local T = {")
         );
+    }
+
+    /// RegionOne terminating TLS on identity (its own certificate for port 5000, an SNI
+    /// one besides) and reaching RegionTwo over TLS: identity by DNS name, compute by IP;
+    /// compute's local servers over TLS with their own CA. Keys beside (`<crt>.key`), in
+    /// the certificate file, and elsewhere (a bundle).
+    fn with_tls(profile: &str) -> (Router, Config, crate::tls::testing::Pki) {
+        let pki = crate::tls::testing::Pki::new("haproxy");
+        let default = pki.leaf("api", &["192.0.2.10"], 30);
+        // `<crt>.key`: HAProxy's own naming.
+        let beside = pki.dir.path().join("api.pem.key");
+        std::fs::rename(&default.key, &beside).unwrap();
+        pki.leaf("sni", &["api.one.example"], 30);
+        let port = pki.leaf("identity", &["192.0.2.10"], 30);
+        pki.write(
+            "combined.pem",
+            &(std::fs::read_to_string(&port.certificate).unwrap()
+                + &std::fs::read_to_string(&port.key).unwrap()),
+        );
+        pki.write(
+            "catalog.json",
+            r#"[
+              {"Region": "RegionOne", "Service Type": "identity", "Interface": "public", "URL": "https://192.0.2.10:5000"},
+              {"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": "http://192.0.2.10:8774/v2.1/%(tenant_id)s"},
+              {"Region": "RegionTwo", "Service Type": "identity", "Interface": "public", "URL": "https://api.two.example:5000"},
+              {"Region": "RegionTwo", "Service Type": "compute", "Interface": "public", "URL": "https://192.0.2.20:8774/v2.1/%(tenant_id)s"}
+            ]"#,
+        );
+        let text = format!(
+            "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"192.0.2.11\"\n\
+             [tls]\ncertificate = \"api.pem\"\nkey = \"api.pem.key\"\nca_file = \"{ca}\"\n\
+             profile = \"{profile}\"\n[[tls.sni]]\ncertificate = \"sni.pem\"\nkey = \"sni.key\"\n\
+             [ports.5000]\ncertificate = \"combined.pem\"\nkey = \"combined.pem\"\n\
+             [ports.8774]\nbackend_tls = true\nca_file = \"backends-ca.pem\"\n\
+             [[redirect]]\nbind = \"192.0.2.10:80\"\nhttps_port = 5000\n\
+             exempt = [\"/.well-known/acme-challenge/\"]\nexempt_backend = \"127.0.0.1:8080\"\n\
+             [[redirect]]\nbind = \"192.0.2.10:81\"\n",
+            ca = pki.ca.cert_path.display(),
+        );
+        std::fs::copy(&pki.ca.cert_path, pki.dir.path().join("backends-ca.pem")).unwrap();
+        let config = Config::from_str(&text, &pki.dir.path().join("router.toml")).unwrap();
+        (Router::from_config(&config).unwrap(), config, pki)
+    }
+
+    #[test]
+    fn tls_listeners_bind_ssl_with_their_certificates_and_set_forwarded_proto() {
+        let (router, config, pki) = with_tls("modern");
+        let dir = pki.dir.path().display().to_string();
+        for mode in [HaproxyMode::Lua, HaproxyMode::Native] {
+            let out = generate(&router, &config, &HaproxyOptions::new(mode));
+            let identity = section(&out.cfg, "listen RegionOne_5000");
+            // The port's own certificate (key inside) first, then the SNI one, bundled.
+            let bind = format!(
+                "bind 192.0.2.10:5000 ssl crt {dir}/combined.pem \
+                 crt /etc/haproxy/scope-router-tls/1-sni.pem alpn http/1.1"
+            );
+            assert_eq!(identity[0], bind, "{mode:?}");
+            assert!(
+                identity.contains(&"http-request set-header X-Forwarded-Proto https if { ssl_fc }")
+            );
+            assert_eq!(
+                out.bundles,
+                vec![Bundle {
+                    path: "/etc/haproxy/scope-router-tls/1-sni.pem".into(),
+                    files: CertificateFiles {
+                        certificate: pki.dir.path().join("sni.pem"),
+                        key: pki.dir.path().join("sni.key"),
+                    },
+                }]
+            );
+            // Cleartext stays cleartext.
+            let compute = section(&out.cfg, "listen RegionOne_8774");
+            assert_eq!(compute[0], "bind 192.0.2.10:8774");
+            assert!(!compute.iter().any(|l| l.contains("X-Forwarded-Proto")));
+            let global = section(&out.cfg, "global");
+            for line in [
+                "ssl-default-bind-options ssl-min-ver TLSv1.3",
+                "ssl-default-server-options ssl-min-ver TLSv1.3",
+                "ssl-default-bind-ciphersuites TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+            ] {
+                assert!(global.contains(&line), "{line} in {global:?}");
+            }
+            assert!(
+                !global.iter().any(|l| l.contains("-ciphers ")),
+                "{global:?}"
+            );
+        }
+        // `<crt>.key` is found by HAProxy itself: the default certificate is named as is.
+        let (_, mut config, keep) = with_tls("modern");
+        config.ports.get_mut(&5000).unwrap().certificate = None;
+        config.ports.get_mut(&5000).unwrap().key = None;
+        let router = Router::from_config(&config).unwrap();
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+        let identity = section(&out.cfg, "listen RegionOne_5000");
+        assert!(
+            identity[0].starts_with(&format!(
+                "bind 192.0.2.10:5000 ssl crt {}/api.pem crt",
+                keep.dir.path().display()
+            )),
+            "{identity:?}"
+        );
+    }
+
+    #[test]
+    fn intermediate_allows_tls12_with_rustls_ciphers_and_cleartext_configs_have_no_tls() {
+        let (router, config, _pki) = with_tls("intermediate");
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+        let global = section(&out.cfg, "global");
+        assert!(global.contains(&"ssl-default-bind-options ssl-min-ver TLSv1.2"));
+        assert!(global.iter().any(|l| l.starts_with(
+            "ssl-default-server-ciphers ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:"
+        )));
+        let (router, config) = with_mariadb();
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Lua));
+        assert!(!out.cfg.contains("ssl"), "{}", out.cfg);
+        assert!(out.bundles.is_empty());
+    }
+
+    #[test]
+    fn tls_servers_are_verified_by_name_or_chain() {
+        let (router, config, pki) = with_tls("modern");
+        let ca = pki.ca.cert_path.display().to_string();
+        let backends_ca = pki.dir.path().join("backends-ca.pem").display().to_string();
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+        // A DNS name: SNI, the name checked on requests and checks.
+        let remote = section(&out.cfg, "backend RegionTwo_identity_public");
+        assert_eq!(
+            remote.last().unwrap(),
+            &format!(
+                "server RegionTwo_identity_public_1 api.two.example:5000 check inter 2000ms \
+                 rise 2 fall 5 ssl verify required ca-file {ca} alpn http/1.1 \
+                 sni str(api.two.example) check-sni api.two.example verifyhost \
+                 api.two.example check-ssl"
+            )
+        );
+        // An IP address: the chain only (HAProxy 2.6 cannot match IP SANs).
+        let remote = section(&out.cfg, "backend RegionTwo_compute_public");
+        assert_eq!(
+            remote.last().unwrap(),
+            &format!(
+                "server RegionTwo_compute_public_1 192.0.2.20:8774 check inter 2000ms rise 2 \
+                 fall 5 ssl verify required ca-file {ca} alpn http/1.1 check-ssl"
+            )
+        );
+        // backend_tls: the port's own CA, for the local backend and the fallback alike.
+        let local = section(&out.cfg, "backend RegionOne_compute_public");
+        let fallback = section(&out.cfg, "listen RegionOne_8774");
+        for (lines, name) in [
+            (&local, "RegionOne_compute_public_1"),
+            (&fallback, "RegionOne_transparent_8774_1"),
+        ] {
+            assert_eq!(
+                lines.last().unwrap(),
+                &format!(
+                    "server {name} 192.0.2.11:8774 check inter 2000ms rise 2 fall 5 ssl verify \
+                     required ca-file {backends_ca} alpn http/1.1 check-ssl"
+                )
+            );
+        }
+        // Identity's local servers are cleartext.
+        let local = section(&out.cfg, "backend RegionOne_identity_public");
+        assert!(!local.last().unwrap().contains("ssl"), "{local:?}");
+        // Without ca_file: the system store.
+        let (_, mut config, _pki) = with_tls("modern");
+        config.tls.ca_file = None;
+        config.ports.get_mut(&8774).unwrap().ca_file = None;
+        if let Ok(router) = Router::from_config(&config) {
+            let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+            let remote = section(&out.cfg, "backend RegionTwo_compute_public");
+            assert!(
+                remote.last().unwrap().contains("ca-file @system-ca"),
+                "{remote:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirect_listeners_answer_301_to_https_and_relay_exempt_paths() {
+        let (router, config, _pki) = with_tls("modern");
+        let out = generate(&router, &config, &HaproxyOptions::new(HaproxyMode::Native));
+        assert_eq!(
+            section(&out.cfg, "frontend redirect_192.0.2.10:80"),
+            [
+                "bind 192.0.2.10:80",
+                "mode http",
+                "acl exempt path_beg /.well-known/acme-challenge/",
+                "http-request deny deny_status 400 if !exempt !{ req.hdr(host) -m found }",
+                "http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]:5000%[pathq] code 301 unless exempt",
+                "use_backend redirect_192.0.2.10:80_exempt if exempt",
+            ]
+        );
+        assert_eq!(
+            section(&out.cfg, "backend redirect_192.0.2.10:80_exempt"),
+            ["server exempt 127.0.0.1:8080"]
+        );
+        // 443 is the URL's default port: left out.
+        assert_eq!(
+            section(&out.cfg, "frontend redirect_192.0.2.10:81")[3],
+            "http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]%[pathq] code 301"
+        );
+    }
+
+    #[test]
+    fn emit_bundles_keys_haproxy_cannot_find_or_says_how() {
+        let (_, config, pki) = with_tls("modern");
+        let err = emit(&config, HaproxyMode::Native, None).unwrap_err();
+        assert!(
+            matches!(&err, HaproxyError::KeyApart { key, .. } if key.ends_with("sni.key")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--out"), "{err}");
+        let out = pki.dir.path().join("out");
+        let summary = emit(&config, HaproxyMode::Native, Some(&out)).unwrap();
+        assert!(summary.contains("1 certificate bundle"), "{summary}");
+        let bundle = out.join("tls/1-sni.pem");
+        let text = std::fs::read_to_string(&bundle).unwrap();
+        let chain = std::fs::read_to_string(pki.dir.path().join("sni.pem")).unwrap();
+        let key = std::fs::read_to_string(pki.dir.path().join("sni.key")).unwrap();
+        assert_eq!(text, format!("{chain}{key}"));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let cfg = std::fs::read_to_string(out.join("haproxy.cfg")).unwrap();
+        assert!(cfg.contains(&format!("crt {}", bundle.display())), "{cfg}");
     }
 
     #[test]

@@ -636,3 +636,199 @@ async fn the_cli_output_with_passthrough_blocks_passes_haproxy_check() {
     std::fs::write(&cfg, &native).unwrap();
     check(&cfg, "the printed native config");
 }
+
+/// One HTTPS request with curl trusting `ca` (`None`: the system store), the client
+/// sending `X-Forwarded-Proto: http`; curl's exit code and the reply.
+fn curl_https(url: &str, ca: Option<&Path>, headers: &[&str]) -> (i32, Option<Reply>) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    cmd.args(["-H", "X-Forwarded-Proto: http"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    let reply = text.rsplit_once('\n').map(|(body, status)| Reply {
+        status: status.trim().parse().unwrap_or(0),
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    });
+    (code, reply)
+}
+
+/// A RegionOne with an `https://` identity listener (its certificate for the VIP's IP,
+/// key apart, so `--out` bundles it) and RegionTwo's compute behind an `https://` URL
+/// naming `localhost` (a TLS HAProxy frontend answering for it): the generated configs
+/// pass `haproxy -c` in both modes, and the native one serves HTTPS to curl trusting the
+/// lab CA, sets `X-Forwarded-Proto: https` once, and reaches RegionTwo over a verified hop;
+/// its `[[redirect]]` frontend answers 301 to the `https://` URL (the cleartext port
+/// dropped) and relays the ACME path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_configs_pass_haproxy_check_and_serve_https() {
+    if !haproxy_available() {
+        return;
+    }
+    let vip = Ipv4Addr::new(127, 67, (std::process::id() % 250) as u8, 1);
+    let identity = SocketAddr::from((vip, free_port(vip)));
+    let compute = SocketAddr::from((vip, free_port(vip)));
+    let r2_port = free_port(Ipv4Addr::LOCALHOST);
+    let redirect = SocketAddr::from((vip, free_port(vip)));
+    let r1 = echo_backend("r1-identity").await;
+    let r1_compute = echo_backend("r1-compute").await;
+    let r2_identity = echo_backend("r2-identity").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = test_support::pki::Ca::new(d, "haproxy-suite");
+    ca.leaf("vip", &[&vip.to_string()], 30);
+    // RegionTwo's frontend: its key where HAProxy looks by itself (`<crt>.key`).
+    let r2_leaf = ca.leaf("r2", &["localhost"], 30);
+    std::fs::rename(&r2_leaf.key, d.join("r2.pem.key")).unwrap();
+    let r2_cfg = d.join("r2.cfg");
+    std::fs::write(
+        &r2_cfg,
+        format!(
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    \
+             timeout server 10s\nlisten r2\n    bind 127.0.0.1:{r2_port} ssl crt {}\n    \
+             http-request return status 200 content-type application/json lf-string \
+             \"{{\\\"backend\\\":\\\"r2-compute-tls\\\",\\\"path\\\":\\\"%[path]\\\"}}\"\n",
+            r2_leaf.certificate.display()
+        ),
+    )
+    .unwrap();
+    let catalog = serde_json::json!([
+        {"Region": "RegionOne", "Service Type": "identity", "Interface": "public", "URL": format!("https://{identity}")},
+        {"Region": "RegionOne", "Service Type": "compute", "Interface": "public", "URL": format!("http://{compute}/v2.1/%(tenant_id)s")},
+        {"Region": "RegionTwo", "Service Type": "identity", "Interface": "public", "URL": format!("http://{r2_identity}")},
+        {"Region": "RegionTwo", "Service Type": "compute", "Interface": "public", "URL": format!("https://localhost:{r2_port}/compute/v2.1/%(tenant_id)s")},
+    ]);
+    std::fs::write(d.join("catalog.json"), catalog.to_string()).unwrap();
+    let toml = format!(
+        "region = \"RegionOne\"\ncatalog = [\"catalog.json\"]\nbackend = \"127.0.0.1\"\n\
+         [tls]\ncertificate = \"vip.pem\"\nkey = \"vip.key\"\nca_file = \"{}\"\n\
+         [ports.{}]\nbackend = \"{r1}\"\n[ports.{}]\nbackend = \"{r1_compute}\"\n\
+         [[redirect]]\nbind = \"{redirect}\"\nhttps_port = {}\n\
+         exempt = [\"/.well-known/acme-challenge/\"]\nexempt_backend = \"{r1}\"\n",
+        ca.cert_path.display(),
+        identity.port(),
+        compute.port(),
+        identity.port()
+    );
+    let path = d.join("router.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = Config::load(&path).unwrap();
+
+    let check = |cfg: &Path| {
+        let out = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(cfg).unwrap();
+        assert!(
+            out.status.success(),
+            "haproxy -c rejected {}:\n{}\n{text}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let lua = d.join("lua");
+    scope_router::haproxy::emit(&config, HaproxyMode::Lua, Some(&lua)).unwrap();
+    check(&lua.join("haproxy.cfg"));
+    let native = d.join("native");
+    scope_router::haproxy::emit(&config, HaproxyMode::Native, Some(&native)).unwrap();
+    let cfg = native.join("haproxy.cfg");
+    let text = check(&cfg);
+    let bundle = native.join("tls/1-vip.pem");
+    for line in [
+        format!(
+            "    bind {identity} ssl crt {} alpn http/1.1\n",
+            bundle.display()
+        ),
+        "    http-request set-header X-Forwarded-Proto https if { ssl_fc }\n".to_owned(),
+        "    ssl-default-bind-options ssl-min-ver TLSv1.3\n".to_owned(),
+        format!(
+            " localhost:{r2_port} check inter 2000ms rise 2 fall 5 ssl verify required ca-file {} \
+             alpn http/1.1 sni str(localhost) check-sni localhost verifyhost localhost check-ssl\n",
+            ca.cert_path.display()
+        ),
+        format!("    bind {compute}\n"),
+    ] {
+        assert!(text.contains(&line), "no `{line}` in\n{text}");
+    }
+
+    let _r2 = Haproxy::start(&r2_cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, r2_port)));
+    let _haproxy = Haproxy::start(&cfg, identity);
+    let ca_path = ca.cert_path.clone();
+    let (url_id, url_c) = (
+        format!("https://{identity}/v3/auth/tokens"),
+        format!("http://{compute}/v2.1/servers"),
+    );
+    let (redirected, exempt) = tokio::task::spawn_blocking(move || {
+        let head = |path: &str| {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w"])
+                .arg("%{http_code} %{redirect_url}")
+                .args(["-H", &format!("Host: api.example:{}", redirect.port())])
+                .arg(format!("http://{redirect}{path}"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        (
+            head("/v3/auth/tokens?nocatalog"),
+            send(redirect, "/.well-known/acme-challenge/tok", &[]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        redirected,
+        format!(
+            "301 https://api.example:{}/v3/auth/tokens?nocatalog",
+            identity.port()
+        )
+    );
+    assert_eq!(
+        (exempt.status, exempt.backend(), exempt.path()),
+        (200, "r1-identity", "/.well-known/acme-challenge/tok")
+    );
+    let (local, untrusted, remote) = tokio::task::spawn_blocking(move || {
+        let local = curl_https(&url_id, Some(&ca_path), &[]);
+        // A client without the lab CA refuses the certificate (curl exit 60).
+        let untrusted = curl_https(&url_id, None, &[]);
+        // The remote hop: RegionTwo's frontend verified as `localhost`, the lab CA trusted.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let remote = loop {
+            let r = curl_https(&url_c, None, &[r#"X-Scope: {"compute": "RegionTwo"}"#]);
+            let done = r.1.as_ref().is_some_and(|r| r.status == 200);
+            if done || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (local, untrusted, remote)
+    })
+    .await
+    .unwrap();
+    let (code, reply) = local;
+    let reply = reply.unwrap();
+    assert_eq!(
+        (code, reply.status, reply.backend()),
+        (0, 200, "r1-identity")
+    );
+    assert_eq!(reply.header("x-forwarded-proto"), ["https"]);
+    assert_eq!(
+        untrusted.0, 60,
+        "curl without the CA must refuse the certificate"
+    );
+    let reply = remote.1.unwrap();
+    assert_eq!(
+        (reply.status, reply.backend(), reply.path()),
+        (200, "r2-compute-tls", "/compute/v2.1/servers")
+    );
+}

@@ -6,6 +6,11 @@
 //! HAProxy `nbthread 1`) and no access log; wrk, nginx and the upload sink share CPU 1.
 //! Targets alternate within each round, every run starts a fresh proxy, and the report
 //! gives medians over the rounds.
+//!
+//! TLS scenarios (g–i) terminate TLS 1.3 (`profile = "modern"`, HAProxy `ssl-min-ver
+//! TLSv1.3`, both from the same router config) on the VIP with one certificate file read
+//! by every proxy: an ECDSA P-256 leaf (rcgen's default key) for the VIP's IP, signed by
+//! a CA generated for the run, chain and key in one PEM. The backend hop stays cleartext.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,9 +30,13 @@ use crate::netns::{self, nsenter};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
     /// Scenarios to run (a local scope, b remote chain, c token piggyback, d 1 GiB
-    /// upload, e idle connections, f connection rate).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    /// upload, e idle connections, f connection rate; over TLS: g new connections, h
+    /// keep-alive, i idle connections).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,h,i")]
     pub only: Vec<String>,
+    /// Idle TLS connections held in scenario i.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_tls_connections: usize,
     /// Seconds of load per run.
     #[arg(long, default_value_t = 5)]
     pub duration: u64,
@@ -48,12 +57,11 @@ pub struct Options {
 impl Options {
     /// Rejects what would run nothing, before anything is built.
     pub fn validate(&self) -> Result<()> {
-        if let Some(bad) = self
-            .only
-            .iter()
-            .find(|s| !["a", "b", "c", "d", "e", "f"].contains(&s.as_str()))
-        {
-            bail!("no e2e scenario `{bad}`; known: a, b, c, d, e, f (see --help)");
+        if let Some(bad) = self.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+            bail!(
+                "no e2e scenario `{bad}`; known: {} (see --help)",
+                SCENARIOS.join(", ")
+            );
         }
         if self.rounds == 0 || self.duration == 0 {
             bail!("--rounds and --duration must be at least 1");
@@ -61,6 +69,15 @@ impl Options {
         Ok(())
     }
 }
+
+const SCENARIOS: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+
+/// The TLS scenarios' targets: the same certificate and profile in each.
+const TLS_TARGETS: &[Target] = &[
+    Target::ScopeRouter,
+    Target::HaproxyLua,
+    Target::HaproxyNative,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -151,6 +168,28 @@ const LAYOUTS: &[Layout] = &[
         columns: RPS_COLUMNS,
         ratio_on: Some("rps"),
     },
+    Layout {
+        scenario: "g",
+        title: "(g) TLS 1.3 new connections (Connection: close; wrk resumes sessions)",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+    Layout {
+        scenario: "h",
+        title: "(h) TLS 1.3 keep-alive (GET, X-Scope → local region)",
+        columns: RPS_COLUMNS,
+        ratio_on: Some("rps"),
+    },
+    Layout {
+        scenario: "i",
+        title: "(i) idle TLS connections (full handshake, one request each)",
+        columns: &[
+            ("kib_per_conn", "KiB per connection", 1),
+            ("rss_before_mib", "RSS before MiB", 1),
+            ("rss_after_mib", "RSS after MiB", 1),
+        ],
+        ratio_on: None,
+    },
 ];
 
 const RPS_COLUMNS: &[(&str, &str, usize)] = &[
@@ -168,6 +207,10 @@ struct Env {
     scope_router: PathBuf,
     haproxy: PathBuf,
 }
+
+/// The TLS scenarios' files under the work directory: the CA the clients trust and the
+/// certificate (chain and key in one PEM, as HAProxy's `crt` reads it) every proxy serves.
+const TLS_DIR: &str = "tls";
 
 /// Runs the selected scenarios and writes `out_dir/report.{md,json}`.
 pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
@@ -202,6 +245,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     }
     let opts = &Options {
         idle_connections: idle,
+        idle_tls_connections: opts.idle_tls_connections.min(idle),
         ..opts.clone()
     };
     write_configs(&env, idle + 200, nofile)?;
@@ -283,6 +327,34 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             }
         })?;
     }
+    for scenario in ["g", "h"] {
+        if !opts.only.iter().any(|s| s == scenario) {
+            continue;
+        }
+        eprintln!(
+            "==> scenario ({scenario}): TLS 1.3, {} rounds × {} targets × {}s",
+            opts.rounds,
+            TLS_TARGETS.len(),
+            opts.duration
+        );
+        let extra: &[&str] = if scenario == "g" {
+            &["Connection: close"]
+        } else {
+            &[]
+        };
+        runs.rounds(scenario, opts.rounds, TLS_TARGETS, |target, round| {
+            load_run(&env, opts, scenario, target, round, extra).map(Some)
+        })?;
+    }
+    if opts.only.iter().any(|s| s == "i") {
+        eprintln!(
+            "==> scenario (i): {} idle TLS connections",
+            opts.idle_tls_connections
+        );
+        runs.rounds("i", opts.rounds, TLS_TARGETS, |target, round| {
+            idle_tls_run(&env, opts, target, round).map(Some)
+        })?;
+    }
     let runs = runs.done;
 
     let mut machine = machine_description();
@@ -293,6 +365,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         "rounds": opts.rounds,
         "wrk_connections": opts.connections,
         "idle_connections": opts.idle_connections,
+        "idle_tls_connections": opts.idle_tls_connections,
+        "tls": "TLS 1.3 (modern), ECDSA P-256 certificate, the same PEM for every proxy",
         "open_file_limit": nofile,
         "upload_mib": opts.upload_mib,
         "proxy_cpu": PROXY_CPU,
@@ -390,6 +464,7 @@ fn planned_runs(opts: &Options) -> usize {
             "a" | "b" | "c" => SCOPED_RPS.len() * r,
             "d" => SCOPED.len() * r,
             "e" | "f" => 3 * r,
+            "g" | "h" | "i" => TLS_TARGETS.len() * r,
             _ => 0,
         })
         .sum()
@@ -412,7 +487,7 @@ fn summary(run: &Run) -> String {
             get("mib_s"),
             get("peak_rss_mib")
         ),
-        "e" => format!("{:.1} KiB per connection", get("kib_per_conn")),
+        "e" | "i" => format!("{:.1} KiB per connection", get("kib_per_conn")),
         _ => format!(
             "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
             get("rps"),
@@ -458,6 +533,24 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
         &w.join("catalog.json"),
         &serde_json::to_string_pretty(&catalog)?,
     )?;
+    // The TLS scenarios: the same catalog over https://.
+    let tls_catalog: Vec<serde_json::Value> = catalog
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let url = e["URL"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("http://", "https://");
+            e["URL"] = json!(url);
+            e
+        })
+        .collect();
+    report::write(
+        &w.join("catalog-tls.json"),
+        &serde_json::to_string_pretty(&tls_catalog)?,
+    )?;
+    write_certificates(w)?;
     // Both regions' routers share the router namespace: each its own admin port.
     for (file, region, ebpf, admin, metrics) in [
         ("RegionOne.toml", "RegionOne", "off", 9101, true),
@@ -466,15 +559,12 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
         ("RegionTwo-nometrics.toml", "RegionTwo", "off", 9102, false),
         ("RegionOne-ebpf.toml", "RegionOne", "required", 9101, true),
     ] {
-        let text = format!(
-            "# Benchmark config (generated by cargo xtask bench).\nregion = \"{region}\"\n\
-             catalog = [\"catalog.json\"]\nbackend = \"{BACKEND_IP}\"\n\n[ebpf]\nmode = \"{ebpf}\"\n\
-             interface = \"eth2\"\npin_path = \"/sys/fs/bpf/scope-router-bench\"\n\n\
-             [ports.9292]\nidle = \"6h\"\n\n[admin]\nbind = [\"127.0.0.1:{admin}\"]\n\
-             metrics = {metrics}\n"
-        );
-        report::write(&w.join(file), &text)?;
+        report::write(
+            &w.join(file),
+            &router_config(region, "catalog.json", ebpf, admin, metrics),
+        )?;
     }
+    report::write(&w.join("RegionOne-tls.toml"), &tls_router_config())?;
     let nginx = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\n\
          pid {pid};\nerror_log {err} warn;\nevents {{ worker_connections {conns}; use epoll; }}\n\
@@ -488,7 +578,11 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     report::write(&w.join("nginx.conf"), &nginx)?;
     report::write(&w.join("sink.py"), SINK)?;
 
-    for (cfg, region) in [("RegionOne.toml", "r1"), ("RegionTwo.toml", "r2")] {
+    for (cfg, region) in [
+        ("RegionOne.toml", "r1"),
+        ("RegionTwo.toml", "r2"),
+        ("RegionOne-tls.toml", "r1-tls"),
+    ] {
         let lua_dir = w.join(format!("haproxy-lua-{region}"));
         std::fs::create_dir_all(&lua_dir)?;
         let out = Command::new(&env.scope_router)
@@ -533,6 +627,46 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// A region's router config for the benchmark.
+fn router_config(region: &str, catalog: &str, ebpf: &str, admin: u16, metrics: bool) -> String {
+    format!(
+        "# Benchmark config (generated by cargo xtask bench).\nregion = \"{region}\"\n\
+         catalog = [\"{catalog}\"]\nbackend = \"{BACKEND_IP}\"\n\n[ebpf]\nmode = \"{ebpf}\"\n\
+         interface = \"eth2\"\npin_path = \"/sys/fs/bpf/scope-router-bench\"\n\n\
+         [ports.9292]\nidle = \"6h\"\n\n[admin]\nbind = [\"127.0.0.1:{admin}\"]\n\
+         metrics = {metrics}\n"
+    )
+}
+
+/// RegionOne over `https://` (scenarios g–i): the VIPs' certificate, TLS 1.3 only, and
+/// the run's CA so the (unused) hops to RegionTwo load.
+fn tls_router_config() -> String {
+    format!(
+        "{}\n[tls]\ncertificate = \"{TLS_DIR}/vip.pem\"\nkey = \"{TLS_DIR}/vip.pem\"\n\
+         ca_file = \"{TLS_DIR}/bench-ca.pem\"\nprofile = \"modern\"\n",
+        router_config("RegionOne", "catalog-tls.json", "off", 9101, true)
+    )
+}
+
+/// A CA for the run and the VIPs' certificate (ECDSA P-256), chain and key in one PEM so
+/// HAProxy's `crt` and the router's `certificate`/`key` read the same file.
+fn write_certificates(work: &Path) -> Result<()> {
+    let dir = work.join(TLS_DIR);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = test_support::pki::Ca::new(&dir, "bench");
+    let leaf = ca.leaf("vip-leaf", &[VIP1, VIP2], 30);
+    let pem = std::fs::read_to_string(&leaf.certificate)? + &std::fs::read_to_string(&leaf.key)?;
+    let path = dir.join("vip.pem");
+    report::write(&path, &pem)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(())
 }
 
@@ -630,12 +764,17 @@ fn start_backends(env: &Env) -> Result<Vec<Proc>> {
 
 /// Starts the proxies for `target` (both regions when `chain`); none for the ceiling.
 fn start(env: &Env, target: Target, chain: bool, tag: &str) -> Result<Vec<Proc>> {
+    start_with(env, target, chain, false, tag)
+}
+
+/// [`start`], terminating TLS (scenarios g–i) when `tls`.
+fn start_with(env: &Env, target: Target, chain: bool, tls: bool, tag: &str) -> Result<Vec<Proc>> {
     let w = &env.work;
     let mut procs = Vec::new();
-    let regions: &[(&str, &str, &str)] = if chain {
-        &[("r1", "RegionOne", VIP1), ("r2", "RegionTwo", VIP2)]
-    } else {
-        &[("r1", "RegionOne", VIP1)]
+    let regions: &[(&str, &str, &str)] = match (chain, tls) {
+        (_, true) => &[("r1-tls", "RegionOne", VIP1)],
+        (true, false) => &[("r1", "RegionOne", VIP1), ("r2", "RegionTwo", VIP2)],
+        (false, false) => &[("r1", "RegionOne", VIP1)],
     };
     for (short, region, vip) in regions {
         let log = w.join(format!("{tag}-{short}.log"));
@@ -643,6 +782,7 @@ fn start(env: &Env, target: Target, chain: bool, tag: &str) -> Result<Vec<Proc>>
             Target::Direct => continue,
             Target::ScopeRouter | Target::ScopeRouterNoMetrics | Target::ScopeRouterEbpf => {
                 let cfg = match target {
+                    _ if tls => format!("{region}-tls.toml"),
                     Target::ScopeRouterEbpf => format!("{region}-ebpf.toml"),
                     Target::ScopeRouterNoMetrics => format!("{region}-nometrics.toml"),
                     _ => format!("{region}.toml"),
@@ -765,19 +905,23 @@ fn load_run(
 ) -> Result<Run> {
     let mut headers: Vec<String> = extra.iter().map(|h| (*h).to_owned()).collect();
     match scenario {
-        "a" | "f" => headers.push(r#"X-Scope: {"compute": "RegionOne"}"#.to_owned()),
+        "a" | "f" | "g" | "h" => {
+            headers.push(r#"X-Scope: {"compute": "RegionOne"}"#.to_owned());
+        }
         "b" => headers.push(r#"X-Scope: {"compute": "RegionTwo"}"#.to_owned()),
         "c" => headers.push(format!(
             r#"X-Auth-Token: {TOKEN}!SCOPE!{{"compute": "RegionOne", "identity": "RegionOne"}}"#
         )),
         other => bail!("no load scenario {other}"),
     }
+    let tls = matches!(scenario, "g" | "h");
     let url = match target {
         Target::Direct => format!("http://{BACKEND_IP}:8774/v2.1/servers"),
+        _ if tls => format!("https://{VIP1}:8774/v2.1/servers"),
         _ => format!("http://{VIP1}:8774/v2.1/servers"),
     };
     let tag = log_tag(scenario, round, target);
-    let mut procs = start(env, target, scenario == "b", &tag)?;
+    let mut procs = start_with(env, target, scenario == "b", tls, &tag)?;
     // Warm-up: connection pools, Lua state, page cache; not measured.
     wrk(opts, &url, &headers, 1)?;
     let cpu0 = cpu_total(&procs)?;
@@ -891,6 +1035,109 @@ fn idle_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run
         round,
         &[
             ("kib_per_conn", per_conn),
+            ("rss_before_mib", before as f64 / 1024.0),
+            ("rss_after_mib", after as f64 / 1024.0),
+        ],
+    ))
+}
+
+/// Holds `n` TLS connections, each after a full handshake (no resumption) and one
+/// complete request, and answers `held` on stdout; exits when stdin closes.
+const TLS_HOLDER: &str = r#"# Idle TLS clients for cargo xtask bench (scenario i).
+import socket, ssl, sys
+host, port, n, ca = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+req = ("GET /v2.1/servers HTTP/1.1\r\nHost: %s:%d\r\n"
+       "X-Scope: {\"compute\": \"RegionOne\"}\r\n\r\n" % (host, port)).encode()
+held = []
+for i in range(n):
+    # A context per connection: no session to resume, every handshake is a full one.
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=host)
+    s.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection %d closed before the response head" % i)
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit("connection %d: %s" % (i, head.split(b"\r\n")[0].decode()))
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(4096)
+    held.append(s)
+print("held", flush=True)
+sys.stdin.read()
+"#;
+
+/// Scenario i: [`TLS_HOLDER`] in the client namespace opens the connections; the proxy's
+/// RSS before and while they are held, as scenario e does for cleartext.
+fn idle_tls_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
+    use std::io::BufRead as _;
+    let tag = log_tag("i", round, target);
+    let mut procs = start_with(env, target, false, true, &tag)?;
+    let script = env.work.join("tls_holder.py");
+    report::write(&script, TLS_HOLDER)?;
+    let ca = env.work.join(TLS_DIR).join("bench-ca.pem");
+    let hold = |n: usize| -> Result<std::process::Child> {
+        let mut child = nsenter(CLIENT)
+            .args(["taskset", "-c", LOAD_CPU, "python3"])
+            .arg(&script)
+            .args([VIP1, "8774", &n.to_string()])
+            .arg(&ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start the TLS client (python3)")?;
+        let mut line = String::new();
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout from the TLS client")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "held" {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "the TLS client did not hold its connections: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(child)
+    };
+    // One connection first so lazily built state (pools, TLS caches, Lua) is in the
+    // baseline.
+    let warm = hold(1)?;
+    drop(warm.stdin);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = |procs: &[Proc]| -> Result<u64> {
+        Ok(procs
+            .first()
+            .map(|p| p.memory_kib())
+            .transpose()?
+            .unwrap_or_default()
+            .0)
+    };
+    let before = rss(&procs)?;
+    let n = opts.idle_tls_connections;
+    let mut clients = hold(n)?;
+    std::thread::sleep(Duration::from_millis(500));
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    let after = rss(&procs)?;
+    drop(clients.stdin.take());
+    let _ = clients.wait();
+    Ok(run_of(
+        "i",
+        target,
+        round,
+        &[
+            ("kib_per_conn", (after as f64 - before as f64) / n as f64),
             ("rss_before_mib", before as f64 / 1024.0),
             ("rss_after_mib", after as f64 / 1024.0),
         ],
@@ -1064,6 +1311,7 @@ mod tests {
             rounds: 3,
             connections: 50,
             idle_connections: 10_000,
+            idle_tls_connections: 2000,
             upload_mib: 1024,
         }
     }
@@ -1090,6 +1338,18 @@ mod tests {
         );
         // 5 targets in a–c (metrics on and off), 4 in d, 3 in e and f, per round.
         assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 75);
+        // 3 targets in each TLS scenario.
+        assert_eq!(planned_runs(&opts(&["g", "h", "i"])), 27);
+    }
+
+    #[test]
+    fn the_tls_router_config_serves_the_bench_certificate_over_https_urls() {
+        let config: toml::Table = tls_router_config().parse().expect("TOML");
+        assert_eq!(config["catalog"][0].as_str(), Some("catalog-tls.json"));
+        assert_eq!(config["tls"]["certificate"].as_str(), Some("tls/vip.pem"));
+        assert_eq!(config["tls"]["key"].as_str(), Some("tls/vip.pem"));
+        assert_eq!(config["tls"]["profile"].as_str(), Some("modern"));
+        assert_eq!(config["admin"]["bind"][0].as_str(), Some("127.0.0.1:9101"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod network;
 pub mod plan;
 mod probes;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub struct Options {
     /// (SIGKILL) each region's master and show the backup serving in its place.
     #[arg(long, conflicts_with = "unmanaged_vip")]
     pub ha: bool,
+    /// Serve every catalog URL over https:// with certificates from a lab CA, the routers
+    /// verifying each other's; the probes use curl --cacert with that CA.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Configs, logs and generated files; fixed so `--down` and a later run find it.
@@ -73,6 +78,7 @@ impl Options {
             router_bin: self.router_bin.clone(),
             echo_bin: self.echo_bin.clone(),
             ha: self.ha,
+            tls: self.tls,
             settings: toml::Table::new(),
             profile: Profile::Lab,
         }
@@ -92,6 +98,8 @@ pub struct Setup {
     pub echo_bin: Option<PathBuf>,
     /// Two routers per region sharing its VIP over VRRP.
     pub ha: bool,
+    /// Catalogs over https:// and certificates from a lab CA.
+    pub tls: bool,
     /// Config settings merged over the lab's own overrides in every region's config.
     pub settings: toml::Table,
     /// What `setup` installs first.
@@ -111,6 +119,8 @@ pub struct Running {
     pub echo: PathBuf,
     /// Configs and logs ([`state_dir`]).
     pub dir: PathBuf,
+    /// `tls`: the lab CA clients trust.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Running {
@@ -184,7 +194,7 @@ pub fn start(setup: &Setup) -> Result<Running> {
         unmanaged_vip: setup.unmanaged_vip,
         settings: setup.settings.clone(),
     };
-    let regions = plan::plan(&configs, &overrides)?;
+    let mut regions = plan::plan(&configs, &overrides)?;
     setup::ensure(setup.profile)?;
     let (router, echo) = binaries(setup)?;
 
@@ -193,6 +203,14 @@ pub fn start(setup: &Setup) -> Result<Running> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_file = if setup.tls {
+        let s = step("lab CA, a certificate per region VIP, https:// catalogs");
+        let ca = tls::apply(&mut regions, &dir)?;
+        s.done();
+        Some(ca)
+    } else {
+        None
+    };
     let mut config_paths = Vec::new();
     // `--ha`: each region's backup router's config (the first router's is the one above).
     let mut backup_paths = Vec::new();
@@ -248,7 +266,7 @@ pub fn start(setup: &Setup) -> Result<Running> {
         regions.iter().all(|r| {
             r.ports
                 .iter()
-                .all(|p| http_answers(&r.router_ns(), &format!("http://{}:{p}/", r.backend)))
+                .all(|p| http_answers(&r.router_ns(), &format!("http://{}:{p}/", r.backend), &[]))
         })
     })?;
     s.done();
@@ -291,7 +309,7 @@ pub fn start(setup: &Setup) -> Result<Running> {
         regions.iter().all(|r| {
             r.ports
                 .iter()
-                .all(|p| http_answers(&plan::client_ns(), &format!("http://{}:{p}/", r.vip)))
+                .all(|p| http_answers(&plan::client_ns(), &r.url(*p, "/"), &r.curl_trust()))
         })
     })
     .map_err(|err| anyhow!("{err:#}\n{}", router_diagnosis(&regions, &dir)))?;
@@ -309,6 +327,7 @@ pub fn start(setup: &Setup) -> Result<Running> {
         router,
         echo,
         dir,
+        ca_file,
     })
 }
 
@@ -323,6 +342,7 @@ pub fn run(opts: Options) -> Result<()> {
         backup_paths,
         router,
         dir,
+        ca_file,
         ..
     } = start(&opts.setup())?;
 
@@ -349,7 +369,7 @@ pub fn run(opts: Options) -> Result<()> {
             regions.iter().all(|r| {
                 r.ports
                     .iter()
-                    .all(|p| http_answers(&plan::client_ns(), &format!("http://{}:{p}/", r.vip)))
+                    .all(|p| http_answers(&plan::client_ns(), &r.url(*p, "/"), &r.curl_trust()))
             })
         })?;
         let took = killed.elapsed();
@@ -442,6 +462,19 @@ pub fn run(opts: Options) -> Result<()> {
     banner("==> admin listeners (status page, /status, /metrics, /healthz)");
     for check in &admin {
         println!("{check}");
+    }
+    if let Some(ca) = &ca_file {
+        banner("==> TLS (--tls)");
+        println!(
+            "Every catalog URL is https://; each router serves a certificate for its VIP from \
+             the lab CA and verifies the other region's with it.\nLab CA: {}{}",
+            ca.display(),
+            if opts.keep {
+                ""
+            } else {
+                " (removed with the lab; use --keep to curl it yourself)"
+            }
+        );
     }
     if opts.keep {
         print_keep_help(&regions, &config_paths, &router, &results);
@@ -615,9 +648,14 @@ fn binaries(opts: &Setup) -> Result<(PathBuf, PathBuf)> {
 /// after 2 failures, on both routers).
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 
-fn http_answers(ns: &str, url: &str) -> bool {
-    exec::probe(nsenter(ns).args(["curl", "-s", "-o", "/dev/null", "--max-time", "2", url]))
-        .is_some()
+fn http_answers(ns: &str, url: &str, curl_args: &[String]) -> bool {
+    exec::probe(
+        nsenter(ns)
+            .args(["curl", "-s", "-o", "/dev/null", "--max-time", "2"])
+            .args(curl_args)
+            .arg(url),
+    )
+    .is_some()
 }
 
 fn print_keep_help(

@@ -52,6 +52,8 @@ pub struct RegionPlan {
     pub config: String,
     /// `--ha`: this plan describes the region's backup router (its namespace, address).
     pub backup_role: bool,
+    /// `--tls`: the lab CA the region's certificate chains to; its URLs are `https://`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RegionPlan {
@@ -74,6 +76,24 @@ impl RegionPlan {
 
     pub fn pin_path(&self) -> PathBuf {
         pin_path(&self.name)
+    }
+
+    /// The URL of `path` on the region's VIP and `port`, over `https://` with `--tls`.
+    pub fn url(&self, port: u16, path: &str) -> String {
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{port}{path}", self.vip)
+    }
+
+    /// curl's arguments to trust the region's certificate (none in cleartext).
+    pub fn curl_trust(&self) -> Vec<String> {
+        self.ca_file
+            .iter()
+            .flat_map(|ca| ["--cacert".to_owned(), ca.to_string_lossy().into_owned()])
+            .collect()
     }
 
     /// The echo backend's name for `port`, shown in the results table.
@@ -294,6 +314,7 @@ fn region_plan(
         source_config: path.to_path_buf(),
         config,
         backup_role: false,
+        ca_file: None,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct Probe {
     /// What the answering backend must have seen: the Host and path it was sent, and the
     /// routers the request crossed (the table's "Host seen", "path seen" and "via").
     pub arrives: Option<Arrival>,
+    /// `--tls`: the CA curl trusts (the URL is `https://`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The request as the expected backend must receive it.
@@ -49,7 +51,9 @@ fn arrival(regions: &[RegionPlan], url: &str, expect: &Expect) -> Option<Arrival
     };
     let (region, port) = name.rsplit_once(':')?;
     let target = regions.iter().find(|r| r.name == region)?;
-    let rest = url.strip_prefix("http://")?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let entry_vip = authority.split(':').next()?;
     let entry = regions.iter().find(|r| r.vip.to_string() == entry_vip)?;
@@ -77,6 +81,9 @@ impl Probe {
         for (name, value) in &self.headers {
             cmd.arg("-H").arg(format!("{name}: {value}"));
         }
+        if let Some(ca) = &self.ca_file {
+            cmd.arg("--cacert").arg(ca);
+        }
         cmd.arg(&self.url);
         cmd
     }
@@ -94,7 +101,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
     let [a, b, ..] = regions else {
         return Vec::new();
     };
-    let url = |r: &RegionPlan, port: u16, path: &str| format!("http://{}:{port}{path}", r.vip);
+    let url = |r: &RegionPlan, port: u16, path: &str| r.url(port, path);
     let header = |n: &str, v: String| (n.to_owned(), v);
     let mut out = Vec::new();
     let mut add = |title: String,
@@ -110,6 +117,7 @@ pub fn probes(regions: &[RegionPlan]) -> Vec<Probe> {
             expect,
             seen: seen.map(|(n, v)| (n.to_owned(), v.to_owned())),
             arrives,
+            ca_file: a.ca_file.clone(),
         });
     };
 
@@ -258,6 +266,7 @@ pub struct Failover {
     served_by: String,
     either_title: String,
     either_arrives: Option<Arrival>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Failover {
@@ -267,7 +276,7 @@ impl Failover {
             return None;
         };
         let (a_port, b_port) = (a.port_of("image")?, b.port_of("image")?);
-        let url = format!("http://{}:{a_port}/v2/images", a.vip);
+        let url = a.url(a_port, "/v2/images");
         let either_arrives = arrival(regions, &url, &Expect::Backend(a.backend_name(a_port)));
         Some(Failover {
             dead_region: b.name.clone(),
@@ -281,6 +290,7 @@ impl Failover {
                 b.name, a.name, b.name
             ),
             either_arrives,
+            ca_file: a.ca_file.clone(),
         })
     }
 
@@ -296,6 +306,7 @@ impl Failover {
             expect: Expect::Status(503),
             seen: None,
             arrives: None,
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -308,6 +319,7 @@ impl Failover {
             expect: Expect::Backend(self.served_by.clone()),
             seen: None,
             arrives: self.either_arrives.clone(),
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -472,6 +484,7 @@ pub fn table(results: &[(Probe, Outcome)]) -> String {
             let to = probe
                 .url
                 .trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .split('/')
                 .next()
                 .unwrap_or("")
@@ -557,6 +570,7 @@ mod tests {
             expect,
             seen: None,
             arrives: None,
+            ca_file: None,
         }
     }
 
@@ -610,6 +624,20 @@ mod tests {
             "RegionOne>RegionTwo"
         ));
         assert!(!arrived("192.168.144.244:9292", "/v2/images", "RegionTwo"));
+    }
+
+    #[test]
+    fn tls_probes_trust_the_lab_ca_and_read_https_urls() {
+        let mut p = probe(Expect::Backend("RegionOne:9292".into()));
+        p.url = "https://192.168.142.244:9292/v2/images".into();
+        p.ca_file = Some("/tmp/lab/tls/ca.pem".into());
+        let shown = p.shell_example();
+        assert!(
+            shown.contains("--cacert /tmp/lab/tls/ca.pem https://192.168.142.244:9292/"),
+            "{shown}"
+        );
+        let table = table(&[(p, Outcome::default())]);
+        assert!(table.contains("  192.168.142.244:9292  "), "{table}");
     }
 
     #[test]

@@ -138,6 +138,7 @@ fn soak(opts: &Options) -> Result<()> {
         router_bin: opts.router_bin.clone(),
         echo_bin: opts.echo_bin.clone(),
         ha: true,
+        tls: false,
         settings: SOAK_SETTINGS
             .parse()
             .context("the soak's config settings")?,

@@ -426,6 +426,7 @@ pub(crate) mod tests {
             source_config: PathBuf::new(),
             config: config.into(),
             backup_role: false,
+            ca_file: None,
         }
     }
 
