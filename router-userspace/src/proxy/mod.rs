@@ -11,6 +11,7 @@ pub mod idle;
 pub mod park;
 pub mod scoped;
 pub mod server;
+pub mod stream;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -687,54 +687,73 @@ impl Dispatch {
                     }
                 }
                 PassthroughMode::Http => {
-                    let rt2 = rt.clone();
-                    let (g, s) = (guard.clone(), signals.clone());
-                    let conn = HttpConn::new(
-                        ClientIo::Plain(stream),
-                        rt.spec.timeouts,
-                        self.max_header_bytes,
-                        open,
-                        signals,
-                        guard.clone(),
-                    );
-                    let shared = conn.shared.clone();
-                    let svc = service_fn(move |req| {
-                        let ctx = passthrough::ConnCtx {
-                            local,
-                            peer,
-                            guard: g.clone(),
-                            signals: s.clone(),
-                        };
-                        passthrough::handle_http(rt2.clone(), ctx, shared.begin(), req)
-                    });
-                    Box::pin(serve_http(conn, svc)).await;
+                    let timeouts = rt.spec.timeouts;
+                    let rt = rt.clone();
+                    let conn = (stream, local, peer);
+                    let handle = move |ctx, start, req| {
+                        passthrough::handle_http(rt.clone(), ctx, start, req)
+                    };
+                    self.serve_unscoped(conn, timeouts, open, (signals, guard.clone()), handle)
+                        .await;
                 }
             }
         } else if let Some(rt) = redirect {
-            let (g, s) = (guard.clone(), signals.clone());
-            let conn = HttpConn::new(
-                ClientIo::Plain(stream),
-                rt.timeouts,
-                self.max_header_bytes,
-                open,
-                signals,
-                guard.clone(),
-            );
-            let shared = conn.shared.clone();
-            let svc = service_fn(move |req| {
-                let ctx = passthrough::ConnCtx {
-                    local,
-                    peer,
-                    guard: g.clone(),
-                    signals: s.clone(),
-                };
-                redirect::handle(rt.clone(), ctx, shared.begin(), req)
-            });
-            Box::pin(serve_http(conn, svc)).await;
+            let timeouts = rt.timeouts;
+            let handle = move |ctx, start, req| redirect::handle(rt.clone(), ctx, start, req);
+            let conn = (stream, local, peer);
+            self.serve_unscoped(conn, timeouts, open, (signals, guard.clone()), handle)
+                .await;
         } else {
             tracing::warn!(%local, %peer, "connection for an address no listener serves; closing it");
         }
         drop(guard);
+    }
+}
+
+impl Dispatch {
+    /// A cleartext HTTP listener without scope work (passthrough `http`, redirect): the
+    /// same parked connection as a scoped one, `handle` serving each request.
+    async fn serve_unscoped<H, F>(
+        &self,
+        (stream, local, peer): (tokio::net::TcpStream, SocketAddr, SocketAddr),
+        timeouts: Timeouts,
+        open: OpenConnection,
+        (signals, guard): (Signals, Guard),
+        handle: H,
+    ) where
+        H: Fn(passthrough::ConnCtx, super::RequestStart, http::Request<hyper::body::Incoming>) -> F
+            + Clone
+            + Send
+            + 'static,
+        F: Future<
+                Output = Result<
+                    http::Response<crate::access_log::LoggedBody>,
+                    std::convert::Infallible,
+                >,
+            > + Send
+            + 'static,
+    {
+        let (g, s) = (guard.clone(), signals.clone());
+        let conn = HttpConn::new(
+            ClientIo::Plain(stream),
+            timeouts,
+            self.max_header_bytes,
+            open,
+            signals,
+            guard,
+        );
+        let shared = conn.shared.clone();
+        let svc = service_fn(move |req| {
+            let ctx = passthrough::ConnCtx {
+                local,
+                peer,
+                guard: g.clone(),
+                signals: s.clone(),
+            };
+            handle(ctx, shared.begin(), req)
+        });
+        // Boxed so that scoped connections' tasks are not sized for this one's state.
+        Box::pin(serve_http(conn, svc)).await;
     }
 }
 
