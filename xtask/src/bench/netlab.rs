@@ -1,10 +1,12 @@
 //! The benchmark's network: three namespaces (client → router with `eth2` carrying the
-//! VIPs → backend), processes pinned to CPUs inside them, and their CPU/memory counters.
+//! VIPs → backend), processes pinned to CPUs inside them (or in xtask's own namespace, on
+//! loopback), and their CPU/memory counters.
 //!
 //! Everything lives in namespaces this module creates; nothing touches the host's
 //! interfaces. Dropping the [`NetLab`] kills what it started and deletes the namespaces.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -24,6 +26,15 @@ pub const BACKEND_IP: &str = "10.77.2.2";
 /// The CPU proxies are pinned to; load generator and backend get the other one.
 pub const PROXY_CPU: &str = "0";
 pub const LOAD_CPU: &str = "1";
+
+/// The loopback scenario's addresses, in xtask's own namespace (all of 127/8 is local
+/// there, so nothing is configured): RegionOne's frontend where the proxy listens,
+/// RegionTwo's frontend (nginx: the remote region every request goes to), and RegionOne's
+/// backend (nginx too; only its health checks reach it). Not 127.0.0.1, which other
+/// software on the host is likeliest to have bound.
+pub const LOOP_VIP1: &str = "127.0.77.1";
+pub const LOOP_VIP2: &str = "127.0.77.2";
+pub const LOOP_BACKEND: &str = "127.0.77.3";
 
 /// The namespaces; deleted on drop.
 pub struct NetLab {
@@ -102,22 +113,38 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(rl.rlim_max)
 }
 
-/// A process started in a namespace, pinned to a CPU; killed when dropped.
+/// `taskset -c CPU …` inside namespace `ns`, or in xtask's own when `ns` is `None` (the
+/// loopback scenario); the caller appends the program and its arguments.
+pub fn pinned(ns: Option<&str>, cpu: &str) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut cmd = nsenter(ns);
+            cmd.arg("taskset");
+            cmd
+        }
+        None => Command::new("taskset"),
+    };
+    cmd.args(["-c", cpu]);
+    cmd
+}
+
+/// A process started in a namespace (`None`: xtask's own), pinned to a CPU; killed when
+/// dropped.
 pub struct Proc(Process);
 
 impl Proc {
     pub fn spawn(
         name: &str,
-        ns: &str,
+        ns: Option<&str>,
         cpu: &str,
         program: &Path,
         args: &[&str],
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> Result<Proc> {
-        let mut cmd = nsenter(ns);
         // `taskset` execs the program in place, so the pid stays the program's own.
-        cmd.args(["taskset", "-c", cpu]).arg(program).args(args);
+        let mut cmd = pinned(ns, cpu);
+        cmd.arg(program).args(args);
         cmd.envs(env.iter().copied());
         Process::spawn(name, cmd, log).map(Proc)
     }
@@ -179,18 +206,22 @@ impl Drop for Proc {
     }
 }
 
-/// Polls until `addr` accepts TCP connections from the client namespace (or `procs`
-/// died, or 15 s passed: something is wrong then, and the log says what).
-pub fn wait_listening(addr: &str, procs: &mut [&mut Proc]) -> Result<()> {
+/// Polls until `addr` accepts TCP connections from namespace `from` (`None`: xtask's
+/// own), or `procs` died, or 15 s passed: something is wrong then, and the log says what.
+pub fn wait_listening(from: Option<&str>, addr: &str, procs: &mut [&mut Proc]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         for p in procs.iter_mut() {
             p.check_alive()?;
         }
         let target: std::net::SocketAddr = addr.parse()?;
-        let ok = netns::run_in(CLIENT, move || {
+        let connect = move || {
             Ok(std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())
-        })?;
+        };
+        let ok = match from {
+            Some(ns) => netns::run_in(ns, connect)?,
+            None => connect()?,
+        };
         if ok {
             return Ok(());
         }
@@ -202,5 +233,24 @@ pub fn wait_listening(addr: &str, procs: &mut [&mut Proc]) -> Result<()> {
             bail!("{addr} never started listening; logs:\n{}", logs.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_commands_run_in_the_namespace_given_or_in_ours() {
+        let mut cmd = pinned(Some(CLIENT), LOAD_CPU);
+        cmd.arg("wrk");
+        let shown = crate::exec::display(&cmd);
+        assert!(
+            shown.ends_with("nsenter --net=/run/netns/srb-client -- taskset -c 1 wrk"),
+            "{shown}"
+        );
+        let mut cmd = pinned(None, PROXY_CPU);
+        cmd.arg("haproxy");
+        assert_eq!(crate::exec::display(&cmd), "taskset -c 0 haproxy");
     }
 }
