@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: benchmark scenarios, each a named step: `micro` (criterion
 //! micro-benchmarks of router-userspace), `e2e` (scope-router against HAProxy+Lua,
-//! HAProxy json_query and the bare backend in network namespaces; see bench/e2e.rs) and
+//! HAProxy json_query and the bare backend in network namespaces, and on loopback; see
+//! bench/e2e.rs) and
 //! `heads` (memory held by clients stalled inside a request head; see bench/heads.rs).
 
 use std::ffi::OsString;
@@ -47,7 +48,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "e2e",
-        about: "scope-router vs HAProxy+Lua vs HAProxy json_query vs direct, in network namespaces (root)",
+        about: "scope-router vs HAProxy+Lua vs HAProxy json_query vs direct, in network namespaces (root) and on loopback",
         run: end_to_end,
         profile: Profile::Full,
     },
