@@ -735,11 +735,19 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     )?;
     report::write(
         &w.join("nginx.conf"),
-        &nginx_config(w, "nginx", &[BACKEND_IP], nofile),
+        // 9292 is the upload sink's.
+        &nginx_config(w, "nginx", &[BACKEND_IP], &[8774, 5000], nofile),
     )?;
     report::write(
         &w.join("nginx-loopback.conf"),
-        &nginx_config(w, "nginx-loopback", &[LOOP_VIP2, LOOP_BACKEND], nofile),
+        // Every endpoint in the loopback catalog answers, so every health check passes.
+        &nginx_config(
+            w,
+            "nginx-loopback",
+            &[LOOP_VIP2, LOOP_BACKEND],
+            &[8774, 5000, 9292],
+            nofile,
+        ),
     )?;
     report::write(&w.join("sink.py"), SINK)?;
 
@@ -814,13 +822,15 @@ fn router_config(
     )
 }
 
-/// Scenario j's catalog: identity and compute per region on the loopback frontends.
+/// Scenario j's catalog: identity, compute and image per region on the loopback
+/// frontends (image because the shared router config tunes its port).
 fn loopback_catalog() -> Vec<serde_json::Value> {
     let mut catalog = Vec::new();
     for (region, vip) in [("RegionOne", LOOP_VIP1), ("RegionTwo", LOOP_VIP2)] {
         for (st, url) in [
             ("identity", format!("http://{vip}:5000")),
             ("compute", format!("http://{vip}:8774/v2.1/%(tenant_id)s")),
+            ("image", format!("http://{vip}:9292")),
         ] {
             catalog.push(
                 json!({"Region": region, "Service Type": st, "Interface": "public", "URL": url}),
@@ -830,13 +840,12 @@ fn loopback_catalog() -> Vec<serde_json::Value> {
     catalog
 }
 
-/// One nginx worker answering `200 ok` on 8774 and 5000 of each address, keep-alive
+/// One nginx worker answering `200 ok` on each of `ports` of each of `addrs`, keep-alive
 /// without limits, no access log; `name` names its pid and error files.
-fn nginx_config(work: &Path, name: &str, addrs: &[&str], nofile: u64) -> String {
+fn nginx_config(work: &Path, name: &str, addrs: &[&str], ports: &[u16], nofile: u64) -> String {
     let listens: String = addrs
         .iter()
-        .flat_map(|a| [format!("{a}:8774"), format!("{a}:5000")])
-        .map(|l| format!("    listen {l};\n"))
+        .flat_map(|a| ports.iter().map(move |p| format!("    listen {a}:{p};\n")))
         .collect();
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\n\
@@ -1795,6 +1804,11 @@ mod tests {
             url("RegionTwo", "identity").as_deref(),
             Some("http://127.0.77.2:5000")
         );
+        // The shared router config has [ports.9292], which needs a RegionOne endpoint there.
+        assert_eq!(
+            url("RegionOne", "image").as_deref(),
+            Some("http://127.0.77.1:9292")
+        );
         let config: toml::Table = router_config(
             "RegionOne",
             "catalog-loopback.json",
@@ -1815,16 +1829,18 @@ mod tests {
             Path::new("/w"),
             "nginx-loopback",
             &[LOOP_VIP2, LOOP_BACKEND],
+            &[8774, 9292],
             20_000,
         );
         for l in [
             "listen 127.0.77.2:8774;",
-            "listen 127.0.77.2:5000;",
+            "listen 127.0.77.2:9292;",
             "listen 127.0.77.3:8774;",
-            "listen 127.0.77.3:5000;",
+            "listen 127.0.77.3:9292;",
         ] {
             assert!(conf.contains(l), "{l} missing:\n{conf}");
         }
+        assert_eq!(conf.matches("listen ").count(), 4, "{conf}");
         assert!(conf.contains("pid /w/nginx-loopback.pid;"), "{conf}");
         assert!(conf.contains("worker_connections 19900;"), "{conf}");
     }
