@@ -40,8 +40,9 @@ pub struct Options {
     /// Scenarios to run (a local scope, b remote chain, c token piggyback, d 1 GiB
     /// upload, e idle connections, f connection rate; over TLS: g new connections, h
     /// keep-alive, i idle connections; j remote scope on loopback, one hop; k small GETs
-    /// while uploads stream).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,h,i,j,k")]
+    /// while uploads stream, run only when named: its HAProxy upload fails, see
+    /// docs/performance.md).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,h,i,j")]
     pub only: Vec<String>,
     /// Idle TLS connections held in scenario i.
     #[arg(long, default_value_t = 2000)]
@@ -1758,9 +1759,10 @@ mod tests {
             .validate()
             .is_err()
         );
-        // By default every scenario runs, the new ones included.
+        // By default every scenario runs but k, which runs only when named.
         let cli = <OptionsCli as clap::Parser>::try_parse_from(["e2e"]).expect("defaults");
-        assert_eq!(cli.opts.only, SCENARIOS);
+        let every_but_k: Vec<&str> = SCENARIOS.iter().copied().filter(|s| *s != "k").collect();
+        assert_eq!(cli.opts.only, every_but_k);
         assert_eq!(cli.opts.loopback_connections, 64);
     }
 
