@@ -40,9 +40,8 @@ pub struct Options {
     /// Scenarios to run (a local scope, b remote chain, c token piggyback, d 1 GiB
     /// upload, e idle connections, f connection rate; over TLS: g new connections, h
     /// keep-alive, i idle connections; j remote scope on loopback, one hop; k small GETs
-    /// while uploads stream, run only when named: its HAProxy upload fails, see
-    /// docs/performance.md).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,h,i,j")]
+    /// while uploads stream).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g,h,i,j,k")]
     pub only: Vec<String>,
     /// Idle TLS connections held in scenario i.
     #[arg(long, default_value_t = 2000)]
@@ -502,7 +501,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
     });
     let mut md = String::from("# scope-router benchmark report\n\n");
     md.push_str(&format!(
-        "Machine: {}. Load average (1/5/15 min) before the run: {}, after: {}.\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}` (j: `-c{}` on loopback without namespaces; k: `-c{}` while {} MiB uploads stream back to back), proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
+        "Machine: {}. Load average (1/5/15 min) before the run: {}, after: {}.\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}` (j: `-c{}` on loopback without namespaces; k: `-c{}` paced {MIXED_PACE_MS} ms between requests while {} MiB uploads capped at {MIXED_UPLOAD_RATE}/s stream back to back), proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
         machine["summary"].as_str().unwrap_or("?"),
         machine["loadavg_before"].as_str().unwrap_or("?"),
         machine["loadavg_after"].as_str().unwrap_or("?"),
@@ -914,7 +913,7 @@ fn tune_haproxy(path: &Path, maxconn: usize) -> Result<()> {
 /// Reads the whole request body (Content-Length or chunked) and answers its size.
 const SINK: &str = r#"# Upload sink for cargo xtask bench: counts the request body, answers the count.
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Sink(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -955,7 +954,10 @@ class Sink(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-HTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
+# Threads: a proxy may open a new connection for the next upload while its previous one
+# sits idle in its pool, which a single-threaded server would never get back to.
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
 "#;
 
 fn start_backends(env: &Env) -> Result<Vec<Proc>> {
@@ -1125,12 +1127,16 @@ fn wrk(
     url: &str,
     headers: &[String],
     seconds: u64,
+    script: Option<&Path>,
 ) -> Result<report::Wrk> {
     let mut cmd = netlab::pinned(from, LOAD_CPU);
     cmd.args(["wrk", "-t1"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("--latency");
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
     for h in headers {
         cmd.arg("-H").arg(h);
     }
@@ -1191,9 +1197,16 @@ fn load_run(
     let tag = log_tag(scenario, round, target);
     let mut procs = start(env, target, site, &tag)?;
     // Warm-up: connection pools, Lua state, page cache; not measured.
-    wrk(site.client(), connections, &url, &headers, 1)?;
+    wrk(site.client(), connections, &url, &headers, 1, None)?;
     let cpu0 = cpu_total(&procs)?;
-    let w = wrk(site.client(), connections, &url, &headers, opts.duration)?;
+    let w = wrk(
+        site.client(),
+        connections,
+        &url,
+        &headers,
+        opts.duration,
+        None,
+    )?;
     for p in procs.iter_mut() {
         p.check_alive()?;
     }
@@ -1212,7 +1225,7 @@ fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<R
     let tag = log_tag("d", round, target);
     let mut procs = start(env, target, Site::Local, &tag)?;
     let cpu0 = cpu_total(&procs)?;
-    let upload = upload(env, &file, size, target);
+    let upload = upload(env, &file, size, target, None);
     for p in procs.iter_mut() {
         p.check_alive()?;
     }
@@ -1250,14 +1263,21 @@ const UPLOAD_MAX_TIME: &str = "600";
 
 /// `PUT`s `file` through `target`'s image listener (or straight to the sink for the
 /// ceiling) with curl in the client namespace, and checks the sink got every byte.
-fn upload(env: &Env, file: &Path, size: u64, target: Target) -> Result<Upload> {
+fn upload(env: &Env, file: &Path, size: u64, target: Target, rate: Option<&str>) -> Result<Upload> {
     let url = match target {
         Target::Direct => format!("http://{BACKEND_IP}:9292/v2/images/bench/file"),
         _ => format!("http://{VIP1}:9292/v2/images/bench/file"),
     };
     let body = env.work.join("upload.reply");
-    let out = netlab::pinned(Some(CLIENT), LOAD_CPU)
-        .args(["curl", "-sS", "--max-time", UPLOAD_MAX_TIME, "-T"])
+    // A failed upload must not read the count an earlier one left behind.
+    let _ = std::fs::remove_file(&body);
+    let mut curl = netlab::pinned(Some(CLIENT), LOAD_CPU);
+    curl.args(["curl", "-sS", "--max-time", UPLOAD_MAX_TIME]);
+    if let Some(rate) = rate {
+        curl.args(["--limit-rate", rate]);
+    }
+    let out = curl
+        .arg("-T")
         .arg(file)
         .args([
             "-H",
@@ -1282,10 +1302,12 @@ fn upload(env: &Env, file: &Path, size: u64, target: Target) -> Result<Upload> {
         ),
     };
     let received: u64 = std::fs::read_to_string(&body)?.trim().parse().unwrap_or(0);
-    if code != "200" || received != size {
+    if !out.status.success() || code != "200" || received != size {
         bail!(
-            "upload through {} failed: HTTP {code}, sink received {received} of {size} bytes",
-            target.label()
+            "upload through {} failed: curl {}, HTTP {code}, sink received {received} of {size} bytes: {}",
+            target.label(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(Upload { seconds, bytes })
@@ -1299,6 +1321,16 @@ const UPLOAD_HEAD_START: Duration = Duration::from_millis(500);
 /// realistic speed; it only bounds the loop.
 const MAX_UPLOADS: usize = 10_000;
 
+/// Scenario k's upload rate (curl `--limit-rate`, bytes per second with a binary suffix):
+/// the same for every target, and below what each proxy streams alone (hundreds of
+/// MiB/s in d), so every target carries the same upload; 1 GiB then lasts ≈ 10 s.
+const MIXED_UPLOAD_RATE: &str = "100M";
+
+/// Scenario k's pause between a connection's GETs (wrk's `delay()`, ms): the offered GET
+/// load is the same for every target (≈ connections × 1000 / (pause + latency) req/s),
+/// rather than whatever a closed loop gets out of each.
+const MIXED_PACE_MS: u32 = 2;
+
 /// Scenario k: uploads stream back to back through the image listener while wrk
 /// measures small scoped GETs through the same proxy; the GETs' latency is the result.
 fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
@@ -1311,13 +1343,25 @@ fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Ru
     let tag = log_tag("k", round, target);
     let mut procs = start(env, target, Site::Local, &tag)?;
     // Warm-up: connection pools, Lua state, page cache; not measured.
-    wrk(Some(CLIENT), opts.mixed_connections, &url, &headers, 1)?;
+    let pace = env.work.join("pace.lua");
+    report::write(
+        &pace,
+        &format!("function delay()\n  return {MIXED_PACE_MS}\nend\n"),
+    )?;
+    wrk(
+        Some(CLIENT),
+        opts.mixed_connections,
+        &url,
+        &headers,
+        1,
+        Some(&pace),
+    )?;
     let stop = AtomicBool::new(false);
     let (measured, uploads) = std::thread::scope(|s| {
         let uploader = s.spawn(|| -> Result<Vec<Upload>> {
             let mut done = Vec::new();
             while !stop.load(Ordering::Relaxed) && done.len() < MAX_UPLOADS {
-                done.push(upload(env, &file, size, target)?);
+                done.push(upload(env, &file, size, target, Some(MIXED_UPLOAD_RATE))?);
             }
             Ok(done)
         });
@@ -1330,6 +1374,7 @@ fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Ru
                 &url,
                 &headers,
                 opts.duration,
+                Some(&pace),
             )?;
             for p in procs.iter_mut() {
                 p.check_alive()?;
@@ -1759,10 +1804,9 @@ mod tests {
             .validate()
             .is_err()
         );
-        // By default every scenario runs but k, which runs only when named.
+        // By default every scenario runs.
         let cli = <OptionsCli as clap::Parser>::try_parse_from(["e2e"]).expect("defaults");
-        let every_but_k: Vec<&str> = SCENARIOS.iter().copied().filter(|s| *s != "k").collect();
-        assert_eq!(cli.opts.only, every_but_k);
+        assert_eq!(cli.opts.only, SCENARIOS);
         assert_eq!(cli.opts.loopback_connections, 64);
     }
 
