@@ -184,10 +184,17 @@ impl Scope {
         if decided.iter().all(|(st, value)| unchanged(st, value)) {
             return None;
         }
-        let mut effective = self.map.clone();
+        // Borrowed, in the same key order as the client's map (both are B-trees): cloning
+        // and dropping a map of owned `Value`s on every remote request cost 0.9 % of its
+        // instructions (callgrind, bench scenario j; docs/performance.md).
+        let mut effective: std::collections::BTreeMap<&str, &str> = self
+            .map
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+            .collect();
         for (st, value) in decided {
             if !unchanged(st, value) {
-                effective.insert((*st).to_owned(), Value::String((*value).to_owned()));
+                effective.insert(st, value);
             }
         }
         // Serializing a map of strings cannot fail, and JSON text escapes every control
