@@ -1301,7 +1301,11 @@ fn upload(env: &Env, file: &Path, size: u64, target: Target, rate: Option<&str>)
             String::from_utf8_lossy(&out.stderr)
         ),
     };
-    let received: u64 = std::fs::read_to_string(&body)?.trim().parse().unwrap_or(0);
+    // No reply file at all (curl failed before the answer) reads as nothing received.
+    let received: u64 = std::fs::read_to_string(&body)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
     if !out.status.success() || code != "200" || received != size {
         bail!(
             "upload through {} failed: curl {}, HTTP {code}, sink received {received} of {size} bytes: {}",
