@@ -962,20 +962,7 @@ ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
 
 fn start_backends(env: &Env) -> Result<Vec<Proc>> {
     let w = &env.work;
-    let mut nginx = Proc::spawn(
-        "nginx",
-        Some(BACKEND),
-        LOAD_CPU,
-        &which("nginx")?,
-        &[
-            "-c",
-            &w.join("nginx.conf").display().to_string(),
-            "-e",
-            &w.join("nginx.err").display().to_string(),
-        ],
-        &[],
-        w.join("nginx.log"),
-    )?;
+    let mut nginx = spawn_nginx(env, "nginx", "nginx", Some(BACKEND))?;
     let mut sink = Proc::spawn(
         "upload sink",
         Some(BACKEND),
@@ -998,23 +985,29 @@ fn start_backends(env: &Env) -> Result<Vec<Proc>> {
     Ok(vec![nginx, sink])
 }
 
-/// Scenario j's nginx on loopback: RegionTwo's frontend and RegionOne's backend.
-fn start_loopback_backend(env: &Env) -> Result<Proc> {
+/// nginx on the load CPU with `<file>.conf` from the work directory, its error log and
+/// output beside it, in namespace `ns` (`None`: xtask's own).
+fn spawn_nginx(env: &Env, label: &str, file: &str, ns: Option<&str>) -> Result<Proc> {
     let w = &env.work;
-    let mut nginx = Proc::spawn(
-        "nginx (loopback)",
-        None,
+    Proc::spawn(
+        label,
+        ns,
         LOAD_CPU,
         &which("nginx")?,
         &[
             "-c",
-            &w.join("nginx-loopback.conf").display().to_string(),
+            &w.join(format!("{file}.conf")).display().to_string(),
             "-e",
-            &w.join("nginx-loopback.err").display().to_string(),
+            &w.join(format!("{file}.err")).display().to_string(),
         ],
         &[],
-        w.join("nginx-loopback.log"),
-    )?;
+        w.join(format!("{file}.log")),
+    )
+}
+
+/// Scenario j's nginx on loopback: RegionTwo's frontend and RegionOne's backend.
+fn start_loopback_backend(env: &Env) -> Result<Proc> {
+    let mut nginx = spawn_nginx(env, "nginx (loopback)", "nginx-loopback", None)?;
     for addr in [LOOP_VIP2, LOOP_BACKEND] {
         netlab::wait_listening(None, &format!("{addr}:8774"), &mut [&mut nginx])?;
     }
