@@ -6,6 +6,7 @@ pub mod connection_limit;
 pub mod error;
 pub mod framing;
 pub mod h1;
+pub mod head_timer;
 pub mod headers;
 pub mod idle;
 pub mod park;

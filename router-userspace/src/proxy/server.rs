@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -986,7 +986,7 @@ where
 {
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(super::head_timer::HeadTimer::default())
         .header_read_timeout(header_timeout)
         .max_buf_size(buf_size)
         .keep_alive(true);
