@@ -58,7 +58,9 @@ impl Conns {
     }
 }
 
-type Slots = HashMap<Arc<str>, Conns>;
+/// Keyed by configured upstream addresses, never by client input: foldhash's fast hash
+/// is safe here, and SipHash cost 1.3 % of a request's instructions (callgrind, bench j).
+type Slots = HashMap<Arc<str>, Conns, foldhash::fast::RandomState>;
 
 /// The idle connections of every upstream.
 #[derive(Default)]
