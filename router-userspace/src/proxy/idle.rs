@@ -177,7 +177,21 @@ impl<T> IdleIo<T> {
         &self.inner
     }
 
-    /// The stream itself, e.g. to keep it in a pool without a timer.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// Watches a new spell from now with `timeout` (a pooled connection lent again),
+    /// keeping the timer: it re-arms lazily, where a new one would be registered with the
+    /// runtime and removed again for every request (callgrind, bench j).
+    pub fn restart(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.last_progress = Instant::now();
+        self.read_silence = ReadSilence::Timed;
+        self.waiting = false;
+    }
+
+    /// The stream itself, without its timer.
     pub fn into_inner(self) -> T {
         self.inner
     }
@@ -192,16 +206,22 @@ impl<T> IdleIo<T> {
     }
 
     /// Called when the inner stream is pending: is the inactivity budget spent?
+    ///
+    /// A deadline later than the armed one (progress since) is taken up only when the
+    /// armed one fires: re-arming on every wait would move the timer in the runtime's
+    /// wheel once per request (callgrind, bench j). An earlier one (a shorter budget from
+    /// [`Self::set_timeout`]) re-arms at once.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let deadline = self.deadline();
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if deadline < sleep.deadline() {
+            sleep.as_mut().reset(deadline);
+        }
         loop {
-            let deadline = self.last_progress + self.timeout;
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
             match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) if Instant::now() >= self.last_progress + self.timeout => {
                     return Poll::Ready(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -209,8 +229,7 @@ impl<T> IdleIo<T> {
                     ));
                 }
                 // Progress happened while the sleep was armed: re-arm further out.
-                Poll::Ready(()) => continue,
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => sleep.as_mut().reset(self.last_progress + self.timeout),
             }
         }
     }
@@ -348,6 +367,78 @@ mod tests {
         let _b = writer.await.unwrap();
         let err = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_leaves_the_armed_timer_alone() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        let mut buf = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        let armed = idle.sleep.as_ref().unwrap().deadline();
+        // A byte, then another wait: the deadline moved out, the armed timer did not.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.write_all(b"x").await.unwrap();
+        idle.read_exact(&mut buf).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        assert_eq!(idle.sleep.as_ref().unwrap().deadline(), armed);
+        assert!(idle.deadline() > armed);
+        // When the armed timer fires early it re-arms: the timeout still counts from the
+        // last byte, not from the first wait.
+        let start = Instant::now();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_fired_at(idle.deadline());
+        assert!(Instant::now() > start + Duration::from_secs(48));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_budget_fires_at_its_own_deadline() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut idle = IdleIo::new(a, Duration::from_secs(60));
+        let start = Instant::now();
+        let mut buf = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+        assert!(waited.is_err(), "read must still be pending");
+        // Armed for 60 s; the budget drops to 20 s (a response head awaited).
+        idle.set_timeout(Duration::from_secs(20));
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_fired_at(start + Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_stream_counts_its_budget_from_the_restart() {
+        for (name, pooled_for, timeout) in [
+            // The armed timer (60 s from the start) is later than the new deadline.
+            ("shorter", Duration::from_secs(30), Duration::from_secs(10)),
+            // It is earlier: it fires first, then re-arms to the new deadline.
+            ("longer", Duration::from_secs(50), Duration::from_secs(60)),
+        ] {
+            let (a, _b) = tokio::io::duplex(64);
+            let mut idle = IdleIo::new(a, Duration::from_secs(60));
+            let mut buf = [0u8; 1];
+            let waited = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf)).await;
+            assert!(waited.is_err(), "{name}: read must still be pending");
+            tokio::time::advance(pooled_for).await;
+            idle.restart(timeout);
+            let restarted = Instant::now();
+            let err = idle.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{name}");
+            assert_fired_at(restarted + timeout);
+        }
+    }
+
+    /// Now is `deadline`, to the timer wheel's millisecond.
+    fn assert_fired_at(deadline: Instant) {
+        let now = Instant::now();
+        assert!(
+            now >= deadline && now - deadline <= Duration::from_millis(2),
+            "fired {:?} after the deadline (negative: before)",
+            now.checked_duration_since(deadline)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -249,7 +249,10 @@ impl Upstreams {
             .then(|| self.pool.take(upstream, tls))
             .flatten();
         let (stream, reused) = match pooled {
-            Some(stream) => (stream, true),
+            Some(mut stream) => {
+                stream.restart(timeouts.idle);
+                (stream, true)
+            }
             None => {
                 let started = std::time::Instant::now();
                 let stream = connect(upstream, tls.map(|h| &**h), timeouts.connect)
@@ -264,11 +267,11 @@ impl Upstreams {
                 if let Some(stats) = report.stats {
                     stats.observe_connect(started.elapsed());
                 }
-                (stream, false)
+                (IdleIo::new(stream, timeouts.idle), false)
             }
         };
         Ok(Lease::new(
-            IdleIo::new(stream, timeouts.idle),
+            stream,
             reused,
             self.pool.clone(),
             (upstream.clone(), tls.cloned()),

@@ -27,8 +27,10 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 /// picks a connection the server is closing at that very moment.
 pub const POOL_IDLE_MAX: Duration = Duration::from_secs(4);
 
+/// A pooled connection keeps its inactivity timer (unarmed or armed for a deadline now
+/// past or soon superseded): the next lease re-arms it instead of registering a new one.
 struct Idle {
-    stream: UpstreamIo,
+    stream: IdleIo<UpstreamIo>,
     since: Instant,
 }
 
@@ -122,8 +124,8 @@ impl Lease {
             slot,
             ..
         } = self;
-        let mut stream = stream.into_inner();
-        if stream.reusable() {
+        let mut stream = stream;
+        if stream.get_mut().reusable() {
             pool.put(upstream, tls, stream);
         }
         drop(slot);
@@ -144,7 +146,7 @@ impl Pool {
     /// `None`) or made by the hop `tls`, if any. Costs no syscall: a connection the
     /// backend closed (or wrote to, unasked: a TLS close_notify too) is readable
     /// according to the reactor and is dropped here.
-    pub fn take(&self, upstream: &str, tls: Option<&Arc<TlsHop>>) -> Option<UpstreamIo> {
+    pub fn take(&self, upstream: &str, tls: Option<&Arc<TlsHop>>) -> Option<IdleIo<UpstreamIo>> {
         let mut idle = self.idle.lock().ok()?;
         let slot = idle.get_mut(upstream)?.queue(tls)?;
         let mut cx = Context::from_waker(Waker::noop());
@@ -154,14 +156,20 @@ impl Pool {
                 slot.clear();
                 return None;
             }
-            if conn.stream.tcp().poll_read_ready(&mut cx).is_pending() {
+            if conn
+                .stream
+                .get_ref()
+                .tcp()
+                .poll_read_ready(&mut cx)
+                .is_pending()
+            {
                 return Some(conn.stream);
             }
         }
         None
     }
 
-    fn put(&self, upstream: Arc<str>, tls: Option<Arc<TlsHop>>, stream: UpstreamIo) {
+    fn put(&self, upstream: Arc<str>, tls: Option<Arc<TlsHop>>, stream: IdleIo<UpstreamIo>) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -242,6 +250,10 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
+    fn pooled(tcp: TcpStream) -> IdleIo<UpstreamIo> {
+        IdleIo::new(UpstreamIo::Plain(tcp), Duration::from_secs(60))
+    }
+
     async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -256,11 +268,11 @@ mod tests {
         let (a, _a_srv) = pair(&listener).await;
         let (b, _b_srv) = pair(&listener).await;
         let b_port = b.local_addr().unwrap().port();
-        pool.put(key.clone(), None, UpstreamIo::Plain(a));
-        pool.put(key.clone(), None, UpstreamIo::Plain(b));
+        pool.put(key.clone(), None, pooled(a));
+        pool.put(key.clone(), None, pooled(b));
         assert_eq!(pool.idle_count("backend"), 2);
         let got = pool.take("backend", None).unwrap();
-        assert_eq!(got.tcp().local_addr().unwrap().port(), b_port);
+        assert_eq!(got.get_ref().tcp().local_addr().unwrap().port(), b_port);
         assert!(pool.take("other", None).is_none());
     }
 
@@ -276,10 +288,10 @@ mod tests {
         drop(closed_srv);
         // Once this returns, the reactor has seen the FIN.
         closed.readable().await.unwrap();
-        pool.put(key.clone(), None, UpstreamIo::Plain(live));
-        pool.put(key.clone(), None, UpstreamIo::Plain(closed));
+        pool.put(key.clone(), None, pooled(live));
+        pool.put(key.clone(), None, pooled(closed));
         let got = pool.take("backend", None).unwrap();
-        assert_eq!(got.tcp().local_addr().unwrap().port(), live_port);
+        assert_eq!(got.get_ref().tcp().local_addr().unwrap().port(), live_port);
         assert_eq!(pool.idle_count("backend"), 0);
     }
 
@@ -288,11 +300,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::start();
         let (a, _a_srv) = pair(&listener).await;
-        pool.put(Arc::from("backend"), None, UpstreamIo::Plain(a));
+        pool.put(Arc::from("backend"), None, pooled(a));
         tokio::time::advance(POOL_IDLE_MAX + Duration::from_millis(1)).await;
         assert!(pool.take("backend", None).is_none());
         let (b, _b_srv) = pair(&listener).await;
-        pool.put(Arc::from("backend"), None, UpstreamIo::Plain(b));
+        pool.put(Arc::from("backend"), None, pooled(b));
         tokio::time::advance(POOL_IDLE_MAX * 2).await;
         // The sweeper ran meanwhile.
         tokio::task::yield_now().await;
@@ -307,7 +319,7 @@ mod tests {
         for _ in 0..MAX_IDLE_PER_UPSTREAM + 3 {
             let (c, s) = pair(&listener).await;
             servers.push(s);
-            pool.put(Arc::from("backend"), None, UpstreamIo::Plain(c));
+            pool.put(Arc::from("backend"), None, pooled(c));
         }
         assert_eq!(pool.idle_count("backend"), MAX_IDLE_PER_UPSTREAM);
     }
