@@ -35,6 +35,13 @@ fn main() {
     if let Ok(linker) = which::which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
     }
+    // Release binaries keep their relocations (sections the loader ignores: the file grows,
+    // the process does not) so that LLVM BOLT can move their functions after linking
+    // (`cargo xtask bench|install` do: xtask/src/bolt.rs).
+    println!("cargo:rerun-if-env-changed=PROFILE");
+    if env::var("PROFILE").as_deref() == Ok("release") {
+        println!("cargo:rustc-link-arg-bins=-Wl,--emit-relocs");
+    }
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("router-ebpf");
 
     let origin = match build(&ebpf_dir) {

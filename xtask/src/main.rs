@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask setup|test|run|install|lab|soak|bench|fuzz` (see README.md).
 
 mod bench;
+mod bolt;
 mod exec;
 mod fuzz;
 mod install;

@@ -21,7 +21,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// Ordered: each profile includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Profile {
-    /// Toolchain and bpffs: enough to build and run the router.
+    /// Toolchain, bpffs and llvm-bolt: enough to build, optimize and run the router.
     Build,
     /// Build plus what the namespace lab drives (iproute2, curl, nsenter).
     Lab,
@@ -41,9 +41,18 @@ pub enum Profile {
 impl Profile {
     /// Debian packages for this profile.
     pub fn packages(self) -> &'static [&'static str] {
-        const LAB: &[&str] = &["iproute2", "util-linux", "curl"];
-        const SOAK: &[&str] = &["iproute2", "util-linux", "curl", "nftables"];
+        // llvm-bolt, which lays out the release binary (`install`, `bench`, the soak).
+        const BUILD: &[&str] = &[crate::bolt::PACKAGE];
+        const LAB: &[&str] = &[crate::bolt::PACKAGE, "iproute2", "util-linux", "curl"];
+        const SOAK: &[&str] = &[
+            crate::bolt::PACKAGE,
+            "iproute2",
+            "util-linux",
+            "curl",
+            "nftables",
+        ];
         const FULL: &[&str] = &[
+            crate::bolt::PACKAGE,
             "iproute2",
             "util-linux",
             "curl",
@@ -63,7 +72,7 @@ impl Profile {
             "tshark",
         ];
         match self {
-            Profile::Build => &[],
+            Profile::Build => BUILD,
             Profile::Lab => LAB,
             Profile::Soak => SOAK,
             Profile::Full => FULL,
@@ -407,7 +416,7 @@ mod tests {
 
     #[test]
     fn operator_profile_installs_no_services() {
-        assert!(Profile::Build.packages().is_empty());
+        assert_eq!(Profile::Build.packages(), [crate::bolt::PACKAGE]);
         assert!(!Profile::Lab.packages().contains(&"nginx"));
         for pkg in [
             "haproxy",
