@@ -127,7 +127,12 @@ fn end_to_end(args: &[OsString]) -> Result<()> {
     let Some(bin) = bins.get("scope-router") else {
         bail!("cargo built no scope-router binary");
     };
-    e2e::run(bin, &workspace::root().join("target/bench"), &cli.opts)
+    let bin = if cli.opts.no_bolt {
+        bin.clone()
+    } else {
+        crate::bolt::optimize(bin)?
+    };
+    e2e::run(&bin, &workspace::root().join("target/bench"), &cli.opts)
 }
 
 /// Arguments after `--` are the scenario's options, e.g. `-- --connections 1000`

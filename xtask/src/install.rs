@@ -44,6 +44,9 @@ pub struct Options {
     /// Replace config and catalog files that differ from the ones being installed.
     #[arg(long)]
     pub force: bool,
+    /// Install the plain release build, not the BOLT-optimized one.
+    #[arg(long)]
+    pub no_bolt: bool,
 }
 
 /// What happened to one destination file.
@@ -83,9 +86,14 @@ pub fn run(opts: Options) -> Result<()> {
             let build = step("build scope-router (release)");
             let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
             build.done();
-            bins.get("scope-router")
-                .cloned()
-                .context("cargo reported no scope-router binary")?
+            let bin = bins
+                .get("scope-router")
+                .context("cargo reported no scope-router binary")?;
+            if opts.no_bolt {
+                bin.clone()
+            } else {
+                crate::bolt::optimize(bin)?
+            }
         }
     };
     if opts.root == Path::new("/") && !exec::is_root() {

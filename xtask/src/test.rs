@@ -194,13 +194,8 @@ pub fn run(opts: Options) -> Result<()> {
                 so_far()
             ));
             // Built as the user, run as root: cargo never writes root-owned files.
-            let built = workspace::build_bins(
-                false,
-                &[
-                    ("router-userspace", "scope-router"),
-                    ("integration-tests", "echo-backend"),
-                ],
-            )?;
+            let mut built = workspace::build_bins(false, &[("integration-tests", "echo-backend")])?;
+            built.insert("scope-router".into(), soak::installed_router()?);
             exec::exec(&mut soak_command(&built)?)?;
         }
         Privileged::Skip | Privileged::Fail => {}
@@ -220,6 +215,7 @@ fn soak_command(built: &std::collections::BTreeMap<String, std::path::PathBuf>) 
     cmd.arg("-E")
         .arg(std::env::current_exe().context("locating the running xtask")?)
         .arg("soak")
+        .arg("--bolt")
         .arg("--duration")
         .arg(format!("{}s", soak::CI_DURATION.as_secs()))
         .arg("--router-bin")

@@ -67,6 +67,10 @@ pub struct Options {
     /// Concurrent wrk connections for the small GETs of the mixed-load scenario (k).
     #[arg(long, default_value_t = 4)]
     pub mixed_connections: u32,
+    /// Measure the plain release build instead of the BOLT-optimized one
+    /// (`cargo xtask install` installs the optimized one).
+    #[arg(long)]
+    pub no_bolt: bool,
 }
 
 impl Options {
@@ -89,6 +93,15 @@ impl Options {
 }
 
 const SCENARIOS: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"];
+
+/// Which scope-router build the report measured.
+fn build_label(opts: &Options) -> &'static str {
+    if opts.no_bolt {
+        "the plain release build (`--no-bolt`)"
+    } else {
+        "the release build optimized with BOLT, as `cargo xtask install` installs it"
+    }
+}
 
 /// The TLS scenarios' targets: the same certificate and profile in each.
 const TLS_TARGETS: &[Target] = &[
@@ -498,10 +511,11 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         "proxy_cpu": PROXY_CPU,
         "load_cpu": LOAD_CPU,
         "scenarios": opts.only,
+        "scope_router_build": build_label(opts),
     });
     let mut md = String::from("# scope-router benchmark report\n\n");
     md.push_str(&format!(
-        "Machine: {}. Load average (1/5/15 min) before the run: {}, after: {}.\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}` (j: `-c{}` on loopback without namespaces; k: `-c{}` paced {MIXED_PACE_MS} ms between requests while {} MiB uploads capped at {MIXED_UPLOAD_RATE}/s stream back to back), proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}.\n\n",
+        "Machine: {}. Load average (1/5/15 min) before the run: {}, after: {}.\n\nSettings: {} s per run, {} rounds (medians), wrk `-t1 -c{}` (j: `-c{}` on loopback without namespaces; k: `-c{}` paced {MIXED_PACE_MS} ms between requests while {} MiB uploads capped at {MIXED_UPLOAD_RATE}/s stream back to back), proxies pinned to CPU {PROXY_CPU} with one worker/thread and no access log; wrk, nginx and the upload sink on CPU {LOAD_CPU}. scope-router: {}.\n\n",
         machine["summary"].as_str().unwrap_or("?"),
         machine["loadavg_before"].as_str().unwrap_or("?"),
         machine["loadavg_after"].as_str().unwrap_or("?"),
@@ -511,6 +525,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         opts.loopback_connections,
         opts.mixed_connections,
         opts.upload_mib,
+        build_label(opts),
     ));
     for layout in LAYOUTS {
         if opts.only.iter().any(|s| s == layout.scenario) {
@@ -1760,6 +1775,7 @@ mod tests {
             upload_mib: 1024,
             loopback_connections: 64,
             mixed_connections: 4,
+            no_bolt: false,
         }
     }
 

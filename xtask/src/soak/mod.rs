@@ -49,6 +49,10 @@ pub struct Options {
     /// Build the binaries in release mode.
     #[arg(long)]
     pub release: bool,
+    /// Build the router in release mode and optimize it with BOLT, as `install` does
+    /// (what `cargo xtask test` soaks).
+    #[arg(long)]
+    pub bolt: bool,
     /// eBPF mode written into the lab configs.
     #[arg(long, default_value = "auto", value_parser = ["auto", "required", "off"])]
     pub ebpf: String,
@@ -105,15 +109,28 @@ pub fn run(opts: Options) -> Result<()> {
     soak(&opts)
 }
 
-/// The soak of `cargo xtask test`: [`CI_DURATION`], debug binaries.
+/// The soak of `cargo xtask test`: [`CI_DURATION`], on the router operators install (the
+/// BOLT-optimized release build), so the one binary the suites do not run is soaked.
 pub fn ci() -> Result<()> {
     soak(&Options {
         duration: CI_DURATION,
         release: false,
+        bolt: true,
         ebpf: "auto".into(),
         router_bin: None,
         echo_bin: None,
     })
+}
+
+/// The router `install` puts in place: the release build, optimized with BOLT.
+pub fn installed_router() -> Result<PathBuf> {
+    let built = step("build scope-router (release)");
+    let bins = crate::workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
+    built.done();
+    let bin = bins
+        .get("scope-router")
+        .context("cargo reported no scope-router binary")?;
+    crate::bolt::optimize(bin)
 }
 
 fn soak(opts: &Options) -> Result<()> {
@@ -130,12 +147,16 @@ fn soak(opts: &Options) -> Result<()> {
             schedule::MIN_DURATION.as_secs()
         );
     }
+    let router_bin = match &opts.router_bin {
+        None if opts.bolt => Some(installed_router()?),
+        given => given.clone(),
+    };
     let setup = Setup {
         configs: Vec::new(),
         ebpf: opts.ebpf.clone(),
         unmanaged_vip: false,
         release: opts.release,
-        router_bin: opts.router_bin.clone(),
+        router_bin,
         echo_bin: opts.echo_bin.clone(),
         ha: true,
         tls: false,
@@ -284,7 +305,14 @@ impl Driver {
                 settle: SETTLE,
                 clients: CLIENTS,
                 pace: PACE,
-                build: if opts.release { "release" } else { "debug" }.into(),
+                build: if opts.bolt {
+                    "release + BOLT"
+                } else if opts.release {
+                    "release"
+                } else {
+                    "debug"
+                }
+                .into(),
                 ebpf: opts.ebpf.clone(),
                 regions: regions.iter().map(|r| r.name.clone()).collect(),
                 limits,

@@ -21,7 +21,7 @@ pub struct Settings {
     pub settle: Duration,
     pub clients: usize,
     pub pace: Duration,
-    /// `debug` or `release`.
+    /// `debug`, `release` or `release + BOLT`.
     pub build: String,
     pub ebpf: String,
     pub regions: Vec<String>,
