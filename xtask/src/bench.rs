@@ -8,7 +8,7 @@ use std::ffi::OsString;
 
 use anyhow::{Result, bail};
 
-mod e2e;
+pub(crate) mod e2e;
 mod heads;
 mod netlab;
 mod report;

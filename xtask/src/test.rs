@@ -351,7 +351,7 @@ mod tests {
         assert!(shown.starts_with("sudo -E /"), "{shown}");
         assert!(
             shown.ends_with(&format!(
-                " soak --duration {}s --router-bin /t/scope-router --echo-bin /t/echo-backend",
+                " soak --bolt --duration {}s --router-bin /t/scope-router --echo-bin /t/echo-backend",
                 soak::CI_DURATION.as_secs()
             )),
             "{shown}"

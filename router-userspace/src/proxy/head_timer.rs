@@ -85,17 +85,8 @@ impl hyper::rt::Sleep for HeadSleep {}
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::proxy::idle::tests::assert_fired_at;
     use hyper::rt::Timer;
-
-    /// Now is `deadline`, to the timer wheel's millisecond.
-    fn assert_fired_at(deadline: Instant) {
-        let now = Instant::now();
-        assert!(
-            now >= deadline && now - deadline <= Duration::from_millis(2),
-            "fired {:?} after the deadline (negative: before)",
-            now.checked_duration_since(deadline)
-        );
-    }
 
     fn armed_deadline(timer: &HeadTimer) -> Option<Instant> {
         timer.armed.lock().unwrap().as_ref().map(|s| s.deadline())

@@ -335,7 +335,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -431,8 +431,8 @@ mod tests {
         }
     }
 
-    /// Now is `deadline`, to the timer wheel's millisecond.
-    fn assert_fired_at(deadline: Instant) {
+    /// Now is `deadline`, to the timer wheel's millisecond (also the head timer's tests).
+    pub(crate) fn assert_fired_at(deadline: Instant) {
         let now = Instant::now();
         assert!(
             now >= deadline && now - deadline <= Duration::from_millis(2),

@@ -840,8 +840,14 @@ fn router_config(
 /// Scenario j's catalog: identity, compute and image per region on the loopback
 /// frontends (image because the shared router config tunes its port).
 fn loopback_catalog() -> Vec<serde_json::Value> {
+    frontend_catalog(&[("RegionOne", LOOP_VIP1), ("RegionTwo", LOOP_VIP2)])
+}
+
+/// A catalog with identity (5000), compute (8774) and image (9292) at each region's
+/// frontend address (also BOLT's training run's: `crate::bolt`).
+pub(crate) fn frontend_catalog(frontends: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let mut catalog = Vec::new();
-    for (region, vip) in [("RegionOne", LOOP_VIP1), ("RegionTwo", LOOP_VIP2)] {
+    for &(region, vip) in frontends {
         for (st, url) in [
             ("identity", format!("http://{vip}:5000")),
             ("compute", format!("http://{vip}:8774/v2.1/%(tenant_id)s")),

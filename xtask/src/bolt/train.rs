@@ -145,18 +145,8 @@ pub fn run(router: &Path, dir: &Path) -> Result<u64> {
 }
 
 fn write_config(dir: &Path) -> Result<std::path::PathBuf> {
-    let mut catalog = Vec::new();
-    for (region, vip) in [("RegionOne", ROUTER), ("RegionTwo", REMOTE)] {
-        for (service, url) in [
-            ("identity", format!("http://{vip}:5000")),
-            ("compute", format!("http://{vip}:8774/v2.1/%(tenant_id)s")),
-            ("image", format!("http://{vip}:9292")),
-        ] {
-            catalog.push(serde_json::json!({
-                "Region": region, "Service Type": service, "Interface": "public", "URL": url,
-            }));
-        }
-    }
+    let catalog =
+        crate::bench::e2e::frontend_catalog(&[("RegionOne", ROUTER), ("RegionTwo", REMOTE)]);
     let catalog_file = dir.join("train-catalog.json");
     std::fs::write(&catalog_file, serde_json::to_string_pretty(&catalog)?)
         .with_context(|| format!("cannot write {}", catalog_file.display()))?;
