@@ -113,8 +113,13 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What makes a build the same build: its size and modification time.
+/// What makes a build the same build: its size and modification time, and the recipe
+/// (this module and the training run's source), so a changed recipe lays it out again.
 fn identity(bin: &Path) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut recipe = std::collections::hash_map::DefaultHasher::new();
+    include_str!("bolt.rs").hash(&mut recipe);
+    include_str!("bolt/train.rs").hash(&mut recipe);
     let meta = std::fs::metadata(bin)
         .with_context(|| format!("cannot read {} (was it built?)", bin.display()))?;
     let modified = meta
@@ -123,7 +128,12 @@ fn identity(bin: &Path) -> Result<String> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    Ok(format!("{} {} {modified}\n", bin.display(), meta.len()))
+    Ok(format!(
+        "{} {} {modified} recipe {:016x}\n",
+        bin.display(),
+        meta.len(),
+        recipe.finish()
+    ))
 }
 
 fn instrument_args(input: &Path, output: &Path, profile: &Path) -> Vec<OsString> {
