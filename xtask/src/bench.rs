@@ -123,15 +123,7 @@ fn end_to_end(args: &[OsString]) -> Result<()> {
         std::iter::once(OsString::from("e2e")).chain(args.iter().cloned()),
     )?;
     cli.opts.validate()?;
-    let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
-    let Some(bin) = bins.get("scope-router") else {
-        bail!("cargo built no scope-router binary");
-    };
-    let bin = if cli.opts.no_bolt {
-        bin.clone()
-    } else {
-        crate::bolt::optimize(bin)?
-    };
+    let bin = crate::bolt::release_router(!cli.opts.no_bolt)?;
     e2e::run(&bin, &workspace::root().join("target/bench"), &cli.opts)
 }
 

@@ -30,6 +30,18 @@ pub const PACKAGE: &str = "bolt-15";
 /// Names `llvm-bolt` goes by: Debian's versioned one first.
 const LLVM_BOLT: &[&str] = &["llvm-bolt-15", "llvm-bolt"];
 
+/// The release router, laid out with BOLT unless `bolt` is false (`--no-bolt`): what
+/// `install` installs, `bench` measures and `cargo xtask test` soaks.
+pub fn release_router(bolt: bool) -> Result<PathBuf> {
+    let built = step("build scope-router (release)");
+    let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
+    built.done();
+    let bin = bins
+        .get("scope-router")
+        .context("cargo reported no scope-router binary")?;
+    if bolt { optimize(bin) } else { Ok(bin.clone()) }
+}
+
 /// The BOLT-optimised copy of `release_bin`, made under `target/bolt/` (reused while
 /// `release_bin` is the same file).
 pub fn optimize(release_bin: &Path) -> Result<PathBuf> {

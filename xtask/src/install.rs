@@ -83,17 +83,7 @@ pub fn run(opts: Options) -> Result<()> {
         Some(path) => path.clone(),
         None => {
             setup::ensure(Profile::Build)?;
-            let build = step("build scope-router (release)");
-            let bins = workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
-            build.done();
-            let bin = bins
-                .get("scope-router")
-                .context("cargo reported no scope-router binary")?;
-            if opts.no_bolt {
-                bin.clone()
-            } else {
-                crate::bolt::optimize(bin)?
-            }
+            crate::bolt::release_router(!opts.no_bolt)?
         }
     };
     if opts.root == Path::new("/") && !exec::is_root() {

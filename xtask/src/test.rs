@@ -195,7 +195,7 @@ pub fn run(opts: Options) -> Result<()> {
             ));
             // Built as the user, run as root: cargo never writes root-owned files.
             let mut built = workspace::build_bins(false, &[("integration-tests", "echo-backend")])?;
-            built.insert("scope-router".into(), soak::installed_router()?);
+            built.insert("scope-router".into(), crate::bolt::release_router(true)?);
             exec::exec(&mut soak_command(&built)?)?;
         }
         Privileged::Skip | Privileged::Fail => {}

@@ -122,17 +122,6 @@ pub fn ci() -> Result<()> {
     })
 }
 
-/// The router `install` puts in place: the release build, optimized with BOLT.
-pub fn installed_router() -> Result<PathBuf> {
-    let built = step("build scope-router (release)");
-    let bins = crate::workspace::build_bins(true, &[("router-userspace", "scope-router")])?;
-    built.done();
-    let bin = bins
-        .get("scope-router")
-        .context("cargo reported no scope-router binary")?;
-    crate::bolt::optimize(bin)
-}
-
 fn soak(opts: &Options) -> Result<()> {
     if !exec::is_root() {
         bail!(
@@ -148,7 +137,7 @@ fn soak(opts: &Options) -> Result<()> {
         );
     }
     let router_bin = match &opts.router_bin {
-        None if opts.bolt => Some(installed_router()?),
+        None if opts.bolt => Some(crate::bolt::release_router(true)?),
         given => given.clone(),
     };
     let setup = Setup {

@@ -117,14 +117,13 @@ impl Lease {
     /// goes back after the connection, so the request it wakes finds it pooled.
     pub fn release(self) {
         let Lease {
-            stream,
+            mut stream,
             pool,
             upstream,
             tls,
             slot,
             ..
         } = self;
-        let mut stream = stream;
         if stream.get_mut().reusable() {
             pool.put(upstream, tls, stream);
         }
