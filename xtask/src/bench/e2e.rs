@@ -35,6 +35,8 @@ use super::netlab::{
 use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
 use crate::netns::{self, nsenter};
 
+mod metrics_cost;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
     /// Scenarios to run (a local scope, b remote chain, c token piggyback, d 1 GiB
@@ -113,8 +115,6 @@ const TLS_TARGETS: &[Target] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     ScopeRouter,
-    /// `[admin] metrics = false`: the cost of counting every request.
-    ScopeRouterNoMetrics,
     ScopeRouterEbpf,
     HaproxyLua,
     HaproxyNative,
@@ -125,7 +125,6 @@ impl Target {
     fn label(self) -> &'static str {
         match self {
             Target::ScopeRouter => "scope-router",
-            Target::ScopeRouterNoMetrics => "scope-router (metrics off)",
             Target::ScopeRouterEbpf => "scope-router (eBPF steering)",
             Target::HaproxyLua => HAPROXY_LUA,
             Target::HaproxyNative => "haproxy json_query",
@@ -136,15 +135,6 @@ impl Target {
 
 const SCOPED: &[Target] = &[
     Target::ScopeRouter,
-    Target::HaproxyLua,
-    Target::HaproxyNative,
-    Target::Direct,
-];
-
-/// Scenarios a–c also run the router without request metrics, to show what they cost.
-const SCOPED_RPS: &[Target] = &[
-    Target::ScopeRouter,
-    Target::ScopeRouterNoMetrics,
     Target::HaproxyLua,
     Target::HaproxyNative,
     Target::Direct,
@@ -379,15 +369,26 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         eprintln!(
             "==> scenario ({scenario}): {} rounds × {} targets × {}s",
             opts.rounds,
-            SCOPED_RPS.len(),
+            SCOPED.len(),
             opts.duration
         );
-        runs.rounds(scenario, opts.rounds, SCOPED_RPS, |target, round| {
+        runs.rounds(opts.rounds, SCOPED, |target, round| {
             for b in backends.iter_mut() {
                 b.check_alive()?;
             }
             load_run(&env, opts, scenario, target, round, &[]).map(Some)
         })?;
+        eprintln!(
+            "==> scenario ({scenario}): request metrics cost, {} rounds × 2 router sets at once, swapped, × {}s",
+            opts.rounds, opts.duration
+        );
+        for round in 1..=opts.rounds {
+            crate::interrupt::check()?;
+            for b in backends.iter_mut() {
+                b.check_alive()?;
+            }
+            metrics_cost::measure_round(&env, opts, scenario, round, &mut runs)?;
+        }
     }
     if selected("j") {
         eprintln!(
@@ -396,7 +397,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             SCOPED.len(),
             opts.duration
         );
-        runs.rounds("j", opts.rounds, SCOPED, |target, round| {
+        runs.rounds(opts.rounds, SCOPED, |target, round| {
             for b in backends.iter_mut() {
                 b.check_alive()?;
             }
@@ -408,7 +409,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             "==> scenario (d): {} MiB upload × {} rounds",
             opts.upload_mib, opts.rounds
         );
-        runs.rounds("d", opts.rounds, SCOPED, |target, round| {
+        runs.rounds(opts.rounds, SCOPED, |target, round| {
             upload_run(&env, opts, target, round).map(Some)
         })?;
     }
@@ -421,7 +422,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             MIXED.len(),
             opts.duration
         );
-        runs.rounds("k", opts.rounds, MIXED, |target, round| {
+        runs.rounds(opts.rounds, MIXED, |target, round| {
             mixed_run(&env, opts, target, round).map(Some)
         })?;
     }
@@ -435,7 +436,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             Target::HaproxyLua,
             Target::HaproxyNative,
         ];
-        runs.rounds("e", opts.rounds, &targets, |target, round| {
+        runs.rounds(opts.rounds, &targets, |target, round| {
             idle_run(&env, opts, target, round).map(Some)
         })?;
     }
@@ -446,7 +447,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             Target::ScopeRouterEbpf,
             Target::HaproxyLua,
         ];
-        runs.rounds("f", opts.rounds, &targets, |target, round| {
+        runs.rounds(opts.rounds, &targets, |target, round| {
             match load_run(&env, opts, "f", target, round, &["Connection: close"]) {
                 Ok(run) => Ok(Some(run)),
                 Err(e) if target == Target::ScopeRouterEbpf => {
@@ -478,7 +479,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         } else {
             &[]
         };
-        runs.rounds(scenario, opts.rounds, TLS_TARGETS, |target, round| {
+        runs.rounds(opts.rounds, TLS_TARGETS, |target, round| {
             load_run(&env, opts, scenario, target, round, extra).map(Some)
         })?;
     }
@@ -487,7 +488,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             "==> scenario (i): {} idle TLS connections",
             opts.idle_tls_connections
         );
-        runs.rounds("i", opts.rounds, TLS_TARGETS, |target, round| {
+        runs.rounds(opts.rounds, TLS_TARGETS, |target, round| {
             idle_tls_run(&env, opts, target, round).map(Some)
         })?;
     }
@@ -533,14 +534,16 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             md.push('\n');
         }
     }
-    md.push_str("### Targets\n\n");
+    md.push_str(&metrics_cost::markdown(&runs));
+    md.push_str("\n### Targets\n\n");
     for line in target_checks(&runs) {
         md.push_str(&format!("- {line}\n"));
     }
     for note in &notes {
         md.push_str(&format!("- {note}\n"));
     }
-    let json = report::json_report(&runs, LAYOUTS, &machine, &settings);
+    let mut json = report::json_report(&runs, LAYOUTS, &machine, &settings);
+    json["metrics_cost"] = metrics_cost::json(&runs);
     report::write(&out_dir.join("report.md"), &md)?;
     report::write(
         &out_dir.join("report.json"),
@@ -571,7 +574,6 @@ impl Runs {
     /// rounds.
     fn rounds(
         &mut self,
-        scenario: &str,
         rounds: u32,
         targets: &[Target],
         mut measure: impl FnMut(Target, u32) -> Result<Option<Run>>,
@@ -581,22 +583,27 @@ impl Runs {
             for target in rotated(&targets.clone(), round) {
                 crate::interrupt::check()?;
                 match measure(target, round)? {
-                    Some(run) => {
-                        eprintln!(
-                            "    [{:>3}/{}] {scenario} round {round} {}: {}  ({:.0}s elapsed)",
-                            self.done.len() + 1,
-                            self.planned,
-                            target.label(),
-                            summary(&run),
-                            self.started.elapsed().as_secs_f64()
-                        );
-                        self.done.push(run);
-                    }
+                    Some(run) => self.record(run),
                     None => targets.retain(|t| *t != target),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Keeps a measured run and prints its progress line.
+    fn record(&mut self, run: Run) {
+        eprintln!(
+            "    [{:>3}/{}] {} round {} {}: {}  ({:.0}s elapsed)",
+            self.done.len() + 1,
+            self.planned,
+            run.scenario,
+            run.round,
+            run.target,
+            summary(&run),
+            self.started.elapsed().as_secs_f64()
+        );
+        self.done.push(run);
     }
 }
 
@@ -605,7 +612,7 @@ fn planned_runs(opts: &Options) -> usize {
     opts.only
         .iter()
         .map(|s| match s.as_str() {
-            "a" | "b" | "c" => SCOPED_RPS.len() * r,
+            "a" | "b" | "c" => (SCOPED.len() + metrics_cost::RUNS_PER_ROUND) * r,
             "d" | "j" => SCOPED.len() * r,
             "k" => MIXED.len() * r,
             "e" | "f" => 3 * r,
@@ -671,18 +678,7 @@ fn first_line(s: &str) -> &str {
 /// `scope-router haproxy-config`, so HAProxy runs exactly the generated files).
 fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     let w = &env.work;
-    let mut catalog = Vec::new();
-    for (region, vip) in [("RegionOne", VIP1), ("RegionTwo", VIP2)] {
-        for (st, url) in [
-            ("identity", format!("http://{vip}:5000")),
-            ("compute", format!("http://{vip}:8774/v2.1/%(tenant_id)s")),
-            ("image", format!("http://{vip}:9292")),
-        ] {
-            catalog.push(
-                json!({"Region": region, "Service Type": st, "Interface": "public", "URL": url}),
-            );
-        }
-    }
+    let catalog = frontend_catalog(&[("RegionOne", VIP1), ("RegionTwo", VIP2)]);
     report::write(
         &w.join("catalog.json"),
         &serde_json::to_string_pretty(&catalog)?,
@@ -711,30 +707,17 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     )?;
     // Both regions' routers share the router namespace: each its own admin port.
     let (admin1, admin2) = ("127.0.0.1:9101", "127.0.0.1:9102");
-    for (file, region, ebpf, admin, metrics) in [
-        ("RegionOne.toml", "RegionOne", "off", admin1, true),
-        ("RegionTwo.toml", "RegionTwo", "off", admin2, true),
-        (
-            "RegionOne-nometrics.toml",
-            "RegionOne",
-            "off",
-            admin1,
-            false,
-        ),
-        (
-            "RegionTwo-nometrics.toml",
-            "RegionTwo",
-            "off",
-            admin2,
-            false,
-        ),
-        ("RegionOne-ebpf.toml", "RegionOne", "required", admin1, true),
+    for (file, region, ebpf, admin) in [
+        ("RegionOne.toml", "RegionOne", "off", admin1),
+        ("RegionTwo.toml", "RegionTwo", "off", admin2),
+        ("RegionOne-ebpf.toml", "RegionOne", "required", admin1),
     ] {
         report::write(
             &w.join(file),
-            &router_config(region, "catalog.json", BACKEND_IP, ebpf, admin, metrics),
+            &router_config(region, "catalog.json", BACKEND_IP, ebpf, admin, true),
         )?;
     }
+    metrics_cost::write_configs(w)?;
     report::write(&w.join("RegionOne-tls.toml"), &tls_router_config())?;
     // On loopback the admin port shares the host's namespace: it stays on the lab's address.
     report::write(
@@ -1043,30 +1026,14 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
         let log = w.join(format!("{tag}-{short}.log"));
         let p = match target {
             Target::Direct => continue,
-            Target::ScopeRouter | Target::ScopeRouterNoMetrics | Target::ScopeRouterEbpf => {
+            Target::ScopeRouter | Target::ScopeRouterEbpf => {
                 let cfg = match target {
                     _ if site == Site::Tls => format!("{region}-tls.toml"),
                     _ if site == Site::Loopback => format!("{region}-loopback.toml"),
                     Target::ScopeRouterEbpf => format!("{region}-ebpf.toml"),
-                    Target::ScopeRouterNoMetrics => format!("{region}-nometrics.toml"),
                     _ => format!("{region}.toml"),
                 };
-                Proc::spawn(
-                    &format!("scope-router {region}"),
-                    site.namespace(),
-                    PROXY_CPU,
-                    &env.scope_router,
-                    &[
-                        "run",
-                        "--workers",
-                        "1",
-                        "--config",
-                        &w.join(cfg).display().to_string(),
-                    ],
-                    // Off like HAProxy's (no `log` line): the access log would cost both.
-                    &[("RUST_LOG", "warn")],
-                    log,
-                )?
+                spawn_router(env, region, &cfg, site.namespace(), log)?
             }
             Target::HaproxyLua | Target::HaproxyNative => {
                 let cfg = if target == Target::HaproxyLua {
@@ -1095,6 +1062,33 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
     Ok(out)
 }
 
+/// scope-router with the config file `cfg` of the work directory, pinned to the proxy CPU
+/// with one worker, in namespace `ns`.
+fn spawn_router(
+    env: &Env,
+    region: &str,
+    cfg: &str,
+    ns: Option<&str>,
+    log: PathBuf,
+) -> Result<Proc> {
+    Proc::spawn(
+        &format!("scope-router {region}"),
+        ns,
+        PROXY_CPU,
+        &env.scope_router,
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--config",
+            &env.work.join(cfg).display().to_string(),
+        ],
+        // Off like HAProxy's (no `log` line): the access log would cost both.
+        &[("RUST_LOG", "warn")],
+        log,
+    )
+}
+
 /// Names a run's proxy logs: `<scenario>-<round>-<target>`, safe as a file name.
 fn log_tag(scenario: &str, round: u32, target: Target) -> String {
     format!(
@@ -1104,9 +1098,13 @@ fn log_tag(scenario: &str, round: u32, target: Target) -> String {
 }
 
 fn run_of(scenario: &str, target: Target, round: u32, metrics: &[(&str, f64)]) -> Run {
+    run_of_label(scenario, target.label(), round, metrics)
+}
+
+fn run_of_label(scenario: &str, target: &str, round: u32, metrics: &[(&str, f64)]) -> Run {
     Run {
         scenario: scenario.to_owned(),
-        target: target.label().to_owned(),
+        target: target.to_owned(),
         round,
         metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
     }
@@ -1178,17 +1176,7 @@ fn load_run(
     round: u32,
     extra: &[&str],
 ) -> Result<Run> {
-    let mut headers: Vec<String> = extra.iter().map(|h| (*h).to_owned()).collect();
-    match scenario {
-        "a" | "f" | "g" | "h" => {
-            headers.push(r#"X-Scope: {"compute": "RegionOne"}"#.to_owned());
-        }
-        "b" | "j" => headers.push(r#"X-Scope: {"compute": "RegionTwo"}"#.to_owned()),
-        "c" => headers.push(format!(
-            r#"X-Auth-Token: {TOKEN}!SCOPE!{{"compute": "RegionOne", "identity": "RegionOne"}}"#
-        )),
-        other => bail!("no load scenario {other}"),
-    }
+    let headers = load_headers(scenario, extra)?;
     let site = match scenario {
         "b" => Site::Chain,
         "g" | "h" => Site::Tls,
@@ -1232,6 +1220,22 @@ fn load_run(
     ];
     add_proxy_costs(&mut metrics, &procs, cpu0)?;
     Ok(run_of(scenario, target, round, &metrics))
+}
+
+/// A load scenario's request headers: `extra`, then the scope the scenario sends.
+fn load_headers(scenario: &str, extra: &[&str]) -> Result<Vec<String>> {
+    let mut headers: Vec<String> = extra.iter().map(|h| (*h).to_owned()).collect();
+    match scenario {
+        "a" | "f" | "g" | "h" => {
+            headers.push(r#"X-Scope: {"compute": "RegionOne"}"#.to_owned());
+        }
+        "b" | "j" => headers.push(r#"X-Scope: {"compute": "RegionTwo"}"#.to_owned()),
+        "c" => headers.push(format!(
+            r#"X-Auth-Token: {TOKEN}!SCOPE!{{"compute": "RegionOne", "identity": "RegionOne"}}"#
+        )),
+        other => bail!("no load scenario {other}"),
+    }
+    Ok(headers)
 }
 
 fn upload_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Run> {
@@ -1676,16 +1680,7 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
     let native = Target::HaproxyNative.label();
     let mut out = Vec::new();
     for s in ["a", "b", "c", "j"] {
-        if let (Some(with), Some(without)) = (
-            med(s, sr, "rps"),
-            med(s, Target::ScopeRouterNoMetrics.label(), "rps"),
-        ) {
-            let cost = (without - with) / without * 100.0;
-            out.push(format!(
-                "({s}) request metrics cost < 2 % of req/s: {cost:.1} % ({with:.0} with, {without:.0} without) — {}",
-                verdict(cost < 2.0)
-            ));
-        }
+        out.extend(metrics_cost::check(runs, s));
         // The earlier issues' bar, kept for a–c where it was set.
         if let (true, Some(r), Some(l), Some(n), Some(rp99), Some(np99), Some(lp99)) = (
             s != "j",
@@ -1809,8 +1804,8 @@ mod tests {
             .validate()
             .is_err()
         );
-        // 5 targets in a–c (metrics on and off), 4 in d, 3 in e and f, per round.
-        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 75);
+        // 4 targets and 4 metrics-cost runs in a–c, 4 in d, 3 in e and f, per round.
+        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 102);
         // 3 targets in each TLS scenario.
         assert_eq!(planned_runs(&opts(&["g", "h", "i"])), 27);
         // Loopback: router, both HAProxys, ceiling; mixed: router, json_query, direct.

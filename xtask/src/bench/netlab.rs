@@ -20,6 +20,10 @@ pub const BACKEND: &str = "srb-backend";
 /// RegionOne's VIP and RegionTwo's (both on the router namespace's `eth2`).
 pub const VIP1: &str = "10.77.1.100";
 pub const VIP2: &str = "10.77.1.101";
+/// A second RegionOne and RegionTwo frontend, for the router set that runs beside the
+/// first one when the bench measures what request metrics cost (`e2e::metrics_cost`).
+pub const TWIN_VIP1: &str = "10.77.1.102";
+pub const TWIN_VIP2: &str = "10.77.1.103";
 /// The concrete services (nginx, the upload sink) in the backend namespace.
 pub const BACKEND_IP: &str = "10.77.2.2";
 
@@ -42,7 +46,7 @@ pub struct NetLab {
 }
 
 impl NetLab {
-    /// Builds client ↔ router (eth2: 10.77.1.1/24 + both VIPs /32) ↔ backend (10.77.2.2).
+    /// Builds client ↔ router (eth2: 10.77.1.1/24 + the VIPs /32) ↔ backend (10.77.2.2).
     pub fn up() -> Result<NetLab> {
         if !crate::exec::is_root() {
             bail!(
@@ -61,6 +65,8 @@ impl NetLab {
         netns::addr(ROUTER, "10.77.1.1/24", "eth2")?;
         netns::addr(ROUTER, &format!("{VIP1}/32"), "eth2")?;
         netns::addr(ROUTER, &format!("{VIP2}/32"), "eth2")?;
+        netns::addr(ROUTER, &format!("{TWIN_VIP1}/32"), "eth2")?;
+        netns::addr(ROUTER, &format!("{TWIN_VIP2}/32"), "eth2")?;
         netns::addr(ROUTER, "10.77.2.1/24", "srbr0")?;
         netns::addr(BACKEND, &format!("{BACKEND_IP}/24"), "srbb0")?;
         // The ceiling run goes client → backend through the router namespace's kernel.
