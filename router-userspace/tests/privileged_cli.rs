@@ -887,6 +887,35 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
         syns >= 1 && drops >= 1,
         "denied SYN not counted: {status:#}"
     );
+    // The same kernel counters on the admin listener (its default address, in the
+    // router's namespace): in /metrics, and on the status page with the XDP program.
+    let admin = SocketAddr::from(([127, 0, 0, 1], 9101));
+    let metrics = world
+        .request_to(&world.lab.router, admin, "/metrics", &[])
+        .expect("GET /metrics");
+    let series = format!(
+        "scope_router_xdp_drops_total{{vip=\"{vip}\",port=\"{COMPUTE}\",kind=\"steered\"}} "
+    );
+    let scraped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{series}` in:\n{metrics}"));
+    assert!(scraped >= drops, "{scraped} < {drops}:\n{metrics}");
+    assert!(
+        metrics.contains("scope_router_ebpf_attached{program=\"xdp\"} 1"),
+        "{metrics}"
+    );
+    let page = world
+        .request_to(&world.lab.router, admin, "/", &[])
+        .expect("GET /");
+    for needle in [
+        "<td>XDP (guard)</td><td class=\"up\">attached</td>".to_owned(),
+        "<table id=\"counters\">".to_owned(),
+        format!("<tr><td>{vip}:{COMPUTE}</td><td>steered</td>"),
+    ] {
+        assert!(page.contains(&needle), "no `{needle}` on the page:\n{page}");
+    }
 
     let exit = router.terminate();
     let log = router.log();

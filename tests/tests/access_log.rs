@@ -10,7 +10,10 @@ async fn each_request_logs_one_line_with_route_fields() {
     let capture = Capture::default();
     let writer = capture.clone();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("access=info"))
+        // Everything the router logs, not only access lines: no token may reach any of it.
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "access=info,scope_router=debug",
+        ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
@@ -25,6 +28,21 @@ async fn each_request_logs_one_line_with_route_fields() {
     .await
     .unwrap();
     assert_eq!(ok.status, 200);
+    // The scope piggybacked on the tokens, and a token in the query string.
+    let tokened = get(
+        vip,
+        "/v2.1/os-keypairs?token=QUERYSECRET",
+        &[
+            (
+                "X-Auth-Token",
+                r#"AUTHSECRET!SCOPE!{"compute": "RegionTwo"}"#,
+            ),
+            ("X-Subject-Token", "SUBJECTSECRET"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(tokened.status, 200);
     let bad = get(vip, "/v2.1/servers", &[("X-Scope", "{")])
         .await
         .unwrap();
@@ -47,7 +65,7 @@ async fn each_request_logs_one_line_with_route_fields() {
         .lines()
         .filter(|l| l.contains(&format!("listener={vip}")))
         .collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
     let routed = lines
         .iter()
         .find(|l| l.contains("status=200"))
@@ -87,6 +105,17 @@ async fn each_request_logs_one_line_with_route_fields() {
         !routed.contains("secret"),
         "query strings are not logged: {routed}"
     );
+    let tokened = lines
+        .iter()
+        .find(|l| l.contains("path=/v2.1/os-keypairs"))
+        .expect("no line for the request with tokens");
+    assert!(
+        tokened.contains("scope=X-Auth-Token") && tokened.contains("region=RegionTwo"),
+        "{tokened}"
+    );
+    for secret in ["AUTHSECRET", "SUBJECTSECRET", "QUERYSECRET"] {
+        assert!(!text.contains(secret), "{secret} reached the log: {text}");
+    }
     let rejected = lines
         .iter()
         .find(|l| l.contains("status=400"))
@@ -97,7 +126,7 @@ async fn each_request_logs_one_line_with_route_fields() {
         .lines()
         .filter(|l| l.contains(&format!("listener={}", lab.two.addr(8774))))
         .count();
-    assert_eq!(two, 1, "{text}");
+    assert_eq!(two, 2, "{text}");
 }
 
 #[tokio::test]

@@ -3,10 +3,17 @@
 
 use integration_tests::client::{Conn, empty, get, request};
 use integration_tests::lab::{Lab, LabOptions};
+use integration_tests::scrape::{sample, scrape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_problem(r: &integration_tests::client::Reply, code: u16) -> String {
     r.problem(code)
+}
+
+/// `scope_router_errors_total{kind}` of RegionOne's router (0 when never counted).
+fn errors_of_kind(lab: &Lab, kind: &str) -> f64 {
+    let text = scrape(lab.one.handle.as_ref().expect("RegionOne is running"));
+    sample(&text, "scope_router_errors_total", &[("kind", kind)]).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -53,6 +60,7 @@ async fn via_naming_this_router_is_a_508_loop() {
     .await
     .unwrap();
     assert_problem(&r, 508);
+    assert_eq!(errors_of_kind(&lab, "508"), 1.0);
 }
 
 /// Defaults that send a service to each other no longer loop: the first router pins
@@ -169,6 +177,7 @@ async fn silent_backend_is_504_after_response_head_not_idle() {
     .unwrap();
     let message = assert_problem(&r, 504);
     assert!(message.contains("[timeouts] response_head"), "{message}");
+    assert_eq!(errors_of_kind(&lab, "504"), 1.0);
 }
 
 /// Negative control for the test above: with the default `response_head`, a backend that

@@ -175,6 +175,11 @@ async fn a_remote_certificate_that_does_not_verify_is_a_502_naming_why() {
             Some(0.0),
             "{case}"
         );
+        assert_eq!(
+            sample(&text, "scope_router_errors_total", &[("kind", "502")]),
+            Some(2.0),
+            "{case}"
+        );
         s.router.shutdown().await;
     }
 }
