@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use integration_tests::client::{get, raw};
 use integration_tests::echo::EchoBackend;
 use integration_tests::lab::{Lab, LabOptions};
+use integration_tests::scrape::{sample, scrape};
 
 /// Checks fast enough for a test: down after 2 failures, up after 2 successes.
 const FAST_CHECKS: &str = "[health]\ninter = \"50ms\"\nrise = 2\nfall = 2\ntimeout = \"500ms\"\n";
@@ -212,6 +213,19 @@ async fn a_refused_connection_is_redispatched_to_another_server() {
     let port = backends(&[format!("\"{dead}\""), plain(&live)]);
     let lab = Lab::start(lab_options(SLOW_CHECKS, port)).await.unwrap();
     assert_eq!(spread(&lab, 6).await, BTreeMap::from([("live".into(), 6)]));
+    // At least every other request met the dead server first and was redispatched
+    // (a redispatch moves round robin on too), and /metrics counts each one.
+    let redispatched = || {
+        let text = scrape(lab.one.handle.as_ref().expect("RegionOne is running"));
+        sample(
+            &text,
+            "scope_router_redispatches_total",
+            &[("backend", "RegionOne_image_public")],
+        )
+        .unwrap_or_else(|| panic!("no redispatch count:\n{text}"))
+    };
+    let n = redispatched();
+    assert!((3.0..=6.0).contains(&n), "{n} redispatches for 6 requests");
     // A POST too: nothing was sent before the connection failed.
     let out = raw(
         lab.one.addr(9292),

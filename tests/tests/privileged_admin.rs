@@ -198,6 +198,42 @@ fn healthz_is_503_while_the_vip_is_missing_and_while_draining() {
         std::process::id(),
         "{status_json:#}"
     );
+    // The same in /metrics: present again, one re-add, and GARP bursts for the start
+    // and for the re-add (each may be repeated `garp_repeat_delay` later: at least two).
+    let labels = format!("{{vip=\"{VIP}\",interface=\"eth2\"}}");
+    let value = |metrics: &str, name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{labels} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    wait_until("/metrics counts the re-add's GARP burst", || {
+        value(
+            &get(&lab.router, addr, "/metrics").1,
+            "scope_router_vip_announcements_total",
+        ) >= Some(2)
+    });
+    let (_, metrics) = get(&lab.router, addr, "/metrics");
+    assert_eq!(
+        value(&metrics, "scope_router_vip_present"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(&metrics, "scope_router_vip_readds_total"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(&metrics, "scope_router_vip_readds_total"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(&metrics, "scope_router_vip_announcements_total"),
+        Some(2),
+        "{metrics}"
+    );
 
     // A graceful drain: 503 from its first moment, while the admin listener stays up.
     drain.send(()).unwrap();
