@@ -16,7 +16,8 @@
 //! Kolla's All-in-One nodes reach their local APIs), every request scoped to the other
 //! region, whose frontend is an nginx on another loopback address: one hop (issue 16).
 //! Scenario k measures the latency of small scoped GETs while uploads as in d stream
-//! through the same proxy, back to back for the whole run.
+//! through the same proxy, back to back for the whole run. After each of a–c,
+//! [`metrics_cost`] runs a router set with request metrics and one without at once.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
