@@ -173,9 +173,13 @@ pub fn check(router: &Router, config: &Config) -> String {
             "admin:   {} (/metrics, /status, /healthz, status page /; request metrics {metrics})",
             binds.join(", ")
         );
-        // Anyone who reaches the API can then read the status page: say so.
+        // Anyone who reaches the API can then read the status page: say so. A wildcard
+        // address listens on the VIP too.
         if let Some(v) = &config.vip
-            && admin.bind.iter().any(|a| a.ip() == v.address)
+            && admin
+                .bind
+                .iter()
+                .any(|a| a.ip() == v.address || a.ip().is_unspecified())
         {
             let _ = write!(out, "; on the VIP, reachable by every API client");
         }
@@ -679,6 +683,23 @@ mod tests {
                 "{}",
                 e.backend_name()
             );
+        }
+    }
+
+    #[test]
+    fn check_says_when_the_admin_listener_is_reachable_on_the_vip() {
+        let on_vip = "; on the VIP, reachable by every API client";
+        for (case, bind, reachable) in [
+            ("the default, loopback", "127.0.0.1:9101", false),
+            ("a management address", "192.168.142.10:9101", false),
+            ("the VIP itself", "192.168.142.244:9101", true),
+            ("every IPv4 address", "0.0.0.0:9101", true),
+            ("every address", "[::]:9101", true),
+        ] {
+            let (mut c, r) = example("RegionOne");
+            c.admin.bind = vec![bind.parse().unwrap()];
+            let out = check(&r, &c);
+            assert_eq!(out.contains(on_vip), reachable, "{case}: {out}");
         }
     }
 
