@@ -1,5 +1,5 @@
 //! `/metrics` after known traffic: requests by backend and status class, errors by kind,
-//! scope sources, bytes, per-server requests and health, redispatches and failovers
+//! scope sources, bytes, per-server requests and health, redispatches, retries and failovers
 //! (docs/ARCHITECTURE.md §13).
 
 use integration_tests::client::{body, get, raw, request, send};
@@ -254,4 +254,71 @@ async fn without_request_metrics_only_scrape_time_series_remain() {
     );
     lab.one.stop().await;
     lab.two.stop().await;
+}
+
+/// A backend that answers the first request of each connection and keeps it open, then
+/// closes it, unanswered, when a second request arrives on it: what a backend whose
+/// keep-alive timeout just expired does to a pooled connection.
+async fn one_answer_per_connection() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next request: read, then close without a word.
+                let _ = conn.read(&mut chunk).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_request_retried_on_a_fresh_connection_is_counted() {
+    let backend = one_answer_per_connection().await;
+    let lab = Lab::start(LabOptions {
+        // No health checks during the test: only the two requests reach the backend.
+        one_extra_toml: "[health]\ninter = \"1h\"\n".into(),
+        one_port_toml: std::collections::BTreeMap::from([(
+            9292,
+            format!("backend = [\"{backend}\"]\n"),
+        )]),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let image = lab.one.addr(9292);
+    // The first request leaves its upstream connection in the pool; the second rides it,
+    // finds it closed before any answer, and is sent again on a new one.
+    for _ in 0..2 {
+        let r = get(image, "/v2/images", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let text = scrape(lab.one.handle.as_ref().unwrap());
+    let backend = [("backend", "RegionOne_image_public")];
+    assert_eq!(
+        counter(&text, "scope_router_retries_total", &backend),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        counter(&text, "scope_router_redispatches_total", &backend),
+        0,
+        "a retry stays on its server"
+    );
 }
