@@ -906,6 +906,16 @@ fn deny_list_drops_a_client_source_and_status_counts_it() {
         metrics.contains("scope_router_ebpf_attached{program=\"xdp\"} 1"),
         "{metrics}"
     );
+    // With the XDP and VIP families in it, the exposition still parses.
+    if test_support::tool::installed(
+        "deny_list_drops_a_client_source_and_status_counts_it",
+        "promtool",
+        "`cargo xtask setup` installs it (Debian's prometheus)",
+    ) {
+        let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let (ok, printed) = test_support::tool::promtool_check_metrics(body);
+        assert!(ok, "promtool check metrics failed:\n{printed}\n{metrics}");
+    }
     let page = world
         .request_to(&world.lab.router, admin, "/", &[])
         .expect("GET /");

@@ -333,6 +333,16 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
         metrics.contains("scope_router_vrrp_state{vrid=\"51\",state=\"master\"} 1"),
         "{metrics}"
     );
+    // With the VRRP families in it, the exposition still parses.
+    if test_support::tool::installed(
+        "the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean_stop",
+        "promtool",
+        "`cargo xtask setup` installs it (Debian's prometheus)",
+    ) {
+        let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let (ok, printed) = test_support::tool::promtool_check_metrics(body);
+        assert!(ok, "promtool check metrics failed:\n{printed}\n{metrics}");
+    }
     let text = pair
         .ns(1)
         .command(BIN)

@@ -27,3 +27,33 @@ pub fn run_printed(cmd: &mut Command) -> (bool, String) {
     );
     (out.status.success(), printed)
 }
+
+/// `promtool check metrics` (Debian's `prometheus`) on a text exposition: whether it
+/// passed, and what promtool printed. Callers check [`installed`] first.
+pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(exposition.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot feed promtool: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool did not finish: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
