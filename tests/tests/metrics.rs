@@ -123,6 +123,16 @@ async fn scrape_counts_known_traffic_by_backend_status_source_and_server() {
         6
     );
     assert_eq!(sample(&text, "scope_router_server_up", &server), Some(1.0));
+    // Every request has ended: the connections opened to that server wait in the pool.
+    let pooled = counter(
+        &text,
+        "scope_router_upstream_pool_idle_connections",
+        &[("server", one_server.as_str())],
+    );
+    assert!(
+        (1..=connects).contains(&pooled),
+        "{pooled} pooled of {connects} opened: {text}"
+    );
     let frontend = lab.two.addr(8774).to_string();
     let far = [
         ("role", "remote"),
