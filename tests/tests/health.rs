@@ -100,6 +100,16 @@ async fn a_dead_server_goes_down_after_fall_checks_gets_a_fast_503_and_comes_bac
     let msg = r.problem(503);
     assert!(msg.contains("RegionOne_image_public"), "{msg}");
     assert!(msg.contains("last check"), "{msg}");
+    // /metrics shows the server down and at least `fall` (2) failed checks.
+    let text = scrape(lab.one.handle.as_ref().expect("RegionOne is running"));
+    let server = addr.to_string();
+    let of = |name: &str, extra: &[(&'static str, &'static str)]| {
+        let mut labels = vec![("server", server.as_str())];
+        labels.extend_from_slice(extra);
+        sample(&text, name, &labels).unwrap_or_else(|| panic!("no {name}:\n{text}"))
+    };
+    assert_eq!(of("scope_router_server_up", &[]), 0.0);
+    assert!(of("scope_router_server_checks_total", &[("result", "failed")]) >= 2.0);
     // Other services of the router are unaffected.
     assert_eq!(
         get(lab.one.addr(9696), "/v2.0/networks", &[])
