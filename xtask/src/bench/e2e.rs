@@ -16,8 +16,9 @@
 //! Kolla's All-in-One nodes reach their local APIs), every request scoped to the other
 //! region, whose frontend is an nginx on another loopback address: one hop (issue 16).
 //! Scenario k measures the latency of small scoped GETs while uploads as in d stream
-//! through the same proxy, back to back for the whole run. After each of a–c,
-//! [`metrics_cost`] runs a router set with request metrics and one without at once.
+//! through the same proxy, back to back for the whole run. After each of a–c and j,
+//! [`paired`] runs two targets at once on the proxy CPU: the router with request metrics
+//! against the router without (a–c), and scope-router against HAProxy `json_query`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,7 +37,7 @@ use super::netlab::{
 use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
 use crate::netns::{self, nsenter};
 
-mod metrics_cost;
+mod paired;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -379,16 +380,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             }
             load_run(&env, opts, scenario, target, round, &[]).map(Some)
         })?;
-        eprintln!(
-            "==> scenario ({scenario}): request metrics cost, {} rounds × 2 router sets at once, swapped, × {}s",
-            opts.rounds, opts.duration
-        );
-        for round in 1..=opts.rounds {
-            crate::interrupt::check()?;
-            for b in backends.iter_mut() {
-                b.check_alive()?;
-            }
-            metrics_cost::measure_round(&env, opts, scenario, round, &mut runs)?;
+        for pairing in [&paired::METRICS, &paired::JSON_QUERY] {
+            pairs(&env, opts, pairing, scenario, &mut backends, &mut runs)?;
         }
     }
     if selected("j") {
@@ -404,6 +397,14 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             }
             load_run(&env, opts, "j", target, round, &[]).map(Some)
         })?;
+        pairs(
+            &env,
+            opts,
+            &paired::JSON_QUERY,
+            "j",
+            &mut backends,
+            &mut runs,
+        )?;
     }
     if opts.only.iter().any(|s| s == "d") {
         eprintln!(
@@ -535,8 +536,8 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             md.push('\n');
         }
     }
-    md.push_str(&metrics_cost::markdown(&runs));
-    md.push_str("\n### Targets\n\n");
+    md.push_str(&paired::markdown(&runs));
+    md.push_str("### Targets\n\n");
     for line in target_checks(&runs) {
         md.push_str(&format!("- {line}\n"));
     }
@@ -544,7 +545,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         md.push_str(&format!("- {note}\n"));
     }
     let mut json = report::json_report(&runs, LAYOUTS, &machine, &settings);
-    json["metrics_cost"] = metrics_cost::json(&runs);
+    json["at_once"] = paired::json(&runs);
     report::write(&out_dir.join("report.md"), &md)?;
     report::write(
         &out_dir.join("report.json"),
@@ -558,6 +559,29 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         out_dir.join("report.json").display()
     );
     drop(backends.drain(..));
+    Ok(())
+}
+
+/// The rounds of `pairing` in `scenario` (see [`paired`]).
+fn pairs(
+    env: &Env,
+    opts: &Options,
+    pairing: &paired::Pairing,
+    scenario: &str,
+    backends: &mut [Proc],
+    runs: &mut Runs,
+) -> Result<()> {
+    eprintln!(
+        "==> scenario ({scenario}): {}, {} rounds × 2 sets at once on CPU {PROXY_CPU}, swapped, × {}s",
+        pairing.title, opts.rounds, opts.duration
+    );
+    for round in 1..=opts.rounds {
+        crate::interrupt::check()?;
+        for b in backends.iter_mut() {
+            b.check_alive()?;
+        }
+        paired::measure_round(env, opts, pairing, scenario, round, runs)?;
+    }
     Ok(())
 }
 
@@ -613,8 +637,9 @@ fn planned_runs(opts: &Options) -> usize {
     opts.only
         .iter()
         .map(|s| match s.as_str() {
-            "a" | "b" | "c" => (SCOPED.len() + metrics_cost::RUNS_PER_ROUND) * r,
-            "d" | "j" => SCOPED.len() * r,
+            "a" | "b" | "c" => (SCOPED.len() + 2 * paired::RUNS_PER_ROUND) * r,
+            "j" => (SCOPED.len() + paired::RUNS_PER_ROUND) * r,
+            "d" => SCOPED.len() * r,
             "k" => MIXED.len() * r,
             "e" | "f" => 3 * r,
             "g" | "h" | "i" => TLS_TARGETS.len() * r,
@@ -718,7 +743,6 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
             &router_config(region, "catalog.json", BACKEND_IP, ebpf, admin, true),
         )?;
     }
-    metrics_cost::write_configs(w)?;
     report::write(&w.join("RegionOne-tls.toml"), &tls_router_config())?;
     // On loopback the admin port shares the host's namespace: it stays on the lab's address.
     report::write(
@@ -772,33 +796,50 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
             );
         }
         tune_haproxy(&lua_dir.join("haproxy.cfg"), maxconn)?;
-        let out = Command::new(&env.scope_router)
-            .args(["haproxy-config", "--native", "--config"])
-            .arg(w.join(cfg))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "scope-router haproxy-config --native failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let native = w.join(format!("haproxy-native-{region}.cfg"));
-        std::fs::write(&native, &out.stdout)?;
-        tune_haproxy(&native, maxconn)?;
-        for cfg in [lua_dir.join("haproxy.cfg"), native] {
-            let check = Command::new(&env.haproxy)
-                .arg("-c")
-                .arg("-f")
-                .arg(&cfg)
-                .output()?;
-            if !check.status.success() {
-                bail!(
-                    "haproxy -c -f {} failed:\n{}",
-                    cfg.display(),
-                    String::from_utf8_lossy(&check.stderr)
-                );
-            }
-        }
+        check_haproxy(env, &lua_dir.join("haproxy.cfg"))?;
+        native_haproxy(
+            env,
+            &w.join(cfg),
+            &w.join(format!("haproxy-native-{region}.cfg")),
+            maxconn,
+        )?;
+    }
+    paired::write_configs(env, maxconn)?;
+    Ok(())
+}
+
+/// HAProxy's native `json_query` config for the router config `router_cfg`, written to
+/// `out`, tuned like every HAProxy of the bench and checked by `haproxy -c`.
+fn native_haproxy(env: &Env, router_cfg: &Path, out: &Path, maxconn: usize) -> Result<()> {
+    let generated = Command::new(&env.scope_router)
+        .args(["haproxy-config", "--native", "--config"])
+        .arg(router_cfg)
+        .output()
+        .context("cannot run scope-router haproxy-config --native")?;
+    if !generated.status.success() {
+        bail!(
+            "scope-router haproxy-config --native failed: {}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+    }
+    std::fs::write(out, &generated.stdout)?;
+    tune_haproxy(out, maxconn)?;
+    check_haproxy(env, out)
+}
+
+/// `haproxy -c -f cfg`: the config is valid.
+fn check_haproxy(env: &Env, cfg: &Path) -> Result<()> {
+    let check = Command::new(&env.haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(cfg)
+        .output()?;
+    if !check.status.success() {
+        bail!(
+            "haproxy -c -f {} failed:\n{}",
+            cfg.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
     Ok(())
 }
@@ -1681,7 +1722,7 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
     let native = Target::HaproxyNative.label();
     let mut out = Vec::new();
     for s in ["a", "b", "c", "j"] {
-        out.extend(metrics_cost::check(runs, s));
+        out.extend(paired::checks(runs, s));
         // The earlier issues' bar, kept for a–c where it was set.
         if let (true, Some(r), Some(l), Some(n), Some(rp99), Some(np99), Some(lp99)) = (
             s != "j",
@@ -1805,12 +1846,13 @@ mod tests {
             .validate()
             .is_err()
         );
-        // 4 targets and 4 metrics-cost runs in a–c, 4 in d, 3 in e and f, per round.
-        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 102);
+        // 4 targets and 2 × 4 paired runs in a–c, 4 in d, 3 in e and f, per round.
+        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 138);
         // 3 targets in each TLS scenario.
         assert_eq!(planned_runs(&opts(&["g", "h", "i"])), 27);
-        // Loopback: router, both HAProxys, ceiling; mixed: router, json_query, direct.
-        assert_eq!(planned_runs(&opts(&["j", "k"])), 21);
+        // Loopback: router, both HAProxys, ceiling, 4 paired runs; mixed: router,
+        // json_query, direct.
+        assert_eq!(planned_runs(&opts(&["j", "k"])), 33);
         assert!(
             Options {
                 loopback_connections: 0,

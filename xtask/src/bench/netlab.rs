@@ -20,8 +20,8 @@ pub const BACKEND: &str = "srb-backend";
 /// RegionOne's VIP and RegionTwo's (both on the router namespace's `eth2`).
 pub const VIP1: &str = "10.77.1.100";
 pub const VIP2: &str = "10.77.1.101";
-/// A second RegionOne and RegionTwo frontend, for the router set that runs beside the
-/// first one when the bench measures what request metrics cost (`e2e::metrics_cost`).
+/// A second RegionOne and RegionTwo frontend, for the proxy set that runs beside the
+/// first one when the bench measures two targets at once (`e2e::paired`).
 pub const TWIN_VIP1: &str = "10.77.1.102";
 pub const TWIN_VIP2: &str = "10.77.1.103";
 /// The concrete services (nginx, the upload sink) in the backend namespace.
@@ -39,6 +39,9 @@ pub const LOAD_CPU: &str = "1";
 pub const LOOP_VIP1: &str = "127.0.77.1";
 pub const LOOP_VIP2: &str = "127.0.77.2";
 pub const LOOP_BACKEND: &str = "127.0.77.3";
+/// A second RegionOne frontend on loopback, for the proxy that runs beside the first one
+/// in scenario j's paired runs (`e2e::paired`).
+pub const LOOP_TWIN_VIP1: &str = "127.0.77.4";
 
 /// The namespaces; deleted on drop.
 pub struct NetLab {
