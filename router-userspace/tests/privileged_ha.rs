@@ -334,15 +334,11 @@ fn the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean
         "{metrics}"
     );
     // With the VRRP families in it, the exposition still parses.
-    if test_support::tool::installed(
+    let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    test_support::tool::assert_promtool_accepts(
         "the_pair_elects_fails_over_on_sigkill_preempts_back_and_hands_over_on_a_clean_stop",
-        "promtool",
-        "`cargo xtask setup` installs it (Debian's prometheus)",
-    ) {
-        let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let (ok, printed) = test_support::tool::promtool_check_metrics(body);
-        assert!(ok, "promtool check metrics failed:\n{printed}\n{metrics}");
-    }
+        body,
+    );
     let text = pair
         .ns(1)
         .command(BIN)

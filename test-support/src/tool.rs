@@ -28,9 +28,25 @@ pub fn run_printed(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), printed)
 }
 
-/// `promtool check metrics` (Debian's `prometheus`) on a text exposition: whether it
-/// passed, and what promtool printed. Callers check [`installed`] first.
-pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+/// Asserts that `promtool check metrics` (Debian's `prometheus`) accepts `exposition`;
+/// without promtool, skips `test` loudly (a failure under `CI=true`).
+pub fn assert_promtool_accepts(test: &str, exposition: &str) {
+    if !installed(
+        test,
+        "promtool",
+        "`cargo xtask setup` installs it (Debian's prometheus)",
+    ) {
+        return;
+    }
+    let (ok, printed) = promtool_check_metrics(exposition);
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{printed}\nexposition:\n{exposition}"
+    );
+}
+
+/// `promtool check metrics` on a text exposition: whether it passed, and what it printed.
+fn promtool_check_metrics(exposition: &str) -> (bool, String) {
     use std::io::Write as _;
     use std::process::Stdio;
     let mut child = Command::new("promtool")

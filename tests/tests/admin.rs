@@ -144,14 +144,7 @@ async fn promtool_accepts_the_exposition() {
         ),
         100.0
     );
-    if tool(TEST, "promtool").is_none() {
-        return;
-    }
-    let (ok, printed) = test_support::tool::promtool_check_metrics(&text);
-    assert!(
-        ok,
-        "promtool check metrics failed:\n{printed}\nexposition:\n{text}"
-    );
+    test_support::tool::assert_promtool_accepts(TEST, &text);
     admin.stop().await;
 }
 

@@ -782,19 +782,15 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     ] {
         let lua_dir = w.join(format!("haproxy-lua-{region}"));
         std::fs::create_dir_all(&lua_dir)?;
-        let out = Command::new(&env.scope_router)
-            .args(["haproxy-config", "--config"])
-            .arg(w.join(cfg))
-            .arg("--out")
-            .arg(&lua_dir)
-            .output()
-            .context("cannot run scope-router haproxy-config")?;
-        if !out.status.success() {
-            bail!(
-                "scope-router haproxy-config failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        haproxy_config(
+            env,
+            &[
+                "--config".as_ref(),
+                w.join(cfg).as_os_str(),
+                "--out".as_ref(),
+                lua_dir.as_os_str(),
+            ],
+        )?;
         tune_haproxy(&lua_dir.join("haproxy.cfg"), maxconn)?;
         check_haproxy(env, &lua_dir.join("haproxy.cfg"))?;
         native_haproxy(
@@ -811,20 +807,33 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
 /// HAProxy's native `json_query` config for the router config `router_cfg`, written to
 /// `out`, tuned like every HAProxy of the bench and checked by `haproxy -c`.
 fn native_haproxy(env: &Env, router_cfg: &Path, out: &Path, maxconn: usize) -> Result<()> {
-    let generated = Command::new(&env.scope_router)
-        .args(["haproxy-config", "--native", "--config"])
-        .arg(router_cfg)
-        .output()
-        .context("cannot run scope-router haproxy-config --native")?;
-    if !generated.status.success() {
-        bail!(
-            "scope-router haproxy-config --native failed: {}",
-            String::from_utf8_lossy(&generated.stderr)
-        );
-    }
-    std::fs::write(out, &generated.stdout)?;
+    let generated = haproxy_config(
+        env,
+        &[
+            "--native".as_ref(),
+            "--config".as_ref(),
+            router_cfg.as_os_str(),
+        ],
+    )?;
+    std::fs::write(out, generated)?;
     tune_haproxy(out, maxconn)?;
     check_haproxy(env, out)
+}
+
+/// `scope-router haproxy-config ARGS`: its standard output.
+fn haproxy_config(env: &Env, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>> {
+    let out = Command::new(&env.scope_router)
+        .arg("haproxy-config")
+        .args(args)
+        .output()
+        .context("cannot run scope-router haproxy-config")?;
+    if !out.status.success() {
+        bail!(
+            "scope-router haproxy-config {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// `haproxy -c -f cfg`: the config is valid.
