@@ -1275,6 +1275,11 @@ fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
         eventually("request reached the backend", &mut router, || {
             world.http.hold.arrived.load(Ordering::SeqCst) >= 1
         });
+        let admin = SocketAddr::from(([127, 0, 0, 1], 9101));
+        let healthz = world
+            .request_to(&world.lab.router, admin, "/healthz", &[])
+            .expect("GET /healthz while serving");
+        assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
         let pid = libc::pid_t::try_from(router.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -1300,6 +1305,15 @@ fn sigterm_finishes_the_request_in_flight_before_releasing_the_vip() {
         );
         assert!(world.vip_on_eth2(), "VIP released before the last response");
         assert!(world.xdp_on_eth2(), "XDP detached before the last response");
+        // The admin listener outlives the drain, and /healthz tells a health check or a
+        // keepalived track script that this node is going away.
+        let healthz = world
+            .request_to(&world.lab.router, admin, "/healthz", &[])
+            .expect("GET /healthz while draining");
+        assert!(
+            healthz.starts_with("HTTP/1.1 503") && healthz.contains("draining"),
+            "{healthz}"
+        );
 
         world.http.hold.released.store(true, Ordering::SeqCst);
         let response = in_flight
