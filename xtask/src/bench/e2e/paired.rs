@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::netlab::{LOOP_TWIN_VIP1, LOOP_VIP1, LOOP_VIP2, TWIN_VIP1, TWIN_VIP2, VIP1, VIP2};
 use super::{
-    BACKEND_IP, CLIENT, Env, LOOP_BACKEND, Options, PROXY_CPU, Proc, ROUTER, Run, Runs,
+    BACKEND_IP, CLIENT, Env, LOOP_BACKEND, Options, PROXY_CPU, Proc, ROUTER, Run, Runs, cpu_total,
     frontend_catalog, load_headers, native_haproxy, netlab, report, router_config, run_of_label,
     spawn_router, wrk,
 };
@@ -102,9 +102,15 @@ fn sets(scenario: &str) -> [&'static [(&'static str, &'static str)]; 2] {
     }
 }
 
+/// The file-name part of a scenario's site: `lo` for j on loopback, `ns` for a–c in the
+/// namespaces (a and c use RegionOne of b's sets).
+fn site(scenario: &str) -> &'static str {
+    if scenario == "j" { "lo" } else { "ns" }
+}
+
 /// Where the configs of a set's proxy are: `pair-<site>-set<k>-<region>-<what>`.
 fn config_file(scenario: &str, set: usize, region: &str, side: Side) -> String {
-    let site = if scenario == "j" { "lo" } else { "ns" };
+    let site = site(scenario);
     let what = match side {
         Side::Router { metrics: true } => "metrics-on.toml",
         Side::Router { metrics: false } => "metrics-off.toml",
@@ -119,16 +125,14 @@ fn config_file(scenario: &str, set: usize, region: &str, side: Side) -> String {
 /// address, since all of them may run at once.
 pub(super) fn write_configs(env: &Env, maxconn: usize) -> Result<()> {
     let work = &env.work;
-    for (scenario, backend) in [("a", BACKEND_IP), ("j", LOOP_BACKEND)] {
-        let all = sets(if scenario == "a" { "b" } else { "j" });
-        for (set, frontends) in all.iter().enumerate() {
-            let catalog = format!(
-                "pair-{}-set{}-catalog.json",
-                if scenario == "j" { "lo" } else { "ns" },
-                set + 1
-            );
+    // b's sets hold both regions, so they cover a and c too.
+    for scenario in ["b", "j"] {
+        let loopback = scenario == "j";
+        let backend = if loopback { LOOP_BACKEND } else { BACKEND_IP };
+        for (set, frontends) in sets(scenario).iter().enumerate() {
+            let catalog = format!("pair-{}-set{}-catalog.json", site(scenario), set + 1);
             let mut entries: Vec<(&str, &str)> = frontends.to_vec();
-            if scenario == "j" {
+            if loopback {
                 entries.push(("RegionTwo", LOOP_VIP2));
             }
             report::write(
@@ -136,7 +140,7 @@ pub(super) fn write_configs(env: &Env, maxconn: usize) -> Result<()> {
                 &serde_json::to_string_pretty(&frontend_catalog(&entries))?,
             )?;
             for (i, (region, vip)) in frontends.iter().enumerate() {
-                let admin = if scenario == "j" {
+                let admin = if loopback {
                     format!("{vip}:9101")
                 } else {
                     format!("127.0.0.1:{}", 9111 + 2 * set + i)
@@ -287,11 +291,7 @@ fn run_pair(
 
 /// CPU seconds so far of each set's proxies.
 fn cpu_of(sets: &[Vec<Proc>]) -> Result<[f64; 2]> {
-    let mut out = [0.0; 2];
-    for (o, procs) in out.iter_mut().zip(sets) {
-        *o = procs.iter().map(Proc::cpu_seconds).sum::<Result<f64>>()?;
-    }
-    Ok(out)
+    Ok([cpu_total(&sets[0])?, cpu_total(&sets[1])?])
 }
 
 /// The measured side against the baseline in one scenario, from its rounds.
