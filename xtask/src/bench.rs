@@ -12,6 +12,7 @@ pub(crate) mod e2e;
 mod heads;
 mod netlab;
 mod report;
+mod steal;
 
 use crate::exec;
 use crate::progress::{banner, step};

@@ -35,6 +35,7 @@ use super::netlab::{
     PROXY_CPU, Proc, ROUTER, VIP1, VIP2,
 };
 use super::report::{self, CEILING, HAPROXY_LUA, Layout, Run};
+use super::steal;
 use crate::netns::{self, nsenter};
 
 mod paired;
@@ -270,6 +271,7 @@ const LAYOUTS: &[Layout] = &[
             ("cpu_s", "proxy CPU s", 2),
             ("peak_rss_mib", "proxy peak RSS MiB", 1),
             ("errors", "errors", 0),
+            STEAL_COLUMN,
         ],
         // Latency is the point; a ratio of GET req/s to HAProxy+Lua's would say nothing.
         ratio_on: None,
@@ -283,7 +285,11 @@ const RPS_COLUMNS: &[(&str, &str, usize)] = &[
     ("cpu_s", "proxy CPU s", 2),
     ("peak_rss_mib", "proxy peak RSS MiB", 1),
     ("errors", "errors", 0),
+    STEAL_COLUMN,
 ];
+
+/// The share of a CPU the hypervisor took during the run (the larger of the two CPUs').
+const STEAL_COLUMN: (&str, &str, usize) = ("steal_pct", "VM steal %", 1);
 
 /// Files the targets run from.
 struct Env {
@@ -424,9 +430,24 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             MIXED.len(),
             opts.duration
         );
-        runs.rounds(opts.rounds, MIXED, |target, round| {
-            mixed_run(&env, opts, target, round).map(Some)
-        })?;
+        let mut measure = |target, round| mixed_run(&env, opts, target, round).map(Some);
+        runs.rounds(opts.rounds, MIXED, &mut measure)?;
+        // A run the hypervisor disturbed says nothing about its proxy's p99 (see `steal`):
+        // up to as many rounds again, until each proxy has `--rounds` runs left alone.
+        let mut targets = MIXED.to_vec();
+        for round in opts.rounds + 1..=2 * opts.rounds {
+            let clean = fewest_undisturbed_mixed(&runs.done);
+            if clean >= opts.rounds as usize {
+                break;
+            }
+            eprintln!(
+                "    (k) {clean} of {} runs of a proxy had VM steal ≤ {} %: round {round}",
+                round - 1,
+                steal::DISTURBED_ABOVE_PCT
+            );
+            runs.planned += MIXED.len();
+            runs.round(round, &mut targets, &mut measure)?;
+        }
     }
     if opts.only.iter().any(|s| s == "e") {
         eprintln!(
@@ -605,12 +626,23 @@ impl Runs {
     ) -> Result<()> {
         let mut targets = targets.to_vec();
         for round in 1..=rounds {
-            for target in rotated(&targets.clone(), round) {
-                crate::interrupt::check()?;
-                match measure(target, round)? {
-                    Some(run) => self.record(run),
-                    None => targets.retain(|t| *t != target),
-                }
+            self.round(round, &mut targets, &mut measure)?;
+        }
+        Ok(())
+    }
+
+    /// One round of `targets`, rotated; a target that measured nothing leaves `targets`.
+    fn round(
+        &mut self,
+        round: u32,
+        targets: &mut Vec<Target>,
+        measure: &mut impl FnMut(Target, u32) -> Result<Option<Run>>,
+    ) -> Result<()> {
+        for target in rotated(targets, round) {
+            crate::interrupt::check()?;
+            match measure(target, round)? {
+                Some(run) => self.record(run),
+                None => targets.retain(|t| *t != target),
             }
         }
         Ok(())
@@ -659,7 +691,7 @@ fn rotated(targets: &[Target], round: u32) -> Vec<Target> {
 fn summary(run: &Run) -> String {
     let m = &run.metrics;
     let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
-    match run.scenario.as_str() {
+    let line = match run.scenario.as_str() {
         "d" => format!(
             "{:.0} MiB/s, peak RSS {:.1} MiB",
             get("mib_s"),
@@ -682,6 +714,10 @@ fn summary(run: &Run) -> String {
             get("p99_ms"),
             get("errors")
         ),
+    };
+    match m.get("steal_pct") {
+        Some(steal) => format!("{line}, VM steal {steal:.1} %"),
+        None => line,
     }
 }
 
@@ -1252,6 +1288,7 @@ fn load_run(
     // Warm-up: connection pools, Lua state, page cache; not measured.
     wrk(site.client(), connections, &url, &headers, 1, None)?;
     let cpu0 = cpu_total(&procs)?;
+    let stolen = steal::Snapshot::now()?;
     let w = wrk(
         site.client(),
         connections,
@@ -1260,6 +1297,7 @@ fn load_run(
         opts.duration,
         None,
     )?;
+    let steal_pct = stolen.steal_pct()?;
     for p in procs.iter_mut() {
         p.check_alive()?;
     }
@@ -1268,6 +1306,7 @@ fn load_run(
         ("p50_ms", w.p50_ms),
         ("p99_ms", w.p99_ms),
         ("errors", w.errors as f64),
+        ("steal_pct", steal_pct),
     ];
     add_proxy_costs(&mut metrics, &procs, cpu0)?;
     Ok(run_of(scenario, target, round, &metrics))
@@ -1452,6 +1491,7 @@ fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Ru
         std::thread::sleep(UPLOAD_HEAD_START);
         let measured = (|| -> Result<Vec<(&str, f64)>> {
             let cpu0 = cpu_total(&procs)?;
+            let stolen = steal::Snapshot::now()?;
             let w = wrk(
                 Some(CLIENT),
                 opts.mixed_connections,
@@ -1460,6 +1500,7 @@ fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Ru
                 opts.duration,
                 Some(&pace),
             )?;
+            let steal_pct = stolen.steal_pct()?;
             for p in procs.iter_mut() {
                 p.check_alive()?;
             }
@@ -1468,6 +1509,7 @@ fn mixed_run(env: &Env, opts: &Options, target: Target, round: u32) -> Result<Ru
                 ("p50_ms", w.p50_ms),
                 ("p99_ms", w.p99_ms),
                 ("errors", w.errors as f64),
+                ("steal_pct", steal_pct),
             ];
             add_proxy_costs(&mut metrics, &procs, cpu0)?;
             Ok(metrics)
@@ -1789,12 +1831,7 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
             out.push(line);
         }
     }
-    if let (Some(r), Some(n)) = (med("k", sr, "p99_ms"), med("k", native, "p99_ms")) {
-        out.push(format!(
-            "(k) p99 of small GETs while uploads stream no worse than json_query's: {r:.3} vs {n:.3} ms — {}",
-            verdict(r <= n)
-        ));
-    }
+    out.extend(mixed_load_check(runs));
     if let Some(rss) = med("d", sr, "peak_rss_mib") {
         out.push(format!(
             "(d) upload peak RSS < 64 MiB: {rss:.1} MiB — {}",
@@ -1821,6 +1858,73 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Scenario k's comparison: scope-router against HAProxy `json_query`.
+const MIXED_COMPARED: [Target; 2] = [Target::ScopeRouter, Target::HaproxyNative];
+
+/// The p99s of `target`'s runs of `scenario`: (all, those the hypervisor took at most
+/// [`steal::DISTURBED_ABOVE_PCT`] of either CPU from). A run without a steal reading
+/// is not called undisturbed.
+fn p99s(runs: &[Run], scenario: &str, target: Target) -> (Vec<f64>, Vec<f64>) {
+    let mut all = Vec::new();
+    let mut undisturbed = Vec::new();
+    for r in runs
+        .iter()
+        .filter(|r| r.scenario == scenario && r.target == target.label())
+    {
+        let Some(p99) = r.metrics.get("p99_ms").copied() else {
+            continue;
+        };
+        all.push(p99);
+        if r.metrics
+            .get("steal_pct")
+            .is_some_and(|s| *s <= steal::DISTURBED_ABOVE_PCT)
+        {
+            undisturbed.push(p99);
+        }
+    }
+    (all, undisturbed)
+}
+
+/// The fewest undisturbed runs (see [`p99s`]) any of scenario k's compared targets has.
+fn fewest_undisturbed_mixed(runs: &[Run]) -> usize {
+    MIXED_COMPARED
+        .iter()
+        .map(|t| p99s(runs, "k", *t).1.len())
+        .min()
+        .unwrap_or(0)
+}
+
+/// Issue 16's mixed-load target, judged on each proxy's runs the hypervisor left alone:
+/// a p99 is the slowest 1 % of requests, and a few milliseconds stolen from the VM's
+/// CPUs make it, whichever proxy runs (see [`steal`]). The rounds run one proxy after
+/// the other, so each proxy's undisturbed runs count, whatever the other's did in the
+/// same round. Every run is still in the table, and the medians over all are given.
+fn mixed_load_check(runs: &[Run]) -> Option<String> {
+    let [(mut sr_all, mut sr), (mut native_all, mut native)] =
+        MIXED_COMPARED.map(|t| p99s(runs, "k", t));
+    let counts = (sr.len(), sr_all.len(), native.len(), native_all.len());
+    let all_sr = report::median(&mut sr_all)?;
+    let all_native = report::median(&mut native_all)?;
+    let head = "(k) p99 of small GETs while uploads stream no worse than json_query's";
+    let limit = steal::DISTURBED_ABOVE_PCT;
+    let all = format!("over all runs: {all_sr:.3} vs {all_native:.3} ms");
+    Some(
+        match (report::median(&mut sr), report::median(&mut native)) {
+            (Some(r), Some(n)) => format!(
+                "{head}, over the runs with VM steal ≤ {limit} % ({} of {} and {} of {}): {r:.3} vs {n:.3} ms — {}; {all}",
+                counts.0,
+                counts.1,
+                counts.2,
+                counts.3,
+                if r <= n { "met" } else { "NOT met" },
+            ),
+            _ => format!(
+                "{head}: NOT shown, the hypervisor took more than {limit} % of a CPU in every run of one of them; {all}"
+            ),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -2017,21 +2121,75 @@ mod tests {
     }
 
     #[test]
-    fn mixed_load_p99_is_checked_against_json_query() {
-        let runs = |p99: f64| {
-            vec![
-                run("k", Target::ScopeRouter, &[("p99_ms", p99)]),
-                run("k", Target::HaproxyNative, &[("p99_ms", 4.0)]),
-                run("k", Target::Direct, &[("p99_ms", 0.5)]),
-            ]
+    fn mixed_load_p99_is_checked_against_json_query_on_undisturbed_runs() {
+        /// (round, scope-router p99, its steal %, json_query p99, its steal %)
+        type Round = (u32, f64, f64, f64, f64);
+        let runs = |rounds: &[Round]| -> Vec<Run> {
+            rounds
+                .iter()
+                .flat_map(|&(round, sr, sr_steal, native, native_steal)| {
+                    let of = |target, p99, steal| {
+                        run_of("k", target, round, &[("p99_ms", p99), ("steal_pct", steal)])
+                    };
+                    [
+                        of(Target::ScopeRouter, sr, sr_steal),
+                        of(Target::HaproxyNative, native, native_steal),
+                        // The ceiling's steal and p99 count for nothing.
+                        of(Target::Direct, 0.5, 30.0),
+                    ]
+                })
+                .collect()
         };
-        assert_eq!(
-            target_checks(&runs(3.5)),
-            [
-                "(k) p99 of small GETs while uploads stream no worse than json_query's: 3.500 vs 4.000 ms — met"
-            ]
-        );
-        assert!(target_checks(&runs(4.5))[0].ends_with("— NOT met"));
+        let head = "(k) p99 of small GETs while uploads stream no worse than json_query's";
+        let cases: &[(&str, &[Round], &str)] = &[
+            (
+                "quiet runs",
+                &[(1, 3.5, 0.0, 4.0, 0.0)],
+                ", over the runs with VM steal ≤ 2 % (1 of 1 and 1 of 1): 3.500 vs 4.000 ms — met; \
+                 over all runs: 3.500 vs 4.000 ms",
+            ),
+            (
+                // 2 % is still undisturbed.
+                "worse when quiet",
+                &[(1, 4.5, 2.0, 4.0, 0.0)],
+                ", over the runs with VM steal ≤ 2 % (1 of 1 and 1 of 1): 4.500 vs 4.000 ms — NOT met; \
+                 over all runs: 4.500 vs 4.000 ms",
+            ),
+            (
+                // Round 2's steal made scope-router's p99 and round 1's json_query's; each
+                // proxy's quiet runs count, whatever the other's run in the round did.
+                "disturbed runs are left out of the verdict, not of the table",
+                &[
+                    (1, 1.0, 0.0, 9.0, 8.0),
+                    (2, 20.0, 15.0, 2.0, 0.0),
+                    (3, 1.2, 1.0, 1.8, 1.0),
+                ],
+                ", over the runs with VM steal ≤ 2 % (2 of 3 and 2 of 3): 1.100 vs 1.900 ms — met; \
+                 over all runs: 1.200 vs 2.000 ms",
+            ),
+            (
+                "one proxy disturbed in every run",
+                &[(1, 9.0, 5.0, 8.0, 0.0), (2, 1.0, 2.5, 8.0, 0.0)],
+                ": NOT shown, the hypervisor took more than 2 % of a CPU in every run of one of them; \
+                 over all runs: 5.000 vs 8.000 ms",
+            ),
+        ];
+        for (name, rounds, verdict) in cases {
+            assert_eq!(
+                target_checks(&runs(rounds)),
+                [format!("{head}{verdict}")],
+                "{name}"
+            );
+        }
+        // Runs without a steal reading (older reports) are not called undisturbed, and
+        // the bench runs more rounds until each proxy has enough quiet runs.
+        let mut bare = vec![
+            run("k", Target::ScopeRouter, &[("p99_ms", 1.0)]),
+            run("k", Target::HaproxyNative, &[("p99_ms", 2.0)]),
+        ];
+        assert_eq!(fewest_undisturbed_mixed(&bare), 0);
+        bare.extend(runs(&[(2, 1.0, 0.0, 2.0, 1.0), (3, 1.0, 1.0, 2.0, 9.0)]));
+        assert_eq!(fewest_undisturbed_mixed(&bare), 1);
     }
 
     #[test]
