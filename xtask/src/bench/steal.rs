@@ -1,9 +1,9 @@
 //! Time the hypervisor took from the bench's two CPUs during a run (`steal` in
 //! `/proc/stat`): a run it disturbed measures the VM's neighbours, not the proxy.
 //!
-//! Scenario k's p99 is where this shows. On the bench VM, rounds with 0–2 % steal put
-//! scope-router's p99 at 0.5–1 ms; rounds with 13–26 % steal put both proxies at
-//! 6–20 ms, whichever ran.
+//! Scenario k's p99 is where this shows. On the bench VM, runs with at most 2 % steal put
+//! scope-router's p99 at a median of 1.0 ms (HAProxy's at 1.7); runs with 12–26 % steal
+//! put either proxy at 5–20 ms (`docs/performance.md`, *Fourth session*).
 
 use anyhow::{Context, Result, anyhow};
 
