@@ -5,6 +5,10 @@
 //! service, from a few keep-alive clients, against stub backends that answer `200`.
 //! Only what runs here counts as hot: error paths stay cold, as they should. Needs no
 //! tool and no root; bounded in time and in requests.
+//!
+//! The first half runs with request metrics on (the default), the second with them off
+//! after a reload, so that both paths are laid out hot: trained on the first alone, a
+//! router with `[admin] metrics = false` ran about 1.5 % slower on its cold branches.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -112,10 +116,11 @@ const UPLOAD: Kind = (
     UPLOAD_BYTES,
 );
 
-/// Runs `router` (instrumented) under the mix, then stops it with SIGTERM so it writes
-/// its profile. Returns how many requests were answered.
+/// Runs `router` (instrumented) under the mix, half of it with request metrics and half
+/// without, then stops it with SIGTERM so it writes its profile. Returns how many
+/// requests were answered.
 pub fn run(router: &Path, dir: &Path) -> Result<u64> {
-    let config = write_config(dir)?;
+    let config = write_config(dir, true)?;
     let stubs = Stubs::start()?;
     let log = dir.join("train.log");
     let log_file =
@@ -132,7 +137,16 @@ pub fn run(router: &Path, dir: &Path) -> Result<u64> {
     let mut router_proc = Running(Some(child));
     wait_ready()
         .with_context(|| format!("the router did not start; its log: {}", log.display()))?;
-    let answered = drive()?;
+    let mut answered = drive(DURATION / 2)?;
+    write_config(dir, false)?;
+    router_proc.reload()?;
+    wait_reloaded().with_context(|| {
+        format!(
+            "the router did not reload with request metrics off; its log: {}",
+            log.display()
+        )
+    })?;
+    answered += drive(DURATION / 2)?;
     router_proc.stop()?;
     drop(stubs);
     if answered == 0 {
@@ -144,7 +158,8 @@ pub fn run(router: &Path, dir: &Path) -> Result<u64> {
     Ok(answered)
 }
 
-fn write_config(dir: &Path) -> Result<std::path::PathBuf> {
+/// The router's config file, with request metrics on or off.
+fn write_config(dir: &Path, metrics: bool) -> Result<std::path::PathBuf> {
     let catalog =
         crate::bench::e2e::frontend_catalog(&[("RegionOne", ROUTER), ("RegionTwo", REMOTE)]);
     let catalog_file = dir.join("train-catalog.json");
@@ -157,7 +172,7 @@ fn write_config(dir: &Path) -> Result<std::path::PathBuf> {
             "# Written by cargo xtask for BOLT's training run (xtask/src/bolt/train.rs).\n\
              region = \"RegionOne\"\ncatalog = [\"train-catalog.json\"]\n\
              backend = \"{BACKEND}\"\n\n[ebpf]\nmode = \"off\"\n\n\
-             [admin]\nbind = [\"{ROUTER}:9101\"]\n"
+             [admin]\nbind = [\"{ROUTER}:9101\"]\nmetrics = {metrics}\n"
         ),
     )
     .with_context(|| format!("cannot write {}", config.display()))?;
@@ -168,6 +183,17 @@ fn write_config(dir: &Path) -> Result<std::path::PathBuf> {
 struct Running(Option<Child>);
 
 impl Running {
+    /// SIGHUP: the router re-reads its config file.
+    fn reload(&self) -> Result<()> {
+        let child = self.0.as_ref().context("the router is not running")?;
+        let pid = libc::pid_t::try_from(child.id()).context("router pid out of range")?;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot SIGHUP the router");
+        }
+        Ok(())
+    }
+
     fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.0.take() else {
             return Ok(());
@@ -216,10 +242,46 @@ fn wait_ready() -> Result<()> {
     }
 }
 
-/// The clients, each through its own keep-alive connections; the requests answered.
-fn drive() -> Result<u64> {
+/// Waits until the router's `/status` reports a successful reload (there was none before).
+fn wait_reloaded() -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outcome = admin_status().map(|doc| doc["last_reload"]["ok"].as_bool());
+        match outcome {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => bail!("the router refused the reload (see its log)"),
+            Ok(None) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(None) => bail!("no reload reported on its /status within {PATIENCE:?}"),
+            Err(e) => return Err(e.context(format!("no /status on {ROUTER}:9101"))),
+        }
+    }
+}
+
+/// The router's `/status` document, over one plain connection.
+fn admin_status() -> Result<serde_json::Value> {
+    let mut conn = TcpStream::connect((ROUTER, 9101))?;
+    conn.set_read_timeout(Some(PATIENCE))?;
+    conn.write_all(
+        format!("GET /status HTTP/1.1\r\nHost: {ROUTER}:9101\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply)?;
+    let body = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| &reply[at + 4..])
+        .context("no end of the response head")?;
+    serde_json::from_slice(body).context("/status is not JSON")
+}
+
+/// The clients, each through its own keep-alive connections, for `duration`; the
+/// requests answered.
+fn drive(duration: Duration) -> Result<u64> {
     let answered = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + DURATION;
+    let until = Instant::now() + duration;
     let threads: Vec<JoinHandle<Result<()>>> = (0..CLIENTS)
         .map(|i| {
             let answered = Arc::clone(&answered);
