@@ -8,7 +8,8 @@
 //!
 //! The first half runs with request metrics on (the default), the second with them off
 //! after a reload, so that both paths are laid out hot: trained on the first alone, a
-//! router with `[admin] metrics = false` ran about 1.5 % slower on its cold branches.
+//! router with `[admin] metrics = false` ran its cold branches, 0.2–0.5 % slower
+//! (`docs/performance.md`, *Issue 11*).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
