@@ -1771,6 +1771,11 @@ const LEAD_OVER_JSON_QUERY: f64 = 1.1;
 /// Issue 16: scope-router's req/s over the direct ceiling's, at least (a–c, j).
 const SHARE_OF_CEILING: f64 = 0.85;
 
+/// How every target line of the report ends.
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
 /// The issues' targets, each stated as met / not met from the medians.
 fn target_checks(runs: &[Run]) -> Vec<String> {
     let med = |scenario: &str, target: &str, key: &str| {
@@ -1779,7 +1784,6 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
             .find(|(t, _)| t == target)
             .and_then(|(_, m)| m.get(key).copied())
     };
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let sr = Target::ScopeRouter.label();
     let native = Target::HaproxyNative.label();
     let mut out = Vec::new();
@@ -1918,7 +1922,7 @@ fn mixed_load_check(runs: &[Run]) -> Option<String> {
                 counts.1,
                 counts.2,
                 counts.3,
-                if r <= n { "met" } else { "NOT met" },
+                verdict(r <= n),
             ),
             _ => format!(
                 "{head}: NOT shown, the hypervisor took more than {limit} % of a CPU in every run of one of them; {all}"

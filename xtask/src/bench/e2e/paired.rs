@@ -21,7 +21,7 @@ use super::netlab::{LOOP_TWIN_VIP1, LOOP_VIP1, LOOP_VIP2, TWIN_VIP1, TWIN_VIP2, 
 use super::{
     BACKEND_IP, CLIENT, Env, LOOP_BACKEND, Options, PROXY_CPU, Proc, ROUTER, Run, Runs, cpu_total,
     frontend_catalog, load_headers, native_haproxy, netlab, report, router_config, run_of_label,
-    spawn_router, wrk,
+    spawn_router, verdict, wrk,
 };
 
 /// What runs on one side of a pair.
@@ -365,14 +365,19 @@ pub(super) fn paired(runs: &[Run], pairing: &Pairing, scenario: &str) -> Option<
     })
 }
 
+/// `pairing` in each of its scenarios that was measured.
+fn measured(runs: &[Run], pairing: &Pairing) -> Vec<(&'static str, Paired)> {
+    pairing
+        .scenarios
+        .iter()
+        .filter_map(|s| paired(runs, pairing, s).map(|p| (*s, p)))
+        .collect()
+}
+
 /// The report's two sections, for the scenarios measured.
 pub(super) fn markdown(runs: &[Run]) -> String {
     let mut out = String::new();
-    let rows: Vec<(&str, Paired)> = METRICS
-        .scenarios
-        .iter()
-        .filter_map(|s| paired(runs, &METRICS, s).map(|p| (*s, p)))
-        .collect();
+    let rows = measured(runs, &METRICS);
     if !rows.is_empty() {
         out.push_str(
             "### Request metrics cost (a–c): with and without, both at once on CPU 0\n\n\
@@ -395,11 +400,7 @@ pub(super) fn markdown(runs: &[Run]) -> String {
         }
         out.push('\n');
     }
-    let rows: Vec<(&str, Paired)> = JSON_QUERY
-        .scenarios
-        .iter()
-        .filter_map(|s| paired(runs, &JSON_QUERY, s).map(|p| (*s, p)))
-        .collect();
+    let rows = measured(runs, &JSON_QUERY);
     if !rows.is_empty() {
         out.push_str(
             "### scope-router against HAProxy json_query, both at once on CPU 0\n\n\
@@ -447,7 +448,7 @@ pub(super) fn checks(runs: &[Run], scenario: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(p) = paired(runs, &METRICS, scenario) {
         let cost = 1.0 - p.median;
-        let met = idle(&p).unwrap_or_else(|| verdict(cost < METRICS_BOUND));
+        let met = idle(&p).unwrap_or_else(|| verdict(cost < METRICS_BOUND).to_owned());
         out.push(format!(
             "({scenario}) request metrics cost < {:.0} % of req/s (both at once, swapped): {} median over {} rounds (CPU per request {}) — {met}",
             METRICS_BOUND * 100.0,
@@ -457,8 +458,8 @@ pub(super) fn checks(runs: &[Run], scenario: &str) -> Vec<String> {
         ));
     }
     if let Some(p) = paired(runs, &JSON_QUERY, scenario) {
-        let lead = idle(&p).unwrap_or_else(|| verdict(p.median >= LEAD));
-        let p99 = idle(&p).unwrap_or_else(|| verdict(p.p99[0] <= p.p99[1]));
+        let lead = idle(&p).unwrap_or_else(|| verdict(p.median >= LEAD).to_owned());
+        let p99 = idle(&p).unwrap_or_else(|| verdict(p.p99[0] <= p.p99[1]).to_owned());
         out.push(format!(
             "({scenario}) at once on CPU 0: req/s ≥ {LEAD}× json_query: {:.3}× median over {} rounds — {lead}; p99 no worse: {:.3} vs {:.3} ms — {p99}",
             p.median,
@@ -470,27 +471,21 @@ pub(super) fn checks(runs: &[Run], scenario: &str) -> Vec<String> {
     out
 }
 
-fn verdict(ok: bool) -> String {
-    if ok { "met" } else { "NOT met" }.to_owned()
-}
-
 /// The JSON report's part: per pairing and scenario, the rounds and their medians.
 pub(super) fn json(runs: &[Run]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for pairing in [&METRICS, &JSON_QUERY] {
-        let per: serde_json::Map<String, serde_json::Value> = pairing
-            .scenarios
-            .iter()
-            .filter_map(|s| {
-                let p = paired(runs, pairing, s)?;
-                Some((
-                    (*s).to_owned(),
+        let per: serde_json::Map<String, serde_json::Value> = measured(runs, pairing)
+            .into_iter()
+            .map(|(s, p)| {
+                (
+                    s.to_owned(),
                     serde_json::json!({
                         "ratio_per_round": p.rounds, "ratio_median": p.median,
                         "cpu_per_request_baseline_over_measured": p.cpu_median,
                         "cpu0_busy": p.busy, "p99_ms": p.p99,
                     }),
-                ))
+                )
             })
             .collect();
         out.insert(pairing.key.to_owned(), per.into());
@@ -517,16 +512,25 @@ mod tests {
         )
     }
 
+    /// A whole round, (req/s, CPU µs per request) of each run: the measured side on set 1
+    /// and the baseline on set 2, then swapped.
+    fn round_of(pairing: &Pairing, round: u32, runs: [(f64, f64); 4]) -> Vec<Run> {
+        [(0, 1.0), (1, 2.0), (1, 1.0), (0, 2.0)]
+            .into_iter()
+            .zip(runs)
+            .map(|((side, set), (rps, cpu))| run(pairing, side, round, set, rps, cpu))
+            .collect()
+    }
+
     #[test]
     fn the_swap_cancels_what_the_position_is_worth() {
         // Set 2 serves 10 % more whatever it runs; counting costs 1 %.
         let m = &METRICS;
-        let runs = vec![
-            run(m, 0, 1, 1.0, 990.0, 10.1),
-            run(m, 1, 1, 2.0, 1100.0, 9.0),
-            run(m, 1, 1, 1.0, 1000.0, 10.0),
-            run(m, 0, 1, 2.0, 1089.0, 9.09),
-        ];
+        let runs = round_of(
+            m,
+            1,
+            [(990.0, 10.1), (1100.0, 9.0), (1000.0, 10.0), (1089.0, 9.09)],
+        );
         let p = paired(&runs, m, "a").expect("a complete round");
         assert_eq!(p.rounds.len(), 1);
         assert!((p.median - 0.99).abs() < 1e-9, "{p:?}");
@@ -543,15 +547,16 @@ mod tests {
     #[test]
     fn a_cost_over_the_bound_is_not_met_and_incomplete_rounds_are_left_out() {
         let m = &METRICS;
-        let mut runs = vec![
-            run(m, 0, 1, 1.0, 950.0, 10.5),
-            run(m, 1, 1, 2.0, 1000.0, 10.0),
-            run(m, 1, 1, 1.0, 1000.0, 10.0),
-            run(m, 0, 1, 2.0, 950.0, 10.5),
-            // Round 2 lost its second half.
+        let mut runs = round_of(
+            m,
+            1,
+            [(950.0, 10.5), (1000.0, 10.0), (1000.0, 10.0), (950.0, 10.5)],
+        );
+        // Round 2 lost its second half.
+        runs.extend([
             run(m, 0, 2, 1.0, 1000.0, 10.0),
             run(m, 1, 2, 2.0, 1000.0, 10.0),
-        ];
+        ]);
         let p = paired(&runs, m, "a").unwrap();
         assert_eq!(p.rounds.len(), 1, "{p:?}");
         assert!((p.median - 0.95).abs() < 1e-9, "{p:?}");
@@ -574,12 +579,11 @@ mod tests {
     fn the_lead_over_json_query_and_its_p99_are_judged_apart() {
         let j = &JSON_QUERY;
         // scope-router serves 15 % more at once, but its p99 (2 ms) is against 3 ms.
-        let runs = vec![
-            run(j, 0, 1, 1.0, 1150.0, 8.7),
-            run(j, 1, 1, 2.0, 1000.0, 10.0),
-            run(j, 1, 1, 1.0, 1000.0, 10.0),
-            run(j, 0, 1, 2.0, 1150.0, 8.7),
-        ];
+        let runs = round_of(
+            j,
+            1,
+            [(1150.0, 8.7), (1000.0, 10.0), (1000.0, 10.0), (1150.0, 8.7)],
+        );
         let p = paired(&runs, j, "a").unwrap();
         assert!((p.median - 1.15).abs() < 1e-9, "{p:?}");
         assert!((p.cpu_median - 10.0 / 8.7).abs() < 1e-9, "{p:?}");
