@@ -8,11 +8,11 @@ use std::ffi::OsString;
 
 use anyhow::{Result, bail};
 
+mod cpus;
 pub(crate) mod e2e;
 mod heads;
 mod netlab;
 mod report;
-mod steal;
 
 use crate::exec;
 use crate::progress::{banner, step};
