@@ -1877,6 +1877,9 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
 /// what any proxy can be measured at: at the CPU per request they had in a proxy's runs,
 /// it fills at `rps ÷ busy share`. The clause gives the larger of the two proxies' bounds
 /// (each the median over its runs) as a share of the `ceiling`; empty without readings.
+/// It is an estimate: a load CPU short of saturation is woken from idle more often per
+/// request, so its true bound can be somewhat higher. Runs that saturated it agree
+/// (`docs/performance.md`, *Fifth session*).
 fn load_cap_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
     let median_of = |target: Target, of: fn(&Run) -> Option<f64>| {
         let mut values: Vec<f64> = runs
@@ -1906,7 +1909,8 @@ fn load_cap_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
     let bound = sr_cap.max(native_cap) / ceiling;
     format!(
         " (load CPU {sr_busy:.0} % busy with scope-router, {native_busy:.0} % with json_query: \
-         wrk and nginx fill it near {:.0} % of the ceiling{})",
+         at their CPU per request in these runs, wrk and nginx fill it near {:.0} % of the \
+         ceiling{})",
         bound * 100.0,
         if bound < SHARE_OF_CEILING {
             ", so no proxy reaches the target in this layout on this machine"
@@ -2177,7 +2181,8 @@ mod tests {
                 &[(48.0, 96.0)],
                 &[(45.0, 90.0)],
                 "48 % — NOT met (load CPU 96 % busy with scope-router, 90 % with json_query: \
-                 wrk and nginx fill it near 50 % of the ceiling, so no proxy",
+                 at their CPU per request in these runs, wrk and nginx fill it near 50 % of \
+                 the ceiling, so no proxy",
             ),
             (
                 // json_query's runs cost the load CPU less per request: 40 at 50 % → 80.
@@ -2191,15 +2196,16 @@ mod tests {
                 &[(60.0, 60.0)],
                 &[(50.0, 50.0)],
                 "60 % — NOT met (load CPU 60 % busy with scope-router, 50 % with json_query: \
-                 wrk and nginx fill it near 100 % of the ceiling)",
+                 at their CPU per request in these runs, wrk and nginx fill it near 100 % of \
+                 the ceiling)",
             ),
             (
                 // Bounds 50, 100, 100 → 100; busy 96, 40, 50 → 50.
                 "medians over the runs",
                 &[(48.0, 96.0), (40.0, 40.0), (50.0, 50.0)],
                 &[(45.0, 90.0)],
-                "(load CPU 50 % busy with scope-router, 90 % with json_query: wrk and nginx \
-                 fill it near 100 % of the ceiling)",
+                "(load CPU 50 % busy with scope-router, 90 % with json_query: at their CPU per \
+                 request in these runs, wrk and nginx fill it near 100 % of the ceiling)",
             ),
         ];
         for (name, sr, native, want) in cases {
