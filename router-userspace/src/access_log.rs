@@ -496,7 +496,7 @@ mod tests {
     }
 
     /// A completed request's record as `emit` gets it, from the case's setter.
-    fn logged(set: fn(&mut AccessRecord)) {
+    fn logged(set: impl FnOnce(&mut AccessRecord)) {
         let uri: http::Uri = "/v2.1/servers?token=secret".parse().unwrap();
         let mut record = AccessRecord::new(
             Instant::now(),
@@ -510,6 +510,21 @@ mod tests {
             .map_err(|never| match never {})
             .boxed();
         drop(LoggedBody::new(body, record));
+    }
+
+    /// What `emit` logs through the `format` subscriber: access lines, `Fixed` clock.
+    fn captured(format: LogFormat, emit: impl FnOnce()) -> String {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = subscriber_timed(
+            format,
+            tracing_subscriber::EnvFilter::new("access=info"),
+            move || writer.clone(),
+            false,
+            Fixed,
+        );
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
@@ -585,17 +600,7 @@ mod tests {
 
     #[test]
     fn the_text_subscriber_writes_access_lines_in_the_documented_shape() {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = subscriber_timed(
-            LogFormat::Text,
-            tracing_subscriber::EnvFilter::new("access=info"),
-            move || writer.clone(),
-            false,
-            Fixed,
-        );
-        tracing::subscriber::with_default(subscriber, || logged(|r| r.status = 200));
-        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let text = captured(LogFormat::Text, || logged(|r| r.status = 200));
         let rest = text
             .strip_prefix("2026-11-29T22:00:00.123456Z  INFO access: method=GET path=/v2.1/servers status=200 duration_ms=")
             .unwrap_or_else(|| panic!("{text}"));
@@ -612,41 +617,23 @@ mod tests {
 
     #[test]
     fn json_format_writes_one_object_per_request_with_top_level_fields() {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = subscriber(
-            LogFormat::Json,
-            tracing_subscriber::EnvFilter::new("access=info"),
-            move || writer.clone(),
-            false,
-        );
         let stats = TrafficStats::new();
-        tracing::subscriber::with_default(subscriber, || {
-            let uri: http::Uri = "/v2.1/servers?token=secret".parse().unwrap();
-            let mut record = AccessRecord::new(
-                Instant::now(),
-                "127.0.0.1:8774".parse().unwrap(),
-                "127.0.0.9:40000".parse().unwrap(),
-                &http::Method::POST,
-                &uri,
-            );
-            record.status = 201;
-            record.service_type = Some(Arc::from("compute"));
-            record.region = Some(Arc::from("RegionTwo"));
-            record.backend = Some(Arc::from("RegionTwo_compute_public"));
-            record.scope_source = Some(ScopeSource::AuthToken);
-            record.alternative = 2;
-            record.server = Some(Arc::from("127.0.0.2:8774"));
-            record.redispatches = 1;
-            record.bytes_in = 42;
-            record.request_id = Some(http::HeaderValue::from_static("req-1234"));
-            record.stats = Some(stats.clone());
-            let body = Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed();
-            drop(LoggedBody::new(body, record));
+        let text = captured(LogFormat::Json, || {
+            logged(|record| {
+                record.method = http::Method::POST;
+                record.status = 201;
+                record.service_type = Some(Arc::from("compute"));
+                record.region = Some(Arc::from("RegionTwo"));
+                record.backend = Some(Arc::from("RegionTwo_compute_public"));
+                record.scope_source = Some(ScopeSource::AuthToken);
+                record.alternative = 2;
+                record.server = Some(Arc::from("127.0.0.2:8774"));
+                record.redispatches = 1;
+                record.bytes_in = 42;
+                record.request_id = Some(http::HeaderValue::from_static("req-1234"));
+                record.stats = Some(stats.clone());
+            })
         });
-        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
         let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
