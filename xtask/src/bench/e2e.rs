@@ -387,7 +387,7 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             }
             load_run(&env, opts, scenario, target, round, &[]).map(Some)
         })?;
-        for pairing in [&paired::METRICS, &paired::JSON_QUERY] {
+        for pairing in paired::pairings_in(scenario) {
             pairs(&env, opts, pairing, scenario, &mut backends, &mut runs)?;
         }
     }
@@ -404,14 +404,9 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
             }
             load_run(&env, opts, "j", target, round, &[]).map(Some)
         })?;
-        pairs(
-            &env,
-            opts,
-            &paired::JSON_QUERY,
-            "j",
-            &mut backends,
-            &mut runs,
-        )?;
+        for pairing in paired::pairings_in("j") {
+            pairs(&env, opts, pairing, "j", &mut backends, &mut runs)?;
+        }
     }
     if opts.only.iter().any(|s| s == "d") {
         eprintln!(
@@ -670,8 +665,9 @@ fn planned_runs(opts: &Options) -> usize {
     opts.only
         .iter()
         .map(|s| match s.as_str() {
-            "a" | "b" | "c" => (SCOPED.len() + 2 * paired::RUNS_PER_ROUND) * r,
-            "j" => (SCOPED.len() + paired::RUNS_PER_ROUND) * r,
+            "a" | "b" | "c" | "j" => {
+                (SCOPED.len() + paired::pairings_in(s).count() * paired::RUNS_PER_ROUND) * r
+            }
             "d" => SCOPED.len() * r,
             "k" => MIXED.len() * r,
             "e" | "f" => 3 * r,
@@ -1125,7 +1121,7 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
                     Target::ScopeRouterEbpf => format!("{region}-ebpf.toml"),
                     _ => format!("{region}.toml"),
                 };
-                spawn_router(env, region, &cfg, site.namespace(), log)?
+                spawn_router(env, region, &cfg, site.namespace(), log, false)?
             }
             Target::HaproxyLua | Target::HaproxyNative => {
                 let cfg = if target == Target::HaproxyLua {
@@ -1156,12 +1152,15 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
 
 /// scope-router with the config file `cfg` of the work directory, pinned to the proxy CPU
 /// with one worker, in namespace `ns`.
+/// Starts the router of `region` from `cfg`; `access_log` as it runs by default (one line
+/// per request into `log`), else off like HAProxy's, which has no `log` line.
 fn spawn_router(
     env: &Env,
     region: &str,
     cfg: &str,
     ns: Option<&str>,
     log: PathBuf,
+    access_log: bool,
 ) -> Result<Proc> {
     Proc::spawn(
         &format!("scope-router {region}"),
@@ -1175,8 +1174,7 @@ fn spawn_router(
             "--config",
             &env.work.join(cfg).display().to_string(),
         ],
-        // Off like HAProxy's (no `log` line): the access log would cost both.
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", if access_log { "info" } else { "warn" })],
         log,
     )
 }
@@ -2034,9 +2032,9 @@ mod tests {
         assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 138);
         // 3 targets in each TLS scenario.
         assert_eq!(planned_runs(&opts(&["g", "h", "i"])), 27);
-        // Loopback: router, both HAProxys, ceiling, 4 paired runs; mixed: router,
-        // json_query, direct.
-        assert_eq!(planned_runs(&opts(&["j", "k"])), 33);
+        // Loopback: router, both HAProxys, ceiling, 2 × 4 paired runs (without logs and
+        // with); mixed: router, json_query, direct.
+        assert_eq!(planned_runs(&opts(&["j", "k"])), 45);
         assert!(
             Options {
                 loopback_connections: 0,

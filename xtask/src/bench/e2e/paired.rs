@@ -1,6 +1,7 @@
 //! Two targets measured at the same time on the proxy CPU: what request metrics cost
-//! (issue 11: under 2 % of req/s in a–c), and scope-router against HAProxy `json_query`
-//! (issue 16: at least 1.1× in a–c and j).
+//! (issue 11: under 2 % of req/s in a–c), scope-router against HAProxy `json_query`
+//! (issue 16: at least 1.1× in a–c and j), and the same with both logging every request
+//! (j), as operators run them.
 //!
 //! Measured one after the other, two runs of the same build on a VM differ by up to
 //! ±20 %: the rotated rounds once put the metrics-off router 25 % below and 6 % above the
@@ -15,7 +16,7 @@
 //! holds only while both keep the CPU busy, so the verdict needs CPU 0 at least
 //! [`MIN_BUSY`] busy.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::netlab::{LOOP_TWIN_VIP1, LOOP_VIP1, LOOP_VIP2, TWIN_VIP1, TWIN_VIP2, VIP1, VIP2};
 use super::{
@@ -27,8 +28,15 @@ use super::{
 /// What runs on one side of a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
-    Router { metrics: bool },
+    /// Without the access log, as in every other run of the bench.
+    Router {
+        metrics: bool,
+    },
+    /// Metrics on and the access log on (`RUST_LOG=info`): the default configuration.
+    LoggedRouter,
     JsonQuery,
+    /// With `option httplog`, one line per request on its standard output.
+    LoggedJsonQuery,
 }
 
 impl Side {
@@ -36,8 +44,14 @@ impl Side {
         match self {
             Side::Router { metrics: true } => "scope-router, metrics on (sharing CPU 0)",
             Side::Router { metrics: false } => "scope-router, metrics off (sharing CPU 0)",
+            Side::LoggedRouter => "scope-router, access log on (sharing CPU 0)",
             Side::JsonQuery => "haproxy json_query (sharing CPU 0)",
+            Side::LoggedJsonQuery => "haproxy json_query, httplog on (sharing CPU 0)",
         }
+    }
+
+    fn logs_every_request(self) -> bool {
+        matches!(self, Side::LoggedRouter | Side::LoggedJsonQuery)
     }
 }
 
@@ -71,6 +85,26 @@ pub(super) const JSON_QUERY: Pairing = Pairing {
     sides: [Side::Router { metrics: true }, Side::JsonQuery],
     scenarios: &["a", "b", "c", "j"],
 };
+
+/// Issue 16 as operators run the proxies: scope-router's access log (on by default)
+/// against HAProxy's `option httplog`, each writing a line per request to a file. The
+/// other pairings turn both off, as the rotated rounds do.
+pub(super) const LOGGED: Pairing = Pairing {
+    title: "scope-router against HAProxy json_query, both logging every request",
+    key: "logged",
+    sides: [Side::LoggedRouter, Side::LoggedJsonQuery],
+    scenarios: &["j"],
+};
+
+/// Every pairing, in the order they run and are reported.
+pub(super) const PAIRINGS: [&Pairing; 3] = [&METRICS, &JSON_QUERY, &LOGGED];
+
+/// The pairings measured in `scenario`.
+pub(super) fn pairings_in(scenario: &str) -> impl Iterator<Item = &'static Pairing> {
+    PAIRINGS
+        .into_iter()
+        .filter(move |p| p.scenarios.contains(&scenario))
+}
 
 /// Runs per round of one pairing: both sets, once with each side on each.
 pub(super) const RUNS_PER_ROUND: usize = 4;
@@ -112,9 +146,10 @@ fn site(scenario: &str) -> &'static str {
 fn config_file(scenario: &str, set: usize, region: &str, side: Side) -> String {
     let site = site(scenario);
     let what = match side {
-        Side::Router { metrics: true } => "metrics-on.toml",
+        Side::Router { metrics: true } | Side::LoggedRouter => "metrics-on.toml",
         Side::Router { metrics: false } => "metrics-off.toml",
         Side::JsonQuery => "json_query.cfg",
+        Side::LoggedJsonQuery => "json_query-httplog.cfg",
     };
     format!("pair-{site}-set{}-{region}-{what}", set + 1)
 }
@@ -152,6 +187,7 @@ pub(super) fn write_configs(env: &Env, maxconn: usize) -> Result<()> {
                         &router_config(region, &catalog, backend, "off", &admin, metrics),
                     )?;
                 }
+                let native = work.join(config_file(scenario, set, region, Side::JsonQuery));
                 native_haproxy(
                     env,
                     &work.join(config_file(
@@ -160,13 +196,33 @@ pub(super) fn write_configs(env: &Env, maxconn: usize) -> Result<()> {
                         region,
                         Side::Router { metrics: true },
                     )),
-                    &work.join(config_file(scenario, set, region, Side::JsonQuery)),
+                    &native,
                     maxconn,
+                )?;
+                let logged = config_file(scenario, set, region, Side::LoggedJsonQuery);
+                report::write(
+                    &work.join(logged),
+                    &with_httplog(&std::fs::read_to_string(&native)?)?,
                 )?;
             }
         }
     }
     Ok(())
+}
+
+/// `cfg` logging every request as Kolla's HAProxy does (`option httplog`), to standard
+/// output instead of syslog so that both proxies write their lines the same way.
+fn with_httplog(cfg: &str) -> Result<String> {
+    let insert = |text: &str, section: &str, lines: &str| -> Result<String> {
+        let from = format!("\n{section}\n");
+        let logged = text.replacen(&from, &format!("{from}{lines}"), 1);
+        if logged == text {
+            bail!("the generated HAProxy config has no `{section}` section");
+        }
+        Ok(logged)
+    };
+    let cfg = insert(cfg, "global", "    log stdout format raw local0\n")?;
+    insert(&cfg, "defaults", "    log global\n    option httplog\n")
 }
 
 /// One round of `pairing` in `scenario`: both sets at once, the measured side on the
@@ -214,6 +270,8 @@ fn run_pair(
     let all = sets(scenario);
     let side_of = |set: usize| pairing.sides[usize::from(set != measured_on)];
     let mut procs: Vec<Vec<Proc>> = Vec::new();
+    // Lines of every request: tens of megabytes a run, dropped once the run succeeded.
+    let mut request_logs = Vec::new();
     for (set, frontends) in all.iter().enumerate() {
         let side = side_of(set);
         let mut set_procs = Vec::new();
@@ -224,9 +282,13 @@ fn run_pair(
                 pairing.key,
                 cfg.replace(".toml", ".log").replace(".cfg", ".log")
             ));
+            if side.logs_every_request() {
+                request_logs.push(log.clone());
+            }
             set_procs.push(match side {
-                Side::Router { .. } => spawn_router(env, region, &cfg, ns, log)?,
-                Side::JsonQuery => Proc::spawn(
+                Side::Router { .. } => spawn_router(env, region, &cfg, ns, log, false)?,
+                Side::LoggedRouter => spawn_router(env, region, &cfg, ns, log, true)?,
+                Side::JsonQuery | Side::LoggedJsonQuery => Proc::spawn(
                     &format!("haproxy {region}"),
                     ns,
                     PROXY_CPU,
@@ -264,6 +326,9 @@ fn run_pair(
     let cpu1 = cpu_of(&procs)?;
     for p in procs.iter_mut().flatten() {
         p.check_alive()?;
+    }
+    for log in &request_logs {
+        std::fs::remove_file(log).with_context(|| format!("cannot remove {}", log.display()))?;
     }
     let run = |set: usize| {
         let w = &loads[set];
@@ -400,36 +465,56 @@ pub(super) fn markdown(runs: &[Run]) -> String {
         }
         out.push('\n');
     }
-    let rows = measured(runs, &JSON_QUERY);
-    if !rows.is_empty() {
-        out.push_str(
-            "### scope-router against HAProxy json_query, both at once on CPU 0\n\n\
-             The same method: scope-router and HAProxy `json_query` share the proxy CPU, \
-             each loaded by its own wrk with half the connections, swapped each round. \
-             × json_query = req/s of scope-router ÷ req/s of HAProxy (geometric mean of the \
-             swap); CPU per request is HAProxy's ÷ scope-router's.\n\n\
-             | scenario | × json_query per round | median | CPU per request, json_query ÷ scope-router | p99 ms, scope-router / json_query | CPU 0 busy |\n\
-             |---|---|---|---|---|---|\n",
-        );
-        for (s, p) in rows {
-            let per_round: Vec<String> = p.rounds.iter().map(|r| format!("{r:.3}×")).collect();
-            out.push_str(&format!(
-                "| ({s}) | {} | {:.3}× | {:.3}× | {:.3} / {:.3} | {:.0} % |\n",
-                per_round.join(", "),
-                p.median,
-                p.cpu_median,
-                p.p99[0],
-                p.p99[1],
-                p.busy * 100.0
-            ));
-        }
-        out.push('\n');
-    }
+    out.push_str(&lead_table(
+        runs,
+        &JSON_QUERY,
+        "### scope-router against HAProxy json_query, both at once on CPU 0\n\n\
+         The same method: scope-router and HAProxy `json_query` share the proxy CPU, each \
+         loaded by its own wrk with half the connections, swapped each round. × json_query = \
+         req/s of scope-router ÷ req/s of HAProxy (geometric mean of the swap); CPU per \
+         request is HAProxy's ÷ scope-router's.\n\n",
+    ));
+    out.push_str(&lead_table(
+        runs,
+        &LOGGED,
+        "### The same with both logging every request\n\n\
+         As operators run them: scope-router with its access log (the default) and HAProxy \
+         `json_query` with `option httplog`, each writing one line per request to a file \
+         (deleted after the run).\n\n",
+    ));
     out
 }
 
 fn pct(share: f64) -> String {
     format!("{:+.2} %", share * 100.0)
+}
+
+/// A section comparing scope-router with HAProxy (`pairing`): `head`, then a row per
+/// scenario measured; empty when none was.
+fn lead_table(runs: &[Run], pairing: &Pairing, head: &str) -> String {
+    let rows = measured(runs, pairing);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = head.to_owned();
+    out.push_str(
+        "| scenario | × json_query per round | median | CPU per request, json_query ÷ scope-router | p99 ms, scope-router / json_query | CPU 0 busy |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (s, p) in rows {
+        let per_round: Vec<String> = p.rounds.iter().map(|r| format!("{r:.3}×")).collect();
+        out.push_str(&format!(
+            "| ({s}) | {} | {:.3}× | {:.3}× | {:.3} / {:.3} | {:.0} % |\n",
+            per_round.join(", "),
+            p.median,
+            p.cpu_median,
+            p.p99[0],
+            p.p99[1],
+            p.busy * 100.0
+        ));
+    }
+    out.push('\n');
+    out
 }
 
 /// Why a pair says nothing: the sets left the CPU idle, so the clients set the pace.
@@ -457,11 +542,17 @@ pub(super) fn checks(runs: &[Run], scenario: &str) -> Vec<String> {
             pct(1.0 / p.cpu_median - 1.0),
         ));
     }
-    if let Some(p) = paired(runs, &JSON_QUERY, scenario) {
+    for (pairing, how) in [
+        (&JSON_QUERY, "at once on CPU 0"),
+        (&LOGGED, "both logging every request, at once on CPU 0"),
+    ] {
+        let Some(p) = paired(runs, pairing, scenario) else {
+            continue;
+        };
         let lead = idle(&p).unwrap_or_else(|| verdict(p.median >= LEAD).to_owned());
         let p99 = idle(&p).unwrap_or_else(|| verdict(p.p99[0] <= p.p99[1]).to_owned());
         out.push(format!(
-            "({scenario}) at once on CPU 0: req/s ≥ {LEAD}× json_query: {:.3}× median over {} rounds — {lead}; p99 no worse: {:.3} vs {:.3} ms — {p99}",
+            "({scenario}) {how}: req/s ≥ {LEAD}× json_query: {:.3}× median over {} rounds — {lead}; p99 no worse: {:.3} vs {:.3} ms — {p99}",
             p.median,
             p.rounds.len(),
             p.p99[0],
@@ -474,7 +565,7 @@ pub(super) fn checks(runs: &[Run], scenario: &str) -> Vec<String> {
 /// The JSON report's part: per pairing and scenario, the rounds and their medians.
 pub(super) fn json(runs: &[Run]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for pairing in [&METRICS, &JSON_QUERY] {
+    for pairing in PAIRINGS {
         let per: serde_json::Map<String, serde_json::Value> = measured(runs, pairing)
             .into_iter()
             .map(|(s, p)| {
@@ -498,8 +589,9 @@ mod tests {
     use super::*;
 
     fn run(pairing: &Pairing, side: usize, round: u32, set: f64, rps: f64, cpu: f64) -> Run {
+        // In the pairing's first scenario: a for the others, j for the logged one.
         run_of_label(
-            &format!("a-{}", pairing.key),
+            &format!("{}-{}", pairing.scenarios[0], pairing.key),
             pairing.sides[side].label(),
             round,
             &[
@@ -599,8 +691,67 @@ mod tests {
         assert!(
             markdown(&runs).contains("| (a) | 1.150× | 1.150× | 1.149× | 2.000 / 3.000 | 98 % |")
         );
-        // Runs of the other pairing do not count here.
+        // Runs of the other pairings do not count here.
         assert_eq!(paired(&runs, &METRICS, "a"), None);
+        assert_eq!(paired(&runs, &LOGGED, "a"), None);
+    }
+
+    #[test]
+    fn the_logged_pairing_has_its_own_line_and_table() {
+        // Both logging: 1.05× at once, in j.
+        let runs = round_of(
+            &LOGGED,
+            1,
+            [(1050.0, 9.5), (1000.0, 10.0), (1000.0, 10.0), (1050.0, 9.5)],
+        );
+        assert_eq!(
+            paired(&runs, &JSON_QUERY, "j"),
+            None,
+            "not the unlogged pairing's"
+        );
+        let lines = checks(&runs, "j");
+        assert_eq!(
+            lines,
+            [
+                "(j) both logging every request, at once on CPU 0: req/s ≥ 1.1× json_query: \
+              1.050× median over 1 rounds — NOT met; p99 no worse: 2.000 vs 3.000 ms — met"
+            ]
+        );
+        let md = markdown(&runs);
+        assert!(
+            md.contains("### The same with both logging every request"),
+            "{md}"
+        );
+        assert!(md.contains("| (j) | 1.050× | 1.050× | 1.053× |"), "{md}");
+        assert!(
+            !md.contains("both at once on CPU 0\n"),
+            "no empty section: {md}"
+        );
+    }
+
+    #[test]
+    fn each_scenario_runs_its_pairings() {
+        let keys = |s: &str| pairings_in(s).map(|p| p.key).collect::<Vec<_>>();
+        assert_eq!(keys("a"), ["metrics", "json_query"]);
+        assert_eq!(keys("j"), ["json_query", "logged"]);
+        assert!(keys("k").is_empty());
+    }
+
+    #[test]
+    fn httplog_goes_into_global_and_defaults() {
+        let cfg = "# generated\nglobal\n    nbthread 1\n\ndefaults\n    mode http\n";
+        assert_eq!(
+            with_httplog(cfg).unwrap(),
+            "# generated\nglobal\n    log stdout format raw local0\n    nbthread 1\n\n\
+             defaults\n    log global\n    option httplog\n    mode http\n"
+        );
+        for (missing, cfg) in [
+            ("global", "# generated\ndefaults\n    mode http\n"),
+            ("defaults", "# generated\nglobal\n    nbthread 1\n"),
+        ] {
+            let err = with_httplog(cfg).unwrap_err().to_string();
+            assert!(err.contains(&format!("no `{missing}` section")), "{err}");
+        }
     }
 
     #[test]
@@ -619,11 +770,12 @@ mod tests {
                         Side::Router { metrics: true },
                         Side::Router { metrics: false },
                         Side::JsonQuery,
+                        Side::LoggedJsonQuery,
                     ]
                     .map(|side| config_file(s, set, "RegionOne", side))
                 })
             })
             .collect();
-        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(names.len(), 16, "{names:?}");
     }
 }
