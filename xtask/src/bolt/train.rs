@@ -9,7 +9,8 @@
 //! The first half runs with request metrics on (the default), the second with them off
 //! after a reload, so that both paths are laid out hot: trained on the first alone, a
 //! router with `[admin] metrics = false` ran its cold branches, 0.2–0.5 % slower
-//! (`docs/performance.md`, *Issue 11*).
+//! (`docs/performance.md`, *Issue 11*). The access log is on throughout, as it runs by
+//! default (`RUST_LOG=warn,access=info`: access lines and warnings, into `train.log`).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -129,7 +130,7 @@ pub fn run(router: &Path, dir: &Path) -> Result<u64> {
     let child = Command::new(router)
         .args(["run", "--workers", "1", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,access=info")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
