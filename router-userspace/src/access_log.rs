@@ -1,7 +1,10 @@
 //! Access log: one `tracing` event (target `access`) per request, emitted when
 //! the response body is finished or abandoned, so the duration covers streaming. The same
-//! moment adds the request to its backend's [`TrafficStats`] (`/metrics`).
+//! moment adds the request to its backend's [`TrafficStats`] (`/metrics`). The text
+//! format writes access lines itself ([`TextFormat`]), byte for byte as tracing-subscriber
+//! would, for what that saves per request.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,9 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-
-use std::fmt;
-
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
