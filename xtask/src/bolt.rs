@@ -66,7 +66,7 @@ pub fn optimize(release_bin: &Path) -> Result<PathBuf> {
             "BOLT could not instrument the release binary; it must be linked with \
          --emit-relocs (router-userspace/build.rs does for the release profile)",
         )?;
-    let requests = train::run(&instrumented, &dir)?;
+    let requests = train::run(&instrumented, release_bin, &dir)?;
     if std::fs::metadata(&profile).map(|m| m.len()).unwrap_or(0) == 0 {
         bail!(
             "the instrumented router wrote no profile to {} after {requests} requests: it must \

@@ -1151,9 +1151,8 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
 }
 
 /// scope-router with the config file `cfg` of the work directory, pinned to the proxy CPU
-/// with one worker, in namespace `ns`.
-/// Starts the router of `region` from `cfg`; `access_log` as it runs by default (one line
-/// per request into `log`), else off like HAProxy's, which has no `log` line.
+/// with one worker, in namespace `ns`; with `access_log` as it runs by default (a line per
+/// request into `log`), else with it off like HAProxy's, which has no `log` line.
 fn spawn_router(
     env: &Env,
     region: &str,

@@ -119,9 +119,11 @@ const UPLOAD: Kind = (
 );
 
 /// Runs `router` (instrumented) under the mix, half of it with request metrics and half
-/// without, then stops it with SIGTERM so it writes its profile. Returns how many
-/// requests were answered.
-pub fn run(router: &Path, dir: &Path) -> Result<u64> {
+/// without, then stops it with SIGTERM so it writes its profile. `plain` is the same
+/// router uninstrumented, which sends the reload: an instrumented `scope-router reload`
+/// would write its own counts to the profile file as it exits. Returns how many requests
+/// were answered.
+pub fn run(router: &Path, plain: &Path, dir: &Path) -> Result<u64> {
     let config = write_config(dir, true)?;
     let stubs = Stubs::start()?;
     let log = dir.join("train.log");
@@ -141,8 +143,14 @@ pub fn run(router: &Path, dir: &Path) -> Result<u64> {
         .with_context(|| format!("the router did not start; its log: {}", log.display()))?;
     let mut answered = drive(DURATION / 2)?;
     write_config(dir, false)?;
-    router_proc.reload()?;
-    wait_reloaded().with_context(|| {
+    // SIGHUP, then the outcome from the router's /status; fails if it refused the file.
+    crate::exec::query(
+        Command::new(plain)
+            .arg("reload")
+            .arg("--config")
+            .arg(&config),
+    )
+    .with_context(|| {
         format!(
             "the router did not reload with request metrics off; its log: {}",
             log.display()
@@ -185,17 +193,6 @@ fn write_config(dir: &Path, metrics: bool) -> Result<std::path::PathBuf> {
 struct Running(Option<Child>);
 
 impl Running {
-    /// SIGHUP: the router re-reads its config file.
-    fn reload(&self) -> Result<()> {
-        let child = self.0.as_ref().context("the router is not running")?;
-        let pid = libc::pid_t::try_from(child.id()).context("router pid out of range")?;
-        // SAFETY: signalling our own child, which has not been reaped yet.
-        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot SIGHUP the router");
-        }
-        Ok(())
-    }
-
     fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.0.take() else {
             return Ok(());
@@ -242,41 +239,6 @@ fn wait_ready() -> Result<()> {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-}
-
-/// Waits until the router's `/status` reports a successful reload (there was none before).
-fn wait_reloaded() -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let outcome = admin_status().map(|doc| doc["last_reload"]["ok"].as_bool());
-        match outcome {
-            Ok(Some(true)) => return Ok(()),
-            Ok(Some(false)) => bail!("the router refused the reload (see its log)"),
-            Ok(None) | Err(_) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(None) => bail!("no reload reported on its /status within {PATIENCE:?}"),
-            Err(e) => return Err(e.context(format!("no /status on {ROUTER}:9101"))),
-        }
-    }
-}
-
-/// The router's `/status` document, over one plain connection.
-fn admin_status() -> Result<serde_json::Value> {
-    let mut conn = TcpStream::connect((ROUTER, 9101))?;
-    conn.set_read_timeout(Some(PATIENCE))?;
-    conn.write_all(
-        format!("GET /status HTTP/1.1\r\nHost: {ROUTER}:9101\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )?;
-    let mut reply = Vec::new();
-    conn.read_to_end(&mut reply)?;
-    let body = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| &reply[at + 4..])
-        .context("no end of the response head")?;
-    serde_json::from_slice(body).context("/status is not JSON")
 }
 
 /// The clients, each through its own keep-alive connections, for `duration`; the

@@ -199,11 +199,13 @@ pub(super) fn write_configs(env: &Env, maxconn: usize) -> Result<()> {
                     &native,
                     maxconn,
                 )?;
-                let logged = config_file(scenario, set, region, Side::LoggedJsonQuery);
-                report::write(
-                    &work.join(logged),
-                    &with_httplog(&std::fs::read_to_string(&native)?)?,
-                )?;
+                if LOGGED.scenarios.contains(&scenario) {
+                    let logged = config_file(scenario, set, region, Side::LoggedJsonQuery);
+                    report::write(
+                        &work.join(logged),
+                        &with_httplog(&std::fs::read_to_string(&native)?)?,
+                    )?;
+                }
             }
         }
     }
@@ -439,7 +441,7 @@ fn measured(runs: &[Run], pairing: &Pairing) -> Vec<(&'static str, Paired)> {
         .collect()
 }
 
-/// The report's two sections, for the scenarios measured.
+/// The report's sections, one per pairing, for the scenarios measured.
 pub(super) fn markdown(runs: &[Run]) -> String {
     let mut out = String::new();
     let rows = measured(runs, &METRICS);
