@@ -148,6 +148,31 @@ fn bind_port0(ip: IpAddr) -> Result<std::net::TcpListener, BoxError> {
     Ok(std::net::TcpListener::bind(SocketAddr::new(ip, 0))?)
 }
 
+/// A listener on a port below the kernel's ephemeral range, for an address the router
+/// binds again itself once the reservation is dropped ([`LabOptions::bind_direct`]). A
+/// port from the ephemeral range could be taken in that window as the local port of any
+/// test's outgoing connection (an `EADDRINUSE` seen in CI); below it, connect() never
+/// picks one.
+fn bind_below_ephemeral(ip: IpAddr) -> Result<std::net::TcpListener, BoxError> {
+    use std::hash::BuildHasher;
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    if first_ephemeral <= low + 1000 {
+        return bind_port0(ip);
+    }
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..200u32 {
+        let port = low + (random.hash_one(attempt) % u64::from(first_ephemeral - low)) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(SocketAddr::new(ip, port)) {
+            return Ok(listener);
+        }
+    }
+    bind_port0(ip)
+}
+
 /// RegionTwo publishes compute under a different prefix so remote forwarding
 /// must rewrite the path (docs/ARCHITECTURE.md §3.5).
 pub const TWO_COMPUTE_PREFIX: &str = "/two";
@@ -157,6 +182,12 @@ impl Lab {
         let dir = tempfile::tempdir()?;
         let one_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
         let two_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        // The sockets of listeners the routers are given, or bind again themselves.
+        let reserve = if opts.bind_direct {
+            bind_below_ephemeral
+        } else {
+            bind_port0
+        };
 
         let mut sockets: BTreeMap<&str, Vec<std::net::TcpListener>> = BTreeMap::new();
         let mut regions = Vec::new();
@@ -164,7 +195,7 @@ impl Lab {
             let mut ports = BTreeMap::new();
             let mut socks = Vec::new();
             for p in PORTS {
-                let s = bind_port0(ip)?;
+                let s = reserve(ip)?;
                 ports.insert(p, s.local_addr()?.port());
                 socks.push(s);
             }
@@ -237,8 +268,8 @@ impl Lab {
         if opts.passthrough {
             let tcp_backend = TcpEcho::start(SocketAddr::new(one_ip, 0)).await?;
             let http_backend = EchoBackend::start(SocketAddr::new(one_ip, 0), "horizon").await?;
-            let tcp_sock = bind_port0(one_ip)?;
-            let http_sock = bind_port0(one_ip)?;
+            let tcp_sock = reserve(one_ip)?;
+            let http_sock = reserve(one_ip)?;
             let tcp_addr = tcp_sock.local_addr()?;
             let http_addr = http_sock.local_addr()?;
             let [tcp_value, http_value] = opts.passthrough_backends.clone().unwrap_or([
@@ -261,7 +292,7 @@ impl Lab {
 
         let mut redirect = Vec::new();
         for extra in &opts.redirect {
-            let s = bind_port0(one_ip)?;
+            let s = reserve(one_ip)?;
             let addr = s.local_addr()?;
             pt_toml.push_str(&format!("\n[[redirect]]\nbind = \"{addr}\"\n{extra}\n"));
             redirect.push(addr);
@@ -270,7 +301,7 @@ impl Lab {
 
         let mut stray_addr = None;
         if opts.stray_listener {
-            let s = bind_port0(one_ip)?;
+            let s = reserve(one_ip)?;
             stray_addr = Some(s.local_addr()?);
             pt_socks.push(s);
         }
