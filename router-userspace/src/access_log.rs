@@ -309,8 +309,8 @@ pub fn init_subscriber_as(format: LogFormat) {
     // stderr: logs never mix with `check`/`explain` output on stdout.
     // Colour codes only for a human at a terminal, never in journald or files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ =
-        tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stderr, ansi));
+    let writer = crate::log_writer::LineWriter::stderr();
+    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, writer, ansi));
 }
 
 /// The subscriber writing `format` lines to `writer`.

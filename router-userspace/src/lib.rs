@@ -17,6 +17,7 @@ pub mod health;
 pub mod health_state;
 pub mod listener;
 mod lock;
+pub mod log_writer;
 pub mod metrics;
 pub mod notify;
 pub mod passthrough;

@@ -16,7 +16,8 @@ use scope_router::proxy::{StartOptions, server};
 use scope_router::routing::Router;
 use scope_router::shutdown::{Drained, Request, Termination};
 use scope_router::{
-    access_log, admin, handover, health_state, notify, process, reload, report, status, vip, vrrp,
+    access_log, admin, handover, health_state, log_writer, notify, process, reload, report, status,
+    vip, vrrp,
 };
 
 #[derive(Debug, Parser)]
@@ -174,6 +175,12 @@ fn main() -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
+    // A panic's message comes after the lines its thread held, as it happened.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log_writer::flush();
+        report_panic(info);
+    }));
     let cli = Cli::parse();
     // `run` logs in its configured format, once the configuration is read; every other
     // command (and an invalid configuration) logs as text.
@@ -271,7 +278,10 @@ fn main() -> Result<()> {
             };
             let rt = rt
                 .enable_all()
-                .on_thread_park(release_freed_memory)
+                .on_thread_park(|| {
+                    release_freed_memory();
+                    log_writer::park();
+                })
                 .build()
                 .context("cannot start the async runtime")?;
             let health_file = health_state::file_path(&state_dir, router.region());
@@ -284,7 +294,7 @@ fn main() -> Result<()> {
                 ),
                 None => (None, listener::Inherited::default(), None, false),
             };
-            rt.block_on(run(Start {
+            let outcome = rt.block_on(run(Start {
                 config,
                 loaded_at,
                 router,
@@ -298,7 +308,11 @@ fn main() -> Result<()> {
                 admin_inherited,
                 watchdog,
                 vrrp_master,
-            }))
+            }));
+            // With one worker the main thread ran the runtime: its held lines go out
+            // before anything main reports on the way out.
+            log_writer::flush();
+            outcome
         }
         Command::Restart {
             config: path,
