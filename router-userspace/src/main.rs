@@ -282,6 +282,8 @@ fn main() -> Result<()> {
                     release_freed_memory();
                     log_writer::park();
                 })
+                // Before the worker's thread-locals go, and whatever the order they go in.
+                .on_thread_stop(log_writer::flush)
                 .build()
                 .context("cannot start the async runtime")?;
             let health_file = health_state::file_path(&state_dir, router.region());
