@@ -10,9 +10,9 @@
 //! the lines held before them, so the order on a thread is kept.
 //!
 //! Only threads whose park hook has run hold lines. A thread that never parks (the main
-//! thread before the runtime, the blocking pool, tests) writes every line at once. A
-//! thread's held lines are written when it exits, and [`flush`] writes them on demand
-//! (the main thread after its runtime, the panic hook).
+//! thread before the runtime, the blocking pool, tests) writes every line at once.
+//! [`flush`] writes a thread's held lines on demand (each worker as it stops, the main
+//! thread after its runtime, the panic hook), and a thread's exit writes what is left.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -82,7 +82,9 @@ pub struct Line<'a> {
 
 impl Write for Line<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let held = HELD.with(|held| {
+        // `try_with`: a line logged while the thread's locals are being destroyed goes
+        // straight out.
+        let held = HELD.try_with(|held| {
             let Ok(mut held) = held.try_borrow_mut() else {
                 return false;
             };
@@ -109,7 +111,7 @@ impl Write for Line<'_> {
             }
             true
         });
-        if !held {
+        if held != Ok(true) {
             (self.sink)(line);
         }
         Ok(line.len())
