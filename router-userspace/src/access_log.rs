@@ -349,16 +349,8 @@ where
                 .event_format(TextFormat::new(timer))
                 .finish(),
         ),
-        // Fields at the top level: `{"timestamp":…,"level":"INFO","method":"GET",…,
-        // "target":"access"}`, what log shippers index without a nested path.
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .event_format(JsonFormat::new(timer))
-                .finish(),
-        ),
+        // `json()` for its span field format; the event format is `JsonFormat`'s.
+        LogFormat::Json => Box::new(builder.json().event_format(JsonFormat::new(timer)).finish()),
     }
 }
 
@@ -464,16 +456,18 @@ impl tracing::field::Visit for AccessFields<'_> {
     }
 }
 
-/// The JSON format: access events written directly, byte for byte as
-/// tracing-subscriber's JSON format with the event flattened and no span writes them.
+/// The JSON format: fields at the top level (`{"timestamp":…,"level":"INFO",
+/// "method":"GET",…,"target":"access"}`), what log shippers index without a nested path.
+/// Access events are written directly, byte for byte as tracing-subscriber's JSON format
+/// with the event flattened and no current span writes them.
 ///
 /// With the access log on in JSON, the router served 14–16 % fewer req/s than with the
 /// text line (measured at once, loopback as in (j)); `perf record` put most of the
 /// difference in serde's path through tracing-subscriber's `fmt::Write`-to-`io::Write`
 /// adaptor: a UTF-8 check of every piece written back (`from_utf8` 2.3 % of the
 /// samples), the piece-by-piece writes (2.6 %), the timestamp formatted into a `String`
-/// of its own first (`docs/performance.md`, *The access log's cost*). Other events and
-/// access events inside a span go to the default JSON format.
+/// of its own first (`docs/performance.md`, *Sixth session*). Other events and access
+/// events inside a span go to the default JSON format.
 struct JsonFormat<T> {
     default: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, T>,
     timer: T,
