@@ -1,8 +1,8 @@
 //! Access log: one `tracing` event (target `access`) per request, emitted when
 //! the response body is finished or abandoned, so the duration covers streaming. The same
-//! moment adds the request to its backend's [`TrafficStats`] (`/metrics`). The text and
-//! JSON formats write access lines themselves ([`TextFormat`], [`JsonFormat`]), byte for
-//! byte as tracing-subscriber would, for what that saves per request.
+//! moment adds the request to its backend's [`TrafficStats`] (`/metrics`). Both log
+//! formats write access lines themselves ([`AccessFormat`]), byte for byte as
+//! tracing-subscriber would, for what that saves per request.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -346,62 +346,122 @@ where
         LogFormat::Text => Box::new(
             builder
                 .with_ansi(ansi)
-                .event_format(TextFormat::new(timer))
+                .event_format(AccessFormat::text(timer))
                 .finish(),
         ),
-        // `json()` for its span field format; the event format is `JsonFormat`'s.
-        LogFormat::Json => Box::new(builder.json().event_format(JsonFormat::new(timer)).finish()),
+        // `json()` for its span field format; the event format is `AccessFormat::json`'s.
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .event_format(AccessFormat::json(timer))
+                .finish(),
+        ),
     }
 }
 
-/// The text format: tracing-subscriber's full format, byte for byte, with access lines
-/// written without its per-field styling.
-///
-/// With the access log on, formatting the line took about 10 % of the router's CPU in
-/// (j) (`perf record`: the default field visitor's `record_debug`, `core::fmt::write`
-/// and `nu_ansi_term`'s painting of every field name, which is a no-op without a
-/// terminal but still runs), and the log cost 15–19 % of req/s (`docs/performance.md`,
-/// *The access log's cost*). Other events, access events with a message or inside a span
-/// (there are none) and lines to a terminal (with colours) go to the default format.
-struct TextFormat<T> {
-    default: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, T>,
+/// The event format of both log formats: access lines written directly, byte for byte as
+/// tracing-subscriber's own format `D` writes them, and every other event handed to `D`
+/// (what [`AccessLine`] writes for each of the two).
+struct AccessFormat<D, T> {
+    default: D,
     timer: T,
 }
 
-impl<T: FormatTime + Clone> TextFormat<T> {
-    fn new(timer: T) -> Self {
-        TextFormat {
+type Full<T> = tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, T>;
+type Json<T> = tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, T>;
+
+impl<T: FormatTime + Clone> AccessFormat<Full<T>, T> {
+    /// tracing-subscriber's full format, access lines without its per-field styling.
+    ///
+    /// With the access log on, formatting the line took about 10 % of the router's CPU in
+    /// (j) (`perf record`: the default field visitor's `record_debug`, `core::fmt::write`
+    /// and `nu_ansi_term`'s painting of every field name, which is a no-op without a
+    /// terminal but still runs), and the log cost 15–19 % of req/s (`docs/performance.md`,
+    /// *The access log's cost*).
+    fn text(timer: T) -> Self {
+        AccessFormat {
             default: tracing_subscriber::fmt::format().with_timer(timer.clone()),
             timer,
         }
     }
 }
 
-impl<S, N, T> FormatEvent<S, N> for TextFormat<T>
+impl<T: FormatTime + Clone> AccessFormat<Json<T>, T> {
+    /// Fields at the top level (`{"timestamp":…,"level":"INFO","method":"GET",…,
+    /// "target":"access"}`), what log shippers index without a nested path.
+    ///
+    /// With the access log on in JSON, the router served 14–16 % fewer req/s than with the
+    /// text line (measured at once, loopback as in (j)); `perf record` put most of the
+    /// difference in serde's path through tracing-subscriber's `fmt::Write`-to-`io::Write`
+    /// adaptor: a UTF-8 check of every piece written back (`from_utf8` 2.3 % of the
+    /// samples), the piece-by-piece writes (2.6 %), the timestamp formatted into a
+    /// `String` of its own first (`docs/performance.md`, *Sixth session*).
+    fn json(timer: T) -> Self {
+        AccessFormat {
+            default: tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_timer(timer.clone()),
+            timer,
+        }
+    }
+}
+
+impl<S, N, D, T> FormatEvent<S, N> for AccessFormat<D, T>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
+    D: FormatEvent<S, N> + AccessLine,
     T: FormatTime,
 {
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        // Access events inside a span (there are none) keep the span's context: the
+        // default format writes them.
+        if event.metadata().target() == "access"
+            && ctx.event_scope().is_none()
+            && D::writes(&writer, event)
+        {
+            D::write(&self.timer, writer, event)
+        } else {
+            self.default.format_event(ctx, writer, event)
+        }
+    }
+}
+
+/// How a format writes an access event (outside any span) itself.
+trait AccessLine {
+    /// Whether it writes this one itself; otherwise the default format does.
+    fn writes(writer: &Writer<'_>, event: &tracing::Event<'_>) -> bool;
+
+    fn write(
+        timer: &impl FormatTime,
+        writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result;
+}
+
+impl<T> AccessLine for Full<T> {
+    /// Not with colours (a terminal), nor with a message (there is none).
+    fn writes(writer: &Writer<'_>, event: &tracing::Event<'_>) -> bool {
+        !writer.has_ansi_escapes() && event.metadata().fields().field("message").is_none()
+    }
+
+    fn write(
+        timer: &impl FormatTime,
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        if meta.target() != "access"
-            || writer.has_ansi_escapes()
-            || ctx.event_scope().is_some()
-            || meta.fields().field("message").is_some()
-        {
-            return self.default.format_event(ctx, writer, event);
-        }
         // As `Format<Full, _>` writes them without ANSI escapes.
-        if self.timer.format_time(&mut writer).is_err() {
+        if timer.format_time(&mut writer).is_err() {
             writer.write_str("<unknown time>")?;
         }
-        writer.write_str(match *meta.level() {
+        writer.write_str(match *event.metadata().level() {
             tracing::Level::TRACE => " TRACE access: ",
             tracing::Level::DEBUG => " DEBUG access: ",
             tracing::Level::INFO => "  INFO access: ",
@@ -416,6 +476,35 @@ where
         event.record(&mut fields);
         fields.result?;
         writeln!(writer)
+    }
+}
+
+impl<T> AccessLine for Json<T> {
+    fn writes(_: &Writer<'_>, _: &tracing::Event<'_>) -> bool {
+        true
+    }
+
+    fn write(
+        timer: &impl FormatTime,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        writer.write_str("{\"timestamp\":\"")?;
+        timer.format_time(&mut Writer::new(&mut JsonEscaped(&mut writer)))?;
+        writer.write_str(match *event.metadata().level() {
+            tracing::Level::TRACE => "\",\"level\":\"TRACE\"",
+            tracing::Level::DEBUG => "\",\"level\":\"DEBUG\"",
+            tracing::Level::INFO => "\",\"level\":\"INFO\"",
+            tracing::Level::WARN => "\",\"level\":\"WARN\"",
+            tracing::Level::ERROR => "\",\"level\":\"ERROR\"",
+        })?;
+        let mut fields = JsonFields {
+            writer: writer.by_ref(),
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str(",\"target\":\"access\"}\n")
     }
 }
 
@@ -453,72 +542,6 @@ impl tracing::field::Visit for AccessFields<'_> {
                 .name(field)
                 .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
         }
-    }
-}
-
-/// The JSON format: fields at the top level (`{"timestamp":…,"level":"INFO",
-/// "method":"GET",…,"target":"access"}`), what log shippers index without a nested path.
-/// Access events are written directly, byte for byte as tracing-subscriber's JSON format
-/// with the event flattened and no current span writes them.
-///
-/// With the access log on in JSON, the router served 14–16 % fewer req/s than with the
-/// text line (measured at once, loopback as in (j)); `perf record` put most of the
-/// difference in serde's path through tracing-subscriber's `fmt::Write`-to-`io::Write`
-/// adaptor: a UTF-8 check of every piece written back (`from_utf8` 2.3 % of the
-/// samples), the piece-by-piece writes (2.6 %), the timestamp formatted into a `String`
-/// of its own first (`docs/performance.md`, *Sixth session*). Other events and access
-/// events inside a span go to the default JSON format.
-struct JsonFormat<T> {
-    default: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, T>,
-    timer: T,
-}
-
-impl<T: FormatTime + Clone> JsonFormat<T> {
-    fn new(timer: T) -> Self {
-        JsonFormat {
-            default: tracing_subscriber::fmt::format()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_timer(timer.clone()),
-            timer,
-        }
-    }
-}
-
-impl<S, N, T> FormatEvent<S, N> for JsonFormat<T>
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    T: FormatTime,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> fmt::Result {
-        let meta = event.metadata();
-        if meta.target() != "access" || ctx.event_scope().is_some() {
-            return self.default.format_event(ctx, writer, event);
-        }
-        writer.write_str("{\"timestamp\":\"")?;
-        self.timer
-            .format_time(&mut Writer::new(&mut JsonEscaped(&mut writer)))?;
-        writer.write_str(match *meta.level() {
-            tracing::Level::TRACE => "\",\"level\":\"TRACE\"",
-            tracing::Level::DEBUG => "\",\"level\":\"DEBUG\"",
-            tracing::Level::INFO => "\",\"level\":\"INFO\"",
-            tracing::Level::WARN => "\",\"level\":\"WARN\"",
-            tracing::Level::ERROR => "\",\"level\":\"ERROR\"",
-        })?;
-        let mut fields = JsonFields {
-            writer: writer.by_ref(),
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str(",\"target\":\"access\"}\n")
     }
 }
 
@@ -781,7 +804,7 @@ mod tests {
                     .with(
                         tracing_subscriber::fmt::layer()
                             .with_ansi(false)
-                            .event_format(TextFormat::new(Fixed))
+                            .event_format(AccessFormat::text(Fixed))
                             .with_writer(move || ours.clone()),
                     ),
             )
@@ -808,7 +831,7 @@ mod tests {
                             .json()
                             .flatten_event(true)
                             .with_current_span(false)
-                            .event_format(JsonFormat::new(Fixed))
+                            .event_format(AccessFormat::json(Fixed))
                             .with_writer(move || ours.clone()),
                     ),
             )

@@ -192,16 +192,21 @@ mod tests {
 
     type Record = Arc<Mutex<Vec<String>>>;
 
-    /// Runs `f` on a thread of its own (the buffer is the thread's), with a subscriber
-    /// writing bare messages through a [`LineWriter`] whose sink records each write.
-    fn on_a_thread(f: impl FnOnce(&Record) + Send + 'static) -> Vec<String> {
-        let record = Record::default();
+    /// A writer whose sink records each write in `record`.
+    fn recording(record: &Record) -> LineWriter {
         let r = record.clone();
-        let writer = LineWriter::to(Arc::new(move |bytes: &[u8]| {
+        LineWriter::to(Arc::new(move |bytes: &[u8]| {
             r.lock()
                 .expect("capture lock")
                 .push(String::from_utf8_lossy(bytes).into_owned())
-        }));
+        }))
+    }
+
+    /// Runs `f` on a thread of its own (the buffer is the thread's), with a subscriber
+    /// writing bare messages through a [`recording`] writer.
+    fn on_a_thread(f: impl FnOnce(&Record) + Send + 'static) -> Vec<String> {
+        let record = Record::default();
+        let writer = recording(&record);
         let seen = record.clone();
         std::thread::spawn(move || {
             let subscriber = tracing_subscriber::fmt()
@@ -317,13 +322,7 @@ mod tests {
             park();
             info!("to the test's sink");
             let other = Record::default();
-            let o = other.clone();
-            let to_other = LineWriter::to(Arc::new(move |bytes: &[u8]| {
-                o.lock()
-                    .expect("capture lock")
-                    .push(String::from_utf8_lossy(bytes).into_owned())
-            }));
-            to_other
+            recording(&other)
                 .make_writer()
                 .write_all(b"urgent\n")
                 .expect("write");
