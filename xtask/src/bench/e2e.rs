@@ -1,6 +1,8 @@
 //! End-to-end scenarios of `cargo xtask bench`: the same workload through scope-router,
 //! HAProxy + the generated Lua interpreter, HAProxy with native `json_query`, and the
-//! backend directly (the ceiling), in network namespaces this module creates.
+//! backend directly (the ceiling), in network namespaces this module creates. In a–c and
+//! j, a TCP relay (HAProxy `mode tcp`) in the proxy's place too: what no proxy can beat in
+//! the layout.
 //!
 //! Fairness: every proxy is pinned to CPU 0 with one worker (`--workers 1`,
 //! HAProxy `nbthread 1`) and no access log; wrk, nginx and the upload sink share CPU 1.
@@ -121,6 +123,9 @@ enum Target {
     ScopeRouterEbpf,
     HaproxyLua,
     HaproxyNative,
+    /// HAProxy `mode tcp` in the proxy's place: the same sockets read and written, no
+    /// HTTP work. What it reaches bounds what any proxy can reach in the layout.
+    TcpRelay,
     Direct,
 }
 
@@ -131,17 +136,31 @@ impl Target {
             Target::ScopeRouterEbpf => "scope-router (eBPF steering)",
             Target::HaproxyLua => HAPROXY_LUA,
             Target::HaproxyNative => "haproxy json_query",
+            Target::TcpRelay => TCP_RELAY,
             Target::Direct => CEILING,
         }
     }
 }
 
+/// The upload scenario's targets (d).
 const SCOPED: &[Target] = &[
     Target::ScopeRouter,
     Target::HaproxyLua,
     Target::HaproxyNative,
     Target::Direct,
 ];
+
+/// The request-rate scenarios' targets (a–c, j): [`SCOPED`] and the TCP relay.
+const LOAD_TARGETS: &[Target] = &[
+    Target::ScopeRouter,
+    Target::HaproxyLua,
+    Target::HaproxyNative,
+    Target::TcpRelay,
+    Target::Direct,
+];
+
+/// The TCP relay's label in the report.
+const TCP_RELAY: &str = "tcp relay (no HTTP)";
 
 /// Scenario k: GET latency under uploads through scope-router and HAProxy `json_query`
 /// (issue 16's comparison), and straight to the backends for the floor the load CPU sets.
@@ -169,6 +188,26 @@ impl Site {
             Site::Tls => &[("r1-tls", "RegionOne", VIP1)],
             Site::Loopback => &[("lo", "RegionOne", LOOP_VIP1)],
         }
+    }
+
+    /// Where each of [`Self::proxies`] sends a request for its scenario's scope, and so
+    /// where a TCP relay in its place forwards: the next proxy of the chain, the backend,
+    /// or the remote region's frontend.
+    fn upstreams(self) -> &'static [&'static str] {
+        match self {
+            Site::Local | Site::Tls => &[BACKEND_IP],
+            Site::Chain => &[VIP2, BACKEND_IP],
+            Site::Loopback => &[LOOP_VIP2],
+        }
+    }
+
+    /// The TCP relay configs, one per proxy, as [`write_configs`] writes them.
+    fn relay_configs(self, work: &Path) -> Vec<PathBuf> {
+        self.proxies()
+            .iter()
+            .zip(self.upstreams())
+            .map(|((_, _, vip), upstream)| work.join(format!("haproxy-relay-{vip}-{upstream}.cfg")))
+            .collect()
     }
 
     /// The namespace the proxies run in (`None`: xtask's own).
@@ -378,10 +417,10 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         eprintln!(
             "==> scenario ({scenario}): {} rounds × {} targets × {}s",
             opts.rounds,
-            SCOPED.len(),
+            LOAD_TARGETS.len(),
             opts.duration
         );
-        runs.rounds(opts.rounds, SCOPED, |target, round| {
+        runs.rounds(opts.rounds, LOAD_TARGETS, |target, round| {
             for b in backends.iter_mut() {
                 b.check_alive()?;
             }
@@ -395,10 +434,10 @@ pub fn run(scope_router: &Path, out_dir: &Path, opts: &Options) -> Result<()> {
         eprintln!(
             "==> scenario (j): loopback, {} rounds × {} targets × {}s",
             opts.rounds,
-            SCOPED.len(),
+            LOAD_TARGETS.len(),
             opts.duration
         );
-        runs.rounds(opts.rounds, SCOPED, |target, round| {
+        runs.rounds(opts.rounds, LOAD_TARGETS, |target, round| {
             for b in backends.iter_mut() {
                 b.check_alive()?;
             }
@@ -666,7 +705,7 @@ fn planned_runs(opts: &Options) -> usize {
         .iter()
         .map(|s| match s.as_str() {
             "a" | "b" | "c" | "j" => {
-                (SCOPED.len() + paired::pairings_in(s).count() * paired::RUNS_PER_ROUND) * r
+                (LOAD_TARGETS.len() + paired::pairings_in(s).count() * paired::RUNS_PER_ROUND) * r
             }
             "d" => SCOPED.len() * r,
             "k" => MIXED.len() * r,
@@ -837,8 +876,32 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
             maxconn,
         )?;
     }
+    for site in [Site::Local, Site::Chain, Site::Loopback] {
+        let relays = site.relay_configs(w);
+        for ((_, _, vip), (upstream, cfg)) in site
+            .proxies()
+            .iter()
+            .zip(site.upstreams().iter().zip(relays))
+        {
+            report::write(&cfg, &tcp_relay_config(vip, upstream, maxconn))?;
+            check_haproxy(env, &cfg)?;
+        }
+    }
     paired::write_configs(env, maxconn)?;
     Ok(())
+}
+
+/// HAProxy relaying TCP from `vip`:8774 to `upstream`:8774, tuned like every HAProxy of
+/// the bench: no HTTP parsing, no splicing (so it copies through user space as the HTTP
+/// proxies do), one connection upstream per client connection.
+fn tcp_relay_config(vip: &str, upstream: &str, maxconn: usize) -> String {
+    format!(
+        "# cargo xtask bench's TCP relay: the cheapest proxy these sockets allow.\n\
+         global\n    nbthread 1\n    maxconn {maxconn}\n\n\
+         defaults\n    mode tcp\n    timeout connect 10s\n    timeout client 60s\n    \
+         timeout server 60s\n\n\
+         listen relay\n    bind {vip}:8774\n    server upstream {upstream}:8774\n"
+    )
 }
 
 /// HAProxy's native `json_query` config for the router config `router_cfg`, written to
@@ -1110,10 +1173,20 @@ fn start_loopback_backend(env: &Env) -> Result<Proc> {
 fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> {
     let w = &env.work;
     let mut procs = Vec::new();
-    for (short, region, vip) in site.proxies() {
+    let relays = site.relay_configs(w);
+    for ((short, region, vip), relay) in site.proxies().iter().zip(&relays) {
         let log = w.join(format!("{tag}-{short}.log"));
         let p = match target {
             Target::Direct => continue,
+            Target::TcpRelay => Proc::spawn(
+                &format!("haproxy (tcp relay) {region}"),
+                site.namespace(),
+                PROXY_CPU,
+                &env.haproxy,
+                &["-db", "-f", &relay.display().to_string()],
+                &[],
+                log,
+            )?,
             Target::ScopeRouter | Target::ScopeRouterEbpf => {
                 let cfg = match target {
                     _ if site == Site::Tls => format!("{region}-tls.toml"),
@@ -1834,7 +1907,7 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
                     r / c * 100.0,
                     verdict(r >= SHARE_OF_CEILING * c)
                 ));
-                line.push_str(&load_cap_clause(runs, s, c));
+                line.push_str(&layout_bound_clause(runs, s, c));
             }
             out.push(line);
         }
@@ -1868,53 +1941,64 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
     out
 }
 
-/// Scenarios a–c and j: wrk and nginx share the load CPU, and with a proxy between them
-/// they cost it more per request than the direct ceiling does (they also run the receive
-/// path of the proxy's sockets, and are woken from the other CPU). So the load CPU bounds
-/// what any proxy can be measured at: at the CPU per request they had in a proxy's runs,
-/// it fills at `rps ÷ busy share`. The clause gives the larger of the two proxies' bounds
-/// (each the median over its runs) as a share of the `ceiling`; empty without readings.
-/// It is an estimate: a load CPU short of saturation is woken from idle more often per
-/// request, so its true bound can be somewhat higher. Runs that saturated it agree
-/// (`docs/performance.md`, *Fifth session*).
-fn load_cap_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
-    let median_of = |target: Target, of: fn(&Run) -> Option<f64>| {
+/// Scenarios a–c and j: how busy the load CPU was with each proxy, and what the TCP relay
+/// reached. wrk and nginx share the load CPU, and with anything between them they cost it
+/// more per request than the direct ceiling does: each request and response arrives
+/// alone and wakes them from the other CPU, and on loopback the sender also runs the
+/// receive path of the proxy's sockets. The relay reads and writes the same sockets as
+/// any proxy there with no HTTP work at all, so no proxy can do better than it in this
+/// layout: when it stays under the target, the clause says so. Medians over the runs;
+/// empty without readings.
+fn layout_bound_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
+    let median_of = |target: Target, key: &str| {
         let mut values: Vec<f64> = runs
             .iter()
             .filter(|r| r.scenario == scenario && r.target == target.label())
-            .filter_map(of)
+            .filter_map(|r| r.metrics.get(key).copied())
             .collect();
         report::median(&mut values)
     };
-    fn busy(r: &Run) -> Option<f64> {
-        r.metrics.get("load_cpu_pct").copied()
+    let mut parts = Vec::new();
+    let busy = [Target::ScopeRouter, Target::HaproxyNative, Target::TcpRelay]
+        .into_iter()
+        .filter_map(|t| {
+            Some(format!(
+                "{:.0} % with {}",
+                median_of(t, "load_cpu_pct")?,
+                short_name(t)
+            ))
+        })
+        .collect::<Vec<_>>();
+    if !busy.is_empty() {
+        parts.push(format!("load CPU busy {}", busy.join(", ")));
     }
-    let cap = |r: &Run| {
-        // Below 1 % busy the reading is all noise.
-        let busy = busy(r).filter(|b| *b >= 1.0)?;
-        Some(r.metrics.get("rps")? * 100.0 / busy)
-    };
-    let (sr, native) = (Target::ScopeRouter, Target::HaproxyNative);
-    let (Some(sr_cap), Some(native_cap), Some(sr_busy), Some(native_busy)) = (
-        median_of(sr, cap),
-        median_of(native, cap),
-        median_of(sr, busy),
-        median_of(native, busy),
-    ) else {
-        return String::new();
-    };
-    let bound = sr_cap.max(native_cap) / ceiling;
-    format!(
-        " (load CPU {sr_busy:.0} % busy with scope-router, {native_busy:.0} % with json_query: \
-         at their CPU per request in these runs, wrk and nginx fill it near {:.0} % of the \
-         ceiling{})",
-        bound * 100.0,
-        if bound < SHARE_OF_CEILING {
-            ", so no proxy reaches the target in this layout on this machine"
-        } else {
-            ""
-        }
-    )
+    if let Some(relay) = median_of(Target::TcpRelay, "rps") {
+        let share = relay / ceiling;
+        parts.push(format!(
+            "the TCP relay (HAProxy `mode tcp`, no HTTP work) reached {:.0} % of the ceiling{}",
+            share * 100.0,
+            if share < SHARE_OF_CEILING {
+                ", so no proxy reaches the target in this layout on this machine"
+            } else {
+                ""
+            }
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
+/// How the target lines name a target.
+fn short_name(target: Target) -> &'static str {
+    match target {
+        Target::ScopeRouter => "scope-router",
+        Target::HaproxyNative => "json_query",
+        Target::TcpRelay => "the relay",
+        other => other.label(),
+    }
 }
 
 /// Scenario k's comparison: scope-router against HAProxy `json_query`.
@@ -2027,13 +2111,14 @@ mod tests {
             .validate()
             .is_err()
         );
-        // 4 targets and 2 × 4 paired runs in a–c, 4 in d, 3 in e and f, per round.
-        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 138);
+        // 5 targets (the TCP relay among them) and 2 × 4 paired runs in a–c, 4 in d, 3 in
+        // e and f, per round.
+        assert_eq!(planned_runs(&opts(&["a", "b", "c", "d", "e", "f"])), 147);
         // 3 targets in each TLS scenario.
         assert_eq!(planned_runs(&opts(&["g", "h", "i"])), 27);
-        // Loopback: router, both HAProxys, ceiling, 2 × 4 paired runs (without logs and
-        // with); mixed: router, json_query, direct.
-        assert_eq!(planned_runs(&opts(&["j", "k"])), 45);
+        // Loopback: router, both HAProxys, the relay, ceiling, 2 × 4 paired runs (without
+        // logs and with); mixed: router, json_query, direct.
+        assert_eq!(planned_runs(&opts(&["j", "k"])), 48);
         assert!(
             Options {
                 loopback_connections: 0,
@@ -2156,14 +2241,17 @@ mod tests {
     }
 
     #[test]
-    fn the_ceiling_clause_says_where_the_load_cpu_caps_any_proxy() {
-        /// Per round: (req/s, load CPU busy %).
-        type Rounds<'a> = &'a [(f64, f64)];
-        let line = |sr: Rounds<'_>, native: Rounds<'_>| {
+    fn the_ceiling_clause_gives_the_load_cpu_and_what_the_tcp_relay_reached() {
+        /// Per target, per round: (req/s, load CPU busy %); a busy of 0 is no reading.
+        type Rounds<'a> = &'a [(Target, &'a [(f64, f64)])];
+        let line = |targets: Rounds<'_>| {
             let mut runs = vec![run("j", Target::Direct, &[("rps", 100.0), ("p99_ms", 1.0)])];
-            for (target, rounds) in [(Target::ScopeRouter, sr), (Target::HaproxyNative, native)] {
+            for &(target, rounds) in targets {
                 for (round, &(rps, busy)) in (1..).zip(rounds) {
-                    let metrics = [("rps", rps), ("p99_ms", 1.0), ("load_cpu_pct", busy)];
+                    let mut metrics = vec![("rps", rps), ("p99_ms", 1.0)];
+                    if busy > 0.0 {
+                        metrics.push(("load_cpu_pct", busy));
+                    }
                     runs.push(run_of("j", target, round, &metrics));
                 }
             }
@@ -2171,42 +2259,59 @@ mod tests {
             assert_eq!(lines.len(), 1, "only issue 16's line for j: {lines:?}");
             lines.remove(0)
         };
+        let (sr, native, relay) = (Target::ScopeRouter, Target::HaproxyNative, Target::TcpRelay);
         let out_of_reach = ", so no proxy reaches the target in this layout on this machine)";
-        let cases: &[(&str, Rounds<'_>, Rounds<'_>, &str)] = &[
+        let cases: &[(&str, Rounds<'_>, &str)] = &[
             (
-                "saturated load CPU: out of reach",
-                &[(48.0, 96.0)],
-                &[(45.0, 90.0)],
-                "48 % — NOT met (load CPU 96 % busy with scope-router, 90 % with json_query: \
-                 at their CPU per request in these runs, wrk and nginx fill it near 50 % of \
-                 the ceiling, so no proxy",
+                "the relay under the target: out of reach",
+                &[
+                    (sr, &[(48.0, 96.0)]),
+                    (native, &[(45.0, 90.0)]),
+                    (relay, &[(58.0, 99.0)]),
+                ],
+                "48 % — NOT met (load CPU busy 96 % with scope-router, 90 % with json_query, \
+                 99 % with the relay; the TCP relay (HAProxy `mode tcp`, no HTTP work) \
+                 reached 58 % of the ceiling, so no proxy",
             ),
             (
-                // json_query's runs cost the load CPU less per request: 40 at 50 % → 80.
-                "the larger bound counts",
-                &[(48.0, 96.0)],
-                &[(40.0, 50.0)],
-                "fill it near 80 % of the ceiling, so no proxy",
+                "the relay at the target: no excuse",
+                &[
+                    (sr, &[(60.0, 60.0)]),
+                    (native, &[(50.0, 50.0)]),
+                    (relay, &[(85.0, 90.0)]),
+                ],
+                "60 % — NOT met (load CPU busy 60 % with scope-router, 50 % with json_query, \
+                 90 % with the relay; the TCP relay (HAProxy `mode tcp`, no HTTP work) \
+                 reached 85 % of the ceiling)",
             ),
             (
-                "within reach: no excuse",
-                &[(60.0, 60.0)],
-                &[(50.0, 50.0)],
-                "60 % — NOT met (load CPU 60 % busy with scope-router, 50 % with json_query: \
-                 at their CPU per request in these runs, wrk and nginx fill it near 100 % of \
-                 the ceiling)",
+                "medians over the relay's runs",
+                &[
+                    (sr, &[(48.0, 96.0)]),
+                    (native, &[(45.0, 0.0)]),
+                    (relay, &[(95.0, 99.0), (50.0, 80.0), (60.0, 90.0)]),
+                ],
+                "(load CPU busy 96 % with scope-router, 90 % with the relay; the TCP relay \
+                 (HAProxy `mode tcp`, no HTTP work) reached 60 % of the ceiling, so no proxy",
             ),
             (
-                // Bounds 50, 100, 100 → 100; busy 96, 40, 50 → 50.
-                "medians over the runs",
-                &[(48.0, 96.0), (40.0, 40.0), (50.0, 50.0)],
-                &[(45.0, 90.0)],
-                "(load CPU 50 % busy with scope-router, 90 % with json_query: at their CPU per \
-                 request in these runs, wrk and nginx fill it near 100 % of the ceiling)",
+                "no relay: the load CPU alone, no conclusion",
+                &[(sr, &[(48.0, 96.0)]), (native, &[(45.0, 90.0)])],
+                "48 % — NOT met (load CPU busy 96 % with scope-router, 90 % with json_query)",
+            ),
+            (
+                "a relay without load CPU readings still counts",
+                &[
+                    (sr, &[(48.0, 0.0)]),
+                    (native, &[(45.0, 0.0)]),
+                    (relay, &[(58.0, 0.0)]),
+                ],
+                "48 % — NOT met (the TCP relay (HAProxy `mode tcp`, no HTTP work) reached \
+                 58 % of the ceiling, so no proxy",
             ),
         ];
-        for (name, sr, native, want) in cases {
-            let got = line(sr, native);
+        for (name, targets, want) in cases {
+            let got = line(targets);
             assert!(got.contains(want), "{name}: {got}");
             assert_eq!(
                 got.ends_with(out_of_reach),
@@ -2214,9 +2319,41 @@ mod tests {
                 "{name}: {got}"
             );
         }
-        // A reading of an idle load CPU bounds nothing: no clause rather than a wild one.
-        let idle = line(&[(48.0, 0.5)], &[(45.0, 90.0)]);
-        assert!(idle.ends_with("48 % — NOT met"), "{idle}");
+        // Nothing read: no clause rather than an empty one.
+        let bare = line(&[(sr, &[(48.0, 0.0)]), (native, &[(45.0, 0.0)])]);
+        assert!(bare.ends_with("48 % — NOT met"), "{bare}");
+    }
+
+    #[test]
+    fn the_tcp_relay_forwards_where_each_proxy_of_its_site_sends() {
+        let w = Path::new("/w");
+        let cases = [
+            ("local", Site::Local, vec![(VIP1, BACKEND_IP)]),
+            ("chain", Site::Chain, vec![(VIP1, VIP2), (VIP2, BACKEND_IP)]),
+            ("loopback", Site::Loopback, vec![(LOOP_VIP1, LOOP_VIP2)]),
+        ];
+        for (name, site, hops) in cases {
+            let configs = site.relay_configs(w);
+            assert_eq!(configs.len(), hops.len(), "{name}");
+            for (cfg, (vip, upstream)) in configs.iter().zip(hops) {
+                assert_eq!(
+                    cfg,
+                    &w.join(format!("haproxy-relay-{vip}-{upstream}.cfg")),
+                    "{name}"
+                );
+                let text = tcp_relay_config(vip, upstream, 9900);
+                for want in [
+                    "mode tcp".to_owned(),
+                    "nbthread 1".to_owned(),
+                    "maxconn 9900".to_owned(),
+                    format!("bind {vip}:8774"),
+                    format!("server upstream {upstream}:8774"),
+                ] {
+                    assert!(text.contains(&want), "{name}: {want} missing:\n{text}");
+                }
+                assert!(!text.contains("splice"), "{name}: {text}");
+            }
+        }
     }
 
     #[test]
