@@ -179,35 +179,56 @@ enum Site {
     Loopback,
 }
 
+/// One proxy of a [`Site`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SiteProxy {
+    /// The file name part of its configs and logs.
+    short: &'static str,
+    region: &'static str,
+    vip: &'static str,
+    /// Where it sends a request for its scenario's scope, and so where a TCP relay in its
+    /// place forwards: the next proxy of the chain, the backend, or the remote region's
+    /// frontend.
+    upstream: &'static str,
+}
+
+impl SiteProxy {
+    const fn new(
+        short: &'static str,
+        region: &'static str,
+        vip: &'static str,
+        upstream: &'static str,
+    ) -> Self {
+        SiteProxy {
+            short,
+            region,
+            vip,
+            upstream,
+        }
+    }
+
+    /// The TCP relay's config in its place, as [`write_configs`] writes it.
+    fn relay_config(&self, work: &Path) -> PathBuf {
+        work.join(format!("haproxy-relay-{}-{}.cfg", self.vip, self.upstream))
+    }
+}
+
 impl Site {
-    /// (file name part of its configs, region, VIP) of each proxy.
-    fn proxies(self) -> &'static [(&'static str, &'static str, &'static str)] {
+    /// The proxies of the site.
+    fn proxies(self) -> &'static [SiteProxy] {
+        const LOCAL: &[SiteProxy] = &[SiteProxy::new("r1", "RegionOne", VIP1, BACKEND_IP)];
+        const CHAIN: &[SiteProxy] = &[
+            SiteProxy::new("r1", "RegionOne", VIP1, VIP2),
+            SiteProxy::new("r2", "RegionTwo", VIP2, BACKEND_IP),
+        ];
+        const TLS: &[SiteProxy] = &[SiteProxy::new("r1-tls", "RegionOne", VIP1, BACKEND_IP)];
+        const LOOPBACK: &[SiteProxy] = &[SiteProxy::new("lo", "RegionOne", LOOP_VIP1, LOOP_VIP2)];
         match self {
-            Site::Local => &[("r1", "RegionOne", VIP1)],
-            Site::Chain => &[("r1", "RegionOne", VIP1), ("r2", "RegionTwo", VIP2)],
-            Site::Tls => &[("r1-tls", "RegionOne", VIP1)],
-            Site::Loopback => &[("lo", "RegionOne", LOOP_VIP1)],
+            Site::Local => LOCAL,
+            Site::Chain => CHAIN,
+            Site::Tls => TLS,
+            Site::Loopback => LOOPBACK,
         }
-    }
-
-    /// Where each of [`Self::proxies`] sends a request for its scenario's scope, and so
-    /// where a TCP relay in its place forwards: the next proxy of the chain, the backend,
-    /// or the remote region's frontend.
-    fn upstreams(self) -> &'static [&'static str] {
-        match self {
-            Site::Local | Site::Tls => &[BACKEND_IP],
-            Site::Chain => &[VIP2, BACKEND_IP],
-            Site::Loopback => &[LOOP_VIP2],
-        }
-    }
-
-    /// The TCP relay configs, one per proxy, as [`write_configs`] writes them.
-    fn relay_configs(self, work: &Path) -> Vec<PathBuf> {
-        self.proxies()
-            .iter()
-            .zip(self.upstreams())
-            .map(|((_, _, vip), upstream)| work.join(format!("haproxy-relay-{vip}-{upstream}.cfg")))
-            .collect()
     }
 
     /// The namespace the proxies run in (`None`: xtask's own).
@@ -877,13 +898,9 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
         )?;
     }
     for site in [Site::Local, Site::Chain, Site::Loopback] {
-        let relays = site.relay_configs(w);
-        for ((_, _, vip), (upstream, cfg)) in site
-            .proxies()
-            .iter()
-            .zip(site.upstreams().iter().zip(relays))
-        {
-            report::write(&cfg, &tcp_relay_config(vip, upstream, maxconn))?;
+        for proxy in site.proxies() {
+            let cfg = proxy.relay_config(w);
+            report::write(&cfg, &tcp_relay_config(proxy.vip, proxy.upstream, maxconn))?;
             check_haproxy(env, &cfg)?;
         }
     }
@@ -1173,8 +1190,10 @@ fn start_loopback_backend(env: &Env) -> Result<Proc> {
 fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> {
     let w = &env.work;
     let mut procs = Vec::new();
-    let relays = site.relay_configs(w);
-    for ((short, region, vip), relay) in site.proxies().iter().zip(&relays) {
+    for proxy in site.proxies() {
+        let SiteProxy {
+            short, region, vip, ..
+        } = *proxy;
         let log = w.join(format!("{tag}-{short}.log"));
         let p = match target {
             Target::Direct => continue,
@@ -1183,7 +1202,7 @@ fn start(env: &Env, target: Target, site: Site, tag: &str) -> Result<Vec<Proc>> 
                 site.namespace(),
                 PROXY_CPU,
                 &env.haproxy,
-                &["-db", "-f", &relay.display().to_string()],
+                &["-db", "-f", &proxy.relay_config(w).display().to_string()],
                 &[],
                 log,
             )?,
@@ -2145,10 +2164,10 @@ mod tests {
         assert_eq!(Site::Loopback.client(), None);
         assert_eq!(Site::Local.namespace(), Some(ROUTER));
         assert_eq!(Site::Chain.client(), Some(CLIENT));
-        let [(short, region, vip)] = Site::Loopback.proxies() else {
-            panic!("one proxy on loopback");
-        };
-        assert_eq!((*short, *region, *vip), ("lo", "RegionOne", LOOP_VIP1));
+        assert_eq!(
+            Site::Loopback.proxies(),
+            [SiteProxy::new("lo", "RegionOne", LOOP_VIP1, LOOP_VIP2)]
+        );
     }
 
     #[test]
@@ -2333,12 +2352,13 @@ mod tests {
             ("loopback", Site::Loopback, vec![(LOOP_VIP1, LOOP_VIP2)]),
         ];
         for (name, site, hops) in cases {
-            let configs = site.relay_configs(w);
-            assert_eq!(configs.len(), hops.len(), "{name}");
-            for (cfg, (vip, upstream)) in configs.iter().zip(hops) {
+            let proxies = site.proxies();
+            assert_eq!(proxies.len(), hops.len(), "{name}");
+            for (proxy, (vip, upstream)) in proxies.iter().zip(hops) {
+                assert_eq!((proxy.vip, proxy.upstream), (vip, upstream), "{name}");
                 assert_eq!(
-                    cfg,
-                    &w.join(format!("haproxy-relay-{vip}-{upstream}.cfg")),
+                    proxy.relay_config(w),
+                    w.join(format!("haproxy-relay-{vip}-{upstream}.cfg")),
                     "{name}"
                 );
                 let text = tcp_relay_config(vip, upstream, 9900);
