@@ -1,8 +1,8 @@
 //! End-to-end scenarios of `cargo xtask bench`: the same workload through scope-router,
 //! HAProxy + the generated Lua interpreter, HAProxy with native `json_query`, and the
 //! backend directly (the ceiling), in network namespaces this module creates. In a–c and
-//! j, a TCP relay (HAProxy `mode tcp`) in the proxy's place too: what no proxy can beat in
-//! the layout.
+//! j, a TCP relay (HAProxy `mode tcp`) in the proxy's place too: what no proxy that
+//! forwards as it goes can beat in the layout.
 //!
 //! Fairness: every proxy is pinned to CPU 0 with one worker (`--workers 1`,
 //! HAProxy `nbthread 1`) and no access log; wrk, nginx and the upload sink share CPU 1.
@@ -1965,8 +1965,10 @@ fn target_checks(runs: &[Run]) -> Vec<String> {
 /// more per request than the direct ceiling does: each request and response arrives
 /// alone and wakes them from the other CPU, and on loopback the sender also runs the
 /// receive path of the proxy's sockets. The relay reads and writes the same sockets as
-/// any proxy there with no HTTP work at all, so no proxy can do better than it in this
-/// layout: when it stays under the target, the clause says so. Medians over the runs;
+/// any proxy there with no HTTP work at all, so no proxy that forwards each request and
+/// response as they come can do better in this layout (one holding its writes back to
+/// make wrk and nginx batch might; `docs/performance.md`, *Seventh session*): when the
+/// relay stays under the target, the clause says so. Medians over the runs;
 /// empty without readings.
 fn layout_bound_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
     let median_of = |target: Target, key: &str| {
