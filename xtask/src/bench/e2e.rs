@@ -136,7 +136,7 @@ impl Target {
             Target::ScopeRouterEbpf => "scope-router (eBPF steering)",
             Target::HaproxyLua => HAPROXY_LUA,
             Target::HaproxyNative => "haproxy json_query",
-            Target::TcpRelay => TCP_RELAY,
+            Target::TcpRelay => "tcp relay (no HTTP)",
             Target::Direct => CEILING,
         }
     }
@@ -158,9 +158,6 @@ const LOAD_TARGETS: &[Target] = &[
     Target::TcpRelay,
     Target::Direct,
 ];
-
-/// The TCP relay's label in the report.
-const TCP_RELAY: &str = "tcp relay (no HTTP)";
 
 /// Scenario k: GET latency under uploads through scope-router and HAProxy `json_query`
 /// (issue 16's comparison), and straight to the backends for the floor the load CPU sets.
@@ -900,7 +897,8 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     for site in [Site::Local, Site::Chain, Site::Loopback] {
         for proxy in site.proxies() {
             let cfg = proxy.relay_config(w);
-            report::write(&cfg, &tcp_relay_config(proxy.vip, proxy.upstream, maxconn))?;
+            report::write(&cfg, &tcp_relay_config(proxy.vip, proxy.upstream))?;
+            tune_haproxy(&cfg, maxconn)?;
             check_haproxy(env, &cfg)?;
         }
     }
@@ -908,13 +906,13 @@ fn write_configs(env: &Env, maxconn: usize, nofile: u64) -> Result<()> {
     Ok(())
 }
 
-/// HAProxy relaying TCP from `vip`:8774 to `upstream`:8774, tuned like every HAProxy of
-/// the bench: no HTTP parsing, no splicing (so it copies through user space as the HTTP
-/// proxies do), one connection upstream per client connection.
-fn tcp_relay_config(vip: &str, upstream: &str, maxconn: usize) -> String {
+/// HAProxy relaying TCP from `vip`:8774 to `upstream`:8774: no HTTP parsing, no splicing
+/// (so it copies through user space as the HTTP proxies do), one connection upstream per
+/// client connection. [`tune_haproxy`] then tunes it like every HAProxy of the bench.
+fn tcp_relay_config(vip: &str, upstream: &str) -> String {
     format!(
         "# cargo xtask bench's TCP relay: the cheapest proxy these sockets allow.\n\
-         global\n    nbthread 1\n    maxconn {maxconn}\n\n\
+         global\n\n\
          defaults\n    mode tcp\n    timeout connect 10s\n    timeout client 60s\n    \
          timeout server 60s\n\n\
          listen relay\n    bind {vip}:8774\n    server upstream {upstream}:8774\n"
@@ -2348,6 +2346,7 @@ mod tests {
     #[test]
     fn the_tcp_relay_forwards_where_each_proxy_of_its_site_sends() {
         let w = Path::new("/w");
+        let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("local", Site::Local, vec![(VIP1, BACKEND_IP)]),
             ("chain", Site::Chain, vec![(VIP1, VIP2), (VIP2, BACKEND_IP)]),
@@ -2363,7 +2362,10 @@ mod tests {
                     w.join(format!("haproxy-relay-{vip}-{upstream}.cfg")),
                     "{name}"
                 );
-                let text = tcp_relay_config(vip, upstream, 9900);
+                let cfg = dir.path().join("relay.cfg");
+                std::fs::write(&cfg, tcp_relay_config(vip, upstream)).unwrap();
+                tune_haproxy(&cfg, 9900).unwrap();
+                let text = std::fs::read_to_string(&cfg).unwrap();
                 for want in [
                     "mode tcp".to_owned(),
                     "nbthread 1".to_owned(),
