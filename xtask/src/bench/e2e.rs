@@ -1997,7 +1997,7 @@ fn layout_bound_clause(runs: &[Run], scenario: &str, ceiling: f64) -> String {
             "the TCP relay (HAProxy `mode tcp`, no HTTP work) reached {:.0} % of the ceiling{}",
             share * 100.0,
             if share < SHARE_OF_CEILING {
-                ", so no proxy reaches the target in this layout on this machine"
+                ", so no proxy that forwards as it goes reaches the target in this layout on this machine"
             } else {
                 ""
             }
@@ -2279,7 +2279,7 @@ mod tests {
             lines.remove(0)
         };
         let (sr, native, relay) = (Target::ScopeRouter, Target::HaproxyNative, Target::TcpRelay);
-        let out_of_reach = ", so no proxy reaches the target in this layout on this machine)";
+        let out_of_reach = ", so no proxy that forwards as it goes reaches the target in this layout on this machine)";
         let cases: &[(&str, Rounds<'_>, &str)] = &[
             (
                 "the relay under the target: out of reach",
